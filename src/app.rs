@@ -1,0 +1,162 @@
+//! Wiring: builds the components from the configuration and runs the service until a signal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cache::ResultCache;
+use crate::cache::memory::MemoryCache;
+use crate::config::Config;
+use crate::event::decode_batch_body;
+use crate::generate::{Generator, GeneratorConfig};
+use crate::http::{AppState, router};
+use crate::ingest::{Ingest, StoreIngest, count_rejected};
+use crate::metrics::Metrics;
+use crate::query::QueryEngine;
+use crate::storage::EventStore;
+use crate::storage::local::LocalStore;
+
+/// Errors that stop the service from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Metrics registry setup failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The store could not be opened or flushed.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The SQL session could not be built.
+    #[error("query engine: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// Binding or serving HTTP failed.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// Listen address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the standalone service until SIGINT/SIGTERM, then drains requests and flushes storage.
+pub async fn serve(config: Config) -> Result<(), AppError> {
+    let unsupported = Config::unsupported_env(|n| std::env::var(n).ok());
+    if !unsupported.is_empty() {
+        tracing::warn!(variables = ?unsupported, "cluster-mode settings are not supported by this build yet; running standalone");
+    }
+    let metrics = Metrics::new()?;
+    let local = LocalStore::open(config.storage.clone(), metrics.clone())?;
+    let store: Arc<dyn EventStore> = Arc::new(local.clone());
+    let ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone()));
+    let engine = QueryEngine::new(&store, &config.query)?;
+    let cache: Option<Arc<dyn ResultCache>> = (config.cache.query_ttl_secs > 0)
+        .then(|| Arc::new(MemoryCache::new(config.cache.max_entries)) as Arc<dyn ResultCache>);
+    let state = AppState {
+        ingest: Arc::clone(&ingest),
+        store: Arc::clone(&store),
+        engine,
+        cache,
+        cache_ttl: Duration::from_secs(config.cache.query_ttl_secs),
+        cache_max_entry_bytes: config.cache.max_entry_bytes,
+        max_json_rows: config.query.max_json_rows,
+        max_body_bytes: config.http.max_body_bytes,
+        metrics: metrics.clone(),
+        started: Instant::now(),
+    };
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
+    let demo = config.demo.enabled.then(|| {
+        tokio::spawn(run_demo(Arc::clone(&ingest), metrics.clone(), config.demo.clone(), shutdown_rx.clone()))
+    });
+
+    let addr = format!("{}:{}", config.http.host, config.http.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AppError::Http { addr: addr.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| AppError::Http { addr: addr.clone(), source })?;
+    tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, "LLM Analytics Hub listening");
+
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| AppError::Http { addr, source })?;
+
+    tracing::info!("shutting down: stopping background tasks and flushing storage");
+    let _ = shutdown_tx.send(true);
+    if let Some(demo) = demo {
+        let _ = demo.await;
+    }
+    let _ = maintenance.await;
+    store.flush().await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// In-process demo traffic: live-timestamped events through the same ingest path as HTTP.
+async fn run_demo(
+    ingest: Arc<dyn Ingest>,
+    metrics: Metrics,
+    config: crate::config::DemoConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let rate = f64::from(config.events_per_sec.max(1));
+    let mut generator = Generator::new(GeneratorConfig {
+        seed: config.seed,
+        events_per_sec: rate,
+        disorder_ms: 2000,
+        ..GeneratorConfig::default()
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut carry = 0.0f64;
+    tracing::info!(events_per_sec = rate, "demo traffic started");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        carry += rate / 4.0;
+        let n = carry.floor() as usize;
+        carry -= n as f64;
+        if n == 0 {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
+        match decode_batch_body(body.as_bytes(), now) {
+            Ok(decoded) => {
+                count_rejected(&metrics, &decoded.rejected);
+                if let Err(e) = ingest.ingest(decoded.batch).await {
+                    tracing::warn!(error = %e, "demo events could not be stored");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "demo batch did not decode"),
+        }
+    }
+}

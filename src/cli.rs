@@ -1,0 +1,144 @@
+//! Command-line interface: `serve`, `generate`, `config`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::generate::GeneratorConfig;
+
+/// LLM Analytics Hub: streaming SQL analytics for LLM telemetry.
+#[derive(Debug, Parser)]
+#[command(name = "analytics-hub", version, about)]
+pub struct Cli {
+    /// TOML configuration file (see `analytics-hub config` for every key).
+    #[arg(long, global = true, env = "HUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (standalone: local storage, in-process cache).
+    Serve(ServeArgs),
+    /// Generate synthetic LLM telemetry as NDJSON, or post it to a running Hub.
+    Generate(GenerateArgs),
+    /// Print the effective configuration (defaults + file + environment) as TOML.
+    Config,
+}
+
+/// Flags of `serve`; each overrides the file and the environment.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind (0 = any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Data directory for the WAL and Parquet files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Generate demo traffic in-process.
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo events per second.
+    #[arg(long)]
+    pub demo_rate: Option<u32>,
+    /// Log filter (e.g. `info`, `debug`).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// Applies the flags on top of `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.host {
+            config.http.host.clone_from(v);
+        }
+        if let Some(v) = self.port {
+            config.http.port = v;
+        }
+        if let Some(v) = &self.data_dir {
+            config.storage.data_dir.clone_from(v);
+        }
+        if self.demo {
+            config.demo.enabled = true;
+        }
+        if let Some(v) = self.demo_rate {
+            config.demo.events_per_sec = v;
+        }
+        if let Some(v) = &self.log_level {
+            config.log.level.clone_from(v);
+        }
+    }
+}
+
+/// Flags of `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of events (with `--target`, 0 = until interrupted).
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// RNG seed; the same seed and `--start` give the same events.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Events per second: event-time spacing for files, sending rate for `--target`.
+    #[arg(long, default_value_t = 100.0)]
+    pub events_per_sec: f64,
+    /// Timestamp of the first event (RFC 3339) for file output.
+    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+    pub start: String,
+    /// Up to this many ms of timestamp disorder (out-of-order events).
+    #[arg(long, default_value_t = 0)]
+    pub disorder_ms: u64,
+    /// Inject a gpt-4o latency spike starting this many seconds after `--start`.
+    #[arg(long)]
+    pub spike_at: Option<u64>,
+    /// Length of the spike in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub spike_secs: u64,
+    /// Latency multiplier during the spike.
+    #[arg(long, default_value_t = 5.0)]
+    pub spike_factor: f64,
+    /// Share of deliberately invalid events (0.0..=1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+    /// Output file (`-` = stdout). Ignored with `--target`.
+    #[arg(long, default_value = "-")]
+    pub output: String,
+    /// Base URL of a running Hub to post to (e.g. http://127.0.0.1:3000).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Events per HTTP request with `--target`.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+}
+
+impl GenerateArgs {
+    /// The generator configuration, or a message naming the bad flag.
+    pub fn generator_config(&self) -> Result<GeneratorConfig, String> {
+        let start = chrono::DateTime::parse_from_rfc3339(&self.start)
+            .map_err(|e| format!("--start must be RFC 3339: {e}"))?
+            .timestamp_micros();
+        if !(0.0..=1.0).contains(&self.invalid_ratio) {
+            return Err("--invalid-ratio must be between 0 and 1".into());
+        }
+        if self.events_per_sec <= 0.0 || self.events_per_sec.is_nan() {
+            return Err("--events-per-sec must be > 0".into());
+        }
+        Ok(GeneratorConfig {
+            seed: self.seed,
+            start_us: start,
+            events_per_sec: self.events_per_sec,
+            spike_secs: if self.spike_at.is_some() { self.spike_secs } else { 0 },
+            spike_at_secs: self.spike_at.unwrap_or(0),
+            spike_factor: self.spike_factor,
+            disorder_ms: self.disorder_ms,
+            invalid_ratio: self.invalid_ratio,
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! Configuration: one documented struct. Sources, later ones winning: built-in defaults, a TOML
+//! file (`--config`), environment variables (the seed's names), command-line flags.
+//! Unknown keys in the file are rejected.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::storage::local::LocalStoreConfig as StorageConfig;
+
+/// The whole configuration of the Hub.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP API listener.
+    pub http: HttpConfig,
+    /// Local durable storage of events (standalone mode).
+    pub storage: StorageConfig,
+    /// Ad-hoc SQL execution.
+    pub query: QueryConfig,
+    /// Query-result cache.
+    pub cache: CacheConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Built-in synthetic traffic (`serve --demo`).
+    pub demo: DemoConfig,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to bind (env `HOST`). `0.0.0.0` to accept remote clients.
+    pub host: String,
+    /// Port to bind (env `PORT`); `0` picks a free port.
+    pub port: u16,
+    /// Largest accepted request body in bytes (env `MAX_BODY_BYTES`); larger bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 3000, max_body_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// The `[query]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Seconds a query may run before it is cancelled with 408 (env `QUERY_TIMEOUT_SECS`).
+    pub timeout_secs: u64,
+    /// Most rows returned in a JSON response; more are cut and `truncated` is set.
+    pub max_json_rows: usize,
+    /// DataFusion target partitions; `0` means one per CPU core.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 30, max_json_rows: 100_000, target_partitions: 0 }
+    }
+}
+
+/// The `[cache]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Seconds an ad-hoc SQL result is served from cache (env `CACHE_QUERY_TTL`); `0` disables
+    /// caching, so every query sees the latest events.
+    pub query_ttl_secs: u64,
+    /// Most cached results kept; the oldest is evicted first.
+    pub max_entries: usize,
+    /// Largest single result (bytes) that is cached.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { query_ttl_secs: 0, max_entries: 1024, max_entry_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `llm_analytics_hub=debug` (env `LOG_LEVEL`).
+    pub level: String,
+    /// `text` or `json` (env `LOG_FORMAT`).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[demo]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Generate synthetic LLM telemetry in-process.
+    pub enabled: bool,
+    /// Generated events per second.
+    pub events_per_sec: u32,
+    /// Seed of the generator.
+    pub seed: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { enabled: false, events_per_sec: 20, seed: 42 }
+    }
+}
+
+/// Configuration errors: always the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`] (includes unknown keys).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message, naming the key.
+        message: String,
+    },
+    /// An environment variable has an unusable value.
+    #[error("environment variable {name}={value:?} is invalid: {message}")]
+    Env {
+        /// Variable name.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Variables of later cluster-mode features: warned about so nobody believes they took effect.
+const NOT_YET_SUPPORTED_ENV: [&str; 7] =
+    ["KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "DB_HOST", "REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies the environment variables the seed defined, read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env { name, value, message: e.to_string() })
+        }
+        if let Some(v) = get("HOST") {
+            self.http.host = v;
+        }
+        if let Some(v) = get("PORT") {
+            self.http.port = parse("PORT", v)?;
+        }
+        if let Some(v) = get("MAX_BODY_BYTES") {
+            self.http.max_body_bytes = parse("MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("LOG_LEVEL") {
+            self.log.level = v;
+        }
+        if let Some(v) = get("LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "LOG_FORMAT",
+                        value: v,
+                        message: "expected `text` or `json`".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("DATA_DIR") {
+            self.storage.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("QUERY_TIMEOUT_SECS") {
+            self.query.timeout_secs = parse("QUERY_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = get("CACHE_QUERY_TTL") {
+            self.cache.query_ttl_secs = parse("CACHE_QUERY_TTL", v)?;
+        }
+        Ok(())
+    }
+
+    /// Names of set environment variables that belong to features this build does not have.
+    pub fn unsupported_env(get: impl Fn(&str) -> Option<String>) -> Vec<&'static str> {
+        NOT_YET_SUPPORTED_ENV.into_iter().filter(|n| get(n).is_some()).collect()
+    }
+
+    /// The effective configuration as TOML (for `analytics-hub config`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[http]\nprot = 1\n").expect_err("typo must fail");
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::from_toml("[nope]\n").expect_err("unknown section must fail");
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn file_then_env_precedence() {
+        let mut c = Config::from_toml("[http]\nport = 4000\nhost = \"0.0.0.0\"\n").expect("valid");
+        assert_eq!(c.http.port, 4000);
+        assert_eq!(c.storage.segment_max_rows, StorageConfig::default().segment_max_rows);
+        c.apply_env(|n| (n == "PORT").then(|| "5000".to_string())).expect("env ok");
+        assert_eq!(c.http.port, 5000);
+        assert_eq!(c.http.host, "0.0.0.0");
+        let err = c.apply_env(|n| (n == "PORT").then(|| "http".to_string())).expect_err("bad port");
+        assert!(err.to_string().contains("PORT"));
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = Config::default().to_toml().expect("serialize");
+        let back = Config::from_toml(&text).expect("parse back");
+        assert_eq!(back.http.port, 3000);
+        assert_eq!(back.cache.query_ttl_secs, 0);
+    }
+}

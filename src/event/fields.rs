@@ -1,0 +1,133 @@
+//! Typed readers for raw JSON field values, with errors that name the field.
+//! They work on `serde_json::value::RawValue` slices and never build a `serde_json::Value`.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::reject::{FieldError, RejectKind};
+
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'"') => "string",
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    }
+}
+
+fn wrong_type(field: &str, expected: &str, raw: &str) -> FieldError {
+    FieldError::new(
+        RejectKind::InvalidType,
+        format!("field `{field}` must be {expected}, got {}", json_kind(raw)),
+    )
+}
+
+/// Reads a JSON string, borrowing it when it has no escapes.
+pub(crate) fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, FieldError> {
+    let s = raw.get();
+    if !s.starts_with('"') {
+        return Err(wrong_type(field, "a string", s));
+    }
+    if !s.contains('\\') && s.len() >= 2 {
+        // The parser already validated the string; without escapes its content is verbatim.
+        return Ok(Cow::Borrowed(&s[1..s.len() - 1]));
+    }
+    serde_json::from_str::<String>(s)
+        .map(Cow::Owned)
+        .map_err(|e| FieldError::new(RejectKind::InvalidType, format!("field `{field}`: {e}")))
+}
+
+/// Reads an optional string; absent and `null` both give `None`.
+pub(crate) fn opt_string<'a>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, FieldError> {
+    raw.map(|r| string(field, r)).transpose()
+}
+
+/// Reads a required, non-empty string.
+pub(crate) fn required_string<'a>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<Cow<'a, str>, FieldError> {
+    let value = string(field, raw.ok_or_else(|| FieldError::missing(field))?)?;
+    if value.trim().is_empty() {
+        return Err(FieldError::new(
+            RejectKind::InvalidValue,
+            format!("field `{field}` must not be empty"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads an optional finite, non-negative number.
+pub(crate) fn opt_non_negative_f64(
+    field: &str,
+    raw: Option<&RawValue>,
+) -> Result<Option<f64>, FieldError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let s = raw.get();
+    if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
+        return Err(wrong_type(field, "a number", s));
+    }
+    let value: f64 = s.parse().map_err(|_| wrong_type(field, "a number", s))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(FieldError::new(
+            RejectKind::InvalidValue,
+            format!("field `{field}` must be a finite number >= 0, got {s}"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Reads an optional non-negative integer. `12.0` is accepted as 12; `12.5` is not.
+pub(crate) fn opt_non_negative_i64(
+    field: &str,
+    raw: Option<&RawValue>,
+) -> Result<Option<i64>, FieldError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let s = raw.get();
+    if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
+        return Err(wrong_type(field, "an integer", s));
+    }
+    let value = match s.parse::<i64>() {
+        Ok(v) => v,
+        Err(_) => match s.parse::<f64>() {
+            Ok(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => f as i64,
+            _ => return Err(wrong_type(field, "an integer", s)),
+        },
+    };
+    if value < 0 {
+        return Err(FieldError::new(
+            RejectKind::InvalidValue,
+            format!("field `{field}` must be >= 0, got {value}"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Parses and normalises a UUID into its lower-case hyphenated form.
+pub(crate) fn uuid(field: &str, value: &str) -> Result<String, FieldError> {
+    uuid::Uuid::parse_str(value)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|e| {
+            FieldError::new(
+                RejectKind::InvalidValue,
+                format!("field `{field}` must be a UUID: {e}"),
+            )
+        })
+}
+
+/// Parses an RFC 3339 timestamp into microseconds since the epoch.
+pub(crate) fn rfc3339_micros(field: &str, value: &str) -> Result<i64, FieldError> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(value).map_err(|e| {
+        FieldError::new(
+            RejectKind::InvalidTimestamp,
+            format!("field `{field}` must be an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z), got {value:?}: {e}"),
+        )
+    })?;
+    Ok(parsed.timestamp_micros())
+}

@@ -1,0 +1,264 @@
+//! `POST /api/v1/events`, `POST /api/v1/events/batch`, `GET /api/v1/events`,
+//! `GET /api/v1/events/{id}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{Expr, col, lit};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::error::{ApiError, body_rejection};
+use crate::event::schema::col as c;
+use crate::event::{BodyError, DecodedBatch, EVENTS_TABLE, Rejection, decode_batch_body, decode_single};
+use crate::ingest::count_rejected;
+use crate::query::collect_limited;
+
+/// Answer to an ingest request.
+#[derive(Debug, Serialize)]
+struct IngestResponse {
+    /// Events stored.
+    accepted: usize,
+    /// Events rejected.
+    rejected_count: usize,
+    /// Each rejected event with its index and reason.
+    rejected: Vec<Rejection>,
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    match e {
+        BodyError::Arrow(e) => ApiError::internal(e),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    }
+}
+
+async fn store(state: &AppState, decoded: DecodedBatch) -> Result<Response, ApiError> {
+    count_rejected(&state.metrics, &decoded.rejected);
+    let accepted = decoded.batch.num_rows();
+    if accepted > 0 {
+        state.ingest.ingest(decoded.batch).await?;
+    }
+    let status = match (accepted, decoded.rejected.len()) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    let body = IngestResponse { accepted, rejected_count: decoded.rejected.len(), rejected: decoded.rejected };
+    Ok((status, Json(body)).into_response())
+}
+
+/// `POST /api/v1/events`: one event as a JSON object.
+pub async fn post_one(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
+    let decoded = decode_single(&body, now_micros()).map_err(body_error)?;
+    store(&state, decoded).await
+}
+
+/// `POST /api/v1/events/batch`: a JSON array or NDJSON.
+pub async fn post_batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
+    let ingest_time = now_micros();
+    let decoded = tokio::task::spawn_blocking(move || decode_batch_body(&body, ingest_time))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(body_error)?;
+    store(&state, decoded).await
+}
+
+/// Filters of `GET /api/v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Inclusive lower bound on `timestamp` (RFC 3339).
+    start_time: Option<String>,
+    /// Exclusive upper bound on `timestamp` (RFC 3339).
+    end_time: Option<String>,
+    source_module: Option<String>,
+    event_type: Option<String>,
+    severity: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+/// One stored event as returned by the API: the envelope, the payload as sent, and when the
+/// Hub received it.
+#[derive(Debug, Serialize)]
+struct EventView {
+    event_id: String,
+    timestamp: String,
+    ingest_time: String,
+    source_module: String,
+    event_type: String,
+    schema_version: String,
+    severity: String,
+    environment: Option<String>,
+    correlation_id: Option<String>,
+    parent_event_id: Option<String>,
+    tags: Option<Box<RawValue>>,
+    payload: Box<RawValue>,
+}
+
+fn ts_lit(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
+}
+
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("`{name}` must be RFC 3339: {e}")))
+}
+
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| micros.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+fn encode_cursor(ts: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{ts}|{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
+    let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (ts, id) = text.split_once('|')?;
+    Some((ts.parse().ok()?, id.to_string()))
+}
+
+fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let s = |name: &str| -> Result<_, ApiError> {
+            Ok(b.column_by_name(name).ok_or_else(|| ApiError::internal(format!("missing column {name}")))?.as_string::<i32>().clone())
+        };
+        let t = |name: &str| -> Result<_, ApiError> {
+            Ok(b.column_by_name(name)
+                .ok_or_else(|| ApiError::internal(format!("missing column {name}")))?
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone())
+        };
+        let (ids, ts, its) = (s(c::EVENT_ID)?, t(c::TIMESTAMP)?, t(c::INGEST_TIME)?);
+        let (modules, types, versions, sev) = (s(c::SOURCE_MODULE)?, s(c::EVENT_TYPE)?, s(c::SCHEMA_VERSION)?, s(c::SEVERITY)?);
+        let (envs, corr, parents, tags, payloads) =
+            (s(c::ENVIRONMENT)?, s(c::CORRELATION_ID)?, s(c::PARENT_EVENT_ID)?, s(c::TAGS)?, s(c::PAYLOAD)?);
+        let opt = |a: &datafusion::arrow::array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+        for i in 0..b.num_rows() {
+            let raw = |text: &str| RawValue::from_string(text.to_string()).map_err(ApiError::internal);
+            out.push(EventView {
+                event_id: ids.value(i).to_string(),
+                timestamp: rfc3339(ts.value(i)),
+                ingest_time: rfc3339(its.value(i)),
+                source_module: modules.value(i).to_string(),
+                event_type: types.value(i).to_string(),
+                schema_version: versions.value(i).to_string(),
+                severity: sev.value(i).to_string(),
+                environment: opt(&envs, i),
+                correlation_id: opt(&corr, i),
+                parent_event_id: opt(&parents, i),
+                tags: if tags.is_null(i) { None } else { Some(raw(tags.value(i))?) },
+                payload: raw(payloads.value(i))?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/events`: newest first, filtered, paged with an opaque cursor.
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_parameter", format!("`limit` must be between 1 and {MAX_PAGE}")));
+    }
+    let mut filter: Option<Expr> = None;
+    let mut and = |e: Expr| filter = Some(match filter.take() { Some(f) => f.and(e), None => e });
+    if let Some(v) = &p.start_time {
+        and(col(c::TIMESTAMP).gt_eq(ts_lit(parse_time("start_time", v)?)));
+    }
+    if let Some(v) = &p.end_time {
+        and(col(c::TIMESTAMP).lt(ts_lit(parse_time("end_time", v)?)));
+    }
+    for (name, value) in [(c::SOURCE_MODULE, &p.source_module), (c::EVENT_TYPE, &p.event_type), (c::SEVERITY, &p.severity)] {
+        if let Some(v) = value {
+            and(col(name).eq(lit(v.clone())));
+        }
+    }
+    if let Some(cursor) = &p.cursor {
+        let (ts, id) = decode_cursor(cursor)
+            .ok_or_else(|| ApiError::bad_request("invalid_parameter", "`cursor` is not a cursor returned by this API"))?;
+        and(col(c::TIMESTAMP).lt(ts_lit(ts)).or(col(c::TIMESTAMP).eq(ts_lit(ts)).and(col(c::EVENT_ID).lt(lit(id)))));
+    }
+    let mut df = state.engine.context().table(EVENTS_TABLE).await.map_err(ApiError::internal)?;
+    if let Some(f) = filter {
+        df = df.filter(f).map_err(ApiError::internal)?;
+    }
+    let df = df
+        .sort(vec![col(c::TIMESTAMP).sort(false, false), col(c::EVENT_ID).sort(false, false)])
+        .and_then(|df| df.limit(0, Some(limit + 1)))
+        .map_err(ApiError::internal)?;
+    let (_, batches, _, _) = collect_limited(df, None).await?;
+    let mut events = views(&batches)?;
+    let next_cursor = if events.len() > limit {
+        events.truncate(limit);
+        events.last().and_then(|e| {
+            chrono::DateTime::parse_from_rfc3339(&e.timestamp).ok().map(|t| encode_cursor(t.timestamp_micros(), &e.event_id))
+        })
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({ "events": events, "next_cursor": next_cursor })).into_response())
+}
+
+/// `GET /api/v1/events/{id}`.
+pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("event id must be a UUID: {e}")))?
+        .hyphenated()
+        .to_string();
+    let df = state
+        .engine
+        .context()
+        .table(EVENTS_TABLE)
+        .await
+        .and_then(|df| df.filter(col(c::EVENT_ID).eq(lit(id.clone()))))
+        .and_then(|df| df.limit(0, Some(1)))
+        .map_err(ApiError::internal)?;
+    let (_, batches, _, _) = collect_limited(df, None).await?;
+    let mut events = views(&batches)?;
+    match events.pop() {
+        Some(e) => Ok(Json(e).into_response()),
+        None => Err(ApiError::not_found(format!("no event with id {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        let cur = encode_cursor(1_700_000_000_000_000, "abc");
+        assert_eq!(decode_cursor(&cur), Some((1_700_000_000_000_000, "abc".to_string())));
+        assert_eq!(decode_cursor("!!!"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("nopipe")), None);
+    }
+}

@@ -1,0 +1,40 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::storage::ComponentStatus;
+
+/// `GET /health`: the process is up.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+    }))
+}
+
+/// `GET /ready`: every component can serve; 503 otherwise.
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let mut components = vec![state.store.status()];
+    components.push(ComponentStatus {
+        name: "cache",
+        kind: state.cache.as_ref().map_or("disabled", |c| c.kind()),
+        ready: true,
+        detail: json!({ "query_ttl_secs": state.cache_ttl.as_secs() }),
+    });
+    let ready = components.iter().all(|c| c.ready);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "components": components })))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = state.metrics.render().map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}

@@ -1,0 +1,62 @@
+//! The HTTP API (axum).
+
+mod error;
+mod events;
+mod health;
+mod observe;
+mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::cache::ResultCache;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::query::QueryEngine;
+use crate::storage::EventStore;
+
+/// Everything handlers need. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Where accepted events go.
+    pub ingest: Arc<dyn Ingest>,
+    /// Where events are stored (for readiness).
+    pub store: Arc<dyn EventStore>,
+    /// SQL execution.
+    pub engine: QueryEngine,
+    /// Result cache, when enabled.
+    pub cache: Option<Arc<dyn ResultCache>>,
+    /// How long cached results live.
+    pub cache_ttl: Duration,
+    /// Largest cached result in bytes.
+    pub cache_max_entry_bytes: usize,
+    /// Most rows in a JSON SQL response.
+    pub max_json_rows: usize,
+    /// Body size limit (for error messages).
+    pub max_body_bytes: usize,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Process start (for `/health`).
+    pub started: Instant,
+}
+
+/// Builds the router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/events", post(events::post_one).get(events::list))
+        .route("/api/v1/events/batch", post(events::post_batch))
+        .route("/api/v1/events/{id}", get(events::get_one))
+        .route("/api/v1/sql", post(sql::run))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
+        .fallback(|| async { ApiError::not_found("no such route; see the README for the API") });
+    api.layer(DefaultBodyLimit::max(state.max_body_bytes)).with_state(state)
+}

@@ -1,0 +1,105 @@
+//! `POST /api/v1/sql`: read-only SQL over the Hub's tables.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::cache::CachedResult;
+use crate::query::format::{self, ColumnInfo, ResultFormat};
+
+/// Request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One read-only statement.
+    sql: String,
+}
+
+/// JSON response body.
+#[derive(Debug, Serialize)]
+struct SqlResponse {
+    columns: Vec<ColumnInfo>,
+    rows: Box<RawValue>,
+    row_count: usize,
+    truncated: bool,
+    execution_time_ms: f64,
+}
+
+fn outcome(e: &ApiError) -> &'static str {
+    match e.status() {
+        StatusCode::FORBIDDEN => "refused",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        s if s.is_client_error() => "user_error",
+        _ => "error",
+    }
+}
+
+/// Runs the statement and encodes the result in the format the `Accept` header asks for.
+pub async fn run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    let fmt = ResultFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let cache_key = format!("sql:{fmt:?}:{}", req.sql);
+    if let Some(cache) = &state.cache {
+        if let Some(hit) = cache.get(&cache_key).await {
+            state.metrics.sql_queries_total.with_label_values(&["cache_hit"]).inc();
+            return Ok(([(header::CONTENT_TYPE, hit.content_type), (header::HeaderName::from_static("x-cache"), "hit")], hit.body)
+                .into_response());
+        }
+    }
+    let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
+    let result = match state.engine.run(&req.sql, max_rows).await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = ApiError::from(e);
+            state.metrics.sql_queries_total.with_label_values(&[outcome(&err)]).inc();
+            return Err(err);
+        }
+    };
+    state.metrics.sql_queries_total.with_label_values(&["ok"]).inc();
+    let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
+    let body: Vec<u8> = match fmt {
+        ResultFormat::Json => {
+            let rows = format::json_rows(&result.batches).map_err(ApiError::internal)?;
+            let rows = RawValue::from_string(String::from_utf8(rows).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
+            let resp = SqlResponse {
+                columns: format::columns(&result.schema),
+                rows,
+                row_count: result.row_count,
+                truncated: result.truncated,
+                execution_time_ms: elapsed_ms,
+            };
+            serde_json::to_vec(&resp).map_err(ApiError::internal)?
+        }
+        ResultFormat::Csv => format::csv(&result.schema, &result.batches).map_err(ApiError::internal)?,
+        ResultFormat::ArrowStream => format::arrow_stream(&result.schema, &result.batches).map_err(ApiError::internal)?,
+    };
+    let body = Bytes::from(body);
+    if let Some(cache) = &state.cache {
+        if body.len() <= state.cache_max_entry_bytes {
+            let value = CachedResult { content_type: fmt.content_type(), body: body.clone() };
+            cache.put(&cache_key, value, state.cache_ttl).await;
+        }
+    }
+    let mut response = ([(header::CONTENT_TYPE, fmt.content_type())], body).into_response();
+    let h = response.headers_mut();
+    h.insert("x-row-count", HeaderValue::from(result.row_count));
+    if let Ok(v) = HeaderValue::from_str(&format!("{elapsed_ms:.3}")) {
+        h.insert("x-execution-time-ms", v);
+    }
+    if state.cache.is_some() {
+        h.insert("x-cache", HeaderValue::from_static("miss"));
+    }
+    Ok(response)
+}
+

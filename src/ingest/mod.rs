@@ -1,0 +1,90 @@
+//! Ingest seam: where validated events go. Standalone, they are appended to the local store
+//! ([`StoreIngest`]); in cluster mode a Kafka producer takes its place behind [`Ingest`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+
+use crate::error::{Classify, ErrorClass};
+use crate::event::Rejection;
+use crate::event::schema::col;
+use crate::metrics::{Metrics, label};
+use crate::storage::{EventStore, StorageError};
+
+/// Errors while handing events on.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The store could not make the events durable; nothing was acknowledged.
+    #[error("events could not be stored: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl Classify for IngestError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Storage(e) => e.class(),
+        }
+    }
+}
+
+/// Accepts validated event batches; `Ok` means they are durable.
+#[async_trait]
+pub trait Ingest: Send + Sync + std::fmt::Debug {
+    /// Makes `batch` durable. All or nothing.
+    async fn ingest(&self, batch: RecordBatch) -> Result<(), IngestError>;
+}
+
+/// Standalone ingest: straight into an [`EventStore`].
+#[derive(Debug)]
+pub struct StoreIngest {
+    store: Arc<dyn EventStore>,
+    metrics: Metrics,
+}
+
+impl StoreIngest {
+    /// Ingest into `store`, counting into `metrics`.
+    pub fn new(store: Arc<dyn EventStore>, metrics: Metrics) -> Self {
+        Self { store, metrics }
+    }
+}
+
+#[async_trait]
+impl Ingest for StoreIngest {
+    async fn ingest(&self, batch: RecordBatch) -> Result<(), IngestError> {
+        let counted = batch.clone();
+        self.store.append(batch).await?;
+        count_processed(&self.metrics, &counted);
+        Ok(())
+    }
+}
+
+/// Adds a batch to `events_processed_total{source_module,event_type}`.
+pub fn count_processed(metrics: &Metrics, batch: &RecordBatch) {
+    let (Some(modules), Some(types)) = (batch.column_by_name(col::SOURCE_MODULE), batch.column_by_name(col::EVENT_TYPE))
+    else {
+        return;
+    };
+    let (modules, types) = (modules.as_string::<i32>(), types.as_string::<i32>());
+    // Few distinct pairs per batch: count runs locally, touch the counters once per pair.
+    let mut counts: Vec<(&str, &str, u64)> = Vec::new();
+    for i in 0..modules.len() {
+        let (m, t) = (modules.value(i), types.value(i));
+        match counts.iter_mut().find(|(cm, ct, _)| *cm == m && *ct == t) {
+            Some(entry) => entry.2 += 1,
+            None => counts.push((m, t, 1)),
+        }
+    }
+    for (m, t, n) in counts {
+        metrics.events_processed_total.with_label_values(&[label(m), label(t)]).inc_by(n);
+    }
+}
+
+/// Adds rejected events to `events_errors_total{source_module,event_type,error_type}`.
+pub fn count_rejected(metrics: &Metrics, rejected: &[Rejection]) {
+    for r in rejected {
+        let module = r.source_module.as_deref().map_or("unknown", label);
+        let event_type = r.event_type.as_deref().map_or("unknown", label);
+        metrics.events_errors_total.with_label_values(&[module, event_type, r.error_type.as_str()]).inc();
+    }
+}

@@ -1,0 +1,19 @@
+//! LLM Analytics Hub: LLM telemetry events in, SQL analytics out, on Apache DataFusion.
+//!
+//! Layers, each behind a small trait so cluster-mode implementations can replace the
+//! standalone ones: [`ingest`] (where validated events go), [`storage`] (durable events and
+//! the `events` table), [`cache`] (query results). [`event`] decodes JSON into Arrow,
+//! [`query`] runs read-only SQL, [`http`] serves the API, [`app`] wires it all.
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod generate;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod storage;

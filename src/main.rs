@@ -1,0 +1,70 @@
+//! `analytics-hub`: CLI → config → app.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use llm_analytics_hub::cli::{Cli, Command};
+use llm_analytics_hub::config::{Config, LogFormat};
+use llm_analytics_hub::generate::output::{post_live, write_ndjson};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            args.apply(&mut config);
+            init_logging(&config);
+            match runtime.block_on(llm_analytics_hub::app::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Generate(args) => {
+            init_logging(&config);
+            let generator = match args.generator_config() {
+                Ok(g) => g,
+                Err(e) => return fail(e),
+            };
+            let result = match &args.target {
+                Some(url) => runtime.block_on(post_live(generator, url, args.count, args.batch_size.max(1))).map(|_| ()),
+                None if args.output == "-" => write_ndjson(generator, args.count, &mut std::io::stdout().lock()),
+                None => std::fs::File::create(&args.output)
+                    .map_err(Into::into)
+                    .and_then(|mut f| write_ndjson(generator, args.count, &mut f)),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Config => match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}

@@ -1,0 +1,104 @@
+//! Prometheus metrics, with the seed's names. One registry per process, passed explicitly.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Longest label value taken from user input; longer values are cut so a hostile client cannot
+/// blow up the series' label size.
+const MAX_LABEL_LEN: usize = 64;
+
+/// All metrics of the Hub. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Events durably accepted, by `source_module`, `event_type`.
+    pub events_processed_total: IntCounterVec,
+    /// Events rejected, by `source_module`, `event_type`, `error_type`.
+    pub events_errors_total: IntCounterVec,
+    /// HTTP request latency by `method`, `route`, `status_code`.
+    pub http_request_duration_seconds: HistogramVec,
+    /// HTTP requests by `method`, `route`, `status_code`.
+    pub http_requests_total: IntCounterVec,
+    /// SQL queries by `outcome` (`ok`, `user_error`, `refused`, `error`, `timeout`).
+    pub sql_queries_total: IntCounterVec,
+    /// Time to append and sync one batch to the WAL.
+    pub wal_append_seconds: Histogram,
+    /// Events held in memory by the local store.
+    pub storage_rows_in_memory: IntGauge,
+    /// Parquet files of the local store.
+    pub storage_parquet_files: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let events_processed_total = IntCounterVec::new(
+            Opts::new("events_processed_total", "Events durably accepted"),
+            &["source_module", "event_type"],
+        )?;
+        let events_errors_total = IntCounterVec::new(
+            Opts::new("events_errors_total", "Events rejected"),
+            &["source_module", "event_type", "error_type"],
+        )?;
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["method", "route", "status_code"],
+        )?;
+        let http_requests_total = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests"),
+            &["method", "route", "status_code"],
+        )?;
+        let sql_queries_total =
+            IntCounterVec::new(Opts::new("sql_queries_total", "SQL queries by outcome"), &["outcome"])?;
+        let wal_append_seconds = Histogram::with_opts(
+            HistogramOpts::new("wal_append_seconds", "Time to append and sync one batch to the WAL")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+        )?;
+        let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
+        let storage_parquet_files = IntGauge::new("storage_parquet_files", "Parquet files in the local store")?;
+
+        registry.register(Box::new(events_processed_total.clone()))?;
+        registry.register(Box::new(events_errors_total.clone()))?;
+        registry.register(Box::new(http_request_duration_seconds.clone()))?;
+        registry.register(Box::new(http_requests_total.clone()))?;
+        registry.register(Box::new(sql_queries_total.clone()))?;
+        registry.register(Box::new(wal_append_seconds.clone()))?;
+        registry.register(Box::new(storage_rows_in_memory.clone()))?;
+        registry.register(Box::new(storage_parquet_files.clone()))?;
+        Ok(Self {
+            registry: Arc::new(registry),
+            events_processed_total,
+            events_errors_total,
+            http_request_duration_seconds,
+            http_requests_total,
+            sql_queries_total,
+            wal_append_seconds,
+            storage_rows_in_memory,
+            storage_parquet_files,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// Cuts a user-supplied label value to a bounded length (on a char boundary).
+pub fn label(value: &str) -> &str {
+    if value.len() <= MAX_LABEL_LEN {
+        return value;
+    }
+    let mut end = MAX_LABEL_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}

@@ -1,0 +1,117 @@
+//! The read-only gate for user SQL: exactly one statement, and only queries, `EXPLAIN` of a
+//! query, `SHOW` and `DESCRIBE`. Everything else (DDL, DML, `COPY`, `SET`, transactions) is
+//! refused before DataFusion plans it.
+
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+/// Why a statement may not run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuardError {
+    /// The text does not parse.
+    #[error("SQL parse error: {0}")]
+    Parse(String),
+    /// No statement at all.
+    #[error("no SQL statement given")]
+    Empty,
+    /// More than one statement.
+    #[error("exactly one SQL statement is allowed per request, got {0}")]
+    Multiple(usize),
+    /// A statement that could change data or settings, or read outside the Hub's tables.
+    #[error("{0} statements are not allowed: this endpoint is read-only (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE)")]
+    Refused(String),
+}
+
+fn is_read_only(stmt: &Statement) -> bool {
+    match stmt {
+        Statement::Statement(s) => matches!(
+            s.as_ref(),
+            SqlStatement::Query(_)
+                | SqlStatement::ShowTables { .. }
+                | SqlStatement::ShowColumns { .. }
+                | SqlStatement::ShowFunctions { .. }
+                | SqlStatement::ShowSchemas { .. }
+                | SqlStatement::ExplainTable { .. }
+        ),
+        Statement::Explain(e) => is_read_only(&e.statement),
+        Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => false,
+    }
+}
+
+/// The leading keywords of a statement, for messages (`CREATE TABLE`, `COPY`, ...).
+fn kind(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second] if matches!(first.to_uppercase().as_str(), "CREATE" | "DROP" | "ALTER" | "TRUNCATE") => {
+            format!("{} {}", first.to_uppercase(), second.to_uppercase())
+        }
+        [first, ..] => first.to_uppercase(),
+        [] => "empty".into(),
+    }
+}
+
+/// Checks that `sql` is a single read-only statement.
+pub fn check_read_only(sql: &str) -> Result<(), GuardError> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| GuardError::Parse(e.strip_backtrace()))?;
+    match statements.len() {
+        0 => Err(GuardError::Empty),
+        1 => {
+            let stmt = &statements[0];
+            if is_read_only(stmt) { Ok(()) } else { Err(GuardError::Refused(kind(stmt))) }
+        }
+        n => Err(GuardError::Multiple(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_queries() {
+        for sql in [
+            "SELECT 1",
+            "select count(*) from events where model = 'x'",
+            "WITH a AS (SELECT 1 AS x) SELECT * FROM a",
+            "EXPLAIN SELECT * FROM events",
+            "SHOW TABLES",
+            "SHOW COLUMNS FROM events",
+            "DESCRIBE events",
+            "SELECT 1; ",
+        ] {
+            assert_eq!(check_read_only(sql), Ok(()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn refuses_writes_and_settings() {
+        for (sql, kind) in [
+            ("CREATE TABLE t (a INT)", "CREATE TABLE"),
+            ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc/'", "CREATE EXTERNAL"),
+            ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+            ("DROP TABLE events", "DROP TABLE"),
+            ("INSERT INTO events VALUES (1)", "INSERT"),
+            ("DELETE FROM events", "DELETE"),
+            ("UPDATE events SET model = 'x'", "UPDATE"),
+            ("COPY events TO '/tmp/x.csv'", "COPY"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+            ("EXPLAIN COPY events TO '/tmp/x'", "EXPLAIN"),
+            ("BEGIN", "BEGIN"),
+        ] {
+            match check_read_only(sql) {
+                Err(GuardError::Refused(k)) => assert_eq!(k, kind, "{sql}"),
+                other => panic!("{sql}: expected refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_and_multiple() {
+        assert!(matches!(check_read_only("SELEC 1"), Err(GuardError::Parse(_))));
+        assert_eq!(check_read_only("  "), Err(GuardError::Empty));
+        assert_eq!(check_read_only("SELECT 1; SELECT 2"), Err(GuardError::Multiple(2)));
+    }
+}

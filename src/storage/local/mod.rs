@@ -1,0 +1,385 @@
+//! The standalone event store: a write-ahead log for durability, recent events in memory,
+//! older events in Parquet files, all under one data directory.
+//!
+//! ```text
+//! <data_dir>/events/wal-<seq>.arrows      active and not-yet-flushed segments (Arrow IPC)
+//! <data_dir>/events/events-<seq>.parquet  flushed segments, sorted by timestamp
+//! ```
+//! A segment is rotated when it reaches `segment_max_rows` or `segment_max_age`; a rotated
+//! segment is written to Parquet, then dropped from memory and its WAL file deleted. If the
+//! process dies between the two, recovery sees both files and deletes the WAL (the Parquet file
+//! is only renamed into place once complete), so nothing is lost or counted twice.
+
+mod parquet_files;
+mod table;
+mod wal;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use serde::{Deserialize, Serialize};
+
+use super::{ComponentStatus, EventStore, StorageError};
+use crate::event::events_schema;
+use crate::metrics::Metrics;
+use wal::WalWriter;
+
+/// Small batches (one per HTTP request) are coalesced into blocks of this many rows so that
+/// queries scan few large batches.
+const COALESCE_ROWS: usize = 8192;
+
+/// Settings of the local store (the `[storage]` section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalStoreConfig {
+    /// Directory holding the WAL and Parquet files (env `DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Rotate the active WAL segment to Parquet once it holds this many events.
+    pub segment_max_rows: usize,
+    /// Rotate the active WAL segment to Parquet once it is this many seconds old.
+    pub segment_max_age_secs: u64,
+    /// `fdatasync` the WAL before acknowledging a write. Turning this off survives a crash of
+    /// the process but not of the machine.
+    pub fsync: bool,
+}
+
+impl Default for LocalStoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), segment_max_rows: 500_000, segment_max_age_secs: 300, fsync: true }
+    }
+}
+
+/// Events of one WAL segment held in memory.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    /// Coalesced blocks.
+    blocks: Vec<RecordBatch>,
+    /// Recent small batches not yet coalesced.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    rows: usize,
+    opened: Instant,
+}
+
+impl Segment {
+    fn new(seq: u64) -> Self {
+        Self { seq, blocks: Vec::new(), pending: Vec::new(), pending_rows: 0, rows: 0, opened: Instant::now() }
+    }
+
+    fn push(&mut self, schema: &SchemaRef, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        if batch.num_rows() >= COALESCE_ROWS {
+            self.blocks.push(batch);
+            return;
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= COALESCE_ROWS {
+            match concat_batches(schema, &self.pending) {
+                Ok(block) => {
+                    self.blocks.push(block);
+                    self.pending.clear();
+                    self.pending_rows = 0;
+                }
+                Err(e) => tracing::warn!(error = %e, "coalescing batches failed; keeping them as they are"),
+            }
+        }
+    }
+
+    fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.blocks.iter().chain(self.pending.iter())
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `None` once the store is closed.
+    wal: Option<WalWriter>,
+    /// In-memory segments, oldest first; the last one is the active segment.
+    segments: Vec<Segment>,
+    /// Flushed Parquet files, oldest first.
+    files: Vec<PathBuf>,
+    next_seq: u64,
+}
+
+/// A consistent view of the store for one query.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub batches: Vec<RecordBatch>,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    schema: SchemaRef,
+    config: LocalStoreConfig,
+    inner: Mutex<Inner>,
+    /// Serialises flushes so one segment is never written twice.
+    flush_lock: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated in a way that
+        // matters more than stopping service, so recover the guard.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        Snapshot {
+            batches: inner.segments.iter().flat_map(|s| s.batches().cloned()).collect(),
+            files: inner.files.clone(),
+        }
+    }
+}
+
+/// The standalone event store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    shared: Arc<Shared>,
+}
+
+impl LocalStore {
+    /// Opens (or creates) the store under `<data_dir>/events`, replaying any WAL segments.
+    pub fn open(config: LocalStoreConfig, metrics: Metrics) -> Result<Self, StorageError> {
+        let dir = config.data_dir.join("events");
+        std::fs::create_dir_all(&dir).map_err(StorageError::io(format!("creating {}", dir.display())))?;
+        let schema = events_schema();
+        remove_temp_files(&dir)?;
+
+        let file_seqs = parquet_files::list_files(&dir)?;
+        let mut segments = Vec::new();
+        let mut replayed_rows = 0usize;
+        for seq in wal::list_segments(&dir)? {
+            let path = wal::segment_path(&dir, seq);
+            if file_seqs.contains(&seq) {
+                // Flushed before the crash; only the WAL deletion was missed.
+                std::fs::remove_file(&path).map_err(StorageError::io(format!("removing {}", path.display())))?;
+                continue;
+            }
+            let mut segment = Segment::new(seq);
+            for batch in wal::replay(&path)? {
+                if batch.schema() != schema {
+                    return Err(StorageError::SchemaMismatch);
+                }
+                replayed_rows += batch.num_rows();
+                segment.push(&schema, batch);
+            }
+            segments.push(segment);
+        }
+        let max_seq = file_seqs.iter().chain(segments.iter().map(|s| &s.seq)).copied().max();
+        let next_seq = max_seq.map_or(0, |s| s + 1);
+        let wal = WalWriter::create(&dir, next_seq, &schema, config.fsync)?;
+        segments.push(Segment::new(next_seq));
+        tracing::info!(dir = %dir.display(), parquet_files = file_seqs.len(), replayed_rows, "local store opened");
+
+        let files = file_seqs.iter().map(|s| parquet_files::file_path(&dir, *s)).collect();
+        let shared = Arc::new(Shared {
+            dir,
+            schema,
+            config,
+            inner: Mutex::new(Inner { wal: Some(wal), segments, files, next_seq: next_seq + 1 }),
+            flush_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        });
+        let store = Self { shared };
+        store.update_gauges();
+        Ok(store)
+    }
+
+    fn update_gauges(&self) {
+        let inner = self.shared.lock();
+        let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
+        self.shared.metrics.storage_rows_in_memory.set(rows as i64);
+        self.shared.metrics.storage_parquet_files.set(inner.files.len() as i64);
+    }
+
+    /// Closes the active segment if it is due (or `force`), opening a new one. Returns whether
+    /// a segment was rotated.
+    fn rotate_if_due(&self, force: bool) -> Result<bool, StorageError> {
+        let shared = &self.shared;
+        let mut inner = shared.lock();
+        let Some(active) = inner.segments.last() else { return Ok(false) };
+        if active.rows == 0 {
+            return Ok(false);
+        }
+        let due = force
+            || active.rows >= shared.config.segment_max_rows
+            || active.opened.elapsed() >= Duration::from_secs(shared.config.segment_max_age_secs);
+        if !due {
+            return Ok(false);
+        }
+        let seq = inner.next_seq;
+        let new_wal = WalWriter::create(&shared.dir, seq, &shared.schema, shared.config.fsync)?;
+        if let Some(old) = inner.wal.replace(new_wal) {
+            old.close()?;
+        }
+        inner.segments.push(Segment::new(seq));
+        inner.next_seq = seq + 1;
+        Ok(true)
+    }
+
+    /// Writes every rotated (non-active) segment to Parquet.
+    async fn flush_rotated(&self) -> Result<usize, StorageError> {
+        let _guard = self.shared.flush_lock.lock().await;
+        let mut flushed = 0;
+        loop {
+            let todo = {
+                let inner = self.shared.lock();
+                let n = inner.segments.len();
+                if n <= 1 {
+                    None
+                } else {
+                    inner.segments.first().map(|s| (s.seq, s.batches().cloned().collect::<Vec<_>>()))
+                }
+            };
+            let Some((seq, batches)) = todo else { break };
+            let shared = Arc::clone(&self.shared);
+            let path = tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, StorageError> {
+                if batches.is_empty() {
+                    return Ok(None);
+                }
+                parquet_files::write_segment(&shared.dir, seq, &shared.schema, &batches).map(Some)
+            })
+            .await
+            .map_err(|e| StorageError::Format { context: "flush task".into(), message: e.to_string() })??;
+            {
+                let mut inner = self.shared.lock();
+                inner.segments.retain(|s| s.seq != seq);
+                if let Some(path) = path {
+                    inner.files.push(path);
+                }
+            }
+            let wal_path = wal::segment_path(&self.shared.dir, seq);
+            std::fs::remove_file(&wal_path).map_err(StorageError::io(format!("removing {}", wal_path.display())))?;
+            flushed += 1;
+        }
+        self.update_gauges();
+        Ok(flushed)
+    }
+
+    /// One maintenance step: rotate if due, flush what was rotated.
+    pub async fn maintain(&self) -> Result<(), StorageError> {
+        self.rotate_if_due(false)?;
+        let flushed = self.flush_rotated().await?;
+        if flushed > 0 {
+            tracing::debug!(flushed, "flushed WAL segments to Parquet");
+        }
+        Ok(())
+    }
+
+    /// Runs [`Self::maintain`] every second until `shutdown` fires.
+    pub async fn run_maintenance(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if let Err(e) = self.maintain().await {
+                tracing::error!(error = %e, "storage maintenance failed; will retry");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for LocalStore {
+    async fn append(&self, batch: RecordBatch) -> Result<(), StorageError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if batch.schema() != self.shared.schema {
+            return Err(StorageError::SchemaMismatch);
+        }
+        let shared = Arc::clone(&self.shared);
+        let rows = batch.num_rows();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let mut inner = shared.lock();
+            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
+            wal.append(&batch)?;
+            if let Some(active) = inner.segments.last_mut() {
+                active.push(&shared.schema, batch);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageError::Format { context: "append task".into(), message: e.to_string() })??;
+        self.shared.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.storage_rows_in_memory.add(rows as i64);
+        Ok(())
+    }
+
+    fn table_provider(&self) -> Arc<dyn TableProvider> {
+        Arc::new(table::LocalEventsTable::new(Arc::clone(&self.shared)))
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.rotate_if_due(true)?;
+        self.flush_rotated().await?;
+        Ok(())
+    }
+
+    fn status(&self) -> ComponentStatus {
+        let inner = self.shared.lock();
+        let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
+        ComponentStatus {
+            name: "storage",
+            kind: "local",
+            ready: inner.wal.is_some(),
+            detail: serde_json::json!({
+                "data_dir": self.shared.dir.display().to_string(),
+                "rows_in_memory": rows,
+                "wal_segments": inner.segments.len(),
+                "parquet_files": inner.files.len(),
+            }),
+        }
+    }
+}
+
+/// Lists `<prefix><seq><suffix>` files in `dir`, ascending by `seq`.
+fn list_sequenced(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<u64>, StorageError> {
+    let mut seqs = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(StorageError::io(format!("listing {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix)).and_then(|n| n.parse().ok()) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn remove_temp_files(dir: &Path) -> Result<(), StorageError> {
+    let entries = std::fs::read_dir(dir).map_err(StorageError::io(format!("listing {}", dir.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            std::fs::remove_file(entry.path()).map_err(StorageError::io("removing temp file"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes directory entries (created or renamed files) durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(format!("syncing directory {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests;

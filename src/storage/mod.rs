@@ -1,0 +1,94 @@
+//! Storage seam: where accepted events are made durable and how SQL reads them back.
+//!
+//! The standalone default is [`local::LocalStore`] (write-ahead log + Parquet files under the
+//! data directory). Cluster-mode stores plug in behind the same [`EventStore`] trait.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::TableProvider;
+use serde::Serialize;
+
+use crate::error::{Classify, ErrorClass};
+
+/// Errors of an event store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding or decoding Arrow/Parquet data failed.
+    #[error("{context}: {message}")]
+    Format {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error, rendered.
+        message: String,
+    },
+    /// The batch does not have the `events` schema (a bug in the caller).
+    #[error("batch schema does not match the events schema")]
+    SchemaMismatch,
+    /// The store is shutting down and accepts no more writes.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StorageError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    pub(crate) fn format<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> Self {
+        let context = context.into();
+        move |e| Self::Format { context, message: e.to_string() }
+    }
+}
+
+impl Classify for StorageError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Io { .. } | Self::Closed => ErrorClass::External,
+            Self::Format { .. } | Self::SchemaMismatch => ErrorClass::Internal,
+        }
+    }
+}
+
+/// Health of one component, as shown by `/ready`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    /// Component name (`storage`, `ingest`, ...).
+    pub name: &'static str,
+    /// Which implementation runs (`local`, `kafka`, ...).
+    pub kind: &'static str,
+    /// Whether it can serve traffic now.
+    pub ready: bool,
+    /// Implementation-specific details.
+    pub detail: serde_json::Value,
+}
+
+/// A durable home for events, readable through DataFusion.
+#[async_trait]
+pub trait EventStore: Send + Sync + std::fmt::Debug {
+    /// Stores a batch with the `events` schema. When this returns `Ok`, the events survive a
+    /// crash of the process and are visible to queries.
+    async fn append(&self, batch: RecordBatch) -> Result<(), StorageError>;
+
+    /// A table provider over all stored events; each scan sees a consistent snapshot.
+    fn table_provider(&self) -> Arc<dyn TableProvider>;
+
+    /// Moves buffered data to long-term files (called on shutdown).
+    async fn flush(&self) -> Result<(), StorageError>;
+
+    /// Current health and size.
+    fn status(&self) -> ComponentStatus;
+}

@@ -1,0 +1,76 @@
+//! SQL functions for LLM Analytics Hub: scalar UDFs, aggregate UDAFs and window UDWFs over
+//! DataFusion. Depends only on DataFusion/Arrow so it builds and tests quickly.
+//!
+//! Every function lives in its own file under `scalar/`, `aggregate/` or `window/`, and is
+//! listed once in [`scalar_udfs`], [`aggregate_udfs`] or [`window_udfs`].
+
+use std::sync::Arc;
+
+use datafusion::error::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+
+/// Every scalar function of the library.
+pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
+    Vec::new()
+}
+
+/// Every aggregate function of the library.
+pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
+    Vec::new()
+}
+
+/// Every window function of the library.
+pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
+    Vec::new()
+}
+
+/// Registers every function of the library into `registry` (a `SessionContext` or state).
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    for f in scalar_udfs() {
+        registry.register_udf(f)?;
+    }
+    for f in aggregate_udfs() {
+        registry.register_udaf(f)?;
+    }
+    for f in window_udfs() {
+        registry.register_udwf(f)?;
+    }
+    Ok(())
+}
+
+/// Names of every function, in registry order (for docs and the uniqueness test).
+pub fn function_names() -> Vec<String> {
+    let mut names: Vec<String> = scalar_udfs().iter().map(|f| f.name().to_string()).collect();
+    names.extend(aggregate_udfs().iter().map(|f| f.name().to_string()));
+    names.extend(window_udfs().iter().map(|f| f.name().to_string()));
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names = function_names();
+        let total = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), total, "duplicate function names in the registry");
+    }
+
+    #[test]
+    fn registers_into_a_session() {
+        let mut ctx = SessionContext::new();
+        register_all(&mut ctx).expect("registration succeeds");
+        for name in function_names() {
+            let state = ctx.state();
+            let known = state.scalar_functions().contains_key(&name)
+                || state.aggregate_functions().contains_key(&name)
+                || state.window_functions().contains_key(&name);
+            assert!(known, "{name} not registered");
+        }
+    }
+}
