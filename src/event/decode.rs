@@ -383,23 +383,24 @@ impl EventDecoder {
     pub fn push(&mut self, json: &[u8]) -> bool {
         let index = self.total;
         self.total += 1;
-        let env = match serde_json::from_slice::<RawEvent<'_>>(json) {
-            Ok(env) => env,
+        // serde would also map a JSON array onto the struct's fields by position.
+        let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let parsed = serde_json::from_slice::<RawEvent<'_>>(json);
+        let env = match parsed {
+            Ok(env) if is_object => env,
+            Ok(_) => {
+                self.reject(index, RejectKind::InvalidType, "event must be a JSON object".to_string());
+                return false;
+            }
             Err(e) => {
                 let (kind, reason) = if e.is_syntax() || e.is_eof() {
                     (RejectKind::MalformedJson, format!("malformed JSON: {e}"))
-                } else if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                } else if !is_object {
                     (RejectKind::InvalidType, "event must be a JSON object".to_string())
                 } else {
                     (RejectKind::InvalidValue, format!("invalid event: {e}"))
                 };
-                self.rejected.push(Rejection {
-                    index,
-                    error_type: kind,
-                    reason,
-                    source_module: None,
-                    event_type: None,
-                });
+                self.reject(index, kind, reason);
                 return false;
             }
         };
@@ -420,6 +421,10 @@ impl EventDecoder {
                 false
             }
         }
+    }
+
+    fn reject(&mut self, index: usize, kind: RejectKind, reason: String) {
+        self.rejected.push(Rejection { index, error_type: kind, reason, source_module: None, event_type: None });
     }
 
     /// Finishes the batch and returns it with the rejects; the decoder can be reused.

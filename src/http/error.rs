@@ -66,6 +66,7 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match &e {
             QueryError::Guard(GuardError::Refused(_)) => Self::new(StatusCode::FORBIDDEN, "read_only", e.to_string()),
+            QueryError::Guard(GuardError::FileAccess(_)) => Self::new(StatusCode::FORBIDDEN, "file_access", e.to_string()),
             QueryError::Guard(_) => Self::bad_request("invalid_sql", e.to_string()),
             QueryError::Invalid(_) => Self::bad_request("invalid_query", e.to_string()),
             QueryError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, "query_timeout", e.to_string()),

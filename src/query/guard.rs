@@ -2,8 +2,10 @@
 //! query, `SHOW` and `DESCRIBE`. Everything else (DDL, DML, `COPY`, `SET`, transactions) is
 //! refused before DataFusion plans it.
 
+use std::ops::ControlFlow;
+
 use datafusion::sql::parser::{DFParser, Statement};
-use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::ast::{ObjectName, Statement as SqlStatement, visit_relations};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 /// Why a statement may not run.
@@ -18,9 +20,37 @@ pub enum GuardError {
     /// More than one statement.
     #[error("exactly one SQL statement is allowed per request, got {0}")]
     Multiple(usize),
-    /// A statement that could change data or settings, or read outside the Hub's tables.
+    /// A statement that could change data or settings.
     #[error("{0} statements are not allowed: this endpoint is read-only (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE)")]
     Refused(String),
+    /// A query naming a file or URL as a table.
+    #[error("reading files or URLs is not allowed ({0}); query the Hub's tables instead")]
+    FileAccess(String),
+}
+
+/// Whether a table name is really a path or URL (`'/etc/passwd'`, `'s3://b/x.parquet'`).
+fn looks_like_location(name: &ObjectName) -> bool {
+    let text = name.to_string().to_ascii_lowercase();
+    text.contains('/')
+        || text.contains('\\')
+        || text.contains("://")
+        || [".csv", ".parquet", ".json", ".ndjson", ".arrow", ".avro", ".arrows"]
+            .iter()
+            .any(|ext| text.trim_end_matches(['\'', '"', '`']).ends_with(ext))
+}
+
+/// The first table reference of `stmt` that names a file or URL.
+fn file_reference(stmt: &Statement) -> Option<String> {
+    match stmt {
+        Statement::Statement(s) => match visit_relations(s.as_ref(), |name: &ObjectName| {
+            if looks_like_location(name) { ControlFlow::Break(name.to_string()) } else { ControlFlow::Continue(()) }
+        }) {
+            ControlFlow::Break(name) => Some(name),
+            ControlFlow::Continue(()) => None,
+        },
+        Statement::Explain(e) => file_reference(&e.statement),
+        _ => None,
+    }
 }
 
 fn is_read_only(stmt: &Statement) -> bool {
@@ -60,7 +90,13 @@ pub fn check_read_only(sql: &str) -> Result<(), GuardError> {
         0 => Err(GuardError::Empty),
         1 => {
             let stmt = &statements[0];
-            if is_read_only(stmt) { Ok(()) } else { Err(GuardError::Refused(kind(stmt))) }
+            if !is_read_only(stmt) {
+                return Err(GuardError::Refused(kind(stmt)));
+            }
+            match file_reference(stmt) {
+                Some(name) => Err(GuardError::FileAccess(name)),
+                None => Ok(()),
+            }
         }
         n => Err(GuardError::Multiple(n)),
     }
@@ -106,6 +142,22 @@ mod tests {
                 other => panic!("{sql}: expected refusal, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn refuses_file_and_url_tables() {
+        for sql in [
+            "SELECT * FROM '/etc/passwd'",
+            "SELECT * FROM 'data/events/events-000000000000.parquet'",
+            "SELECT * FROM 'https://example.com/x.csv'",
+            "SELECT * FROM \"x.parquet\"",
+            "WITH a AS (SELECT * FROM '/tmp/x.json') SELECT * FROM a",
+            "EXPLAIN SELECT * FROM '/etc/passwd'",
+            "SELECT * FROM events WHERE event_id IN (SELECT event_id FROM 'f.csv')",
+        ] {
+            assert!(matches!(check_read_only(sql), Err(GuardError::FileAccess(_))), "{sql}");
+        }
+        assert_eq!(check_read_only("SELECT '/path' AS p, payload FROM events"), Ok(()));
     }
 
     #[test]

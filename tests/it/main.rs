@@ -1,1 +1,7 @@
-fn main(){}
+//! Integration tests: the real `analytics-hub` binary on real loopback ports.
+
+mod api;
+mod durability;
+mod harness;
+mod ingest;
+mod sql;

@@ -1,0 +1,153 @@
+//! Local store tests: durability, replay, torn tails, flush idempotence, query snapshots.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::prelude::SessionContext;
+
+use super::*;
+use crate::event::decode_batch_body;
+use crate::generate::{Generator, GeneratorConfig};
+
+fn batch(seed: u64, n: usize) -> RecordBatch {
+    let mut g = Generator::new(GeneratorConfig { seed, ..GeneratorConfig::default() });
+    let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
+    let out = decode_batch_body(body.as_bytes(), 0).expect("decodes");
+    assert!(out.rejected.is_empty());
+    out.batch
+}
+
+fn config(dir: &std::path::Path) -> LocalStoreConfig {
+    LocalStoreConfig { data_dir: dir.to_path_buf(), ..LocalStoreConfig::default() }
+}
+
+fn open(dir: &std::path::Path) -> LocalStore {
+    LocalStore::open(config(dir), Metrics::new().expect("metrics")).expect("open")
+}
+
+async fn count(store: &LocalStore, sql_where: &str) -> i64 {
+    let ctx = SessionContext::new();
+    ctx.register_table("events", store.table_provider()).expect("register");
+    let df = ctx.sql(&format!("SELECT count(*) AS n FROM events {sql_where}")).await.expect("plan");
+    let batches = df.collect().await.expect("run");
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+async fn distinct_ids(store: &LocalStore) -> i64 {
+    let ctx = SessionContext::new();
+    ctx.register_table("events", store.table_provider()).expect("register");
+    let df = ctx.sql("SELECT count(DISTINCT event_id) FROM events").await.expect("plan");
+    df.collect().await.expect("run")[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+#[tokio::test]
+async fn appended_events_are_queryable_and_survive_reopen_without_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    for seed in 0..5 {
+        store.append(batch(seed, 300)).await.expect("append");
+    }
+    assert_eq!(count(&store, "").await, 1500);
+    drop(store); // no flush: like a crash after the acknowledgements
+    let store = open(dir.path());
+    assert_eq!(count(&store, "").await, 1500, "WAL replay restores every acknowledged event");
+}
+
+#[tokio::test]
+async fn flush_moves_segments_to_parquet_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store.append(batch(1, 5000)).await.expect("append");
+    store.flush().await.expect("flush");
+    store.append(batch(2, 100)).await.expect("append after flush");
+    let files = parquet_files::list_files(&dir.path().join("events")).expect("list");
+    assert_eq!(files.len(), 1);
+    assert_eq!(count(&store, "").await, 5100, "memory + parquet, no duplicates");
+    assert_eq!(distinct_ids(&store).await, 5100);
+    assert_eq!(count(&store, "WHERE model = 'gpt-4o' OR model <> 'gpt-4o' OR model IS NULL").await, 5100);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(count(&store, "").await, 5100);
+    // Flushing a store whose only data is in Parquet changes nothing.
+    store.flush().await.expect("flush");
+    assert_eq!(count(&store, "").await, 5100);
+}
+
+#[tokio::test]
+async fn crash_between_parquet_rename_and_wal_delete_counts_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_dir = dir.path().join("events");
+    let store = open(dir.path());
+    let b = batch(3, 700);
+    store.append(b.clone()).await.expect("append");
+    drop(store);
+    // Simulate the crash: segment 0 is in Parquet but its WAL file is still there.
+    parquet_files::write_segment(&events_dir, 0, &events_schema(), &[b]).expect("write parquet");
+    assert!(wal::segment_path(&events_dir, 0).exists());
+    let store = open(dir.path());
+    assert!(!wal::segment_path(&events_dir, 0).exists(), "flushed WAL segment removed on recovery");
+    assert_eq!(count(&store, "").await, 700);
+}
+
+#[tokio::test]
+async fn torn_wal_tail_keeps_complete_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_dir = dir.path().join("events");
+    let store = open(dir.path());
+    store.append(batch(4, 200)).await.expect("append");
+    store.append(batch(5, 200)).await.expect("append");
+    drop(store);
+    let path = wal::segment_path(&events_dir, 0);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_len(len - 100).expect("truncate");
+    let store = open(dir.path());
+    assert_eq!(count(&store, "").await, 200, "the torn second batch is dropped, the first kept");
+    store.append(batch(6, 50)).await.expect("new writes go to a fresh segment");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(count(&store, "").await, 250);
+}
+
+#[tokio::test]
+async fn rotation_by_size_and_time_filters_and_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LocalStoreConfig { segment_max_rows: 1000, ..config(dir.path()) };
+    let store = LocalStore::open(cfg, Metrics::new().expect("metrics")).expect("open");
+    for seed in 0..4 {
+        store.append(batch(seed + 10, 600)).await.expect("append");
+        store.maintain().await.expect("maintain");
+    }
+    let files = parquet_files::list_files(&dir.path().join("events")).expect("list");
+    assert!(files.len() >= 2, "segments rotated by size: {files:?}");
+    assert_eq!(count(&store, "").await, 2400);
+    let ctx = SessionContext::new();
+    ctx.register_table("events", Arc::clone(&store.table_provider())).expect("register");
+    let rows: usize = ctx
+        .sql("SELECT * FROM events LIMIT 7")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run")
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(rows, 7);
+    let status = store.status();
+    assert!(status.ready);
+    assert_eq!(status.detail["parquet_files"], files.len());
+}
+
+#[tokio::test]
+async fn rejects_batches_with_another_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let other = RecordBatch::try_from_iter([(
+        "x",
+        Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])) as datafusion::arrow::array::ArrayRef,
+    )])
+    .expect("batch");
+    assert!(matches!(store.append(other).await, Err(StorageError::SchemaMismatch)));
+}

@@ -1,0 +1,177 @@
+//! Starts the real `analytics-hub` binary on a free loopback port with its own data directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use llm_analytics_hub::generate::{Generator, GeneratorConfig};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_analytics-hub");
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running Hub. Killed (SIGKILL) on drop.
+pub struct Hub {
+    child: Option<Child>,
+    pub base: String,
+    pub client: reqwest::Client,
+    log: PathBuf,
+}
+
+/// Options for starting a Hub.
+#[derive(Default, Clone)]
+pub struct HubOptions {
+    /// TOML config file contents, if any.
+    pub config_toml: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Extra `serve` flags.
+    pub args: Vec<String>,
+}
+
+impl Hub {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, HubOptions::default()).await
+    }
+
+    pub async fn start_with(data_dir: &Path, opts: HubOptions) -> Self {
+        let port = free_port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let mut cmd = Command::new(BIN);
+        if let Some(toml) = &opts.config_toml {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, toml).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("serve")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&opts.args)
+            .env_remove("PORT")
+            .env_remove("HOST")
+            .env_remove("DATA_DIR")
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn analytics-hub");
+        let hub = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            log,
+        };
+        hub.wait_ready().await;
+        hub
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("hub did not become ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "hub did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn post_ndjson(&self, body: String) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/events/batch"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .expect("post batch");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    pub async fn post_json(&self, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// Runs SQL and returns (status, body).
+    pub async fn sql(&self, sql: &str) -> (u16, Value) {
+        self.post_json("/api/v1/sql", serde_json::json!({ "sql": sql }).to_string()).await
+    }
+
+    /// Runs SQL that must succeed; returns the rows.
+    pub async fn rows(&self, sql: &str) -> Vec<Value> {
+        let (status, body) = self.sql(sql).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+        body["rows"].as_array().expect("rows").clone()
+    }
+
+    pub async fn count(&self, sql_where: &str) -> i64 {
+        let rows = self.rows(&format!("SELECT count(*) AS n FROM events {sql_where}")).await;
+        rows[0]["n"].as_i64().expect("count")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `n` generated events as NDJSON lines.
+pub fn generated(seed: u64, n: usize, invalid_ratio: f64) -> Vec<String> {
+    let mut g = Generator::new(GeneratorConfig { seed, invalid_ratio, disorder_ms: 3000, ..GeneratorConfig::default() });
+    (0..n).map(|_| g.next_event(None)).collect()
+}
