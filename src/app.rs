@@ -14,6 +14,9 @@ use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
+use crate::stream::engine::EngineDeps;
+use crate::stream::shipped::shipped_queries;
+use crate::stream::StreamEngine;
 
 /// Errors that stop the service from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum AppError {
     /// The SQL session could not be built.
     #[error("query engine: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    /// Continuous queries could not be started.
+    #[error("continuous queries: {0}")]
+    Stream(#[from] crate::stream::CqError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -46,8 +52,23 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let metrics = Metrics::new()?;
     let local = LocalStore::open(config.storage.clone(), metrics.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
-    let ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone()));
     let engine = QueryEngine::new(&store, &config.query)?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (stream, stream_task) = if config.stream.enabled {
+        let deps = EngineDeps {
+            dir: config.storage.data_dir.join("cq"),
+            events: Arc::clone(&store),
+            query_ctx: engine.context().clone(),
+            storage: config.storage.clone(),
+            metrics: metrics.clone(),
+        };
+        let shipped = if config.stream.shipped_queries { shipped_queries()? } else { Vec::new() };
+        let (handle, task) = StreamEngine::start(deps, &shipped, shutdown_rx.clone()).await?;
+        (Some(handle), Some(task))
+    } else {
+        (None, None)
+    };
+    let ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()));
     let cache: Option<Arc<dyn ResultCache>> = (config.cache.query_ttl_secs > 0)
         .then(|| Arc::new(MemoryCache::new(config.cache.max_entries)) as Arc<dyn ResultCache>);
     let state = AppState {
@@ -61,9 +82,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),
         started: Instant::now(),
+        stream,
     };
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
     let demo = config.demo.enabled.then(|| {
         tokio::spawn(run_demo(Arc::clone(&ingest), metrics.clone(), config.demo.clone(), shutdown_rx.clone()))
@@ -87,6 +108,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         let _ = demo.await;
     }
     let _ = maintenance.await;
+    if let Some(task) = stream_task {
+        let _ = task.await;
+    }
     store.flush().await?;
     tracing::info!("shutdown complete");
     Ok(())

@@ -28,6 +28,27 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decode an NDJSON file and run the 1-minute per-model rollup (p50/p95/p99) in process;
+    /// prints events/s and peak RSS.
+    Rollup {
+        /// NDJSON file of events (`analytics-hub generate --count 1000000 > events.ndjson`).
+        #[arg(long)]
+        input: PathBuf,
+        /// Events per decoded batch.
+        #[arg(long, default_value_t = 16384)]
+        batch_rows: usize,
+        /// Run this SELECT (grouped by tumble/hop) instead of the built-in rollup.
+        #[arg(long)]
+        sql: Option<String>,
+    },
 }
 
 /// Flags of `serve`; each overrides the file and the environment.

@@ -24,6 +24,24 @@ pub struct Config {
     pub log: LogConfig,
     /// Built-in synthetic traffic (`serve --demo`).
     pub demo: DemoConfig,
+    /// Continuous queries.
+    pub stream: StreamConfig,
+}
+
+/// The `[stream]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Run continuous queries at all.
+    pub enabled: bool,
+    /// Register the rollups shipped in `queries/` at startup (those not registered yet).
+    pub shipped_queries: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { enabled: true, shipped_queries: true }
+    }
 }
 
 /// The `[http]` section.

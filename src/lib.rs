@@ -6,6 +6,7 @@
 //! [`query`] runs read-only SQL, [`http`] serves the API, [`app`] wires it all.
 
 pub mod app;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod storage;
+pub mod stream;

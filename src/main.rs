@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use llm_analytics_hub::cli::{Cli, Command};
+use llm_analytics_hub::cli::{BenchCommand, Cli, Command};
 use llm_analytics_hub::config::{Config, LogFormat};
 use llm_analytics_hub::generate::output::{post_live, write_ndjson};
 use tracing_subscriber::EnvFilter;
@@ -56,6 +56,29 @@ fn main() -> ExitCode {
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bench(BenchCommand::Rollup { input, batch_rows, sql }) => {
+            init_logging(&config);
+            let file = match std::fs::File::open(&input) {
+                Ok(f) => f,
+                Err(e) => return fail(format!("cannot open {}: {e}", input.display())),
+            };
+            let sql = sql.unwrap_or_else(|| llm_analytics_hub::bench::ROLLUP_SQL.to_string());
+            match runtime.block_on(llm_analytics_hub::bench::run_rollup(file, batch_rows, &sql)) {
+                Ok(r) => {
+                    println!("events:        {} ({} rejected)", r.events, r.rejected);
+                    println!("input:         {:.1} MB ({} bytes/event)", r.bytes as f64 / 1e6, r.bytes / r.events.max(1));
+                    println!("output rows:   {}", r.output_rows);
+                    println!("elapsed:       {:.3} s", r.seconds);
+                    println!("throughput:    {:.0} events/s ({:.1} MB/s)", r.events as f64 / r.seconds, r.bytes as f64 / 1e6 / r.seconds);
+                    match r.peak_rss_bytes {
+                        Some(b) => println!("peak RSS:      {:.1} MB", b as f64 / 1e6),
+                        None => println!("peak RSS:      unavailable"),
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(e),
             }
         }

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub storage_rows_in_memory: IntGauge,
     /// Parquet files of the local store.
     pub storage_parquet_files: IntGauge,
+    /// Events that arrived after their window closed, by continuous `query`.
+    pub late_events_total: IntCounterVec,
+    /// Output rows emitted by continuous `query`.
+    pub cq_rows_emitted_total: IntCounterVec,
+    /// Watermark of each continuous `query`, seconds since the epoch.
+    pub cq_watermark_seconds: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -62,6 +68,19 @@ impl Metrics {
         let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
         let storage_parquet_files = IntGauge::new("storage_parquet_files", "Parquet files in the local store")?;
 
+        let late_events_total = IntCounterVec::new(
+            Opts::new("late_events_total", "Events that arrived after their window closed"),
+            &["query"],
+        )?;
+        let cq_rows_emitted_total =
+            IntCounterVec::new(Opts::new("cq_rows_emitted_total", "Continuous query output rows"), &["query"])?;
+        let cq_watermark_seconds = prometheus::GaugeVec::new(
+            Opts::new("cq_watermark_seconds", "Continuous query watermark (seconds since the epoch)"),
+            &["query"],
+        )?;
+        registry.register(Box::new(late_events_total.clone()))?;
+        registry.register(Box::new(cq_rows_emitted_total.clone()))?;
+        registry.register(Box::new(cq_watermark_seconds.clone()))?;
         registry.register(Box::new(events_processed_total.clone()))?;
         registry.register(Box::new(events_errors_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
@@ -80,6 +99,9 @@ impl Metrics {
             wal_append_seconds,
             storage_rows_in_memory,
             storage_parquet_files,
+            late_events_total,
+            cq_rows_emitted_total,
+            cq_watermark_seconds,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The HTTP API (axum).
 
+mod cq;
 mod error;
 mod events;
 mod health;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Process start (for `/health`).
     pub started: Instant,
+    /// Continuous queries, when enabled.
+    pub stream: Option<crate::stream::StreamHandle>,
 }
 
 /// Builds the router with every route and middleware.
@@ -53,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/batch", post(events::post_batch))
         .route("/api/v1/events/{id}", get(events::get_one))
         .route("/api/v1/sql", post(sql::run))
+        .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
+        .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))
+        .route("/api/v1/continuous-queries/{name}/pause", post(cq::pause))
+        .route("/api/v1/continuous-queries/{name}/resume", post(cq::resume))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

@@ -40,21 +40,29 @@ pub trait Ingest: Send + Sync + std::fmt::Debug {
 pub struct StoreIngest {
     store: Arc<dyn EventStore>,
     metrics: Metrics,
+    stream: Option<crate::stream::StreamHandle>,
 }
 
 impl StoreIngest {
-    /// Ingest into `store`, counting into `metrics`.
-    pub fn new(store: Arc<dyn EventStore>, metrics: Metrics) -> Self {
-        Self { store, metrics }
+    /// Ingest into `store`, counting into `metrics`; stored batches are then fed to the
+    /// continuous queries of `stream`.
+    pub fn new(store: Arc<dyn EventStore>, metrics: Metrics, stream: Option<crate::stream::StreamHandle>) -> Self {
+        Self { store, metrics, stream }
     }
 }
 
 #[async_trait]
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch) -> Result<(), IngestError> {
-        let counted = batch.clone();
+        let stored = batch.clone();
         self.store.append(batch).await?;
-        count_processed(&self.metrics, &counted);
+        count_processed(&self.metrics, &stored);
+        if let Some(stream) = &self.stream {
+            // Durable already; the engine catches up from the store after a restart if this fails.
+            if let Err(e) = stream.push(stored).await {
+                tracing::warn!(error = %e, "continuous queries did not receive a batch");
+            }
+        }
         Ok(())
     }
 }

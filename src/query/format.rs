@@ -49,7 +49,7 @@ impl ResultFormat {
 }
 
 /// A column in the JSON result header.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ColumnInfo {
     /// Column name.
     pub name: String,

@@ -5,3 +5,4 @@ mod durability;
 mod harness;
 mod ingest;
 mod sql;
+mod stream;

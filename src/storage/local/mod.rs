@@ -124,7 +124,10 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// Serialises flushes so one segment is never written twice.
     flush_lock: tokio::sync::Mutex<()>,
-    metrics: Metrics,
+    /// Column Parquet files are sorted by, if any.
+    sort_column: Option<String>,
+    /// Only the events store reports storage gauges.
+    metrics: Option<Metrics>,
 }
 
 impl Shared {
@@ -150,11 +153,23 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (or creates) the store under `<data_dir>/events`, replaying any WAL segments.
+    /// Opens (or creates) the events store under `<data_dir>/events`, replaying any WAL
+    /// segments.
     pub fn open(config: LocalStoreConfig, metrics: Metrics) -> Result<Self, StorageError> {
         let dir = config.data_dir.join("events");
+        Self::open_table(dir, events_schema(), Some(crate::event::schema::col::TIMESTAMP.to_string()), config, Some(metrics))
+    }
+
+    /// Opens (or creates) a store of any schema in `dir` (used for continuous-query outputs and
+    /// the late-events table). `sort_column` orders rows inside Parquet files.
+    pub fn open_table(
+        dir: PathBuf,
+        schema: SchemaRef,
+        sort_column: Option<String>,
+        config: LocalStoreConfig,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&dir).map_err(StorageError::io(format!("creating {}", dir.display())))?;
-        let schema = events_schema();
         remove_temp_files(&dir)?;
 
         let file_seqs = parquet_files::list_files(&dir)?;
@@ -190,6 +205,7 @@ impl LocalStore {
             config,
             inner: Mutex::new(Inner { wal: Some(wal), segments, files, next_seq: next_seq + 1 }),
             flush_lock: tokio::sync::Mutex::new(()),
+            sort_column,
             metrics,
         });
         let store = Self { shared };
@@ -198,10 +214,11 @@ impl LocalStore {
     }
 
     fn update_gauges(&self) {
+        let Some(metrics) = &self.shared.metrics else { return };
         let inner = self.shared.lock();
         let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
-        self.shared.metrics.storage_rows_in_memory.set(rows as i64);
-        self.shared.metrics.storage_parquet_files.set(inner.files.len() as i64);
+        metrics.storage_rows_in_memory.set(rows as i64);
+        metrics.storage_parquet_files.set(inner.files.len() as i64);
     }
 
     /// Closes the active segment if it is due (or `force`), opening a new one. Returns whether
@@ -249,7 +266,8 @@ impl LocalStore {
                 if batches.is_empty() {
                     return Ok(None);
                 }
-                parquet_files::write_segment(&shared.dir, seq, &shared.schema, &batches).map(Some)
+                parquet_files::write_segment(&shared.dir, seq, &shared.schema, shared.sort_column.as_deref(), &batches)
+                    .map(Some)
             })
             .await
             .map_err(|e| StorageError::Format { context: "flush task".into(), message: e.to_string() })??;
@@ -316,8 +334,10 @@ impl EventStore for LocalStore {
         })
         .await
         .map_err(|e| StorageError::Format { context: "append task".into(), message: e.to_string() })??;
-        self.shared.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
-        self.shared.metrics.storage_rows_in_memory.add(rows as i64);
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
+            metrics.storage_rows_in_memory.add(rows as i64);
+        }
         Ok(())
     }
 

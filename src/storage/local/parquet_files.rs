@@ -10,7 +10,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::event::schema::col;
 use crate::storage::StorageError;
 
 const PREFIX: &str = "events-";
@@ -28,22 +27,27 @@ pub fn list_files(dir: &Path) -> Result<Vec<u64>, StorageError> {
     super::list_sequenced(dir, PREFIX, SUFFIX)
 }
 
-/// Writes `batches` (sorted by timestamp) to `events-<seq>.parquet` atomically: a temporary
+/// Writes `batches` (sorted by `sort_column` when given) to `events-<seq>.parquet` atomically: a temporary
 /// file is written and synced, then renamed into place.
 pub fn write_segment(
     dir: &Path,
     seq: u64,
     schema: &SchemaRef,
+    sort_column: Option<&str>,
     batches: &[RecordBatch],
 ) -> Result<PathBuf, StorageError> {
     let all = concat_batches(schema, batches).map_err(StorageError::format("concatenating segment"))?;
-    let ts_index = schema.index_of(col::TIMESTAMP).map_err(StorageError::format("schema"))?;
-    let indices = lexsort_to_indices(
-        &[SortColumn { values: all.column(ts_index).clone(), options: Some(SortOptions::default()) }],
-        None,
-    )
-    .map_err(StorageError::format("sorting segment"))?;
-    let sorted = take_record_batch(&all, &indices).map_err(StorageError::format("sorting segment"))?;
+    let sorted = match sort_column.and_then(|c| schema.index_of(c).ok()) {
+        Some(index) => {
+            let indices = lexsort_to_indices(
+                &[SortColumn { values: all.column(index).clone(), options: Some(SortOptions::default()) }],
+                None,
+            )
+            .map_err(StorageError::format("sorting segment"))?;
+            take_record_batch(&all, &indices).map_err(StorageError::format("sorting segment"))?
+        }
+        None => all,
+    };
 
     let final_path = file_path(dir, seq);
     let tmp_path = final_path.with_extension("parquet.tmp");

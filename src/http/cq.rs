@@ -1,0 +1,88 @@
+//! `/api/v1/continuous-queries`: register, list, inspect, delete, pause and resume.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::stream::catalog::CqOptions;
+use crate::stream::{CqError, StreamHandle};
+
+/// Body of `POST /api/v1/continuous-queries`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Query name; also its output table.
+    name: String,
+    /// The SELECT, grouped by `tumble(...)` or `hop(...)`.
+    sql: String,
+    /// Lateness, future bound, idle timeout, emit mode.
+    #[serde(default)]
+    options: CqOptions,
+}
+
+impl From<CqError> for ApiError {
+    fn from(e: CqError) -> Self {
+        match &e {
+            CqError::Invalid(_) => Self::bad_request("invalid_query", e.to_string()),
+            CqError::Duplicate(_) => Self::bad_request("duplicate_name", e.to_string()),
+            CqError::NotFound(_) => Self::not_found(e.to_string()),
+            CqError::Stopped => Self::unavailable(e.to_string(), 5),
+            CqError::Storage(_) | CqError::Execution(_) | CqError::Internal(_) => Self::internal(e),
+        }
+    }
+}
+
+fn handle(state: &AppState) -> Result<&StreamHandle, ApiError> {
+    state.stream.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "disabled", "continuous queries are disabled (stream.enabled = false)")
+    })
+}
+
+/// Registers a query; 201 with its status.
+pub async fn create(State(state): State<AppState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    let status = handle(&state)?.register(req.name, req.sql, req.options).await?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+/// Registers a query from a `CREATE CONTINUOUS QUERY` statement sent to `/api/v1/sql`.
+pub async fn create_from_sql(state: &AppState, name: String, select: String) -> Result<Response, ApiError> {
+    let status = handle(state)?.register(name, select, CqOptions::default()).await?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+/// Lists every query with its status.
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let queries = handle(&state)?.list().await?;
+    Ok(Json(serde_json::json!({ "continuous_queries": queries })).into_response())
+}
+
+/// One query's status.
+pub async fn get_one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let queries = handle(&state)?.list().await?;
+    match queries.into_iter().find(|q| q.name == name) {
+        Some(q) => Ok(Json(q).into_response()),
+        None => Err(CqError::NotFound(name).into()),
+    }
+}
+
+/// Deletes a query and its output table; 204.
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    handle(&state)?.delete(name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Pauses a query: events arriving while paused are not counted by it.
+pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(handle(&state)?.set_paused(name, true).await?).into_response())
+}
+
+/// Resumes a paused query.
+pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(handle(&state)?.set_paused(name, false).await?).into_response())
+}

@@ -1,0 +1,425 @@
+//! Owns the continuous queries and runs them on one task: input batches from the ingest path,
+//! API commands, and a wall-clock tick for idle watermark advance and storage maintenance.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{SessionContext, col, lit};
+use tokio::sync::{mpsc, oneshot};
+
+use super::CqError;
+use super::catalog::{self, CqDefinition, CqOptions};
+use super::late::{self, LATE_EVENTS_TABLE};
+use super::query::{CqRuntime, CqStatus, source_of};
+use crate::event::{EVENTS_TABLE, events_schema};
+use crate::metrics::Metrics;
+use crate::storage::EventStore;
+use crate::storage::local::{LocalStore, LocalStoreConfig};
+
+/// Input batches queued between ingest and the engine; when full, ingest waits.
+const QUEUE_DEPTH: usize = 64;
+
+/// What the engine needs from the rest of the service.
+#[derive(Clone)]
+pub struct EngineDeps {
+    /// `<data_dir>/cq`.
+    pub dir: PathBuf,
+    /// The events store (replayed after a restart).
+    pub events: Arc<dyn EventStore>,
+    /// The ad-hoc SQL session, where output tables are registered.
+    pub query_ctx: SessionContext,
+    /// Settings for output stores.
+    pub storage: LocalStoreConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for EngineDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineDeps").field("dir", &self.dir).finish()
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Batch(RecordBatch),
+    Register(CqDefinition, oneshot::Sender<Result<CqStatus, CqError>>),
+    Delete(String, oneshot::Sender<Result<(), CqError>>),
+    SetPaused(String, bool, oneshot::Sender<Result<CqStatus, CqError>>),
+    List(oneshot::Sender<Vec<CqStatus>>),
+}
+
+/// Cheap handle to the engine task.
+#[derive(Debug, Clone)]
+pub struct StreamHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl StreamHandle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, CqError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| CqError::Stopped)?;
+        rx.await.map_err(|_| CqError::Stopped)
+    }
+
+    /// Feeds a batch of accepted events (waits when the engine is behind).
+    pub async fn push(&self, batch: RecordBatch) -> Result<(), CqError> {
+        self.tx.send(Command::Batch(batch)).await.map_err(|_| CqError::Stopped)
+    }
+
+    /// Registers a query; validation errors come back as [`CqError::Invalid`].
+    pub async fn register(&self, name: String, sql: String, options: CqOptions) -> Result<CqStatus, CqError> {
+        let def = CqDefinition { name, sql, options, paused: false, created_at_us: now_us() };
+        self.call(|r| Command::Register(def, r)).await?
+    }
+
+    /// Deletes a query and its output table.
+    pub async fn delete(&self, name: String) -> Result<(), CqError> {
+        self.call(|r| Command::Delete(name, r)).await?
+    }
+
+    /// Pauses or resumes a query.
+    pub async fn set_paused(&self, name: String, paused: bool) -> Result<CqStatus, CqError> {
+        self.call(|r| Command::SetPaused(name, paused, r)).await?
+    }
+
+    /// Status of every query.
+    pub async fn list(&self) -> Result<Vec<CqStatus>, CqError> {
+        self.call(Command::List).await
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[derive(Debug)]
+struct Running {
+    rt: CqRuntime,
+    output: LocalStore,
+}
+
+/// The engine state, owned by its task.
+#[derive(Debug)]
+pub struct StreamEngine {
+    deps: EngineDeps,
+    queries: Vec<Running>,
+    late: LocalStore,
+}
+
+impl StreamEngine {
+    /// Loads saved queries, replays what they had not emitted before the last stop, registers
+    /// the shipped queries that are missing, and starts the engine task.
+    pub async fn start(
+        deps: EngineDeps,
+        shipped: &[(String, String)],
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(StreamHandle, tokio::task::JoinHandle<()>), CqError> {
+        let late = LocalStore::open_table(
+            deps.dir.join("_late_events"),
+            late::schema(),
+            Some("event_time".into()),
+            deps.storage.clone(),
+            None,
+        )?;
+        deps.query_ctx.register_table(LATE_EVENTS_TABLE, late.table_provider()).map_err(CqError::internal)?;
+        let mut engine = Self { deps, queries: Vec::new(), late };
+        let saved = catalog::load(&engine.deps.dir)?;
+        let mut snapshots = Vec::new();
+        for def in saved {
+            let name = def.name.clone();
+            match engine.open_query(def).await {
+                Ok(()) => {
+                    let snapshot = engine.replay_input(engine.queries.len() - 1).await?;
+                    snapshots.push(snapshot);
+                }
+                Err(e) => tracing::error!(query = %name, error = %e, "saved continuous query no longer plans; skipping it"),
+            }
+        }
+        engine.replay(snapshots).await;
+        for (name, sql) in shipped {
+            if engine.index(name).is_none() {
+                let def = CqDefinition { name: name.clone(), sql: sql.clone(), options: CqOptions::default(), paused: false, created_at_us: now_us() };
+                if let Err(e) = engine.register(def).await {
+                    tracing::error!(query = %name, error = %e, "shipped continuous query failed to register");
+                }
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => engine.handle(cmd).await,
+                        None => break,
+                    },
+                    _ = tick.tick() => engine.tick().await,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            engine.shutdown().await;
+        });
+        Ok((StreamHandle { tx }, task))
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.queries.iter().position(|q| q.rt.def.name == name)
+    }
+
+    fn source_schema(&self, source: &str) -> Result<SchemaRef, CqError> {
+        if source == EVENTS_TABLE {
+            return Ok(events_schema());
+        }
+        self.index(source)
+            .map(|i| self.queries[i].rt.output_schema())
+            .ok_or_else(|| CqError::Invalid(format!("unknown source table `{source}`: read `events` or another continuous query")))
+    }
+
+    /// Plans `def`, opens its output store and exposes it as a table.
+    async fn open_query(&mut self, def: CqDefinition) -> Result<(), CqError> {
+        let source = source_of(&def.sql)?;
+        let schema = self.source_schema(&source)?;
+        let mut rt = CqRuntime::new(def, &schema).await?;
+        let output = LocalStore::open_table(
+            self.deps.dir.join(&rt.def.name),
+            rt.output_schema(),
+            Some("window_start".into()),
+            self.deps.storage.clone(),
+            None,
+        )?;
+        rt.emitted_through = max_window_start(&output).await?;
+        self.deps.query_ctx.register_table(rt.def.name.as_str(), output.table_provider()).map_err(CqError::internal)?;
+        self.queries.push(Running { rt, output });
+        Ok(())
+    }
+
+    /// Persisted input a restarted query has to see again: its source's rows since it was
+    /// created (events by arrival order), minus windows it had already emitted.
+    async fn replay_input(&self, i: usize) -> Result<Vec<RecordBatch>, CqError> {
+        let q = &self.queries[i];
+        let ctx = SessionContext::new();
+        let (table, time_col, order_col) = if q.rt.source == EVENTS_TABLE {
+            (self.deps.events.table_provider(), "timestamp".to_string(), "ingest_time")
+        } else {
+            let up = self.index(&q.rt.source).ok_or_else(|| CqError::Internal("missing upstream".into()))?;
+            (self.queries[up].output.table_provider(), "window_start".to_string(), "window_start")
+        };
+        ctx.register_table("src", table).map_err(CqError::internal)?;
+        let ts = |us: i64| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
+        let mut df = ctx.table("src").await.map_err(CqError::internal)?;
+        if q.rt.source == EVENTS_TABLE {
+            df = df.filter(col("ingest_time").gt_eq(ts(q.rt.def.created_at_us))).map_err(CqError::internal)?;
+        }
+        if let Some(e) = q.rt.emitted_through {
+            df = df.filter(col(time_col.as_str()).gt_eq(ts(e - q.rt.replay_horizon_us()))).map_err(CqError::internal)?;
+        }
+        let df = df.sort(vec![col(order_col).sort(true, false)]).map_err(CqError::internal)?;
+        df.collect().await.map_err(CqError::from_execution)
+    }
+
+    /// Runs the replay snapshots through the queries in order; output produced on the way
+    /// flows downstream like live output.
+    async fn replay(&mut self, snapshots: Vec<Vec<RecordBatch>>) {
+        let total: usize = snapshots.iter().flatten().map(RecordBatch::num_rows).sum();
+        if total > 0 {
+            tracing::info!(rows = total, "replaying continuous-query input after restart");
+        }
+        let mut pending: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        for (i, snapshot) in snapshots.into_iter().enumerate() {
+            let name = self.queries[i].rt.def.name.clone();
+            let source = self.queries[i].rt.source.clone();
+            let mut inputs = snapshot;
+            if let Some(up) = pending.get(&source) {
+                inputs.extend(up.iter().cloned());
+            }
+            let out = self.run_query(i, &inputs, true).await;
+            pending.entry(name).or_default().extend(out);
+        }
+    }
+
+    /// Feeds `inputs` to query `i`, persists its output and late events; returns the output.
+    async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
+        let now = now_us();
+        let mut outputs = Vec::new();
+        let mut late = Vec::new();
+        for batch in inputs {
+            match self.queries[i].rt.on_batch(batch, now, replay).await {
+                Ok(p) => {
+                    outputs.extend(p.output);
+                    late.extend(p.late);
+                }
+                Err(e) => {
+                    tracing::error!(query = %self.queries[i].rt.def.name, error = %e, "continuous query failed on a batch");
+                    self.queries[i].rt.last_error = Some(e.to_string());
+                }
+            }
+        }
+        self.persist(i, &outputs, &late).await;
+        outputs
+    }
+
+    async fn persist(&mut self, i: usize, outputs: &[RecordBatch], late: &[late::LateEvent]) {
+        let q = &mut self.queries[i];
+        let name = q.rt.def.name.clone();
+        for batch in outputs {
+            self.deps.metrics.cq_rows_emitted_total.with_label_values(&[&name]).inc_by(batch.num_rows() as u64);
+            if let Err(e) = q.output.append(batch.clone()).await {
+                tracing::error!(query = %name, error = %e, "writing continuous-query output failed");
+                q.rt.last_error = Some(e.to_string());
+            }
+        }
+        if let Some(w) = q.rt.watermark() {
+            self.deps.metrics.cq_watermark_seconds.with_label_values(&[&name]).set(w as f64 / 1e6);
+        }
+        if !late.is_empty() {
+            self.deps.metrics.late_events_total.with_label_values(&[&name]).inc_by(late.len() as u64);
+            let watermark = q.rt.watermark().unwrap_or_default();
+            match late::batch(&name, watermark, now_us(), late) {
+                Ok(batch) => {
+                    if let Err(e) = self.late.append(batch).await {
+                        tracing::error!(query = %name, error = %e, "writing late events failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "building late-events batch failed"),
+            }
+        }
+    }
+
+    /// Runs input from `source` through every query, downstream queries included.
+    async fn dispatch(&mut self, source: &str, batches: Vec<RecordBatch>) {
+        let mut pending: HashMap<String, Vec<RecordBatch>> = HashMap::from([(source.to_string(), batches)]);
+        for i in 0..self.queries.len() {
+            let Some(inputs) = pending.get(&self.queries[i].rt.source).cloned() else { continue };
+            let out = self.run_query(i, &inputs, false).await;
+            if !out.is_empty() {
+                pending.entry(self.queries[i].rt.def.name.clone()).or_default().extend(out);
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Batch(batch) => self.dispatch(EVENTS_TABLE, vec![batch]).await,
+            Command::Register(def, reply) => {
+                let _ = reply.send(self.register(def).await);
+            }
+            Command::Delete(name, reply) => {
+                let _ = reply.send(self.delete(&name).await);
+            }
+            Command::SetPaused(name, paused, reply) => {
+                let result = match self.index(&name) {
+                    Some(i) => {
+                        self.queries[i].rt.def.paused = paused;
+                        self.save().map(|()| self.queries[i].rt.status())
+                    }
+                    None => Err(CqError::NotFound(name)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::List(reply) => {
+                let _ = reply.send(self.queries.iter().map(|q| q.rt.status()).collect());
+            }
+        }
+    }
+
+    async fn register(&mut self, def: CqDefinition) -> Result<CqStatus, CqError> {
+        catalog::validate_name(&def.name).map_err(CqError::Invalid)?;
+        let exists = self.index(&def.name).is_some()
+            || self.deps.query_ctx.table_exist(def.name.as_str()).map_err(CqError::internal)?;
+        if exists {
+            return Err(CqError::Duplicate(def.name));
+        }
+        let dir = self.deps.dir.join(&def.name);
+        if dir.exists() {
+            // Leftover of a query deleted while the process died: start clean.
+            std::fs::remove_dir_all(&dir).map_err(|e| CqError::internal(format!("removing {}: {e}", dir.display())))?;
+        }
+        self.open_query(def).await?;
+        self.save()?;
+        let status = self.queries.last().map(|q| q.rt.status()).ok_or_else(|| CqError::internal("vanished"))?;
+        tracing::info!(query = %status.name, window = %status.window, source = %status.source, "continuous query registered");
+        Ok(status)
+    }
+
+    async fn delete(&mut self, name: &str) -> Result<(), CqError> {
+        let i = self.index(name).ok_or_else(|| CqError::NotFound(name.to_string()))?;
+        if let Some(d) = self.queries.iter().find(|q| q.rt.source == name) {
+            return Err(CqError::Invalid(format!("`{}` reads from `{name}`; delete it first", d.rt.def.name)));
+        }
+        let removed = self.queries.remove(i);
+        self.save()?;
+        self.deps.query_ctx.deregister_table(name).map_err(CqError::internal)?;
+        drop(removed);
+        let dir = self.deps.dir.join(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| CqError::internal(format!("removing {}: {e}", dir.display())))?;
+        tracing::info!(query = %name, "continuous query deleted");
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), CqError> {
+        let defs: Vec<CqDefinition> = self.queries.iter().map(|q| q.rt.def.clone()).collect();
+        catalog::save(&self.deps.dir, &defs).map_err(CqError::from)
+    }
+
+    async fn tick(&mut self) {
+        let now = now_us();
+        for i in 0..self.queries.len() {
+            match self.queries[i].rt.on_tick(now).await {
+                Ok(out) if !out.is_empty() => {
+                    self.persist(i, &out, &[]).await;
+                    let name = self.queries[i].rt.def.name.clone();
+                    self.dispatch(&name, out).await;
+                }
+                Ok(_) => {}
+                Err(e) => self.queries[i].rt.last_error = Some(e.to_string()),
+            }
+            if let Err(e) = self.queries[i].output.maintain().await {
+                tracing::warn!(error = %e, "continuous-query output maintenance failed");
+            }
+        }
+        if let Err(e) = self.late.maintain().await {
+            tracing::warn!(error = %e, "late-events maintenance failed");
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for q in &self.queries {
+            if let Err(e) = q.output.flush().await {
+                tracing::warn!(query = %q.rt.def.name, error = %e, "flushing output failed");
+            }
+        }
+        if let Err(e) = self.late.flush().await {
+            tracing::warn!(error = %e, "flushing late events failed");
+        }
+    }
+}
+
+/// Largest `window_start` already in an output store.
+async fn max_window_start(store: &LocalStore) -> Result<Option<i64>, CqError> {
+    let ctx = SessionContext::new();
+    ctx.register_table("out", store.table_provider()).map_err(CqError::internal)?;
+    let batches = ctx
+        .sql("SELECT CAST(max(window_start) AS BIGINT) AS m FROM out")
+        .await
+        .map_err(CqError::internal)?
+        .collect()
+        .await
+        .map_err(CqError::from_execution)?;
+    let value = batches
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| ScalarValue::try_from_array(b.column(0), 0))
+        .transpose()
+        .map_err(CqError::internal)?;
+    Ok(match value {
+        Some(ScalarValue::Int64(v)) => v,
+        _ => None,
+    })
+}

@@ -1,0 +1,79 @@
+//! The streaming engine: continuous SQL queries over event-time windows.
+//!
+//! A continuous query is planned once by DataFusion, split into partial and final
+//! aggregation ([`plan`]), and run on every micro-batch of accepted events ([`query`]):
+//! accumulator state is kept per (window, group key), merged while the window is open and
+//! finalized when the watermark passes its end. Output rows go to a durable table named after
+//! the query; events too late for their window go to `late_events`. [`engine`] owns the queries
+//! and runs them on one task fed by the ingest path.
+
+pub mod catalog;
+pub mod engine;
+pub mod late;
+pub mod plan;
+pub mod query;
+pub mod rewrite;
+pub mod shipped;
+pub mod window;
+
+use crate::error::{Classify, ErrorClass};
+use datafusion::error::DataFusionError;
+
+pub use engine::{StreamEngine, StreamHandle};
+
+/// Errors of continuous queries.
+#[derive(Debug, thiserror::Error)]
+pub enum CqError {
+    /// The definition is invalid (SQL, window, name, options): rejected at registration.
+    #[error("{0}")]
+    Invalid(String),
+    /// A query with this name (or a table with this name) already exists.
+    #[error("a continuous query or table named `{0}` already exists")]
+    Duplicate(String),
+    /// No query with this name.
+    #[error("no continuous query named `{0}`")]
+    NotFound(String),
+    /// Execution failed on some micro-batch.
+    #[error("execution failed: {0}")]
+    Execution(String),
+    /// Storage of outputs, late events or definitions failed.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The engine task is gone (shutting down).
+    #[error("the streaming engine is not running")]
+    Stopped,
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CqError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+
+    /// Planning errors are the user's (unknown column, bad type, unknown function).
+    pub(crate) fn from_planning(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::Internal(_) => Self::Internal(e.strip_backtrace()),
+            root => Self::Invalid(root.message().to_string()),
+        }
+    }
+
+    pub(crate) fn from_execution(e: DataFusionError) -> Self {
+        Self::Execution(e.strip_backtrace())
+    }
+}
+
+impl Classify for CqError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Invalid(_) | Self::Duplicate(_) | Self::NotFound(_) => ErrorClass::User,
+            Self::Storage(_) | Self::Stopped => ErrorClass::External,
+            Self::Execution(_) | Self::Internal(_) => ErrorClass::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

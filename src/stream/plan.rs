@@ -1,0 +1,206 @@
+//! Splits a continuous query's DataFusion plan the way Arroyo does: the partial aggregate runs
+//! on each micro-batch and yields accumulator *state* rows per (window, group key); states of
+//! one window are combined with `PartialReduce` while it is open and turned into output rows by
+//! the `Final` aggregate (plus everything above it: projection, HAVING) when it closes.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, collect};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::CqError;
+use super::rewrite::INPUT_TABLE;
+use super::window::{self, WindowSpec};
+
+/// The executable pieces of one continuous query.
+#[derive(Debug)]
+pub struct CqPlan {
+    partial: Arc<dyn ExecutionPlan>,
+    group_by: Arc<PhysicalGroupBy>,
+    aggr: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    agg_input_schema: SchemaRef,
+    /// Schema of state rows: group columns, then each aggregate's state fields.
+    pub state_schema: SchemaRef,
+    top: Arc<dyn ExecutionPlan>,
+    top_agg: Arc<dyn ExecutionPlan>,
+    /// Schema of output rows.
+    pub output_schema: SchemaRef,
+    /// Index of `window_start` in state rows.
+    pub window_start_idx: usize,
+    task: Arc<TaskContext>,
+}
+
+fn as_agg(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {
+    (plan.as_ref() as &dyn Any).downcast_ref::<AggregateExec>()
+}
+
+fn find_agg(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    if as_agg(plan).is_some() {
+        return Some(Arc::clone(plan));
+    }
+    plan.children().into_iter().find_map(find_agg)
+}
+
+fn memory_exec(batches: Vec<RecordBatch>, schema: &SchemaRef) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[batches], Arc::clone(schema), None)?;
+    Ok(exec)
+}
+
+type Parts = (
+    PhysicalGroupBy,
+    Vec<Arc<AggregateFunctionExpr>>,
+    Vec<Option<Arc<dyn PhysicalExpr>>>,
+    Arc<dyn ExecutionPlan>,
+    SchemaRef,
+);
+
+fn parts_of(a: &AggregateExec) -> Parts {
+    (a.group_expr().clone(), a.aggr_expr().to_vec(), a.filter_expr().to_vec(), Arc::clone(a.input()), a.input_schema())
+}
+
+/// The partial aggregation's parts, whether DataFusion planned one `Single` aggregate or a
+/// `Partial` + `Final` pair.
+fn split(top_agg: &Arc<dyn ExecutionPlan>) -> Result<Parts, CqError> {
+    let agg = as_agg(top_agg).ok_or_else(|| CqError::Internal("not an aggregate".into()))?;
+    match agg.mode() {
+        AggregateMode::Single | AggregateMode::SinglePartitioned => Ok(parts_of(agg)),
+        AggregateMode::Final | AggregateMode::FinalPartitioned => {
+            let partial = find_agg(agg.input()).ok_or_else(|| CqError::Internal("final aggregate without a partial one".into()))?;
+            let p = as_agg(&partial).ok_or_else(|| CqError::Internal("not an aggregate".into()))?;
+            Ok(parts_of(p))
+        }
+        other => Err(CqError::Internal(format!("unexpected top aggregate mode {other:?}"))),
+    }
+}
+
+/// Builds the session a continuous query plans in: the Hub's functions plus its window UDFs.
+pub fn session(spec: WindowSpec, input_schema: &SchemaRef) -> Result<SessionContext, CqError> {
+    let mut ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    datafusion_functions_json::register_all(&mut ctx).map_err(CqError::internal)?;
+    llm_analytics_udfs::register_all(&mut ctx).map_err(CqError::internal)?;
+    for udf in window::udfs(spec) {
+        ctx.register_udf(udf);
+    }
+    let input = MemTable::try_new(Arc::clone(input_schema), vec![vec![]]).map_err(CqError::internal)?;
+    ctx.register_table(INPUT_TABLE, Arc::new(input)).map_err(CqError::internal)?;
+    Ok(ctx)
+}
+
+impl CqPlan {
+    /// Plans the rewritten SQL over micro-batches with `input_schema`.
+    pub async fn build(sql: &str, spec: WindowSpec, input_schema: &SchemaRef) -> Result<Self, CqError> {
+        let ctx = session(spec, input_schema)?;
+        let df = ctx.sql(sql).await.map_err(CqError::from_planning)?;
+        let top = df.create_physical_plan().await.map_err(CqError::from_planning)?;
+        let top_agg = find_agg(&top).ok_or_else(|| CqError::Invalid("the query has no aggregation".into()))?;
+        let (group_by, aggr, filters, input, agg_input_schema) = split(&top_agg)?;
+        if find_agg(&input).is_some() {
+            return Err(CqError::Invalid("nested aggregations are not supported in continuous queries".into()));
+        }
+        if group_by.has_grouping_set() {
+            return Err(CqError::Invalid("grouping sets are not supported in continuous queries".into()));
+        }
+        let group_by = Arc::new(group_by);
+        let partial: Arc<dyn ExecutionPlan> = Arc::new(
+            AggregateExec::try_new(
+                AggregateMode::Partial,
+                Arc::clone(&group_by),
+                aggr.clone(),
+                filters.clone(),
+                input,
+                Arc::clone(&agg_input_schema),
+            )
+            .map_err(CqError::from_planning)?,
+        );
+        let state_schema = partial.schema();
+        let window_start_idx = state_schema
+            .index_of("window_start")
+            .map_err(|_| CqError::Internal("window_start is not a state column".into()))?;
+        let output_schema = top.schema();
+        Ok(Self {
+            partial,
+            group_by,
+            aggr,
+            filters,
+            agg_input_schema,
+            state_schema,
+            top,
+            top_agg,
+            output_schema,
+            window_start_idx,
+            task: ctx.task_ctx(),
+        })
+    }
+
+    /// Runs the partial aggregate over one micro-batch; returns state rows.
+    pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>, CqError> {
+        let plan = Arc::clone(&self.partial)
+            .transform_up(|node| {
+                let Some(source) = (node.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let Some(mem) = source.data_source().downcast_ref::<MemorySourceConfig>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let exec: Arc<dyn ExecutionPlan> =
+                    MemorySourceConfig::try_new_exec(&[vec![batch.clone()]], mem.original_schema(), mem.projection().clone())?;
+                Ok(Transformed::yes(exec))
+            })
+            .data()
+            .map_err(CqError::internal)?;
+        collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)
+    }
+
+    fn merge_agg(&self, mode: AggregateMode, states: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>, CqError> {
+        let input = memory_exec(states, &self.state_schema).map_err(CqError::internal)?;
+        let agg = AggregateExec::try_new(
+            mode,
+            Arc::new(self.group_by.as_final()),
+            self.aggr.clone(),
+            self.filters.clone(),
+            input,
+            Arc::clone(&self.agg_input_schema),
+        )
+        .map_err(CqError::internal)?;
+        Ok(Arc::new(agg))
+    }
+
+    /// Combines state rows into one state row per group.
+    pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, CqError> {
+        let plan = self.merge_agg(AggregateMode::PartialReduce, states)?;
+        let out = collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)?;
+        out.into_iter()
+            .map(|b| RecordBatch::try_new(Arc::clone(&self.state_schema), b.columns().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CqError::internal)
+    }
+
+    /// Turns state rows of closed windows into output rows.
+    pub async fn finalize(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, CqError> {
+        let final_agg = self.merge_agg(AggregateMode::Final, states)?;
+        let target = Arc::clone(&self.top_agg);
+        let plan = Arc::clone(&self.top)
+            .transform_down(|node| {
+                if Arc::ptr_eq(&node, &target) {
+                    Ok(Transformed::new(Arc::clone(&final_agg), true, TreeNodeRecursion::Jump))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })
+            .data()
+            .map_err(CqError::internal)?;
+        collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)
+    }
+}
+
