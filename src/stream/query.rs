@@ -114,7 +114,7 @@ async fn eval_span(expr: &str) -> Result<Span, CqError> {
         .map_err(|_| CqError::Invalid(format!("window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'")))?;
     let values = as_interval.as_primitive::<IntervalMonthDayNanoType>();
     if values.is_empty() || values.is_null(0) {
-        return Err(CqError::Invalid(format!("window size `{expr}` is NULL")));
+        return Err(CqError::Invalid(format!("window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'")));
     }
     let v = values.value(0);
     Span::from_interval(v.months, v.days, v.nanoseconds).map_err(CqError::Invalid)

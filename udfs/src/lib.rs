@@ -4,25 +4,44 @@
 //! Every function lives in its own file under `scalar/`, `aggregate/` or `window/`, and is
 //! listed once in [`scalar_udfs`], [`aggregate_udfs`] or [`window_udfs`].
 
+#![cfg_attr(test, allow(clippy::expect_used))]
+
 use std::sync::Arc;
 
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
+pub mod aggregate;
+pub mod scalar;
+pub mod series;
+pub mod sketch;
+pub mod window;
+
 /// Every scalar function of the library.
 pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
-    Vec::new()
+    vec![scalar::sketch_quantile::udf(), scalar::zscore::udf()]
 }
 
 /// Every aggregate function of the library.
 pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
-    Vec::new()
+    vec![
+        aggregate::quantile_sketch::udaf(),
+        aggregate::sketch_merge::udaf(),
+        aggregate::p50::udaf(),
+        aggregate::p95::udaf(),
+        aggregate::p99::udaf(),
+        aggregate::spearman_corr::udaf(),
+        aggregate::xcorr::udaf(),
+        aggregate::forecast::udaf(),
+        aggregate::detect_seasonality::udaf(),
+        aggregate::changepoints::udaf(),
+    ]
 }
 
 /// Every window function of the library.
 pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
-    Vec::new()
+    vec![window::anomaly::udwf(), window::anomaly_robust::udwf(), window::anomaly_seasonal::udwf()]
 }
 
 /// Registers every function of the library into `registry` (a `SessionContext` or state).
