@@ -1,0 +1,4 @@
+//! Scalar functions, one per file.
+
+pub mod sketch_quantile;
+pub mod zscore;
