@@ -67,16 +67,8 @@ fn main() -> ExitCode {
             };
             let sql = sql.unwrap_or_else(|| llm_analytics_hub::bench::ROLLUP_SQL.to_string());
             match runtime.block_on(llm_analytics_hub::bench::run_rollup(file, batch_rows, &sql)) {
-                Ok(r) => {
-                    println!("events:        {} ({} rejected)", r.events, r.rejected);
-                    println!("input:         {:.1} MB ({} bytes/event)", r.bytes as f64 / 1e6, r.bytes / r.events.max(1));
-                    println!("output rows:   {}", r.output_rows);
-                    println!("elapsed:       {:.3} s", r.seconds);
-                    println!("throughput:    {:.0} events/s ({:.1} MB/s)", r.events as f64 / r.seconds, r.bytes as f64 / 1e6 / r.seconds);
-                    match r.peak_rss_bytes {
-                        Some(b) => println!("peak RSS:      {:.1} MB", b as f64 / 1e6),
-                        None => println!("peak RSS:      unavailable"),
-                    }
+                Ok(report) => {
+                    print!("{report}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

@@ -379,13 +379,21 @@ impl EventDecoder {
         }
     }
 
-    /// Decodes one event given as its JSON text. Returns `false` if it was rejected.
+    /// Decodes one event given as its JSON bytes. Returns `false` if it was rejected.
     pub fn push(&mut self, json: &[u8]) -> bool {
+        self.push_parsed(json, serde_json::from_slice::<RawEvent<'_>>(json))
+    }
+
+    /// Like [`Self::push`] for text already known to be UTF-8 (skips re-validation).
+    pub fn push_str(&mut self, json: &str) -> bool {
+        self.push_parsed(json.as_bytes(), serde_json::from_str::<RawEvent<'_>>(json))
+    }
+
+    fn push_parsed(&mut self, json: &[u8], parsed: Result<RawEvent<'_>, serde_json::Error>) -> bool {
         let index = self.total;
         self.total += 1;
         // serde would also map a JSON array onto the struct's fields by position.
         let is_object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let parsed = serde_json::from_slice::<RawEvent<'_>>(json);
         let env = match parsed {
             Ok(env) if is_object => env,
             Ok(_) => {
@@ -442,11 +450,20 @@ impl EventDecoder {
 pub fn decode_ndjson(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, BodyError> {
     let estimate = body.len() / 512 + 1;
     let mut decoder = EventDecoder::new(estimate, body.len(), ingest_time_us);
-    for line in body.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    // Validate UTF-8 once for the whole body when possible; a body with invalid bytes falls
+    // back to per-line validation so only the affected lines are rejected.
+    let text = std::str::from_utf8(body).ok();
+    let mut start = 0;
+    while start < body.len() {
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
+        let line = &body[start..end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            match text {
+                Some(t) => decoder.push_str(&t[start..end]),
+                None => decoder.push(line),
+            };
         }
-        decoder.push(line);
+        start = end + 1;
     }
     if decoder.total == 0 {
         return Err(BodyError::Empty);

@@ -23,6 +23,8 @@ use crate::storage::local::{LocalStore, LocalStoreConfig};
 
 /// Input batches queued between ingest and the engine; when full, ingest waits.
 const QUEUE_DEPTH: usize = 64;
+/// Queued input batches are merged into micro-batches of up to this many rows.
+const COALESCE_ROWS: usize = 65_536;
 
 /// What the engine needs from the rest of the service.
 #[derive(Clone)]
@@ -157,6 +159,15 @@ impl StreamEngine {
             loop {
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
+                        Some(Command::Batch(first)) => {
+                            // Coalesce queued batches into one micro-batch: one plan execution
+                            // per burst instead of one per ingest request.
+                            let (batches, next) = drain_batches(first, &mut rx);
+                            engine.on_events(batches).await;
+                            if let Some(cmd) = next {
+                                engine.handle(cmd).await;
+                            }
+                        }
                         Some(cmd) => engine.handle(cmd).await,
                         None => break,
                     },
@@ -304,9 +315,29 @@ impl StreamEngine {
         }
     }
 
+    async fn on_events(&mut self, batches: Vec<RecordBatch>) {
+        let batch = if batches.len() == 1 {
+            batches.into_iter().next()
+        } else {
+            match datafusion::arrow::compute::concat_batches(&events_schema(), &batches) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "coalescing input batches failed; processing them one by one");
+                    for b in batches {
+                        self.dispatch(EVENTS_TABLE, vec![b]).await;
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(batch) = batch {
+            self.dispatch(EVENTS_TABLE, vec![batch]).await;
+        }
+    }
+
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Batch(batch) => self.dispatch(EVENTS_TABLE, vec![batch]).await,
+            Command::Batch(batch) => self.on_events(vec![batch]).await,
             Command::Register(def, reply) => {
                 let _ = reply.send(self.register(def).await);
             }
@@ -399,6 +430,24 @@ impl StreamEngine {
             tracing::warn!(error = %e, "flushing late events failed");
         }
     }
+}
+
+/// Takes further queued input batches (up to [`COALESCE_ROWS`] rows) after `first`; stops at
+/// the first command that is not a batch and returns it, so commands keep their order.
+fn drain_batches(first: RecordBatch, rx: &mut mpsc::Receiver<Command>) -> (Vec<RecordBatch>, Option<Command>) {
+    let mut rows = first.num_rows();
+    let mut batches = vec![first];
+    while rows < COALESCE_ROWS {
+        match rx.try_recv() {
+            Ok(Command::Batch(b)) => {
+                rows += b.num_rows();
+                batches.push(b);
+            }
+            Ok(other) => return (batches, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (batches, None)
 }
 
 /// Largest `window_start` already in an output store.

@@ -148,3 +148,36 @@ fn generate_is_deterministic_and_writes_ndjson() {
     assert_eq!(text.lines().count(), 300);
     assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hub.example.toml");
+    let out = std::process::Command::new(BIN).arg("--config").arg(&path).arg("config").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("data_dir = \"/var/lib/llm-analytics-hub\""));
+}
+
+#[test]
+fn bench_rollup_runs_on_any_ndjson_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.ndjson");
+    let out = std::process::Command::new(BIN)
+        .args(["generate", "--count", "3000", "--events-per-sec", "20", "--output"])
+        .arg(&file)
+        .output()
+        .expect("generate");
+    assert!(out.status.success());
+    let out = std::process::Command::new(BIN).args(["bench", "rollup", "--input"]).arg(&file).output().expect("bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("events:        3000 (0 rejected)"), "{text}");
+    let rows: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("output rows:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("output rows line");
+    // 3000 events at 20/s span 150 s: 3 one-minute windows x (6 models + the NULL group of
+    // events without a model).
+    assert!((7..=21).contains(&rows), "{text}");
+    assert!(text.contains("throughput:") && text.contains("peak RSS:"));
+}
