@@ -1,5 +1,6 @@
 //! SQL functions for LLM Analytics Hub: scalar UDFs, aggregate UDAFs and window UDWFs over
-//! DataFusion. Depends only on DataFusion/Arrow so it builds and tests quickly.
+//! DataFusion: mergeable percentiles (DDSketch), anomaly scoring, rank and lagged correlation,
+//! forecasting and seasonality/changepoint detection (augurs). Reference: `docs/functions.md`.
 //!
 //! Every function lives in its own file under `scalar/`, `aggregate/` or `window/`, and is
 //! listed once in [`scalar_udfs`], [`aggregate_udfs`] or [`window_udfs`].
