@@ -26,7 +26,7 @@ pub const DEFAULT_SCHEMA_VERSION: &str = "1.0.0";
 
 /// A fully validated event, borrowing from the request body where possible.
 struct Parsed<'a> {
-    event_id: String,
+    event_id: uuid::Uuid,
     timestamp_us: i64,
     source_module: Cow<'a, str>,
     event_type: Cow<'a, str>,
@@ -34,7 +34,7 @@ struct Parsed<'a> {
     severity: Cow<'a, str>,
     environment: Option<Cow<'a, str>>,
     correlation_id: Option<Cow<'a, str>>,
-    parent_event_id: Option<String>,
+    parent_event_id: Option<uuid::Uuid>,
     tags: Option<&'a str>,
     operation: Option<Cow<'a, str>>,
     provider: Option<Cow<'a, str>>,
@@ -76,9 +76,7 @@ fn parse_payload<'a>(raw: &'a serde_json::value::RawValue) -> Result<RawPayload<
 
 fn validate_tags(raw: &serde_json::value::RawValue) -> Result<&str, FieldError> {
     let text = raw.get();
-    let ok = text.starts_with('{')
-        && serde_json::from_str::<std::collections::HashMap<Cow<'_, str>, Cow<'_, str>>>(text)
-            .is_ok();
+    let ok = text.starts_with('{') && serde_json::from_str::<fields::StringMap>(text).is_ok();
     if ok {
         Ok(text)
     } else {
@@ -275,7 +273,8 @@ impl Builders {
     }
 
     fn append(&mut self, e: &Parsed<'_>, ingest_time_us: i64) {
-        self.event_id.append_value(&e.event_id);
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        self.event_id.append_value(e.event_id.hyphenated().encode_lower(&mut buf));
         self.timestamp.append_value(e.timestamp_us);
         self.ingest_time.append_value(ingest_time_us);
         self.source_module.append_value(&e.source_module);
@@ -284,7 +283,10 @@ impl Builders {
         self.severity.append_value(&e.severity);
         self.environment.append_option(e.environment.as_deref());
         self.correlation_id.append_option(e.correlation_id.as_deref());
-        self.parent_event_id.append_option(e.parent_event_id.as_deref());
+        match e.parent_event_id {
+            Some(p) => self.parent_event_id.append_value(p.hyphenated().encode_lower(&mut buf)),
+            None => self.parent_event_id.append_null(),
+        }
         self.tags.append_option(e.tags);
         self.operation.append_option(e.operation.as_deref());
         self.provider.append_option(e.provider.as_deref());

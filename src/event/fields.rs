@@ -109,10 +109,9 @@ pub(crate) fn opt_non_negative_i64(
     Ok(Some(value))
 }
 
-/// Parses and normalises a UUID into its lower-case hyphenated form.
-pub(crate) fn uuid(field: &str, value: &str) -> Result<String, FieldError> {
+/// Parses a UUID (stored later in its lower-case hyphenated form).
+pub(crate) fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::parse_str(value)
-        .map(|u| u.hyphenated().to_string())
         .map_err(|e| {
             FieldError::new(
                 RejectKind::InvalidValue,
@@ -130,4 +129,42 @@ pub(crate) fn rfc3339_micros(field: &str, value: &str) -> Result<i64, FieldError
         )
     })?;
     Ok(parsed.timestamp_micros())
+}
+
+/// Checks that a JSON object has only string values, without allocating.
+pub(crate) struct StringMap;
+
+struct AnyStr;
+
+impl<'de> serde::Deserialize<'de> for AnyStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnyStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyStr, E> {
+                Ok(AnyStr)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StringMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StringMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
+                while map.next_entry::<AnyStr, AnyStr>()?.is_some() {}
+                Ok(StringMap)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
