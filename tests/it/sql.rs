@@ -57,6 +57,23 @@ async fn results_in_json_csv_and_arrow() {
     let total: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(total, 500);
 
+    // The UDF library is registered in the ad-hoc session.
+    let rows = hub
+        .rows("SELECT p95(latency_ms) AS p95, sketch_quantile(quantile_sketch(latency_ms), 0.95) AS s95, max(latency_ms) AS mx FROM events")
+        .await;
+    let p95 = rows[0]["p95"].as_f64().expect("p95");
+    assert_eq!(rows[0]["p95"], rows[0]["s95"]);
+    assert!(p95 > 0.0 && p95 <= rows[0]["mx"].as_f64().expect("max"), "{rows:?}");
+    let rows = hub
+        .rows(
+            "SELECT count(*) AS n, sum(CASE WHEN a['is_anomaly'] THEN 1 ELSE 0 END) AS anomalies FROM (
+               SELECT anomaly(latency_ms, 3.0) OVER (ORDER BY timestamp ROWS BETWEEN 60 PRECEDING AND 1 PRECEDING) AS a
+               FROM events WHERE latency_ms IS NOT NULL)",
+        )
+        .await;
+    assert!(rows[0]["n"].as_i64().expect("n") > 400);
+    assert!(rows[0]["anomalies"].as_i64().is_some(), "{rows:?}");
+
     // Payload fields stay reachable through the JSON functions.
     let rows = hub.rows("SELECT count(*) AS n FROM events WHERE json_get_str(payload, 'region') = 'eu-west-1'").await;
     let direct = hub.count("WHERE provider IS NOT NULL").await;
