@@ -1,6 +1,8 @@
 //! Decoding throughput: 100k generated events (NDJSON) → one Arrow `RecordBatch`.
 //! Run: `cargo bench --bench decode`.
 
+#![allow(clippy::expect_used)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use llm_analytics_hub::event::decode_batch_body;
 use llm_analytics_hub::generate::{Generator, GeneratorConfig};

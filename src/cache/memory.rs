@@ -49,10 +49,10 @@ impl ResultCache for MemoryCache {
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if entries.len() >= self.max_entries && !entries.contains_key(key) {
             entries.retain(|_, e| e.expires > now);
-            if entries.len() >= self.max_entries {
-                if let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.inserted).map(|(k, _)| k.clone()) {
-                    entries.remove(&oldest);
-                }
+            if entries.len() >= self.max_entries
+                && let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.inserted).map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
             }
         }
         entries.insert(key.to_string(), Entry { value, expires: now + ttl, inserted: now });

@@ -54,12 +54,12 @@ pub async fn run(
     }
     let fmt = ResultFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let cache_key = format!("sql:{fmt:?}:{}", req.sql);
-    if let Some(cache) = &state.cache {
-        if let Some(hit) = cache.get(&cache_key).await {
-            state.metrics.sql_queries_total.with_label_values(&["cache_hit"]).inc();
-            return Ok(([(header::CONTENT_TYPE, hit.content_type), (header::HeaderName::from_static("x-cache"), "hit")], hit.body)
-                .into_response());
-        }
+    if let Some(cache) = &state.cache
+        && let Some(hit) = cache.get(&cache_key).await
+    {
+        state.metrics.sql_queries_total.with_label_values(&["cache_hit"]).inc();
+        return Ok(([(header::CONTENT_TYPE, hit.content_type), (header::HeaderName::from_static("x-cache"), "hit")], hit.body)
+            .into_response());
     }
     let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
     let result = match state.engine.run(&req.sql, max_rows).await {
@@ -89,11 +89,11 @@ pub async fn run(
         ResultFormat::ArrowStream => format::arrow_stream(&result.schema, &result.batches).map_err(ApiError::internal)?,
     };
     let body = Bytes::from(body);
-    if let Some(cache) = &state.cache {
-        if body.len() <= state.cache_max_entry_bytes {
-            let value = CachedResult { content_type: fmt.content_type(), body: body.clone() };
-            cache.put(&cache_key, value, state.cache_ttl).await;
-        }
+    if let Some(cache) = &state.cache
+        && body.len() <= state.cache_max_entry_bytes
+    {
+        let value = CachedResult { content_type: fmt.content_type(), body: body.clone() };
+        cache.put(&cache_key, value, state.cache_ttl).await;
     }
     let mut response = ([(header::CONTENT_TYPE, fmt.content_type())], body).into_response();
     let h = response.headers_mut();

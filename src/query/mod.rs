@@ -140,16 +140,16 @@ pub async fn collect_limited(
     let mut truncated = false;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        if let Some(max) = max_rows {
-            if rows + batch.num_rows() > max {
-                let keep = max - rows;
-                if keep > 0 {
-                    batches.push(batch.slice(0, keep));
-                }
-                rows = max;
-                truncated = true;
-                break;
+        if let Some(max) = max_rows
+            && rows + batch.num_rows() > max
+        {
+            let keep = max - rows;
+            if keep > 0 {
+                batches.push(batch.slice(0, keep));
             }
+            rows = max;
+            truncated = true;
+            break;
         }
         rows += batch.num_rows();
         batches.push(batch);

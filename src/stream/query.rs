@@ -302,11 +302,11 @@ impl CqRuntime {
             return Ok(Vec::new());
         }
         let idle = self.last_input.elapsed();
-        if idle.as_millis() as u64 >= self.def.options.idle_timeout_ms {
-            if let Some(max) = self.max_event_us {
-                let advanced = max.saturating_add(idle.as_micros() as i64).min(now_us.max(max));
-                self.advance(Some(advanced));
-            }
+        if idle.as_millis() as u64 >= self.def.options.idle_timeout_ms
+            && let Some(max) = self.max_event_us
+        {
+            let advanced = max.saturating_add(idle.as_micros() as i64).min(now_us.max(max));
+            self.advance(Some(advanced));
         }
         self.close_due().await
     }

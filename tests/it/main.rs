@@ -1,5 +1,8 @@
 //! Integration tests: the real `analytics-hub` binary on real loopback ports.
 
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod api;
 mod durability;
 mod harness;
