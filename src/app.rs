@@ -171,7 +171,7 @@ async fn run_demo(
         if n == 0 {
             continue;
         }
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = crate::event::time::now_micros();
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
         match decode_batch_body(body.as_bytes(), now) {
             Ok(decoded) => {

@@ -127,7 +127,7 @@ pub async fn run_rollup(input: impl Read + Send + 'static, batch_rows: usize, sq
         }));
     }
     drop(done_tx);
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = crate::event::time::now_micros();
     let (mut events, mut rejected, mut output_rows) = (0, 0, 0);
     let mut next_seq = 0u64;
     let mut reorder: BTreeMap<u64, RecordBatch> = BTreeMap::new();

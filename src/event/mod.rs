@@ -5,6 +5,7 @@ mod fields;
 mod raw;
 pub mod reject;
 pub mod schema;
+pub mod time;
 #[cfg(test)]
 mod tests;
 

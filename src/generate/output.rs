@@ -49,7 +49,7 @@ pub async fn post_live(
     let mut sent = 0u64;
     while count == 0 || sent < count {
         let n = if count == 0 { batch_size as u64 } else { (count - sent).min(batch_size as u64) };
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = crate::event::time::now_micros();
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
         let response = client
             .post(&url)

@@ -11,7 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
-use datafusion::common::ScalarValue;
 use datafusion::prelude::{Expr, col, lit};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -19,6 +18,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::{ApiError, body_rejection};
 use crate::event::schema::col as c;
+use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, DecodedBatch, EVENTS_TABLE, Rejection, decode_batch_body, decode_single};
 use crate::ingest::count_rejected;
 use crate::query::collect_limited;
@@ -32,10 +32,6 @@ struct IngestResponse {
     rejected_count: usize,
     /// Each rejected event with its index and reason.
     rejected: Vec<Rejection>,
-}
-
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 fn body_error(e: BodyError) -> ApiError {
@@ -115,19 +111,10 @@ struct EventView {
     payload: Box<RawValue>,
 }
 
-fn ts_lit(micros: i64) -> Expr {
-    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
-}
-
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
     chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_micros())
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("`{name}` must be RFC 3339: {e}")))
-}
-
-fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map_or_else(|| micros.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 fn encode_cursor(ts: i64, id: &str) -> String {
@@ -192,10 +179,10 @@ pub async fn list(
     let mut filter: Option<Expr> = None;
     let mut and = |e: Expr| filter = Some(match filter.take() { Some(f) => f.and(e), None => e });
     if let Some(v) = &p.start_time {
-        and(col(c::TIMESTAMP).gt_eq(ts_lit(parse_time("start_time", v)?)));
+        and(col(c::TIMESTAMP).gt_eq(timestamp_lit(parse_time("start_time", v)?)));
     }
     if let Some(v) = &p.end_time {
-        and(col(c::TIMESTAMP).lt(ts_lit(parse_time("end_time", v)?)));
+        and(col(c::TIMESTAMP).lt(timestamp_lit(parse_time("end_time", v)?)));
     }
     for (name, value) in [(c::SOURCE_MODULE, &p.source_module), (c::EVENT_TYPE, &p.event_type), (c::SEVERITY, &p.severity)] {
         if let Some(v) = value {
@@ -205,7 +192,7 @@ pub async fn list(
     if let Some(cursor) = &p.cursor {
         let (ts, id) = decode_cursor(cursor)
             .ok_or_else(|| ApiError::bad_request("invalid_parameter", "`cursor` is not a cursor returned by this API"))?;
-        and(col(c::TIMESTAMP).lt(ts_lit(ts)).or(col(c::TIMESTAMP).eq(ts_lit(ts)).and(col(c::EVENT_ID).lt(lit(id)))));
+        and(col(c::TIMESTAMP).lt(timestamp_lit(ts)).or(col(c::TIMESTAMP).eq(timestamp_lit(ts)).and(col(c::EVENT_ID).lt(lit(id)))));
     }
     let mut df = state.engine.context().table(EVENTS_TABLE).await.map_err(ApiError::internal)?;
     if let Some(f) = filter {

@@ -80,6 +80,13 @@ pub struct QueryResult {
     pub elapsed: Duration,
 }
 
+/// Registers the functions every Hub session has: the JSON functions and the `udfs/` library
+/// (ad-hoc SQL, continuous queries and their tests all plan with the same set).
+pub fn register_functions(ctx: &mut SessionContext) -> Result<(), DataFusionError> {
+    datafusion_functions_json::register_all(ctx)?;
+    llm_analytics_udfs::register_all(ctx)
+}
+
 /// Runs read-only SQL.
 #[derive(Clone)]
 pub struct QueryEngine {
@@ -101,8 +108,7 @@ impl QueryEngine {
             session = session.with_target_partitions(config.target_partitions);
         }
         let mut ctx = SessionContext::new_with_config(session);
-        datafusion_functions_json::register_all(&mut ctx)?;
-        llm_analytics_udfs::register_all(&mut ctx)?;
+        register_functions(&mut ctx)?;
         ctx.register_table(EVENTS_TABLE, store.table_provider())?;
         Ok(Self { ctx, timeout: Duration::from_secs(config.timeout_secs.max(1)) })
     }

@@ -9,13 +9,14 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
-use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::prelude::{SessionContext, col};
 use tokio::sync::{mpsc, oneshot};
 
 use super::CqError;
 use super::catalog::{self, CqDefinition, CqOptions};
 use super::late::{self, LATE_EVENTS_TABLE};
 use super::query::{CqRuntime, CqStatus, source_of};
+use crate::event::time::{now_micros, timestamp_lit};
 use crate::event::{EVENTS_TABLE, events_schema};
 use crate::metrics::Metrics;
 use crate::storage::EventStore;
@@ -76,7 +77,7 @@ impl StreamHandle {
 
     /// Registers a query; validation errors come back as [`CqError::Invalid`].
     pub async fn register(&self, name: String, sql: String, options: CqOptions) -> Result<CqStatus, CqError> {
-        let def = CqDefinition { name, sql, options, paused: false, created_at_us: now_us() };
+        let def = CqDefinition { name, sql, options, paused: false, created_at_us: now_micros() };
         self.call(|r| Command::Register(def, r)).await?
     }
 
@@ -94,10 +95,6 @@ impl StreamHandle {
     pub async fn list(&self) -> Result<Vec<CqStatus>, CqError> {
         self.call(Command::List).await
     }
-}
-
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 #[derive(Debug)]
@@ -146,7 +143,7 @@ impl StreamEngine {
         engine.replay(snapshots).await;
         for (name, sql) in shipped {
             if engine.index(name).is_none() {
-                let def = CqDefinition { name: name.clone(), sql: sql.clone(), options: CqOptions::default(), paused: false, created_at_us: now_us() };
+                let def = CqDefinition { name: name.clone(), sql: sql.clone(), options: CqOptions::default(), paused: false, created_at_us: now_micros() };
                 if let Err(e) = engine.register(def).await {
                     tracing::error!(query = %name, error = %e, "shipped continuous query failed to register");
                 }
@@ -223,13 +220,12 @@ impl StreamEngine {
             (self.queries[up].output.table_provider(), "window_start".to_string(), "window_start")
         };
         ctx.register_table("src", table).map_err(CqError::internal)?;
-        let ts = |us: i64| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
         let mut df = ctx.table("src").await.map_err(CqError::internal)?;
         if q.rt.source == EVENTS_TABLE {
-            df = df.filter(col("ingest_time").gt_eq(ts(q.rt.def.created_at_us))).map_err(CqError::internal)?;
+            df = df.filter(col("ingest_time").gt_eq(timestamp_lit(q.rt.def.created_at_us))).map_err(CqError::internal)?;
         }
         if let Some(e) = q.rt.emitted_through {
-            df = df.filter(col(time_col.as_str()).gt_eq(ts(e - q.rt.replay_horizon_us()))).map_err(CqError::internal)?;
+            df = df.filter(col(time_col.as_str()).gt_eq(timestamp_lit(e - q.rt.replay_horizon_us()))).map_err(CqError::internal)?;
         }
         let df = df.sort(vec![col(order_col).sort(true, false)]).map_err(CqError::internal)?;
         df.collect().await.map_err(CqError::from_execution)
@@ -257,7 +253,7 @@ impl StreamEngine {
 
     /// Feeds `inputs` to query `i`, persists its output and late events; returns the output.
     async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
-        let now = now_us();
+        let now = now_micros();
         let mut outputs = Vec::new();
         let mut late = Vec::new();
         for batch in inputs {
@@ -292,7 +288,7 @@ impl StreamEngine {
         if !late.is_empty() {
             self.deps.metrics.late_events_total.with_label_values(&[&name]).inc_by(late.len() as u64);
             let watermark = q.rt.watermark().unwrap_or_default();
-            match late::batch(&name, watermark, now_us(), late) {
+            match late::batch(&name, watermark, now_micros(), late) {
                 Ok(batch) => {
                     if let Err(e) = self.late.append(batch).await {
                         tracing::error!(query = %name, error = %e, "writing late events failed");
@@ -400,7 +396,7 @@ impl StreamEngine {
     }
 
     async fn tick(&mut self) {
-        let now = now_us();
+        let now = now_micros();
         for i in 0..self.queries.len() {
             match self.queries[i].rt.on_tick(now).await {
                 Ok(out) if !out.is_empty() => {

@@ -87,8 +87,7 @@ fn split(top_agg: &Arc<dyn ExecutionPlan>) -> Result<Parts, CqError> {
 /// Builds the session a continuous query plans in: the Hub's functions plus its window UDFs.
 pub fn session(spec: WindowSpec, input_schema: &SchemaRef) -> Result<SessionContext, CqError> {
     let mut ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    datafusion_functions_json::register_all(&mut ctx).map_err(CqError::internal)?;
-    llm_analytics_udfs::register_all(&mut ctx).map_err(CqError::internal)?;
+    crate::query::register_functions(&mut ctx).map_err(CqError::internal)?;
     for udf in window::udfs(spec) {
         ctx.register_udf(udf);
     }

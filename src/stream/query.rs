@@ -18,6 +18,7 @@ use super::plan::CqPlan;
 use super::rewrite::{self, WindowCall};
 use super::window::{Span, WindowSpec};
 use crate::event::schema::timestamp_type;
+use crate::event::time::rfc3339;
 
 /// Compact a window's state once it holds this many state batches.
 const COMPACT_AT: usize = 16;
@@ -95,10 +96,6 @@ pub struct CqRuntime {
     rows_in: u64,
     /// Last execution error.
     pub last_error: Option<String>,
-}
-
-fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).map_or_else(|| us.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// Evaluates an interval expression (`INTERVAL '5 minutes'`) with DataFusion.

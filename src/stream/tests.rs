@@ -84,8 +84,7 @@ fn keyed(batches: &[RecordBatch], keys: &[&str]) -> HashMap<Vec<String>, Row> {
 
 async fn batch_sql(all: &RecordBatch, sql: &str) -> Vec<RecordBatch> {
     let mut ctx = SessionContext::new();
-    datafusion_functions_json::register_all(&mut ctx).expect("json");
-    llm_analytics_udfs::register_all(&mut ctx).expect("udfs");
+    crate::query::register_functions(&mut ctx).expect("functions");
     let table = MemTable::try_new(all.schema(), vec![vec![all.clone()]]).expect("table");
     ctx.register_table("events", Arc::new(table)).expect("register");
     ctx.sql(sql).await.expect("plan oracle").collect().await.expect("run oracle")

@@ -18,7 +18,7 @@ const DAY_US: i64 = 86_400_000_000;
 const MONDAY_ORIGIN_US: i64 = 4 * DAY_US;
 
 /// A window length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Span {
     /// A fixed number of microseconds.
@@ -47,7 +47,7 @@ impl Span {
 }
 
 /// How events are assigned to windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WindowSpec {
     /// Non-overlapping windows of `size`.
@@ -190,35 +190,14 @@ enum Kind {
 /// A window UDF bound to one query's [`WindowSpec`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct WindowUdf {
-    spec: WindowSpecHash,
+    spec: WindowSpec,
     kind: Kind,
     signature: Signature,
 }
 
-/// `WindowSpec` wrapper with `Hash`/`Eq` for the UDF trait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct WindowSpecHash(i64, i64, i32);
-
 impl WindowUdf {
     fn new(spec: WindowSpec, kind: Kind) -> Self {
-        let spec_hash = match spec {
-            WindowSpec::Tumble { size: Span::Micros(us) } => WindowSpecHash(us, 0, 0),
-            WindowSpec::Tumble { size: Span::Months(m) } => WindowSpecHash(0, 0, m),
-            WindowSpec::Hop { slide_us, size_us } => WindowSpecHash(slide_us, size_us, -1),
-        };
-        Self {
-            spec: spec_hash,
-            kind,
-            signature: Signature::any(1, Volatility::Immutable),
-        }
-    }
-
-    fn window_spec(&self) -> WindowSpec {
-        match self.spec {
-            WindowSpecHash(_, _, -1) => WindowSpec::Hop { slide_us: self.spec.0, size_us: self.spec.1 },
-            WindowSpecHash(0, 0, m) => WindowSpec::Tumble { size: Span::Months(m) },
-            WindowSpecHash(us, _, _) => WindowSpec::Tumble { size: Span::Micros(us) },
-        }
+        Self { spec, kind, signature: Signature::any(1, Volatility::Immutable) }
     }
 }
 
@@ -243,7 +222,7 @@ impl ScalarUDFImpl for WindowUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let spec = self.window_spec();
+        let spec = self.spec;
         let (ts, scalar) = timestamps(&args)?;
         let array: ArrayRef = match self.kind {
             Kind::Start => Arc::new(ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.latest_start(t))).with_timezone("UTC")),
