@@ -10,7 +10,10 @@ use llm_analytics_hub::generate::{Generator, GeneratorConfig};
 const EVENTS: usize = 100_000;
 
 fn ndjson() -> Vec<u8> {
-    let mut g = Generator::new(GeneratorConfig { disorder_ms: 2000, ..GeneratorConfig::default() });
+    let mut g = Generator::new(GeneratorConfig {
+        disorder_ms: 2000,
+        ..GeneratorConfig::default()
+    });
     let mut body = String::new();
     for _ in 0..EVENTS {
         body.push_str(&g.next_event(None));
@@ -32,7 +35,12 @@ fn decode(c: &mut Criterion) {
         });
     });
     group.finish();
-    eprintln!("input: {} events, {} bytes ({} bytes/event)", EVENTS, body.len(), body.len() / EVENTS);
+    eprintln!(
+        "input: {} events, {} bytes ({} bytes/event)",
+        EVENTS,
+        body.len(),
+        body.len() / EVENTS
+    );
 }
 
 criterion_group!(benches, decode);

@@ -14,9 +14,9 @@ use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
+use crate::stream::StreamEngine;
 use crate::stream::engine::EngineDeps;
 use crate::stream::shipped::shipped_queries;
-use crate::stream::StreamEngine;
 
 /// Errors that stop the service from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             storage: config.storage.clone(),
             metrics: metrics.clone(),
         };
-        let shipped = if config.stream.shipped_queries { shipped_queries()? } else { Vec::new() };
+        let shipped = if config.stream.shipped_queries {
+            shipped_queries()?
+        } else {
+            Vec::new()
+        };
         let (handle, task) = StreamEngine::start(deps, &shipped, shutdown_rx.clone()).await?;
         (Some(handle), Some(task))
     } else {
@@ -87,14 +91,25 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
     let demo = config.demo.enabled.then(|| {
-        tokio::spawn(run_demo(Arc::clone(&ingest), metrics.clone(), config.demo.clone(), shutdown_rx.clone()))
+        tokio::spawn(run_demo(
+            Arc::clone(&ingest),
+            metrics.clone(),
+            config.demo.clone(),
+            shutdown_rx.clone(),
+        ))
     });
 
     let addr = format!("{}:{}", config.http.host, config.http.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .map_err(|source| AppError::Http { addr: addr.clone(), source })?;
-    let bound = listener.local_addr().map_err(|source| AppError::Http { addr: addr.clone(), source })?;
+        .map_err(|source| AppError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| AppError::Http {
+        addr: addr.clone(),
+        source,
+    })?;
     tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, "LLM Analytics Hub listening");
 
     axum::serve(listener, router(state))

@@ -44,10 +44,20 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.seconds.max(f64::EPSILON);
         writeln!(f, "events:        {} ({} rejected)", self.events, self.rejected)?;
-        writeln!(f, "input:         {:.1} MB ({} bytes/event)", self.bytes as f64 / 1e6, self.bytes / self.events.max(1))?;
+        writeln!(
+            f,
+            "input:         {:.1} MB ({} bytes/event)",
+            self.bytes as f64 / 1e6,
+            self.bytes / self.events.max(1)
+        )?;
         writeln!(f, "output rows:   {}", self.output_rows)?;
         writeln!(f, "elapsed:       {:.3} s", self.seconds)?;
-        writeln!(f, "throughput:    {:.0} events/s ({:.1} MB/s)", self.events as f64 / secs, self.bytes as f64 / 1e6 / secs)?;
+        writeln!(
+            f,
+            "throughput:    {:.0} events/s ({:.1} MB/s)",
+            self.events as f64 / secs,
+            self.bytes as f64 / 1e6 / secs
+        )?;
         match self.peak_rss_bytes {
             Some(b) => writeln!(f, "peak RSS:      {:.1} MB", b as f64 / 1e6),
             None => writeln!(f, "peak RSS:      unavailable"),
@@ -69,7 +79,9 @@ fn read_chunks(mut input: impl BufRead, rows: usize, mut emit: impl FnMut(Vec<u8
         let mut chunk = Vec::with_capacity(rows * 600);
         let mut lines = 0;
         while lines < rows {
-            let n = input.read_until(b'\n', &mut chunk).map_err(|e| format!("reading input: {e}"))?;
+            let n = input
+                .read_until(b'\n', &mut chunk)
+                .map_err(|e| format!("reading input: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -88,11 +100,19 @@ fn read_chunks(mut input: impl BufRead, rows: usize, mut emit: impl FnMut(Vec<u8
 /// Runs the benchmark. A reader thread cuts the file into chunks, decoder threads (one per
 /// core) turn them into Arrow batches, and the rollup consumes them in file order on the
 /// calling task, so reading, decoding and aggregation overlap.
-pub async fn run_rollup(input: impl Read + Send + 'static, batch_rows: usize, sql: &str) -> Result<BenchReport, String> {
+pub async fn run_rollup(
+    input: impl Read + Send + 'static,
+    batch_rows: usize,
+    sql: &str,
+) -> Result<BenchReport, String> {
     let def = CqDefinition {
         name: "bench_rollup".into(),
         sql: sql.into(),
-        options: CqOptions { allowed_lateness_ms: 5_000, max_future_ms: u64::MAX / 4_000, ..CqOptions::default() },
+        options: CqOptions {
+            allowed_lateness_ms: 5_000,
+            max_future_ms: u64::MAX / 4_000,
+            ..CqOptions::default()
+        },
         paused: false,
         created_at_us: 0,
     };
@@ -101,7 +121,8 @@ pub async fn run_rollup(input: impl Read + Send + 'static, batch_rows: usize, sq
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(decoders * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<(u64, usize, usize, RecordBatch), String>>(decoders * 2);
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::channel::<Result<(u64, usize, usize, RecordBatch), String>>(decoders * 2);
     let reader = std::thread::spawn(move || {
         let mut seq = 0u64;
         read_chunks(BufReader::with_capacity(1 << 20, input), batch_rows.max(1), |chunk| {
@@ -142,10 +163,23 @@ pub async fn run_rollup(input: impl Read + Send + 'static, batch_rows: usize, sq
             output_rows += p.output.iter().map(RecordBatch::num_rows).sum::<usize>();
         }
     }
-    output_rows += rt.finish().await.map_err(|e| e.to_string())?.iter().map(RecordBatch::num_rows).sum::<usize>();
+    output_rows += rt
+        .finish()
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum::<usize>();
     let bytes = reader.join().map_err(|_| "reader thread panicked".to_string())??;
     for w in workers {
         w.join().map_err(|_| "decoder thread panicked".to_string())?;
     }
-    Ok(BenchReport { events, rejected, bytes, output_rows, seconds: started.elapsed().as_secs_f64(), peak_rss_bytes: peak_rss() })
+    Ok(BenchReport {
+        events,
+        rejected,
+        bytes,
+        output_rows,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss(),
+    })
 }

@@ -40,7 +40,10 @@ pub struct StreamConfig {
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { enabled: true, shipped_queries: true }
+        Self {
+            enabled: true,
+            shipped_queries: true,
+        }
     }
 }
 
@@ -58,7 +61,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 3000, max_body_bytes: 16 * 1024 * 1024 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -76,7 +83,11 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { timeout_secs: 30, max_json_rows: 100_000, target_partitions: 0 }
+        Self {
+            timeout_secs: 30,
+            max_json_rows: 100_000,
+            target_partitions: 0,
+        }
     }
 }
 
@@ -95,7 +106,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { query_ttl_secs: 0, max_entries: 1024, max_entry_bytes: 4 * 1024 * 1024 }
+        Self {
+            query_ttl_secs: 0,
+            max_entries: 1024,
+            max_entry_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -111,7 +126,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Text }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -139,7 +157,11 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self { enabled: false, events_per_sec: 20, seed: 42 }
+        Self {
+            enabled: false,
+            events_per_sec: 20,
+            seed: 42,
+        }
     }
 }
 
@@ -175,8 +197,15 @@ pub enum ConfigError {
 }
 
 /// Variables of later cluster-mode features: warned about so nobody believes they took effect.
-const NOT_YET_SUPPORTED_ENV: [&str; 7] =
-    ["KAFKA_BROKERS", "KAFKA_TOPIC", "DATABASE_URL", "DB_HOST", "REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
+const NOT_YET_SUPPORTED_ENV: [&str; 7] = [
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "DATABASE_URL",
+    "DB_HOST",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "CACHE_TTL",
+];
 
 impl Config {
     /// Loads defaults, then `file` if given, then the environment.
@@ -191,9 +220,14 @@ impl Config {
 
     /// Parses a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses TOML text.
@@ -207,7 +241,11 @@ impl Config {
         where
             T::Err: std::fmt::Display,
         {
-            value.parse().map_err(|e: T::Err| ConfigError::Env { name, value, message: e.to_string() })
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                value,
+                message: e.to_string(),
+            })
         }
         if let Some(v) = get("HOST") {
             self.http.host = v;
@@ -274,10 +312,13 @@ mod tests {
         let mut c = Config::from_toml("[http]\nport = 4000\nhost = \"0.0.0.0\"\n").expect("valid");
         assert_eq!(c.http.port, 4000);
         assert_eq!(c.storage.segment_max_rows, StorageConfig::default().segment_max_rows);
-        c.apply_env(|n| (n == "PORT").then(|| "5000".to_string())).expect("env ok");
+        c.apply_env(|n| (n == "PORT").then(|| "5000".to_string()))
+            .expect("env ok");
         assert_eq!(c.http.port, 5000);
         assert_eq!(c.http.host, "0.0.0.0");
-        let err = c.apply_env(|n| (n == "PORT").then(|| "http".to_string())).expect_err("bad port");
+        let err = c
+            .apply_env(|n| (n == "PORT").then(|| "http".to_string()))
+            .expect_err("bad port");
         assert!(err.to_string().contains("PORT"));
     }
 

@@ -11,7 +11,10 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -49,7 +52,9 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             let result = match &args.target {
-                Some(url) => runtime.block_on(post_live(generator, url, args.count, args.batch_size.max(1))).map(|_| ()),
+                Some(url) => runtime
+                    .block_on(post_live(generator, url, args.count, args.batch_size.max(1)))
+                    .map(|_| ()),
                 None if args.output == "-" => write_ndjson(generator, args.count, &mut std::io::stdout().lock()),
                 None => std::fs::File::create(&args.output)
                     .map_err(Into::into)

@@ -51,8 +51,9 @@ impl Metrics {
             &["source_module", "event_type", "error_type"],
         )?;
         let http_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["method", "route", "status_code"],
         )?;
         let http_requests_total = IntCounterVec::new(
@@ -72,10 +73,15 @@ impl Metrics {
             Opts::new("late_events_total", "Events that arrived after their window closed"),
             &["query"],
         )?;
-        let cq_rows_emitted_total =
-            IntCounterVec::new(Opts::new("cq_rows_emitted_total", "Continuous query output rows"), &["query"])?;
+        let cq_rows_emitted_total = IntCounterVec::new(
+            Opts::new("cq_rows_emitted_total", "Continuous query output rows"),
+            &["query"],
+        )?;
         let cq_watermark_seconds = prometheus::GaugeVec::new(
-            Opts::new("cq_watermark_seconds", "Continuous query watermark (seconds since the epoch)"),
+            Opts::new(
+                "cq_watermark_seconds",
+                "Continuous query watermark (seconds since the epoch)",
+            ),
             &["query"],
         )?;
         registry.register(Box::new(late_events_total.clone()))?;

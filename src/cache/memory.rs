@@ -26,7 +26,10 @@ pub struct MemoryCache {
 impl MemoryCache {
     /// A cache holding at most `max_entries` results.
     pub fn new(max_entries: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), max_entries: max_entries.max(1) }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            max_entries: max_entries.max(1),
+        }
     }
 }
 
@@ -55,7 +58,14 @@ impl ResultCache for MemoryCache {
                 entries.remove(&oldest);
             }
         }
-        entries.insert(key.to_string(), Entry { value, expires: now + ttl, inserted: now });
+        entries.insert(
+            key.to_string(),
+            Entry {
+                value,
+                expires: now + ttl,
+                inserted: now,
+            },
+        );
     }
 
     fn kind(&self) -> &'static str {
@@ -69,7 +79,10 @@ mod tests {
     use bytes::Bytes;
 
     fn v(s: &'static str) -> CachedResult {
-        CachedResult { content_type: "text/plain", body: Bytes::from_static(s.as_bytes()) }
+        CachedResult {
+            content_type: "text/plain",
+            body: Bytes::from_static(s.as_bytes()),
+        }
     }
 
     #[tokio::test]

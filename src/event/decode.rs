@@ -105,8 +105,8 @@ fn parse_event<'a>(env: &RawEvent<'a>) -> Result<Parsed<'a>, FieldError> {
     let timestamp_us = fields::rfc3339_micros("timestamp", &ts_text)?;
     let source_module = fields::required_string("source_module", env.source_module)?;
     let event_type = fields::required_string("event_type", env.event_type)?;
-    let schema_version = fields::opt_string("schema_version", env.schema_version)?
-        .unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
+    let schema_version =
+        fields::opt_string("schema_version", env.schema_version)?.unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
     check_schema_version(&schema_version)?;
     let severity = fields::opt_string("severity", env.severity)?.unwrap_or(Cow::Borrowed("info"));
     if !SEVERITIES.contains(&severity.as_ref()) {
@@ -274,7 +274,8 @@ impl Builders {
 
     fn append(&mut self, e: &Parsed<'_>, ingest_time_us: i64) {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        self.event_id.append_value(e.event_id.hyphenated().encode_lower(&mut buf));
+        self.event_id
+            .append_value(e.event_id.hyphenated().encode_lower(&mut buf));
         self.timestamp.append_value(e.timestamp_us);
         self.ingest_time.append_value(ingest_time_us);
         self.source_module.append_value(&e.source_module);
@@ -399,7 +400,11 @@ impl EventDecoder {
         let env = match parsed {
             Ok(env) if is_object => env,
             Ok(_) => {
-                self.reject(index, RejectKind::InvalidType, "event must be a JSON object".to_string());
+                self.reject(
+                    index,
+                    RejectKind::InvalidType,
+                    "event must be a JSON object".to_string(),
+                );
                 return false;
             }
             Err(e) => {
@@ -434,7 +439,13 @@ impl EventDecoder {
     }
 
     fn reject(&mut self, index: usize, kind: RejectKind, reason: String) {
-        self.rejected.push(Rejection { index, error_type: kind, reason, source_module: None, event_type: None });
+        self.rejected.push(Rejection {
+            index,
+            error_type: kind,
+            reason,
+            source_module: None,
+            event_type: None,
+        });
     }
 
     /// Finishes the batch and returns it with the rejects; the decoder can be reused.

@@ -41,18 +41,12 @@ pub(crate) fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>,
 }
 
 /// Reads an optional string; absent and `null` both give `None`.
-pub(crate) fn opt_string<'a>(
-    field: &str,
-    raw: Option<&'a RawValue>,
-) -> Result<Option<Cow<'a, str>>, FieldError> {
+pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, FieldError> {
     raw.map(|r| string(field, r)).transpose()
 }
 
 /// Reads a required, non-empty string.
-pub(crate) fn required_string<'a>(
-    field: &str,
-    raw: Option<&'a RawValue>,
-) -> Result<Cow<'a, str>, FieldError> {
+pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, FieldError> {
     let value = string(field, raw.ok_or_else(|| FieldError::missing(field))?)?;
     if value.trim().is_empty() {
         return Err(FieldError::new(
@@ -64,10 +58,7 @@ pub(crate) fn required_string<'a>(
 }
 
 /// Reads an optional finite, non-negative number.
-pub(crate) fn opt_non_negative_f64(
-    field: &str,
-    raw: Option<&RawValue>,
-) -> Result<Option<f64>, FieldError> {
+pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&RawValue>) -> Result<Option<f64>, FieldError> {
     let Some(raw) = raw else { return Ok(None) };
     let s = raw.get();
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
@@ -84,10 +75,7 @@ pub(crate) fn opt_non_negative_f64(
 }
 
 /// Reads an optional non-negative integer. `12.0` is accepted as 12; `12.5` is not.
-pub(crate) fn opt_non_negative_i64(
-    field: &str,
-    raw: Option<&RawValue>,
-) -> Result<Option<i64>, FieldError> {
+pub(crate) fn opt_non_negative_i64(field: &str, raw: Option<&RawValue>) -> Result<Option<i64>, FieldError> {
     let Some(raw) = raw else { return Ok(None) };
     let s = raw.get();
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
@@ -112,12 +100,7 @@ pub(crate) fn opt_non_negative_i64(
 /// Parses a UUID (stored later in its lower-case hyphenated form).
 pub(crate) fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::parse_str(value)
-        .map_err(|e| {
-            FieldError::new(
-                RejectKind::InvalidValue,
-                format!("field `{field}` must be a UUID: {e}"),
-            )
-        })
+        .map_err(|e| FieldError::new(RejectKind::InvalidValue, format!("field `{field}` must be a UUID: {e}")))
 }
 
 /// Parses an RFC 3339 timestamp into microseconds since the epoch.

@@ -5,9 +5,9 @@ mod fields;
 mod raw;
 pub mod reject;
 pub mod schema;
-pub mod time;
 #[cfg(test)]
 mod tests;
+pub mod time;
 
 pub use decode::{BodyError, DecodedBatch, EventDecoder, decode_batch_body, decode_single};
 pub use reject::{RejectKind, Rejection};

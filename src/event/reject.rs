@@ -65,7 +65,10 @@ pub(crate) struct FieldError {
 
 impl FieldError {
     pub fn new(kind: RejectKind, reason: impl Into<String>) -> Self {
-        Self { kind, reason: reason.into() }
+        Self {
+            kind,
+            reason: reason.into(),
+        }
     }
 
     pub fn missing(field: &str) -> Self {

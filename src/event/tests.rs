@@ -36,7 +36,10 @@ fn i64_col(batch: &RecordBatch, name: &str) -> Option<i64> {
 }
 
 fn f64_col(batch: &RecordBatch, name: &str) -> Option<f64> {
-    let col = batch.column_by_name(name).expect("column").as_primitive::<Float64Type>();
+    let col = batch
+        .column_by_name(name)
+        .expect("column")
+        .as_primitive::<Float64Type>();
     (!col.is_null(0)).then(|| col.value(0))
 }
 
@@ -55,8 +58,15 @@ fn decodes_a_full_event() {
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);
     let b = &out.batch;
     assert_eq!(b.num_rows(), 1);
-    assert_eq!(str_col(b, "event_id").as_deref(), Some(ID), "UUID normalised to lower case");
-    let ts = b.column_by_name("timestamp").expect("ts").as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        str_col(b, "event_id").as_deref(),
+        Some(ID),
+        "UUID normalised to lower case"
+    );
+    let ts = b
+        .column_by_name("timestamp")
+        .expect("ts")
+        .as_primitive::<TimestampMicrosecondType>();
     assert_eq!(ts.value(0), 1_795_773_600_500_000, "10:00:00.5Z in microseconds");
     assert_eq!(str_col(b, "severity").as_deref(), Some("warning"));
     assert_eq!(str_col(b, "schema_version").as_deref(), Some("1.2.0"));
@@ -96,20 +106,42 @@ fn maps_opentelemetry_genai_names() {
     let b = &out.batch;
     assert_eq!(str_col(b, "operation").as_deref(), Some("chat"));
     assert_eq!(str_col(b, "provider").as_deref(), Some("anthropic"));
-    assert_eq!(str_col(b, "model").as_deref(), Some("claude-3-5"), "response model wins");
+    assert_eq!(
+        str_col(b, "model").as_deref(),
+        Some("claude-3-5"),
+        "response model wins"
+    );
     assert_eq!(i64_col(b, "input_tokens"), Some(11));
     assert_eq!(i64_col(b, "output_tokens"), Some(7));
     assert_eq!(i64_col(b, "total_tokens"), Some(18));
     assert_eq!(str_col(b, "error_type").as_deref(), Some("rate_limited"));
-    assert_eq!(str_col(b, "status").as_deref(), Some("error"), "error.type implies error");
+    assert_eq!(
+        str_col(b, "status").as_deref(),
+        Some("error"),
+        "error.type implies error"
+    );
 
-    let out = one(&event(r#"{"gen_ai.provider.name":"openai","gen_ai.system":"old","gen_ai.request.model":"m"}"#));
-    assert_eq!(str_col(&out.batch, "provider").as_deref(), Some("openai"), "provider.name beats system");
+    let out = one(&event(
+        r#"{"gen_ai.provider.name":"openai","gen_ai.system":"old","gen_ai.request.model":"m"}"#,
+    ));
+    assert_eq!(
+        str_col(&out.batch, "provider").as_deref(),
+        Some("openai"),
+        "provider.name beats system"
+    );
     assert_eq!(str_col(&out.batch, "model").as_deref(), Some("m"));
-    assert_eq!(str_col(&out.batch, "status").as_deref(), Some("ok"), "LLM event without error is ok");
+    assert_eq!(
+        str_col(&out.batch, "status").as_deref(),
+        Some("ok"),
+        "LLM event without error is ok"
+    );
 
     let out = one(&event(r#"{"provider":"native","gen_ai.provider.name":"otel"}"#));
-    assert_eq!(str_col(&out.batch, "provider").as_deref(), Some("native"), "native names win");
+    assert_eq!(
+        str_col(&out.batch, "provider").as_deref(),
+        Some("native"),
+        "native names win"
+    );
 }
 
 #[test]
@@ -129,8 +161,7 @@ fn rejects_non_object_event() {
 #[test]
 fn rejects_each_missing_required_field() {
     for field in ["event_id", "timestamp", "source_module", "event_type", "payload"] {
-        let mut value: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&event("{}")).expect("valid");
+        let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&event("{}")).expect("valid");
         value.remove(field);
         let (kind, reason) = reject_of(&serde_json::to_string(&value).expect("json"));
         assert_eq!(kind, RejectKind::MissingField, "{field}");
@@ -147,7 +178,10 @@ fn rejects_wrong_types_naming_the_field() {
     let cases = [
         (r#"{"latency_ms":"fast"}"#, "payload.latency_ms"),
         (r#"{"input_tokens":1.5}"#, "payload.input_tokens"),
-        (r#"{"gen_ai.usage.output_tokens":"7"}"#, "payload.gen_ai.usage.output_tokens"),
+        (
+            r#"{"gen_ai.usage.output_tokens":"7"}"#,
+            "payload.gen_ai.usage.output_tokens",
+        ),
         (r#"{"model":42}"#, "payload.model"),
         (r#"{"cost_usd":true}"#, "payload.cost_usd"),
     ];
@@ -159,7 +193,10 @@ fn rejects_wrong_types_naming_the_field() {
     let bad_envelope = event("{}").replace(r#""source_module":"llm-observatory""#, r#""source_module":7"#);
     let (kind, reason) = reject_of(&bad_envelope);
     assert_eq!(kind, RejectKind::InvalidType);
-    assert!(reason.contains("`source_module` must be a string, got number"), "{reason}");
+    assert!(
+        reason.contains("`source_module` must be a string, got number"),
+        "{reason}"
+    );
     let bad_tags = event("{}").replace(r#""payload""#, r#""tags":{"a":1},"payload""#);
     assert_eq!(reject_of(&bad_tags).0, RejectKind::InvalidType);
 }
@@ -229,7 +266,10 @@ fn batch_keeps_good_events_and_reports_bad_ones_by_index() {
 fn whole_body_errors() {
     assert!(matches!(decode_batch_body(b"  \n", 0), Err(super::BodyError::Empty)));
     assert!(matches!(decode_batch_body(b"[]", 0), Err(super::BodyError::Empty)));
-    assert!(matches!(decode_batch_body(b"[{,]", 0), Err(super::BodyError::MalformedArray(_))));
+    assert!(matches!(
+        decode_batch_body(b"[{,]", 0),
+        Err(super::BodyError::MalformedArray(_))
+    ));
     assert!(matches!(decode_single(b"", 0), Err(super::BodyError::Empty)));
     let auto = decode_batch_body(format!("  [{}]", event("{}")).as_bytes(), 0).expect("array");
     assert_eq!(auto.batch.num_rows(), 1);

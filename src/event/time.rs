@@ -11,8 +11,10 @@ pub fn now_micros() -> i64 {
 
 /// `micros` as RFC 3339 in UTC with as many fractional digits as needed.
 pub fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map_or_else(|| micros.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(
+        || micros.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
 }
 
 /// A `Timestamp(µs, "UTC")` literal for DataFrame filters.

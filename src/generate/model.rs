@@ -24,12 +24,66 @@ struct ModelProfile {
 }
 
 const MODELS: [ModelProfile; 6] = [
-    ModelProfile { provider: "openai", model: "gpt-4o", latency_median_ms: 900.0, input_median: 800.0, output_median: 300.0, price_in: 0.0025, price_out: 0.01, weight: 30 },
-    ModelProfile { provider: "openai", model: "gpt-4o-mini", latency_median_ms: 450.0, input_median: 600.0, output_median: 200.0, price_in: 0.00015, price_out: 0.0006, weight: 25 },
-    ModelProfile { provider: "anthropic", model: "claude-sonnet-4", latency_median_ms: 1200.0, input_median: 1200.0, output_median: 400.0, price_in: 0.003, price_out: 0.015, weight: 20 },
-    ModelProfile { provider: "anthropic", model: "claude-haiku-3.5", latency_median_ms: 500.0, input_median: 700.0, output_median: 250.0, price_in: 0.0008, price_out: 0.004, weight: 10 },
-    ModelProfile { provider: "google", model: "gemini-1.5-pro", latency_median_ms: 1000.0, input_median: 900.0, output_median: 350.0, price_in: 0.00125, price_out: 0.005, weight: 10 },
-    ModelProfile { provider: "mistral", model: "mistral-large", latency_median_ms: 800.0, input_median: 700.0, output_median: 300.0, price_in: 0.002, price_out: 0.006, weight: 5 },
+    ModelProfile {
+        provider: "openai",
+        model: "gpt-4o",
+        latency_median_ms: 900.0,
+        input_median: 800.0,
+        output_median: 300.0,
+        price_in: 0.0025,
+        price_out: 0.01,
+        weight: 30,
+    },
+    ModelProfile {
+        provider: "openai",
+        model: "gpt-4o-mini",
+        latency_median_ms: 450.0,
+        input_median: 600.0,
+        output_median: 200.0,
+        price_in: 0.00015,
+        price_out: 0.0006,
+        weight: 25,
+    },
+    ModelProfile {
+        provider: "anthropic",
+        model: "claude-sonnet-4",
+        latency_median_ms: 1200.0,
+        input_median: 1200.0,
+        output_median: 400.0,
+        price_in: 0.003,
+        price_out: 0.015,
+        weight: 20,
+    },
+    ModelProfile {
+        provider: "anthropic",
+        model: "claude-haiku-3.5",
+        latency_median_ms: 500.0,
+        input_median: 700.0,
+        output_median: 250.0,
+        price_in: 0.0008,
+        price_out: 0.004,
+        weight: 10,
+    },
+    ModelProfile {
+        provider: "google",
+        model: "gemini-1.5-pro",
+        latency_median_ms: 1000.0,
+        input_median: 900.0,
+        output_median: 350.0,
+        price_in: 0.00125,
+        price_out: 0.005,
+        weight: 10,
+    },
+    ModelProfile {
+        provider: "mistral",
+        model: "mistral-large",
+        latency_median_ms: 800.0,
+        input_median: 700.0,
+        output_median: 300.0,
+        price_in: 0.002,
+        price_out: 0.006,
+        weight: 5,
+    },
 ];
 
 const ENVIRONMENTS: [&str; 3] = ["production", "production", "staging"];
@@ -135,19 +189,30 @@ fn lognormal(rng: &mut ChaCha8Rng, median: f64, sigma: f64) -> f64 {
 }
 
 fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map_or_else(|| "1970-01-01T00:00:00Z".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(
+        || "1970-01-01T00:00:00Z".into(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
 }
 
 impl Generator {
     /// A generator with `config`.
     pub fn new(config: GeneratorConfig) -> Self {
         let total_weight = MODELS.iter().map(|m| m.weight).sum();
-        Self { rng: ChaCha8Rng::seed_from_u64(config.seed), config, emitted: 0, queued: VecDeque::new(), total_weight }
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            emitted: 0,
+            queued: VecDeque::new(),
+            total_weight,
+        }
     }
 
     fn uuid(&mut self) -> String {
-        uuid::Builder::from_random_bytes(self.rng.random()).into_uuid().hyphenated().to_string()
+        uuid::Builder::from_random_bytes(self.rng.random())
+            .into_uuid()
+            .hyphenated()
+            .to_string()
     }
 
     fn pick_model(&mut self) -> &'static ModelProfile {
@@ -186,7 +251,11 @@ impl Generator {
         let m = self.pick_model();
         let roll: f64 = self.rng.random();
         let (status, error_type, severity) = if roll < 0.02 {
-            ("error", Some(ERROR_TYPES[self.rng.random_range(0..ERROR_TYPES.len())]), "error")
+            (
+                "error",
+                Some(ERROR_TYPES[self.rng.random_range(0..ERROR_TYPES.len())]),
+                "error",
+            )
         } else if roll < 0.03 {
             ("timeout", Some("timeout"), "warning")
         } else {
@@ -200,7 +269,11 @@ impl Generator {
             latency = 30_000.0;
         }
         let input = lognormal(&mut self.rng, m.input_median, 0.7).round().max(1.0) as u64;
-        let output = if status == "ok" { lognormal(&mut self.rng, m.output_median, 0.6).round().max(1.0) as u64 } else { 0 };
+        let output = if status == "ok" {
+            lognormal(&mut self.rng, m.output_median, 0.6).round().max(1.0) as u64
+        } else {
+            0
+        };
         let cost = (input as f64 * m.price_in + output as f64 * m.price_out) / 1000.0;
         let ttft = latency * self.rng.random_range(0.1..0.35);
         let user = self.rng.random_range(0..500);
@@ -215,7 +288,10 @@ impl Generator {
             environment: ENVIRONMENTS[self.rng.random_range(0..ENVIRONMENTS.len())],
             correlation_id,
             parent_event_id: parent,
-            tags: Tags { team: "platform", app: "assistant" },
+            tags: Tags {
+                team: "platform",
+                app: "assistant",
+            },
             payload: Payload {
                 operation: OPERATIONS[self.rng.random_range(0..OPERATIONS.len())],
                 provider: m.provider,
@@ -240,7 +316,15 @@ impl Generator {
         let (module, event_type, severity) = if self.rng.random_bool(0.5) {
             ("llm-costops", "cost", "info")
         } else {
-            ("llm-sentinel", "security", if self.rng.random_bool(0.1) { "critical" } else { "warning" })
+            (
+                "llm-sentinel",
+                "security",
+                if self.rng.random_bool(0.1) {
+                    "critical"
+                } else {
+                    "warning"
+                },
+            )
         };
         let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
         let value: f64 = self.rng.random_range(0.0..10.0);
@@ -261,9 +345,20 @@ impl Generator {
     fn invalid_event(&mut self, ts: i64) -> String {
         match self.rng.random_range(0..4) {
             0 => "{\"event_id\": \"truncated".to_string(),
-            1 => format!("{{\"event_id\":\"{}\",\"timestamp\":\"not-a-time\",\"source_module\":\"llm-observatory\",\"event_type\":\"telemetry\",\"payload\":{{}}}}", self.uuid()),
-            2 => format!("{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"source_module\":\"llm-observatory\",\"event_type\":\"telemetry\",\"payload\":{{\"latency_ms\":\"slow\"}}}}", self.uuid(), rfc3339(ts)),
-            _ => format!("{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"event_type\":\"telemetry\",\"payload\":{{}}}}", self.uuid(), rfc3339(ts)),
+            1 => format!(
+                "{{\"event_id\":\"{}\",\"timestamp\":\"not-a-time\",\"source_module\":\"llm-observatory\",\"event_type\":\"telemetry\",\"payload\":{{}}}}",
+                self.uuid()
+            ),
+            2 => format!(
+                "{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"source_module\":\"llm-observatory\",\"event_type\":\"telemetry\",\"payload\":{{\"latency_ms\":\"slow\"}}}}",
+                self.uuid(),
+                rfc3339(ts)
+            ),
+            _ => format!(
+                "{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"event_type\":\"telemetry\",\"payload\":{{}}}}",
+                self.uuid(),
+                rfc3339(ts)
+            ),
         }
     }
 
@@ -316,19 +411,35 @@ mod tests {
 
     #[test]
     fn deterministic_for_a_seed() {
-        let cfg = GeneratorConfig { disorder_ms: 500, ..GeneratorConfig::default() };
-        let a: Vec<String> = { let mut g = Generator::new(cfg.clone()); (0..200).map(|_| g.next_event(None)).collect() };
-        let b: Vec<String> = { let mut g = Generator::new(cfg); (0..200).map(|_| g.next_event(None)).collect() };
+        let cfg = GeneratorConfig {
+            disorder_ms: 500,
+            ..GeneratorConfig::default()
+        };
+        let a: Vec<String> = {
+            let mut g = Generator::new(cfg.clone());
+            (0..200).map(|_| g.next_event(None)).collect()
+        };
+        let b: Vec<String> = {
+            let mut g = Generator::new(cfg);
+            (0..200).map(|_| g.next_event(None)).collect()
+        };
         assert_eq!(a, b);
     }
 
     #[test]
     fn generated_events_decode_and_invalid_ones_are_rejected() {
-        let mut g = Generator::new(GeneratorConfig { invalid_ratio: 0.1, ..GeneratorConfig::default() });
+        let mut g = Generator::new(GeneratorConfig {
+            invalid_ratio: 0.1,
+            ..GeneratorConfig::default()
+        });
         let body: String = (0..2000).map(|_| g.next_event(None) + "\n").collect();
         let out = decode_batch_body(body.as_bytes(), 0).expect("decodes");
         assert_eq!(out.total, 2000);
-        assert!(out.rejected.len() > 100 && out.rejected.len() < 300, "{} rejected", out.rejected.len());
+        assert!(
+            out.rejected.len() > 100 && out.rejected.len() < 300,
+            "{} rejected",
+            out.rejected.len()
+        );
         assert_eq!(out.batch.num_rows() + out.rejected.len(), 2000);
         let parents = out.batch.column_by_name("parent_event_id").expect("col").null_count();
         assert!(parents < out.batch.num_rows(), "some events have parents");

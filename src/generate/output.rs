@@ -48,7 +48,11 @@ pub async fn post_live(
     let started = Instant::now();
     let mut sent = 0u64;
     while count == 0 || sent < count {
-        let n = if count == 0 { batch_size as u64 } else { (count - sent).min(batch_size as u64) };
+        let n = if count == 0 {
+            batch_size as u64
+        } else {
+            (count - sent).min(batch_size as u64)
+        };
         let now = crate::event::time::now_micros();
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
         let response = client
@@ -57,9 +61,15 @@ pub async fn post_live(
             .body(body)
             .send()
             .await
-            .map_err(|e| GenerateError::Http { url: url.clone(), message: e.to_string() })?;
+            .map_err(|e| GenerateError::Http {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
         if response.status().is_server_error() {
-            return Err(GenerateError::Http { url, message: format!("status {}", response.status()) });
+            return Err(GenerateError::Http {
+                url,
+                message: format!("status {}", response.status()),
+            });
         }
         sent += n;
         let due = Duration::from_secs_f64(sent as f64 / rate);

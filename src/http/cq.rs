@@ -39,12 +39,19 @@ impl From<CqError> for ApiError {
 
 fn handle(state: &AppState) -> Result<&StreamHandle, ApiError> {
     state.stream.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "disabled", "continuous queries are disabled (stream.enabled = false)")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "disabled",
+            "continuous queries are disabled (stream.enabled = false)",
+        )
     })
 }
 
 /// Registers a query; 201 with its status.
-pub async fn create(State(state): State<AppState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     let status = handle(&state)?.register(req.name, req.sql, req.options).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())

@@ -21,7 +21,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, machine-readable code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after_secs: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
     }
 
     /// 400 Bad Request.
@@ -37,12 +42,19 @@ impl ApiError {
     /// 500, logging the detail and returning a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 
     /// 503 with `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self { retry_after_secs: Some(retry_after_secs), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message) }
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 
     /// The status code.
@@ -56,7 +68,9 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -66,7 +80,9 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match &e {
             QueryError::Guard(GuardError::Refused(_)) => Self::new(StatusCode::FORBIDDEN, "read_only", e.to_string()),
-            QueryError::Guard(GuardError::FileAccess(_)) => Self::new(StatusCode::FORBIDDEN, "file_access", e.to_string()),
+            QueryError::Guard(GuardError::FileAccess(_)) => {
+                Self::new(StatusCode::FORBIDDEN, "file_access", e.to_string())
+            }
             QueryError::Guard(_) => Self::bad_request("invalid_sql", e.to_string()),
             QueryError::Invalid(_) => Self::bad_request("invalid_query", e.to_string()),
             QueryError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, "query_timeout", e.to_string()),
@@ -81,7 +97,10 @@ impl From<IngestError> for ApiError {
         match e.class() {
             ErrorClass::External => {
                 tracing::error!(error = %e, "ingest failed");
-                Self::unavailable("events could not be stored right now; nothing was accepted, retry later", 1)
+                Self::unavailable(
+                    "events could not be stored right now; nothing was accepted, retry later",
+                    1,
+                )
             }
             ErrorClass::User | ErrorClass::Internal => Self::internal(e),
         }
@@ -94,7 +113,9 @@ pub fn body_rejection(rejection: &axum::extract::rejection::BytesRejection, limi
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds the limit of {limit} bytes (http.max_body_bytes); split it into smaller batches"),
+            format!(
+                "request body exceeds the limit of {limit} bytes (http.max_body_bytes); split it into smaller batches"
+            ),
         )
     } else {
         ApiError::bad_request("invalid_body", rejection.body_text())

@@ -52,19 +52,29 @@ async fn store(state: &AppState, decoded: DecodedBatch) -> Result<Response, ApiE
         (0, _) => StatusCode::BAD_REQUEST,
         _ => StatusCode::MULTI_STATUS,
     };
-    let body = IngestResponse { accepted, rejected_count: decoded.rejected.len(), rejected: decoded.rejected };
+    let body = IngestResponse {
+        accepted,
+        rejected_count: decoded.rejected.len(),
+        rejected: decoded.rejected,
+    };
     Ok((status, Json(body)).into_response())
 }
 
 /// `POST /api/v1/events`: one event as a JSON object.
-pub async fn post_one(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn post_one(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
     let decoded = decode_single(&body, now_micros()).map_err(body_error)?;
     store(&state, decoded).await
 }
 
 /// `POST /api/v1/events/batch`: a JSON array or NDJSON.
-pub async fn post_batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn post_batch(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
     let ingest_time = now_micros();
     let decoded = tokio::task::spawn_blocking(move || decode_batch_body(&body, ingest_time))
@@ -132,7 +142,10 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
     let mut out = Vec::new();
     for b in batches {
         let s = |name: &str| -> Result<_, ApiError> {
-            Ok(b.column_by_name(name).ok_or_else(|| ApiError::internal(format!("missing column {name}")))?.as_string::<i32>().clone())
+            Ok(b.column_by_name(name)
+                .ok_or_else(|| ApiError::internal(format!("missing column {name}")))?
+                .as_string::<i32>()
+                .clone())
         };
         let t = |name: &str| -> Result<_, ApiError> {
             Ok(b.column_by_name(name)
@@ -141,9 +154,19 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
                 .clone())
         };
         let (ids, ts, its) = (s(c::EVENT_ID)?, t(c::TIMESTAMP)?, t(c::INGEST_TIME)?);
-        let (modules, types, versions, sev) = (s(c::SOURCE_MODULE)?, s(c::EVENT_TYPE)?, s(c::SCHEMA_VERSION)?, s(c::SEVERITY)?);
-        let (envs, corr, parents, tags, payloads) =
-            (s(c::ENVIRONMENT)?, s(c::CORRELATION_ID)?, s(c::PARENT_EVENT_ID)?, s(c::TAGS)?, s(c::PAYLOAD)?);
+        let (modules, types, versions, sev) = (
+            s(c::SOURCE_MODULE)?,
+            s(c::EVENT_TYPE)?,
+            s(c::SCHEMA_VERSION)?,
+            s(c::SEVERITY)?,
+        );
+        let (envs, corr, parents, tags, payloads) = (
+            s(c::ENVIRONMENT)?,
+            s(c::CORRELATION_ID)?,
+            s(c::PARENT_EVENT_ID)?,
+            s(c::TAGS)?,
+            s(c::PAYLOAD)?,
+        );
         let opt = |a: &datafusion::arrow::array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
         for i in 0..b.num_rows() {
             let raw = |text: &str| RawValue::from_string(text.to_string()).map_err(ApiError::internal);
@@ -158,7 +181,11 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
                 environment: opt(&envs, i),
                 correlation_id: opt(&corr, i),
                 parent_event_id: opt(&parents, i),
-                tags: if tags.is_null(i) { None } else { Some(raw(tags.value(i))?) },
+                tags: if tags.is_null(i) {
+                    None
+                } else {
+                    Some(raw(tags.value(i))?)
+                },
                 payload: raw(payloads.value(i))?,
             });
         }
@@ -174,32 +201,55 @@ pub async fn list(
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_parameter", format!("`limit` must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let mut filter: Option<Expr> = None;
-    let mut and = |e: Expr| filter = Some(match filter.take() { Some(f) => f.and(e), None => e });
+    let mut and = |e: Expr| {
+        filter = Some(match filter.take() {
+            Some(f) => f.and(e),
+            None => e,
+        })
+    };
     if let Some(v) = &p.start_time {
         and(col(c::TIMESTAMP).gt_eq(timestamp_lit(parse_time("start_time", v)?)));
     }
     if let Some(v) = &p.end_time {
         and(col(c::TIMESTAMP).lt(timestamp_lit(parse_time("end_time", v)?)));
     }
-    for (name, value) in [(c::SOURCE_MODULE, &p.source_module), (c::EVENT_TYPE, &p.event_type), (c::SEVERITY, &p.severity)] {
+    for (name, value) in [
+        (c::SOURCE_MODULE, &p.source_module),
+        (c::EVENT_TYPE, &p.event_type),
+        (c::SEVERITY, &p.severity),
+    ] {
         if let Some(v) = value {
             and(col(name).eq(lit(v.clone())));
         }
     }
     if let Some(cursor) = &p.cursor {
-        let (ts, id) = decode_cursor(cursor)
-            .ok_or_else(|| ApiError::bad_request("invalid_parameter", "`cursor` is not a cursor returned by this API"))?;
-        and(col(c::TIMESTAMP).lt(timestamp_lit(ts)).or(col(c::TIMESTAMP).eq(timestamp_lit(ts)).and(col(c::EVENT_ID).lt(lit(id)))));
+        let (ts, id) = decode_cursor(cursor).ok_or_else(|| {
+            ApiError::bad_request("invalid_parameter", "`cursor` is not a cursor returned by this API")
+        })?;
+        and(col(c::TIMESTAMP).lt(timestamp_lit(ts)).or(col(c::TIMESTAMP)
+            .eq(timestamp_lit(ts))
+            .and(col(c::EVENT_ID).lt(lit(id)))));
     }
-    let mut df = state.engine.context().table(EVENTS_TABLE).await.map_err(ApiError::internal)?;
+    let mut df = state
+        .engine
+        .context()
+        .table(EVENTS_TABLE)
+        .await
+        .map_err(ApiError::internal)?;
     if let Some(f) = filter {
         df = df.filter(f).map_err(ApiError::internal)?;
     }
     let df = df
-        .sort(vec![col(c::TIMESTAMP).sort(false, false), col(c::EVENT_ID).sort(false, false)])
+        .sort(vec![
+            col(c::TIMESTAMP).sort(false, false),
+            col(c::EVENT_ID).sort(false, false),
+        ])
         .and_then(|df| df.limit(0, Some(limit + 1)))
         .map_err(ApiError::internal)?;
     let (_, batches, _, _) = collect_limited(df, None).await?;
@@ -207,7 +257,9 @@ pub async fn list(
     let next_cursor = if events.len() > limit {
         events.truncate(limit);
         events.last().and_then(|e| {
-            chrono::DateTime::parse_from_rfc3339(&e.timestamp).ok().map(|t| encode_cursor(t.timestamp_micros(), &e.event_id))
+            chrono::DateTime::parse_from_rfc3339(&e.timestamp)
+                .ok()
+                .map(|t| encode_cursor(t.timestamp_micros(), &e.event_id))
         })
     } else {
         None

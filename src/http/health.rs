@@ -32,18 +32,37 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         let listed = tokio::time::timeout(std::time::Duration::from_secs(1), stream.list()).await;
         let (ready, detail) = match listed {
             Ok(Ok(queries)) => {
-                let failing: Vec<&str> = queries.iter().filter(|q| q.last_error.is_some()).map(|q| q.name.as_str()).collect();
-                (true, json!({ "continuous_queries": queries.len(), "with_errors": failing }))
+                let failing: Vec<&str> = queries
+                    .iter()
+                    .filter(|q| q.last_error.is_some())
+                    .map(|q| q.name.as_str())
+                    .collect();
+                (
+                    true,
+                    json!({ "continuous_queries": queries.len(), "with_errors": failing }),
+                )
             }
             // Busy with a large micro-batch: still serving, just slow to answer.
             Err(_) => (true, json!({ "busy": true })),
             Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
         };
-        components.push(ComponentStatus { name: "stream", kind: "local", ready, detail });
+        components.push(ComponentStatus {
+            name: "stream",
+            kind: "local",
+            ready,
+            detail,
+        });
     }
     let ready = components.iter().all(|c| c.ready);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "components": components })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "components": components })),
+    )
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -21,6 +21,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let status = response.status().as_u16().to_string();
     let labels = [method.as_str(), route.as_str(), status.as_str()];
     state.metrics.http_requests_total.with_label_values(&labels).inc();
-    state.metrics.http_request_duration_seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_request_duration_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     response
 }

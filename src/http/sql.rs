@@ -58,7 +58,13 @@ pub async fn run(
         && let Some(hit) = cache.get(&cache_key).await
     {
         state.metrics.sql_queries_total.with_label_values(&["cache_hit"]).inc();
-        return Ok(([(header::CONTENT_TYPE, hit.content_type), (header::HeaderName::from_static("x-cache"), "hit")], hit.body)
+        return Ok((
+            [
+                (header::CONTENT_TYPE, hit.content_type),
+                (header::HeaderName::from_static("x-cache"), "hit"),
+            ],
+            hit.body,
+        )
             .into_response());
     }
     let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
@@ -66,7 +72,11 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => {
             let err = ApiError::from(e);
-            state.metrics.sql_queries_total.with_label_values(&[outcome(&err)]).inc();
+            state
+                .metrics
+                .sql_queries_total
+                .with_label_values(&[outcome(&err)])
+                .inc();
             return Err(err);
         }
     };
@@ -75,7 +85,8 @@ pub async fn run(
     let body: Vec<u8> = match fmt {
         ResultFormat::Json => {
             let rows = format::json_rows(&result.batches).map_err(ApiError::internal)?;
-            let rows = RawValue::from_string(String::from_utf8(rows).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
+            let rows = RawValue::from_string(String::from_utf8(rows).map_err(ApiError::internal)?)
+                .map_err(ApiError::internal)?;
             let resp = SqlResponse {
                 columns: format::columns(&result.schema),
                 rows,
@@ -86,13 +97,18 @@ pub async fn run(
             serde_json::to_vec(&resp).map_err(ApiError::internal)?
         }
         ResultFormat::Csv => format::csv(&result.schema, &result.batches).map_err(ApiError::internal)?,
-        ResultFormat::ArrowStream => format::arrow_stream(&result.schema, &result.batches).map_err(ApiError::internal)?,
+        ResultFormat::ArrowStream => {
+            format::arrow_stream(&result.schema, &result.batches).map_err(ApiError::internal)?
+        }
     };
     let body = Bytes::from(body);
     if let Some(cache) = &state.cache
         && body.len() <= state.cache_max_entry_bytes
     {
-        let value = CachedResult { content_type: fmt.content_type(), body: body.clone() };
+        let value = CachedResult {
+            content_type: fmt.content_type(),
+            body: body.clone(),
+        };
         cache.put(&cache_key, value, state.cache_ttl).await;
     }
     let mut response = ([(header::CONTENT_TYPE, fmt.content_type())], body).into_response();
@@ -106,4 +122,3 @@ pub async fn run(
     }
     Ok(response)
 }
-

@@ -69,8 +69,10 @@ impl Ingest for StoreIngest {
 
 /// Adds a batch to `events_processed_total{source_module,event_type}`.
 pub fn count_processed(metrics: &Metrics, batch: &RecordBatch) {
-    let (Some(modules), Some(types)) = (batch.column_by_name(col::SOURCE_MODULE), batch.column_by_name(col::EVENT_TYPE))
-    else {
+    let (Some(modules), Some(types)) = (
+        batch.column_by_name(col::SOURCE_MODULE),
+        batch.column_by_name(col::EVENT_TYPE),
+    ) else {
         return;
     };
     let (modules, types) = (modules.as_string::<i32>(), types.as_string::<i32>());
@@ -84,7 +86,10 @@ pub fn count_processed(metrics: &Metrics, batch: &RecordBatch) {
         }
     }
     for (m, t, n) in counts {
-        metrics.events_processed_total.with_label_values(&[label(m), label(t)]).inc_by(n);
+        metrics
+            .events_processed_total
+            .with_label_values(&[label(m), label(t)])
+            .inc_by(n);
     }
 }
 
@@ -93,6 +98,9 @@ pub fn count_rejected(metrics: &Metrics, rejected: &[Rejection]) {
     for r in rejected {
         let module = r.source_module.as_deref().map_or("unknown", label);
         let event_type = r.event_type.as_deref().map_or("unknown", label);
-        metrics.events_errors_total.with_label_values(&[module, event_type, r.error_type.as_str()]).inc();
+        metrics
+            .events_errors_total
+            .with_label_values(&[module, event_type, r.error_type.as_str()])
+            .inc();
     }
 }

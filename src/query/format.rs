@@ -65,7 +65,11 @@ pub fn columns(schema: &SchemaRef) -> Vec<ColumnInfo> {
     schema
         .fields()
         .iter()
-        .map(|f| ColumnInfo { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .map(|f| ColumnInfo {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
         .collect()
 }
 
@@ -73,7 +77,9 @@ pub fn columns(schema: &SchemaRef) -> Vec<ColumnInfo> {
 pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     let mut buf = Vec::new();
     {
-        let mut writer = JsonWriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buf);
+        let mut writer = JsonWriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, JsonArray>(&mut buf);
         for batch in batches {
             writer.write(batch)?;
         }
@@ -94,7 +100,9 @@ pub fn csv(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Arrow
         buf.push(b'\n');
         return Ok(buf);
     }
-    let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+    let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(&mut buf);
     for batch in batches {
         writer.write(batch)?;
     }
@@ -123,8 +131,14 @@ mod tests {
     fn accept_header_negotiation() {
         assert_eq!(ResultFormat::from_accept(None), ResultFormat::Json);
         assert_eq!(ResultFormat::from_accept(Some("text/csv")), ResultFormat::Csv);
-        assert_eq!(ResultFormat::from_accept(Some("text/html, text/csv;q=0.9")), ResultFormat::Csv);
-        assert_eq!(ResultFormat::from_accept(Some(ARROW_STREAM_MIME)), ResultFormat::ArrowStream);
+        assert_eq!(
+            ResultFormat::from_accept(Some("text/html, text/csv;q=0.9")),
+            ResultFormat::Csv
+        );
+        assert_eq!(
+            ResultFormat::from_accept(Some(ARROW_STREAM_MIME)),
+            ResultFormat::ArrowStream
+        );
         assert_eq!(ResultFormat::from_accept(Some("*/*")), ResultFormat::Json);
         assert_eq!(ResultFormat::from_accept(Some("image/png")), ResultFormat::Json);
     }

@@ -43,7 +43,11 @@ fn looks_like_location(name: &ObjectName) -> bool {
 fn file_reference(stmt: &Statement) -> Option<String> {
     match stmt {
         Statement::Statement(s) => match visit_relations(s.as_ref(), |name: &ObjectName| {
-            if looks_like_location(name) { ControlFlow::Break(name.to_string()) } else { ControlFlow::Continue(()) }
+            if looks_like_location(name) {
+                ControlFlow::Break(name.to_string())
+            } else {
+                ControlFlow::Continue(())
+            }
         }) {
             ControlFlow::Break(name) => Some(name),
             ControlFlow::Continue(()) => None,
@@ -126,7 +130,10 @@ mod tests {
     fn refuses_writes_and_settings() {
         for (sql, kind) in [
             ("CREATE TABLE t (a INT)", "CREATE TABLE"),
-            ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc/'", "CREATE EXTERNAL"),
+            (
+                "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc/'",
+                "CREATE EXTERNAL",
+            ),
             ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
             ("DROP TABLE events", "DROP TABLE"),
             ("INSERT INTO events VALUES (1)", "INSERT"),

@@ -110,7 +110,10 @@ impl QueryEngine {
         let mut ctx = SessionContext::new_with_config(session);
         register_functions(&mut ctx)?;
         ctx.register_table(EVENTS_TABLE, store.table_provider())?;
-        Ok(Self { ctx, timeout: Duration::from_secs(config.timeout_secs.max(1)) })
+        Ok(Self {
+            ctx,
+            timeout: Duration::from_secs(config.timeout_secs.max(1)),
+        })
     }
 
     /// The underlying session (for the DataFrame API).
@@ -122,7 +125,10 @@ impl QueryEngine {
     pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
         guard::check_read_only(sql)?;
         let started = Instant::now();
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let work = async {
             let df = self.ctx.sql_with_options(sql, options).await?;
             collect_limited(df, max_rows).await
@@ -130,7 +136,13 @@ impl QueryEngine {
         let (schema, batches, row_count, truncated) = tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| QueryError::Timeout(self.timeout))??;
-        Ok(QueryResult { schema, batches, row_count, truncated, elapsed: started.elapsed() })
+        Ok(QueryResult {
+            schema,
+            batches,
+            row_count,
+            truncated,
+            elapsed: started.elapsed(),
+        })
     }
 }
 

@@ -50,7 +50,10 @@ impl StorageError {
 
     pub(crate) fn format<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> Self {
         let context = context.into();
-        move |e| Self::Format { context, message: e.to_string() }
+        move |e| Self::Format {
+            context,
+            message: e.to_string(),
+        }
     }
 }
 

@@ -33,7 +33,12 @@ pub struct CqOptions {
 
 impl Default for CqOptions {
     fn default() -> Self {
-        Self { allowed_lateness_ms: 5_000, max_future_ms: 60_000, idle_timeout_ms: 10_000, emit: EmitMode::Final }
+        Self {
+            allowed_lateness_ms: 5_000,
+            max_future_ms: 60_000,
+            idle_timeout_ms: 10_000,
+            emit: EmitMode::Final,
+        }
     }
 }
 
@@ -60,9 +65,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ok {
-        return Err(format!("invalid name {name:?}: use 1-63 characters of a-z, 0-9 and _, starting with a letter"));
+        return Err(format!(
+            "invalid name {name:?}: use 1-63 characters of a-z, 0-9 and _, starting with a letter"
+        ));
     }
     if name.starts_with("__") || ["events", "late_events", "information_schema"].contains(&name) {
         return Err(format!("{name:?} is reserved"));
@@ -78,9 +87,14 @@ fn file(dir: &Path) -> PathBuf {
 pub fn load(dir: &Path) -> Result<Vec<CqDefinition>, StorageError> {
     let path = file(dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(StorageError::format(format!("parsing {}", path.display()))),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(StorageError::format(format!("parsing {}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(StorageError::Io { context: format!("reading {}", path.display()), source: e }),
+        Err(e) => Err(StorageError::Io {
+            context: format!("reading {}", path.display()),
+            source: e,
+        }),
     }
 }
 
@@ -91,7 +105,9 @@ pub fn save(dir: &Path, defs: &[CqDefinition]) -> Result<(), StorageError> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(defs).map_err(StorageError::format("encoding definitions"))?;
     std::fs::write(&tmp, bytes).map_err(StorageError::io(format!("writing {}", tmp.display())))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(StorageError::io("syncing definitions"))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(StorageError::io("syncing definitions"))?;
     std::fs::rename(&tmp, &path).map_err(StorageError::io(format!("renaming {}", tmp.display())))?;
     Ok(())
 }

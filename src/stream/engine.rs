@@ -77,7 +77,13 @@ impl StreamHandle {
 
     /// Registers a query; validation errors come back as [`CqError::Invalid`].
     pub async fn register(&self, name: String, sql: String, options: CqOptions) -> Result<CqStatus, CqError> {
-        let def = CqDefinition { name, sql, options, paused: false, created_at_us: now_micros() };
+        let def = CqDefinition {
+            name,
+            sql,
+            options,
+            paused: false,
+            created_at_us: now_micros(),
+        };
         self.call(|r| Command::Register(def, r)).await?
     }
 
@@ -126,8 +132,14 @@ impl StreamEngine {
             deps.storage.clone(),
             None,
         )?;
-        deps.query_ctx.register_table(LATE_EVENTS_TABLE, late.table_provider()).map_err(CqError::internal)?;
-        let mut engine = Self { deps, queries: Vec::new(), late };
+        deps.query_ctx
+            .register_table(LATE_EVENTS_TABLE, late.table_provider())
+            .map_err(CqError::internal)?;
+        let mut engine = Self {
+            deps,
+            queries: Vec::new(),
+            late,
+        };
         let saved = catalog::load(&engine.deps.dir)?;
         let mut snapshots = Vec::new();
         for def in saved {
@@ -137,13 +149,21 @@ impl StreamEngine {
                     let snapshot = engine.replay_input(engine.queries.len() - 1).await?;
                     snapshots.push(snapshot);
                 }
-                Err(e) => tracing::error!(query = %name, error = %e, "saved continuous query no longer plans; skipping it"),
+                Err(e) => {
+                    tracing::error!(query = %name, error = %e, "saved continuous query no longer plans; skipping it")
+                }
             }
         }
         engine.replay(snapshots).await;
         for (name, sql) in shipped {
             if engine.index(name).is_none() {
-                let def = CqDefinition { name: name.clone(), sql: sql.clone(), options: CqOptions::default(), paused: false, created_at_us: now_micros() };
+                let def = CqDefinition {
+                    name: name.clone(),
+                    sql: sql.clone(),
+                    options: CqOptions::default(),
+                    paused: false,
+                    created_at_us: now_micros(),
+                };
                 if let Err(e) = engine.register(def).await {
                     tracing::error!(query = %name, error = %e, "shipped continuous query failed to register");
                 }
@@ -187,7 +207,11 @@ impl StreamEngine {
         }
         self.index(source)
             .map(|i| self.queries[i].rt.output_schema())
-            .ok_or_else(|| CqError::Invalid(format!("unknown source table `{source}`: read `events` or another continuous query")))
+            .ok_or_else(|| {
+                CqError::Invalid(format!(
+                    "unknown source table `{source}`: read `events` or another continuous query"
+                ))
+            })
     }
 
     /// Plans `def`, opens its output store and exposes it as a table.
@@ -203,7 +227,10 @@ impl StreamEngine {
             None,
         )?;
         rt.emitted_through = max_window_start(&output).await?;
-        self.deps.query_ctx.register_table(rt.def.name.as_str(), output.table_provider()).map_err(CqError::internal)?;
+        self.deps
+            .query_ctx
+            .register_table(rt.def.name.as_str(), output.table_provider())
+            .map_err(CqError::internal)?;
         self.queries.push(Running { rt, output });
         Ok(())
     }
@@ -214,20 +241,36 @@ impl StreamEngine {
         let q = &self.queries[i];
         let ctx = SessionContext::new();
         let (table, time_col, order_col) = if q.rt.source == EVENTS_TABLE {
-            (self.deps.events.table_provider(), "timestamp".to_string(), "ingest_time")
+            (
+                self.deps.events.table_provider(),
+                "timestamp".to_string(),
+                "ingest_time",
+            )
         } else {
-            let up = self.index(&q.rt.source).ok_or_else(|| CqError::Internal("missing upstream".into()))?;
-            (self.queries[up].output.table_provider(), "window_start".to_string(), "window_start")
+            let up = self
+                .index(&q.rt.source)
+                .ok_or_else(|| CqError::Internal("missing upstream".into()))?;
+            (
+                self.queries[up].output.table_provider(),
+                "window_start".to_string(),
+                "window_start",
+            )
         };
         ctx.register_table("src", table).map_err(CqError::internal)?;
         let mut df = ctx.table("src").await.map_err(CqError::internal)?;
         if q.rt.source == EVENTS_TABLE {
-            df = df.filter(col("ingest_time").gt_eq(timestamp_lit(q.rt.def.created_at_us))).map_err(CqError::internal)?;
+            df = df
+                .filter(col("ingest_time").gt_eq(timestamp_lit(q.rt.def.created_at_us)))
+                .map_err(CqError::internal)?;
         }
         if let Some(e) = q.rt.emitted_through {
-            df = df.filter(col(time_col.as_str()).gt_eq(timestamp_lit(e - q.rt.replay_horizon_us()))).map_err(CqError::internal)?;
+            df = df
+                .filter(col(time_col.as_str()).gt_eq(timestamp_lit(e - q.rt.replay_horizon_us())))
+                .map_err(CqError::internal)?;
         }
-        let df = df.sort(vec![col(order_col).sort(true, false)]).map_err(CqError::internal)?;
+        let df = df
+            .sort(vec![col(order_col).sort(true, false)])
+            .map_err(CqError::internal)?;
         df.collect().await.map_err(CqError::from_execution)
     }
 
@@ -276,17 +319,29 @@ impl StreamEngine {
         let q = &mut self.queries[i];
         let name = q.rt.def.name.clone();
         for batch in outputs {
-            self.deps.metrics.cq_rows_emitted_total.with_label_values(&[&name]).inc_by(batch.num_rows() as u64);
+            self.deps
+                .metrics
+                .cq_rows_emitted_total
+                .with_label_values(&[&name])
+                .inc_by(batch.num_rows() as u64);
             if let Err(e) = q.output.append(batch.clone()).await {
                 tracing::error!(query = %name, error = %e, "writing continuous-query output failed");
                 q.rt.last_error = Some(e.to_string());
             }
         }
         if let Some(w) = q.rt.watermark() {
-            self.deps.metrics.cq_watermark_seconds.with_label_values(&[&name]).set(w as f64 / 1e6);
+            self.deps
+                .metrics
+                .cq_watermark_seconds
+                .with_label_values(&[&name])
+                .set(w as f64 / 1e6);
         }
         if !late.is_empty() {
-            self.deps.metrics.late_events_total.with_label_values(&[&name]).inc_by(late.len() as u64);
+            self.deps
+                .metrics
+                .late_events_total
+                .with_label_values(&[&name])
+                .inc_by(late.len() as u64);
             let watermark = q.rt.watermark().unwrap_or_default();
             match late::batch(&name, watermark, now_micros(), late) {
                 Ok(batch) => {
@@ -303,10 +358,15 @@ impl StreamEngine {
     async fn dispatch(&mut self, source: &str, batches: Vec<RecordBatch>) {
         let mut pending: HashMap<String, Vec<RecordBatch>> = HashMap::from([(source.to_string(), batches)]);
         for i in 0..self.queries.len() {
-            let Some(inputs) = pending.get(&self.queries[i].rt.source).cloned() else { continue };
+            let Some(inputs) = pending.get(&self.queries[i].rt.source).cloned() else {
+                continue;
+            };
             let out = self.run_query(i, &inputs, false).await;
             if !out.is_empty() {
-                pending.entry(self.queries[i].rt.def.name.clone()).or_default().extend(out);
+                pending
+                    .entry(self.queries[i].rt.def.name.clone())
+                    .or_default()
+                    .extend(out);
             }
         }
     }
@@ -359,7 +419,11 @@ impl StreamEngine {
     async fn register(&mut self, def: CqDefinition) -> Result<CqStatus, CqError> {
         catalog::validate_name(&def.name).map_err(CqError::Invalid)?;
         let exists = self.index(&def.name).is_some()
-            || self.deps.query_ctx.table_exist(def.name.as_str()).map_err(CqError::internal)?;
+            || self
+                .deps
+                .query_ctx
+                .table_exist(def.name.as_str())
+                .map_err(CqError::internal)?;
         if exists {
             return Err(CqError::Duplicate(def.name));
         }
@@ -370,7 +434,11 @@ impl StreamEngine {
         }
         self.open_query(def).await?;
         self.save()?;
-        let status = self.queries.last().map(|q| q.rt.status()).ok_or_else(|| CqError::internal("vanished"))?;
+        let status = self
+            .queries
+            .last()
+            .map(|q| q.rt.status())
+            .ok_or_else(|| CqError::internal("vanished"))?;
         tracing::info!(query = %status.name, window = %status.window, source = %status.source, "continuous query registered");
         Ok(status)
     }
@@ -378,7 +446,10 @@ impl StreamEngine {
     async fn delete(&mut self, name: &str) -> Result<(), CqError> {
         let i = self.index(name).ok_or_else(|| CqError::NotFound(name.to_string()))?;
         if let Some(d) = self.queries.iter().find(|q| q.rt.source == name) {
-            return Err(CqError::Invalid(format!("`{}` reads from `{name}`; delete it first", d.rt.def.name)));
+            return Err(CqError::Invalid(format!(
+                "`{}` reads from `{name}`; delete it first",
+                d.rt.def.name
+            )));
         }
         let removed = self.queries.remove(i);
         self.save()?;
@@ -449,7 +520,8 @@ fn drain_batches(first: RecordBatch, rx: &mut mpsc::Receiver<Command>) -> (Vec<R
 /// Largest `window_start` already in an output store.
 async fn max_window_start(store: &LocalStore) -> Result<Option<i64>, CqError> {
     let ctx = SessionContext::new();
-    ctx.register_table("out", store.table_provider()).map_err(CqError::internal)?;
+    ctx.register_table("out", store.table_provider())
+        .map_err(CqError::internal)?;
     let batches = ctx
         .sql("SELECT CAST(max(window_start) AS BIGINT) AS m FROM out")
         .await

@@ -66,7 +66,13 @@ type Parts = (
 );
 
 fn parts_of(a: &AggregateExec) -> Parts {
-    (a.group_expr().clone(), a.aggr_expr().to_vec(), a.filter_expr().to_vec(), Arc::clone(a.input()), a.input_schema())
+    (
+        a.group_expr().clone(),
+        a.aggr_expr().to_vec(),
+        a.filter_expr().to_vec(),
+        Arc::clone(a.input()),
+        a.input_schema(),
+    )
 }
 
 /// The partial aggregation's parts, whether DataFusion planned one `Single` aggregate or a
@@ -76,7 +82,8 @@ fn split(top_agg: &Arc<dyn ExecutionPlan>) -> Result<Parts, CqError> {
     match agg.mode() {
         AggregateMode::Single | AggregateMode::SinglePartitioned => Ok(parts_of(agg)),
         AggregateMode::Final | AggregateMode::FinalPartitioned => {
-            let partial = find_agg(agg.input()).ok_or_else(|| CqError::Internal("final aggregate without a partial one".into()))?;
+            let partial = find_agg(agg.input())
+                .ok_or_else(|| CqError::Internal("final aggregate without a partial one".into()))?;
             let p = as_agg(&partial).ok_or_else(|| CqError::Internal("not an aggregate".into()))?;
             Ok(parts_of(p))
         }
@@ -92,7 +99,8 @@ pub fn session(spec: WindowSpec, input_schema: &SchemaRef) -> Result<SessionCont
         ctx.register_udf(udf);
     }
     let input = MemTable::try_new(Arc::clone(input_schema), vec![vec![]]).map_err(CqError::internal)?;
-    ctx.register_table(INPUT_TABLE, Arc::new(input)).map_err(CqError::internal)?;
+    ctx.register_table(INPUT_TABLE, Arc::new(input))
+        .map_err(CqError::internal)?;
     Ok(ctx)
 }
 
@@ -105,10 +113,14 @@ impl CqPlan {
         let top_agg = find_agg(&top).ok_or_else(|| CqError::Invalid("the query has no aggregation".into()))?;
         let (group_by, aggr, filters, input, agg_input_schema) = split(&top_agg)?;
         if find_agg(&input).is_some() {
-            return Err(CqError::Invalid("nested aggregations are not supported in continuous queries".into()));
+            return Err(CqError::Invalid(
+                "nested aggregations are not supported in continuous queries".into(),
+            ));
         }
         if group_by.has_grouping_set() {
-            return Err(CqError::Invalid("grouping sets are not supported in continuous queries".into()));
+            return Err(CqError::Invalid(
+                "grouping sets are not supported in continuous queries".into(),
+            ));
         }
         let group_by = Arc::new(group_by);
         let partial: Arc<dyn ExecutionPlan> = Arc::new(
@@ -152,13 +164,18 @@ impl CqPlan {
                 let Some(mem) = source.data_source().downcast_ref::<MemorySourceConfig>() else {
                     return Ok(Transformed::no(node));
                 };
-                let exec: Arc<dyn ExecutionPlan> =
-                    MemorySourceConfig::try_new_exec(&[vec![batch.clone()]], mem.original_schema(), mem.projection().clone())?;
+                let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+                    &[vec![batch.clone()]],
+                    mem.original_schema(),
+                    mem.projection().clone(),
+                )?;
                 Ok(Transformed::yes(exec))
             })
             .data()
             .map_err(CqError::internal)?;
-        collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)
+        collect(plan, Arc::clone(&self.task))
+            .await
+            .map_err(CqError::from_execution)
     }
 
     fn merge_agg(&self, mode: AggregateMode, states: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>, CqError> {
@@ -178,7 +195,9 @@ impl CqPlan {
     /// Combines state rows into one state row per group.
     pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, CqError> {
         let plan = self.merge_agg(AggregateMode::PartialReduce, states)?;
-        let out = collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)?;
+        let out = collect(plan, Arc::clone(&self.task))
+            .await
+            .map_err(CqError::from_execution)?;
         out.into_iter()
             .map(|b| RecordBatch::try_new(Arc::clone(&self.state_schema), b.columns().to_vec()))
             .collect::<Result<Vec<_>, _>>()
@@ -199,7 +218,8 @@ impl CqPlan {
             })
             .data()
             .map_err(CqError::internal)?;
-        collect(plan, Arc::clone(&self.task)).await.map_err(CqError::from_execution)
+        collect(plan, Arc::clone(&self.task))
+            .await
+            .map_err(CqError::from_execution)
     }
 }
-

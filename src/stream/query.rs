@@ -7,7 +7,9 @@ use std::time::Instant;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::kernels::partition::partition;
 use datafusion::arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{
+    DataType, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, TimestampMicrosecondType,
+};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
@@ -105,13 +107,25 @@ async fn eval_span(expr: &str) -> Result<Span, CqError> {
         .sql(&format!("SELECT {expr} AS v"))
         .await
         .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
-    let batches = df.collect().await.map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
-    let column = batches.first().map(|b| Arc::clone(b.column(0))).ok_or_else(|| CqError::Invalid(format!("window size `{expr}` is empty")))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
+    let column = batches
+        .first()
+        .map(|b| Arc::clone(b.column(0)))
+        .ok_or_else(|| CqError::Invalid(format!("window size `{expr}` is empty")))?;
     let as_interval = datafusion::arrow::compute::cast(&column, &DataType::Interval(IntervalUnit::MonthDayNano))
-        .map_err(|_| CqError::Invalid(format!("window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'")))?;
+        .map_err(|_| {
+            CqError::Invalid(format!(
+                "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
+            ))
+        })?;
     let values = as_interval.as_primitive::<IntervalMonthDayNanoType>();
     if values.is_empty() || values.is_null(0) {
-        return Err(CqError::Invalid(format!("window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'")));
+        return Err(CqError::Invalid(format!(
+            "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
+        )));
     }
     let v = values.value(0);
     Span::from_interval(v.months, v.days, v.nanoseconds).map_err(CqError::Invalid)
@@ -120,10 +134,16 @@ async fn eval_span(expr: &str) -> Result<Span, CqError> {
 /// The window of a rewritten query.
 async fn window_spec(call: &WindowCall) -> Result<WindowSpec, CqError> {
     let spec = match call {
-        WindowCall::Tumble { size, .. } => WindowSpec::Tumble { size: eval_span(size).await? },
+        WindowCall::Tumble { size, .. } => WindowSpec::Tumble {
+            size: eval_span(size).await?,
+        },
         WindowCall::Hop { slide, size, .. } => match (eval_span(slide).await?, eval_span(size).await?) {
             (Span::Micros(slide_us), Span::Micros(size_us)) => WindowSpec::Hop { slide_us, size_us },
-            _ => return Err(CqError::Invalid("hopping windows must use fixed sizes (no months)".into())),
+            _ => {
+                return Err(CqError::Invalid(
+                    "hopping windows must use fixed sizes (no months)".into(),
+                ));
+            }
         },
     };
     spec.validate().map_err(CqError::Invalid)?;
@@ -138,15 +158,22 @@ impl CqRuntime {
         let rewritten = rewrite::rewrite(&def.sql, &columns)?;
         let spec = window_spec(&rewritten.window).await?;
         let time_col = rewritten.window.time_column();
-        let time_idx = input_schema
-            .index_of(time_col)
-            .map_err(|_| CqError::Invalid(format!("window time column `{time_col}` does not exist in `{}`", rewritten.source)))?;
+        let time_idx = input_schema.index_of(time_col).map_err(|_| {
+            CqError::Invalid(format!(
+                "window time column `{time_col}` does not exist in `{}`",
+                rewritten.source
+            ))
+        })?;
         if !matches!(input_schema.field(time_idx).data_type(), DataType::Timestamp(_, _)) {
-            return Err(CqError::Invalid(format!("window time column `{time_col}` must be a timestamp")));
+            return Err(CqError::Invalid(format!(
+                "window time column `{time_col}` must be a timestamp"
+            )));
         }
         let plan = CqPlan::build(&rewritten.sql, spec, input_schema).await?;
         if plan.output_schema.index_of("window_start").is_err() {
-            return Err(CqError::Invalid("the SELECT list must include `window_start` (and usually `window_end`)".into()));
+            return Err(CqError::Invalid(
+                "the SELECT list must include `window_start` (and usually `window_end`)".into(),
+            ));
         }
         Ok(Self {
             id_idx: input_schema.index_of("event_id").ok(),
@@ -186,7 +213,8 @@ impl CqRuntime {
         }
         self.last_input = Instant::now();
         self.rows_in += batch.num_rows() as u64;
-        let times = datafusion::arrow::compute::cast(batch.column(self.time_idx), &timestamp_type()).map_err(CqError::internal)?;
+        let times = datafusion::arrow::compute::cast(batch.column(self.time_idx), &timestamp_type())
+            .map_err(CqError::internal)?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
         let ids = self.id_idx.map(|i| batch.column(i).as_string::<i32>().clone());
         let mut keep = Vec::with_capacity(times.len());
@@ -203,7 +231,9 @@ impl CqRuntime {
             let is_late = !suppressed && self.watermark_us.is_some_and(|w| earliest_end <= w);
             if is_late && !replay {
                 late.push(LateEvent {
-                    event_id: ids.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                    event_id: ids
+                        .as_ref()
+                        .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                     event_time: ts,
                     window_end: earliest_end,
                 });
@@ -257,7 +287,12 @@ impl CqRuntime {
     }
 
     async fn compact(&mut self) -> Result<(), CqError> {
-        let due: Vec<i64> = self.open.iter().filter(|(_, w)| w.batches.len() >= COMPACT_AT).map(|(k, _)| *k).collect();
+        let due: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|(_, w)| w.batches.len() >= COMPACT_AT)
+            .map(|(k, _)| *k)
+            .collect();
         for start in due {
             if let Some(window) = self.open.get_mut(&start) {
                 let states = std::mem::take(&mut window.batches);
@@ -275,8 +310,15 @@ impl CqRuntime {
 
     /// Finalizes every window whose end is at or before the watermark.
     async fn close_due(&mut self) -> Result<Vec<RecordBatch>, CqError> {
-        let Some(w) = self.watermark_us else { return Ok(Vec::new()) };
-        let due: Vec<i64> = self.open.keys().copied().take_while(|s| self.spec.end_of(*s) <= w).collect();
+        let Some(w) = self.watermark_us else {
+            return Ok(Vec::new());
+        };
+        let due: Vec<i64> = self
+            .open
+            .keys()
+            .copied()
+            .take_while(|s| self.spec.end_of(*s) <= w)
+            .collect();
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -324,7 +366,11 @@ impl CqRuntime {
             window: match self.spec {
                 WindowSpec::Tumble { size } => format!("tumble {}", size.describe()),
                 WindowSpec::Hop { slide_us, size_us } => {
-                    format!("hop slide {} size {}", Span::Micros(slide_us).describe(), Span::Micros(size_us).describe())
+                    format!(
+                        "hop slide {} size {}",
+                        Span::Micros(slide_us).describe(),
+                        Span::Micros(size_us).describe()
+                    )
                 }
             },
             status: if self.def.paused { "paused" } else { "running" },

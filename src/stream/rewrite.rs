@@ -38,11 +38,20 @@ pub fn parse_create(sql: &str) -> Option<Result<CreateStatement, CqError>> {
     let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
     let (name, after) = rest.split_at(name_end);
     let after = after.trim_start();
-    let Some(select) = after.get(..2).filter(|kw| kw.eq_ignore_ascii_case("as")).map(|_| after[2..].trim()) else {
-        return Some(Err(CqError::Invalid("expected `CREATE CONTINUOUS QUERY <name> AS SELECT ...`".into())));
+    let Some(select) = after
+        .get(..2)
+        .filter(|kw| kw.eq_ignore_ascii_case("as"))
+        .map(|_| after[2..].trim())
+    else {
+        return Some(Err(CqError::Invalid(
+            "expected `CREATE CONTINUOUS QUERY <name> AS SELECT ...`".into(),
+        )));
     };
     let select = select.trim_end().trim_end_matches(';').to_string();
-    Some(Ok(CreateStatement { name: name.to_string(), select }))
+    Some(Ok(CreateStatement {
+        name: name.to_string(),
+        select,
+    }))
 }
 
 /// The window function found in `GROUP BY`.
@@ -106,8 +115,13 @@ fn window_args(f: &datafusion::sql::sqlparser::ast::Function) -> Result<Vec<Expr
 fn time_column(expr: &Expr) -> Result<String, CqError> {
     match expr {
         Expr::Identifier(id) => Ok(id.value.clone()),
-        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).ok_or_else(|| invalid("empty column")),
-        other => Err(invalid(format!("the first window argument must be a timestamp column, got `{other}`"))),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(|p| p.value.clone())
+            .ok_or_else(|| invalid("empty column")),
+        other => Err(invalid(format!(
+            "the first window argument must be a timestamp column, got `{other}`"
+        ))),
     }
 }
 
@@ -126,10 +140,14 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
         return Err(invalid("a continuous query must be a SELECT"));
     };
     if query.with.is_some() {
-        return Err(invalid("WITH is not supported in continuous queries; use a subquery-free SELECT"));
+        return Err(invalid(
+            "WITH is not supported in continuous queries; use a subquery-free SELECT",
+        ));
     }
     if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
-        return Err(invalid("ORDER BY / LIMIT are not supported in continuous queries (order the output table when you query it)"));
+        return Err(invalid(
+            "ORDER BY / LIMIT are not supported in continuous queries (order the output table when you query it)",
+        ));
     }
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Err(invalid("a continuous query must be a single SELECT (no UNION)"));
@@ -137,7 +155,13 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
     if select.from.len() != 1 || !select.from[0].joins.is_empty() {
         return Err(invalid("a continuous query reads exactly one table, without joins"));
     }
-    let TableFactor::Table { name, alias, args: None, .. } = &select.from[0].relation else {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = &select.from[0].relation
+    else {
         return Err(invalid("a continuous query reads a table (`FROM events`)"));
     };
     let source = name.to_string().trim_matches('"').to_string();
@@ -163,23 +187,39 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
                 }
                 let args = window_args(&f)?;
                 window = Some(match (name.as_str(), args.as_slice()) {
-                    ("tumble", [t, size]) => WindowCall::Tumble { time: time_column(t)?, size: size.to_string() },
-                    ("hop", [t, slide, size]) => {
-                        WindowCall::Hop { time: time_column(t)?, slide: slide.to_string(), size: size.to_string() }
-                    }
+                    ("tumble", [t, size]) => WindowCall::Tumble {
+                        time: time_column(t)?,
+                        size: size.to_string(),
+                    },
+                    ("hop", [t, slide, size]) => WindowCall::Hop {
+                        time: time_column(t)?,
+                        slide: slide.to_string(),
+                        size: size.to_string(),
+                    },
                     ("session", _) => {
-                        return Err(invalid("session windows are not supported yet; use tumble(ts, size) or hop(ts, slide, size)"));
+                        return Err(invalid(
+                            "session windows are not supported yet; use tumble(ts, size) or hop(ts, slide, size)",
+                        ));
                     }
-                    (n, _) => return Err(invalid(format!("wrong number of arguments to {n}: use tumble(ts, size) or hop(ts, slide, size)"))),
+                    (n, _) => {
+                        return Err(invalid(format!(
+                            "wrong number of arguments to {n}: use tumble(ts, size) or hop(ts, slide, size)"
+                        )));
+                    }
                 });
             }
             _ => kept.push(e),
         }
     }
     let Some(window) = window else {
-        return Err(invalid("GROUP BY must include a window: tumble(timestamp, INTERVAL '1 minute') or hop(timestamp, slide, size)"));
+        return Err(invalid(
+            "GROUP BY must include a window: tumble(timestamp, INTERVAL '1 minute') or hop(timestamp, slide, size)",
+        ));
     };
-    let mut grouped = vec![Expr::Identifier(Ident::new("window_start")), Expr::Identifier(Ident::new("window_end"))];
+    let mut grouped = vec![
+        Expr::Identifier(Ident::new("window_start")),
+        Expr::Identifier(Ident::new("window_end")),
+    ];
     grouped.extend(kept);
     *exprs = grouped;
 
@@ -189,7 +229,11 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
         .filter(|c| source_columns.iter().any(|s| s == *c))
         .map(|c| Ident::with_quote('"', *c).to_string())
         .collect();
-    let all = if shadowed.is_empty() { "*".to_string() } else { format!("* EXCLUDE ({})", shadowed.join(", ")) };
+    let all = if shadowed.is_empty() {
+        "*".to_string()
+    } else {
+        format!("* EXCLUDE ({})", shadowed.join(", "))
+    };
     let inner = match &window {
         WindowCall::Tumble { .. } => format!(
             "SELECT {all}, __window_start({time}) AS window_start, __window_end(__window_start({time})) AS window_end FROM {INPUT_TABLE}"
@@ -212,7 +256,11 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
         _ => return Err(CqError::Internal("window rewrite produced no statement".into())),
     };
     select.from[0].relation = relation;
-    Ok(Rewritten { sql: query.to_string(), window, source })
+    Ok(Rewritten {
+        sql: query.to_string(),
+        window,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -221,10 +269,21 @@ mod tests {
 
     #[test]
     fn parses_create_continuous_query() {
-        let c = parse_create("  create Continuous QUERY llm_1m AS SELECT 1;").expect("is create").expect("valid");
-        assert_eq!(c, CreateStatement { name: "llm_1m".into(), select: "SELECT 1".into() });
+        let c = parse_create("  create Continuous QUERY llm_1m AS SELECT 1;")
+            .expect("is create")
+            .expect("valid");
+        assert_eq!(
+            c,
+            CreateStatement {
+                name: "llm_1m".into(),
+                select: "SELECT 1".into()
+            }
+        );
         assert!(parse_create("SELECT 1").is_none());
-        assert!(matches!(parse_create("CREATE CONTINUOUS QUERY x SELECT 1"), Some(Err(_))));
+        assert!(matches!(
+            parse_create("CREATE CONTINUOUS QUERY x SELECT 1"),
+            Some(Err(_))
+        ));
     }
 
     #[test]
@@ -235,8 +294,18 @@ mod tests {
         )
         .expect("rewrite");
         assert_eq!(r.source, "events");
-        assert_eq!(r.window, WindowCall::Tumble { time: "timestamp".into(), size: "INTERVAL '1 minute'".into() });
-        assert!(r.sql.contains("GROUP BY window_start, window_end, provider"), "{}", r.sql);
+        assert_eq!(
+            r.window,
+            WindowCall::Tumble {
+                time: "timestamp".into(),
+                size: "INTERVAL '1 minute'".into()
+            }
+        );
+        assert!(
+            r.sql.contains("GROUP BY window_start, window_end, provider"),
+            "{}",
+            r.sql
+        );
         assert!(r.sql.contains("__window_start(\"timestamp\")"), "{}", r.sql);
         let h = rewrite("SELECT window_start, count(*) FROM events GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '5 minutes')", &[])
             .expect("hop");
@@ -247,10 +316,17 @@ mod tests {
     #[test]
     fn chained_sources_replace_their_window_columns() {
         let cols = vec!["window_start".to_string(), "window_end".to_string(), "n".to_string()];
-        let r = rewrite("SELECT window_start, sum(n) AS n FROM q1 GROUP BY tumble(window_start, INTERVAL '5 minutes')", &cols)
-            .expect("rewrite");
+        let r = rewrite(
+            "SELECT window_start, sum(n) AS n FROM q1 GROUP BY tumble(window_start, INTERVAL '5 minutes')",
+            &cols,
+        )
+        .expect("rewrite");
         assert_eq!(r.source, "q1");
-        assert!(r.sql.contains("EXCLUDE (\"window_start\", \"window_end\")"), "{}", r.sql);
+        assert!(
+            r.sql.contains("EXCLUDE (\"window_start\", \"window_end\")"),
+            "{}",
+            r.sql
+        );
     }
 
     #[test]

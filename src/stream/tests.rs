@@ -18,11 +18,22 @@ use crate::event::{decode_batch_body, events_schema};
 use crate::generate::{Generator, GeneratorConfig};
 
 fn def(name: &str, sql: &str, options: CqOptions) -> CqDefinition {
-    CqDefinition { name: name.into(), sql: sql.into(), options, paused: false, created_at_us: 0 }
+    CqDefinition {
+        name: name.into(),
+        sql: sql.into(),
+        options,
+        paused: false,
+        created_at_us: 0,
+    }
 }
 
 fn events(seed: u64, n: usize, disorder_ms: u64, per_sec: f64) -> RecordBatch {
-    let mut g = Generator::new(GeneratorConfig { seed, disorder_ms, events_per_sec: per_sec, ..GeneratorConfig::default() });
+    let mut g = Generator::new(GeneratorConfig {
+        seed,
+        disorder_ms,
+        events_per_sec: per_sec,
+        ..GeneratorConfig::default()
+    });
     let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
     let out = decode_batch_body(body.as_bytes(), 0).expect("decode");
     assert!(out.rejected.is_empty());
@@ -64,7 +75,8 @@ fn keyed(batches: &[RecordBatch], keys: &[&str]) -> HashMap<Vec<String>, Row> {
                 } else if let Some(a) = c.as_primitive_opt::<Int64Type>() {
                     a.value(i).to_string()
                 } else if matches!(c.data_type(), datafusion::arrow::datatypes::DataType::Timestamp(_, _)) {
-                    let us = datafusion::arrow::compute::cast(c, &crate::event::schema::timestamp_type()).expect("cast");
+                    let us =
+                        datafusion::arrow::compute::cast(c, &crate::event::schema::timestamp_type()).expect("cast");
                     us.as_primitive::<TimestampMicrosecondType>().value(i).to_string()
                 } else if let Some(a) = c.as_string_opt::<i32>() {
                     a.value(i).to_string()
@@ -87,18 +99,28 @@ async fn batch_sql(all: &RecordBatch, sql: &str) -> Vec<RecordBatch> {
     crate::query::register_functions(&mut ctx).expect("functions");
     let table = MemTable::try_new(all.schema(), vec![vec![all.clone()]]).expect("table");
     ctx.register_table("events", Arc::new(table)).expect("register");
-    ctx.sql(sql).await.expect("plan oracle").collect().await.expect("run oracle")
+    ctx.sql(sql)
+        .await
+        .expect("plan oracle")
+        .collect()
+        .await
+        .expect("run oracle")
 }
 
 fn compare(stream: &HashMap<Vec<String>, Row>, oracle: &HashMap<Vec<String>, Row>, float_cols: &[&str]) {
     assert_eq!(stream.len(), oracle.len(), "same windows x keys");
     for (key, o) in oracle {
-        let s = stream.get(key).unwrap_or_else(|| panic!("window {key:?} missing from the stream output"));
+        let s = stream
+            .get(key)
+            .unwrap_or_else(|| panic!("window {key:?} missing from the stream output"));
         for (col, ov) in o {
             let sv = s.get(col).unwrap_or_else(|| panic!("column {col} missing"));
             if float_cols.contains(&col.as_str()) && ov != "NULL" && sv != "NULL" {
                 let (a, b): (f64, f64) = (sv.parse().expect("f"), ov.parse().expect("f"));
-                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{key:?} {col}: stream {a} vs oracle {b}");
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{key:?} {col}: stream {a} vs oracle {b}"
+                );
             } else {
                 assert_eq!(sv, ov, "{key:?} {col}");
             }
@@ -112,12 +134,32 @@ fn compare(stream: &HashMap<Vec<String>, Row>, oracle: &HashMap<Vec<String>, Row
 async fn oracle_shipped_rollups_match_batch_computation() {
     let all = events(99, 200_000, 3_000, 400.0);
     let shipped = shipped_queries().expect("shipped");
-    let one = shipped.iter().find(|(n, _)| n == "llm_provider_model_1m").expect("1m").clone();
-    let five = shipped.iter().find(|(n, _)| n == "llm_provider_model_5m").expect("5m").clone();
-    let mut rt1 = CqRuntime::new(def(&one.0, &one.1, CqOptions::default()), &events_schema()).await.expect("plan 1m");
-    let mut rt5 = CqRuntime::new(def(&five.0, &five.1, CqOptions { allowed_lateness_ms: 0, ..CqOptions::default() }), &rt1.output_schema())
+    let one = shipped
+        .iter()
+        .find(|(n, _)| n == "llm_provider_model_1m")
+        .expect("1m")
+        .clone();
+    let five = shipped
+        .iter()
+        .find(|(n, _)| n == "llm_provider_model_5m")
+        .expect("5m")
+        .clone();
+    let mut rt1 = CqRuntime::new(def(&one.0, &one.1, CqOptions::default()), &events_schema())
         .await
-        .expect("plan 5m");
+        .expect("plan 1m");
+    let mut rt5 = CqRuntime::new(
+        def(
+            &five.0,
+            &five.1,
+            CqOptions {
+                allowed_lateness_ms: 0,
+                ..CqOptions::default()
+            },
+        ),
+        &rt1.output_schema(),
+    )
+    .await
+    .expect("plan 5m");
     let (out1, late) = feed(&mut rt1, &all, 1).await;
     assert_eq!(late, 0, "disorder (3 s) is within the allowed lateness (5 s)");
     let mut out5 = Vec::new();
@@ -127,7 +169,14 @@ async fn oracle_shipped_rollups_match_batch_computation() {
     out5.extend(rt5.finish().await.expect("close 5m"));
 
     let keys = ["window_start", "provider", "model"];
-    let floats = ["error_rate", "latency_sum", "latency_sum_sq", "avg_latency_ms", "stddev_latency_ms", "cost_usd"];
+    let floats = [
+        "error_rate",
+        "latency_sum",
+        "latency_sum_sq",
+        "avg_latency_ms",
+        "stddev_latency_ms",
+        "cost_usd",
+    ];
     for (minutes, out) in [(1, &out1), (5, &out5)] {
         let oracle = batch_sql(
             &all,
@@ -156,7 +205,17 @@ async fn oracle_shipped_rollups_match_batch_computation() {
         }
         compare(&stream, &keyed(&oracle, &keys), &floats);
     }
-    let total: i64 = out1.iter().map(|b| b.column_by_name("requests").expect("r").as_primitive::<Int64Type>().iter().flatten().sum::<i64>()).sum();
+    let total: i64 = out1
+        .iter()
+        .map(|b| {
+            b.column_by_name("requests")
+                .expect("r")
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .sum::<i64>()
+        })
+        .sum();
     assert!(total > 150_000, "most events are LLM calls: {total}");
 }
 
@@ -165,7 +224,9 @@ async fn hopping_windows_match_batch_computation() {
     let all = events(5, 20_000, 2_000, 200.0);
     let sql = "SELECT window_start, window_end, provider, count(*) AS n, sum(input_tokens) AS tokens, max(latency_ms) AS max_ms
                FROM events WHERE provider IS NOT NULL GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '3 minutes'), provider";
-    let mut rt = CqRuntime::new(def("hop", sql, CqOptions::default()), &events_schema()).await.expect("plan");
+    let mut rt = CqRuntime::new(def("hop", sql, CqOptions::default()), &events_schema())
+        .await
+        .expect("plan");
     let (out, late) = feed(&mut rt, &all, 2).await;
     assert_eq!(late, 0);
     let mut oracle_batches = Vec::new();
@@ -206,7 +267,10 @@ fn one_event(id: u128, ts: &str, model: &str) -> RecordBatch {
 fn counts(out: &[RecordBatch]) -> Vec<(i64, i64)> {
     let mut v = Vec::new();
     for b in out {
-        let s = b.column_by_name("window_start").expect("ws").as_primitive::<TimestampMicrosecondType>();
+        let s = b
+            .column_by_name("window_start")
+            .expect("ws")
+            .as_primitive::<TimestampMicrosecondType>();
         let n = b.column_by_name("n").expect("n").as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
             v.push((s.value(i) / 60_000_000, n.value(i)));
@@ -216,28 +280,58 @@ fn counts(out: &[RecordBatch]) -> Vec<(i64, i64)> {
     v
 }
 
-const COUNT_SQL: &str = "SELECT window_start, window_end, count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')";
+const COUNT_SQL: &str =
+    "SELECT window_start, window_end, count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')";
 
 #[tokio::test]
 async fn lateness_inside_updates_beyond_goes_to_late_table() {
-    let options = CqOptions { allowed_lateness_ms: 10_000, ..CqOptions::default() };
-    let mut rt = CqRuntime::new(def("late", COUNT_SQL, options), &events_schema()).await.expect("plan");
+    let options = CqOptions {
+        allowed_lateness_ms: 10_000,
+        ..CqOptions::default()
+    };
+    let mut rt = CqRuntime::new(def("late", COUNT_SQL, options), &events_schema())
+        .await
+        .expect("plan");
     let base = 29_453_760; // 2026-01-01T00:00Z in minutes
     let mut out = Vec::new();
-    out.extend(rt.on_batch(&one_event(1, "2026-01-01T00:00:30Z", "a"), NOW, false).await.expect("b").output);
-    out.extend(rt.on_batch(&one_event(2, "2026-01-01T00:01:05Z", "a"), NOW, false).await.expect("b").output);
+    out.extend(
+        rt.on_batch(&one_event(1, "2026-01-01T00:00:30Z", "a"), NOW, false)
+            .await
+            .expect("b")
+            .output,
+    );
+    out.extend(
+        rt.on_batch(&one_event(2, "2026-01-01T00:01:05Z", "a"), NOW, false)
+            .await
+            .expect("b")
+            .output,
+    );
     assert!(out.is_empty(), "watermark 00:00:55 has not passed 00:01");
     // Late but inside the lateness: 00:00:59 while max is 00:01:05 → counted in window 0.
-    let p = rt.on_batch(&one_event(3, "2026-01-01T00:00:59Z", "a"), NOW, false).await.expect("b");
+    let p = rt
+        .on_batch(&one_event(3, "2026-01-01T00:00:59Z", "a"), NOW, false)
+        .await
+        .expect("b");
     assert!(p.late.is_empty());
     out.extend(p.output);
     // Advance: max 00:01:20 → watermark 00:01:10 closes window 0 with 2 events.
-    out.extend(rt.on_batch(&one_event(4, "2026-01-01T00:01:20Z", "a"), NOW, false).await.expect("b").output);
+    out.extend(
+        rt.on_batch(&one_event(4, "2026-01-01T00:01:20Z", "a"), NOW, false)
+            .await
+            .expect("b")
+            .output,
+    );
     assert_eq!(counts(&out), vec![(base, 2)]);
     // Beyond the lateness: window 0 is closed → late table, not counted.
-    let p = rt.on_batch(&one_event(5, "2026-01-01T00:00:10Z", "a"), NOW, false).await.expect("b");
+    let p = rt
+        .on_batch(&one_event(5, "2026-01-01T00:00:10Z", "a"), NOW, false)
+        .await
+        .expect("b");
     assert_eq!(p.late.len(), 1);
-    assert_eq!(p.late[0].event_id.as_deref(), Some(uuid::Uuid::from_u128(5).to_string().as_str()));
+    assert_eq!(
+        p.late[0].event_id.as_deref(),
+        Some(uuid::Uuid::from_u128(5).to_string().as_str())
+    );
     assert!(p.output.is_empty());
     out.extend(rt.finish().await.expect("close"));
     assert_eq!(counts(&out), vec![(base, 2), (base + 1, 2)]);
@@ -246,24 +340,55 @@ async fn lateness_inside_updates_beyond_goes_to_late_table() {
 
 #[tokio::test]
 async fn a_future_event_does_not_close_every_window() {
-    let options = CqOptions { allowed_lateness_ms: 1_000, max_future_ms: 60_000, ..CqOptions::default() };
-    let mut rt = CqRuntime::new(def("future", COUNT_SQL, options), &events_schema()).await.expect("plan");
-    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:05:00Z").expect("ts").timestamp_micros();
-    rt.on_batch(&one_event(1, "2026-01-01T00:04:30Z", "a"), now, false).await.expect("b");
-    let p = rt.on_batch(&one_event(2, "2027-06-01T00:00:00Z", "a"), now, false).await.expect("b");
+    let options = CqOptions {
+        allowed_lateness_ms: 1_000,
+        max_future_ms: 60_000,
+        ..CqOptions::default()
+    };
+    let mut rt = CqRuntime::new(def("future", COUNT_SQL, options), &events_schema())
+        .await
+        .expect("plan");
+    let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:05:00Z")
+        .expect("ts")
+        .timestamp_micros();
+    rt.on_batch(&one_event(1, "2026-01-01T00:04:30Z", "a"), now, false)
+        .await
+        .expect("b");
+    let p = rt
+        .on_batch(&one_event(2, "2027-06-01T00:00:00Z", "a"), now, false)
+        .await
+        .expect("b");
     assert!(p.output.iter().all(|b| b.num_rows() == 0) || counts(&p.output).iter().all(|(m, _)| *m <= 29_453_765));
     let watermark = rt.watermark().expect("watermark");
-    assert!(watermark <= now + 60_000_000, "watermark {watermark} bounded by now + 60 s");
+    assert!(
+        watermark <= now + 60_000_000,
+        "watermark {watermark} bounded by now + 60 s"
+    );
     // A normal event in the current window is still on time.
-    let p = rt.on_batch(&one_event(3, "2026-01-01T00:05:30Z", "a"), now, false).await.expect("b");
-    assert!(p.late.is_empty(), "the future event did not push the watermark a year ahead");
+    let p = rt
+        .on_batch(&one_event(3, "2026-01-01T00:05:30Z", "a"), now, false)
+        .await
+        .expect("b");
+    assert!(
+        p.late.is_empty(),
+        "the future event did not push the watermark a year ahead"
+    );
 }
 
 #[tokio::test]
 async fn idle_streams_advance_and_close_the_last_window() {
-    let options = CqOptions { allowed_lateness_ms: 1_000, idle_timeout_ms: 50, ..CqOptions::default() };
-    let mut rt = CqRuntime::new(def("idle", COUNT_SQL, options), &events_schema()).await.expect("plan");
-    let p = rt.on_batch(&one_event(1, "2026-01-01T00:00:59.900Z", "a"), NOW, false).await.expect("b");
+    let options = CqOptions {
+        allowed_lateness_ms: 1_000,
+        idle_timeout_ms: 50,
+        ..CqOptions::default()
+    };
+    let mut rt = CqRuntime::new(def("idle", COUNT_SQL, options), &events_schema())
+        .await
+        .expect("plan");
+    let p = rt
+        .on_batch(&one_event(1, "2026-01-01T00:00:59.900Z", "a"), NOW, false)
+        .await
+        .expect("b");
     assert!(p.output.is_empty());
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     let out = rt.on_tick(NOW).await.expect("tick");
@@ -284,12 +409,19 @@ async fn every_shipped_query_plans() {
     files.sort();
     let mut listed: Vec<String> = SHIPPED.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(files, listed, "queries/*.sql and stream::shipped::SHIPPED must list the same files");
+    assert_eq!(
+        files, listed,
+        "queries/*.sql and stream::shipped::SHIPPED must list the same files"
+    );
     let mut schemas: HashMap<String, SchemaRef> = HashMap::from([("events".to_string(), events_schema())]);
     for (name, sql) in shipped_queries().expect("parse") {
         let source = super::query::source_of(&sql).expect("source");
-        let schema = schemas.get(&source).unwrap_or_else(|| panic!("{name} reads {source}, which is not defined before it"));
-        let rt = CqRuntime::new(def(&name, &sql, CqOptions::default()), schema).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let schema = schemas
+            .get(&source)
+            .unwrap_or_else(|| panic!("{name} reads {source}, which is not defined before it"));
+        let rt = CqRuntime::new(def(&name, &sql, CqOptions::default()), schema)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         schemas.insert(name, rt.output_schema());
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use chrono::{Datelike, TimeZone, Utc};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
 use datafusion::arrow::datatypes::{DataType, Field, TimestampMicrosecondType};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
@@ -69,7 +71,9 @@ fn floor_to(ts: i64, origin: i64, step: i64) -> i64 {
 }
 
 fn month_start(ts: i64, months: i32) -> i64 {
-    let Some(t) = chrono::DateTime::from_timestamp_micros(ts) else { return ts };
+    let Some(t) = chrono::DateTime::from_timestamp_micros(ts) else {
+        return ts;
+    };
     let index = t.year() * 12 + t.month0() as i32;
     let start = index - index.rem_euclid(months);
     Utc.with_ymd_and_hms(start.div_euclid(12), (start.rem_euclid(12) + 1) as u32, 1, 0, 0, 0)
@@ -78,7 +82,9 @@ fn month_start(ts: i64, months: i32) -> i64 {
 }
 
 fn add_months(ts: i64, months: i32) -> i64 {
-    let Some(t) = chrono::DateTime::from_timestamp_micros(ts) else { return ts };
+    let Some(t) = chrono::DateTime::from_timestamp_micros(ts) else {
+        return ts;
+    };
     let index = t.year() * 12 + t.month0() as i32 + months;
     Utc.with_ymd_and_hms(index.div_euclid(12), (index.rem_euclid(12) + 1) as u32, 1, 0, 0, 0)
         .single()
@@ -162,7 +168,9 @@ impl WindowSpec {
 }
 
 fn timestamps(args: &ScalarFunctionArgs) -> Result<(TimestampMicrosecondArray, bool)> {
-    let Some(arg) = args.args.first() else { return exec_err!("window function needs a timestamp argument") };
+    let Some(arg) = args.args.first() else {
+        return exec_err!("window function needs a timestamp argument");
+    };
     let (array, scalar) = match arg {
         ColumnarValue::Array(a) => (Arc::clone(a), false),
         ColumnarValue::Scalar(s) => (s.to_array()?, true),
@@ -173,7 +181,9 @@ fn timestamps(args: &ScalarFunctionArgs) -> Result<(TimestampMicrosecondArray, b
 
 fn finish(array: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
     if scalar {
-        Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&array, 0)?))
+        Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(
+            &array, 0,
+        )?))
     } else {
         Ok(ColumnarValue::Array(array))
     }
@@ -197,7 +207,11 @@ pub struct WindowUdf {
 
 impl WindowUdf {
     fn new(spec: WindowSpec, kind: Kind) -> Self {
-        Self { spec, kind, signature: Signature::any(1, Volatility::Immutable) }
+        Self {
+            spec,
+            kind,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
     }
 }
 
@@ -225,8 +239,14 @@ impl ScalarUDFImpl for WindowUdf {
         let spec = self.spec;
         let (ts, scalar) = timestamps(&args)?;
         let array: ArrayRef = match self.kind {
-            Kind::Start => Arc::new(ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.latest_start(t))).with_timezone("UTC")),
-            Kind::End => Arc::new(ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.end_of(t))).with_timezone("UTC")),
+            Kind::Start => Arc::new(
+                ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.latest_start(t)))
+                    .with_timezone("UTC"),
+            ),
+            Kind::End => Arc::new(
+                ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.end_of(t)))
+                    .with_timezone("UTC"),
+            ),
             Kind::Starts => {
                 let mut builder = ListBuilder::new(TimestampMicrosecondBuilder::new().with_timezone("UTC"));
                 let mut starts = Vec::new();
@@ -265,29 +285,62 @@ mod tests {
 
     #[test]
     fn tumbling_fixed_weeks_and_months() {
-        let minute = WindowSpec::Tumble { size: Span::Micros(60_000_000) };
-        assert_eq!(minute.latest_start(ts("2026-11-27T10:00:59.999Z")), ts("2026-11-27T10:00:00Z"));
+        let minute = WindowSpec::Tumble {
+            size: Span::Micros(60_000_000),
+        };
+        assert_eq!(
+            minute.latest_start(ts("2026-11-27T10:00:59.999Z")),
+            ts("2026-11-27T10:00:00Z")
+        );
         assert_eq!(minute.end_of(ts("2026-11-27T10:00:00Z")), ts("2026-11-27T10:01:00Z"));
-        let week = WindowSpec::Tumble { size: Span::Micros(7 * DAY_US) };
-        assert_eq!(week.latest_start(ts("2026-11-27T10:00:00Z")), ts("2026-11-23T00:00:00Z"), "Monday");
+        let week = WindowSpec::Tumble {
+            size: Span::Micros(7 * DAY_US),
+        };
+        assert_eq!(
+            week.latest_start(ts("2026-11-27T10:00:00Z")),
+            ts("2026-11-23T00:00:00Z"),
+            "Monday"
+        );
         let month = WindowSpec::Tumble { size: Span::Months(1) };
-        assert_eq!(month.latest_start(ts("2026-11-27T10:00:00Z")), ts("2026-11-01T00:00:00Z"));
+        assert_eq!(
+            month.latest_start(ts("2026-11-27T10:00:00Z")),
+            ts("2026-11-01T00:00:00Z")
+        );
         assert_eq!(month.end_of(ts("2026-12-01T00:00:00Z")), ts("2027-01-01T00:00:00Z"));
-        assert_eq!(month.earliest_end(ts("2026-02-10T00:00:00Z")), ts("2026-03-01T00:00:00Z"));
+        assert_eq!(
+            month.earliest_end(ts("2026-02-10T00:00:00Z")),
+            ts("2026-03-01T00:00:00Z")
+        );
         assert_eq!(minute.latest_start(-1), -60_000_000, "before the epoch floors down");
     }
 
     #[test]
     fn hopping_windows_cover_each_event_size_over_slide_times() {
-        let hop = WindowSpec::Hop { slide_us: 60_000_000, size_us: 300_000_000 };
+        let hop = WindowSpec::Hop {
+            slide_us: 60_000_000,
+            size_us: 300_000_000,
+        };
         let mut starts = Vec::new();
         hop.starts(ts("2026-11-27T10:07:30Z"), &mut starts);
-        assert_eq!(starts, vec![
-            ts("2026-11-27T10:03:00Z"), ts("2026-11-27T10:04:00Z"), ts("2026-11-27T10:05:00Z"),
-            ts("2026-11-27T10:06:00Z"), ts("2026-11-27T10:07:00Z"),
-        ]);
+        assert_eq!(
+            starts,
+            vec![
+                ts("2026-11-27T10:03:00Z"),
+                ts("2026-11-27T10:04:00Z"),
+                ts("2026-11-27T10:05:00Z"),
+                ts("2026-11-27T10:06:00Z"),
+                ts("2026-11-27T10:07:00Z"),
+            ]
+        );
         assert_eq!(hop.earliest_end(ts("2026-11-27T10:07:30Z")), ts("2026-11-27T10:08:00Z"));
-        assert!(WindowSpec::Hop { slide_us: 7, size_us: 10 }.validate().is_err());
+        assert!(
+            WindowSpec::Hop {
+                slide_us: 7,
+                size_us: 10
+            }
+            .validate()
+            .is_err()
+        );
         assert!(Span::from_interval(1, 1, 0).is_err());
         assert_eq!(Span::from_interval(0, 1, 0), Ok(Span::Micros(DAY_US)));
     }

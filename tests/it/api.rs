@@ -19,7 +19,10 @@ async fn list_filter_page_and_lookup() {
     let mut cursor: Option<String> = None;
     let mut last_ts = String::from("9999");
     loop {
-        let mut req = hub.client.get(hub.url("/api/v1/events")).query(&[("source_module", "llm-observatory"), ("limit", "37")]);
+        let mut req = hub
+            .client
+            .get(hub.url("/api/v1/events"))
+            .query(&[("source_module", "llm-observatory"), ("limit", "37")]);
         if let Some(c) = &cursor {
             req = req.query(&[("cursor", c)]);
         }
@@ -30,7 +33,10 @@ async fn list_filter_page_and_lookup() {
             let ts = e["timestamp"].as_str().expect("ts").to_string();
             assert!(ts <= last_ts, "newest first");
             last_ts = ts;
-            assert!(seen.insert(e["event_id"].as_str().expect("id").to_string()), "no duplicates across pages");
+            assert!(
+                seen.insert(e["event_id"].as_str().expect("id").to_string()),
+                "no duplicates across pages"
+            );
         }
         match body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -43,19 +49,36 @@ async fn list_filter_page_and_lookup() {
     let body: serde_json::Value = hub
         .client
         .get(hub.url("/api/v1/events"))
-        .query(&[("start_time", "2026-01-01T00:00:01Z"), ("end_time", "2026-01-01T00:00:02Z"), ("limit", "1000")])
+        .query(&[
+            ("start_time", "2026-01-01T00:00:01Z"),
+            ("end_time", "2026-01-01T00:00:02Z"),
+            ("limit", "1000"),
+        ])
         .send()
         .await
         .expect("list")
         .json()
         .await
         .expect("json");
-    let in_range = hub.count("WHERE timestamp >= '2026-01-01T00:00:01Z' AND timestamp < '2026-01-01T00:00:02Z'").await;
+    let in_range = hub
+        .count("WHERE timestamp >= '2026-01-01T00:00:01Z' AND timestamp < '2026-01-01T00:00:02Z'")
+        .await;
     assert!(in_range > 0);
     assert_eq!(body["events"].as_array().expect("events").len() as i64, in_range);
 
-    for (query, code) in [("limit=0", 400), ("limit=5000", 400), ("start_time=yesterday", 400), ("cursor=zzz", 400), ("bogus=1", 400)] {
-        let r = hub.client.get(format!("{}?{query}", hub.url("/api/v1/events"))).send().await.expect("list");
+    for (query, code) in [
+        ("limit=0", 400),
+        ("limit=5000", 400),
+        ("start_time=yesterday", 400),
+        ("cursor=zzz", 400),
+        ("bogus=1", 400),
+    ] {
+        let r = hub
+            .client
+            .get(format!("{}?{query}", hub.url("/api/v1/events")))
+            .send()
+            .await
+            .expect("list");
         assert_eq!(r.status().as_u16(), code, "{query}");
         let body: serde_json::Value = r.json().await.expect("json error body");
         assert!(body["error"]["message"].is_string(), "{query}: {body}");
@@ -64,14 +87,29 @@ async fn list_filter_page_and_lookup() {
     // Lookup by id.
     let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
     let id = first["event_id"].as_str().expect("id");
-    let r = hub.client.get(hub.url(&format!("/api/v1/events/{}", id.to_uppercase()))).send().await.expect("get");
+    let r = hub
+        .client
+        .get(hub.url(&format!("/api/v1/events/{}", id.to_uppercase())))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 200);
     let got: serde_json::Value = r.json().await.expect("json");
     assert_eq!(got["event_id"], id);
     assert_eq!(got["payload"], first["payload"]);
-    let r = hub.client.get(hub.url("/api/v1/events/00000000-0000-4000-8000-000000000000")).send().await.expect("get");
+    let r = hub
+        .client
+        .get(hub.url("/api/v1/events/00000000-0000-4000-8000-000000000000"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 404);
-    let r = hub.client.get(hub.url("/api/v1/events/not-a-uuid")).send().await.expect("get");
+    let r = hub
+        .client
+        .get(hub.url("/api/v1/events/not-a-uuid"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 400);
     let r = hub.client.get(hub.url("/api/v1/nope")).send().await.expect("get");
     assert_eq!(r.status(), 404);
@@ -81,15 +119,42 @@ async fn list_filter_page_and_lookup() {
 async fn health_ready_and_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(&dir.path().join("data")).await;
-    let health: serde_json::Value = hub.client.get(hub.url("/health")).send().await.expect("h").json().await.expect("j");
+    let health: serde_json::Value = hub
+        .client
+        .get(hub.url("/health"))
+        .send()
+        .await
+        .expect("h")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(health["status"], "ok");
-    let ready: serde_json::Value = hub.client.get(hub.url("/ready")).send().await.expect("r").json().await.expect("j");
+    let ready: serde_json::Value = hub
+        .client
+        .get(hub.url("/ready"))
+        .send()
+        .await
+        .expect("r")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(ready["status"], "ready");
-    let storage = ready["components"].as_array().expect("c").iter().find(|c| c["name"] == "storage").expect("storage").clone();
+    let storage = ready["components"]
+        .as_array()
+        .expect("c")
+        .iter()
+        .find(|c| c["name"] == "storage")
+        .expect("storage")
+        .clone();
     assert_eq!(storage["kind"], "local");
     assert_eq!(storage["ready"], true);
     let r = hub.client.get(hub.url("/metrics")).send().await.expect("m");
-    assert!(r.headers()["content-type"].to_str().expect("ct").starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/plain")
+    );
     let text = r.text().await.expect("text");
     assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
     assert!(text.contains("storage_rows_in_memory"));
@@ -100,14 +165,27 @@ fn unknown_config_keys_stop_the_service_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hub.toml");
     std::fs::write(&path, "[http]\nprot = 3000\n").expect("write");
-    let out = std::process::Command::new(BIN).arg("--config").arg(&path).arg("serve").output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prot"), "{stderr}");
-    let out = std::process::Command::new(BIN).arg("config").env("PORT", "eighty").output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .arg("config")
+        .env("PORT", "eighty")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORT"));
-    let out = std::process::Command::new(BIN).arg("config").env("PORT", "8123").output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .arg("config")
+        .env("PORT", "8123")
+        .output()
+        .expect("run");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("port = 8123"));
 }
@@ -117,7 +195,10 @@ async fn demo_mode_produces_queryable_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(
         &dir.path().join("data"),
-        HubOptions { args: vec!["--demo".into(), "--demo-rate".into(), "400".into()], ..Default::default() },
+        HubOptions {
+            args: vec!["--demo".into(), "--demo-rate".into(), "400".into()],
+            ..Default::default()
+        },
     )
     .await;
     let mut n = 0;
@@ -129,7 +210,9 @@ async fn demo_mode_produces_queryable_traffic() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(n >= 200, "demo traffic arrived: {n}");
-    let rows = hub.rows("SELECT count(DISTINCT model) AS models, count(DISTINCT source_module) AS modules FROM events").await;
+    let rows = hub
+        .rows("SELECT count(DISTINCT model) AS models, count(DISTINCT source_module) AS modules FROM events")
+        .await;
     assert!(rows[0]["models"].as_i64().expect("m") >= 4);
 }
 
@@ -146,13 +229,21 @@ fn generate_is_deterministic_and_writes_ndjson() {
     assert_eq!(a.stdout, b.stdout);
     let text = String::from_utf8(a.stdout).expect("utf8");
     assert_eq!(text.lines().count(), 300);
-    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
 }
 
 #[test]
 fn shipped_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hub.example.toml");
-    let out = std::process::Command::new(BIN).arg("--config").arg(&path).arg("config").output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("config")
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("data_dir = \"/var/lib/llm-analytics-hub\""));
 }
@@ -167,7 +258,11 @@ fn bench_rollup_runs_on_any_ndjson_file() {
         .output()
         .expect("generate");
     assert!(out.status.success());
-    let out = std::process::Command::new(BIN).args(["bench", "rollup", "--input"]).arg(&file).output().expect("bench");
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "rollup", "--input"])
+        .arg(&file)
+        .output()
+        .expect("bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("events:        3000 (0 rejected)"), "{text}");

@@ -7,7 +7,10 @@ async fn kill9_and_restart_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // Small segments so the run mixes flushed Parquet files with a live WAL.
-    let opts = HubOptions { config_toml: Some("[storage]\nsegment_max_rows = 700\n".into()), ..Default::default() };
+    let opts = HubOptions {
+        config_toml: Some("[storage]\nsegment_max_rows = 700\n".into()),
+        ..Default::default()
+    };
     let mut hub = Hub::start_with(&data, opts.clone()).await;
     let lines = generated(31, 4000, 0.0);
     let mut acknowledged = 0;
@@ -28,7 +31,10 @@ async fn kill9_and_restart_keeps_every_acknowledged_event() {
     assert_eq!(rows[0]["n"], 4000, "and none twice");
     let parquet = std::fs::read_dir(data.join("events"))
         .expect("dir")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        })
         .count();
     assert!(parquet >= 1, "some data came back from Parquet");
 }

@@ -105,7 +105,10 @@ impl Hub {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -145,7 +148,8 @@ impl Hub {
 
     /// Runs SQL and returns (status, body).
     pub async fn sql(&self, sql: &str) -> (u16, Value) {
-        self.post_json("/api/v1/sql", serde_json::json!({ "sql": sql }).to_string()).await
+        self.post_json("/api/v1/sql", serde_json::json!({ "sql": sql }).to_string())
+            .await
     }
 
     /// Runs SQL that must succeed; returns the rows.
@@ -156,7 +160,9 @@ impl Hub {
     }
 
     pub async fn count(&self, sql_where: &str) -> i64 {
-        let rows = self.rows(&format!("SELECT count(*) AS n FROM events {sql_where}")).await;
+        let rows = self
+            .rows(&format!("SELECT count(*) AS n FROM events {sql_where}"))
+            .await;
         rows[0]["n"].as_i64().expect("count")
     }
 }
@@ -172,6 +178,11 @@ impl Drop for Hub {
 
 /// `n` generated events as NDJSON lines.
 pub fn generated(seed: u64, n: usize, invalid_ratio: f64) -> Vec<String> {
-    let mut g = Generator::new(GeneratorConfig { seed, invalid_ratio, disorder_ms: 3000, ..GeneratorConfig::default() });
+    let mut g = Generator::new(GeneratorConfig {
+        seed,
+        invalid_ratio,
+        disorder_ms: 3000,
+        ..GeneratorConfig::default()
+    });
     (0..n).map(|_| g.next_event(None)).collect()
 }

@@ -9,7 +9,9 @@ use crate::harness::{Hub, generated};
 /// Independent check of what the Hub must accept: the generator's invalid shapes are
 /// truncated JSON, a bad timestamp, a string latency and a missing source_module.
 fn expected_reason(line: &str) -> Option<&'static str> {
-    let Ok(v) = serde_json::from_str::<Value>(line) else { return Some("malformed_json") };
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return Some("malformed_json");
+    };
     if v.get("source_module").is_none() {
         return Some("missing_field");
     }
@@ -28,7 +30,10 @@ fn per_model(lines: &[String]) -> BTreeMap<(String, String), i64> {
     for line in lines.iter().filter(|l| expected_reason(l).is_none()) {
         let v: Value = serde_json::from_str(line).expect("valid");
         let p = &v["payload"];
-        let key = (p["provider"].as_str().unwrap_or("").to_string(), p["model"].as_str().unwrap_or("").to_string());
+        let key = (
+            p["provider"].as_str().unwrap_or("").to_string(),
+            p["model"].as_str().unwrap_or("").to_string(),
+        );
         *counts.entry(key).or_default() += 1;
     }
     counts
@@ -44,30 +49,65 @@ async fn mixed_batches_are_counted_exactly_and_rejects_explained() {
     // 1. NDJSON in three chunks.
     for chunk in lines[..2000].chunks(700) {
         let (status, body) = hub.post_ndjson(chunk.join("\n")).await;
-        let expected_rejects: Vec<(usize, &str)> =
-            chunk.iter().enumerate().filter_map(|(i, l)| expected_reason(l).map(|r| (i, r))).collect();
+        let expected_rejects: Vec<(usize, &str)> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| expected_reason(l).map(|r| (i, r)))
+            .collect();
         let got: Vec<(usize, String)> = body["rejected"]
             .as_array()
             .expect("rejected")
             .iter()
-            .map(|r| (r["index"].as_u64().expect("index") as usize, r["error_type"].as_str().expect("type").to_string()))
+            .map(|r| {
+                (
+                    r["index"].as_u64().expect("index") as usize,
+                    r["error_type"].as_str().expect("type").to_string(),
+                )
+            })
             .collect();
         assert_eq!(got.len(), expected_rejects.len(), "{body}");
         for ((gi, gt), (ei, et)) in got.iter().zip(&expected_rejects) {
             assert_eq!((gi, gt.as_str()), (ei, *et));
         }
-        assert!(body["rejected"].as_array().expect("arr").iter().all(|r| !r["reason"].as_str().unwrap_or("").is_empty()));
+        assert!(
+            body["rejected"]
+                .as_array()
+                .expect("arr")
+                .iter()
+                .all(|r| !r["reason"].as_str().unwrap_or("").is_empty())
+        );
         let expected_status = if expected_rejects.is_empty() { 200 } else { 207 };
         assert_eq!(status, expected_status, "{body}");
-        assert_eq!(body["accepted"].as_u64().expect("accepted") as usize, chunk.len() - expected_rejects.len());
+        assert_eq!(
+            body["accepted"].as_u64().expect("accepted") as usize,
+            chunk.len() - expected_rejects.len()
+        );
         all_sent.extend(chunk.iter().cloned());
     }
 
     // 2. A JSON array.
     let array = &lines[2000..2900];
-    let (status, body) = hub.post_json("/api/v1/events/batch", format!("[{}]", array.iter().filter(|l| serde_json::from_str::<Value>(l).is_ok()).cloned().collect::<Vec<_>>().join(","))).await;
+    let (status, body) = hub
+        .post_json(
+            "/api/v1/events/batch",
+            format!(
+                "[{}]",
+                array
+                    .iter()
+                    .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )
+        .await;
     assert!(status == 200 || status == 207, "{status} {body}");
-    all_sent.extend(array.iter().filter(|l| serde_json::from_str::<Value>(l).is_ok()).cloned());
+    all_sent.extend(
+        array
+            .iter()
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+            .cloned(),
+    );
 
     // 3. Single events, one valid, one invalid.
     let valid: Vec<&String> = lines[2900..].iter().filter(|l| expected_reason(l).is_none()).collect();
@@ -81,24 +121,53 @@ async fn mixed_batches_are_counted_exactly_and_rejects_explained() {
     assert_eq!(status, 400);
     assert_eq!(body["accepted"], 0);
     assert_eq!(body["rejected"][0]["error_type"], "invalid_value");
-    assert!(body["rejected"][0]["reason"].as_str().expect("reason").contains("event_id"), "{body}");
+    assert!(
+        body["rejected"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("event_id"),
+        "{body}"
+    );
 
     // Every accepted event is counted once per provider/model.
     let expected = per_model(&all_sent);
     let rows = hub.rows("SELECT coalesce(provider, '') AS provider, coalesce(model, '') AS model, count(*) AS n FROM events GROUP BY 1, 2").await;
     let got: BTreeMap<(String, String), i64> = rows
         .iter()
-        .map(|r| ((r["provider"].as_str().expect("p").to_string(), r["model"].as_str().expect("m").to_string()), r["n"].as_i64().expect("n")))
+        .map(|r| {
+            (
+                (
+                    r["provider"].as_str().expect("p").to_string(),
+                    r["model"].as_str().expect("m").to_string(),
+                ),
+                r["n"].as_i64().expect("n"),
+            )
+        })
         .collect();
     assert_eq!(got, expected);
     let total: i64 = expected.values().sum();
     assert_eq!(hub.count("").await, total);
 
     // Rejected events are counted in Prometheus by error type.
-    let metrics = hub.client.get(hub.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("events_errors_total{error_type=\"malformed_json\",event_type=\"unknown\",source_module=\"unknown\"}"), "{metrics}");
+    let metrics = hub
+        .client
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "events_errors_total{error_type=\"malformed_json\",event_type=\"unknown\",source_module=\"unknown\"}"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("events_processed_total{event_type=\"telemetry\",source_module=\"llm-observatory\"}"));
-    assert!(metrics.contains("http_requests_total{method=\"POST\",route=\"/api/v1/events/batch\",status_code=\"207\"}"));
+    assert!(
+        metrics.contains("http_requests_total{method=\"POST\",route=\"/api/v1/events/batch\",status_code=\"207\"}")
+    );
     assert!(metrics.contains("http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/v1/sql\""));
 }
 
@@ -107,7 +176,10 @@ async fn whole_body_errors_and_size_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(
         &dir.path().join("data"),
-        crate::harness::HubOptions { config_toml: Some("[http]\nmax_body_bytes = 4096\n".into()), ..Default::default() },
+        crate::harness::HubOptions {
+            config_toml: Some("[http]\nmax_body_bytes = 4096\n".into()),
+            ..Default::default()
+        },
     )
     .await;
     let (status, body) = hub.post_ndjson("\n  \n".into()).await;
@@ -115,7 +187,10 @@ async fn whole_body_errors_and_size_limit() {
     assert_eq!(body["error"]["code"], "invalid_body");
     let (status, body) = hub.post_json("/api/v1/events/batch", "[{\"a\":1},".into()).await;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().expect("msg").contains("JSON array"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().expect("msg").contains("JSON array"),
+        "{body}"
+    );
     let big = generated(1, 20, 0.0).join("\n");
     assert!(big.len() > 4096);
     let (status, body) = hub.post_ndjson(big).await;

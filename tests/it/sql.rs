@@ -23,9 +23,19 @@ async fn results_in_json_csv_and_arrow() {
     assert_eq!(body["truncated"], false);
     assert_eq!(body["columns"][0]["name"], "model");
     assert_eq!(body["columns"][1]["type"], "Int64");
-    assert!(body["columns"][3]["type"].as_str().expect("t").starts_with("Timestamp(µs"), "{}", body["columns"][3]);
+    assert!(
+        body["columns"][3]["type"]
+            .as_str()
+            .expect("t")
+            .starts_with("Timestamp(µs"),
+        "{}",
+        body["columns"][3]
+    );
     let first = body["rows"][0]["first"].as_str().expect("timestamp as text");
-    assert!(chrono::DateTime::parse_from_rfc3339(first).is_ok() || first.starts_with("2026-01-01"), "{first}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(first).is_ok() || first.starts_with("2026-01-01"),
+        "{first}"
+    );
 
     let csv = hub
         .client
@@ -36,7 +46,12 @@ async fn results_in_json_csv_and_arrow() {
         .await
         .expect("csv");
     assert_eq!(csv.status(), 200);
-    assert!(csv.headers()["content-type"].to_str().expect("ct").starts_with("text/csv"));
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/csv")
+    );
     let rows: u64 = csv.headers()["x-row-count"].to_str().expect("hdr").parse().expect("n");
     let text = csv.text().await.expect("text");
     let mut lines = text.lines();
@@ -75,7 +90,9 @@ async fn results_in_json_csv_and_arrow() {
     assert!(rows[0]["anomalies"].as_i64().is_some(), "{rows:?}");
 
     // Payload fields stay reachable through the JSON functions.
-    let rows = hub.rows("SELECT count(*) AS n FROM events WHERE json_get_str(payload, 'region') = 'eu-west-1'").await;
+    let rows = hub
+        .rows("SELECT count(*) AS n FROM events WHERE json_get_str(payload, 'region') = 'eu-west-1'")
+        .await;
     let direct = hub.count("WHERE provider IS NOT NULL").await;
     assert_eq!(rows[0]["n"].as_i64(), Some(direct), "every LLM call carries region");
 }
@@ -83,7 +100,14 @@ async fn results_in_json_csv_and_arrow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_and_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = loaded_hub(dir.path(), HubOptions { config_toml: Some("[query]\nmax_json_rows = 10\n".into()), ..Default::default() }).await;
+    let hub = loaded_hub(
+        dir.path(),
+        HubOptions {
+            config_toml: Some("[query]\nmax_json_rows = 10\n".into()),
+            ..Default::default()
+        },
+    )
+    .await;
     for sql in [
         "CREATE TABLE t AS SELECT * FROM events",
         "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
@@ -97,7 +121,13 @@ async fn refusals_and_errors() {
     ] {
         let (status, body) = hub.sql(sql).await;
         assert_eq!(status, 403, "{sql}: {body}");
-        assert!(body["error"]["message"].as_str().expect("message").contains("not allowed"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains("not allowed"),
+            "{body}"
+        );
     }
     assert!(!std::path::Path::new("/tmp/stolen.csv").exists());
     assert_eq!(hub.count("").await, 500, "nothing was changed");
@@ -105,7 +135,10 @@ async fn refusals_and_errors() {
     let (status, body) = hub.sql("SELECT no_such_column FROM events").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "invalid_query");
-    assert!(body["error"]["message"].as_str().expect("m").contains("no_such_column"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().expect("m").contains("no_such_column"),
+        "{body}"
+    );
     let (status, body) = hub.sql("SELEKT 1").await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_sql")));
     let (status, _) = hub.sql("SELECT 1; SELECT 2").await;
@@ -123,8 +156,20 @@ async fn refusals_and_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn result_cache_serves_repeated_queries_within_ttl() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = loaded_hub(dir.path(), HubOptions { env: vec![("CACHE_QUERY_TTL".into(), "60".into())], ..Default::default() }).await;
-    let send = || hub.client.post(hub.url("/api/v1/sql")).json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM events"})).send();
+    let hub = loaded_hub(
+        dir.path(),
+        HubOptions {
+            env: vec![("CACHE_QUERY_TTL".into(), "60".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let send = || {
+        hub.client
+            .post(hub.url("/api/v1/sql"))
+            .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM events"}))
+            .send()
+    };
     let first = send().await.expect("first");
     assert_eq!(first.headers()["x-cache"], "miss");
     let first: serde_json::Value = first.json().await.expect("json");
@@ -134,6 +179,20 @@ async fn result_cache_serves_repeated_queries_within_ttl() {
     assert_eq!(second.headers()["x-cache"], "hit");
     let second: serde_json::Value = second.json().await.expect("json");
     assert_eq!(first["rows"], second["rows"], "served from cache within the TTL");
-    let ready: serde_json::Value = hub.client.get(hub.url("/ready")).send().await.expect("ready").json().await.expect("json");
-    assert!(ready["components"].as_array().expect("c").iter().any(|c| c["name"] == "cache" && c["kind"] == "memory"));
+    let ready: serde_json::Value = hub
+        .client
+        .get(hub.url("/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        ready["components"]
+            .as_array()
+            .expect("c")
+            .iter()
+            .any(|c| c["name"] == "cache" && c["kind"] == "memory")
+    );
 }

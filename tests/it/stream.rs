@@ -17,13 +17,20 @@ fn event(id: u128, ts: &str, model: &str) -> String {
 
 /// A Hub without the shipped rollups, so tests see only their own queries.
 fn opts() -> HubOptions {
-    HubOptions { config_toml: Some("[stream]\nshipped_queries = false\n".into()), ..Default::default() }
+    HubOptions {
+        config_toml: Some("[stream]\nshipped_queries = false\n".into()),
+        ..Default::default()
+    }
 }
 
 const PER_MODEL: &str = "SELECT window_start, window_end, model, count(*) AS n, sum(input_tokens) AS tokens FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), model";
 
 async fn register(hub: &Hub, name: &str, sql: &str, options: Value) -> (u16, Value) {
-    hub.post_json("/api/v1/continuous-queries", json!({"name": name, "sql": sql, "options": options}).to_string()).await
+    hub.post_json(
+        "/api/v1/continuous-queries",
+        json!({"name": name, "sql": sql, "options": options}).to_string(),
+    )
+    .await
 }
 
 async fn wait_rows(hub: &Hub, sql: &str, want: usize) -> Vec<Value> {
@@ -41,21 +48,68 @@ async fn wait_rows(hub: &Hub, sql: &str, want: usize) -> Vec<Value> {
 async fn register_query_and_read_its_output_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    let (status, body) = register(&hub, "per_model_1m", PER_MODEL, json!({"allowed_lateness_ms": 2000, "idle_timeout_ms": 600000})).await;
+    let (status, body) = register(
+        &hub,
+        "per_model_1m",
+        PER_MODEL,
+        json!({"allowed_lateness_ms": 2000, "idle_timeout_ms": 600000}),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["window"], "tumble 60s");
-    let lines: Vec<String> = (0..30).map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i * 2), if i % 3 == 0 { "a" } else { "b" })).collect();
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            event(
+                i,
+                &format!("2026-01-01T00:00:{:02}Z", i * 2),
+                if i % 3 == 0 { "a" } else { "b" },
+            )
+        })
+        .collect();
     assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
     // Next minute: moves the watermark past 00:01:00 (max 00:01:05 - 2 s).
     assert_eq!(hub.post_ndjson(event(100, "2026-01-01T00:01:05Z", "a")).await.0, 200);
-    let rows = wait_rows(&hub, "SELECT model, n, tokens, window_start, window_end FROM per_model_1m ORDER BY model", 2).await;
+    let rows = wait_rows(
+        &hub,
+        "SELECT model, n, tokens, window_start, window_end FROM per_model_1m ORDER BY model",
+        2,
+    )
+    .await;
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!((rows[0]["model"].as_str(), rows[0]["n"].as_i64(), rows[0]["tokens"].as_i64()), (Some("a"), Some(10), Some(100)));
-    assert_eq!((rows[1]["model"].as_str(), rows[1]["n"].as_i64()), (Some("b"), Some(20)));
-    assert!(rows[0]["window_start"].as_str().expect("ws").starts_with("2026-01-01T00:00:00"));
-    assert!(rows[0]["window_end"].as_str().expect("we").starts_with("2026-01-01T00:01:00"));
+    assert_eq!(
+        (
+            rows[0]["model"].as_str(),
+            rows[0]["n"].as_i64(),
+            rows[0]["tokens"].as_i64()
+        ),
+        (Some("a"), Some(10), Some(100))
+    );
+    assert_eq!(
+        (rows[1]["model"].as_str(), rows[1]["n"].as_i64()),
+        (Some("b"), Some(20))
+    );
+    assert!(
+        rows[0]["window_start"]
+            .as_str()
+            .expect("ws")
+            .starts_with("2026-01-01T00:00:00")
+    );
+    assert!(
+        rows[0]["window_end"]
+            .as_str()
+            .expect("we")
+            .starts_with("2026-01-01T00:01:00")
+    );
 
-    let list: Value = hub.client.get(hub.url("/api/v1/continuous-queries")).send().await.expect("list").json().await.expect("json");
+    let list: Value = hub
+        .client
+        .get(hub.url("/api/v1/continuous-queries"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     let q = &list["continuous_queries"][0];
     assert_eq!(q["name"], "per_model_1m");
     assert_eq!(q["status"], "running");
@@ -68,10 +122,29 @@ async fn register_query_and_read_its_output_table() {
         .sql("CREATE CONTINUOUS QUERY tokens_hop AS SELECT window_start, sum(input_tokens) AS t FROM events GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '5 minutes')")
         .await;
     assert_eq!(status, 201, "{body}");
-    let one: Value = hub.client.get(hub.url("/api/v1/continuous-queries/tokens_hop")).send().await.expect("get").json().await.expect("json");
+    let one: Value = hub
+        .client
+        .get(hub.url("/api/v1/continuous-queries/tokens_hop"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(one["window"], "hop slide 60s size 300s");
-    let metrics = hub.client.get(hub.url("/metrics")).send().await.expect("m").text().await.expect("t");
-    assert!(metrics.contains("cq_rows_emitted_total{query=\"per_model_1m\"} 2"), "{metrics}");
+    let metrics = hub
+        .client
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        metrics.contains("cq_rows_emitted_total{query=\"per_model_1m\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,13 +157,37 @@ async fn invalid_definitions_are_rejected_at_registration() {
         ("events", PER_MODEL, "reserved"),
         ("Bad-Name", PER_MODEL, "invalid name"),
         ("q1", "SELEC window_start FROM events", "parse"),
-        ("q2", "SELECT window_start, count(*) FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), no_such_col", "no_such_col"),
-        ("q3", "SELECT window_start, count(*) FROM events GROUP BY session(timestamp, INTERVAL '5 minutes')", "session"),
+        (
+            "q2",
+            "SELECT window_start, count(*) FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), no_such_col",
+            "no_such_col",
+        ),
+        (
+            "q3",
+            "SELECT window_start, count(*) FROM events GROUP BY session(timestamp, INTERVAL '5 minutes')",
+            "session",
+        ),
         ("q4", "SELECT count(*) FROM events GROUP BY model", "window"),
-        ("q5", "SELECT window_start, count(*) FROM events GROUP BY tumble(timestamp, 'soon')", "INTERVAL"),
-        ("q6", "SELECT window_start, count(*) FROM nowhere GROUP BY tumble(timestamp, INTERVAL '1 minute')", "nowhere"),
-        ("q7", "SELECT count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')", "window_start"),
-        ("q8", "SELECT window_start, count(*) FROM events GROUP BY tumble(latency_ms, INTERVAL '1 minute')", "timestamp"),
+        (
+            "q5",
+            "SELECT window_start, count(*) FROM events GROUP BY tumble(timestamp, 'soon')",
+            "INTERVAL",
+        ),
+        (
+            "q6",
+            "SELECT window_start, count(*) FROM nowhere GROUP BY tumble(timestamp, INTERVAL '1 minute')",
+            "nowhere",
+        ),
+        (
+            "q7",
+            "SELECT count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')",
+            "window_start",
+        ),
+        (
+            "q8",
+            "SELECT window_start, count(*) FROM events GROUP BY tumble(latency_ms, INTERVAL '1 minute')",
+            "timestamp",
+        ),
     ];
     for (name, sql, needle) in cases {
         let (status, body) = register(&hub, name, sql, json!({})).await;
@@ -98,29 +195,84 @@ async fn invalid_definitions_are_rejected_at_registration() {
         let message = body["error"]["message"].as_str().expect("message");
         assert!(message.contains(needle), "{name}: expected {needle:?} in {message:?}");
     }
-    let (status, body) = hub.post_json("/api/v1/continuous-queries", json!({"name": "x", "sql": PER_MODEL, "options": {"lateness": 1}}).to_string()).await;
+    let (status, body) = hub
+        .post_json(
+            "/api/v1/continuous-queries",
+            json!({"name": "x", "sql": PER_MODEL, "options": {"lateness": 1}}).to_string(),
+        )
+        .await;
     assert_eq!(status, 422, "unknown option: {body}");
-    let list: Value = hub.client.get(hub.url("/api/v1/continuous-queries")).send().await.expect("l").json().await.expect("j");
-    assert_eq!(list["continuous_queries"].as_array().expect("a").len(), 1, "nothing half-registered");
+    let list: Value = hub
+        .client
+        .get(hub.url("/api/v1/continuous-queries"))
+        .send()
+        .await
+        .expect("l")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        list["continuous_queries"].as_array().expect("a").len(),
+        1,
+        "nothing half-registered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn late_events_are_kept_with_a_reason_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    assert_eq!(register(&hub, "per_model", PER_MODEL, json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})).await.0, 201);
-    assert_eq!(hub.post_ndjson([event(1, "2026-01-01T00:00:10Z", "a"), event(2, "2026-01-01T00:01:30Z", "a")].join("\n")).await.0, 200);
+    assert_eq!(
+        register(
+            &hub,
+            "per_model",
+            PER_MODEL,
+            json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        hub.post_ndjson(
+            [
+                event(1, "2026-01-01T00:00:10Z", "a"),
+                event(2, "2026-01-01T00:01:30Z", "a")
+            ]
+            .join("\n")
+        )
+        .await
+        .0,
+        200
+    );
     // 00:00:20 is now beyond the lateness (watermark 00:01:29 > window end 00:01:00).
     assert_eq!(hub.post_ndjson(event(3, "2026-01-01T00:00:20Z", "a")).await.0, 200);
     let late = wait_rows(&hub, "SELECT query, event_id, reason FROM late_events", 1).await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["query"], "per_model");
     assert_eq!(late[0]["event_id"], uuid::Uuid::from_u128(3).to_string());
-    assert!(late[0]["reason"].as_str().expect("r").contains("after its window closed"));
+    assert!(
+        late[0]["reason"]
+            .as_str()
+            .expect("r")
+            .contains("after its window closed")
+    );
     let rows = hub.rows("SELECT n FROM per_model").await;
-    assert_eq!(rows, vec![json!({"n": 1})], "the late event did not change the closed window");
+    assert_eq!(
+        rows,
+        vec![json!({"n": 1})],
+        "the late event did not change the closed window"
+    );
     assert_eq!(hub.count("").await, 3, "the late event is still stored in events");
-    let metrics = hub.client.get(hub.url("/metrics")).send().await.expect("m").text().await.expect("t");
+    let metrics = hub
+        .client
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
     assert!(metrics.contains("late_events_total{query=\"per_model\"} 1"));
 }
 
@@ -129,19 +281,49 @@ async fn pause_resume_and_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
     assert_eq!(register(&hub, "pq", PER_MODEL, json!({})).await.0, 201);
-    let r: Value = hub.client.post(hub.url("/api/v1/continuous-queries/pq/pause")).send().await.expect("p").json().await.expect("j");
+    let r: Value = hub
+        .client
+        .post(hub.url("/api/v1/continuous-queries/pq/pause"))
+        .send()
+        .await
+        .expect("p")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(r["status"], "paused");
     assert_eq!(hub.post_ndjson(event(1, "2026-01-01T00:00:10Z", "a")).await.0, 200);
-    let r: Value = hub.client.post(hub.url("/api/v1/continuous-queries/pq/resume")).send().await.expect("r").json().await.expect("j");
+    let r: Value = hub
+        .client
+        .post(hub.url("/api/v1/continuous-queries/pq/resume"))
+        .send()
+        .await
+        .expect("r")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(r["status"], "running");
     assert_eq!(r["rows_in"], 0, "paused queries ignore input");
-    let r = hub.client.delete(hub.url("/api/v1/continuous-queries/pq")).send().await.expect("d");
+    let r = hub
+        .client
+        .delete(hub.url("/api/v1/continuous-queries/pq"))
+        .send()
+        .await
+        .expect("d");
     assert_eq!(r.status(), 204);
     let (status, _) = hub.sql("SELECT * FROM pq").await;
     assert_eq!(status, 400, "the output table is gone");
-    let r = hub.client.delete(hub.url("/api/v1/continuous-queries/pq")).send().await.expect("d");
+    let r = hub
+        .client
+        .delete(hub.url("/api/v1/continuous-queries/pq"))
+        .send()
+        .await
+        .expect("d");
     assert_eq!(r.status(), 404);
-    assert_eq!(register(&hub, "pq", PER_MODEL, json!({})).await.0, 201, "the name can be reused");
+    assert_eq!(
+        register(&hub, "pq", PER_MODEL, json!({})).await.0,
+        201,
+        "the name can be reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,44 +331,103 @@ async fn queries_and_open_windows_survive_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut hub = Hub::start_with(&data, opts()).await;
-    assert_eq!(register(&hub, "per_model", PER_MODEL, json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})).await.0, 201);
-    let first: Vec<String> = (0..20).map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i * 2), "a")).collect();
+    assert_eq!(
+        register(
+            &hub,
+            "per_model",
+            PER_MODEL,
+            json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})
+        )
+        .await
+        .0,
+        201
+    );
+    let first: Vec<String> = (0..20)
+        .map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i * 2), "a"))
+        .collect();
     assert_eq!(hub.post_ndjson(first.join("\n")).await.0, 200);
     // Window 00:01 gets 5 events, then window 00:00 closes.
-    let second: Vec<String> = (20..25).map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i), "a")).collect();
+    let second: Vec<String> = (20..25)
+        .map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i), "a"))
+        .collect();
     assert_eq!(hub.post_ndjson(second.join("\n")).await.0, 200);
     let rows = wait_rows(&hub, "SELECT n FROM per_model", 1).await;
     assert_eq!(rows, vec![json!({"n": 20})]);
     hub.kill9();
 
     let hub = Hub::start_with(&data, opts()).await;
-    let list: Value = hub.client.get(hub.url("/api/v1/continuous-queries")).send().await.expect("l").json().await.expect("j");
-    assert_eq!(list["continuous_queries"][0]["name"], "per_model", "the definition came back");
+    let list: Value = hub
+        .client
+        .get(hub.url("/api/v1/continuous-queries"))
+        .send()
+        .await
+        .expect("l")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        list["continuous_queries"][0]["name"], "per_model",
+        "the definition came back"
+    );
     // Five more events for window 00:01, then one that closes it.
-    let third: Vec<String> = (25..30).map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i + 10), "a")).collect();
+    let third: Vec<String> = (25..30)
+        .map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i + 10), "a"))
+        .collect();
     assert_eq!(hub.post_ndjson(third.join("\n")).await.0, 200);
     assert_eq!(hub.post_ndjson(event(99, "2026-01-01T00:02:30Z", "a")).await.0, 200);
     let rows = wait_rows(&hub, "SELECT n FROM per_model ORDER BY window_start", 2).await;
-    assert_eq!(rows, vec![json!({"n": 20}), json!({"n": 10})], "the open window was rebuilt from the store, the closed one not emitted twice");
+    assert_eq!(
+        rows,
+        vec![json!({"n": 20}), json!({"n": 10})],
+        "the open window was rebuilt from the store, the closed one not emitted twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_rollups_run_by_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(&dir.path().join("data")).await;
-    let list: Value = hub.client.get(hub.url("/api/v1/continuous-queries")).send().await.expect("l").json().await.expect("j");
-    let names: Vec<&str> = list["continuous_queries"].as_array().expect("a").iter().filter_map(|q| q["name"].as_str()).collect();
+    let list: Value = hub
+        .client
+        .get(hub.url("/api/v1/continuous-queries"))
+        .send()
+        .await
+        .expect("l")
+        .json()
+        .await
+        .expect("j");
+    let names: Vec<&str> = list["continuous_queries"]
+        .as_array()
+        .expect("a")
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
     assert_eq!(names.len(), 16, "{names:?}");
     assert!(names.contains(&"llm_provider_model_1mo") && names.contains(&"llm_module_type_1w"));
-    let lines: Vec<String> = (0..50).map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i), "m")).collect();
+    let lines: Vec<String> = (0..50)
+        .map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i), "m"))
+        .collect();
     assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
     assert_eq!(hub.post_ndjson(event(500, "2026-01-01T00:06:00Z", "m")).await.0, 200);
-    let rows = wait_rows(&hub, "SELECT requests, p50_latency_ms, p99_latency_ms FROM llm_provider_model_1m", 1).await;
+    let rows = wait_rows(
+        &hub,
+        "SELECT requests, p50_latency_ms, p99_latency_ms FROM llm_provider_model_1m",
+        1,
+    )
+    .await;
     assert_eq!(rows[0]["requests"], 50);
     let p50 = rows[0]["p50_latency_ms"].as_f64().expect("p50");
-    assert!((p50 - 124.5).abs() / 124.5 < 0.02, "p50 of 100..149 within the sketch error: {p50}");
+    assert!(
+        (p50 - 124.5).abs() / 124.5 < 0.02,
+        "p50 of 100..149 within the sketch error: {p50}"
+    );
     // The 00:06 window closes at 00:12, and the 5-minute rollup sees 1-minute rows past 00:05.
     assert_eq!(hub.post_ndjson(event(501, "2026-01-01T00:12:00Z", "m")).await.0, 200);
-    let rows = wait_rows(&hub, "SELECT requests FROM llm_provider_model_5m ORDER BY window_start", 1).await;
+    let rows = wait_rows(
+        &hub,
+        "SELECT requests FROM llm_provider_model_5m ORDER BY window_start",
+        1,
+    )
+    .await;
     assert_eq!(rows[0]["requests"], 50, "5-minute rollup merged from the 1-minute one");
 }

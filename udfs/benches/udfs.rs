@@ -70,15 +70,24 @@ fn run(rt: &tokio::runtime::Runtime, ctx: &SessionContext, sql: &str) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("udfs");
     group.sample_size(10);
 
     let ctx = context(1_000_000, 1_000);
     for (name, sql) in [
-        ("quantile_sketch_grouped_1M", "SELECT g, quantile_sketch(x) FROM t GROUP BY g"),
+        (
+            "quantile_sketch_grouped_1M",
+            "SELECT g, quantile_sketch(x) FROM t GROUP BY g",
+        ),
         ("p95_grouped_1M", "SELECT g, p95(x) FROM t GROUP BY g"),
-        ("builtin_approx_percentile_cont_grouped_1M", "SELECT g, approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY x) FROM t GROUP BY g"),
+        (
+            "builtin_approx_percentile_cont_grouped_1M",
+            "SELECT g, approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY x) FROM t GROUP BY g",
+        ),
     ] {
         assert_eq!(run(&rt, &ctx, sql), 1_000);
         group.bench_function(name, |b| b.iter(|| run(&rt, &ctx, sql)));

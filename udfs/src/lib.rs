@@ -42,7 +42,11 @@ pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
 
 /// Every window function of the library.
 pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
-    vec![window::anomaly::udwf(), window::anomaly_robust::udwf(), window::anomaly_seasonal::udwf()]
+    vec![
+        window::anomaly::udwf(),
+        window::anomaly_robust::udwf(),
+        window::anomaly_seasonal::udwf(),
+    ]
 }
 
 /// Registers every function of the library into `registry` (a `SessionContext` or state).

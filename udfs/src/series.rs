@@ -27,7 +27,11 @@ pub struct SeriesBuffer {
 impl SeriesBuffer {
     /// A buffer with an `Int64` key column (if `keyed`) and `n_values` `Float64` columns.
     pub fn new(keyed: bool, n_values: usize) -> Self {
-        Self { keyed, keys: Vec::new(), cols: vec![Vec::new(); n_values] }
+        Self {
+            keyed,
+            keys: Vec::new(),
+            cols: vec![Vec::new(); n_values],
+        }
     }
 
     /// Number of buffered rows.
@@ -48,7 +52,11 @@ impl SeriesBuffer {
         if arrays.len() < start + k {
             return exec_err!("expected at least {} arguments, got {}", start + k, arrays.len());
         }
-        let key = if self.keyed { Some(cast(&arrays[0], &DataType::Int64)?) } else { None };
+        let key = if self.keyed {
+            Some(cast(&arrays[0], &DataType::Int64)?)
+        } else {
+            None
+        };
         let key = key.as_ref().map(|a| a.as_primitive::<Int64Type>());
         let vals = arrays[start..start + k]
             .iter()
@@ -82,11 +90,17 @@ impl SeriesBuffer {
         let mut out = Vec::with_capacity(self.cols.len() + 1);
         if self.keyed {
             let keys: Vec<ScalarValue> = self.keys.iter().map(|&k| ScalarValue::Int64(Some(k))).collect();
-            out.push(ScalarValue::List(ScalarValue::new_list_nullable(&keys, &DataType::Int64)));
+            out.push(ScalarValue::List(ScalarValue::new_list_nullable(
+                &keys,
+                &DataType::Int64,
+            )));
         }
         for c in &self.cols {
             let vals: Vec<ScalarValue> = c.iter().map(|&v| ScalarValue::Float64(Some(v))).collect();
-            out.push(ScalarValue::List(ScalarValue::new_list_nullable(&vals, &DataType::Float64)));
+            out.push(ScalarValue::List(ScalarValue::new_list_nullable(
+                &vals,
+                &DataType::Float64,
+            )));
         }
         out
     }
@@ -96,12 +110,23 @@ impl SeriesBuffer {
         let mut out = Vec::new();
         let item = |dt| Arc::new(Field::new_list_field(dt, true));
         if keyed {
-            out.push(Field::new(format_state_name(name, "keys"), DataType::List(item(DataType::Int64)), true).into());
+            out.push(
+                Field::new(
+                    format_state_name(name, "keys"),
+                    DataType::List(item(DataType::Int64)),
+                    true,
+                )
+                .into(),
+            );
         }
         for i in 0..n_values {
             out.push(
-                Field::new(format_state_name(name, &format!("v{i}")), DataType::List(item(DataType::Float64)), true)
-                    .into(),
+                Field::new(
+                    format_state_name(name, &format!("v{i}")),
+                    DataType::List(item(DataType::Float64)),
+                    true,
+                )
+                .into(),
             );
         }
         out
@@ -111,7 +136,11 @@ impl SeriesBuffer {
     pub fn merge(&mut self, states: &[ArrayRef]) -> Result<()> {
         let start = usize::from(self.keyed);
         if states.len() != start + self.cols.len() {
-            return exec_err!("series state has {} columns, expected {}", states.len(), start + self.cols.len());
+            return exec_err!(
+                "series state has {} columns, expected {}",
+                states.len(),
+                start + self.cols.len()
+            );
         }
         let lists: Vec<_> = states.iter().map(|s| s.as_list::<i32>()).collect();
         for row in 0..lists[0].len() {
@@ -120,7 +149,8 @@ impl SeriesBuffer {
             }
             if self.keyed {
                 let keys = lists[0].value(row);
-                self.keys.extend(keys.as_primitive::<Int64Type>().values().iter().copied());
+                self.keys
+                    .extend(keys.as_primitive::<Int64Type>().values().iter().copied());
             }
             for (c, l) in self.cols.iter_mut().zip(&lists[start..]) {
                 let v = l.value(row);
@@ -128,7 +158,11 @@ impl SeriesBuffer {
             }
         }
         if self.keyed && self.keys.len() != self.len() {
-            return exec_err!("corrupt series state: {} keys for {} values", self.keys.len(), self.len());
+            return exec_err!(
+                "corrupt series state: {} keys for {} values",
+                self.keys.len(),
+                self.len()
+            );
         }
         Ok(())
     }

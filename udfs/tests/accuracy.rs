@@ -19,14 +19,20 @@ fn fixture(name: &str) -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 /// A session with the library registered, `target_partitions` partitions (so partial/final
 /// aggregation and sketch merging are exercised when > 1).
 fn session(partitions: usize) -> SessionContext {
     let mut ctx = SessionContext::new_with_config(
-        SessionConfig::new().with_target_partitions(partitions).with_batch_size(1024),
+        SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_batch_size(1024),
     );
     llm_analytics_udfs::register_all(&mut ctx).expect("register");
     ctx
@@ -74,14 +80,23 @@ fn f64_col(batches: &[RecordBatch], col: usize) -> Vec<Option<f64>> {
         .iter()
         .flat_map(|b| {
             let a = b.column(col).as_primitive::<Float64Type>().clone();
-            (0..a.len()).map(move |i| a.is_valid(i).then(|| a.value(i))).collect::<Vec<_>>()
+            (0..a.len())
+                .map(move |i| a.is_valid(i).then(|| a.value(i)))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
 
 fn assert_rel(got: f64, want: f64, tol: f64, what: &str) {
-    let err = if want == 0.0 { got.abs() } else { (got - want).abs() / want.abs() };
-    assert!(err <= tol, "{what}: got {got}, want {want}, relative error {err} > {tol}");
+    let err = if want == 0.0 {
+        got.abs()
+    } else {
+        (got - want).abs() / want.abs()
+    };
+    assert!(
+        err <= tol,
+        "{what}: got {got}, want {want}, relative error {err} > {tol}"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +115,9 @@ async fn quantiles_within_one_percent_of_exact() {
             x.extend(vals);
         }
         register(&ctx, "t", g, x, None, 8);
-        let qs = ["0.0", "0.01", "0.1", "0.25", "0.5", "0.75", "0.9", "0.95", "0.99", "0.999", "1.0"];
+        let qs = [
+            "0.0", "0.01", "0.1", "0.25", "0.5", "0.75", "0.9", "0.95", "0.99", "0.999", "1.0",
+        ];
         let select: Vec<String> = qs.iter().map(|q| format!("sketch_quantile(s, {q})")).collect();
         // grouped path, through a per-"minute" rollup merged again (sketch_merge of sketches)
         let sql = format!(
@@ -118,12 +135,22 @@ async fn quantiles_within_one_percent_of_exact() {
             for (k, q) in qs.iter().enumerate() {
                 let got = f64_col(&batches, k + 1)[gi].expect("non-null quantile");
                 let want = exact[*q].as_f64().expect("exact");
-                assert_rel(got, want, alpha + 1e-9, &format!("{name} q={q} partitions={partitions}"));
+                assert_rel(
+                    got,
+                    want,
+                    alpha + 1e-9,
+                    &format!("{name} q={q} partitions={partitions}"),
+                );
                 checked += 1;
             }
             for (k, q) in [(qs.len() + 1, "0.5"), (qs.len() + 2, "0.95"), (qs.len() + 3, "0.99")] {
                 let got = f64_col(&batches, k)[gi].expect("non-null p");
-                assert_rel(got, exact[q].as_f64().expect("exact"), alpha + 1e-9, &format!("{name} p{q}"));
+                assert_rel(
+                    got,
+                    exact[q].as_f64().expect("exact"),
+                    alpha + 1e-9,
+                    &format!("{name} p{q}"),
+                );
                 checked += 1;
             }
         }
@@ -140,7 +167,10 @@ async fn rollup_equals_direct_sketch() {
     let sql = "SELECT (SELECT quantile_sketch(x) FROM t) = \
                       (SELECT sketch_merge(s) FROM (SELECT quantile_sketch(x) AS s FROM t GROUP BY i % 37))";
     let b = query(&ctx, sql).await;
-    assert!(b[0].column(0).as_boolean().value(0), "merged minute sketches differ from the direct sketch");
+    assert!(
+        b[0].column(0).as_boolean().value(0),
+        "merged minute sketches differ from the direct sketch"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +216,10 @@ async fn check_trailing(func: &str, key: &str) {
         let close = |g: Option<f64>, w: &Value, what: &str| {
             let w = w.as_f64().expect("number");
             let g = g.unwrap_or_else(|| panic!("row {i} {what} is NULL"));
-            assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{func} row {i} {what}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                "{func} row {i} {what}: {g} vs {w}"
+            );
         };
         close(base[i], &r["baseline"], "baseline");
         close(spread[i], &r["spread"], "spread");
@@ -196,7 +229,10 @@ async fn check_trailing(func: &str, key: &str) {
         }
     }
     // the injected spike and drop are found
-    assert!(flagged.contains(&150) && flagged.contains(&220), "{func} flagged {flagged:?}");
+    assert!(
+        flagged.contains(&150) && flagged.contains(&220),
+        "{func} flagged {flagged:?}"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +266,11 @@ async fn xcorr_matches_numpy() {
     let ctx = session(3);
     register(&ctx, "t", vec![0; x.len()], x, Some(y), 4);
     let max_lag = xc["max_lag"].as_i64().expect("max_lag");
-    let b = query(&ctx, &format!("SELECT r['best_lag'], r['coefficient'] FROM (SELECT xcorr(i, x, y, {max_lag}) AS r FROM t)")).await;
+    let b = query(
+        &ctx,
+        &format!("SELECT r['best_lag'], r['coefficient'] FROM (SELECT xcorr(i, x, y, {max_lag}) AS r FROM t)"),
+    )
+    .await;
     let lag = b[0].column(0).as_primitive::<Int64Type>().value(0);
     let coef = f64_col(&b, 1)[0].expect("coefficient");
     assert_eq!(lag, xc["best_lag"].as_i64().expect("lag"));
@@ -257,13 +297,20 @@ async fn ets_forecast_close_to_statsmodels() {
                (SELECT unnest(forecast(i, x, {h}, 'ets', 0.95)) AS f FROM t)"
         );
         let b = query(&ctx, &sql).await;
-        let ts: Vec<i64> = b.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+        let ts: Vec<i64> = b
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
         let n = s["values"].as_array().expect("values").len() as i64;
         assert_eq!(ts, (n..n + h).collect::<Vec<_>>());
         let (yhat, lower, upper) = (f64_col(&b, 1), f64_col(&b, 2), f64_col(&b, 3));
         let (ryhat, rlower, rupper) = (floats(&s["yhat"]), floats(&s["lower"]), floats(&s["upper"]));
         for k in 0..h as usize {
-            let (yh, lo, up) = (yhat[k].expect("yhat"), lower[k].expect("lower"), upper[k].expect("upper"));
+            let (yh, lo, up) = (
+                yhat[k].expect("yhat"),
+                lower[k].expect("lower"),
+                upper[k].expect("upper"),
+            );
             // point forecasts within 1% of statsmodels' ETS(A,A,N) fit
             assert_rel(yh, ryhat[k], 0.01, &format!("{} yhat h={k}", s["name"]));
             // intervals: ordered, and their width within 35% of statsmodels'
@@ -286,7 +333,11 @@ async fn seasonality_detected_and_forecast_follows_cycle() {
     let list = b[0].column(0).as_list::<i32>().value(0);
     let periods = list.as_primitive::<Int64Type>().values().to_vec();
     assert_eq!(periods.first().copied(), Some(period), "periods {periods:?}");
-    let b = query(&ctx, "SELECT f['yhat'] FROM (SELECT unnest(forecast(i, x, 24)) AS f FROM t)").await;
+    let b = query(
+        &ctx,
+        "SELECT f['yhat'] FROM (SELECT unnest(forecast(i, x, 24)) AS f FROM t)",
+    )
+    .await;
     let yhat: Vec<f64> = f64_col(&b, 0).into_iter().map(|v| v.expect("yhat")).collect();
     let truth = floats(&s["next_cycle_truth"]);
     let mae = yhat.iter().zip(&truth).map(|(a, b)| (a - b).abs()).sum::<f64>() / truth.len() as f64;

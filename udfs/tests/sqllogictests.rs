@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Float64Type;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::Float64Type;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -109,8 +109,9 @@ impl sqllogictest::AsyncDB for DataFusionDb {
 }
 
 async fn run_file(name: &str) {
-    let path: PathBuf =
-        [env!("CARGO_MANIFEST_DIR"), "tests", "sqllogictests", name].iter().collect();
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "sqllogictests", name]
+        .iter()
+        .collect();
     let mut runner = sqllogictest::Runner::new(|| async {
         let mut ctx = SessionContext::new();
         llm_analytics_udfs::register_all(&mut ctx).map_err(DbError)?;

@@ -51,7 +51,12 @@ pub struct LocalStoreConfig {
 
 impl Default for LocalStoreConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), segment_max_rows: 500_000, segment_max_age_secs: 300, fsync: true }
+        Self {
+            data_dir: PathBuf::from("./data"),
+            segment_max_rows: 500_000,
+            segment_max_age_secs: 300,
+            fsync: true,
+        }
     }
 }
 
@@ -70,7 +75,14 @@ struct Segment {
 
 impl Segment {
     fn new(seq: u64) -> Self {
-        Self { seq, blocks: Vec::new(), pending: Vec::new(), pending_rows: 0, rows: 0, opened: Instant::now() }
+        Self {
+            seq,
+            blocks: Vec::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows: 0,
+            opened: Instant::now(),
+        }
     }
 
     fn push(&mut self, schema: &SchemaRef, batch: RecordBatch) {
@@ -157,7 +169,13 @@ impl LocalStore {
     /// segments.
     pub fn open(config: LocalStoreConfig, metrics: Metrics) -> Result<Self, StorageError> {
         let dir = config.data_dir.join("events");
-        Self::open_table(dir, events_schema(), Some(crate::event::schema::col::TIMESTAMP.to_string()), config, Some(metrics))
+        Self::open_table(
+            dir,
+            events_schema(),
+            Some(crate::event::schema::col::TIMESTAMP.to_string()),
+            config,
+            Some(metrics),
+        )
     }
 
     /// Opens (or creates) a store of any schema in `dir` (used for continuous-query outputs and
@@ -203,7 +221,12 @@ impl LocalStore {
             dir,
             schema,
             config,
-            inner: Mutex::new(Inner { wal: Some(wal), segments, files, next_seq: next_seq + 1 }),
+            inner: Mutex::new(Inner {
+                wal: Some(wal),
+                segments,
+                files,
+                next_seq: next_seq + 1,
+            }),
             flush_lock: tokio::sync::Mutex::new(()),
             sort_column,
             metrics,
@@ -226,7 +249,9 @@ impl LocalStore {
     fn rotate_if_due(&self, force: bool) -> Result<bool, StorageError> {
         let shared = &self.shared;
         let mut inner = shared.lock();
-        let Some(active) = inner.segments.last() else { return Ok(false) };
+        let Some(active) = inner.segments.last() else {
+            return Ok(false);
+        };
         if active.rows == 0 {
             return Ok(false);
         }
@@ -257,7 +282,10 @@ impl LocalStore {
                 if n <= 1 {
                     None
                 } else {
-                    inner.segments.first().map(|s| (s.seq, s.batches().cloned().collect::<Vec<_>>()))
+                    inner
+                        .segments
+                        .first()
+                        .map(|s| (s.seq, s.batches().cloned().collect::<Vec<_>>()))
                 }
             };
             let Some((seq, batches)) = todo else { break };
@@ -266,11 +294,20 @@ impl LocalStore {
                 if batches.is_empty() {
                     return Ok(None);
                 }
-                parquet_files::write_segment(&shared.dir, seq, &shared.schema, shared.sort_column.as_deref(), &batches)
-                    .map(Some)
+                parquet_files::write_segment(
+                    &shared.dir,
+                    seq,
+                    &shared.schema,
+                    shared.sort_column.as_deref(),
+                    &batches,
+                )
+                .map(Some)
             })
             .await
-            .map_err(|e| StorageError::Format { context: "flush task".into(), message: e.to_string() })??;
+            .map_err(|e| StorageError::Format {
+                context: "flush task".into(),
+                message: e.to_string(),
+            })??;
             {
                 let mut inner = self.shared.lock();
                 inner.segments.retain(|s| s.seq != seq);
@@ -333,7 +370,10 @@ impl EventStore for LocalStore {
             Ok(())
         })
         .await
-        .map_err(|e| StorageError::Format { context: "append task".into(), message: e.to_string() })??;
+        .map_err(|e| StorageError::Format {
+            context: "append task".into(),
+            message: e.to_string(),
+        })??;
         if let Some(metrics) = &self.shared.metrics {
             metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
             metrics.storage_rows_in_memory.add(rows as i64);
@@ -376,7 +416,11 @@ fn list_sequenced(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<u64>, St
         let entry = entry.map_err(StorageError::io(format!("listing {}", dir.display())))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(seq) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(suffix)).and_then(|n| n.parse().ok()) {
+        if let Some(seq) = name
+            .strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|n| n.parse().ok())
+        {
             seqs.push(seq);
         }
     }

@@ -40,7 +40,10 @@ pub fn write_segment(
     let sorted = match sort_column.and_then(|c| schema.index_of(c).ok()) {
         Some(index) => {
             let indices = lexsort_to_indices(
-                &[SortColumn { values: all.column(index).clone(), options: Some(SortOptions::default()) }],
+                &[SortColumn {
+                    values: all.column(index).clone(),
+                    options: Some(SortOptions::default()),
+                }],
                 None,
             )
             .map_err(StorageError::format("sorting segment"))?;
@@ -62,8 +65,7 @@ pub fn write_segment(
     let file = writer.into_inner().map_err(StorageError::format("finishing Parquet"))?;
     file.sync_all().map_err(StorageError::io("syncing Parquet file"))?;
     drop(file);
-    std::fs::rename(&tmp_path, &final_path)
-        .map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
+    std::fs::rename(&tmp_path, &final_path).map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
     super::sync_dir(dir)?;
     Ok(final_path)
 }

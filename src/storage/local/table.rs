@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result;
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::Result;
-use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
@@ -61,8 +61,8 @@ impl TableProvider for LocalEventsTable {
         for (i, batch) in snapshot.batches.into_iter().enumerate() {
             partitions[i % n].push(batch);
         }
-        let memory = MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?
-            .with_limit(limit);
+        let memory =
+            MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
         inputs.push(datafusion::datasource::source::DataSourceExec::from_data_source(memory));
 
         if !snapshot.files.is_empty() {

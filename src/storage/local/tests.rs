@@ -11,7 +11,10 @@ use crate::event::decode_batch_body;
 use crate::generate::{Generator, GeneratorConfig};
 
 fn batch(seed: u64, n: usize) -> RecordBatch {
-    let mut g = Generator::new(GeneratorConfig { seed, ..GeneratorConfig::default() });
+    let mut g = Generator::new(GeneratorConfig {
+        seed,
+        ..GeneratorConfig::default()
+    });
     let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
     let out = decode_batch_body(body.as_bytes(), 0).expect("decodes");
     assert!(out.rejected.is_empty());
@@ -19,7 +22,10 @@ fn batch(seed: u64, n: usize) -> RecordBatch {
 }
 
 fn config(dir: &std::path::Path) -> LocalStoreConfig {
-    LocalStoreConfig { data_dir: dir.to_path_buf(), ..LocalStoreConfig::default() }
+    LocalStoreConfig {
+        data_dir: dir.to_path_buf(),
+        ..LocalStoreConfig::default()
+    }
 }
 
 fn open(dir: &std::path::Path) -> LocalStore {
@@ -29,7 +35,10 @@ fn open(dir: &std::path::Path) -> LocalStore {
 async fn count(store: &LocalStore, sql_where: &str) -> i64 {
     let ctx = SessionContext::new();
     ctx.register_table("events", store.table_provider()).expect("register");
-    let df = ctx.sql(&format!("SELECT count(*) AS n FROM events {sql_where}")).await.expect("plan");
+    let df = ctx
+        .sql(&format!("SELECT count(*) AS n FROM events {sql_where}"))
+        .await
+        .expect("plan");
     let batches = df.collect().await.expect("run");
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
@@ -37,8 +46,14 @@ async fn count(store: &LocalStore, sql_where: &str) -> i64 {
 async fn distinct_ids(store: &LocalStore) -> i64 {
     let ctx = SessionContext::new();
     ctx.register_table("events", store.table_provider()).expect("register");
-    let df = ctx.sql("SELECT count(DISTINCT event_id) FROM events").await.expect("plan");
-    df.collect().await.expect("run")[0].column(0).as_primitive::<Int64Type>().value(0)
+    let df = ctx
+        .sql("SELECT count(DISTINCT event_id) FROM events")
+        .await
+        .expect("plan");
+    df.collect().await.expect("run")[0]
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0)
 }
 
 #[tokio::test]
@@ -51,7 +66,11 @@ async fn appended_events_are_queryable_and_survive_reopen_without_flush() {
     assert_eq!(count(&store, "").await, 1500);
     drop(store); // no flush: like a crash after the acknowledgements
     let store = open(dir.path());
-    assert_eq!(count(&store, "").await, 1500, "WAL replay restores every acknowledged event");
+    assert_eq!(
+        count(&store, "").await,
+        1500,
+        "WAL replay restores every acknowledged event"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +84,10 @@ async fn flush_moves_segments_to_parquet_exactly_once() {
     assert_eq!(files.len(), 1);
     assert_eq!(count(&store, "").await, 5100, "memory + parquet, no duplicates");
     assert_eq!(distinct_ids(&store).await, 5100);
-    assert_eq!(count(&store, "WHERE model = 'gpt-4o' OR model <> 'gpt-4o' OR model IS NULL").await, 5100);
+    assert_eq!(
+        count(&store, "WHERE model = 'gpt-4o' OR model <> 'gpt-4o' OR model IS NULL").await,
+        5100
+    );
     drop(store);
     let store = open(dir.path());
     assert_eq!(count(&store, "").await, 5100);
@@ -86,7 +108,10 @@ async fn crash_between_parquet_rename_and_wal_delete_counts_once() {
     parquet_files::write_segment(&events_dir, 0, &events_schema(), Some("timestamp"), &[b]).expect("write parquet");
     assert!(wal::segment_path(&events_dir, 0).exists());
     let store = open(dir.path());
-    assert!(!wal::segment_path(&events_dir, 0).exists(), "flushed WAL segment removed on recovery");
+    assert!(
+        !wal::segment_path(&events_dir, 0).exists(),
+        "flushed WAL segment removed on recovery"
+    );
     assert_eq!(count(&store, "").await, 700);
 }
 
@@ -103,8 +128,15 @@ async fn torn_wal_tail_keeps_complete_batches() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
     file.set_len(len - 100).expect("truncate");
     let store = open(dir.path());
-    assert_eq!(count(&store, "").await, 200, "the torn second batch is dropped, the first kept");
-    store.append(batch(6, 50)).await.expect("new writes go to a fresh segment");
+    assert_eq!(
+        count(&store, "").await,
+        200,
+        "the torn second batch is dropped, the first kept"
+    );
+    store
+        .append(batch(6, 50))
+        .await
+        .expect("new writes go to a fresh segment");
     drop(store);
     let store = open(dir.path());
     assert_eq!(count(&store, "").await, 250);
@@ -113,7 +145,10 @@ async fn torn_wal_tail_keeps_complete_batches() {
 #[tokio::test]
 async fn rotation_by_size_and_time_filters_and_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = LocalStoreConfig { segment_max_rows: 1000, ..config(dir.path()) };
+    let cfg = LocalStoreConfig {
+        segment_max_rows: 1000,
+        ..config(dir.path())
+    };
     let store = LocalStore::open(cfg, Metrics::new().expect("metrics")).expect("open");
     for seed in 0..4 {
         store.append(batch(seed + 10, 600)).await.expect("append");
@@ -123,7 +158,8 @@ async fn rotation_by_size_and_time_filters_and_limits() {
     assert!(files.len() >= 2, "segments rotated by size: {files:?}");
     assert_eq!(count(&store, "").await, 2400);
     let ctx = SessionContext::new();
-    ctx.register_table("events", Arc::clone(&store.table_provider())).expect("register");
+    ctx.register_table("events", Arc::clone(&store.table_provider()))
+        .expect("register");
     let rows: usize = ctx
         .sql("SELECT * FROM events LIMIT 7")
         .await

@@ -50,8 +50,8 @@ impl WalWriter {
             .create_new(true)
             .open(&path)
             .map_err(StorageError::io(format!("creating WAL segment {}", path.display())))?;
-        let writer = StreamWriter::try_new_buffered(file, schema)
-            .map_err(StorageError::format("writing WAL header"))?;
+        let writer =
+            StreamWriter::try_new_buffered(file, schema).map_err(StorageError::format("writing WAL header"))?;
         let mut wal = Self { seq, writer, sync };
         wal.sync()?;
         super::sync_dir(dir)?;
@@ -60,7 +60,9 @@ impl WalWriter {
 
     /// Appends a batch and makes it durable.
     pub fn append(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        self.writer.write(batch).map_err(StorageError::format("appending to WAL"))?;
+        self.writer
+            .write(batch)
+            .map_err(StorageError::format("appending to WAL"))?;
         self.sync()
     }
 
@@ -78,7 +80,9 @@ impl WalWriter {
 
     /// Writes the end-of-stream marker and closes the file.
     pub fn close(mut self) -> Result<(), StorageError> {
-        self.writer.finish().map_err(StorageError::format("closing WAL segment"))?;
+        self.writer
+            .finish()
+            .map_err(StorageError::format("closing WAL segment"))?;
         self.sync()
     }
 }

@@ -26,7 +26,9 @@ pub struct Changepoints {
 
 /// The `changepoints` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(Changepoints { signature: Signature::user_defined(Volatility::Immutable) }))
+    Arc::new(AggregateUDF::from(Changepoints {
+        signature: Signature::user_defined(Volatility::Immutable),
+    }))
 }
 
 fn list_type(ts_type: &DataType) -> DataType {
@@ -71,7 +73,10 @@ impl AggregateUDFImpl for Changepoints {
         if arg_types.len() != 2 {
             return plan_err!("changepoints(ts, value) takes 2 arguments, got {}", arg_types.len());
         }
-        Ok(vec![coerce_key("changepoints", &arg_types[0])?, coerce_value("changepoints", &arg_types[1])?])
+        Ok(vec![
+            coerce_key("changepoints", &arg_types[0])?,
+            coerce_value("changepoints", &arg_types[1])?,
+        ])
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -80,7 +85,10 @@ impl AggregateUDFImpl for Changepoints {
 
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let ts_type = acc_args.expr_fields[0].data_type().clone();
-        Ok(Box::new(ChangepointAccumulator { buf: SeriesBuffer::new(true, 1), ts_type }))
+        Ok(Box::new(ChangepointAccumulator {
+            buf: SeriesBuffer::new(true, 1),
+            ts_type,
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -106,8 +114,13 @@ impl Accumulator for ChangepointAccumulator {
         let (keys, cols) = self.buf.sorted();
         let ts: Int64Array = detect(&cols[0]).into_iter().map(|i| keys[i]).collect();
         let ts = cast(&ts, &self.ts_type)?;
-        let values = (0..ts.len()).map(|i| ScalarValue::try_from_array(&ts, i)).collect::<Result<Vec<_>>>()?;
-        Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, &self.ts_type)))
+        let values = (0..ts.len())
+            .map(|i| ScalarValue::try_from_array(&ts, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+            &values,
+            &self.ts_type,
+        )))
     }
 
     fn size(&self) -> usize {

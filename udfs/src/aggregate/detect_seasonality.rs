@@ -49,7 +49,11 @@ pub fn detect_periods(y: &[f64]) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     for p in peaks {
         let lo = p.next_period.max(2).min(p.period);
-        let hi = if p.prev_period == 0 { max_lag } else { p.prev_period.min(max_lag) };
+        let hi = if p.prev_period == 0 {
+            max_lag
+        } else {
+            p.prev_period.min(max_lag)
+        };
         let best = (lo..=hi.max(lo))
             .filter(|&l| (l as usize) < y.len())
             .map(|l| (l, acf(&centred, l as usize)))
@@ -72,7 +76,9 @@ pub struct DetectSeasonality {
 
 /// The `detect_seasonality` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(DetectSeasonality { signature: Signature::user_defined(Volatility::Immutable) }))
+    Arc::new(AggregateUDF::from(DetectSeasonality {
+        signature: Signature::user_defined(Volatility::Immutable),
+    }))
 }
 
 impl AggregateUDFImpl for DetectSeasonality {
@@ -86,9 +92,15 @@ impl AggregateUDFImpl for DetectSeasonality {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.len() != 2 {
-            return plan_err!("detect_seasonality(ts, value) takes 2 arguments, got {}", arg_types.len());
+            return plan_err!(
+                "detect_seasonality(ts, value) takes 2 arguments, got {}",
+                arg_types.len()
+            );
         }
-        Ok(vec![coerce_key("detect_seasonality", &arg_types[0])?, coerce_value("detect_seasonality", &arg_types[1])?])
+        Ok(vec![
+            coerce_key("detect_seasonality", &arg_types[0])?,
+            coerce_value("detect_seasonality", &arg_types[1])?,
+        ])
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -96,7 +108,9 @@ impl AggregateUDFImpl for DetectSeasonality {
     }
 
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SeasonalityAccumulator { buf: SeriesBuffer::new(true, 1) }))
+        Ok(Box::new(SeasonalityAccumulator {
+            buf: SeriesBuffer::new(true, 1),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -124,9 +138,15 @@ impl Accumulator for SeasonalityAccumulator {
         let periods: Vec<ScalarValue> = if constant {
             Vec::new()
         } else {
-            detect_periods(y).into_iter().map(|p| ScalarValue::Int64(Some(i64::from(p)))).collect()
+            detect_periods(y)
+                .into_iter()
+                .map(|p| ScalarValue::Int64(Some(i64::from(p))))
+                .collect()
         };
-        Ok(ScalarValue::List(ScalarValue::new_list_nullable(&periods, &DataType::Int64)))
+        Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+            &periods,
+            &DataType::Int64,
+        )))
     }
 
     fn size(&self) -> usize {
@@ -154,7 +174,9 @@ mod tests {
 
     #[test]
     fn sine_period_is_exact_and_noise_has_none() {
-        let y: Vec<f64> = (0..192).map(|i| 100.0 + 20.0 * (2.0 * std::f64::consts::PI * i as f64 / 24.0).sin()).collect();
+        let y: Vec<f64> = (0..192)
+            .map(|i| 100.0 + 20.0 * (2.0 * std::f64::consts::PI * i as f64 / 24.0).sin())
+            .collect();
         assert_eq!(detect_periods(&y).first(), Some(&24));
         // deterministic pseudo-noise
         let mut s = 12345u64;

@@ -50,7 +50,9 @@ pub struct ForecastUdaf {
 
 /// The `forecast` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(ForecastUdaf { signature: Signature::user_defined(Volatility::Immutable) }))
+    Arc::new(AggregateUDF::from(ForecastUdaf {
+        signature: Signature::user_defined(Volatility::Immutable),
+    }))
 }
 
 fn item_fields(ts_type: &DataType) -> Fields {
@@ -63,7 +65,10 @@ fn item_fields(ts_type: &DataType) -> Fields {
 }
 
 fn list_type(ts_type: &DataType) -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(DataType::Struct(item_fields(ts_type)), true)))
+    DataType::List(Arc::new(Field::new_list_field(
+        DataType::Struct(item_fields(ts_type)),
+        true,
+    )))
 }
 
 /// A parsed `method` argument.
@@ -115,7 +120,11 @@ fn from_forecast(f: Forecast) -> Prediction {
         Some(i) => (i.lower, i.upper),
         None => (vec![f64::NAN; f.point.len()], vec![f64::NAN; f.point.len()]),
     };
-    Prediction { yhat: f.point, lower, upper }
+    Prediction {
+        yhat: f.point,
+        lower,
+        upper,
+    }
 }
 
 /// Forecasts `y` (`None` when too short).
@@ -123,9 +132,15 @@ pub fn predict(y: &[f64], horizon: usize, method: &Method, level: f64) -> Result
     if y.len() < MIN_POINTS {
         return Ok(None);
     }
-    let (lo, hi) = y.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = y
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if lo == hi {
-        return Ok(Some(Prediction { yhat: vec![lo; horizon], lower: vec![lo; horizon], upper: vec![lo; horizon] }));
+        return Ok(Some(Prediction {
+            yhat: vec![lo; horizon],
+            lower: vec![lo; horizon],
+            upper: vec![lo; horizon],
+        }));
     }
     let method = match method {
         Method::Auto => match detect_periods(y).into_iter().find(|&p| 2 * (p as usize) < y.len()) {
@@ -173,7 +188,10 @@ impl AggregateUDFImpl for ForecastUdaf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if !(3..=5).contains(&arg_types.len()) {
-            return plan_err!("forecast(ts, value, horizon [, method [, level]]) takes 3 to 5 arguments, got {}", arg_types.len());
+            return plan_err!(
+                "forecast(ts, value, horizon [, method [, level]]) takes 3 to 5 arguments, got {}",
+                arg_types.len()
+            );
         }
         let mut out = vec![
             coerce_key("forecast", &arg_types[0])?,
@@ -213,7 +231,13 @@ impl AggregateUDFImpl for ForecastUdaf {
             },
         };
         let ts_type = acc_args.expr_fields[0].data_type().clone();
-        Ok(Box::new(ForecastAccumulator { buf: SeriesBuffer::new(true, 1), horizon, method, level, ts_type }))
+        Ok(Box::new(ForecastAccumulator {
+            buf: SeriesBuffer::new(true, 1),
+            horizon,
+            method,
+            level,
+            ts_type,
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -252,7 +276,10 @@ impl Accumulator for ForecastAccumulator {
         ];
         let items = StructArray::try_new(item_fields(&self.ts_type), arrays, None)?;
         Ok(ScalarValue::List(Arc::new(datafusion::arrow::array::ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Struct(item_fields(&self.ts_type)), true)),
+            Arc::new(Field::new_list_field(
+                DataType::Struct(item_fields(&self.ts_type)),
+                true,
+            )),
             datafusion::arrow::buffer::OffsetBuffer::from_lengths([self.horizon]),
             Arc::new(items),
             None,

@@ -1,5 +1,8 @@
 //! Aggregate functions, one per file.
 
+pub mod changepoints;
+pub mod detect_seasonality;
+pub mod forecast;
 pub mod p50;
 pub mod p95;
 pub mod p99;
@@ -7,6 +10,3 @@ pub mod quantile_sketch;
 pub mod sketch_merge;
 pub mod spearman_corr;
 pub mod xcorr;
-pub mod detect_seasonality;
-pub mod forecast;
-pub mod changepoints;

@@ -11,5 +11,9 @@ use crate::sketch::{SketchInput, SketchOutput};
 
 /// The `p50` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(SketchUdaf::new("p50", SketchInput::Values, SketchOutput::Quantile(0.5))))
+    Arc::new(AggregateUDF::from(SketchUdaf::new(
+        "p50",
+        SketchInput::Values,
+        SketchOutput::Quantile(0.5),
+    )))
 }

@@ -11,5 +11,9 @@ use crate::sketch::{SketchInput, SketchOutput};
 
 /// The `p95` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(SketchUdaf::new("p95", SketchInput::Values, SketchOutput::Quantile(0.95))))
+    Arc::new(AggregateUDF::from(SketchUdaf::new(
+        "p95",
+        SketchInput::Values,
+        SketchOutput::Quantile(0.95),
+    )))
 }

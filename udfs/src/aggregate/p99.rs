@@ -11,5 +11,9 @@ use crate::sketch::{SketchInput, SketchOutput};
 
 /// The `p99` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(SketchUdaf::new("p99", SketchInput::Values, SketchOutput::Quantile(0.99))))
+    Arc::new(AggregateUDF::from(SketchUdaf::new(
+        "p99",
+        SketchInput::Values,
+        SketchOutput::Quantile(0.99),
+    )))
 }

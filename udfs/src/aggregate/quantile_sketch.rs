@@ -11,5 +11,9 @@ use crate::sketch::{SketchInput, SketchOutput};
 
 /// The `quantile_sketch` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(SketchUdaf::new("quantile_sketch", SketchInput::Values, SketchOutput::Sketch)))
+    Arc::new(AggregateUDF::from(SketchUdaf::new(
+        "quantile_sketch",
+        SketchInput::Values,
+        SketchOutput::Sketch,
+    )))
 }

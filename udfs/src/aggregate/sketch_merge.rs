@@ -11,5 +11,9 @@ use crate::sketch::{SketchInput, SketchOutput};
 
 /// The `sketch_merge` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(SketchUdaf::new("sketch_merge", SketchInput::Sketches, SketchOutput::Sketch)))
+    Arc::new(AggregateUDF::from(SketchUdaf::new(
+        "sketch_merge",
+        SketchInput::Sketches,
+        SketchOutput::Sketch,
+    )))
 }

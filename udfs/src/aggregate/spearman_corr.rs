@@ -66,7 +66,9 @@ impl AggregateUDFImpl for SpearmanCorr {
     }
 
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SpearmanAccumulator { buf: SeriesBuffer::new(false, 2) }))
+        Ok(Box::new(SpearmanAccumulator {
+            buf: SeriesBuffer::new(false, 2),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {

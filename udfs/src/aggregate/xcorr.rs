@@ -31,7 +31,9 @@ pub struct XCorr {
 
 /// The `xcorr` aggregate.
 pub fn udaf() -> Arc<AggregateUDF> {
-    Arc::new(AggregateUDF::from(XCorr { signature: Signature::user_defined(Volatility::Immutable) }))
+    Arc::new(AggregateUDF::from(XCorr {
+        signature: Signature::user_defined(Volatility::Immutable),
+    }))
 }
 
 fn result_fields() -> Fields {
@@ -48,7 +50,11 @@ pub fn lagged(x: &[f64], y: &[f64], k: i64) -> Option<f64> {
     if s >= n || n - s < MIN_PAIRS {
         return None;
     }
-    if k >= 0 { pearson(&x[..n - s], &y[s..n]) } else { pearson(&x[s..n], &y[..n - s]) }
+    if k >= 0 {
+        pearson(&x[..n - s], &y[s..n])
+    } else {
+        pearson(&x[s..n], &y[..n - s])
+    }
 }
 
 /// `(best_lag, coefficient)` over `[-max_lag, max_lag]`.
@@ -78,7 +84,10 @@ impl AggregateUDFImpl for XCorr {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         if arg_types.len() != 4 {
-            return datafusion::common::plan_err!("xcorr(ts, x, y, max_lag) takes 4 arguments, got {}", arg_types.len());
+            return datafusion::common::plan_err!(
+                "xcorr(ts, x, y, max_lag) takes 4 arguments, got {}",
+                arg_types.len()
+            );
         }
         Ok(vec![
             coerce_key("xcorr", &arg_types[0])?,
@@ -97,7 +106,10 @@ impl AggregateUDFImpl for XCorr {
             ScalarValue::Int64(Some(v)) if v >= 0 => v,
             other => return exec_err!("xcorr: max_lag must be a non-negative integer, got {other}"),
         };
-        Ok(Box::new(XCorrAccumulator { buf: SeriesBuffer::new(true, 2), max_lag }))
+        Ok(Box::new(XCorrAccumulator {
+            buf: SeriesBuffer::new(true, 2),
+            max_lag,
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -147,7 +159,9 @@ mod tests {
     #[test]
     fn finds_the_shift() {
         let x: Vec<f64> = (0..50).map(|i| ((i * 7919) % 31) as f64).collect();
-        let y: Vec<f64> = (0..50).map(|i| if i >= 3 { x[i - 3] * 2.0 + 1.0 } else { 0.0 }).collect();
+        let y: Vec<f64> = (0..50)
+            .map(|i| if i >= 3 { x[i - 3] * 2.0 + 1.0 } else { 0.0 })
+            .collect();
         let (lag, r) = best_lag(&x, &y, 5).expect("valid");
         assert_eq!(lag, 3);
         assert!((r - 1.0).abs() < 1e-12);

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{Result, exec_err};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 
 use crate::sketch::DDSketch;
 
@@ -24,10 +22,7 @@ pub struct SketchQuantile {
 /// The `sketch_quantile` scalar function.
 pub fn udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(SketchQuantile {
-        signature: Signature::exact(
-            vec![DataType::Binary, DataType::Float64],
-            Volatility::Immutable,
-        ),
+        signature: Signature::exact(vec![DataType::Binary, DataType::Float64], Volatility::Immutable),
     }))
 }
 
@@ -46,9 +41,10 @@ impl ScalarUDFImpl for SketchQuantile {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (Some(sketches), Some(qs)) =
-            (arrays[0].as_binary_opt::<i32>(), arrays[1].as_primitive_opt::<Float64Type>())
-        else {
+        let (Some(sketches), Some(qs)) = (
+            arrays[0].as_binary_opt::<i32>(),
+            arrays[1].as_primitive_opt::<Float64Type>(),
+        ) else {
             return exec_err!("sketch_quantile expects (BINARY, DOUBLE)");
         };
         let out = (0..sketches.len())

@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float64Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
@@ -85,7 +83,11 @@ pub struct SketchAccumulator {
 impl SketchAccumulator {
     /// A new empty accumulator.
     pub fn new(input: SketchInput, output: SketchOutput) -> Self {
-        Self { sketch: DDSketch::default(), input, output }
+        Self {
+            sketch: DDSketch::default(),
+            input,
+            output,
+        }
     }
 }
 
@@ -125,7 +127,11 @@ pub struct SketchGroupsAccumulator {
 impl SketchGroupsAccumulator {
     /// A new accumulator with no groups yet.
     pub fn new(input: SketchInput, output: SketchOutput) -> Self {
-        Self { sketches: Vec::new(), input, output }
+        Self {
+            sketches: Vec::new(),
+            input,
+            output,
+        }
     }
 
     fn resize(&mut self, total_num_groups: usize) {
@@ -134,7 +140,12 @@ impl SketchGroupsAccumulator {
         }
     }
 
-    fn merge_into_groups(&mut self, states: &ArrayRef, group_indices: &[usize], filter: Option<&BooleanArray>) -> Result<()> {
+    fn merge_into_groups(
+        &mut self,
+        states: &ArrayRef,
+        group_indices: &[usize],
+        filter: Option<&BooleanArray>,
+    ) -> Result<()> {
         let Some(states) = states.as_binary_opt::<i32>() else {
             return exec_err!("sketch state must be Binary, got {}", states.data_type());
         };
@@ -219,21 +230,12 @@ impl GroupsAccumulator for SketchGroupsAccumulator {
         Ok(vec![serialize_all(&sketches, false)])
     }
 
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
         self.resize(total_num_groups);
         self.merge_into_groups(&values[0], group_indices, None)
     }
 
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
         let input = &values[0];
         let mut b = BinaryBuilder::with_capacity(input.len(), input.len() * 48);
         match self.input {

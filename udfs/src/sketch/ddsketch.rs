@@ -302,8 +302,7 @@ impl DDSketch {
 
     /// Approximate heap size in bytes.
     pub fn size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + 8 * (self.positive.counts.capacity() + self.negative.counts.capacity())
+        std::mem::size_of::<Self>() + 8 * (self.positive.counts.capacity() + self.negative.counts.capacity())
     }
 
     /// Serializes to the versioned binary format of the module documentation.
@@ -345,10 +344,7 @@ impl DDSketch {
         s.positive = Store::decode(&mut r)?;
         s.negative = Store::decode(&mut r)?;
         if r.pos != bytes.len() {
-            return exec_err!(
-                "corrupt sketch: {} trailing bytes",
-                bytes.len().saturating_sub(r.pos)
-            );
+            return exec_err!("corrupt sketch: {} trailing bytes", bytes.len().saturating_sub(r.pos));
         }
         let n = s
             .zero_count
@@ -479,7 +475,11 @@ mod tests {
         for (i, &x) in data.iter().enumerate() {
             let x = if i % 3 == 0 { -x } else { x };
             whole.add(x);
-            if i % 2 == 0 { a.add(x) } else { b.add(x) };
+            if i % 2 == 0 {
+                a.add(x)
+            } else {
+                b.add(x)
+            };
         }
         a.merge(&b).expect("same alpha");
         for q in [0.05, 0.3, 0.5, 0.77, 0.99] {

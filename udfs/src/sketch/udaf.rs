@@ -7,9 +7,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility};
 
 use super::{SketchAccumulator, SketchGroupsAccumulator, SketchInput, SketchOutput};
 
@@ -29,7 +27,12 @@ impl SketchUdaf {
             SketchInput::Values => DataType::Float64,
             SketchInput::Sketches => DataType::Binary,
         };
-        Self { name, signature: Signature::exact(vec![arg], Volatility::Immutable), input, output }
+        Self {
+            name,
+            signature: Signature::exact(vec![arg], Volatility::Immutable),
+            input,
+            output,
+        }
     }
 }
 
@@ -72,10 +75,7 @@ impl AggregateUDFImpl for SketchUdaf {
         true
     }
 
-    fn create_groups_accumulator(
-        &self,
-        _args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
+    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(SketchGroupsAccumulator::new(self.input, self.output)))
     }
 }

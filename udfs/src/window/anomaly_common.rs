@@ -74,10 +74,22 @@ pub fn classify(x: f64, baseline: Option<f64>, spread: Option<f64>, threshold: f
     }
     if s <= 0.0 {
         if x == b {
-            return Verdict { score: Some(0.0), is_anomaly: false, kind: "normal", severity: "none", ..insufficient };
+            return Verdict {
+                score: Some(0.0),
+                is_anomaly: false,
+                kind: "normal",
+                severity: "none",
+                ..insufficient
+            };
         }
         let kind = if x > b { "spike" } else { "drop" };
-        return Verdict { score: None, is_anomaly: true, kind, severity: "critical", ..insufficient };
+        return Verdict {
+            score: None,
+            is_anomaly: true,
+            kind,
+            severity: "critical",
+            ..insufficient
+        };
     }
     let z = (x - b) / s;
     let r = z.abs() / threshold;
@@ -95,7 +107,13 @@ pub fn classify(x: f64, baseline: Option<f64>, spread: Option<f64>, threshold: f
         r if r < 3.0 => "high",
         _ => "critical",
     };
-    Verdict { score: Some(z), is_anomaly, kind, severity, ..insufficient }
+    Verdict {
+        score: Some(z),
+        is_anomaly,
+        kind,
+        severity,
+        ..insufficient
+    }
 }
 
 impl Verdict {
@@ -138,7 +156,12 @@ pub struct FrameAnomalyEvaluator {
 impl FrameAnomalyEvaluator {
     /// An evaluator using `baseline` as the statistic.
     pub fn new(name: &'static str, baseline: BaselineFn) -> Self {
-        Self { row: 0, baseline, scratch: Vec::new(), name }
+        Self {
+            row: 0,
+            baseline,
+            scratch: Vec::new(),
+            name,
+        }
     }
 }
 
@@ -192,7 +215,10 @@ mod tests {
     #[test]
     fn classification_rule() {
         let v = classify(13.0, Some(10.0), Some(1.0), 3.0);
-        assert_eq!((v.score, v.is_anomaly, v.kind, v.severity), (Some(3.0), true, "high", "low"));
+        assert_eq!(
+            (v.score, v.is_anomaly, v.kind, v.severity),
+            (Some(3.0), true, "high", "low")
+        );
         let v = classify(4.0, Some(10.0), Some(1.0), 3.0);
         assert_eq!((v.is_anomaly, v.kind, v.severity), (true, "drop", "high"));
         let v = classify(10.0 + 9.5, Some(10.0), Some(1.0), 3.0);

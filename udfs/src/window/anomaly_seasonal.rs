@@ -23,9 +23,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
-use datafusion::logical_expr::{
-    PartitionEvaluator, Signature, Volatility, WindowUDF, WindowUDFImpl,
-};
+use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDF, WindowUDFImpl};
 
 use super::anomaly_common::{classify, null_result, result_fields, threshold_at};
 use super::anomaly_robust::{MAD_SCALE, median};
@@ -119,7 +117,9 @@ struct SeasonalEvaluator;
 impl PartitionEvaluator for SeasonalEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
         if num_rows == 0 {
-            return Ok(datafusion::arrow::array::new_empty_array(&DataType::Struct(result_fields())));
+            return Ok(datafusion::arrow::array::new_empty_array(&DataType::Struct(
+                result_fields(),
+            )));
         }
         let Some(x) = values[0].as_primitive_opt::<Float64Type>() else {
             return exec_err!("anomaly_seasonal: value must be a DOUBLE");
@@ -129,12 +129,16 @@ impl PartitionEvaluator for SeasonalEvaluator {
             Some(p) if p.is_valid(0) && p.value(0) >= 2 => p.value(0) as usize,
             _ => return exec_err!("anomaly_seasonal: period must be an integer >= 2"),
         };
-        let raw: Vec<Option<f64>> =
-            (0..num_rows).map(|i| x.is_valid(i).then(|| x.value(i)).filter(|v| !v.is_nan())).collect();
+        let raw: Vec<Option<f64>> = (0..num_rows)
+            .map(|i| x.is_valid(i).then(|| x.value(i)).filter(|v| !v.is_nan()))
+            .collect();
         let baseline = if raw.iter().flatten().count() < 2 {
             None
         } else {
-            interpolate(&raw).map(|y| seasonal_baseline(&y, period)).transpose()?.flatten()
+            interpolate(&raw)
+                .map(|y| seasonal_baseline(&y, period))
+                .transpose()?
+                .flatten()
         };
         let rows = raw
             .iter()
