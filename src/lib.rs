@@ -17,5 +17,6 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod sources;
 pub mod storage;
 pub mod stream;

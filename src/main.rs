@@ -65,6 +65,29 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Bench(BenchCommand::Kafka {
+            brokers,
+            topic,
+            count,
+            partitions,
+            no_produce,
+        }) => {
+            init_logging(&config);
+            let args = llm_analytics_hub::sources::kafka::bench::KafkaBenchArgs {
+                brokers,
+                topic,
+                count,
+                partitions,
+                no_produce,
+            };
+            match runtime.block_on(llm_analytics_hub::sources::kafka::bench::run(args)) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Bench(BenchCommand::Rollup { input, batch_rows, sql }) => {
             init_logging(&config);
             let file = match std::fs::File::open(&input) {

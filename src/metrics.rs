@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Longest label value taken from user input; longer values are cut so a hostile client cannot
@@ -36,6 +37,20 @@ pub struct Metrics {
     pub cq_rows_emitted_total: IntCounterVec,
     /// Watermark of each continuous `query`, seconds since the epoch.
     pub cq_watermark_seconds: prometheus::GaugeVec,
+    /// Records behind the high watermark, by `topic`, `partition` (from fetch responses).
+    pub kafka_consumer_lag: IntGaugeVec,
+    /// Broker high watermark, by `topic`, `partition`.
+    pub kafka_high_watermark: IntGaugeVec,
+    /// Offset committed by this group, by `topic`, `partition`.
+    pub kafka_committed_offset: IntGaugeVec,
+    /// Records consumed and made durable (stored or dead-lettered), by `topic`.
+    pub kafka_records_consumed_total: IntCounterVec,
+    /// Records sent to the dead-letter topic, by source `topic`, `error_type`.
+    pub kafka_dlq_records_total: IntCounterVec,
+    /// Partition assignments and revocations.
+    pub kafka_rebalances_total: IntCounter,
+    /// 1 while the consumer has paused its partitions because downstream is busy.
+    pub kafka_consumer_paused: IntGauge,
 }
 
 impl Metrics {
@@ -84,6 +99,36 @@ impl Metrics {
             ),
             &["query"],
         )?;
+        let tp = ["topic", "partition"];
+        let kafka_consumer_lag = IntGaugeVec::new(
+            Opts::new("kafka_consumer_lag", "Records behind the high watermark"),
+            &tp,
+        )?;
+        let kafka_high_watermark = IntGaugeVec::new(Opts::new("kafka_high_watermark", "Broker high watermark"), &tp)?;
+        let kafka_committed_offset =
+            IntGaugeVec::new(Opts::new("kafka_committed_offset", "Committed consumer offset"), &tp)?;
+        let kafka_records_consumed_total = IntCounterVec::new(
+            Opts::new(
+                "kafka_records_consumed_total",
+                "Kafka records consumed and made durable",
+            ),
+            &["topic"],
+        )?;
+        let kafka_dlq_records_total = IntCounterVec::new(
+            Opts::new("kafka_dlq_records_total", "Kafka records sent to the dead-letter topic"),
+            &["topic", "error_type"],
+        )?;
+        let kafka_rebalances_total =
+            IntCounter::new("kafka_rebalances_total", "Partition assignments and revocations")?;
+        let kafka_consumer_paused =
+            IntGauge::new("kafka_consumer_paused", "1 while partitions are paused (backpressure)")?;
+        for c in [&kafka_consumer_lag, &kafka_high_watermark, &kafka_committed_offset] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(kafka_records_consumed_total.clone()))?;
+        registry.register(Box::new(kafka_dlq_records_total.clone()))?;
+        registry.register(Box::new(kafka_rebalances_total.clone()))?;
+        registry.register(Box::new(kafka_consumer_paused.clone()))?;
         registry.register(Box::new(late_events_total.clone()))?;
         registry.register(Box::new(cq_rows_emitted_total.clone()))?;
         registry.register(Box::new(cq_watermark_seconds.clone()))?;
@@ -108,6 +153,13 @@ impl Metrics {
             late_events_total,
             cq_rows_emitted_total,
             cq_watermark_seconds,
+            kafka_consumer_lag,
+            kafka_high_watermark,
+            kafka_committed_offset,
+            kafka_records_consumed_total,
+            kafka_dlq_records_total,
+            kafka_rebalances_total,
+            kafka_consumer_paused,
         })
     }
 

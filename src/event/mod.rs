@@ -5,6 +5,7 @@ mod fields;
 mod raw;
 pub mod reject;
 pub mod schema;
+pub mod split;
 #[cfg(test)]
 mod tests;
 pub mod time;

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::{ApiError, body_rejection};
 use crate::event::schema::col as c;
+use crate::event::split::accepted_raw;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, DecodedBatch, EVENTS_TABLE, Rejection, decode_batch_body, decode_single};
 use crate::ingest::count_rejected;
@@ -41,11 +42,16 @@ fn body_error(e: BodyError) -> ApiError {
     }
 }
 
-async fn store(state: &AppState, decoded: DecodedBatch) -> Result<Response, ApiError> {
+async fn store(state: &AppState, body: &[u8], single: bool, decoded: DecodedBatch) -> Result<Response, ApiError> {
     count_rejected(&state.metrics, &decoded.rejected);
     let accepted = decoded.batch.num_rows();
     if accepted > 0 {
-        state.ingest.ingest(decoded.batch).await?;
+        let raw = match (state.ingest.wants_raw(), single) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![body],
+            (true, false) => accepted_raw(body, &decoded.rejected),
+        };
+        state.ingest.ingest(decoded.batch, &raw).await?;
     }
     let status = match (accepted, decoded.rejected.len()) {
         (_, 0) => StatusCode::OK,
@@ -67,7 +73,7 @@ pub async fn post_one(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
     let decoded = decode_single(&body, now_micros()).map_err(body_error)?;
-    store(&state, decoded).await
+    store(&state, &body, true, decoded).await
 }
 
 /// `POST /api/v1/events/batch`: a JSON array or NDJSON.
@@ -77,11 +83,14 @@ pub async fn post_batch(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
     let ingest_time = now_micros();
-    let decoded = tokio::task::spawn_blocking(move || decode_batch_body(&body, ingest_time))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(body_error)?;
-    store(&state, decoded).await
+    let (body, decoded) = tokio::task::spawn_blocking(move || {
+        let decoded = decode_batch_body(&body, ingest_time);
+        (body, decoded)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let decoded = decoded.map_err(body_error)?;
+    store(&state, &body, false, decoded).await
 }
 
 /// Filters of `GET /api/v1/events`.

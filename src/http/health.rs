@@ -53,6 +53,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             detail,
         });
     }
+    for source in &state.sources {
+        let status = source.status();
+        components.push(ComponentStatus {
+            name: source.name(),
+            kind: "source",
+            ready: source.ready(),
+            detail: json!({
+                "assigned_partitions": status.get("assigned_partitions"),
+                "lag": status.get("lag"),
+            }),
+        });
+    }
     let ready = components.iter().all(|c| c.ready);
     let status = if ready {
         StatusCode::OK
@@ -63,6 +75,16 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         status,
         Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "components": components })),
     )
+}
+
+/// `GET /api/v1/ingest/status`: where events come from and how far consumption is.
+pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
+    let sources: Vec<serde_json::Value> = state.sources.iter().map(|s| s.status()).collect();
+    Json(json!({
+        "mode": state.ingest_mode,
+        "http_ingest": if state.ingest.wants_raw() { "kafka_producer" } else { "local_store" },
+        "sources": sources,
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -47,6 +47,10 @@ pub struct AppState {
     pub started: Instant,
     /// Continuous queries, when enabled.
     pub stream: Option<crate::stream::StreamHandle>,
+    /// Running sources (Kafka), for status and readiness.
+    pub sources: Vec<Arc<dyn crate::sources::SourceStatus>>,
+    /// `standalone` (HTTP stores directly) or `kafka` (cluster mode).
+    pub ingest_mode: &'static str,
 }
 
 /// Builds the router with every route and middleware.
@@ -55,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", post(events::post_one).get(events::list))
         .route("/api/v1/events/batch", post(events::post_batch))
         .route("/api/v1/events/{id}", get(events::get_one))
+        .route("/api/v1/ingest/status", get(health::ingest_status))
         .route("/api/v1/sql", post(sql::run))
         .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
         .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))

@@ -18,12 +18,20 @@ pub enum IngestError {
     /// The store could not make the events durable; nothing was acknowledged.
     #[error("events could not be stored: {0}")]
     Storage(#[from] StorageError),
+    /// The downstream system (the Kafka broker) did not acknowledge in time; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A broken invariant in the Hub.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Storage(e) => e.class(),
+            Self::Unavailable(_) => ErrorClass::External,
+            Self::Internal(_) => ErrorClass::Internal,
         }
     }
 }
@@ -31,8 +39,14 @@ impl Classify for IngestError {
 /// Accepts validated event batches; `Ok` means they are durable.
 #[async_trait]
 pub trait Ingest: Send + Sync + std::fmt::Debug {
-    /// Makes `batch` durable. All or nothing.
-    async fn ingest(&self, batch: RecordBatch) -> Result<(), IngestError>;
+    /// Makes `batch` durable. All or nothing. `raw` holds the events' original JSON in batch
+    /// order when [`Self::wants_raw`] is true (otherwise it may be empty).
+    async fn ingest(&self, batch: RecordBatch, raw: &[&[u8]]) -> Result<(), IngestError>;
+
+    /// Whether [`Self::ingest`] needs the original JSON of the events (it forwards them).
+    fn wants_raw(&self) -> bool {
+        false
+    }
 }
 
 /// Standalone ingest: straight into an [`EventStore`].
@@ -53,7 +67,7 @@ impl StoreIngest {
 
 #[async_trait]
 impl Ingest for StoreIngest {
-    async fn ingest(&self, batch: RecordBatch) -> Result<(), IngestError> {
+    async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
         let stored = batch.clone();
         self.store.append(batch).await?;
         count_processed(&self.metrics, &stored);

@@ -7,5 +7,6 @@ mod api;
 mod durability;
 mod harness;
 mod ingest;
+mod kafka;
 mod sql;
 mod stream;

@@ -1,0 +1,296 @@
+//! The consumer thread: polls librdkafka in batches, copies records into one buffer per batch,
+//! hands batches to the store pipeline through a bounded queue (pausing its partitions while the
+//! queue is full), and commits offsets once the pipeline reports them durable.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::context::{HubContext, Shared, commit_sync};
+
+/// How long shutdown waits for queued batches to become durable before the final commit.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One consumed record; its payload and key live in the batch buffer.
+#[derive(Debug)]
+pub struct Record {
+    /// Index into [`RawBatch::topics`].
+    pub topic: usize,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Payload bytes in [`RawBatch::buf`].
+    pub payload: Range<usize>,
+    /// Key bytes in [`RawBatch::buf`], if any.
+    pub key: Option<Range<usize>>,
+    /// Original headers (kept for the dead-letter copy).
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Records consumed together.
+#[derive(Debug)]
+pub struct RawBatch {
+    /// Source topic names.
+    pub topics: Arc<[String]>,
+    /// Payloads and keys, back to back.
+    pub buf: Vec<u8>,
+    /// The records in consumption order.
+    pub records: Vec<Record>,
+    started: Instant,
+}
+
+impl RawBatch {
+    fn new(topics: Arc<[String]>) -> Self {
+        Self {
+            topics,
+            buf: Vec::new(),
+            records: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The payload of record `i`.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        self.records.get(i).map_or(&[], |r| &self.buf[r.payload.clone()])
+    }
+
+    /// The key of record `i`.
+    pub fn key(&self, i: usize) -> Option<&[u8]> {
+        self.records.get(i).and_then(|r| r.key.clone()).map(|k| &self.buf[k])
+    }
+
+    /// Per (topic index, partition): the next offset after the batch's last record and the count.
+    pub fn progress(&self) -> Vec<(usize, i32, i64, u64)> {
+        let mut out: Vec<(usize, i32, i64, u64)> = Vec::new();
+        for r in &self.records {
+            match out.iter_mut().find(|(t, p, _, _)| *t == r.topic && *p == r.partition) {
+                Some(e) => {
+                    e.2 = e.2.max(r.offset + 1);
+                    e.3 += 1;
+                }
+                None => out.push((r.topic, r.partition, r.offset + 1, 1)),
+            }
+        }
+        out
+    }
+
+    fn push<M: Message>(&mut self, m: &M) {
+        let topic = self.topics.iter().position(|t| t == m.topic()).unwrap_or_default();
+        let payload = m.payload().unwrap_or_default();
+        let start = self.buf.len();
+        self.buf.extend_from_slice(payload);
+        let payload = start..self.buf.len();
+        let key = m.key().map(|k| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(k);
+            start..self.buf.len()
+        });
+        let headers = m.headers().filter(|h| h.count() > 0).map(|h| {
+            let mut owned = OwnedHeaders::new_with_capacity(h.count());
+            for header in h.iter() {
+                owned = owned.insert(header);
+            }
+            owned
+        });
+        if self.records.is_empty() {
+            self.started = Instant::now();
+        }
+        self.records.push(Record {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            payload,
+            key,
+            headers,
+        });
+    }
+
+    fn drop_partitions(&mut self, revoked: &[(String, i32)]) {
+        let topics = Arc::clone(&self.topics);
+        self.records.retain(|r| {
+            !revoked
+                .iter()
+                .any(|(t, p)| *p == r.partition && topics.get(r.topic).is_some_and(|n| n == t))
+        });
+    }
+}
+
+/// Limits of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+}
+
+/// Runs the poll loop until `stop` is set or the pipeline goes away.
+pub fn run(
+    consumer: &BaseConsumer<HubContext>,
+    topics: Arc<[String]>,
+    limits: BatchLimits,
+    tx: &mpsc::Sender<RawBatch>,
+    shared: &Shared,
+    paused_gauge: &prometheus::IntGauge,
+    stop: &AtomicBool,
+) {
+    let tracker = &shared.tracker;
+    let mut current = RawBatch::new(Arc::clone(&topics));
+    let mut pending: Option<RawBatch> = None;
+    let mut paused: Option<TopicPartitionList> = None;
+    let mut last_poll_error: Option<Instant> = None;
+    let mut closed = false;
+    while !stop.load(Ordering::Relaxed) {
+        // Hand the pending batch on; while the queue is full keep partitions paused.
+        if let Some(batch) = pending.take() {
+            match tx.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    if paused.is_none() {
+                        paused = pause(consumer, paused_gauge);
+                    }
+                    pending = Some(batch);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    closed = true;
+                    break;
+                }
+            }
+            if pending.is_none()
+                && let Some(tpl) = paused.take()
+            {
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, "cannot resume partitions");
+                }
+                paused_gauge.set(0);
+            }
+        }
+        let wait = if pending.is_some() || current.records.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            limits.max_wait.saturating_sub(current.started.elapsed())
+        };
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                current.push(&m);
+                // Drain what is already fetched without waiting.
+                while current.records.len() < limits.max_records && current.buf.len() < limits.max_bytes {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(m)) => current.push(&m),
+                        Some(Err(e)) => {
+                            log_poll_error(&e, &mut last_poll_error);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Some(Err(e)) => log_poll_error(&e, &mut last_poll_error),
+            None => {}
+        }
+        // A rebalance ran inside poll: forget records of partitions given away.
+        let revoked = shared
+            .revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        if !revoked.is_empty() {
+            current.drop_partitions(&revoked);
+            if let Some(p) = pending.as_mut() {
+                p.drop_partitions(&revoked);
+            }
+            // The assignment changed: pause again against the new one when needed.
+            paused = None;
+            paused_gauge.set(0);
+        }
+        let full = current.records.len() >= limits.max_records || current.buf.len() >= limits.max_bytes;
+        let due = !current.records.is_empty() && current.started.elapsed() >= limits.max_wait;
+        if pending.is_none() && (full || due) {
+            let batch = std::mem::replace(&mut current, RawBatch::new(Arc::clone(&topics)));
+            mark_sent(shared, &batch);
+            pending = Some(batch);
+        }
+        commit_async(consumer, shared);
+    }
+    // Shutdown: hand on what was consumed, let the pipeline make it durable, commit it.
+    if !closed && let Some(batch) = pending.take() {
+        closed = tx.blocking_send(batch).is_err();
+    }
+    if !closed && !current.records.is_empty() {
+        mark_sent(shared, &current);
+        closed = tx.blocking_send(current).is_err();
+    }
+    let drained = if closed {
+        false
+    } else {
+        let assigned: Vec<(String, i32)> = tracker
+            .snapshot()
+            .into_iter()
+            .filter(|p| p.assigned)
+            .map(|p| (p.topic, p.partition))
+            .collect();
+        tracker.wait_durable(&assigned, SHUTDOWN_DRAIN_TIMEOUT)
+    };
+    commit_sync(consumer, &tracker.commit_due(), tracker);
+    tracing::info!(drained, "kafka consumer stopped");
+}
+
+fn mark_sent(shared: &Shared, batch: &RawBatch) {
+    for (topic, partition, next, n) in batch.progress() {
+        if let Some(name) = batch.topics.get(topic) {
+            shared.tracker.sent(name, partition, next, n);
+        }
+    }
+}
+
+fn pause(consumer: &BaseConsumer<HubContext>, gauge: &prometheus::IntGauge) -> Option<TopicPartitionList> {
+    match consumer.assignment() {
+        Ok(tpl) if tpl.count() > 0 => match consumer.pause(&tpl) {
+            Ok(()) => {
+                gauge.set(1);
+                tracing::debug!(partitions = tpl.count(), "downstream is busy: partitions paused");
+                Some(tpl)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pause partitions");
+                None
+            }
+        },
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment");
+            None
+        }
+    }
+}
+
+fn commit_async(consumer: &BaseConsumer<HubContext>, shared: &Shared) {
+    let due = shared.tracker.commit_due();
+    if due.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in &due {
+        if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+            return;
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Async) {
+        Ok(()) => shared.tracker.committed(&due),
+        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+    }
+}
+
+fn log_poll_error(e: &rdkafka::error::KafkaError, last: &mut Option<Instant>) {
+    // Broker outages produce an error per poll; one line every 10 s is enough.
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        tracing::warn!(error = %e, "kafka consumer error");
+        *last = Some(Instant::now());
+    }
+}

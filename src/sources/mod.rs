@@ -1,0 +1,78 @@
+//! Event sources other than HTTP, one folder per source behind [`Source`]; [`build`] is the one
+//! registry that turns the configuration into running sources.
+
+pub mod kafka;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::{Classify, ErrorClass};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+
+/// Errors of sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source cannot be set up with this configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The source failed while running.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Config(_) => ErrorClass::User,
+            Self::Runtime(_) => ErrorClass::External,
+        }
+    }
+}
+
+/// Live status of a source, for `/api/v1/ingest/status` and `/ready`.
+pub trait SourceStatus: Send + Sync + std::fmt::Debug {
+    /// Source kind (`kafka`).
+    fn name(&self) -> &'static str;
+    /// Everything an operator wants to see, as JSON.
+    fn status(&self) -> serde_json::Value;
+    /// Whether it is consuming.
+    fn ready(&self) -> bool;
+}
+
+/// A source of events: runs until `shutdown`, handing events to its [`Ingest`].
+#[async_trait]
+pub trait Source: Send {
+    /// Source kind.
+    fn name(&self) -> &'static str;
+    /// Its live status.
+    fn status(&self) -> Arc<dyn SourceStatus>;
+    /// Consumes until `shutdown` turns true, then drains and commits.
+    async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Result<(), SourceError>;
+}
+
+/// The configured sources, storing into `store_ingest`.
+pub async fn build(
+    config: &Config,
+    store_ingest: Arc<dyn Ingest>,
+    metrics: &Metrics,
+) -> Result<Vec<Box<dyn Source>>, SourceError> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if config.kafka.enabled() && config.kafka.create_topics {
+        // Not fatal: the topics may exist already, or the broker may come up later.
+        if let Err(e) = kafka::admin::ensure_topics(&config.kafka).await {
+            tracing::warn!(error = %e, "kafka topics could not be checked or created");
+        }
+    }
+    if config.kafka.enabled() && config.kafka.consume {
+        sources.push(Box::new(kafka::KafkaSource::new(
+            &config.kafka,
+            store_ingest,
+            metrics.clone(),
+        )?));
+    }
+    Ok(sources)
+}
