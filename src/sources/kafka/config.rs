@@ -49,6 +49,9 @@ pub struct KafkaConfig {
     /// How long a produce (HTTP ingest or dead-letter record) may wait for the broker's
     /// acknowledgement, in ms, before it fails (HTTP answers 503).
     pub produce_timeout_ms: u64,
+    /// Least time between two offset commits, in ms (durable offsets are committed at most this
+    /// often; a crash re-consumes at most this much more).
+    pub commit_interval_ms: u64,
     /// Interval of librdkafka statistics (lag, high watermark, committed offset), in ms.
     pub statistics_interval_ms: u64,
     /// Extra librdkafka client properties (e.g. `security.protocol`, `sasl.mechanism`),
@@ -107,6 +110,7 @@ impl Default for KafkaConfig {
             queue_batches: 4,
             decode_threads: 2,
             produce_timeout_ms: 5_000,
+            commit_interval_ms: 500,
             statistics_interval_ms: 1_000,
             client: BTreeMap::new(),
         }

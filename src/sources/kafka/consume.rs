@@ -128,6 +128,8 @@ pub struct BatchLimits {
     pub max_records: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
+    /// Least time between asynchronous offset commits.
+    pub commit_interval: Duration,
 }
 
 /// Runs the poll loop until `stop` is set or the pipeline goes away.
@@ -145,6 +147,7 @@ pub fn run(
     let mut pending: Option<RawBatch> = None;
     let mut paused: Option<TopicPartitionList> = None;
     let mut last_poll_error: Option<Instant> = None;
+    let mut last_commit = Instant::now();
     let mut closed = false;
     while !stop.load(Ordering::Relaxed) {
         // Hand the pending batch on; while the queue is full keep partitions paused.
@@ -216,7 +219,10 @@ pub fn run(
             mark_sent(shared, &batch);
             pending = Some(batch);
         }
-        commit_async(consumer, shared);
+        if last_commit.elapsed() >= limits.commit_interval {
+            commit_async(consumer, shared);
+            last_commit = Instant::now();
+        }
     }
     // Shutdown: hand on what was consumed, let the pipeline make it durable, commit it.
     if !closed && let Some(batch) = pending.take() {

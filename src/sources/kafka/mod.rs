@@ -175,6 +175,7 @@ impl Source for KafkaSource {
             max_records: config.batch_max_records,
             max_bytes: config.batch_max_bytes,
             max_wait: Duration::from_millis(config.batch_max_wait_ms),
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
         };
         let topics: Arc<[String]> = status.topics.clone().into();
         let (done_tx, done_rx) = oneshot::channel();
@@ -201,13 +202,23 @@ impl Source for KafkaSource {
             metrics,
             decode_threads: config.decode_threads,
         };
-        let pipeline_task = tokio::spawn(pipeline.run(rx, shutdown.clone()));
-        let _ = shutdown.wait_for(|s| *s).await;
+        let mut pipeline_task = tokio::spawn(pipeline.run(rx, shutdown.clone()));
+        let pipeline_failed = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => false,
+            _ = &mut pipeline_task => true,
+        };
         stop.store(true, Ordering::Relaxed);
-        let _ = done_rx.await;
-        let _ = pipeline_task.await;
         status.running.store(false, Ordering::Relaxed);
+        let _ = done_rx.await;
+        if !pipeline_failed {
+            let _ = pipeline_task.await;
+        }
         drop(thread);
+        if pipeline_failed {
+            return Err(SourceError::Runtime(
+                "the kafka pipeline stopped; consumption halted (see the log)".into(),
+            ));
+        }
         Ok(())
     }
 }
