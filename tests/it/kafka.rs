@@ -17,6 +17,9 @@ use serde_json::Value;
 
 use crate::harness::{Hub, HubOptions, free_port, generated};
 
+/// A consumed record: payload, key, headers.
+type Consumed = (Vec<u8>, Option<Vec<u8>>, HashMap<String, String>);
+
 /// A Tansu broker on a free loopback port, in-memory storage. Killed on drop.
 struct Broker {
     child: Child,
@@ -103,7 +106,7 @@ impl Broker {
     }
 
     /// Every record of `topic` from the start, read by a fresh group until `n` arrived.
-    fn consume_all(&self, topic: &str, n: usize) -> Vec<(Vec<u8>, Option<Vec<u8>>, HashMap<String, String>)> {
+    fn consume_all(&self, topic: &str, n: usize) -> Vec<Consumed> {
         let consumer: BaseConsumer = self
             .client()
             .set("group.id", format!("test-reader-{}", free_port()))
