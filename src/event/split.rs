@@ -47,16 +47,36 @@ mod tests {
                 r#"{{"event_id":"{id}","timestamp":"2026-01-01T00:00:00Z","source_module":"llm-observatory","event_type":"request","payload":{{}}}}"#
             )
         };
-        let ndjson = format!("{}\n\nnot json\n{}\n{{\"event_id\":1}}\n", good("a"), good("b"));
+        let ndjson = format!(
+            "{}\n\nnot json\n{}\n{{\"event_id\":1}}\n",
+            good("00000000-0000-4000-8000-00000000000a"),
+            good("00000000-0000-4000-8000-00000000000b")
+        );
         let decoded = decode_batch_body(ndjson.as_bytes(), 0).expect("decodes");
         let raw = accepted_raw(ndjson.as_bytes(), &decoded.rejected);
         assert_eq!(decoded.rejected.len(), 2, "{:?}", decoded.rejected);
         assert_eq!(raw.len(), decoded.batch.num_rows());
-        assert_eq!(raw, vec![good("a").as_bytes(), good("b").as_bytes()]);
+        assert_eq!(
+            raw,
+            vec![
+                good("00000000-0000-4000-8000-00000000000a").as_bytes(),
+                good("00000000-0000-4000-8000-00000000000b").as_bytes()
+            ]
+        );
 
-        let array = format!("[{}, 5, {}]", good("c"), good("d"));
+        let array = format!(
+            "[{}, 5, {}]",
+            good("00000000-0000-4000-8000-00000000000c"),
+            good("00000000-0000-4000-8000-00000000000d")
+        );
         let decoded = decode_batch_body(array.as_bytes(), 0).expect("decodes");
         let raw = accepted_raw(array.as_bytes(), &decoded.rejected);
-        assert_eq!(raw, vec![good("c").as_bytes(), good("d").as_bytes()]);
+        assert_eq!(
+            raw,
+            vec![
+                good("00000000-0000-4000-8000-00000000000c").as_bytes(),
+                good("00000000-0000-4000-8000-00000000000d").as_bytes()
+            ]
+        );
     }
 }
