@@ -9,3 +9,4 @@ mod harness;
 mod ingest;
 mod sql;
 mod stream;
+mod stream_modes;
