@@ -52,16 +52,16 @@ fn starts_with_word(text: &str, word: &str) -> bool {
 }
 
 fn parse_rest(rest: &str) -> Result<CreateStatement, CqError> {
-    let name_end = rest
-        .find(|c: char| c.is_whitespace() || c == '(')
-        .unwrap_or(rest.len());
+    let name_end = rest.find(|c: char| c.is_whitespace() || c == '(').unwrap_or(rest.len());
     let (name, mut after) = rest.split_at(name_end);
     after = after.trim_start();
     let mut options = OptionsInput::default();
     if starts_with_word(after, "with") {
         let body = after[4..].trim_start();
         let Some(inner) = body.strip_prefix('(') else {
-            return Err(invalid(format!("{SHAPE}: WITH must be followed by (option = 'value', ...)")));
+            return Err(invalid(format!(
+                "{SHAPE}: WITH must be followed by (option = 'value', ...)"
+            )));
         };
         let close = closing_paren(inner).ok_or_else(|| invalid(format!("{SHAPE}: unclosed WITH (")))?;
         options = parse_options(&inner[..close])?;
@@ -119,9 +119,11 @@ fn duration_ms(key: &str, value: &Token) -> Result<u64, CqError> {
 
 fn number(key: &str, value: &Token) -> Result<u64, CqError> {
     match value {
-        Token::Number(n, _) => n
-            .parse()
-            .map_err(|_| invalid(format!("option `{key}` must be a whole number of milliseconds, got {n}"))),
+        Token::Number(n, _) => n.parse().map_err(|_| {
+            invalid(format!(
+                "option `{key}` must be a whole number of milliseconds, got {n}"
+            ))
+        }),
         other => Err(invalid(format!(
             "option `{key}` must be a whole number of milliseconds, got {other}"
         ))),
@@ -153,7 +155,11 @@ fn parse_options(text: &str) -> Result<OptionsInput, CqError> {
             "emit" => match value {
                 Token::SingleQuotedString(s) => options.emit = Some(s.clone()),
                 Token::Word(w) => options.emit = Some(w.value.clone()),
-                other => return Err(invalid(format!("option `emit` must be 'final' or 'updating', got {other}"))),
+                other => {
+                    return Err(invalid(format!(
+                        "option `emit` must be 'final' or 'updating', got {other}"
+                    )));
+                }
             },
             "emit_interval" => options.emit_interval_ms = Some(duration_ms(&key, value)?),
             "emit_interval_ms" => options.emit_interval_ms = Some(number(&key, value)?),
@@ -216,15 +222,39 @@ mod tests {
     #[test]
     fn rejects_bad_options() {
         for (sql, needle) in [
-            ("CREATE CONTINUOUS QUERY x WITH (colour = 'red') AS SELECT 1", "unknown option `colour`"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit_interval = 'soon') AS SELECT 1", "not a duration"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit_interval = '5') AS SELECT 1", "not a duration"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit_interval = '1 month') AS SELECT 1", "not a duration"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit_interval = 5) AS SELECT 1", "interval string"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit 'final') AS SELECT 1", "name = value"),
-            ("CREATE CONTINUOUS QUERY x WITH (emit = 'final', emit = 'final') AS SELECT 1", "twice"),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (colour = 'red') AS SELECT 1",
+                "unknown option `colour`",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit_interval = 'soon') AS SELECT 1",
+                "not a duration",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit_interval = '5') AS SELECT 1",
+                "not a duration",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit_interval = '1 month') AS SELECT 1",
+                "not a duration",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit_interval = 5) AS SELECT 1",
+                "interval string",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit 'final') AS SELECT 1",
+                "name = value",
+            ),
+            (
+                "CREATE CONTINUOUS QUERY x WITH (emit = 'final', emit = 'final') AS SELECT 1",
+                "twice",
+            ),
             ("CREATE CONTINUOUS QUERY x WITH (emit = 'final' AS SELECT 1", "unclosed"),
-            ("CREATE CONTINUOUS QUERY x WITH emit = 'final' AS SELECT 1", "WITH must be followed"),
+            (
+                "CREATE CONTINUOUS QUERY x WITH emit = 'final' AS SELECT 1",
+                "WITH must be followed",
+            ),
         ] {
             match parse_create(sql) {
                 Some(Err(CqError::Invalid(m))) => assert!(m.contains(needle), "{sql}: {m}"),

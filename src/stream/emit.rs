@@ -12,7 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, new_null_array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, new_null_array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 
 use super::CqError;
@@ -68,7 +70,10 @@ impl OutputLayout {
                 .iter()
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect();
-            fields.extend(keys.iter().map(|i| plan_output.field(*i).as_ref().clone().with_nullable(true)));
+            fields.extend(
+                keys.iter()
+                    .map(|i| plan_output.field(*i).as_ref().clone().with_nullable(true)),
+            );
             fields.push(Field::new(EMITTED_AT, timestamp_type(), false));
             fields.push(Field::new(FINAL, DataType::Boolean, false));
             fields.push(Field::new(DELETED, DataType::Boolean, false));
@@ -129,8 +134,12 @@ impl OutputLayout {
     /// (window start, key) of rows given their key columns `__cq_k0, __cq_k1, ...` (updating
     /// mode; empty otherwise).
     pub fn keys_of(&self, columns: &[ArrayRef]) -> Result<Vec<(i64, Key)>, CqError> {
-        let Some(codec) = &self.codec else { return Ok(Vec::new()) };
-        let Some(first) = columns.first() else { return Ok(Vec::new()) };
+        let Some(codec) = &self.codec else {
+            return Ok(Vec::new());
+        };
+        let Some(first) = columns.first() else {
+            return Ok(Vec::new());
+        };
         let starts = datafusion::arrow::compute::cast(first, &timestamp_type()).map_err(CqError::internal)?;
         let starts = starts.as_primitive::<TimestampMicrosecondType>();
         let fields: Vec<Field> = (0..columns.len())
@@ -158,12 +167,21 @@ impl OutputLayout {
         self.last_emitted_at = self.last_emitted_at.max(last);
     }
 
-    fn version(&self, user: Vec<ArrayRef>, keys: Vec<ArrayRef>, at: i64, is_final: bool, deleted: bool) -> Result<RecordBatch, CqError> {
+    fn version(
+        &self,
+        user: Vec<ArrayRef>,
+        keys: Vec<ArrayRef>,
+        at: i64,
+        is_final: bool,
+        deleted: bool,
+    ) -> Result<RecordBatch, CqError> {
         let schema = self.store_schema();
         let rows = keys.first().map_or(0, |k| k.len());
         let mut columns = user;
         columns.extend(keys);
-        columns.push(Arc::new(TimestampMicrosecondArray::from_value(at, rows).with_timezone("UTC")));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from_value(at, rows).with_timezone("UTC"),
+        ));
         columns.push(Arc::new(BooleanArray::from(vec![is_final; rows])));
         columns.push(Arc::new(BooleanArray::from(vec![deleted; rows])));
         RecordBatch::try_new(schema, columns).map_err(CqError::internal)
@@ -182,8 +200,9 @@ impl OutputLayout {
         if rows.is_empty() {
             return Ok(None);
         }
-        let starts: ArrayRef =
-            Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).with_timezone("UTC"));
+        let starts: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).with_timezone("UTC"),
+        );
         let key_list: Vec<Key> = rows.iter().map(|r| Arc::clone(&r.1)).collect();
         let mut keys = vec![Arc::clone(&starts)];
         keys.extend(codec.decode(&key_list)?);

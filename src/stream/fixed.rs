@@ -64,7 +64,7 @@ impl FixedWindows {
     }
 
     /// Open windows.
-    pub fn len(&self) -> usize {
+    pub fn open_count(&self) -> usize {
         self.open.len()
     }
 
@@ -146,7 +146,8 @@ impl FixedWindows {
                     out.states.push(rows);
                 }
             }
-            out.windows.push((*start, Some(dirty), std::mem::take(&mut window.emitted)));
+            out.windows
+                .push((*start, Some(dirty), std::mem::take(&mut window.emitted)));
         }
         Ok(out)
     }

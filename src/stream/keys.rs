@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(keys[0], keys[2]);
         assert_ne!(keys[0], keys[1]);
         let cols = codec.decode(&keys[..2]).expect("decode");
-        assert_eq!(cols[0].as_string::<i32>().iter().collect::<Vec<_>>(), vec![Some("x"), None]);
+        assert_eq!(
+            cols[0].as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("x"), None]
+        );
         assert_eq!(cols[1].as_primitive::<Int64Type>().values().to_vec(), vec![1, 2]);
         let none = KeyCodec::new(&[]).expect("codec");
         assert_eq!(none.encode(&batch, &[]).expect("encode").len(), 3);

@@ -39,7 +39,8 @@ pub struct SessionCheckpoint {
 impl SessionCheckpoint {
     /// Events at or after this time rebuild every session open at the checkpoint or later.
     pub fn replay_from(&self) -> i64 {
-        self.open_since_us.map_or(self.watermark_us, |o| o.min(self.watermark_us))
+        self.open_since_us
+            .map_or(self.watermark_us, |o| o.min(self.watermark_us))
     }
 }
 
@@ -93,19 +94,24 @@ pub async fn user_table(rt: &CqRuntime, store: &LocalStore) -> Result<Arc<dyn Ta
     columns.push(quote(FINAL));
     let sql = latest_sql(&rt.layout().key_names(), &columns.join(", "), "");
     let ctx = versions_ctx(store)?;
-    let plan = ctx
-        .sql(&sql)
-        .await
-        .map_err(CqError::internal)?
-        .into_unoptimized_plan();
+    let plan = ctx.sql(&sql).await.map_err(CqError::internal)?.into_unoptimized_plan();
     Ok(Arc::new(ViewTable::new(plan, Some(sql))))
 }
 
 /// Rows of `store` (an upstream query's output) that downstream queries consume: final rows in
 /// the SELECT's columns, with `window_start` at or after `from`.
-pub async fn final_rows(upstream: &CqRuntime, store: &LocalStore, from: Option<i64>) -> Result<Vec<RecordBatch>, CqError> {
+pub async fn final_rows(
+    upstream: &CqRuntime,
+    store: &LocalStore,
+    from: Option<i64>,
+) -> Result<Vec<RecordBatch>, CqError> {
     let ctx = versions_ctx(store)?;
-    let columns: Vec<String> = upstream.output_schema().fields().iter().map(|f| quote(f.name())).collect();
+    let columns: Vec<String> = upstream
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect();
     let mut conditions = Vec::new();
     if upstream.layout().updating() {
         conditions.push(format!("{} AND NOT {}", quote(FINAL), quote(DELETED)));
@@ -118,7 +124,10 @@ pub async fn final_rows(upstream: &CqRuntime, store: &LocalStore, from: Option<i
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    let sql = format!("SELECT {} FROM versions{filter} ORDER BY window_start", columns.join(", "));
+    let sql = format!(
+        "SELECT {} FROM versions{filter} ORDER BY window_start",
+        columns.join(", ")
+    );
     let batches = ctx
         .sql(&sql)
         .await
@@ -135,7 +144,9 @@ pub async fn final_rows(upstream: &CqRuntime, store: &LocalStore, from: Option<i
 
 async fn max_of(store: &LocalStore, expr: &str, filter: &str) -> Result<Option<i64>, CqError> {
     let batches = versions_ctx(store)?
-        .sql(&format!("SELECT CAST(max({expr}) AS BIGINT) AS m FROM versions{filter}"))
+        .sql(&format!(
+            "SELECT CAST(max({expr}) AS BIGINT) AS m FROM versions{filter}"
+        ))
         .await
         .map_err(CqError::internal)?
         .collect()
@@ -210,7 +221,11 @@ pub async fn open_rows(rt: &CqRuntime, store: &LocalStore) -> Result<Vec<(i64, K
 
 /// Events received since `since_us` (ingest time), optionally with event time at or after
 /// `from_us`, in arrival order.
-pub async fn events_since(events: &Arc<dyn EventStore>, since_us: i64, from_us: Option<i64>) -> Result<Vec<RecordBatch>, CqError> {
+pub async fn events_since(
+    events: &Arc<dyn EventStore>,
+    since_us: i64,
+    from_us: Option<i64>,
+) -> Result<Vec<RecordBatch>, CqError> {
     use crate::event::time::timestamp_lit;
     use datafusion::prelude::col;
     let ctx = SessionContext::new();

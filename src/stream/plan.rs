@@ -173,7 +173,12 @@ impl CqPlan {
         let mut index = self.group_len;
         for a in &self.aggr {
             let fields = a.state_fields().ok()?;
-            let args = a.expressions().iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+            let args = a
+                .expressions()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
             let mentions = |m: &str| args.contains(m) || a.name().contains(m);
             if a.fun().name() == fun && (mentions(marker) || mentions("__session_time")) && fields.len() == 1 {
                 return Some(index);

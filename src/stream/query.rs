@@ -374,7 +374,13 @@ impl CqRuntime {
 
     /// Runs finalized states through the final aggregate and shapes the rows: final rows for
     /// downstream, and store rows (versions plus deletions in updating mode).
-    async fn emit(&mut self, states: Vec<RecordBatch>, settling: Settling, is_final: bool, now_us: i64) -> Result<Emitted, CqError> {
+    async fn emit(
+        &mut self,
+        states: Vec<RecordBatch>,
+        settling: Settling,
+        is_final: bool,
+        now_us: i64,
+    ) -> Result<Emitted, CqError> {
         let output = if states.is_empty() {
             Vec::new()
         } else {
@@ -382,7 +388,10 @@ impl CqRuntime {
         };
         let mut out = Emitted::default();
         if is_final {
-            out.closed = output.iter().map(|b| self.layout.user_rows(b)).collect::<Result<_, _>>()?;
+            out.closed = output
+                .iter()
+                .map(|b| self.layout.user_rows(b))
+                .collect::<Result<_, _>>()?;
         }
         if !self.layout.updating() {
             out.rows = out.closed.clone();
@@ -514,8 +523,8 @@ impl CqRuntime {
             watermark: self.watermark_us.map(rfc3339),
             max_event_time: self.max_event_us.map(rfc3339),
             open_windows: match &self.windows {
-                Windows::Fixed(f) => f.len(),
-                Windows::Session(s) => s.len(),
+                Windows::Fixed(f) => f.open_count(),
+                Windows::Session(s) => s.open_count(),
             },
             rows_emitted: self.rows_emitted,
             windows_emitted: self.windows_emitted,

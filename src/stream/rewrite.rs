@@ -160,9 +160,9 @@ fn call(name: &str, arg: &str) -> Expr {
         parameters: FunctionArguments::None,
         args: FunctionArguments::List(FunctionArgumentList {
             duplicate_treatment: None,
-            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(Ident::new(
-                arg,
-            ))))],
+            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(
+                Ident::new(arg),
+            )))],
             clauses: vec![],
         }),
         filter: None,
@@ -278,7 +278,10 @@ pub fn rewrite(select_sql: &str, source_columns: &[String], keys: bool) -> Resul
     let mut key_columns = 0;
     if keys {
         let key_exprs: Vec<Expr> = std::iter::once(Expr::Identifier(Ident::new("window_start")))
-            .chain(kept.iter().map(|e| resolve_group_item(e, &select.projection, source_columns)))
+            .chain(
+                kept.iter()
+                    .map(|e| resolve_group_item(e, &select.projection, source_columns)),
+            )
             .collect();
         key_columns = key_exprs.len();
         for (i, e) in key_exprs.into_iter().enumerate() {
@@ -286,8 +289,12 @@ pub fn rewrite(select_sql: &str, source_columns: &[String], keys: bool) -> Resul
         }
     }
     if matches!(window, WindowCall::Session { .. }) {
-        select.projection.push(hidden_item(call("min", SESSION_TIME), SESSION_FIRST));
-        select.projection.push(hidden_item(call("max", SESSION_TIME), SESSION_LAST));
+        select
+            .projection
+            .push(hidden_item(call("min", SESSION_TIME), SESSION_FIRST));
+        select
+            .projection
+            .push(hidden_item(call("max", SESSION_TIME), SESSION_LAST));
     }
     let mut grouped = vec![
         Expr::Identifier(Ident::new("window_start")),
@@ -418,7 +425,11 @@ mod tests {
         )
         .expect("rewrite");
         assert_eq!(plain.key_columns, 0);
-        assert!(!plain.sql.contains("__cq_k") && !plain.sql.contains("__cq_first"), "{}", plain.sql);
+        assert!(
+            !plain.sql.contains("__cq_k") && !plain.sql.contains("__cq_first"),
+            "{}",
+            plain.sql
+        );
     }
 
     #[test]

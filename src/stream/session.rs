@@ -95,7 +95,7 @@ impl SessionWindows {
     }
 
     /// Open sessions.
-    pub fn len(&self) -> usize {
+    pub fn open_count(&self) -> usize {
         self.deadlines.len()
     }
 
@@ -215,7 +215,9 @@ impl SessionWindows {
             }
             self.deadlines.pop_first();
             self.dirty.remove(&(Arc::clone(&key), first));
-            let Some(map) = self.sessions.get_mut(&key) else { continue };
+            let Some(map) = self.sessions.get_mut(&key) else {
+                continue;
+            };
             let Some(s) = map.remove(&first) else { continue };
             if map.is_empty() {
                 self.sessions.remove(&key);

@@ -97,7 +97,13 @@ fn oracle(events: &[Ev], keep: impl Fn(&Ev) -> bool) -> Sessions {
             let max = s.iter().map(|e| e.2).fold(f64::NEG_INFINITY, f64::max);
             out.insert(
                 (user.to_string(), s[0].1),
-                (s[s.len() - 1].1 + GAP, s.len() as i64, s.iter().map(|e| e.3).sum(), min, max),
+                (
+                    s[s.len() - 1].1 + GAP,
+                    s.len() as i64,
+                    s.iter().map(|e| e.3).sum(),
+                    min,
+                    max,
+                ),
             );
             i = j + 1;
         }
@@ -121,7 +127,10 @@ fn rows(batches: &[RecordBatch]) -> Sessions {
         for i in 0..b.num_rows() {
             let key = (user.value(i).to_string(), ws.value(i));
             let value = (we.value(i), n.value(i), tokens.value(i), lo.value(i), hi.value(i));
-            assert!(out.insert(key.clone(), value).is_none(), "session {key:?} emitted twice");
+            assert!(
+                out.insert(key.clone(), value).is_none(),
+                "session {key:?} emitted twice"
+            );
         }
     }
     out
@@ -161,7 +170,10 @@ async fn oracle_sessions_match_direct_computation() {
     let expected = oracle(&events, |e| e.2 < 950.0);
     let got = rows(&out);
     assert!(expected.len() > 5_000, "many sessions: {}", expected.len());
-    assert!(closed_before_end > expected.len() / 2, "sessions close as the watermark passes");
+    assert!(
+        closed_before_end > expected.len() / 2,
+        "sessions close as the watermark passes"
+    );
     assert!(max_open <= 2 * 150, "state bounded by open sessions: {max_open}");
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
     assert!(missing.is_empty(), "missing sessions {missing:?}");
@@ -190,7 +202,12 @@ async fn an_event_between_two_sessions_merges_them_and_late_events_are_kept() {
         .expect("plan");
     let mut out = Vec::new();
     for (id, secs) in [(1, 0), (2, 50)] {
-        out.extend(rt.on_batch(&event_at(id, "u", secs), NOW, false).await.expect("b").output);
+        out.extend(
+            rt.on_batch(&event_at(id, "u", secs), NOW, false)
+                .await
+                .expect("b")
+                .output,
+        );
     }
     assert_eq!(rt.status().open_windows, 2, "50 s apart: two sessions");
     // 25 s is within 30 s of both: one session.

@@ -60,7 +60,10 @@ async fn intermediate_versions_then_final_and_late_updates_reemit_the_key() {
         .await
         .expect("plan");
     assert!(rt.store_schema().index_of("_emitted_at").is_ok());
-    assert!(rt.output_schema().index_of("_emitted_at").is_err(), "downstream sees the SELECT only");
+    assert!(
+        rt.output_schema().index_of("_emitted_at").is_err(),
+        "downstream sees the SELECT only"
+    );
     push(&mut rt, one_event(1, "2026-01-01T00:00:10Z", "a")).await;
     push(&mut rt, one_event(2, "2026-01-01T00:00:20Z", "b")).await;
     let first = rt.emit_updates(NOW).await.expect("emit");
@@ -69,7 +72,10 @@ async fn intermediate_versions_then_final_and_late_updates_reemit_the_key() {
         versions(&first.rows),
         vec![("a".into(), Some(1), false, false), ("b".into(), Some(1), false, false)]
     );
-    assert!(rt.emit_updates(NOW).await.expect("emit").rows.is_empty(), "nothing changed");
+    assert!(
+        rt.emit_updates(NOW).await.expect("emit").rows.is_empty(),
+        "nothing changed"
+    );
     // Max is 00:00:30, so 00:00:05 is late, but inside the lateness: it updates `b` only.
     push(&mut rt, one_event(3, "2026-01-01T00:00:30Z", "a")).await;
     push(&mut rt, one_event(4, "2026-01-01T00:00:05Z", "b")).await;
@@ -87,7 +93,11 @@ async fn intermediate_versions_then_final_and_late_updates_reemit_the_key() {
     assert!(at(&second.rows) > at(&first.rows), "versions are ordered");
     push(&mut rt, one_event(5, "2026-01-01T00:00:40Z", "a")).await;
     let third = rt.emit_updates(NOW).await.expect("emit");
-    assert_eq!(versions(&third.rows), vec![("a".into(), Some(3), false, false)], "only the changed key");
+    assert_eq!(
+        versions(&third.rows),
+        vec![("a".into(), Some(3), false, false)],
+        "only the changed key"
+    );
     // 00:01:15 - 10 s passes 00:01:00: the window closes with final versions of every key.
     let closing = rt
         .on_batch(&one_event(6, "2026-01-01T00:01:15Z", "a"), NOW, false)
@@ -112,7 +122,10 @@ async fn keys_filtered_out_by_having_are_deleted() {
     push(&mut rt, one_event(1, "2026-01-01T00:00:10Z", "a")).await;
     push(&mut rt, one_event(2, "2026-01-01T00:00:11Z", "b")).await;
     let v = versions(&rt.emit_updates(NOW).await.expect("e").rows);
-    assert_eq!(v, vec![("a".into(), Some(1), false, false), ("b".into(), Some(1), false, false)]);
+    assert_eq!(
+        v,
+        vec![("a".into(), Some(1), false, false), ("b".into(), Some(1), false, false)]
+    );
     push(&mut rt, one_event(3, "2026-01-01T00:00:12Z", "a")).await;
     let v = versions(&rt.emit_updates(NOW).await.expect("e").rows);
     assert_eq!(v, vec![("a".into(), None, false, true)], "a no longer passes HAVING");
@@ -132,17 +145,27 @@ async fn merged_sessions_delete_the_row_of_the_absorbed_session() {
     let starts = |b: &[RecordBatch]| {
         let mut v: Vec<(i64, bool)> = Vec::new();
         for b in b {
-            let k0 = b.column_by_name("__cq_k0").expect("k0").as_primitive::<TimestampMicrosecondType>();
+            let k0 = b
+                .column_by_name("__cq_k0")
+                .expect("k0")
+                .as_primitive::<TimestampMicrosecondType>();
             let del = b.column_by_name("_deleted").expect("d").as_boolean();
             v.extend((0..b.num_rows()).map(|i| ((k0.value(i) / 1_000_000) % 3600, del.value(i))));
         }
         v.sort_unstable();
         v
     };
-    assert_eq!(starts(&rt.emit_updates(NOW).await.expect("e").rows), vec![(0, false), (50, false)]);
+    assert_eq!(
+        starts(&rt.emit_updates(NOW).await.expect("e").rows),
+        vec![(0, false), (50, false)]
+    );
     push(&mut rt, one_event(3, "2026-01-01T00:00:25Z", "a")).await;
     let merged = rt.emit_updates(NOW).await.expect("e").rows;
-    assert_eq!(starts(&merged), vec![(0, false), (50, true)], "the 00:00:50 session is gone");
+    assert_eq!(
+        starts(&merged),
+        vec![(0, false), (50, true)],
+        "the 00:00:50 session is gone"
+    );
     assert_eq!(versions(&merged)[1], ("a".into(), Some(3), false, false));
     // An event before the session start moves the start: the old start is deleted.
     push(&mut rt, one_event(4, "2026-01-01T00:00:00Z", "a")).await;
@@ -175,17 +198,19 @@ fn latest(batches: &[RecordBatch]) -> HashMap<Vec<String>, Row> {
 }
 
 fn keyed_versions(b: &RecordBatch) -> Vec<(Vec<String>, i64, bool, Row)> {
-    let at = b.column_by_name("_emitted_at").expect("at").as_primitive::<TimestampMicrosecondType>();
+    let at = b
+        .column_by_name("_emitted_at")
+        .expect("at")
+        .as_primitive::<TimestampMicrosecondType>();
     let del = b.column_by_name("_deleted").expect("d").as_boolean();
     (0..b.num_rows())
         .map(|i| {
             let one = b.slice(i, 1);
-            let row = keyed(std::slice::from_ref(&one), &[]).into_values().next().expect("row");
-            let key = vec![
-                row["__cq_k0"].clone(),
-                row["__cq_k1"].clone(),
-                row["__cq_k2"].clone(),
-            ];
+            let row = keyed(std::slice::from_ref(&one), &[])
+                .into_values()
+                .next()
+                .expect("row");
+            let key = vec![row["__cq_k0"].clone(), row["__cq_k1"].clone(), row["__cq_k2"].clone()];
             (key, at.value(i), del.value(i), row)
         })
         .collect()

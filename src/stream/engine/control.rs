@@ -57,7 +57,6 @@ impl StreamEngine {
             Err(e) => tracing::warn!(query = %q.rt.def.name, error = %e, "writing the session checkpoint failed"),
         }
     }
-
 }
 
 impl Running {
@@ -70,8 +69,12 @@ impl Running {
             return;
         }
         for batch in inputs {
-            let Some(times) = batch.column_by_name("ingest_time") else { continue };
-            let Some(times) = times.as_primitive_opt::<TimestampMicrosecondType>() else { continue };
+            let Some(times) = batch.column_by_name("ingest_time") else {
+                continue;
+            };
+            let Some(times) = times.as_primitive_opt::<TimestampMicrosecondType>() else {
+                continue;
+            };
             let mask: BooleanArray = times.iter().map(|t| Some(t.is_some_and(|t| t < paused_at))).collect();
             match filter_record_batch(&batch, &mask) {
                 Ok(early) if early.num_rows() > 0 => self.paused_input.push(early),
@@ -81,4 +84,3 @@ impl Running {
         }
     }
 }
-
