@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::stream::catalog::CqOptions;
+use crate::stream::catalog::OptionsInput;
 use crate::stream::{CqError, StreamHandle};
 
 /// Body of `POST /api/v1/continuous-queries`.
@@ -18,11 +18,11 @@ use crate::stream::{CqError, StreamHandle};
 pub struct CreateRequest {
     /// Query name; also its output table.
     name: String,
-    /// The SELECT, grouped by `tumble(...)` or `hop(...)`.
+    /// The SELECT, grouped by `tumble(...)`, `hop(...)` or `session(...)`.
     sql: String,
-    /// Lateness, future bound, idle timeout, emit mode.
+    /// Lateness, future bound, idle timeout, emit mode and interval.
     #[serde(default)]
-    options: CqOptions,
+    options: OptionsInput,
 }
 
 impl From<CqError> for ApiError {
@@ -53,13 +53,18 @@ pub async fn create(
     body: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
-    let status = handle(&state)?.register(req.name, req.sql, req.options).await?;
+    let options = req.options.validate().map_err(CqError::Invalid)?;
+    let status = handle(&state)?.register(req.name, req.sql, options).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
 /// Registers a query from a `CREATE CONTINUOUS QUERY` statement sent to `/api/v1/sql`.
-pub async fn create_from_sql(state: &AppState, name: String, select: String) -> Result<Response, ApiError> {
-    let status = handle(state)?.register(name, select, CqOptions::default()).await?;
+pub async fn create_from_sql(
+    state: &AppState,
+    create: crate::stream::create::CreateStatement,
+) -> Result<Response, ApiError> {
+    let options = create.options.validate().map_err(CqError::Invalid)?;
+    let status = handle(state)?.register(create.name, create.select, options).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
@@ -84,12 +89,12 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Pauses a query: events arriving while paused are not counted by it.
+/// Pauses a query: it stops processing input until resumed, then catches up.
 pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(handle(&state)?.set_paused(name, true).await?).into_response())
 }
 
-/// Resumes a paused query.
+/// Resumes a paused query; it first processes the events that arrived while it was paused.
 pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(handle(&state)?.set_paused(name, false).await?).into_response())
 }

@@ -48,9 +48,9 @@ pub async fn run(
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
-    if let Some(create) = crate::stream::rewrite::parse_create(&req.sql) {
+    if let Some(create) = crate::stream::create::parse_create(&req.sql) {
         let create = create.map_err(ApiError::from)?;
-        return super::cq::create_from_sql(&state, create.name, create.select).await;
+        return super::cq::create_from_sql(&state, create).await;
     }
     let fmt = ResultFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let cache_key = format!("sql:{fmt:?}:{}", req.sql);

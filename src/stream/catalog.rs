@@ -13,7 +13,28 @@ pub enum EmitMode {
     /// Once, when the watermark passes the window end.
     #[default]
     Final,
+    /// The current result of every open (window, key) that changed, every `emit_interval_ms`,
+    /// plus the final result when the window closes. The output table keeps every version
+    /// and shows the latest one per (window, key).
+    Updating,
 }
+
+impl EmitMode {
+    /// The mode's name as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Final => "final",
+            Self::Updating => "updating",
+        }
+    }
+}
+
+/// Default interval of updating emission.
+pub const DEFAULT_EMIT_INTERVAL_MS: u64 = 5_000;
+/// Shortest interval of updating emission.
+pub const MIN_EMIT_INTERVAL_MS: u64 = 100;
+/// Longest interval of updating emission (one day).
+pub const MAX_EMIT_INTERVAL_MS: u64 = 86_400_000;
 
 /// Per-query options.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +50,9 @@ pub struct CqOptions {
     pub idle_timeout_ms: u64,
     /// When results are emitted.
     pub emit: EmitMode,
+    /// With `emit = updating`: how often changed windows are emitted (ms). Unset in final mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emit_interval_ms: Option<u64>,
 }
 
 impl Default for CqOptions {
@@ -38,7 +62,62 @@ impl Default for CqOptions {
             max_future_ms: 60_000,
             idle_timeout_ms: 10_000,
             emit: EmitMode::Final,
+            emit_interval_ms: None,
         }
+    }
+}
+
+/// Options as a client gives them (HTTP `options` object, SQL `WITH (...)`), before
+/// validation: unset fields take their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsInput {
+    /// See [`CqOptions::allowed_lateness_ms`].
+    pub allowed_lateness_ms: Option<u64>,
+    /// See [`CqOptions::max_future_ms`].
+    pub max_future_ms: Option<u64>,
+    /// See [`CqOptions::idle_timeout_ms`].
+    pub idle_timeout_ms: Option<u64>,
+    /// `final` (default) or `updating`.
+    pub emit: Option<String>,
+    /// See [`CqOptions::emit_interval_ms`].
+    pub emit_interval_ms: Option<u64>,
+}
+
+impl OptionsInput {
+    /// Validates the options and fills in defaults.
+    pub fn validate(self) -> Result<CqOptions, String> {
+        let defaults = CqOptions::default();
+        let emit = match self.emit.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("final") => EmitMode::Final,
+            Some("updating") => EmitMode::Updating,
+            Some(_) => {
+                return Err(format!(
+                    "unknown emit mode {:?}: use \"final\" (one row per window and key when the window closes) or \"updating\" (changed rows every emit_interval_ms, then the final row)",
+                    self.emit.unwrap_or_default()
+                ));
+            }
+        };
+        let emit_interval_ms = match (emit, self.emit_interval_ms) {
+            (EmitMode::Final, Some(_)) => {
+                return Err("emit_interval_ms only applies to emit = \"updating\"".into());
+            }
+            (EmitMode::Final, None) => None,
+            (EmitMode::Updating, None) => Some(DEFAULT_EMIT_INTERVAL_MS),
+            (EmitMode::Updating, Some(ms)) if (MIN_EMIT_INTERVAL_MS..=MAX_EMIT_INTERVAL_MS).contains(&ms) => Some(ms),
+            (EmitMode::Updating, Some(ms)) => {
+                return Err(format!(
+                    "emit_interval_ms must be between {MIN_EMIT_INTERVAL_MS} and {MAX_EMIT_INTERVAL_MS}, got {ms}"
+                ));
+            }
+        };
+        Ok(CqOptions {
+            allowed_lateness_ms: self.allowed_lateness_ms.unwrap_or(defaults.allowed_lateness_ms),
+            max_future_ms: self.max_future_ms.unwrap_or(defaults.max_future_ms),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            emit,
+            emit_interval_ms,
+        })
     }
 }
 

@@ -8,19 +8,22 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::ScalarValue;
-use datafusion::prelude::{SessionContext, col};
+use datafusion::prelude::SessionContext;
 use tokio::sync::{mpsc, oneshot};
 
 use super::CqError;
 use super::catalog::{self, CqDefinition, CqOptions};
 use super::late::{self, LATE_EVENTS_TABLE};
-use super::query::{CqRuntime, CqStatus, source_of};
-use crate::event::time::{now_micros, timestamp_lit};
+use super::output::{self, SessionCheckpoint};
+use super::query::{CqRuntime, CqStatus, Emitted, source_of};
+use super::window::WindowSpec;
+use crate::event::time::now_micros;
 use crate::event::{EVENTS_TABLE, events_schema};
 use crate::metrics::Metrics;
 use crate::storage::EventStore;
 use crate::storage::local::{LocalStore, LocalStoreConfig};
+
+mod control;
 
 /// Input batches queued between ingest and the engine; when full, ingest waits.
 const QUEUE_DEPTH: usize = 64;
@@ -107,6 +110,22 @@ impl StreamHandle {
 struct Running {
     rt: CqRuntime,
     output: LocalStore,
+    /// Session queries: where the replay after a restart starts (event time).
+    session_replay_from: Option<i64>,
+    /// Session queries: the checkpoint last written.
+    checkpoint: Option<SessionCheckpoint>,
+    /// While paused: when the pause began (wall clock, µs; events that arrived since are read
+    /// back from the store on resume).
+    paused_at: Option<i64>,
+    /// While paused: input that arrived after the pause but was accepted before it (in-flight
+    /// requests), and for queries reading another query, all input (upstream rows are few).
+    paused_input: Vec<RecordBatch>,
+}
+
+impl Running {
+    fn dir(&self, root: &std::path::Path) -> PathBuf {
+        root.join(&self.rt.def.name)
+    }
 }
 
 /// The engine state, owned by its task.
@@ -155,6 +174,16 @@ impl StreamEngine {
             }
         }
         engine.replay(snapshots).await;
+        for i in 0..engine.queries.len() {
+            let q = &mut engine.queries[i];
+            match output::open_rows(&q.rt, &q.output).await {
+                Ok(rows) => q.rt.adopt_emitted(&rows),
+                Err(e) => tracing::warn!(query = %q.rt.def.name, error = %e, "reading emitted rows failed"),
+            }
+            if q.rt.def.paused {
+                q.paused_at = Some(now_micros());
+            }
+        }
         for (name, sql) in shipped {
             if engine.index(name).is_none() {
                 let def = CqDefinition {
@@ -205,13 +234,17 @@ impl StreamEngine {
         if source == EVENTS_TABLE {
             return Ok(events_schema());
         }
-        self.index(source)
-            .map(|i| self.queries[i].rt.output_schema())
-            .ok_or_else(|| {
-                CqError::Invalid(format!(
-                    "unknown source table `{source}`: read `events` or another continuous query"
-                ))
-            })
+        let i = self.index(source).ok_or_else(|| {
+            CqError::Invalid(format!(
+                "unknown source table `{source}`: read `events` or another continuous query"
+            ))
+        })?;
+        if matches!(self.queries[i].rt.spec(), WindowSpec::Session { .. }) {
+            return Err(CqError::Invalid(format!(
+                "`{source}` is a session-window query and cannot be read by another continuous query: its rows arrive when sessions close, in no window_start order; read `events` instead"
+            )));
+        }
+        Ok(self.queries[i].rt.output_schema())
     }
 
     /// Plans `def`, opens its output store and exposes it as a table.
@@ -219,19 +252,28 @@ impl StreamEngine {
         let source = source_of(&def.sql)?;
         let schema = self.source_schema(&source)?;
         let mut rt = CqRuntime::new(def, &schema).await?;
+        let dir = self.deps.dir.join(&rt.def.name);
         let output = LocalStore::open_table(
-            self.deps.dir.join(&rt.def.name),
-            rt.output_schema(),
+            dir.clone(),
+            rt.store_schema(),
             Some("window_start".into()),
             self.deps.storage.clone(),
             None,
         )?;
-        rt.emitted_through = max_window_start(&output).await?;
+        let session_replay_from = output::resume(&mut rt, &output, &dir).await?;
+        let table = output::user_table(&rt, &output).await?;
         self.deps
             .query_ctx
-            .register_table(rt.def.name.as_str(), output.table_provider())
+            .register_table(rt.def.name.as_str(), table)
             .map_err(CqError::internal)?;
-        self.queries.push(Running { rt, output });
+        self.queries.push(Running {
+            rt,
+            output,
+            session_replay_from,
+            checkpoint: None,
+            paused_at: None,
+            paused_input: Vec::new(),
+        });
         Ok(())
     }
 
@@ -239,39 +281,15 @@ impl StreamEngine {
     /// created (events by arrival order), minus windows it had already emitted.
     async fn replay_input(&self, i: usize) -> Result<Vec<RecordBatch>, CqError> {
         let q = &self.queries[i];
-        let ctx = SessionContext::new();
-        let (table, time_col, order_col) = if q.rt.source == EVENTS_TABLE {
-            (
-                self.deps.events.table_provider(),
-                "timestamp".to_string(),
-                "ingest_time",
-            )
-        } else {
-            let up = self
-                .index(&q.rt.source)
-                .ok_or_else(|| CqError::Internal("missing upstream".into()))?;
-            (
-                self.queries[up].output.table_provider(),
-                "window_start".to_string(),
-                "window_start",
-            )
-        };
-        ctx.register_table("src", table).map_err(CqError::internal)?;
-        let mut df = ctx.table("src").await.map_err(CqError::internal)?;
+        let horizon_from = q.rt.emitted_through.map(|e| e - q.rt.replay_horizon_us());
         if q.rt.source == EVENTS_TABLE {
-            df = df
-                .filter(col("ingest_time").gt_eq(timestamp_lit(q.rt.def.created_at_us)))
-                .map_err(CqError::internal)?;
+            let from = horizon_from.or(q.session_replay_from);
+            return output::events_since(&self.deps.events, q.rt.def.created_at_us, from).await;
         }
-        if let Some(e) = q.rt.emitted_through {
-            df = df
-                .filter(col(time_col.as_str()).gt_eq(timestamp_lit(e - q.rt.replay_horizon_us())))
-                .map_err(CqError::internal)?;
-        }
-        let df = df
-            .sort(vec![col(order_col).sort(true, false)])
-            .map_err(CqError::internal)?;
-        df.collect().await.map_err(CqError::from_execution)
+        let up = self
+            .index(&q.rt.source)
+            .ok_or_else(|| CqError::Internal("missing upstream".into()))?;
+        output::final_rows(&self.queries[up].rt, &self.queries[up].output, horizon_from).await
     }
 
     /// Runs the replay snapshots through the queries in order; output produced on the way
@@ -294,15 +312,17 @@ impl StreamEngine {
         }
     }
 
-    /// Feeds `inputs` to query `i`, persists its output and late events; returns the output.
+    /// Feeds `inputs` to query `i`, persists its output and late events; returns the final rows
+    /// for downstream queries.
     async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
         let now = now_micros();
-        let mut outputs = Vec::new();
+        let mut emitted = Emitted::default();
         let mut late = Vec::new();
         for batch in inputs {
             match self.queries[i].rt.on_batch(batch, now, replay).await {
                 Ok(p) => {
-                    outputs.extend(p.output);
+                    emitted.rows.extend(p.output);
+                    emitted.closed.extend(p.closed);
                     late.extend(p.late);
                 }
                 Err(e) => {
@@ -311,10 +331,15 @@ impl StreamEngine {
                 }
             }
         }
-        self.persist(i, &outputs, &late).await;
-        outputs
+        self.persist(i, &emitted.rows, &late).await;
+        emitted.closed
     }
 
+    /// The sink seam: every row a query emits goes through here. In final mode each row is a
+    /// (window, key) emitted once; in updating mode rows are versions keyed by the layout's key
+    /// columns (`__cq_k0` = window_start, `__cq_k1..` = group keys) with `_emitted_at`,
+    /// `_final` and `_deleted`, so a sink can upsert (or delete) by key. The local store keeps
+    /// every version and the query's table shows the latest.
     async fn persist(&mut self, i: usize, outputs: &[RecordBatch], late: &[late::LateEvent]) {
         let q = &mut self.queries[i];
         let name = q.rt.def.name.clone();
@@ -343,7 +368,7 @@ impl StreamEngine {
                 .with_label_values(&[&name])
                 .inc_by(late.len() as u64);
             let watermark = q.rt.watermark().unwrap_or_default();
-            match late::batch(&name, watermark, now_micros(), late) {
+            match late::batch(&name, watermark, now_micros(), late, &q.rt.late_reason()) {
                 Ok(batch) => {
                     if let Err(e) = self.late.append(batch).await {
                         tracing::error!(query = %name, error = %e, "writing late events failed");
@@ -361,6 +386,10 @@ impl StreamEngine {
             let Some(inputs) = pending.get(&self.queries[i].rt.source).cloned() else {
                 continue;
             };
+            if let Some(paused_at) = self.queries[i].paused_at {
+                self.queries[i].keep_while_paused(inputs, paused_at);
+                continue;
+            }
             let out = self.run_query(i, &inputs, false).await;
             if !out.is_empty() {
                 pending
@@ -402,10 +431,7 @@ impl StreamEngine {
             }
             Command::SetPaused(name, paused, reply) => {
                 let result = match self.index(&name) {
-                    Some(i) => {
-                        self.queries[i].rt.def.paused = paused;
-                        self.save().map(|()| self.queries[i].rt.status())
-                    }
+                    Some(i) => self.set_paused(i, paused).await,
                     None => Err(CqError::NotFound(name)),
                 };
                 let _ = reply.send(result);
@@ -469,15 +495,21 @@ impl StreamEngine {
     async fn tick(&mut self) {
         let now = now_micros();
         for i in 0..self.queries.len() {
-            match self.queries[i].rt.on_tick(now).await {
-                Ok(out) if !out.is_empty() => {
-                    self.persist(i, &out, &[]).await;
-                    let name = self.queries[i].rt.def.name.clone();
-                    self.dispatch(&name, out).await;
+            if self.queries[i].paused_at.is_none() {
+                match self.queries[i].rt.on_tick(now).await {
+                    Ok(out) => {
+                        if !out.rows.is_empty() {
+                            self.persist(i, &out.rows, &[]).await;
+                        }
+                        if !out.closed.is_empty() {
+                            let name = self.queries[i].rt.def.name.clone();
+                            self.dispatch(&name, out.closed).await;
+                        }
+                    }
+                    Err(e) => self.queries[i].rt.last_error = Some(e.to_string()),
                 }
-                Ok(_) => {}
-                Err(e) => self.queries[i].rt.last_error = Some(e.to_string()),
             }
+            self.write_checkpoint(i);
             if let Err(e) = self.queries[i].output.maintain().await {
                 tracing::warn!(error = %e, "continuous-query output maintenance failed");
             }
@@ -488,6 +520,9 @@ impl StreamEngine {
     }
 
     async fn shutdown(&mut self) {
+        for i in 0..self.queries.len() {
+            self.write_checkpoint(i);
+        }
         for q in &self.queries {
             if let Err(e) = q.output.flush().await {
                 tracing::warn!(query = %q.rt.def.name, error = %e, "flushing output failed");
@@ -515,28 +550,4 @@ fn drain_batches(first: RecordBatch, rx: &mut mpsc::Receiver<Command>) -> (Vec<R
         }
     }
     (batches, None)
-}
-
-/// Largest `window_start` already in an output store.
-async fn max_window_start(store: &LocalStore) -> Result<Option<i64>, CqError> {
-    let ctx = SessionContext::new();
-    ctx.register_table("out", store.table_provider())
-        .map_err(CqError::internal)?;
-    let batches = ctx
-        .sql("SELECT CAST(max(window_start) AS BIGINT) AS m FROM out")
-        .await
-        .map_err(CqError::internal)?
-        .collect()
-        .await
-        .map_err(CqError::from_execution)?;
-    let value = batches
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| ScalarValue::try_from_array(b.column(0), 0))
-        .transpose()
-        .map_err(CqError::internal)?;
-    Ok(match value {
-        Some(ScalarValue::Int64(v)) => v,
-        _ => None,
-    })
 }

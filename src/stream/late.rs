@@ -35,17 +35,20 @@ pub struct LateEvent {
     pub event_id: Option<String>,
     /// Its event time, µs.
     pub event_time: i64,
-    /// End of its earliest window, µs.
+    /// End of its earliest window (for sessions: of its own session, event time + gap), µs.
     pub window_end: i64,
 }
 
-/// Builds a batch of late events of `query` seen at `watermark`.
-pub fn batch(query: &str, watermark: i64, now: i64, events: &[LateEvent]) -> Result<RecordBatch, ArrowError> {
+/// Builds a batch of late events of `query` seen at `watermark`, all with `reason`.
+pub fn batch(
+    query: &str,
+    watermark: i64,
+    now: i64,
+    events: &[LateEvent],
+    reason: &str,
+) -> Result<RecordBatch, ArrowError> {
     let n = events.len();
     let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
-    let reason = format!(
-        "arrived after its window closed (watermark = max event time - allowed lateness had passed the window end); query `{query}`"
-    );
     RecordBatch::try_new(
         schema(),
         vec![
@@ -55,7 +58,7 @@ pub fn batch(query: &str, watermark: i64, now: i64, events: &[LateEvent]) -> Res
             ts(events.iter().map(|e| e.window_end).collect()),
             ts(vec![watermark; n]),
             ts(vec![now; n]),
-            Arc::new(StringArray::from(vec![reason.as_str(); n])),
+            Arc::new(StringArray::from(vec![reason; n])),
         ],
     )
 }

@@ -2,17 +2,25 @@
 //!
 //! A continuous query is planned once by DataFusion, split into partial and final
 //! aggregation ([`plan`]), and run on every micro-batch of accepted events ([`query`]):
-//! accumulator state is kept per (window, group key), merged while the window is open and
-//! finalized when the watermark passes its end. Output rows go to a durable table named after
-//! the query; events too late for their window go to `late_events`. [`engine`] owns the queries
-//! and runs them on one task fed by the ingest path.
+//! accumulator state is kept per (window, group key) — [`fixed`] for tumbling and hopping
+//! windows, [`session`] for sessions, which merge — merged while the window is open and
+//! finalized when the watermark passes its end. Output rows ([`emit`]: final rows, or versions
+//! for updating emission) go to a durable table named after the query ([`output`]); events too
+//! late for their window go to `late_events`. [`engine`] owns the queries and runs them on one
+//! task fed by the ingest path.
 
 pub mod catalog;
+pub mod create;
+pub mod emit;
 pub mod engine;
+pub mod fixed;
+pub mod keys;
 pub mod late;
+pub mod output;
 pub mod plan;
 pub mod query;
 pub mod rewrite;
+pub mod session;
 pub mod shipped;
 pub mod window;
 
@@ -76,4 +84,8 @@ impl Classify for CqError {
 }
 
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod updating_tests;

@@ -38,6 +38,10 @@ pub struct CqPlan {
     pub output_schema: SchemaRef,
     /// Index of `window_start` in state rows.
     pub window_start_idx: usize,
+    /// Index of `window_end` in state rows.
+    pub window_end_idx: usize,
+    /// Number of group columns at the start of state rows (`window_start`, `window_end`, keys).
+    pub group_len: usize,
     task: Arc<TaskContext>,
 }
 
@@ -138,6 +142,13 @@ impl CqPlan {
         let window_start_idx = state_schema
             .index_of("window_start")
             .map_err(|_| CqError::Internal("window_start is not a state column".into()))?;
+        let window_end_idx = state_schema
+            .index_of("window_end")
+            .map_err(|_| CqError::Internal("window_end is not a state column".into()))?;
+        let group_len = group_by.expr().len();
+        if window_start_idx >= group_len || window_end_idx >= group_len {
+            return Err(CqError::Internal("window columns are not group columns".into()));
+        }
         let output_schema = top.schema();
         Ok(Self {
             partial,
@@ -150,8 +161,31 @@ impl CqPlan {
             top_agg,
             output_schema,
             window_start_idx,
+            window_end_idx,
+            group_len,
             task: ctx.task_ctx(),
         })
+    }
+
+    /// Index in state rows of the (single) state column of the aggregate `fun` whose argument
+    /// mentions `marker` (the hidden session aggregates `min(__cq_ts)` / `max(__cq_ts)`).
+    pub fn state_index_of(&self, fun: &str, marker: &str) -> Option<usize> {
+        let mut index = self.group_len;
+        for a in &self.aggr {
+            let fields = a.state_fields().ok()?;
+            let args = a
+                .expressions()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mentions = |m: &str| args.contains(m) || a.name().contains(m);
+            if a.fun().name() == fun && (mentions(marker) || mentions("__session_time")) && fields.len() == 1 {
+                return Some(index);
+            }
+            index += fields.len();
+        }
+        None
     }
 
     /// Runs the partial aggregate over one micro-batch; returns state rows.

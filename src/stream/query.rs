@@ -1,41 +1,49 @@
 //! One running continuous query: window state, watermark, lateness, emission.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::kernels::partition::partition;
-use datafusion::arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
-use datafusion::arrow::datatypes::{
-    DataType, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, TimestampMicrosecondType,
-};
-use datafusion::prelude::SessionContext;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use serde::Serialize;
 
 use super::CqError;
-use super::catalog::{CqDefinition, CqOptions};
+use super::catalog::{CqDefinition, CqOptions, EmitMode};
+use super::emit::{DELETED, EMITTED_AT, FINAL, OutputLayout};
+use super::fixed::{FixedWindows, Produced};
+use super::keys::{Key, KeyCodec};
 use super::late::LateEvent;
 use super::plan::CqPlan;
-use super::rewrite::{self, WindowCall};
-use super::window::{Span, WindowSpec};
+use super::rewrite::{self, SESSION_FIRST, SESSION_LAST};
+use super::session::{SessionColumns, SessionWindows};
+use super::window::{WindowSpec, window_spec};
 use crate::event::schema::timestamp_type;
 use crate::event::time::rfc3339;
 
-/// Compact a window's state once it holds this many state batches.
-const COMPACT_AT: usize = 16;
-
-/// State of one open window: accumulator state rows, one batch per micro-batch until compacted.
+/// Rows a step of a query produced.
 #[derive(Debug, Default)]
-struct WindowState {
-    batches: Vec<RecordBatch>,
+pub struct Emitted {
+    /// Rows for the output store ([`CqRuntime::store_schema`]): output rows in final mode,
+    /// versions in updating mode.
+    pub rows: Vec<RecordBatch>,
+    /// Final rows of closed windows in the SELECT's columns: what downstream queries read.
+    pub closed: Vec<RecordBatch>,
+}
+
+impl Emitted {
+    fn extend(&mut self, other: Emitted) {
+        self.rows.extend(other.rows);
+        self.closed.extend(other.closed);
+    }
 }
 
 /// What processing one input batch produced.
 #[derive(Debug, Default)]
 pub struct Processed {
-    /// Output rows of windows that closed.
+    /// Rows for the output store (see [`Emitted::rows`]).
     pub output: Vec<RecordBatch>,
+    /// Final rows for downstream queries (see [`Emitted::closed`]).
+    pub closed: Vec<RecordBatch>,
     /// Events too late for their window.
     pub late: Vec<LateEvent>,
 }
@@ -57,11 +65,11 @@ pub struct CqStatus {
     pub watermark: Option<String>,
     /// Largest event time seen (clamped to wall clock + max_future).
     pub max_event_time: Option<String>,
-    /// Windows holding state now.
+    /// Windows (or sessions) holding state now.
     pub open_windows: usize,
-    /// Output rows written.
+    /// Output rows written (in updating mode: versions, including updates and deletions).
     pub rows_emitted: u64,
-    /// Windows finalized.
+    /// Windows (or sessions) finalized.
     pub windows_emitted: u64,
     /// Events that arrived after their window closed.
     pub late_events: u64,
@@ -75,6 +83,19 @@ pub struct CqStatus {
     pub columns: Vec<crate::query::format::ColumnInfo>,
 }
 
+/// Open windows: fixed (tumbling, hopping) or sessions.
+#[derive(Debug)]
+enum Windows {
+    Fixed(FixedWindows),
+    Session(SessionWindows),
+}
+
+/// Finalized windows of either kind, to settle after emission.
+enum Settling {
+    Fixed(Vec<super::fixed::FinalizedWindow>),
+    Session(Vec<(Key, i64, Vec<i64>)>),
+}
+
 /// A planned, running continuous query.
 #[derive(Debug)]
 pub struct CqRuntime {
@@ -84,13 +105,19 @@ pub struct CqRuntime {
     pub source: String,
     spec: WindowSpec,
     plan: CqPlan,
+    layout: OutputLayout,
+    /// Codec of the non-window group columns of state rows.
+    codec: KeyCodec,
+    /// Indices of those columns in state rows.
+    key_idx: Vec<usize>,
+    windows: Windows,
     time_idx: usize,
     id_idx: Option<usize>,
-    open: BTreeMap<i64, WindowState>,
     max_event_us: Option<i64>,
     last_input: Instant,
+    last_emit: Instant,
     watermark_us: Option<i64>,
-    /// Windows starting at or before this were emitted before a restart.
+    /// Tumbling/hopping windows starting at or before this were emitted before a restart.
     pub emitted_through: Option<i64>,
     rows_emitted: u64,
     windows_emitted: u64,
@@ -100,62 +127,13 @@ pub struct CqRuntime {
     pub last_error: Option<String>,
 }
 
-/// Evaluates an interval expression (`INTERVAL '5 minutes'`) with DataFusion.
-async fn eval_span(expr: &str) -> Result<Span, CqError> {
-    let ctx = SessionContext::new();
-    let df = ctx
-        .sql(&format!("SELECT {expr} AS v"))
-        .await
-        .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
-    let batches = df
-        .collect()
-        .await
-        .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
-    let column = batches
-        .first()
-        .map(|b| Arc::clone(b.column(0)))
-        .ok_or_else(|| CqError::Invalid(format!("window size `{expr}` is empty")))?;
-    let as_interval = datafusion::arrow::compute::cast(&column, &DataType::Interval(IntervalUnit::MonthDayNano))
-        .map_err(|_| {
-            CqError::Invalid(format!(
-                "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
-            ))
-        })?;
-    let values = as_interval.as_primitive::<IntervalMonthDayNanoType>();
-    if values.is_empty() || values.is_null(0) {
-        return Err(CqError::Invalid(format!(
-            "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
-        )));
-    }
-    let v = values.value(0);
-    Span::from_interval(v.months, v.days, v.nanoseconds).map_err(CqError::Invalid)
-}
-
-/// The window of a rewritten query.
-async fn window_spec(call: &WindowCall) -> Result<WindowSpec, CqError> {
-    let spec = match call {
-        WindowCall::Tumble { size, .. } => WindowSpec::Tumble {
-            size: eval_span(size).await?,
-        },
-        WindowCall::Hop { slide, size, .. } => match (eval_span(slide).await?, eval_span(size).await?) {
-            (Span::Micros(slide_us), Span::Micros(size_us)) => WindowSpec::Hop { slide_us, size_us },
-            _ => {
-                return Err(CqError::Invalid(
-                    "hopping windows must use fixed sizes (no months)".into(),
-                ));
-            }
-        },
-    };
-    spec.validate().map_err(CqError::Invalid)?;
-    Ok(spec)
-}
-
 impl CqRuntime {
     /// Rewrites and plans `def` over input batches with `input_schema` (the schema of
     /// `source`, which the caller resolves from the rewritten SQL via [`source_of`]).
     pub async fn new(def: CqDefinition, input_schema: &SchemaRef) -> Result<Self, CqError> {
         let columns: Vec<String> = input_schema.fields().iter().map(|f| f.name().clone()).collect();
-        let rewritten = rewrite::rewrite(&def.sql, &columns)?;
+        let updating = def.options.emit == EmitMode::Updating;
+        let rewritten = rewrite::rewrite(&def.sql, &columns, updating)?;
         let spec = window_spec(&rewritten.window).await?;
         let time_col = rewritten.window.time_column();
         let time_idx = input_schema.index_of(time_col).map_err(|_| {
@@ -170,21 +148,73 @@ impl CqRuntime {
             )));
         }
         let plan = CqPlan::build(&rewritten.sql, spec, input_schema).await?;
-        if plan.output_schema.index_of("window_start").is_err() {
+        let layout = OutputLayout::new(&plan.output_schema, rewritten.key_columns)?;
+        let user = layout.user_schema();
+        if user.index_of("window_start").is_err() {
             return Err(CqError::Invalid(
                 "the SELECT list must include `window_start` (and usually `window_end`)".into(),
             ));
         }
+        if updating
+            && let Some(f) = user
+                .fields()
+                .iter()
+                .find(|f| [EMITTED_AT, FINAL, DELETED].contains(&f.name().as_str()))
+        {
+            return Err(CqError::Invalid(format!(
+                "`{}` is a column of updating output; rename that SELECT item",
+                f.name()
+            )));
+        }
+        let is_session = matches!(spec, WindowSpec::Session { .. });
+        if is_session && user.index_of("window_end").is_err() {
+            return Err(CqError::Invalid(
+                "a session-window query must select `window_end` as well as `window_start` (a session's end is part of its identity)".into(),
+            ));
+        }
+        let key_idx: Vec<usize> = (0..plan.group_len)
+            .filter(|i| *i != plan.window_start_idx && *i != plan.window_end_idx)
+            .collect();
+        let key_types: Vec<DataType> = key_idx
+            .iter()
+            .map(|i| plan.state_schema.field(*i).data_type().clone())
+            .collect();
+        let codec = KeyCodec::new(&key_types)?;
+        let windows = match spec {
+            WindowSpec::Session { gap_us } => {
+                let (Some(first), Some(last)) = (
+                    plan.state_index_of("min", "__cq_ts"),
+                    plan.state_index_of("max", "__cq_ts"),
+                ) else {
+                    return Err(CqError::Internal(format!(
+                        "session bounds ({SESSION_FIRST}, {SESSION_LAST}) not found among the aggregates"
+                    )));
+                };
+                let cols = SessionColumns {
+                    window_start: plan.window_start_idx,
+                    window_end: plan.window_end_idx,
+                    first,
+                    last,
+                    keys: key_idx.clone(),
+                };
+                Windows::Session(SessionWindows::new(gap_us, cols, updating))
+            }
+            _ => Windows::Fixed(FixedWindows::new(spec, updating)),
+        };
         Ok(Self {
             id_idx: input_schema.index_of("event_id").ok(),
             def,
             source: rewritten.source,
             spec,
             plan,
+            layout,
+            codec,
+            key_idx,
+            windows,
             time_idx,
-            open: BTreeMap::new(),
             max_event_us: None,
             last_input: Instant::now(),
+            last_emit: Instant::now(),
             watermark_us: None,
             emitted_through: None,
             rows_emitted: 0,
@@ -195,9 +225,29 @@ impl CqRuntime {
         })
     }
 
-    /// Schema of the output table.
+    /// Schema of the rows the SELECT defines (what downstream queries read).
     pub fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.plan.output_schema)
+        self.layout.user_schema()
+    }
+
+    /// Schema of the output store (versions in updating mode).
+    pub fn store_schema(&self) -> SchemaRef {
+        self.layout.store_schema()
+    }
+
+    /// Output layout (key columns of updating output).
+    pub fn layout(&self) -> &OutputLayout {
+        &self.layout
+    }
+
+    /// Mutable output layout (to continue `_emitted_at` after a restart).
+    pub fn layout_mut(&mut self) -> &mut OutputLayout {
+        &mut self.layout
+    }
+
+    /// The window.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
     }
 
     /// Longest window plus lateness, µs: how far back a restart must replay.
@@ -205,10 +255,39 @@ impl CqRuntime {
         self.spec.max_len_us() + (self.def.options.allowed_lateness_ms as i64) * 1000
     }
 
+    /// Session queries: closed sessions ending at or before this were handled before a restart.
+    pub fn suppress_sessions_until(&mut self, until: Option<i64>) {
+        if let Windows::Session(s) = &mut self.windows {
+            s.suppress_until = until;
+        }
+    }
+
+    /// Session queries: (watermark, earliest first event of an open session), the restart
+    /// point written to the session checkpoint.
+    pub fn session_checkpoint(&self) -> Option<(i64, Option<i64>)> {
+        match &self.windows {
+            Windows::Session(s) => self.watermark_us.map(|w| (w, s.open_since())),
+            Windows::Fixed(_) => None,
+        }
+    }
+
+    /// Why an event is late (the `reason` of `late_events`).
+    pub fn late_reason(&self) -> String {
+        let name = &self.def.name;
+        match self.spec {
+            WindowSpec::Session { .. } => format!(
+                "arrived behind the watermark (max event time - allowed lateness); session windows cannot take it because it could belong to a session already emitted; query `{name}`"
+            ),
+            _ => format!(
+                "arrived after its window closed (watermark = max event time - allowed lateness had passed the window end); query `{name}`"
+            ),
+        }
+    }
+
     /// Processes one input batch. With `replay`, rows of windows emitted before a restart are
     /// skipped silently instead of being reported late.
     pub async fn on_batch(&mut self, batch: &RecordBatch, now_us: i64, replay: bool) -> Result<Processed, CqError> {
-        if self.def.paused || batch.num_rows() == 0 {
+        if batch.num_rows() == 0 {
             return Ok(Processed::default());
         }
         self.last_input = Instant::now();
@@ -235,7 +314,10 @@ impl CqRuntime {
                         .as_ref()
                         .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                     event_time: ts,
-                    window_end: earliest_end,
+                    window_end: match self.spec {
+                        WindowSpec::Session { gap_us } => ts.saturating_add(gap_us),
+                        _ => earliest_end,
+                    },
                 });
             }
             let take = !suppressed && (!is_late || matches!(self.spec, WindowSpec::Hop { .. }));
@@ -252,54 +334,36 @@ impl CqRuntime {
         let kept = filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?;
         if kept.num_rows() > 0 {
             let states = self.plan.partial(kept).await?;
-            for state in states {
+            for state in &states {
                 self.add_state(state)?;
             }
-            self.compact().await?;
+            match &mut self.windows {
+                Windows::Fixed(f) => f.compact(&self.plan).await?,
+                Windows::Session(s) => s.compact(&self.plan, &self.codec).await?,
+            }
         }
         self.advance(self.max_event_us);
-        let output = self.close_due().await?;
-        Ok(Processed { output, late })
+        let mut out = self.close_due(now_us).await?;
+        out.extend(self.emit_updates_if_due(now_us).await?);
+        Ok(Processed {
+            output: out.rows,
+            closed: out.closed,
+            late,
+        })
     }
 
-    /// Splits state rows by window and files them under their window.
-    fn add_state(&mut self, state: RecordBatch) -> Result<(), CqError> {
-        if state.num_rows() == 0 {
-            return Ok(());
+    fn add_state(&mut self, state: &RecordBatch) -> Result<(), CqError> {
+        match &mut self.windows {
+            Windows::Fixed(f) => f.add(
+                state,
+                &self.plan,
+                &self.codec,
+                &self.key_idx,
+                self.watermark_us,
+                self.emitted_through,
+            ),
+            Windows::Session(s) => s.add(state, &self.codec),
         }
-        let col = state.column(self.plan.window_start_idx);
-        let order = sort_to_indices(col, None, None).map_err(CqError::internal)?;
-        let sorted = take_record_batch(&state, &order).map_err(CqError::internal)?;
-        let starts: ArrayRef = Arc::clone(sorted.column(self.plan.window_start_idx));
-        let ranges = partition(&[Arc::clone(&starts)]).map_err(CqError::internal)?.ranges();
-        let starts = starts.as_primitive::<TimestampMicrosecondType>();
-        for range in ranges {
-            let start = starts.value(range.start);
-            let closed = self.watermark_us.is_some_and(|w| self.spec.end_of(start) <= w);
-            let emitted = self.emitted_through.is_some_and(|e| start <= e);
-            if closed || emitted {
-                continue; // hopping windows of a partly late event that already closed
-            }
-            let slice = sorted.slice(range.start, range.end - range.start);
-            self.open.entry(start).or_default().batches.push(slice);
-        }
-        Ok(())
-    }
-
-    async fn compact(&mut self) -> Result<(), CqError> {
-        let due: Vec<i64> = self
-            .open
-            .iter()
-            .filter(|(_, w)| w.batches.len() >= COMPACT_AT)
-            .map(|(k, _)| *k)
-            .collect();
-        for start in due {
-            if let Some(window) = self.open.get_mut(&start) {
-                let states = std::mem::take(&mut window.batches);
-                window.batches = self.plan.reduce(states).await?;
-            }
-        }
-        Ok(())
     }
 
     fn advance(&mut self, max_event: Option<i64>) {
@@ -308,38 +372,113 @@ impl CqRuntime {
         self.watermark_us = Some(self.watermark_us.map_or(candidate, |w| w.max(candidate)));
     }
 
-    /// Finalizes every window whose end is at or before the watermark.
-    async fn close_due(&mut self) -> Result<Vec<RecordBatch>, CqError> {
-        let Some(w) = self.watermark_us else {
-            return Ok(Vec::new());
+    /// Runs finalized states through the final aggregate and shapes the rows: final rows for
+    /// downstream, and store rows (versions plus deletions in updating mode).
+    async fn emit(
+        &mut self,
+        states: Vec<RecordBatch>,
+        settling: Settling,
+        is_final: bool,
+        now_us: i64,
+    ) -> Result<Emitted, CqError> {
+        let output = if states.is_empty() {
+            Vec::new()
+        } else {
+            self.plan.finalize(states).await?
         };
-        let due: Vec<i64> = self
-            .open
-            .keys()
-            .copied()
-            .take_while(|s| self.spec.end_of(*s) <= w)
-            .collect();
-        if due.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Emitted::default();
+        if is_final {
+            out.closed = output
+                .iter()
+                .map(|b| self.layout.user_rows(b))
+                .collect::<Result<_, _>>()?;
         }
-        let mut states = Vec::new();
-        for start in &due {
-            if let Some(window) = self.open.remove(start) {
-                states.extend(window.batches);
+        if !self.layout.updating() {
+            out.rows = out.closed.clone();
+        } else {
+            let produced: Produced = self.layout.produced(&output)?;
+            let mut retract = match (settling, &mut self.windows) {
+                (Settling::Fixed(w), Windows::Fixed(f)) => f.settle(w, &produced),
+                (Settling::Session(s), Windows::Session(sw)) => sw.settle(s, &produced),
+                _ => return Err(CqError::Internal("window kind changed".into())),
+            };
+            retract.sort_unstable();
+            retract.dedup();
+            let at = self.layout.next_emitted_at(now_us);
+            for b in &output {
+                if b.num_rows() > 0 {
+                    out.rows.push(self.layout.versions(b, at, is_final)?);
+                }
             }
+            out.rows.extend(self.layout.deletions(&retract, at, is_final)?);
         }
-        let output = self.plan.finalize(states).await?;
-        self.windows_emitted += due.len() as u64;
-        self.rows_emitted += output.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        Ok(output)
+        self.rows_emitted += out.rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        Ok(out)
+    }
+
+    /// Finalizes every window (session) the watermark has closed.
+    async fn close_due(&mut self, now_us: i64) -> Result<Emitted, CqError> {
+        let Some(w) = self.watermark_us else {
+            return Ok(Emitted::default());
+        };
+        let (states, settling, count) = match &mut self.windows {
+            Windows::Fixed(f) => {
+                let due = f.take_due(w);
+                let n = due.windows.len();
+                (due.states, Settling::Fixed(due.windows), n)
+            }
+            Windows::Session(s) => {
+                let due = s.take_due(w)?;
+                let n = due.sessions.len();
+                (due.states, Settling::Session(due.sessions), n)
+            }
+        };
+        if count == 0 {
+            return Ok(Emitted::default());
+        }
+        self.windows_emitted += count as u64;
+        self.emit(states, settling, true, now_us).await
+    }
+
+    /// Updating mode: the current rows of every (window, key) that changed, once the emit
+    /// interval has passed since the last emission.
+    async fn emit_updates_if_due(&mut self, now_us: i64) -> Result<Emitted, CqError> {
+        let Some(interval) = self.def.options.emit_interval_ms else {
+            return Ok(Emitted::default());
+        };
+        if !self.layout.updating() || (self.last_emit.elapsed().as_millis() as u64) < interval {
+            return Ok(Emitted::default());
+        }
+        self.emit_updates(now_us).await
+    }
+
+    /// Updating mode: the current rows of every (window, key) that changed since the last call.
+    pub async fn emit_updates(&mut self, now_us: i64) -> Result<Emitted, CqError> {
+        self.last_emit = Instant::now();
+        let (states, settling) = match &mut self.windows {
+            Windows::Fixed(f) => {
+                let d = f.take_dirty(&self.codec, &self.key_idx)?;
+                (d.states, Settling::Fixed(d.windows))
+            }
+            Windows::Session(s) => {
+                let d = s.take_dirty()?;
+                (d.states, Settling::Session(d.sessions))
+            }
+        };
+        let nothing = match &settling {
+            Settling::Fixed(w) => w.is_empty(),
+            Settling::Session(s) => s.is_empty(),
+        };
+        if nothing {
+            return Ok(Emitted::default());
+        }
+        self.emit(states, settling, false, now_us).await
     }
 
     /// Wall-clock tick: after `idle_timeout_ms` without input, event time is assumed to move
-    /// with the wall clock (never past it), so the last windows close.
-    pub async fn on_tick(&mut self, now_us: i64) -> Result<Vec<RecordBatch>, CqError> {
-        if self.def.paused {
-            return Ok(Vec::new());
-        }
+    /// with the wall clock (never past it), so the last windows close; in updating mode,
+    /// changed windows are emitted when the interval has passed.
+    pub async fn on_tick(&mut self, now_us: i64) -> Result<Emitted, CqError> {
         let idle = self.last_input.elapsed();
         if idle.as_millis() as u64 >= self.def.options.idle_timeout_ms
             && let Some(max) = self.max_event_us
@@ -347,14 +486,30 @@ impl CqRuntime {
             let advanced = max.saturating_add(idle.as_micros() as i64).min(now_us.max(max));
             self.advance(Some(advanced));
         }
-        self.close_due().await
+        let mut out = self.close_due(now_us).await?;
+        out.extend(self.emit_updates_if_due(now_us).await?);
+        Ok(out)
     }
 
     /// Closes every open window regardless of the watermark (end of a finite input: tests and
-    /// the benchmark).
+    /// the benchmark). Returns the store rows.
     pub async fn finish(&mut self) -> Result<Vec<RecordBatch>, CqError> {
+        Ok(self.finish_all().await?.rows)
+    }
+
+    /// Like [`Self::finish`], with the final rows for downstream queries too.
+    pub async fn finish_all(&mut self) -> Result<Emitted, CqError> {
         self.watermark_us = Some(i64::MAX);
-        self.close_due().await
+        self.close_due(crate::event::time::now_micros()).await
+    }
+
+    /// After a restart: (window start, key) rows already in the output that are neither final
+    /// nor deleted, so later emissions retract them when they go stale.
+    pub fn adopt_emitted(&mut self, rows: &[(i64, Key)]) {
+        match &mut self.windows {
+            Windows::Fixed(f) => f.adopt(rows),
+            Windows::Session(s) => s.adopt(rows),
+        }
     }
 
     /// Current status.
@@ -363,27 +518,21 @@ impl CqRuntime {
             name: self.def.name.clone(),
             sql: self.def.sql.clone(),
             source: self.source.clone(),
-            window: match self.spec {
-                WindowSpec::Tumble { size } => format!("tumble {}", size.describe()),
-                WindowSpec::Hop { slide_us, size_us } => {
-                    format!(
-                        "hop slide {} size {}",
-                        Span::Micros(slide_us).describe(),
-                        Span::Micros(size_us).describe()
-                    )
-                }
-            },
+            window: self.spec.describe(),
             status: if self.def.paused { "paused" } else { "running" },
             watermark: self.watermark_us.map(rfc3339),
             max_event_time: self.max_event_us.map(rfc3339),
-            open_windows: self.open.len(),
+            open_windows: match &self.windows {
+                Windows::Fixed(f) => f.open_count(),
+                Windows::Session(s) => s.open_count(),
+            },
             rows_emitted: self.rows_emitted,
             windows_emitted: self.windows_emitted,
             late_events: self.late_events,
             rows_in: self.rows_in,
             last_error: self.last_error.clone(),
             options: self.def.options.clone(),
-            columns: crate::query::format::columns(&self.plan.output_schema),
+            columns: crate::query::format::columns(&self.output_schema()),
         }
     }
 
@@ -395,5 +544,5 @@ impl CqRuntime {
 
 /// The input table a definition reads, without planning it.
 pub fn source_of(sql: &str) -> Result<String, CqError> {
-    rewrite::rewrite(sql, &[]).map(|r| r.source)
+    rewrite::rewrite(sql, &[], false).map(|r| r.source)
 }

@@ -1,11 +1,19 @@
-//! SQL front end of continuous queries: `CREATE CONTINUOUS QUERY name AS SELECT ...` and the
-//! rewrite of `GROUP BY tumble(ts, size)` / `hop(ts, slide, size)` into ordinary grouping on
-//! `window_start, window_end` columns computed by the query's window UDFs.
+//! The rewrite of a continuous query's SELECT: `GROUP BY tumble(ts, size)` / `hop(ts, slide,
+//! size)` / `session(ts, gap)` become ordinary grouping on `window_start, window_end` columns
+//! computed by the query's window UDFs, plus hidden output columns the engine needs:
+//!
+//! - session windows: `__cq_first` / `__cq_last`, the `min` / `max` event time of each group
+//!   (the plan's gap-sized bucket; the engine reads them from the accumulator states to merge
+//!   buckets into sessions);
+//! - updating emission: `__cq_k0` = `window_start` and `__cq_k1..` = the other `GROUP BY`
+//!   expressions, the key under which each (window, key) row is upserted.
+//!
+//! Hidden columns are stripped from the rows users and downstream queries see.
 
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, SetExpr, Statement as SqlStatement,
-    TableFactor,
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, GroupByExpr, Ident,
+    ObjectName, SelectItem, SetExpr, Statement as SqlStatement, TableFactor, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
@@ -13,46 +21,6 @@ use super::CqError;
 
 /// Name of the table each query's plan reads micro-batches from.
 pub const INPUT_TABLE: &str = "__cq_input";
-
-/// `CREATE CONTINUOUS QUERY <name> AS <select>` split into its parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateStatement {
-    /// Query name (also the name of its output table).
-    pub name: String,
-    /// The `SELECT`.
-    pub select: String,
-}
-
-/// Recognises `CREATE CONTINUOUS QUERY`; `None` for any other statement.
-pub fn parse_create(sql: &str) -> Option<Result<CreateStatement, CqError>> {
-    let trimmed = sql.trim_start();
-    let words: Vec<&str> = trimmed.splitn(4, char::is_whitespace).collect();
-    let is_create = words.len() >= 3
-        && words[0].eq_ignore_ascii_case("create")
-        && words[1].eq_ignore_ascii_case("continuous")
-        && words[2].eq_ignore_ascii_case("query");
-    if !is_create {
-        return None;
-    }
-    let rest = words.get(3).map_or("", |r| r.trim_start());
-    let name_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-    let (name, after) = rest.split_at(name_end);
-    let after = after.trim_start();
-    let Some(select) = after
-        .get(..2)
-        .filter(|kw| kw.eq_ignore_ascii_case("as"))
-        .map(|_| after[2..].trim())
-    else {
-        return Some(Err(CqError::Invalid(
-            "expected `CREATE CONTINUOUS QUERY <name> AS SELECT ...`".into(),
-        )));
-    };
-    let select = select.trim_end().trim_end_matches(';').to_string();
-    Some(Ok(CreateStatement {
-        name: name.to_string(),
-        select,
-    }))
-}
 
 /// The window function found in `GROUP BY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,15 +41,36 @@ pub enum WindowCall {
         /// Size expression.
         size: String,
     },
+    /// `session(time, gap)`.
+    Session {
+        /// Time column.
+        time: String,
+        /// Gap expression.
+        gap: String,
+    },
 }
 
 impl WindowCall {
     /// The event-time column.
     pub fn time_column(&self) -> &str {
         match self {
-            Self::Tumble { time, .. } | Self::Hop { time, .. } => time,
+            Self::Tumble { time, .. } | Self::Hop { time, .. } | Self::Session { time, .. } => time,
         }
     }
+}
+
+/// Prefix of every hidden output column.
+pub const HIDDEN_PREFIX: &str = "__cq_";
+/// Hidden column: first event time of a session bucket.
+pub const SESSION_FIRST: &str = "__cq_first";
+/// Hidden column: last event time of a session bucket.
+pub const SESSION_LAST: &str = "__cq_last";
+/// Internal column of the rewritten input: the event time for the hidden session aggregates.
+const SESSION_TIME: &str = "__cq_ts";
+
+/// Name of hidden key column `i` (`0` is `window_start`).
+pub fn key_column(i: usize) -> String {
+    format!("{HIDDEN_PREFIX}k{i}")
 }
 
 /// A continuous query's SELECT after the window rewrite.
@@ -93,6 +82,9 @@ pub struct Rewritten {
     pub window: WindowCall,
     /// The table the query reads (`events` or another continuous query).
     pub source: String,
+    /// Number of hidden key columns (`window_start` + other `GROUP BY` expressions); 0 unless
+    /// keys were asked for.
+    pub key_columns: usize,
 }
 
 fn invalid(message: impl Into<String>) -> CqError {
@@ -125,9 +117,65 @@ fn time_column(expr: &Expr) -> Result<String, CqError> {
     }
 }
 
+/// The expression a `GROUP BY` item stands for when it names a SELECT item: a position
+/// (`GROUP BY 2`) or an output alias that is not an input column.
+fn resolve_group_item(e: &Expr, projection: &[SelectItem], source_columns: &[String]) -> Expr {
+    match e {
+        Expr::Value(v) => {
+            if let Value::Number(n, _) = &v.value
+                && let Ok(pos) = n.parse::<usize>()
+                && let Some(item) = pos.checked_sub(1).and_then(|i| projection.get(i))
+            {
+                match item {
+                    SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => return x.clone(),
+                    _ => {}
+                }
+            }
+            e.clone()
+        }
+        Expr::Identifier(id) if !source_columns.iter().any(|c| c.eq_ignore_ascii_case(&id.value)) => projection
+            .iter()
+            .find_map(|item| match item {
+                SelectItem::ExprWithAlias { expr, alias } if alias.value.eq_ignore_ascii_case(&id.value) => {
+                    Some(expr.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| e.clone()),
+        _ => e.clone(),
+    }
+}
+
+fn hidden_item(expr: Expr, name: &str) -> SelectItem {
+    SelectItem::ExprWithAlias {
+        expr,
+        alias: Ident::new(name),
+    }
+}
+
+fn call(name: &str, arg: &str) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(
+                Ident::new(arg),
+            )))],
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
 /// Rewrites a continuous query's SELECT. `source_columns` are the input's columns: an input
 /// that already has `window_start`/`window_end` (another query's output) has them replaced.
-pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten, CqError> {
+/// With `keys`, the hidden key columns for updating emission are added.
+pub fn rewrite(select_sql: &str, source_columns: &[String], keys: bool) -> Result<Rewritten, CqError> {
     let mut statements = DFParser::parse_sql_with_dialect(select_sql, &GenericDialect {})
         .map_err(|e| invalid(format!("SQL parse error: {}", e.strip_backtrace())))?;
     if statements.len() != 1 {
@@ -167,6 +215,18 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
     let source = name.to_string().trim_matches('"').to_string();
     let alias = alias.as_ref().map_or_else(|| source.clone(), |a| a.name.value.clone());
 
+    for item in &select.projection {
+        let name = match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.as_str()),
+            SelectItem::UnnamedExpr(Expr::Identifier(id)) => Some(id.value.as_str()),
+            _ => None,
+        };
+        if let Some(name) = name.filter(|n| n.to_ascii_lowercase().starts_with(HIDDEN_PREFIX)) {
+            return Err(invalid(format!(
+                "output column names starting with `{HIDDEN_PREFIX}` are reserved (`{name}`)"
+            )));
+        }
+    }
     let GroupByExpr::Expressions(exprs, modifiers) = &mut select.group_by else {
         return Err(invalid("GROUP BY ALL is not supported; group by a window function"));
     };
@@ -196,14 +256,13 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
                         slide: slide.to_string(),
                         size: size.to_string(),
                     },
-                    ("session", _) => {
-                        return Err(invalid(
-                            "session windows are not supported yet; use tumble(ts, size) or hop(ts, slide, size)",
-                        ));
-                    }
+                    ("session", [t, gap]) => WindowCall::Session {
+                        time: time_column(t)?,
+                        gap: gap.to_string(),
+                    },
                     (n, _) => {
                         return Err(invalid(format!(
-                            "wrong number of arguments to {n}: use tumble(ts, size) or hop(ts, slide, size)"
+                            "wrong number of arguments to {n}: use tumble(ts, size), hop(ts, slide, size) or session(ts, gap)"
                         )));
                     }
                 });
@@ -213,9 +272,30 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
     }
     let Some(window) = window else {
         return Err(invalid(
-            "GROUP BY must include a window: tumble(timestamp, INTERVAL '1 minute') or hop(timestamp, slide, size)",
+            "GROUP BY must include a window: tumble(timestamp, INTERVAL '1 minute'), hop(timestamp, slide, size) or session(timestamp, gap)",
         ));
     };
+    let mut key_columns = 0;
+    if keys {
+        let key_exprs: Vec<Expr> = std::iter::once(Expr::Identifier(Ident::new("window_start")))
+            .chain(
+                kept.iter()
+                    .map(|e| resolve_group_item(e, &select.projection, source_columns)),
+            )
+            .collect();
+        key_columns = key_exprs.len();
+        for (i, e) in key_exprs.into_iter().enumerate() {
+            select.projection.push(hidden_item(e, &key_column(i)));
+        }
+    }
+    if matches!(window, WindowCall::Session { .. }) {
+        select
+            .projection
+            .push(hidden_item(call("min", SESSION_TIME), SESSION_FIRST));
+        select
+            .projection
+            .push(hidden_item(call("max", SESSION_TIME), SESSION_LAST));
+    }
     let mut grouped = vec![
         Expr::Identifier(Ident::new("window_start")),
         Expr::Identifier(Ident::new("window_end")),
@@ -241,6 +321,9 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
         WindowCall::Hop { .. } => format!(
             "SELECT *, __window_end(window_start) AS window_end FROM (SELECT {all}, unnest(__window_starts({time})) AS window_start FROM {INPUT_TABLE})"
         ),
+        WindowCall::Session { .. } => format!(
+            "SELECT {all}, __window_start({time}) AS window_start, __window_end(__window_start({time})) AS window_end, __session_time({time}) AS {SESSION_TIME} FROM {INPUT_TABLE}"
+        ),
     };
     let wrapper = format!("SELECT * FROM ({inner}) AS {}", Ident::with_quote('"', &alias));
     let mut parsed = DFParser::parse_sql_with_dialect(&wrapper, &GenericDialect {})
@@ -260,6 +343,7 @@ pub fn rewrite(select_sql: &str, source_columns: &[String]) -> Result<Rewritten,
         sql: query.to_string(),
         window,
         source,
+        key_columns,
     })
 }
 
@@ -268,29 +352,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_create_continuous_query() {
-        let c = parse_create("  create Continuous QUERY llm_1m AS SELECT 1;")
-            .expect("is create")
-            .expect("valid");
-        assert_eq!(
-            c,
-            CreateStatement {
-                name: "llm_1m".into(),
-                select: "SELECT 1".into()
-            }
-        );
-        assert!(parse_create("SELECT 1").is_none());
-        assert!(matches!(
-            parse_create("CREATE CONTINUOUS QUERY x SELECT 1"),
-            Some(Err(_))
-        ));
-    }
-
-    #[test]
     fn rewrites_tumble_and_hop() {
         let r = rewrite(
             "SELECT window_start, provider, count(*) AS n FROM events WHERE status = 'ok' GROUP BY tumble(timestamp, INTERVAL '1 minute'), provider",
             &[],
+            false,
         )
         .expect("rewrite");
         assert_eq!(r.source, "events");
@@ -307,7 +373,7 @@ mod tests {
             r.sql
         );
         assert!(r.sql.contains("__window_start(\"timestamp\")"), "{}", r.sql);
-        let h = rewrite("SELECT window_start, count(*) FROM events GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '5 minutes')", &[])
+        let h = rewrite("SELECT window_start, count(*) FROM events GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '5 minutes')", &[], false)
             .expect("hop");
         assert!(matches!(h.window, WindowCall::Hop { .. }));
         assert!(h.sql.contains("unnest(__window_starts(\"timestamp\"))"), "{}", h.sql);
@@ -319,6 +385,7 @@ mod tests {
         let r = rewrite(
             "SELECT window_start, sum(n) AS n FROM q1 GROUP BY tumble(window_start, INTERVAL '5 minutes')",
             &cols,
+            false,
         )
         .expect("rewrite");
         assert_eq!(r.source, "q1");
@@ -330,18 +397,55 @@ mod tests {
     }
 
     #[test]
+    fn rewrites_session_and_adds_hidden_keys() {
+        let cols = vec!["timestamp".to_string(), "model".to_string(), "provider".to_string()];
+        let r = rewrite(
+            "SELECT window_start, window_end, provider, lower(model) AS m, count(*) AS n FROM events GROUP BY session(timestamp, INTERVAL '5 minutes'), m, 3",
+            &cols,
+            true,
+        )
+        .expect("rewrite");
+        assert_eq!(
+            r.window,
+            WindowCall::Session {
+                time: "timestamp".into(),
+                gap: "INTERVAL '5 minutes'".into()
+            }
+        );
+        assert_eq!(r.key_columns, 3);
+        assert!(r.sql.contains("window_start AS __cq_k0"), "{}", r.sql);
+        assert!(r.sql.contains("lower(model) AS __cq_k1"), "alias resolved: {}", r.sql);
+        assert!(r.sql.contains("provider AS __cq_k2"), "position resolved: {}", r.sql);
+        assert!(r.sql.contains("min(__cq_ts) AS __cq_first"), "{}", r.sql);
+        assert!(r.sql.contains("__session_time(\"timestamp\") AS __cq_ts"), "{}", r.sql);
+        let plain = rewrite(
+            "SELECT window_start, count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')",
+            &cols,
+            false,
+        )
+        .expect("rewrite");
+        assert_eq!(plain.key_columns, 0);
+        assert!(
+            !plain.sql.contains("__cq_k") && !plain.sql.contains("__cq_first"),
+            "{}",
+            plain.sql
+        );
+    }
+
+    #[test]
     fn rejects_unsupported_shapes() {
         for sql in [
             "SELECT count(*) FROM events",
             "SELECT count(*) FROM events GROUP BY model",
-            "SELECT count(*) FROM events GROUP BY session(timestamp, INTERVAL '5 minutes')",
+            "SELECT count(*) FROM events GROUP BY session(timestamp)",
+            "SELECT window_start, count(*) AS __cq_n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')",
             "SELECT count(*) FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute') ORDER BY 1",
             "SELECT count(*) FROM events a JOIN events b ON a.event_id = b.event_id GROUP BY tumble(a.timestamp, INTERVAL '1 minute')",
             "SELECT count(*) FROM events GROUP BY tumble(timestamp + INTERVAL '1 second', INTERVAL '1 minute')",
             "SELECT count(*) FROM events GROUP BY tumble(timestamp), model",
             "INSERT INTO x VALUES (1)",
         ] {
-            assert!(matches!(rewrite(sql, &[]), Err(CqError::Invalid(_))), "{sql}");
+            assert!(matches!(rewrite(sql, &[], false), Err(CqError::Invalid(_))), "{sql}");
         }
     }
 }

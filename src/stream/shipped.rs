@@ -2,7 +2,8 @@
 //! (finer windows first: coarser ones read them).
 
 use super::CqError;
-use super::rewrite::parse_create;
+use super::catalog::OptionsInput;
+use super::create::parse_create;
 
 /// `(file stem, file contents)` of every shipped query, in dependency order.
 pub const SHIPPED: &[(&str, &str)] = &[
@@ -83,6 +84,9 @@ pub fn shipped_queries() -> Result<Vec<(String, String)>, CqError> {
                 .collect::<Vec<_>>()
                 .join("\n");
             match parse_create(&sql) {
+                Some(Ok(c)) if c.options != OptionsInput::default() => Err(CqError::Invalid(format!(
+                    "queries/{stem}.sql: shipped rollups run with the default options; remove WITH (...)"
+                ))),
                 Some(Ok(c)) if c.name == *stem => Ok((c.name, c.select)),
                 Some(Ok(c)) => Err(CqError::Invalid(format!(
                     "queries/{stem}.sql defines `{}`; the file must be named after its query",

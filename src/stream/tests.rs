@@ -17,7 +17,7 @@ use super::shipped::{SHIPPED, shipped_queries};
 use crate::event::{decode_batch_body, events_schema};
 use crate::generate::{Generator, GeneratorConfig};
 
-fn def(name: &str, sql: &str, options: CqOptions) -> CqDefinition {
+pub(super) fn def(name: &str, sql: &str, options: CqOptions) -> CqDefinition {
     CqDefinition {
         name: name.into(),
         sql: sql.into(),
@@ -27,7 +27,7 @@ fn def(name: &str, sql: &str, options: CqOptions) -> CqDefinition {
     }
 }
 
-fn events(seed: u64, n: usize, disorder_ms: u64, per_sec: f64) -> RecordBatch {
+pub(super) fn events(seed: u64, n: usize, disorder_ms: u64, per_sec: f64) -> RecordBatch {
     let mut g = Generator::new(GeneratorConfig {
         seed,
         disorder_ms,
@@ -41,9 +41,9 @@ fn events(seed: u64, n: usize, disorder_ms: u64, per_sec: f64) -> RecordBatch {
 }
 
 /// Far future "now" so the future bound never interferes with historical test data.
-const NOW: i64 = 4_000_000_000_000_000;
+pub(super) const NOW: i64 = 4_000_000_000_000_000;
 
-async fn feed(rt: &mut CqRuntime, all: &RecordBatch, seed: u64) -> (Vec<RecordBatch>, usize) {
+pub(super) async fn feed(rt: &mut CqRuntime, all: &RecordBatch, seed: u64) -> (Vec<RecordBatch>, usize) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
     let mut late = 0;
@@ -59,10 +59,10 @@ async fn feed(rt: &mut CqRuntime, all: &RecordBatch, seed: u64) -> (Vec<RecordBa
     (out, late)
 }
 
-type Row = BTreeMap<String, String>;
+pub(super) type Row = BTreeMap<String, String>;
 
 /// Rows keyed by their group columns, values rendered for comparison (floats rounded).
-fn keyed(batches: &[RecordBatch], keys: &[&str]) -> HashMap<Vec<String>, Row> {
+pub(super) fn keyed(batches: &[RecordBatch], keys: &[&str]) -> HashMap<Vec<String>, Row> {
     let mut map = HashMap::new();
     for b in batches {
         for i in 0..b.num_rows() {
@@ -94,7 +94,7 @@ fn keyed(batches: &[RecordBatch], keys: &[&str]) -> HashMap<Vec<String>, Row> {
     map
 }
 
-async fn batch_sql(all: &RecordBatch, sql: &str) -> Vec<RecordBatch> {
+pub(super) async fn batch_sql(all: &RecordBatch, sql: &str) -> Vec<RecordBatch> {
     let mut ctx = SessionContext::new();
     crate::query::register_functions(&mut ctx).expect("functions");
     let table = MemTable::try_new(all.schema(), vec![vec![all.clone()]]).expect("table");
@@ -107,7 +107,7 @@ async fn batch_sql(all: &RecordBatch, sql: &str) -> Vec<RecordBatch> {
         .expect("run oracle")
 }
 
-fn compare(stream: &HashMap<Vec<String>, Row>, oracle: &HashMap<Vec<String>, Row>, float_cols: &[&str]) {
+pub(super) fn compare(stream: &HashMap<Vec<String>, Row>, oracle: &HashMap<Vec<String>, Row>, float_cols: &[&str]) {
     assert_eq!(stream.len(), oracle.len(), "same windows x keys");
     for (key, o) in oracle {
         let s = stream
@@ -256,7 +256,7 @@ async fn hopping_windows_match_batch_computation() {
     compare(&stream, &keyed(&oracle, &["window_start", "provider"]), &[]);
 }
 
-fn one_event(id: u128, ts: &str, model: &str) -> RecordBatch {
+pub(super) fn one_event(id: u128, ts: &str, model: &str) -> RecordBatch {
     let json = format!(
         r#"{{"event_id":"{}","timestamp":"{ts}","source_module":"m","event_type":"telemetry","payload":{{"model":"{model}","latency_ms":10}}}}"#,
         uuid::Uuid::from_u128(id)
@@ -264,7 +264,7 @@ fn one_event(id: u128, ts: &str, model: &str) -> RecordBatch {
     decode_batch_body(json.as_bytes(), 0).expect("decode").batch
 }
 
-fn counts(out: &[RecordBatch]) -> Vec<(i64, i64)> {
+pub(super) fn counts(out: &[RecordBatch]) -> Vec<(i64, i64)> {
     let mut v = Vec::new();
     for b in out {
         let s = b
@@ -280,7 +280,7 @@ fn counts(out: &[RecordBatch]) -> Vec<(i64, i64)> {
     v
 }
 
-const COUNT_SQL: &str =
+pub(super) const COUNT_SQL: &str =
     "SELECT window_start, window_end, count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute')";
 
 #[tokio::test]
@@ -392,7 +392,7 @@ async fn idle_streams_advance_and_close_the_last_window() {
     assert!(p.output.is_empty());
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     let out = rt.on_tick(NOW).await.expect("tick");
-    assert_eq!(counts(&out), vec![(29_453_760, 1)], "closed by idle advance");
+    assert_eq!(counts(&out.rows), vec![(29_453_760, 1)], "closed by idle advance");
 }
 
 /// Every file in `queries/` is compiled in and plans, in order, against its source.

@@ -1,6 +1,12 @@
-//! Event-time windows: tumbling (fixed size or calendar months) and hopping, and the per-query
-//! UDFs that assign events to them (`__window_start`, `__window_starts`, `__window_end`), so
-//! that the SQL plan and the engine's lateness checks use the same arithmetic.
+//! Event-time windows: tumbling (fixed size or calendar months), hopping and session, and the
+//! per-query UDFs that assign events to them (`__window_start`, `__window_starts`,
+//! `__window_end`, `__session_time`), so that the SQL plan and the engine's lateness checks use
+//! the same arithmetic.
+//!
+//! Session windows are assigned in two steps: the plan groups events into gap-sized *buckets*
+//! (`__window_start` floors to a multiple of the gap), which never split a session because any
+//! two events of one bucket are less than a gap apart; the engine then merges the buckets'
+//! accumulator states into sessions (see [`super::session`]).
 
 use std::sync::Arc;
 
@@ -8,10 +14,13 @@ use chrono::{Datelike, TimeZone, Utc};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, ListBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{DataType, Field, IntervalMonthDayNanoType, IntervalUnit, TimestampMicrosecondType};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::SessionContext;
 
+use super::CqError;
+use super::rewrite::WindowCall;
 use crate::event::schema::timestamp_type;
 
 /// Microseconds per day.
@@ -64,6 +73,12 @@ pub enum WindowSpec {
         /// Window length, µs.
         size_us: i64,
     },
+    /// Sessions per group key: events less than `gap` apart belong to the same session. In the
+    /// plan the "window" is a gap-sized bucket; the engine merges buckets into sessions.
+    Session {
+        /// Inactivity gap that closes a session, µs.
+        gap_us: i64,
+    },
 }
 
 fn floor_to(ts: i64, origin: i64, step: i64) -> i64 {
@@ -97,6 +112,8 @@ impl WindowSpec {
         match *self {
             Self::Tumble { size: Span::Micros(us) } if us <= 0 => Err("window size must be positive".into()),
             Self::Tumble { .. } => Ok(()),
+            Self::Session { gap_us } if gap_us <= 0 => Err("session gap must be positive".into()),
+            Self::Session { .. } => Ok(()),
             Self::Hop { slide_us, size_us } => {
                 if slide_us <= 0 || size_us <= 0 {
                     Err("hop slide and size must be positive".into())
@@ -120,15 +137,17 @@ impl WindowSpec {
             }
             Self::Tumble { size: Span::Months(m) } => month_start(ts, m),
             Self::Hop { slide_us, .. } => floor_to(ts, 0, slide_us),
+            Self::Session { gap_us } => floor_to(ts, 0, gap_us),
         }
     }
 
-    /// The end of the window starting at `start`.
+    /// The end of the window starting at `start` (for sessions: of the bucket).
     pub fn end_of(&self, start: i64) -> i64 {
         match *self {
             Self::Tumble { size: Span::Micros(us) } => start.saturating_add(us),
             Self::Tumble { size: Span::Months(m) } => add_months(start, m),
             Self::Hop { size_us, .. } => start.saturating_add(size_us),
+            Self::Session { gap_us } => start.saturating_add(gap_us),
         }
     }
 
@@ -149,10 +168,13 @@ impl WindowSpec {
     }
 
     /// End of the earliest window containing `ts`: once the watermark reaches it, some window
-    /// of this event is closed.
+    /// of this event is closed and the event is late. For sessions that is any time after `ts`:
+    /// an event behind the watermark could belong to a session that has already been emitted
+    /// (sessions close when the watermark passes last event + gap), so it is late.
     pub fn earliest_end(&self, ts: i64) -> i64 {
         match *self {
             Self::Hop { slide_us, .. } => floor_to(ts, 0, slide_us) + slide_us,
+            Self::Session { .. } => ts.saturating_add(1),
             _ => self.end_of(self.latest_start(ts)),
         }
     }
@@ -163,8 +185,80 @@ impl WindowSpec {
             Self::Tumble { size: Span::Micros(us) } => us,
             Self::Tumble { size: Span::Months(m) } => i64::from(m) * 31 * DAY_US,
             Self::Hop { size_us, .. } => size_us,
+            Self::Session { gap_us } => gap_us,
         }
     }
+
+    /// Human-readable description (status API).
+    pub fn describe(&self) -> String {
+        match *self {
+            Self::Tumble { size } => format!("tumble {}", size.describe()),
+            Self::Hop { slide_us, size_us } => format!(
+                "hop slide {} size {}",
+                Span::Micros(slide_us).describe(),
+                Span::Micros(size_us).describe()
+            ),
+            Self::Session { gap_us } => format!("session gap {}", Span::Micros(gap_us).describe()),
+        }
+    }
+}
+
+/// Evaluates an interval expression (`INTERVAL '5 minutes'`) with DataFusion.
+async fn eval_span(expr: &str) -> Result<Span, CqError> {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .sql(&format!("SELECT {expr} AS v"))
+        .await
+        .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| CqError::Invalid(format!("window size `{expr}`: {}", e.message())))?;
+    let column = batches
+        .first()
+        .map(|b| Arc::clone(b.column(0)))
+        .ok_or_else(|| CqError::Invalid(format!("window size `{expr}` is empty")))?;
+    let as_interval = datafusion::arrow::compute::cast(&column, &DataType::Interval(IntervalUnit::MonthDayNano))
+        .map_err(|_| {
+            CqError::Invalid(format!(
+                "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
+            ))
+        })?;
+    let values = as_interval.as_primitive::<IntervalMonthDayNanoType>();
+    if values.is_empty() || values.is_null(0) {
+        return Err(CqError::Invalid(format!(
+            "window size `{expr}` must be an INTERVAL, e.g. INTERVAL '1 minute'"
+        )));
+    }
+    let v = values.value(0);
+    Span::from_interval(v.months, v.days, v.nanoseconds).map_err(CqError::Invalid)
+}
+
+/// The window of a rewritten query.
+pub async fn window_spec(call: &WindowCall) -> Result<WindowSpec, CqError> {
+    let spec = match call {
+        WindowCall::Tumble { size, .. } => WindowSpec::Tumble {
+            size: eval_span(size).await?,
+        },
+        WindowCall::Hop { slide, size, .. } => match (eval_span(slide).await?, eval_span(size).await?) {
+            (Span::Micros(slide_us), Span::Micros(size_us)) => WindowSpec::Hop { slide_us, size_us },
+            _ => {
+                return Err(CqError::Invalid(
+                    "hopping windows must use fixed sizes (no months)".into(),
+                ));
+            }
+        },
+        WindowCall::Session { gap, .. } => match eval_span(gap).await? {
+            Span::Micros(gap_us) => WindowSpec::Session { gap_us },
+            Span::Months(_) => {
+                return Err(CqError::Invalid(
+                    "the session gap must be a fixed duration (no months)".into(),
+                ));
+            }
+        },
+    };
+    spec.validate().map_err(CqError::Invalid)?;
+    Ok(spec)
 }
 
 fn timestamps(args: &ScalarFunctionArgs) -> Result<(TimestampMicrosecondArray, bool)> {
@@ -189,12 +283,17 @@ fn finish(array: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
     }
 }
 
-/// Which of the three window UDFs.
+/// Which of the window UDFs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Start,
     Starts,
     End,
+    /// The event time itself (as `Timestamp(µs, UTC)`): the argument of the hidden
+    /// `min`/`max` aggregates that give each session bucket its first and last event time.
+    /// A function rather than the bare column so the optimizer never merges these aggregates
+    /// with the user's own `min(timestamp)`.
+    Time,
 }
 
 /// A window UDF bound to one query's [`WindowSpec`].
@@ -221,6 +320,7 @@ impl ScalarUDFImpl for WindowUdf {
             Kind::Start => "__window_start",
             Kind::Starts => "__window_starts",
             Kind::End => "__window_end",
+            Kind::Time => "__session_time",
         }
     }
 
@@ -247,6 +347,7 @@ impl ScalarUDFImpl for WindowUdf {
                 ts.unary_opt::<_, TimestampMicrosecondType>(|t| Some(spec.end_of(t)))
                     .with_timezone("UTC"),
             ),
+            Kind::Time => Arc::new(ts),
             Kind::Starts => {
                 let mut builder = ListBuilder::new(TimestampMicrosecondBuilder::new().with_timezone("UTC"));
                 let mut starts = Vec::new();
@@ -266,12 +367,13 @@ impl ScalarUDFImpl for WindowUdf {
     }
 }
 
-/// The three window UDFs of a query.
-pub fn udfs(spec: WindowSpec) -> [ScalarUDF; 3] {
+/// The window UDFs of a query.
+pub fn udfs(spec: WindowSpec) -> [ScalarUDF; 4] {
     [
         ScalarUDF::new_from_impl(WindowUdf::new(spec, Kind::Start)),
         ScalarUDF::new_from_impl(WindowUdf::new(spec, Kind::Starts)),
         ScalarUDF::new_from_impl(WindowUdf::new(spec, Kind::End)),
+        ScalarUDF::new_from_impl(WindowUdf::new(spec, Kind::Time)),
     ]
 }
 

@@ -10,3 +10,4 @@ mod ingest;
 mod kafka;
 mod sql;
 mod stream;
+mod stream_modes;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Hub, HubOptions};
 
-fn event(id: u128, ts: &str, model: &str) -> String {
+pub fn event(id: u128, ts: &str, model: &str) -> String {
     json!({
         "event_id": uuid::Uuid::from_u128(id).to_string(), "timestamp": ts, "source_module": "llm-observatory",
         "event_type": "telemetry", "payload": {"provider": "openai", "model": model, "latency_ms": 100 + id as u64, "input_tokens": 10}
@@ -16,16 +16,16 @@ fn event(id: u128, ts: &str, model: &str) -> String {
 }
 
 /// A Hub without the shipped rollups, so tests see only their own queries.
-fn opts() -> HubOptions {
+pub fn opts() -> HubOptions {
     HubOptions {
         config_toml: Some("[stream]\nshipped_queries = false\n".into()),
         ..Default::default()
     }
 }
 
-const PER_MODEL: &str = "SELECT window_start, window_end, model, count(*) AS n, sum(input_tokens) AS tokens FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), model";
+pub const PER_MODEL: &str = "SELECT window_start, window_end, model, count(*) AS n, sum(input_tokens) AS tokens FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), model";
 
-async fn register(hub: &Hub, name: &str, sql: &str, options: Value) -> (u16, Value) {
+pub async fn register(hub: &Hub, name: &str, sql: &str, options: Value) -> (u16, Value) {
     hub.post_json(
         "/api/v1/continuous-queries",
         json!({"name": name, "sql": sql, "options": options}).to_string(),
@@ -33,7 +33,7 @@ async fn register(hub: &Hub, name: &str, sql: &str, options: Value) -> (u16, Val
     .await
 }
 
-async fn wait_rows(hub: &Hub, sql: &str, want: usize) -> Vec<Value> {
+pub async fn wait_rows(hub: &Hub, sql: &str, want: usize) -> Vec<Value> {
     for _ in 0..100 {
         let rows = hub.rows(sql).await;
         if rows.len() >= want {
@@ -165,7 +165,7 @@ async fn invalid_definitions_are_rejected_at_registration() {
         (
             "q3",
             "SELECT window_start, count(*) FROM events GROUP BY session(timestamp, INTERVAL '5 minutes')",
-            "session",
+            "window_end",
         ),
         ("q4", "SELECT count(*) FROM events GROUP BY model", "window"),
         (
@@ -277,10 +277,12 @@ async fn late_events_are_kept_with_a_reason_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pause_resume_and_delete() {
+async fn pause_resume_catch_up_and_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    assert_eq!(register(&hub, "pq", PER_MODEL, json!({})).await.0, 201);
+    let options = json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000});
+    assert_eq!(register(&hub, "pq", PER_MODEL, options).await.0, 201);
+    assert_eq!(hub.post_ndjson(event(1, "2026-01-01T00:00:10Z", "a")).await.0, 200);
     let r: Value = hub
         .client
         .post(hub.url("/api/v1/continuous-queries/pq/pause"))
@@ -291,7 +293,17 @@ async fn pause_resume_and_delete() {
         .await
         .expect("j");
     assert_eq!(r["status"], "paused");
-    assert_eq!(hub.post_ndjson(event(1, "2026-01-01T00:00:10Z", "a")).await.0, 200);
+    assert_eq!(r["rows_in"], 1);
+    // While paused: two more events of window 00:00, and one that would close it.
+    let lines = [
+        event(2, "2026-01-01T00:00:20Z", "a"),
+        event(3, "2026-01-01T00:00:30Z", "b"),
+    ];
+    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
+    assert_eq!(hub.post_ndjson(event(4, "2026-01-01T00:01:30Z", "a")).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = hub.sql("SELECT count(*) AS n FROM pq").await;
+    assert_eq!((status, body["rows"][0]["n"].as_i64()), (200, Some(0)), "nothing emitted while paused");
     let r: Value = hub
         .client
         .post(hub.url("/api/v1/continuous-queries/pq/resume"))
@@ -302,7 +314,13 @@ async fn pause_resume_and_delete() {
         .await
         .expect("j");
     assert_eq!(r["status"], "running");
-    assert_eq!(r["rows_in"], 0, "paused queries ignore input");
+    assert_eq!(r["rows_in"], 4, "resume caught up with the events that arrived while paused");
+    let rows = wait_rows(&hub, "SELECT model, n FROM pq ORDER BY model", 2).await;
+    assert_eq!(
+        rows,
+        vec![json!({"model": "a", "n": 2}), json!({"model": "b", "n": 1})],
+        "the window closed with every event, none twice"
+    );
     let r = hub
         .client
         .delete(hub.url("/api/v1/continuous-queries/pq"))
