@@ -246,7 +246,7 @@ async fn consumes_every_event_and_dead_letters_the_invalid_ones() {
 
     wait_for(
         "lag reported as zero on every partition",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         async || {
             let s = status(&hub).await;
             let parts = s["sources"][0]["partitions"].as_array().cloned().unwrap_or_default();
