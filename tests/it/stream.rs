@@ -303,7 +303,11 @@ async fn pause_resume_catch_up_and_delete() {
     assert_eq!(hub.post_ndjson(event(4, "2026-01-01T00:01:30Z", "a")).await.0, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = hub.sql("SELECT count(*) AS n FROM pq").await;
-    assert_eq!((status, body["rows"][0]["n"].as_i64()), (200, Some(0)), "nothing emitted while paused");
+    assert_eq!(
+        (status, body["rows"][0]["n"].as_i64()),
+        (200, Some(0)),
+        "nothing emitted while paused"
+    );
     let r: Value = hub
         .client
         .post(hub.url("/api/v1/continuous-queries/pq/resume"))
@@ -314,7 +318,10 @@ async fn pause_resume_catch_up_and_delete() {
         .await
         .expect("j");
     assert_eq!(r["status"], "running");
-    assert_eq!(r["rows_in"], 4, "resume caught up with the events that arrived while paused");
+    assert_eq!(
+        r["rows_in"], 4,
+        "resume caught up with the events that arrived while paused"
+    );
     let rows = wait_rows(&hub, "SELECT model, n FROM pq ORDER BY model", 2).await;
     assert_eq!(
         rows,

@@ -51,10 +51,16 @@ async fn session_windows_close_per_user_and_merge() {
     assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
     assert_eq!(status_of(&hub, "user_sessions").await["open_windows"], 3);
     // 00:00:20 is within 30 s of both sessions of u1: they merge.
-    assert_eq!(hub.post_ndjson(user_event(4, "2026-01-01T00:00:20Z", "u1")).await.0, 200);
+    assert_eq!(
+        hub.post_ndjson(user_event(4, "2026-01-01T00:00:20Z", "u1")).await.0,
+        200
+    );
     assert_eq!(status_of(&hub, "user_sessions").await["open_windows"], 2);
     // Watermark 00:02:00 - 20 s closes both.
-    assert_eq!(hub.post_ndjson(user_event(5, "2026-01-01T00:02:00Z", "u3")).await.0, 200);
+    assert_eq!(
+        hub.post_ndjson(user_event(5, "2026-01-01T00:02:00Z", "u3")).await.0,
+        200
+    );
     let rows = wait_rows(
         &hub,
         "SELECT user_id, n, max_ms, window_start, window_end FROM user_sessions ORDER BY user_id",
@@ -62,15 +68,32 @@ async fn session_windows_close_per_user_and_merge() {
     )
     .await;
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!((rows[0]["user_id"].as_str(), rows[0]["n"].as_i64()), (Some("u1"), Some(3)));
-    assert!(rows[0]["window_start"].as_str().expect("ws").starts_with("2026-01-01T00:00:00"));
+    assert_eq!(
+        (rows[0]["user_id"].as_str(), rows[0]["n"].as_i64()),
+        (Some("u1"), Some(3))
+    );
     assert!(
-        rows[0]["window_end"].as_str().expect("we").starts_with("2026-01-01T00:01:10"),
+        rows[0]["window_start"]
+            .as_str()
+            .expect("ws")
+            .starts_with("2026-01-01T00:00:00")
+    );
+    assert!(
+        rows[0]["window_end"]
+            .as_str()
+            .expect("we")
+            .starts_with("2026-01-01T00:01:10"),
         "last event + gap: {rows:?}"
     );
-    assert_eq!((rows[1]["user_id"].as_str(), rows[1]["n"].as_i64()), (Some("u2"), Some(1)));
+    assert_eq!(
+        (rows[1]["user_id"].as_str(), rows[1]["n"].as_i64()),
+        (Some("u2"), Some(1))
+    );
     // Behind the watermark: late, kept with a reason.
-    assert_eq!(hub.post_ndjson(user_event(6, "2026-01-01T00:01:00Z", "u1")).await.0, 200);
+    assert_eq!(
+        hub.post_ndjson(user_event(6, "2026-01-01T00:01:00Z", "u1")).await.0,
+        200
+    );
     let late = wait_rows(&hub, "SELECT query, reason FROM late_events", 1).await;
     assert_eq!(late[0]["query"], "user_sessions");
     assert!(late[0]["reason"].as_str().expect("r").contains("session"));
@@ -83,7 +106,12 @@ async fn session_windows_close_per_user_and_merge() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().expect("m").contains("session-window query"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("session-window query")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,8 +163,13 @@ async fn updating_rows_are_visible_before_close_and_deduplicated() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(a, 3, "the late event updated the emitted key");
-    let per_key = hub.rows("SELECT model, count(*) AS c FROM live GROUP BY model ORDER BY model").await;
-    assert_eq!(per_key, vec![json!({"model": "a", "c": 1}), json!({"model": "b", "c": 1})]);
+    let per_key = hub
+        .rows("SELECT model, count(*) AS c FROM live GROUP BY model ORDER BY model")
+        .await;
+    assert_eq!(
+        per_key,
+        vec![json!({"model": "a", "c": 1}), json!({"model": "b", "c": 1})]
+    );
     // Close the window: final rows, still one per key.
     assert_eq!(hub.post_ndjson(event(5, "2026-01-01T00:01:15Z", "c")).await.0, 200);
     let mut rows = Vec::new();
@@ -160,7 +193,10 @@ async fn updating_rows_are_visible_before_close_and_deduplicated() {
     assert_eq!(hub.post_ndjson(event(6, "2026-01-01T00:06:30Z", "c")).await.0, 200);
     assert_eq!(hub.post_ndjson(event(7, "2026-01-01T00:07:30Z", "c")).await.0, 200);
     let rows = wait_rows(&hub, "SELECT n FROM live_5m ORDER BY window_start", 1).await;
-    assert_eq!(rows[0]["n"], 5, "4 events of 00:00 + 1 of 00:01, no intermediate rows counted");
+    assert_eq!(
+        rows[0]["n"], 5,
+        "4 events of 00:00 + 1 of 00:01, no intermediate rows counted"
+    );
     let q = status_of(&hub, "live").await;
     assert!(q["rows_emitted"].as_u64().expect("n") > 3, "versions were written: {q}");
 }
@@ -171,8 +207,14 @@ async fn bad_emit_and_session_options_are_rejected() {
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
     let cases = [
         (json!({"emit": "sometimes"}), "unknown emit mode"),
-        (json!({"emit": "updating", "emit_interval_ms": 5}), "emit_interval_ms must be between"),
-        (json!({"emit": "updating", "emit_interval_ms": 999999999999u64}), "emit_interval_ms must be between"),
+        (
+            json!({"emit": "updating", "emit_interval_ms": 5}),
+            "emit_interval_ms must be between",
+        ),
+        (
+            json!({"emit": "updating", "emit_interval_ms": 999999999999u64}),
+            "emit_interval_ms must be between",
+        ),
         (json!({"emit_interval_ms": 1000}), "only applies"),
     ];
     for (options, needle) in cases {
@@ -192,7 +234,10 @@ async fn bad_emit_and_session_options_are_rejected() {
             .sql(&format!("CREATE CONTINUOUS QUERY bad {with} AS {PER_MODEL}"))
             .await;
         assert_eq!(status, 400, "{with}: {body}");
-        assert!(body["error"]["message"].as_str().expect("m").contains(needle), "{with}: {body}");
+        assert!(
+            body["error"]["message"].as_str().expect("m").contains(needle),
+            "{with}: {body}"
+        );
     }
     let (status, body) = register(
         &hub,
@@ -244,19 +289,29 @@ async fn open_sessions_and_updating_rows_survive_kill9() {
     wait_rows(&hub, "SELECT n FROM upd WHERE NOT _final", 1).await;
     // Let a checkpoint be written, then add to the open session of u2 and crash.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(hub.post_ndjson(user_event(4, "2026-01-01T00:01:20Z", "u2")).await.0, 200);
+    assert_eq!(
+        hub.post_ndjson(user_event(4, "2026-01-01T00:01:20Z", "u2")).await.0,
+        200
+    );
     hub.kill9();
 
     let hub = Hub::start_with(&data, opts()).await;
-    assert_eq!(hub.post_ndjson(user_event(5, "2026-01-01T00:01:40Z", "u2")).await.0, 200);
-    assert_eq!(hub.post_ndjson(user_event(6, "2026-01-01T00:05:00Z", "u9")).await.0, 200);
+    assert_eq!(
+        hub.post_ndjson(user_event(5, "2026-01-01T00:01:40Z", "u2")).await.0,
+        200
+    );
+    assert_eq!(
+        hub.post_ndjson(user_event(6, "2026-01-01T00:05:00Z", "u9")).await.0,
+        200
+    );
     let rows = wait_rows(&hub, "SELECT user_id, n FROM sess ORDER BY user_id", 2).await;
     assert_eq!(
         rows,
         vec![json!({"user_id": "u1", "n": 1}), json!({"user_id": "u2", "n": 4})],
         "u2's open session was rebuilt across the crash; u1's not emitted twice"
     );
-    let sql = "SELECT window_start, n, _final FROM upd WHERE window_start < '2026-01-01T00:02:00Z' ORDER BY window_start";
+    let sql =
+        "SELECT window_start, n, _final FROM upd WHERE window_start < '2026-01-01T00:02:00Z' ORDER BY window_start";
     let mut rows = Vec::new();
     for _ in 0..100 {
         rows = hub.rows(sql).await;
