@@ -159,6 +159,18 @@ impl Hub {
         body["rows"].as_array().expect("rows").clone()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn count(&self, sql_where: &str) -> i64 {
         let rows = self
             .rows(&format!("SELECT count(*) AS n FROM events {sql_where}"))

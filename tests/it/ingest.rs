@@ -149,15 +149,7 @@ async fn mixed_batches_are_counted_exactly_and_rejects_explained() {
     assert_eq!(hub.count("").await, total);
 
     // Rejected events are counted in Prometheus by error type.
-    let metrics = hub
-        .client
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = hub.metrics_text().await;
     assert!(
         metrics.contains(
             "events_errors_total{error_type=\"malformed_json\",event_type=\"unknown\",source_module=\"unknown\"}"

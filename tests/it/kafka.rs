@@ -261,15 +261,7 @@ async fn consumes_every_event_and_dead_letters_the_invalid_ones() {
     assert_eq!(s["mode"], "kafka");
     assert_eq!(s["sources"][0]["consumed"], payloads.len() as u64, "{s}");
     assert_eq!(s["sources"][0]["dead_lettered"], n_invalid as u64, "{s}");
-    let metrics = hub
-        .client
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = hub.metrics_text().await;
     assert!(
         metrics.contains(&format!("kafka_consumer_lag{{partition=\"0\",topic=\"{topic}\"}} 0")),
         "{metrics}"

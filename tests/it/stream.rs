@@ -132,15 +132,7 @@ async fn register_query_and_read_its_output_table() {
         .await
         .expect("json");
     assert_eq!(one["window"], "hop slide 60s size 300s");
-    let metrics = hub
-        .client
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let metrics = hub.metrics_text().await;
     assert!(
         metrics.contains("cq_rows_emitted_total{query=\"per_model_1m\"} 2"),
         "{metrics}"
@@ -264,15 +256,7 @@ async fn late_events_are_kept_with_a_reason_and_counted() {
         "the late event did not change the closed window"
     );
     assert_eq!(hub.count("").await, 3, "the late event is still stored in events");
-    let metrics = hub
-        .client
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let metrics = hub.metrics_text().await;
     assert!(metrics.contains("late_events_total{query=\"per_model\"} 1"));
 }
 
