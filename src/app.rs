@@ -35,6 +35,9 @@ pub enum AppError {
     /// Continuous queries could not be started.
     #[error("continuous queries: {0}")]
     Stream(#[from] crate::stream::CqError),
+    /// The rollup sink (PostgreSQL) could not be set up.
+    #[error("sink: {0}")]
+    Sink(#[from] crate::sinks::SinkError),
     /// A source (Kafka) could not be set up.
     #[error("source: {0}")]
     Source(#[from] crate::sources::SourceError),
@@ -59,6 +62,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
     let engine = QueryEngine::new(&store, &config.query)?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
+    let sink = crate::sinks::build(&config, published_rx, &metrics).await?;
     let (stream, stream_task) = if config.stream.enabled {
         let deps = EngineDeps {
             dir: config.storage.data_dir.join("cq"),
@@ -66,6 +71,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             query_ctx: engine.context().clone(),
             storage: config.storage.clone(),
             metrics: metrics.clone(),
+            published: published_tx,
         };
         let shipped = if config.stream.shipped_queries {
             shipped_queries()?
@@ -77,12 +83,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         (None, None)
     };
-    let store_ingest: Arc<dyn Ingest> = Arc::new(StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()));
-    let sources = crate::sources::build(&config, Arc::clone(&store_ingest), &metrics).await?;
+    let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone());
+    let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
+    let sources = crate::sources::build(&config, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
         Arc::new(KafkaIngest::from_config(&config.kafka).map_err(crate::sources::SourceError::Config)?)
     } else {
-        Arc::clone(&store_ingest)
+        Arc::new(local_ingest.with_sink(sink.clone()))
     };
     let source_status: Vec<_> = sources.iter().map(|s| s.status()).collect();
     let source_tasks: Vec<_> = sources
@@ -112,6 +119,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         started: Instant::now(),
         stream,
         sources: source_status,
+        sink,
         ingest_mode: if config.kafka.enabled() { "kafka" } else { "standalone" },
     };
 

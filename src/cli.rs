@@ -28,6 +28,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
+    /// Create the PostgreSQL database if missing and apply `migrations/` (needs `DATABASE_URL`,
+    /// `DB_HOST`... or `[postgres] url`).
+    Migrate,
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sinks::postgres::PostgresConfig;
 pub use crate::sources::kafka::KafkaConfig;
 pub use crate::storage::local::LocalStoreConfig as StorageConfig;
 
@@ -29,6 +30,8 @@ pub struct Config {
     pub stream: StreamConfig,
     /// Cluster mode: Kafka ingestion (off unless `brokers` is set).
     pub kafka: KafkaConfig,
+    /// Cluster mode: PostgreSQL/TimescaleDB rollup sink (off unless `url` is set).
+    pub postgres: PostgresConfig,
 }
 
 /// The `[stream]` section.
@@ -203,7 +206,7 @@ pub enum ConfigError {
 }
 
 /// Variables of later cluster-mode features: warned about so nobody believes they took effect.
-const NOT_YET_SUPPORTED_ENV: [&str; 5] = ["DATABASE_URL", "DB_HOST", "REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
+const NOT_YET_SUPPORTED_ENV: [&str; 3] = ["REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
 
 impl Config {
     /// Loads defaults, then `file` if given, then the environment, and validates the result.
@@ -298,6 +301,7 @@ impl Config {
         if let Some(v) = get("KAFKA_SESSION_TIMEOUT_MS") {
             self.kafka.session_timeout_ms = parse("KAFKA_SESSION_TIMEOUT_MS", v)?;
         }
+        self.postgres.apply_env(&get);
         Ok(())
     }
 

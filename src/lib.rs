@@ -17,6 +17,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod sinks;
 pub mod sources;
 pub mod storage;
 pub mod stream;

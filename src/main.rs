@@ -103,6 +103,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Migrate => {
+            init_logging(&config);
+            match runtime.block_on(llm_analytics_hub::sinks::postgres::migrate::command(&config.postgres)) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Config => match config.to_toml() {
             Ok(text) => {
                 print!("{text}");

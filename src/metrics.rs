@@ -51,6 +51,12 @@ pub struct Metrics {
     pub kafka_rebalances_total: IntCounter,
     /// 1 while the consumer has paused its partitions because downstream is busy.
     pub kafka_consumer_paused: IntGauge,
+    /// Database statement time by `query_type` (`write_txn`, `load_offsets`, `migrate`, ...).
+    pub db_query_duration_seconds: HistogramVec,
+    /// Sink transactions by `result` (`ok`, `unavailable`, `fenced`, `error`).
+    pub db_writes_total: IntCounterVec,
+    /// Circuit breaker of database writes: 0 closed, 1 open, 2 half-open.
+    pub db_circuit_breaker_state: IntGauge,
 }
 
 impl Metrics {
@@ -122,6 +128,23 @@ impl Metrics {
             IntCounter::new("kafka_rebalances_total", "Partition assignments and revocations")?;
         let kafka_consumer_paused =
             IntGauge::new("kafka_consumer_paused", "1 while partitions are paused (backpressure)")?;
+        let db_query_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("db_query_duration_seconds", "Database statement time").buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["query_type"],
+        )?;
+        let db_writes_total = IntCounterVec::new(
+            Opts::new("db_writes_total", "Rollup sink transactions by result"),
+            &["result"],
+        )?;
+        let db_circuit_breaker_state = IntGauge::new(
+            "db_circuit_breaker_state",
+            "Database circuit breaker: 0 closed, 1 open, 2 half-open",
+        )?;
+        registry.register(Box::new(db_query_duration_seconds.clone()))?;
+        registry.register(Box::new(db_writes_total.clone()))?;
+        registry.register(Box::new(db_circuit_breaker_state.clone()))?;
         for c in [&kafka_consumer_lag, &kafka_high_watermark, &kafka_committed_offset] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -160,6 +183,9 @@ impl Metrics {
             kafka_dlq_records_total,
             kafka_rebalances_total,
             kafka_consumer_paused,
+            db_query_duration_seconds,
+            db_writes_total,
+            db_circuit_breaker_state,
         })
     }
 

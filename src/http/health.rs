@@ -65,6 +65,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             }),
         });
     }
+    if let Some(sink) = &state.sink {
+        let status = sink.status();
+        components.push(ComponentStatus {
+            name: sink.name(),
+            kind: "sink",
+            ready: sink.ready(),
+            detail: json!({
+                "circuit_breaker": status.get("circuit_breaker"),
+                "last_error": status.get("last_error"),
+            }),
+        });
+    }
     let ready = components.iter().all(|c| c.ready);
     let status = if ready {
         StatusCode::OK
@@ -84,6 +96,7 @@ pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
         "mode": state.ingest_mode,
         "http_ingest": if state.ingest.wants_raw() { "kafka_producer" } else { "local_store" },
         "sources": sources,
+        "sink": state.sink.as_ref().map(|s| s.status()),
     }))
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub stream: Option<crate::stream::StreamHandle>,
     /// Running sources (Kafka), for status and readiness.
     pub sources: Vec<Arc<dyn crate::sources::SourceStatus>>,
+    /// The rollup sink (PostgreSQL), when configured.
+    pub sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     /// `standalone` (HTTP stores directly) or `kafka` (cluster mode).
     pub ingest_mode: &'static str,
 }

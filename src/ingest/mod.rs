@@ -18,7 +18,8 @@ pub enum IngestError {
     /// The store could not make the events durable; nothing was acknowledged.
     #[error("events could not be stored: {0}")]
     Storage(#[from] StorageError),
-    /// The downstream system (the Kafka broker) did not acknowledge in time; retry later.
+    /// The downstream system (the Kafka broker, the database) did not acknowledge in time;
+    /// retry later.
     #[error("{0}")]
     Unavailable(String),
     /// A broken invariant in the Hub.
@@ -55,19 +56,53 @@ pub struct StoreIngest {
     store: Arc<dyn EventStore>,
     metrics: Metrics,
     stream: Option<crate::stream::StreamHandle>,
+    sink: Option<Arc<dyn crate::sinks::RollupSink>>,
 }
 
 impl StoreIngest {
     /// Ingest into `store`, counting into `metrics`; stored batches are then fed to the
     /// continuous queries of `stream`.
     pub fn new(store: Arc<dyn EventStore>, metrics: Metrics, stream: Option<crate::stream::StreamHandle>) -> Self {
-        Self { store, metrics, stream }
+        Self {
+            store,
+            metrics,
+            stream,
+            sink: None,
+        }
+    }
+
+    /// Also writes the rollups of every batch to `sink` (standalone with PostgreSQL: the sink
+    /// is written first, so a failed request leaves nothing behind; a client retry after a
+    /// lost response can count twice — use Kafka ingestion for exactly-once).
+    pub fn with_sink(mut self, sink: Option<Arc<dyn crate::sinks::RollupSink>>) -> Self {
+        self.sink = sink;
+        self
+    }
+}
+
+/// The [`StoreIngest`] used by the Kafka source: the source writes the sink itself, in the
+/// transaction that also stores its offsets.
+impl StoreIngest {
+    /// A copy that does not write the sink.
+    pub fn without_sink(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            metrics: self.metrics.clone(),
+            stream: self.stream.clone(),
+            sink: None,
+        }
     }
 }
 
 #[async_trait]
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
+        if let Some(sink) = &self.sink {
+            sink.write(&batch, &[], &[]).await.map_err(|e| match e {
+                crate::sinks::SinkError::Unavailable(m) => IngestError::Unavailable(format!("rollup database: {m}")),
+                other => IngestError::Internal(other.to_string()),
+            })?;
+        }
         let stored = batch.clone();
         self.store.append(batch).await?;
         count_processed(&self.metrics, &stored);

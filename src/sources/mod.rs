@@ -54,10 +54,11 @@ pub trait Source: Send {
     async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Result<(), SourceError>;
 }
 
-/// The configured sources, storing into `store_ingest`.
+/// The configured sources, storing into `store_ingest` (and writing `sink` exactly-once).
 pub async fn build(
     config: &Config,
     store_ingest: Arc<dyn Ingest>,
+    sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     metrics: &Metrics,
 ) -> Result<Vec<Box<dyn Source>>, SourceError> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
@@ -71,6 +72,7 @@ pub async fn build(
         sources.push(Box::new(kafka::KafkaSource::new(
             &config.kafka,
             store_ingest,
+            sink,
             metrics.clone(),
         )?));
     }

@@ -43,6 +43,9 @@ pub struct EngineDeps {
     pub storage: LocalStoreConfig,
     /// Metrics.
     pub metrics: Metrics,
+    /// Receives the registered definitions (in dependency order) whenever they change, for
+    /// sinks that store outputs elsewhere.
+    pub published: tokio::sync::watch::Sender<Vec<CqDefinition>>,
 }
 
 impl std::fmt::Debug for EngineDeps {
@@ -198,6 +201,7 @@ impl StreamEngine {
                 }
             }
         }
+        engine.publish();
         let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -489,7 +493,14 @@ impl StreamEngine {
 
     fn save(&self) -> Result<(), CqError> {
         let defs: Vec<CqDefinition> = self.queries.iter().map(|q| q.rt.def.clone()).collect();
-        catalog::save(&self.deps.dir, &defs).map_err(CqError::from)
+        catalog::save(&self.deps.dir, &defs).map_err(CqError::from)?;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let defs: Vec<CqDefinition> = self.queries.iter().map(|q| q.rt.def.clone()).collect();
+        self.deps.published.send_replace(defs);
     }
 
     async fn tick(&mut self) {

@@ -21,9 +21,9 @@ use crate::harness::{Hub, HubOptions, free_port, generated};
 type Consumed = (Vec<u8>, Option<Vec<u8>>, HashMap<String, String>);
 
 /// A Tansu broker on a free loopback port, in-memory storage. Killed on drop.
-struct Broker {
+pub struct Broker {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 fn tansu_bin() -> String {
@@ -45,7 +45,7 @@ fn tansu_bin() -> String {
 }
 
 impl Broker {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
@@ -64,7 +64,7 @@ impl Broker {
         Self { child, addr }
     }
 
-    async fn create_topic(&self, name: &str, partitions: i32) {
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin client");
         let results = admin
             .create_topics(
@@ -85,7 +85,7 @@ impl Broker {
     }
 
     /// Produces `payloads` (keyless) and waits for every acknowledgement.
-    async fn produce(&self, topic: &str, payloads: &[Vec<u8>]) {
+    pub async fn produce(&self, topic: &str, payloads: &[Vec<u8>]) {
         let producer: FutureProducer = self
             .client()
             .set("linger.ms", "10")
@@ -150,7 +150,7 @@ impl Drop for Broker {
     }
 }
 
-fn kafka_opts(broker: &Broker, topic: &str, group: &str, extra_toml: &str) -> HubOptions {
+pub fn kafka_opts(broker: &Broker, topic: &str, group: &str, extra_toml: &str) -> HubOptions {
     HubOptions {
         config_toml: Some(format!(
             "[stream]\nshipped_queries = false\n[kafka]\ntopic_partitions = 4\nstatistics_interval_ms = 500\n{extra_toml}"
@@ -165,7 +165,7 @@ fn kafka_opts(broker: &Broker, topic: &str, group: &str, extra_toml: &str) -> Hu
     }
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
         if check().await {
@@ -176,7 +176,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-async fn status(hub: &Hub) -> Value {
+pub async fn status(hub: &Hub) -> Value {
     hub.client
         .get(hub.url("/api/v1/ingest/status"))
         .send()
@@ -187,7 +187,7 @@ async fn status(hub: &Hub) -> Value {
         .expect("json")
 }
 
-fn is_valid(line: &[u8]) -> bool {
+pub fn is_valid(line: &[u8]) -> bool {
     decode_single(line, 0).is_ok_and(|d| d.rejected.is_empty())
 }
 

@@ -8,6 +8,8 @@ mod durability;
 mod harness;
 mod ingest;
 mod kafka;
+mod pg;
+mod pg_sink;
 mod sql;
 mod stream;
 mod stream_modes;

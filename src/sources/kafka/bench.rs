@@ -180,7 +180,7 @@ async fn hub_consume(config: &KafkaConfig, count: u64) -> Result<(u64, Duration)
     });
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let source =
-        KafkaSource::new(&config, Arc::clone(&ingest) as Arc<dyn Ingest>, metrics).map_err(|e| e.to_string())?;
+        KafkaSource::new(&config, Arc::clone(&ingest) as Arc<dyn Ingest>, None, metrics).map_err(|e| e.to_string())?;
     let status = source.status();
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(Box::new(source).run(rx));

@@ -43,15 +43,18 @@ pub struct RawBatch {
     pub buf: Vec<u8>,
     /// The records in consumption order.
     pub records: Vec<Record>,
+    /// Rewind epoch the batch was consumed in ([`Shared::epoch`]).
+    pub epoch: u64,
     started: Instant,
 }
 
 impl RawBatch {
-    fn new(topics: Arc<[String]>) -> Self {
+    fn new(topics: Arc<[String]>, epoch: u64) -> Self {
         Self {
             topics,
             buf: Vec::new(),
             records: Vec::new(),
+            epoch,
             started: Instant::now(),
         }
     }
@@ -143,13 +146,24 @@ pub fn run(
     stop: &AtomicBool,
 ) {
     let tracker = &shared.tracker;
-    let mut current = RawBatch::new(Arc::clone(&topics));
+    let mut current = RawBatch::new(Arc::clone(&topics), shared.epoch.load(Ordering::Acquire));
     let mut pending: Option<RawBatch> = None;
     let mut paused: Option<TopicPartitionList> = None;
     let mut last_poll_error: Option<Instant> = None;
     let mut last_commit = Instant::now();
     let mut closed = false;
     while !stop.load(Ordering::Relaxed) {
+        if shared.rewind.load(Ordering::Acquire) {
+            pending = None;
+            current = rewind(consumer, shared, &topics);
+            if let Some(tpl) = paused.take() {
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, "cannot resume partitions");
+                }
+                paused_gauge.set(0);
+            }
+            continue;
+        }
         // Hand the pending batch on; while the queue is full keep partitions paused.
         if let Some(batch) = pending.take() {
             match tx.try_send(batch) {
@@ -215,7 +229,8 @@ pub fn run(
         let full = current.records.len() >= limits.max_records || current.buf.len() >= limits.max_bytes;
         let due = !current.records.is_empty() && current.started.elapsed() >= limits.max_wait;
         if pending.is_none() && (full || due) {
-            let batch = std::mem::replace(&mut current, RawBatch::new(Arc::clone(&topics)));
+            let epoch = shared.epoch.load(Ordering::Acquire);
+            let batch = std::mem::replace(&mut current, RawBatch::new(Arc::clone(&topics), epoch));
             mark_sent(shared, &batch);
             pending = Some(batch);
         }
@@ -245,6 +260,53 @@ pub fn run(
     };
     commit_sync(consumer, &tracker.commit_due(), tracker);
     tracing::info!(drained, "kafka consumer stopped");
+}
+
+/// The sink refused a batch as stale: forget everything consumed and not yet durable, and seek
+/// every owned partition back to the sink's stored offsets. Returns the new (empty) batch.
+fn rewind(consumer: &BaseConsumer<HubContext>, shared: &Shared, topics: &Arc<[String]>) -> RawBatch {
+    let epoch = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+    let parts: Vec<(String, i32)> = match consumer.assignment() {
+        Ok(tpl) => tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment for a rewind");
+            Vec::new()
+        }
+    };
+    if let Some(positions) = &consumer.context().positions
+        && !parts.is_empty()
+        && let Some(stored) = positions.load(&parts, shared)
+    {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in parts.iter().zip(stored) {
+            let offset = match (o, positions.start) {
+                (Some(o), _) => Offset::Offset(o),
+                (None, super::config::StartOffset::Earliest) => Offset::Beginning,
+                (None, super::config::StartOffset::Latest) => Offset::End,
+            };
+            if let Err(e) = tpl.add_partition_offset(t, *p, offset) {
+                tracing::warn!(error = %e, "cannot build the rewind position");
+            }
+        }
+        match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Ok(result) => {
+                for e in result.elements() {
+                    if let Err(err) = e.error() {
+                        tracing::warn!(error = %err, topic = e.topic(), partition = e.partition(), "seek failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "seek to stored offsets failed"),
+        }
+    }
+    shared.tracker.assigned(&parts);
+    shared.rewind.store(false, Ordering::Release);
+    tracing::warn!(partitions = ?parts, epoch, "rewound to the offsets stored in the sink");
+    RawBatch::new(Arc::clone(topics), epoch)
 }
 
 fn mark_sent(shared: &Shared, batch: &RawBatch) {

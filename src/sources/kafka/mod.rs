@@ -1,7 +1,11 @@
 //! Kafka source (cluster mode): a consumer-group member that decodes records into Arrow
 //! batches, stores them durably, dead-letters what is invalid and only then commits offsets.
 //!
-//! Delivery guarantee: at-least-once into the local store. Offsets are committed only after the
+//! With a rollup sink (PostgreSQL), delivery into the sink is exactly-once: each batch's rollup
+//! updates and the offsets it covers are written in one transaction, and every partition
+//! assignment starts at the offsets stored there (see `crate::sinks`).
+//!
+//! Delivery guarantee into the local store: at-least-once. Offsets are committed only after the
 //! records they cover are durable (stored, or acknowledged on the dead-letter topic). A clean
 //! shutdown or rebalance first drains in-flight batches and commits synchronously, so nothing is
 //! consumed twice then; after a crash (kill -9) the records stored after the last commit (at
@@ -33,12 +37,13 @@ pub use config::{KafkaConfig, StartOffset};
 pub use offsets::PartitionProgress;
 
 use self::consume::BatchLimits;
-use self::context::{HubContext, Shared};
+use self::context::{HubContext, Shared, StoredPositions};
 use self::dlq::DeadLetters;
 use self::pipeline::Pipeline;
 use super::{Source, SourceError, SourceStatus};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::sinks::RollupSink;
 
 /// The Kafka consumer source.
 pub struct KafkaSource {
@@ -47,6 +52,7 @@ pub struct KafkaSource {
     dead_letters: DeadLetters,
     status: Arc<KafkaStatus>,
     ingest: Arc<dyn Ingest>,
+    sink: Option<Arc<dyn RollupSink>>,
     metrics: Metrics,
 }
 
@@ -104,11 +110,28 @@ impl SourceStatus for KafkaStatus {
 
 impl KafkaSource {
     /// Connects the consumer (subscribed, not yet polling) and the dead-letter producer.
-    pub fn new(config: &KafkaConfig, ingest: Arc<dyn Ingest>, metrics: Metrics) -> Result<Self, SourceError> {
+    /// With `sink`, partitions start at the offsets stored in the sink and every batch is
+    /// written to it together with its offsets (exactly-once).
+    pub fn new(
+        config: &KafkaConfig,
+        ingest: Arc<dyn Ingest>,
+        sink: Option<Arc<dyn RollupSink>>,
+        metrics: Metrics,
+    ) -> Result<Self, SourceError> {
         let shared = Arc::new(Shared::default());
+        let positions = match &sink {
+            Some(sink) => Some(StoredPositions {
+                sink: Arc::clone(sink),
+                runtime: tokio::runtime::Handle::try_current()
+                    .map_err(|e| SourceError::Config(format!("the kafka source needs a tokio runtime: {e}")))?,
+                start: config.start_offset,
+            }),
+            None => None,
+        };
         let context = HubContext {
             shared: Arc::clone(&shared),
             metrics: metrics.clone(),
+            positions,
         };
         let mut consumer_config = client::consumer(config);
         let max_records = config.batch_max_records.max(1);
@@ -140,6 +163,7 @@ impl KafkaSource {
             dead_letters: DeadLetters::new(producer, dlq_topics, timeout),
             status,
             ingest,
+            sink,
             metrics,
         })
     }
@@ -167,6 +191,7 @@ impl Source for KafkaSource {
             dead_letters,
             status,
             ingest,
+            sink,
             metrics,
         } = *self;
         let (tx, rx) = mpsc::channel(config.queue_batches);
@@ -201,6 +226,7 @@ impl Source for KafkaSource {
             shared: Arc::clone(&status.shared),
             metrics,
             decode_threads: config.decode_threads,
+            sink,
         };
         let mut pipeline_task = tokio::spawn(pipeline.run(rx, shutdown.clone()));
         let pipeline_failed = tokio::select! {
@@ -208,6 +234,7 @@ impl Source for KafkaSource {
             _ = &mut pipeline_task => true,
         };
         stop.store(true, Ordering::Relaxed);
+        status.shared.stopping.store(true, Ordering::Relaxed);
         status.running.store(false, Ordering::Relaxed);
         let _ = done_rx.await;
         if !pipeline_failed {

@@ -2,6 +2,7 @@
 //! rejects, stores the events, then reports the offsets durable so the consumer commits them.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,6 +14,7 @@ use super::dlq::DeadLetters;
 use crate::event::{DecodedBatch, EventDecoder};
 use crate::ingest::{Ingest, count_rejected};
 use crate::metrics::Metrics;
+use crate::sinks::{DeadLetter, RollupSink, SinkError, SourcePosition};
 
 /// What the pipeline needs.
 pub struct Pipeline {
@@ -21,6 +23,18 @@ pub struct Pipeline {
     pub shared: Arc<Shared>,
     pub metrics: Metrics,
     pub decode_threads: usize,
+    /// Exactly-once mode: rollups and offsets are written here in one transaction.
+    pub sink: Option<Arc<dyn RollupSink>>,
+}
+
+/// What storing one batch came to.
+enum Stored {
+    /// Durable.
+    Done,
+    /// The sink refused it as stale; the consumer rewinds.
+    Rewind,
+    /// Shutdown interrupted a retry, or the sink gave up.
+    Stop,
 }
 
 /// Decodes every record of `batch` as one event.
@@ -61,22 +75,30 @@ impl Pipeline {
                     return;
                 }
             };
-            if !self.store(&batch, out, &shutdown).await {
-                tracing::warn!("shutdown while the pipeline was retrying; records stay uncommitted");
-                return;
+            if batch.epoch != self.shared.epoch.load(Ordering::Acquire) || self.shared.rewind.load(Ordering::Acquire) {
+                // Consumed before a rewind: the consumer reads these records again.
+                continue;
+            }
+            match self.store(&batch, out, &shutdown).await {
+                Stored::Done => {}
+                Stored::Rewind => self.shared.rewind.store(true, Ordering::Release),
+                Stored::Stop => {
+                    tracing::warn!("the pipeline stopped while retrying; records stay uncommitted");
+                    return;
+                }
             }
         }
     }
 
-    /// Dead-letters, stores, reports durable. `false` if shutdown interrupted a retry loop.
-    async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> bool {
+    /// Dead-letters, stores, writes the sink, reports durable.
+    async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> Stored {
         if !out.rejected.is_empty() {
             let sent = retry("dead-letter produce", shutdown, || {
                 self.dead_letters.send(batch, &out.rejected)
             })
             .await;
             if !sent {
-                return false;
+                return Stored::Stop;
             }
             count_rejected(&self.metrics, &out.rejected);
             for r in &out.rejected {
@@ -100,7 +122,20 @@ impl Pipeline {
             })
             .await;
             if !stored {
-                return false;
+                return Stored::Stop;
+            }
+        }
+        if let Some(sink) = &self.sink {
+            match write_sink(sink.as_ref(), batch, &out, shutdown).await {
+                Ok(()) => {}
+                Err(SinkError::Fenced(reason)) => {
+                    tracing::warn!(%reason, "the sink refused a batch as stale; rewinding to its stored offsets");
+                    return Stored::Rewind;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the rollup sink gave up; stopping the kafka pipeline");
+                    return Stored::Stop;
+                }
             }
         }
         for (topic, partition, next, n) in batch.progress() {
@@ -121,7 +156,64 @@ impl Pipeline {
                 .with_label_values(&[name])
                 .inc_by(n);
         }
-        true
+        Stored::Done
+    }
+}
+
+/// Writes `out` and the offsets `batch` covers to the sink, retrying failures with the sink's
+/// backoff (forever when its attempts are 0) until shutdown.
+async fn write_sink(
+    sink: &dyn RollupSink,
+    batch: &RawBatch,
+    out: &DecodedBatch,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), SinkError> {
+    let positions: Vec<SourcePosition> = batch
+        .progress()
+        .into_iter()
+        .filter_map(|(t, partition, next, _)| {
+            batch.topics.get(t).map(|topic| SourcePosition {
+                topic: topic.clone(),
+                partition,
+                next,
+            })
+        })
+        .collect();
+    let letters: Vec<DeadLetter> = out
+        .rejected
+        .iter()
+        .filter_map(|r| {
+            let rec = batch.records.get(r.index)?;
+            Some(DeadLetter {
+                topic: batch.topics.get(rec.topic).cloned(),
+                partition: Some(rec.partition),
+                offset: Some(rec.offset),
+                error_type: r.error_type.as_str().to_string(),
+                reason: r.reason.clone(),
+                payload: batch.payload(r.index).to_vec(),
+            })
+        })
+        .collect();
+    let (backoff, attempts) = sink.retry_policy();
+    let mut shutdown = shutdown.clone();
+    let mut attempt = 0u32;
+    loop {
+        match sink.write(&out.batch, &letters, &positions).await {
+            Ok(()) => return Ok(()),
+            Err(e @ SinkError::Fenced(_)) => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                if *shutdown.borrow() || (attempts > 0 && attempt >= attempts) {
+                    return Err(e);
+                }
+                let delay = backoff.delay(attempt);
+                tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "rollup sink write failed; retrying (ingestion paused)");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Err(e),
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,121 @@
+//! Sinks for continuous-query outputs, one folder per sink behind [`RollupSink`]; [`build`] is
+//! the one registry that turns the configuration into a sink.
+//!
+//! A sink receives every accepted micro-batch together with the source positions (Kafka
+//! partition offsets) it covers and makes the rollup updates of that batch and the positions
+//! durable in one step, so a source that resumes from the sink's positions counts every event
+//! exactly once.
+
+pub mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::{Classify, ErrorClass};
+use crate::metrics::Metrics;
+use crate::stream::catalog::CqDefinition;
+
+/// A source position covered by a batch: the next offset to read of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset after the batch's last record of this partition.
+    pub next: i64,
+}
+
+/// A record that could not be decoded, kept with its reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Source topic (None for HTTP).
+    pub topic: Option<String>,
+    /// Source partition.
+    pub partition: Option<i32>,
+    /// Source offset.
+    pub offset: Option<i64>,
+    /// Error class (`invalid_json`, `validation`, ...).
+    pub error_type: String,
+    /// Human-readable reason.
+    pub reason: String,
+    /// The original bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Errors of sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The database is unreachable, failing, or the circuit breaker is open; retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Another instance advanced a partition's stored offset: this instance's view of it is
+    /// stale and must be re-read before writing again.
+    #[error("stale source position: {0}")]
+    Fenced(String),
+    /// The configuration (URL, a query the sink cannot store) is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// A bug.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Classify for SinkError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Unavailable(_) | Self::Fenced(_) => ErrorClass::External,
+            Self::Config(_) => ErrorClass::User,
+            Self::Internal(_) => ErrorClass::Internal,
+        }
+    }
+}
+
+/// Where continuous-query outputs become durable and shared.
+#[async_trait]
+pub trait RollupSink: Send + Sync + std::fmt::Debug {
+    /// Sink kind (`postgres`).
+    fn name(&self) -> &'static str;
+
+    /// Applies the rollup updates of `batch`, records `dead_letters`, and advances `positions`,
+    /// all in one transaction. All or nothing.
+    async fn write(
+        &self,
+        batch: &RecordBatch,
+        dead_letters: &[DeadLetter],
+        positions: &[SourcePosition],
+    ) -> Result<(), SinkError>;
+
+    /// The stored next offsets of `partitions` of the consumer group (None = never written);
+    /// later writes for these partitions must continue from exactly there.
+    async fn load_positions(&self, partitions: &[(String, i32)]) -> Result<Vec<Option<i64>>, SinkError>;
+
+    /// This instance no longer owns `partitions`.
+    fn forget_positions(&self, partitions: &[(String, i32)]);
+
+    /// Retry schedule for failed writes: (backoff, attempts; 0 = until it succeeds).
+    fn retry_policy(&self) -> (postgres::retry::Backoff, u32);
+
+    /// Live status for `/api/v1/ingest/status`.
+    fn status(&self) -> serde_json::Value;
+
+    /// Whether writes can go through (circuit breaker not open).
+    fn ready(&self) -> bool;
+}
+
+/// The configured sink, if any. `queries` follows the registered continuous queries.
+pub async fn build(
+    config: &Config,
+    queries: watch::Receiver<Vec<CqDefinition>>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<dyn RollupSink>>, SinkError> {
+    if !config.postgres.enabled() {
+        return Ok(None);
+    }
+    let sink = postgres::PostgresSink::connect(&config.postgres, &config.kafka.group_id, queries, metrics.clone()).await?;
+    Ok(Some(Arc::new(sink)))
+}

@@ -1,0 +1,288 @@
+//! PostgreSQL/TimescaleDB rollup sink: every continuous query's output lands in a table named
+//! after it, kept exact by merging per-batch deltas ([`rollup`]), with the Kafka offsets the
+//! batch covers advanced in the same transaction ([`offsets`]). Writes go through a circuit
+//! breaker ([`breaker`]) and are retried by the caller with [`retry::Backoff`].
+
+pub mod breaker;
+pub mod columns;
+pub mod config;
+pub mod migrate;
+mod offsets;
+pub mod retry;
+pub mod rollup;
+mod tables;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+
+pub use config::PostgresConfig;
+
+use self::breaker::{BreakerState, CircuitBreaker};
+use self::retry::Backoff;
+use self::tables::Tables;
+use super::{DeadLetter, RollupSink, SinkError, SourcePosition};
+use crate::event::EVENTS_TABLE;
+use crate::metrics::Metrics;
+use crate::stream::catalog::CqDefinition;
+
+/// Advisory lock every sink transaction takes first: writers of all instances are serialized,
+/// so merges of the same row never interleave and lock order cannot deadlock.
+const WRITE_LOCK: i64 = 0x4c4c_4d48_5542; // "LLMHUB"
+
+/// Classifies a database error: connection-level and transient server errors are
+/// [`SinkError::Unavailable`] (retry), the rest are bugs ([`SinkError::Internal`]).
+pub fn classify_db(e: sqlx::Error) -> SinkError {
+    match &e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+            let transient = code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
+                || code == "55P03";
+            if transient {
+                SinkError::Unavailable(format!("{d} (SQLSTATE {code})"))
+            } else {
+                SinkError::Internal(format!("{d} (SQLSTATE {code})"))
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => SinkError::Unavailable(e.to_string()),
+        _ => SinkError::Internal(e.to_string()),
+    }
+}
+
+/// The sink.
+#[derive(Debug)]
+pub struct PostgresSink {
+    pool: PgPool,
+    group: String,
+    instance: String,
+    backoff: Backoff,
+    max_attempts: u32,
+    breaker: CircuitBreaker,
+    metrics: Metrics,
+    tables: tokio::sync::Mutex<Tables>,
+    /// Per owned partition, the stored next offset this instance continues from
+    /// (None = no row yet). Writes compare-and-set against it.
+    expected: Mutex<HashMap<(String, i32), Option<i64>>>,
+    writes: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl PostgresSink {
+    /// Builds the pool (connections are opened lazily, so the Hub starts while the database is
+    /// down), creates the database if configured, and applies the migrations when reachable.
+    pub async fn connect(
+        config: &PostgresConfig,
+        group: &str,
+        queries: watch::Receiver<Vec<CqDefinition>>,
+        metrics: Metrics,
+    ) -> Result<Self, SinkError> {
+        let url = config
+            .url
+            .clone()
+            .ok_or_else(|| SinkError::Config("postgres.url is not set".into()))?;
+        if config.create_database
+            && let Err(e) = migrate::create_database(&url).await
+        {
+            tracing::warn!(error = %e, "could not check or create the database; will retry on first write");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_lazy(&url)
+            .map_err(|e| SinkError::Config(format!("invalid postgres url: {e}")))?;
+        let sink = Self {
+            pool,
+            group: group.to_string(),
+            instance: config.instance(),
+            backoff: Backoff {
+                initial: Duration::from_millis(config.retry_initial_ms),
+                multiplier: config.retry_multiplier,
+                max: Duration::from_millis(config.retry_max_ms),
+            },
+            max_attempts: config.retry_max_attempts,
+            breaker: CircuitBreaker::new(
+                config.breaker_failure_threshold,
+                Duration::from_secs(config.breaker_open_secs),
+                config.breaker_half_open_successes,
+            ),
+            metrics,
+            tables: tokio::sync::Mutex::new(Tables::new(queries, config.migrate_on_start)),
+            expected: Mutex::new(HashMap::new()),
+            writes: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        };
+        let mut tables = sink.tables.lock().await;
+        if let Err(e) = tables.prepare(&sink.pool, &sink.metrics).await {
+            tracing::warn!(error = %e, "postgres is not ready yet; rollups are written once it is");
+        }
+        drop(tables);
+        Ok(sink)
+    }
+
+    fn expected(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
+        self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn observe(&self, query_type: &str, started: Instant) {
+        self.metrics
+            .db_query_duration_seconds
+            .with_label_values(&[query_type])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn write_txn(
+        &self,
+        batch: &RecordBatch,
+        dead_letters: &[DeadLetter],
+        positions: &[SourcePosition],
+    ) -> Result<(), SinkError> {
+        let mut tables = self.tables.lock().await;
+        tables.prepare(&self.pool, &self.metrics).await?;
+        let expected: Vec<Option<Option<i64>>> = {
+            let map = self.expected();
+            positions
+                .iter()
+                .map(|p| map.get(&(p.topic.clone(), p.partition)).copied())
+                .collect()
+        };
+        let mut tx = self.pool.begin().await.map_err(classify_db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_db)?;
+        for (p, expected) in positions.iter().zip(&expected) {
+            let Some(expected) = expected else {
+                return Err(SinkError::Fenced(format!(
+                    "{}/{} is not owned by this instance",
+                    p.topic, p.partition
+                )));
+            };
+            offsets::advance(&mut tx, &self.group, p, *expected, &self.instance).await?;
+        }
+        let mut inputs: HashMap<String, Vec<RecordBatch>> = HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
+        for table in tables.list() {
+            let Some(input) = inputs.get(&table.source) else { continue };
+            let downstream = tables.has_downstream(&table.name);
+            let out = table.apply(&mut tx, input, downstream).await?;
+            if downstream {
+                inputs.insert(table.name.clone(), out);
+            }
+        }
+        offsets::dead_letters(&mut tx, dead_letters).await?;
+        tx.commit().await.map_err(classify_db)?;
+        let mut map = self.expected();
+        for p in positions {
+            map.insert((p.topic.clone(), p.partition), Some(p.next));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RollupSink for PostgresSink {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn write(
+        &self,
+        batch: &RecordBatch,
+        dead_letters: &[DeadLetter],
+        positions: &[SourcePosition],
+    ) -> Result<(), SinkError> {
+        let outcome = match self.breaker.allow() {
+            Err(left) => Err(SinkError::Unavailable(format!(
+                "circuit breaker open for another {:.1} s",
+                left.as_secs_f64()
+            ))),
+            Ok(()) => {
+                let started = Instant::now();
+                let r = self.write_txn(batch, dead_letters, positions).await;
+                self.observe("write_txn", started);
+                match &r {
+                    Err(SinkError::Unavailable(_)) => self.breaker.failure(),
+                    _ => self.breaker.success(),
+                }
+                r
+            }
+        };
+        self.metrics.db_circuit_breaker_state.set(self.breaker.state().gauge());
+        let result = match &outcome {
+            Ok(()) => "ok",
+            Err(SinkError::Unavailable(_)) => "unavailable",
+            Err(SinkError::Fenced(_)) => "fenced",
+            Err(_) => "error",
+        };
+        self.metrics.db_writes_total.with_label_values(&[result]).inc();
+        match &outcome {
+            Ok(()) => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+            }
+        }
+        outcome
+    }
+
+    async fn load_positions(&self, partitions: &[(String, i32)]) -> Result<Vec<Option<i64>>, SinkError> {
+        let started = Instant::now();
+        {
+            let mut tables = self.tables.lock().await;
+            tables.migrate_if_needed(&self.pool, &self.metrics).await?;
+        }
+        let stored = offsets::load(&self.pool, &self.group, partitions).await?;
+        self.observe("load_offsets", started);
+        let mut map = self.expected();
+        for (p, o) in partitions.iter().zip(&stored) {
+            map.insert(p.clone(), *o);
+        }
+        Ok(stored)
+    }
+
+    fn forget_positions(&self, partitions: &[(String, i32)]) {
+        let mut map = self.expected();
+        for p in partitions {
+            map.remove(p);
+        }
+    }
+
+    fn retry_policy(&self) -> (Backoff, u32) {
+        (self.backoff, self.max_attempts)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let tables = self.tables.try_lock().map(|t| t.status()).unwrap_or(serde_json::Value::Null);
+        let state: BreakerState = self.breaker.state();
+        json!({
+            "sink": "postgres",
+            "circuit_breaker": state,
+            "transactions": self.writes.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            "owned_partitions": self.expected().len(),
+            "tables": tables,
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.breaker.state() != BreakerState::Open
+    }
+}

@@ -1,0 +1,252 @@
+//! The PostgreSQL rollup sink against the real server, the real Kafka-protocol broker and the
+//! real binary: exactly-once across kill -9, a database outage, and a rebalance.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::harness::{BIN, Hub, HubOptions, generated};
+use crate::kafka::{Broker, is_valid, kafka_opts, wait_for};
+use crate::pg::{PrivatePg, QUERIES, TestDb, assert_same, oracle, stored, stored_offsets};
+
+fn with_db(mut opts: HubOptions, url: &str) -> HubOptions {
+    opts.env.push(("DATABASE_URL".into(), url.into()));
+    opts
+}
+
+async fn register(hub: &Hub) {
+    for (name, sql) in QUERIES {
+        let (status, body) = hub.sql(sql).await;
+        assert_eq!(status, 201, "register {name}: {body}");
+    }
+}
+
+/// Events (with ~0.5% invalid ones) as produced payloads.
+fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    generated(seed, n, 0.005).into_iter().map(String::into_bytes).collect()
+}
+
+async fn check_against_oracle(conn: &mut sqlx::PgConnection, produced: &[Vec<u8>]) {
+    let want_1m = oracle(produced, 1).await;
+    let want_5m = oracle(produced, 5).await;
+    assert!(want_1m.len() > 100, "enough windows to mean something: {}", want_1m.len());
+    assert_same("pm_1m", &stored(conn, "pm_1m").await, &want_1m);
+    assert_same("pm_5m", &stored(conn, "pm_5m").await, &want_5m);
+    let invalid = produced.iter().filter(|p| !is_valid(p)).count() as i64;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM hub_dead_letters")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("dead letters");
+    assert!(invalid > 0);
+    assert_eq!(dead, invalid, "every invalid record recorded once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
+    let db = TestDb::create("http").await;
+    // `analytics-hub migrate` applies the migrations and reports the storage path.
+    let out = std::process::Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("run migrate");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("applied 1 hub schema"), "{report}");
+    assert!(report.contains("native partitioning"), "{report}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = HubOptions {
+        config_toml: Some("[stream]\nshipped_queries = false\n".into()),
+        ..HubOptions::default()
+    };
+    let hub = Hub::start_with(&dir.path().join("data"), with_db(opts, &db.url)).await;
+    register(&hub).await;
+    let produced = payloads(81, 20_000);
+    let valid: Vec<Vec<u8>> = produced.iter().filter(|p| is_valid(p)).cloned().collect();
+    for chunk in valid.chunks(2_000) {
+        let body = chunk.iter().map(|l| String::from_utf8_lossy(l).to_string()).collect::<Vec<_>>().join("\n");
+        let (status, body) = hub.post_ndjson(body).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut conn = db.connect().await;
+    assert_same("pm_1m", &stored(&mut conn, "pm_1m").await, &oracle(&valid, 1).await);
+    assert_same("pm_5m", &stored(&mut conn, "pm_5m").await, &oracle(&valid, 5).await);
+
+    // The fallback storage: a partitioned table with month partitions and a BRIN index.
+    let storage: String = sqlx::query_scalar("SELECT storage FROM hub_continuous_queries WHERE name = 'pm_1m'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("registry row");
+    assert_eq!(storage, "partitioned");
+    let parts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pm_1m'::regclass",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("partitions");
+    assert!(parts >= 2, "default + at least one month partition: {parts}");
+
+    // A Grafana panel query straight on PostgreSQL equals the Hub's SQL over its own table, for
+    // the windows the Hub has closed (generated timestamps run ahead of the wall clock, so the
+    // newest windows stay open in the Hub while PostgreSQL already has them).
+    let mut closed = Vec::new();
+    wait_for("the Hub closed some windows", Duration::from_secs(60), async || {
+        closed = hub.rows("SELECT max(window_start) AS t, count(*) AS n FROM pm_1m").await;
+        closed[0]["n"].as_i64().unwrap_or(0) >= 10
+    })
+    .await;
+    let until = closed[0]["t"].as_str().expect("window_start as text").to_string();
+    let panel = |from: &str| {
+        format!(
+            "SELECT window_start AS \"time\", model, CAST(sum(requests) AS BIGINT) AS requests, max(max_latency_ms) AS max_ms
+             FROM pm_1m WHERE window_start BETWEEN '2000-01-01T00:00:00Z' AND '{from}'
+             GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    };
+    let pg_rows = sqlx::query(sqlx::AssertSqlSafe(panel(&until)))
+        .fetch_all(&mut conn)
+        .await
+        .expect("grafana sql");
+    let hub_rows: Vec<Value> = hub.rows(&panel(&until)).await;
+    assert_eq!(pg_rows.len(), hub_rows.len(), "same rows up to {until}");
+    assert!(pg_rows.len() >= 10);
+    for (pg, hubr) in pg_rows.iter().zip(&hub_rows) {
+        let model: String = pg.get("model");
+        let requests: i64 = pg.get("requests");
+        let max_ms: f64 = pg.get("max_ms");
+        assert_eq!(hubr["model"], model.as_str());
+        assert_eq!(hubr["requests"], requests);
+        assert_eq!(hubr["max_ms"].as_f64(), Some(max_ms));
+    }
+    let metrics = hub.metrics_text().await;
+    assert!(metrics.contains("db_query_duration_seconds_count{query_type=\"write_txn\"}"), "{metrics}");
+    assert!(metrics.contains("db_circuit_breaker_state 0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_to_postgres_is_exactly_once_across_repeated_kill9() {
+    let broker = Broker::start();
+    let topic = "events-pg-kill";
+    broker.create_topic(topic, 4).await;
+    let db = TestDb::create("kill").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let opts = with_db(
+        kafka_opts(&broker, topic, "g-pg-kill", "batch_max_records = 1000\nqueue_batches = 2\n"),
+        &db.url,
+    );
+    let mut hub = Hub::start_with(&data, opts.clone()).await;
+    register(&hub).await;
+    let produced = payloads(83, 200_000);
+    let total = produced.len() as i64;
+    broker.produce(topic, &produced).await;
+    let mut conn = db.connect().await;
+    for round in 1..=5i64 {
+        let target = total * round / 7;
+        wait_for("progress before the kill", Duration::from_secs(300), async || {
+            stored_offsets(&mut conn, "g-pg-kill").await >= target
+        })
+        .await;
+        hub.kill9();
+        let at = stored_offsets(&mut conn, "g-pg-kill").await;
+        assert!(at < total, "kill {round} landed mid-ingestion ({at} of {total})");
+        eprintln!("kill -9 #{round} at {at} of {total} records");
+        hub = Hub::start_with(&data, opts.clone()).await;
+    }
+    wait_for("every record written", Duration::from_secs(600), async || {
+        stored_offsets(&mut conn, "g-pg-kill").await == total
+    })
+    .await;
+    check_against_oracle(&mut conn, &produced).await;
+    drop(hub);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_outage_pauses_ingestion_and_loses_nothing() {
+    let broker = Broker::start();
+    let topic = "events-pg-outage";
+    broker.create_topic(topic, 4).await;
+    let pg = PrivatePg::start();
+    let url = pg.url("llm_analytics");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "batch_max_records = 1000\nqueue_batches = 2\n[postgres]\nbreaker_open_secs = 2\nretry_max_ms = 2000\n";
+    let hub = Hub::start_with(
+        &dir.path().join("data"),
+        with_db(kafka_opts(&broker, topic, "g-pg-outage", extra), &url),
+    )
+    .await;
+    register(&hub).await;
+    let produced = payloads(84, 100_000);
+    let total = produced.len() as i64;
+    broker.produce(topic, &produced).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+    wait_for("ingestion under way", Duration::from_secs(300), async || {
+        stored_offsets(&mut conn, "g-pg-outage").await >= total / 4
+    })
+    .await;
+    drop(conn);
+    pg.down();
+    wait_for("/ready reports the open breaker", Duration::from_secs(60), async || {
+        let r = hub.client.get(hub.url("/ready")).send().await.expect("ready");
+        r.status().as_u16() == 503
+    })
+    .await;
+    let metrics = hub.metrics_text().await;
+    assert!(metrics.contains("db_circuit_breaker_state 1") || metrics.contains("db_circuit_breaker_state 2"));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        hub.metrics_text().await.contains("kafka_consumer_paused 1"),
+        "backpressure: the consumer paused while the database was down"
+    );
+    pg.up();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("reconnect");
+    wait_for("every record written after the outage", Duration::from_secs(600), async || {
+        stored_offsets(&mut conn, "g-pg-outage").await == total
+    })
+    .await;
+    wait_for("/ready again", Duration::from_secs(60), async || {
+        hub.client.get(hub.url("/ready")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    check_against_oracle(&mut conn, &produced).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_with_a_rebalance_count_every_event_once() {
+    let broker = Broker::start();
+    let topic = "events-pg-group";
+    broker.create_topic(topic, 4).await;
+    let db = TestDb::create("group").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = with_db(
+        kafka_opts(&broker, topic, "g-pg-group", "batch_max_records = 1000\nqueue_batches = 2\n"),
+        &db.url,
+    );
+    let a = Hub::start_with(&dir.path().join("a"), opts.clone()).await;
+    register(&a).await;
+    let produced = payloads(85, 120_000);
+    let total = produced.len() as i64;
+    let (first, second) = produced.split_at(produced.len() / 2);
+    broker.produce(topic, first).await;
+    let mut conn = db.connect().await;
+    wait_for("a under way", Duration::from_secs(300), async || {
+        stored_offsets(&mut conn, "g-pg-group").await >= total / 6
+    })
+    .await;
+    // B joins mid-stream: the group rebalances; B learns the queries from the shared registry.
+    let b = Hub::start_with(&dir.path().join("b"), opts.clone()).await;
+    broker.produce(topic, second).await;
+    wait_for("every record written", Duration::from_secs(600), async || {
+        stored_offsets(&mut conn, "g-pg-group").await == total
+    })
+    .await;
+    let writers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT updated_by FROM hub_kafka_offsets")
+        .fetch_all(&mut conn)
+        .await
+        .expect("writers");
+    assert_eq!(writers.len(), 2, "both instances wrote offsets: {writers:?}");
+    check_against_oracle(&mut conn, &produced).await;
+    drop((a, b));
+}
