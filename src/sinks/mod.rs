@@ -116,6 +116,7 @@ pub async fn build(
     if !config.postgres.enabled() {
         return Ok(None);
     }
-    let sink = postgres::PostgresSink::connect(&config.postgres, &config.kafka.group_id, queries, metrics.clone()).await?;
+    let sink =
+        postgres::PostgresSink::connect(&config.postgres, &config.kafka.group_id, queries, metrics.clone()).await?;
     Ok(Some(Arc::new(sink)))
 }

@@ -127,7 +127,10 @@ impl PrivatePg {
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
         let dir = tempfile::tempdir().expect("tempdir");
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
         let data = dir.path().join("data");
         let out = as_postgres(&bin.join("initdb"))
             .args(["-A", "trust", "-U", "postgres", "-D"])
@@ -164,7 +167,11 @@ impl PrivatePg {
             .arg("start")
             .output()
             .expect("pg_ctl start");
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops the server (fast shutdown: open connections are cut).
@@ -175,7 +182,11 @@ impl PrivatePg {
             .arg("stop")
             .output()
             .expect("pg_ctl stop");
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -223,8 +234,16 @@ pub async fn oracle(lines: &[Vec<u8>], minutes: i64) -> Rollup {
         for i in 0..b.num_rows() {
             let key = (
                 i64_at(b, "ws", i),
-                b.column_by_name("provider").expect("provider").as_string::<i32>().value(i).to_string(),
-                b.column_by_name("model").expect("model").as_string::<i32>().value(i).to_string(),
+                b.column_by_name("provider")
+                    .expect("provider")
+                    .as_string::<i32>()
+                    .value(i)
+                    .to_string(),
+                b.column_by_name("model")
+                    .expect("model")
+                    .as_string::<i32>()
+                    .value(i)
+                    .to_string(),
             );
             out.insert(key, row_of(b, i));
         }
@@ -249,7 +268,10 @@ pub async fn stored(conn: &mut PgConnection, table: &str) -> Rollup {
         "SELECT (extract(epoch FROM window_start) * 1000000)::bigint, provider, model, requests, input_tokens,
                 cost_usd, min_latency_ms, max_latency_ms, p95_latency_ms FROM {table}"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(conn).await.expect("select rollup");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await
+        .expect("select rollup");
     rows.iter()
         .map(|r| {
             (
@@ -289,7 +311,12 @@ pub fn assert_same(what: &str, got: &Rollup, want: &Rollup) {
             (w.requests, w.input_tokens, w.min_latency_ms, w.max_latency_ms),
             "{what} {k:?}"
         );
-        assert!(close(g.cost_usd, w.cost_usd, 1e-9), "{what} {k:?} cost {} vs {}", g.cost_usd, w.cost_usd);
+        assert!(
+            close(g.cost_usd, w.cost_usd, 1e-9),
+            "{what} {k:?} cost {} vs {}",
+            g.cost_usd,
+            w.cost_usd
+        );
         assert!(
             close(g.p95_latency_ms, w.p95_latency_ms, 1e-6),
             "{what} {k:?} p95 {} vs {}",

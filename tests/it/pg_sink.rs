@@ -30,7 +30,11 @@ fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
 async fn check_against_oracle(conn: &mut sqlx::PgConnection, produced: &[Vec<u8>]) {
     let want_1m = oracle(produced, 1).await;
     let want_5m = oracle(produced, 5).await;
-    assert!(want_1m.len() > 100, "enough windows to mean something: {}", want_1m.len());
+    assert!(
+        want_1m.len() > 100,
+        "enough windows to mean something: {}",
+        want_1m.len()
+    );
     assert_same("pm_1m", &stored(conn, "pm_1m").await, &want_1m);
     assert_same("pm_5m", &stored(conn, "pm_5m").await, &want_5m);
     let invalid = produced.iter().filter(|p| !is_valid(p)).count() as i64;
@@ -52,7 +56,11 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
         .output()
         .expect("run migrate");
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(report.contains("applied 1 hub schema"), "{report}");
     assert!(report.contains("native partitioning"), "{report}");
 
@@ -66,7 +74,11 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
     let produced = payloads(81, 20_000);
     let valid: Vec<Vec<u8>> = produced.iter().filter(|p| is_valid(p)).cloned().collect();
     for chunk in valid.chunks(2_000) {
-        let body = chunk.iter().map(|l| String::from_utf8_lossy(l).to_string()).collect::<Vec<_>>().join("\n");
+        let body = chunk
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         let (status, body) = hub.post_ndjson(body).await;
         assert_eq!(status, 200, "{body}");
     }
@@ -80,12 +92,10 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
         .await
         .expect("registry row");
     assert_eq!(storage, "partitioned");
-    let parts: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pm_1m'::regclass",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .expect("partitions");
+    let parts: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'pm_1m'::regclass")
+        .fetch_one(&mut conn)
+        .await
+        .expect("partitions");
     assert!(parts >= 2, "default + at least one month partition: {parts}");
 
     // A Grafana panel query straight on PostgreSQL equals the Hub's SQL over its own table, for
@@ -93,7 +103,9 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
     // newest windows stay open in the Hub while PostgreSQL already has them).
     let mut closed = Vec::new();
     wait_for("the Hub closed some windows", Duration::from_secs(60), async || {
-        closed = hub.rows("SELECT max(window_start) AS t, count(*) AS n FROM pm_1m").await;
+        closed = hub
+            .rows("SELECT max(window_start) AS t, count(*) AS n FROM pm_1m")
+            .await;
         closed[0]["n"].as_i64().unwrap_or(0) >= 10
     })
     .await;
@@ -121,7 +133,10 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
         assert_eq!(hubr["max_ms"].as_f64(), Some(max_ms));
     }
     let metrics = hub.metrics_text().await;
-    assert!(metrics.contains("db_query_duration_seconds_count{query_type=\"write_txn\"}"), "{metrics}");
+    assert!(
+        metrics.contains("db_query_duration_seconds_count{query_type=\"write_txn\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("db_circuit_breaker_state 0"));
 }
 
@@ -134,7 +149,12 @@ async fn kafka_to_postgres_is_exactly_once_across_repeated_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let opts = with_db(
-        kafka_opts(&broker, topic, "g-pg-kill", "batch_max_records = 1000\nqueue_batches = 2\n"),
+        kafka_opts(
+            &broker,
+            topic,
+            "g-pg-kill",
+            "batch_max_records = 1000\nqueue_batches = 2\n",
+        ),
         &db.url,
     );
     let mut hub = Hub::start_with(&data, opts.clone()).await;
@@ -181,7 +201,9 @@ async fn postgres_outage_pauses_ingestion_and_loses_nothing() {
     let produced = payloads(84, 100_000);
     let total = produced.len() as i64;
     broker.produce(topic, &produced).await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
     wait_for("ingestion under way", Duration::from_secs(300), async || {
         stored_offsets(&mut conn, "g-pg-outage").await >= total / 4
     })
@@ -201,13 +223,21 @@ async fn postgres_outage_pauses_ingestion_and_loses_nothing() {
         "backpressure: the consumer paused while the database was down"
     );
     pg.up();
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("reconnect");
-    wait_for("every record written after the outage", Duration::from_secs(600), async || {
-        stored_offsets(&mut conn, "g-pg-outage").await == total
-    })
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("reconnect");
+    wait_for(
+        "every record written after the outage",
+        Duration::from_secs(600),
+        async || stored_offsets(&mut conn, "g-pg-outage").await == total,
+    )
     .await;
     wait_for("/ready again", Duration::from_secs(60), async || {
-        hub.client.get(hub.url("/ready")).send().await.is_ok_and(|r| r.status().is_success())
+        hub.client
+            .get(hub.url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
     check_against_oracle(&mut conn, &produced).await;
@@ -221,7 +251,12 @@ async fn two_instances_with_a_rebalance_count_every_event_once() {
     let db = TestDb::create("group").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = with_db(
-        kafka_opts(&broker, topic, "g-pg-group", "batch_max_records = 1000\nqueue_batches = 2\n"),
+        kafka_opts(
+            &broker,
+            topic,
+            "g-pg-group",
+            "batch_max_records = 1000\nqueue_batches = 2\n",
+        ),
         &db.url,
     );
     let a = Hub::start_with(&dir.path().join("a"), opts.clone()).await;

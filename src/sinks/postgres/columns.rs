@@ -187,7 +187,10 @@ pub fn read_column(rows: &[PgRow], index: usize, kind: PgKind, target: &DataType
         PgKind::Timestamp => {
             let values = rows
                 .iter()
-                .map(|r| r.try_get::<Option<DateTime<Utc>>, _>(index).map(|v| v.map(|t| t.timestamp_micros())))
+                .map(|r| {
+                    r.try_get::<Option<DateTime<Utc>>, _>(index)
+                        .map(|v| v.map(|t| t.timestamp_micros()))
+                })
                 .collect::<Result<TimestampMicrosecondArray, _>>()
                 .map_err(get)?;
             Arc::new(values.with_timezone("UTC"))

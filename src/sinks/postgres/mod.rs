@@ -177,9 +177,12 @@ impl PostgresSink {
             };
             offsets::advance(&mut tx, &self.group, p, *expected, &self.instance).await?;
         }
-        let mut inputs: HashMap<String, Vec<RecordBatch>> = HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
+        let mut inputs: HashMap<String, Vec<RecordBatch>> =
+            HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
         for table in tables.list() {
-            let Some(input) = inputs.get(&table.source) else { continue };
+            let Some(input) = inputs.get(&table.source) else {
+                continue;
+            };
             let downstream = tables.has_downstream(&table.name);
             let out = table.apply(&mut tx, input, downstream).await?;
             if downstream {
@@ -237,7 +240,10 @@ impl RollupSink for PostgresSink {
                 self.writes.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
             }
         }
         outcome
@@ -270,7 +276,11 @@ impl RollupSink for PostgresSink {
     }
 
     fn status(&self) -> serde_json::Value {
-        let tables = self.tables.try_lock().map(|t| t.status()).unwrap_or(serde_json::Value::Null);
+        let tables = self
+            .tables
+            .try_lock()
+            .map(|t| t.status())
+            .unwrap_or(serde_json::Value::Null);
         let state: BreakerState = self.breaker.state();
         json!({
             "sink": "postgres",

@@ -82,7 +82,10 @@ impl RollupTable {
         let rewritten = rewrite::rewrite(&def.sql, &columns, true).map_err(|e| config_err(&name, e))?;
         let spec = window_spec(&rewritten.window).await.map_err(|e| config_err(&name, e))?;
         if matches!(spec, WindowSpec::Session { .. }) {
-            return Err(config_err(&name, "session windows are not supported by the Postgres sink"));
+            return Err(config_err(
+                &name,
+                "session windows are not supported by the Postgres sink",
+            ));
         }
         let plan = CqPlan::build(&rewritten.sql, spec, input_schema)
             .await
@@ -96,7 +99,9 @@ impl RollupTable {
             schema
                 .fields()
                 .iter()
-                .map(|f| PgKind::of(f.data_type()).map_err(|e| config_err(&name, format!("column `{}`: {e}", f.name()))))
+                .map(|f| {
+                    PgKind::of(f.data_type()).map_err(|e| config_err(&name, format!("column `{}`: {e}", f.name())))
+                })
                 .collect()
         };
         let user_kinds = kinds(&user)?;
@@ -150,7 +155,13 @@ impl RollupTable {
     fn state_names(&self) -> Vec<String> {
         let groups = self.plan.group_len;
         (0..self.plan.state_schema.fields().len())
-            .map(|i| if i < groups { format!("_g{i}") } else { format!("_s{}", i - groups) })
+            .map(|i| {
+                if i < groups {
+                    format!("_g{i}")
+                } else {
+                    format!("_s{}", i - groups)
+                }
+            })
             .collect()
     }
 
@@ -229,11 +240,7 @@ impl RollupTable {
         }
         self.ensure_partitions(conn, &delta).await?;
         let stored = self.load_states(conn, &delta).await?;
-        let merged = self
-            .plan
-            .reduce(vec![stored, delta.clone()])
-            .await
-            .map_err(internal)?;
+        let merged = self.plan.reduce(vec![stored, delta.clone()]).await.map_err(internal)?;
         let merged = concat_batches(&self.plan.state_schema, &merged).map_err(internal)?;
         let finals = self.plan.finalize(vec![merged.clone()]).await.map_err(internal)?;
         let finals = concat_batches(&self.plan.output_schema, &finals).map_err(internal)?;
@@ -242,9 +249,7 @@ impl RollupTable {
             return Ok(Vec::new());
         }
         let out = self.plan.finalize(vec![delta]).await.map_err(internal)?;
-        out.iter()
-            .map(|b| self.layout.user_rows(b).map_err(internal))
-            .collect()
+        out.iter().map(|b| self.layout.user_rows(b).map_err(internal)).collect()
     }
 
     async fn ensure_partitions(&self, conn: &mut PgConnection, delta: &RecordBatch) -> Result<(), SinkError> {
@@ -321,7 +326,12 @@ impl RollupTable {
         RecordBatch::try_new(Arc::clone(schema), columns).map_err(internal)
     }
 
-    async fn upsert(&self, conn: &mut PgConnection, merged: &RecordBatch, finals: &RecordBatch) -> Result<(), SinkError> {
+    async fn upsert(
+        &self,
+        conn: &mut PgConnection,
+        merged: &RecordBatch,
+        finals: &RecordBatch,
+    ) -> Result<(), SinkError> {
         // Match each merged state row with its output row (HAVING may have dropped some).
         let out_keys = self.codec.encode(finals, &self.key_out).map_err(internal)?;
         let by_key: HashMap<_, u32> = out_keys.into_iter().zip(0u32..).collect();
@@ -415,7 +425,12 @@ mod tests {
     fn months_and_retention() {
         // 2026-11-27T10:00:00Z → 2026-11-01T00:00:00Z
         assert_eq!(month_of(1_795_773_600_000_000), 1_793_491_200_000_000);
-        assert_eq!(retention_for(WindowSpec::Tumble { size: Span::Micros(60_000_000) }), Some("7 days"));
+        assert_eq!(
+            retention_for(WindowSpec::Tumble {
+                size: Span::Micros(60_000_000)
+            }),
+            Some("7 days")
+        );
         assert_eq!(retention_for(WindowSpec::Tumble { size: Span::Months(1) }), None);
     }
 }

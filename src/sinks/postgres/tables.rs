@@ -103,7 +103,12 @@ impl Tables {
                 });
             }
         }
-        let mut known: Vec<&String> = self.list.iter().map(|t| &t.name).chain(self.skipped.iter().map(|(n, _)| n)).collect();
+        let mut known: Vec<&String> = self
+            .list
+            .iter()
+            .map(|t| &t.name)
+            .chain(self.skipped.iter().map(|(n, _)| n))
+            .collect();
         let mut wanted: Vec<&String> = defs.iter().map(|d| &d.name).collect();
         known.sort();
         wanted.sort();
@@ -143,7 +148,10 @@ impl Tables {
             } else if let Some(up) = list.iter().find(|t| t.name == source) {
                 up.user_schema()
             } else {
-                skipped.push((def.name.clone(), format!("its source `{source}` is not stored in PostgreSQL")));
+                skipped.push((
+                    def.name.clone(),
+                    format!("its source `{source}` is not stored in PostgreSQL"),
+                ));
                 continue;
             };
             let table = match RollupTable::new(def, &source, &schema).await {
@@ -184,7 +192,11 @@ impl Tables {
                 .await
                 .map_err(classify_db)?;
         }
-        tracing::info!(stored = list.len(), skipped = skipped.len(), "postgres rollup tables ready");
+        tracing::info!(
+            stored = list.len(),
+            skipped = skipped.len(),
+            "postgres rollup tables ready"
+        );
         self.list = list;
         self.storage = storage;
         self.skipped = skipped;

@@ -72,7 +72,6 @@ impl StoredPositions {
     }
 }
 
-
 /// The consumer context.
 pub struct HubContext {
     pub shared: Arc<Shared>,
