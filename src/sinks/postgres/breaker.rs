@@ -99,6 +99,7 @@ impl CircuitBreaker {
     /// A call succeeded.
     pub fn success(&self) {
         let mut inner = self.lock();
+        self.refresh(&mut inner);
         match inner.state {
             BreakerState::HalfOpen => {
                 inner.successes += 1;
