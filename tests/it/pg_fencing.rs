@@ -69,7 +69,11 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
     // b still believes there is no row: refused, and nothing of its batch is written.
     let refused = b.write(&batch(&l2), &[], &pos(0, 1_000)).await;
     assert!(matches!(refused, Err(SinkError::Fenced(_))), "{refused:?}");
-    assert_eq!(stored(&mut conn, "pm_1m").await, after_a, "a refused write leaves no trace");
+    assert_eq!(
+        stored(&mut conn, "pm_1m").await,
+        after_a,
+        "a refused write leaves no trace"
+    );
 
     // After re-reading the stored offset b continues from a's progress ...
     assert_eq!(b.load_positions(&parts).await.expect("reload"), vec![Some(1_000)]);

@@ -66,6 +66,10 @@ pub fn classify_db(e: sqlx::Error) -> SinkError {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The sink.
 #[derive(Debug)]
 pub struct PostgresSink {
@@ -82,6 +86,8 @@ pub struct PostgresSink {
     expected: Mutex<HashMap<(String, i32), Option<i64>>>,
     writes: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Snapshot of the tables' status (the tables themselves are locked while writing).
+    table_status: Mutex<serde_json::Value>,
 }
 
 impl PostgresSink {
@@ -127,17 +133,19 @@ impl PostgresSink {
             expected: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            table_status: Mutex::new(serde_json::Value::Null),
         };
         let mut tables = sink.tables.lock().await;
         if let Err(e) = tables.prepare(&sink.pool, &sink.metrics).await {
             tracing::warn!(error = %e, "postgres is not ready yet; rollups are written once it is");
         }
+        *lock(&sink.table_status) = tables.status();
         drop(tables);
         Ok(sink)
     }
 
     fn expected(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
-        self.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.expected)
     }
 
     fn observe(&self, query_type: &str, started: Instant) {
@@ -155,6 +163,7 @@ impl PostgresSink {
     ) -> Result<(), SinkError> {
         let mut tables = self.tables.lock().await;
         tables.prepare(&self.pool, &self.metrics).await?;
+        *lock(&self.table_status) = tables.status();
         let expected: Vec<Option<Option<i64>>> = {
             let map = self.expected();
             positions
@@ -240,10 +249,7 @@ impl RollupSink for PostgresSink {
                 self.writes.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                *self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                *lock(&self.last_error) = Some(e.to_string());
             }
         }
         outcome
@@ -286,7 +292,7 @@ impl RollupSink for PostgresSink {
             "sink": "postgres",
             "circuit_breaker": state,
             "transactions": self.writes.load(Ordering::Relaxed),
-            "last_error": *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            "last_error": *lock(&self.last_error),
             "owned_partitions": self.expected().len(),
             "tables": tables,
         })
