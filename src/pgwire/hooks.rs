@@ -186,7 +186,7 @@ mod tests {
         }
         assert_eq!(verdict_of("DISCARD ALL"), Verdict::NoOp("DISCARD ALL"));
         assert_eq!(verdict_of("SET datafusion.execution.batch_size = 1"), Verdict::NoOp("SET"));
-        assert_eq!(verdict_of("SET extra_float_digits TO 3"), Verdict::NoOp("SET"));
+        assert_eq!(verdict_of("SET search_path TO public"), Verdict::NoOp("SET"));
     }
 
     #[test]
