@@ -95,7 +95,7 @@ struct SqlStateErrors;
 /// The SQLSTATE of a DataFusion error message.
 pub fn sqlstate_of(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
-    if m.contains("parsererror") || m.contains("sql error") {
+    if m.contains("parsererror") || m.contains("sql error") || m.contains("sql parser error") {
         "42601"
     } else if m.contains("table") && m.contains("not found") {
         "42P01"

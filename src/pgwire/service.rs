@@ -14,7 +14,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, StreamExt};
@@ -75,10 +77,24 @@ fn match_at(tokens: &[Token], start: usize, pattern: &[Token]) -> Option<usize> 
     Some(i)
 }
 
-/// `sql` with the known client patterns replaced; unchanged (and borrowed) when none occur or it
-/// does not tokenize (the parser then reports the error).
-pub fn rewrite(sql: &str) -> std::borrow::Cow<'_, str> {
-    if !sql.contains("search_path") {
+/// Whether `token` is the keyword `user`, `current_user` or `session_user` (unquoted).
+fn is_user_keyword(token: &Token) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none()
+        && matches!(w.keyword, Keyword::USER | Keyword::CURRENT_USER | Keyword::SESSION_USER))
+}
+
+/// The last non-whitespace token of `out`.
+fn last_significant(out: &[Token]) -> Option<&Token> {
+    out.iter().rev().find(|t| !matches!(t, Token::Whitespace(_)))
+}
+
+/// `sql` with the known client patterns replaced, and the bare `user` / `current_user` /
+/// `session_user` keywords replaced by the login name as a string literal (what Postgres
+/// evaluates them to; DataFusion has no per-connection user). Unchanged (and borrowed) when
+/// nothing applies or the text does not tokenize (the parser then reports the error).
+pub fn rewrite<'a>(sql: &'a str, login: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("search_path") && !lower.contains("user") {
         return sql.into();
     }
     let Some(input) = tokens(sql) else {
@@ -96,7 +112,22 @@ pub fn rewrite(sql: &str) -> std::borrow::Cow<'_, str> {
                 continue 'outer;
             }
         }
-        out.push(input[i].clone());
+        let token = &input[i];
+        let next = input[i + 1..].iter().find(|t| !matches!(t, Token::Whitespace(_)));
+        let previous = last_significant(&out);
+        let keyword_position = !matches!(next, Some(Token::LParen | Token::Period))
+            && !matches!(previous, Some(Token::Period))
+            && !matches!(previous, Some(Token::Word(w)) if matches!(w.keyword, Keyword::SHOW | Keyword::SET | Keyword::AS | Keyword::TO | Keyword::CREATE | Keyword::ALTER | Keyword::DROP));
+        if let Some(login) = login
+            && is_user_keyword(token)
+            && keyword_position
+        {
+            // the tokenizer prints the value between quotes as is: escape them here
+            out.push(Token::SingleQuotedString(login.replace('\'', "''")));
+            changed = true;
+        } else {
+            out.push(token.clone());
+        }
         i += 1;
     }
     if !changed {
@@ -144,6 +175,30 @@ async fn first_row_now(response: Response, timeout: Option<Duration>) -> PgWireR
     Ok(Response::Query(query))
 }
 
+/// DataFusion-only statements the Postgres parser cannot even read (`CREATE EXTERNAL TABLE`,
+/// DataFusion's `COPY ... TO 'file'`): refused like every other write, with 42501, instead of a
+/// syntax error.
+fn refuse_datafusion_only(sql: &str) -> PgWireResult<()> {
+    let upper = sql.to_ascii_uppercase();
+    if !(upper.contains("EXTERNAL") || upper.contains("COPY")) {
+        return Ok(());
+    }
+    let Ok(statements) = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) else {
+        return Ok(());
+    };
+    for statement in &statements {
+        if matches!(statement, DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_)) {
+            let kind = crate::query::guard::statement_kind(&statement.to_string());
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                super::hooks::SQLSTATE_READ_ONLY.into(),
+                crate::query::GuardError::Refused(kind).to_string(),
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// The session service the listener uses.
 pub struct HubService {
     inner: Arc<DfSessionService>,
@@ -169,7 +224,9 @@ impl SimpleQueryHandler for HubService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let query = rewrite(query);
+        refuse_datafusion_only(query)?;
+        let login = client.metadata().get(pgwire::api::METADATA_USER).cloned();
+        let query = rewrite(query, login.as_deref());
         let timeout = statement_timeout(client);
         let mut out = Vec::new();
         for response in SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await? {
@@ -179,11 +236,11 @@ impl SimpleQueryHandler for HubService {
     }
 }
 
-type DfStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
+type WireStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
 
 #[async_trait]
 impl ExtendedQueryHandler for HubService {
-    type Statement = DfStatement;
+    type Statement = WireStatement;
     type QueryParser = HubParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
@@ -209,13 +266,14 @@ pub struct HubParser {
 
 #[async_trait]
 impl QueryParser for HubParser {
-    type Statement = DfStatement;
+    type Statement = WireStatement;
 
     async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let sql = rewrite(sql);
+        refuse_datafusion_only(sql)?;
+        let sql = rewrite(sql, client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str));
         self.inner.parse_sql(client, &sql, types).await
     }
 
@@ -245,12 +303,27 @@ mod tests {
             ) as i,
             string_to_array(current_setting('search_path'),',') s
           ) ORDER BY 1"#;
-        let out = rewrite(sql);
+        let out = rewrite(sql, Some("grafana"));
         assert!(out.contains("IN ('public') ORDER BY 1"), "{out}");
         assert!(!out.contains("generate_series"), "{out}");
         assert!(out.starts_with("SELECT quote_ident(table_name) FROM information_schema.tables"));
-        assert!(matches!(rewrite("SELECT 1"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(rewrite("SELECT 1", Some("g")), std::borrow::Cow::Borrowed(_)));
         let other = "SELECT current_setting('search_path')";
-        assert_eq!(rewrite(other), other);
+        assert_eq!(rewrite(other, Some("g")), other);
+    }
+
+    #[test]
+    fn user_keywords_become_the_login() {
+        assert_eq!(rewrite("SELECT user AS u, current_user", Some("o'neil")), "SELECT 'o''neil' AS u, 'o''neil'");
+        assert_eq!(rewrite("SELECT session_user", Some("g")), "SELECT 'g'");
+        for unchanged in [
+            "SELECT \"user\" FROM t",
+            "SELECT t.user FROM t",
+            "SHOW session_user",
+            "SELECT user_id FROM events",
+            "SELECT count(*) AS user FROM t",
+        ] {
+            assert_eq!(rewrite(unchanged, Some("g")), unchanged);
+        }
     }
 }
