@@ -15,7 +15,7 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{SCRAM_ITERATIONS, ScramAuth, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::{ClientInfo, ConnectionManager};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::config::{PgwireAuth, PgwireConfig};
@@ -161,11 +161,19 @@ impl StartupHandler for Startup {
             Self::Cleartext(h) => h.on_startup(client, message).await,
             Self::Trust(h) => h.on_startup(client, message).await,
         };
-        if let Err(e) = &result {
+        result.map_err(|e| {
             let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
             tracing::info!(user, client = %client.socket_addr(), error = %e, "pgwire: login failed");
-        }
-        result
+            match e {
+                // Postgres' wording, with the user name (pgwire leaves it empty for SCRAM)
+                PgWireError::InvalidPassword(_) => PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "28P01".into(),
+                    format!("password authentication failed for user \"{user}\""),
+                ))),
+                other => other,
+            }
+        })
     }
 }
 

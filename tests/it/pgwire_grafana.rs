@@ -198,8 +198,8 @@ async fn grafana_panel_queries_match_http() {
     }
     assert_eq!(rows[0].get::<_, f64>("avg_ms"), 104.5, "latencies 100..109");
     let text = simple_rows(&client.simple_query(&sql).await.expect("simple time_bucket"));
-    assert_eq!(text[1][0].as_deref(), Some("2026-11-20 00:05:00+00"));
-    assert_eq!(text[0][2].as_deref(), Some("0.2"), "2 errors in the first 10 events");
+    assert_eq!(text[1][0].as_deref(), Some("2026-11-20 00:05:00.000000+00"));
+    assert_eq!(text[0][2].as_deref(), Some("0.1"), "1 error (i = 0) in the first 10 events");
 
     // $__unixEpochFilter-style epoch filters and an epoch time column
     let sql = "SELECT extract(epoch from timestamp) AS \"time\", latency_ms FROM events \
