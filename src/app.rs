@@ -143,7 +143,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         Some(tokio::spawn(server.run(shutdown_rx.clone())))
     } else {
         if config.pgwire.enabled {
-            tracing::info!("Postgres wire endpoint off: no [pgwire] users configured (set PGWIRE_USER and PGWIRE_PASSWORD)");
+            tracing::info!(
+                "Postgres wire endpoint off: no [pgwire] users configured (set PGWIRE_USER and PGWIRE_PASSWORD)"
+            );
         }
         None
     };

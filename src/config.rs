@@ -416,7 +416,10 @@ mod tests {
     #[test]
     fn pgwire_settings_from_file_and_env() {
         let c = Config::default();
-        assert!(c.pgwire.enabled && !c.pgwire.active(), "enabled, but idle without users");
+        assert!(
+            c.pgwire.enabled && !c.pgwire.active(),
+            "enabled, but idle without users"
+        );
         assert_eq!(c.pgwire.port, 5433);
         let mut c = Config::from_toml(
             "[pgwire]\nport = 6543\nauth = \"md5\"\n[[pgwire.users]]\nname = \"a\"\npassword = \"b\"\n",
@@ -434,13 +437,23 @@ mod tests {
         .expect("env ok");
         assert_eq!(c.pgwire.port, 7000);
         assert_eq!(c.pgwire.auth, PgwireAuth::ScramSha256);
-        assert_eq!(c.pgwire.users, vec![PgwireUser { name: "a".into(), password: "c".into() }]);
+        assert_eq!(
+            c.pgwire.users,
+            vec![PgwireUser {
+                name: "a".into(),
+                password: "c".into()
+            }]
+        );
         let err = c
             .apply_env(|n| (n == "PGWIRE_USER").then(|| "x".to_string()))
             .expect_err("user without password");
         assert!(err.to_string().contains("PGWIRE_PASSWORD"));
         c.pgwire.auth = PgwireAuth::Trust;
-        assert!(c.validate().expect_err("trust needs allow_trust").contains("allow_trust"));
+        assert!(
+            c.validate()
+                .expect_err("trust needs allow_trust")
+                .contains("allow_trust")
+        );
         c.pgwire.allow_trust = true;
         c.validate().expect("trust allowed");
         let err = Config::from_toml("[pgwire]\nusers = [{ name = \"a\", pass = \"b\" }]\n").expect_err("typo");

@@ -35,7 +35,13 @@ impl UserStore {
     pub fn new(config: &PgwireConfig) -> Self {
         Self {
             method: config.auth,
-            passwords: Arc::new(config.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect()),
+            passwords: Arc::new(
+                config
+                    .users
+                    .iter()
+                    .map(|u| (u.name.clone(), u.password.clone()))
+                    .collect(),
+            ),
         }
     }
 
@@ -162,7 +168,11 @@ impl StartupHandler for Startup {
             Self::Trust(h) => h.on_startup(client, message).await,
         };
         result.map_err(|e| {
-            let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+            let user = client
+                .metadata()
+                .get(pgwire::api::METADATA_USER)
+                .cloned()
+                .unwrap_or_default();
             tracing::info!(user, client = %client.socket_addr(), error = %e, "pgwire: login failed");
             match e {
                 // Postgres' wording, with the user name (pgwire leaves it empty for SCRAM)
@@ -196,15 +206,24 @@ mod tests {
     #[tokio::test]
     async fn passwords_are_hashed_per_method() {
         let login = LoginInfo::new(Some("hub"), None, "127.0.0.1".into());
-        let p = store(PgwireAuth::Password).get_password(&login).await.expect("password");
+        let p = store(PgwireAuth::Password)
+            .get_password(&login)
+            .await
+            .expect("password");
         assert_eq!(p.password(), b"secret");
         let p = store(PgwireAuth::Md5).get_password(&login).await.expect("md5");
         let salt = p.salt().expect("salt").to_vec();
         assert_eq!(p.password(), hash_md5_password("hub", "secret", &salt).as_bytes());
-        let p = store(PgwireAuth::ScramSha256).get_password(&login).await.expect("scram");
+        let p = store(PgwireAuth::ScramSha256)
+            .get_password(&login)
+            .await
+            .expect("scram");
         let salt = p.salt().expect("salt").to_vec();
         assert_eq!(salt.len(), 16);
-        assert_eq!(p.password(), gen_salted_password("secret", &salt, SCRAM_ITERATIONS).as_slice());
+        assert_eq!(
+            p.password(),
+            gen_salted_password("secret", &salt, SCRAM_ITERATIONS).as_slice()
+        );
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
-    CatalogProvider, CatalogProviderList, MemTable, MemoryCatalogProvider, MemoryCatalogProviderList,
-    SchemaProvider, TableProvider,
+    CatalogProvider, CatalogProviderList, MemTable, MemoryCatalogProvider, MemoryCatalogProviderList, SchemaProvider,
+    TableProvider,
 };
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -173,7 +173,10 @@ impl PgInformationSchema {
                 names
                     .iter()
                     .map(|n| {
-                        let dt = if matches!(*n, "ordinal_position" | "character_maximum_length" | "numeric_precision" | "numeric_scale") {
+                        let dt = if matches!(
+                            *n,
+                            "ordinal_position" | "character_maximum_length" | "numeric_precision" | "numeric_scale"
+                        ) {
                             DataType::Int32
                         } else {
                             DataType::Utf8

@@ -185,7 +185,10 @@ mod tests {
             assert_eq!(verdict_of(sql), Verdict::Pass, "{sql}");
         }
         assert_eq!(verdict_of("DISCARD ALL"), Verdict::NoOp("DISCARD ALL"));
-        assert_eq!(verdict_of("SET datafusion.execution.batch_size = 1"), Verdict::NoOp("SET"));
+        assert_eq!(
+            verdict_of("SET datafusion.execution.batch_size = 1"),
+            Verdict::NoOp("SET")
+        );
         assert_eq!(verdict_of("SET search_path TO public"), Verdict::NoOp("SET"));
     }
 

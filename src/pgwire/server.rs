@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
-use datafusion_postgres::{DfSessionService, QueryHook};
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
@@ -26,7 +26,6 @@ use super::catalog::wire_context;
 use super::hooks::ReadOnlyHook;
 use super::service::{HubService, STATEMENT_TIMEOUT_KEY};
 use crate::config::PgwireConfig;
-
 
 /// What every connection shares.
 struct Shared {
@@ -74,7 +73,11 @@ struct TimeoutStartup {
 
 #[async_trait::async_trait]
 impl pgwire::api::auth::StartupHandler for TimeoutStartup {
-    async fn on_startup<C>(&self, client: &mut C, message: pgwire::messages::PgWireFrontendMessage) -> pgwire::error::PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> pgwire::error::PgWireResult<()>
     where
         C: ClientInfo + futures::Sink<pgwire::messages::PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: std::fmt::Debug,
@@ -162,7 +165,11 @@ fn tls_acceptor(config: &PgwireConfig) -> Result<Option<TlsAcceptor>, PgwireErro
 
 impl WireServer {
     /// Builds the wire session from the HTTP session `http` and binds the configured address.
-    pub async fn bind(config: &PgwireConfig, http: &SessionContext, statement_timeout: Duration) -> Result<Self, PgwireError> {
+    pub async fn bind(
+        config: &PgwireConfig,
+        http: &SessionContext,
+        statement_timeout: Duration,
+    ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
@@ -253,8 +260,14 @@ mod tests {
 
     #[test]
     fn datafusion_errors_get_sqlstates() {
-        assert_eq!(sqlstate_of("SQL error: ParserError(\"Expected: an SQL statement\")"), "42601");
-        assert_eq!(sqlstate_of("Error during planning: table 'datafusion.public.nope' not found"), "42P01");
+        assert_eq!(
+            sqlstate_of("SQL error: ParserError(\"Expected: an SQL statement\")"),
+            "42601"
+        );
+        assert_eq!(
+            sqlstate_of("Error during planning: table 'datafusion.public.nope' not found"),
+            "42P01"
+        );
         assert_eq!(sqlstate_of("Schema error: No field named nope."), "42703");
         assert_eq!(sqlstate_of("Error during planning: Invalid function 'nope'."), "42883");
         assert_eq!(sqlstate_of("Execution error: division by zero"), "42000");

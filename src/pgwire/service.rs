@@ -247,7 +247,12 @@ impl ExtendedQueryHandler for HubService {
         Arc::clone(&self.parser)
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -273,7 +278,10 @@ impl QueryParser for HubParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         refuse_datafusion_only(sql)?;
-        let sql = rewrite(sql, client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str));
+        let sql = rewrite(
+            sql,
+            client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str),
+        );
         self.inner.parse_sql(client, &sql, types).await
     }
 
@@ -281,7 +289,11 @@ impl QueryParser for HubParser {
         self.inner.get_parameter_types(stmt)
     }
 
-    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         self.inner.get_result_schema(stmt, column_format)
     }
 }
@@ -314,7 +326,10 @@ mod tests {
 
     #[test]
     fn user_keywords_become_the_login() {
-        assert_eq!(rewrite("SELECT user AS u, current_user", Some("o'neil")), "SELECT 'o''neil' AS u, 'o''neil'");
+        assert_eq!(
+            rewrite("SELECT user AS u, current_user", Some("o'neil")),
+            "SELECT 'o''neil' AS u, 'o''neil'"
+        );
         assert_eq!(rewrite("SELECT session_user", Some("g")), "SELECT 'g'");
         for unchanged in [
             "SELECT \"user\" FROM t",

@@ -58,14 +58,24 @@ impl WireHub {
             ("PGWIRE_PASSWORD".to_string(), PASSWORD.to_string()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let hub = Hub::start_with(&dir.join("data"), HubOptions { env, ..HubOptions::default() }).await;
+        let hub = Hub::start_with(
+            &dir.join("data"),
+            HubOptions {
+                env,
+                ..HubOptions::default()
+            },
+        )
+        .await;
         let (status, body) = hub.post_ndjson(events_ndjson()).await;
         assert_eq!(status, 200, "{body}");
         Self { hub, port }
     }
 
     pub fn conn_str(&self, password: &str) -> String {
-        format!("host=127.0.0.1 port={} user={USER} password={password} dbname=hub sslmode=disable", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={USER} password={password} dbname=hub sslmode=disable",
+            self.port
+        )
     }
 
     pub async fn try_connect(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
@@ -91,7 +101,9 @@ pub fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> 
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> SqlState {
-    e.as_db_error().map(|d| d.code().clone()).unwrap_or(SqlState::CONNECTION_EXCEPTION)
+    e.as_db_error()
+        .map(|d| d.code().clone())
+        .unwrap_or(SqlState::CONNECTION_EXCEPTION)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,7 +121,15 @@ async fn wire_results_match_http() {
     let types: Vec<Type> = rows[0].columns().iter().map(|c| c.type_().clone()).collect();
     assert_eq!(
         types,
-        vec![Type::TEXT, Type::INT8, Type::INT8, Type::FLOAT8, Type::FLOAT8, Type::TIMESTAMPTZ, Type::BOOL]
+        vec![
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::TIMESTAMPTZ,
+            Type::BOOL
+        ]
     );
     assert_eq!(rows.len(), http.len());
     assert_eq!(rows.len(), 2);
@@ -118,7 +138,11 @@ async fn wire_results_match_http() {
         assert_eq!(row.get::<_, i64>("n"), h["n"].as_i64().expect("n"));
         assert_eq!(row.get::<_, i64>("tokens"), h["tokens"].as_i64().expect("tokens"));
         let cost = row.get::<_, f64>("cost");
-        assert!((cost - h["cost"].as_f64().expect("cost")).abs() < 1e-9, "{cost} vs {}", h["cost"]);
+        assert!(
+            (cost - h["cost"].as_f64().expect("cost")).abs() < 1e-9,
+            "{cost} vs {}",
+            h["cost"]
+        );
         assert_eq!(row.get::<_, f64>("max_ms"), h["max_ms"].as_f64().expect("max"));
         let first: std::time::SystemTime = row.get("first");
         let http_first = chrono::DateTime::parse_from_rfc3339(h["first"].as_str().expect("first")).expect("rfc3339");
@@ -137,7 +161,12 @@ async fn wire_results_match_http() {
     assert_eq!(text[1][0].as_deref(), Some("gpt-4o"));
     assert_eq!(text[1][1].as_deref(), Some("60"));
     // Postgres ISO text; pgwire always prints 6 fractional digits
-    assert_eq!(text[1][5].as_deref(), Some("2026-11-20 00:00:00.000000+00"), "timestamptz text: {:?}", text[1]);
+    assert_eq!(
+        text[1][5].as_deref(),
+        Some("2026-11-20 00:00:00.000000+00"),
+        "timestamptz text: {:?}",
+        text[1]
+    );
     assert_eq!(text[1][6].as_deref(), Some("t"), "bool text");
 
     // $1 parameters (text and timestamptz), prepared once, executed twice
@@ -148,17 +177,26 @@ async fn wire_results_match_http() {
     assert_eq!(stmt.params(), &[Type::TEXT, Type::TIMESTAMPTZ]);
     let since: std::time::SystemTime = std::time::UNIX_EPOCH + Duration::from_secs(1_795_132_800 + 1800);
     for (model, expected) in [("gpt-4o", 30i64), ("claude-3-5-sonnet", 30)] {
-        let n: i64 = client.query_one(&stmt, &[&model, &since]).await.expect("execute").get("n");
+        let n: i64 = client
+            .query_one(&stmt, &[&model, &since])
+            .await
+            .expect("execute")
+            .get("n");
         let http_n = w
             .hub
-            .count(&format!("WHERE model = '{model}' AND timestamp >= '2026-11-20T00:30:00Z'"))
+            .count(&format!(
+                "WHERE model = '{model}' AND timestamp >= '2026-11-20T00:30:00Z'"
+            ))
             .await;
         assert_eq!((n, n), (expected, http_n), "{model}");
     }
 
     // arrays, NULLs and numeric formats
     let row = client
-        .query_one("SELECT string_to_array('a,b', ',') AS arr, CAST(NULL AS BIGINT) AS nothing, 1.5::double precision AS f", &[])
+        .query_one(
+            "SELECT string_to_array('a,b', ',') AS arr, CAST(NULL AS BIGINT) AS nothing, 1.5::double precision AS f",
+            &[],
+        )
         .await
         .expect("arrays");
     assert_eq!(row.columns()[0].type_(), &Type::TEXT_ARRAY);
@@ -187,7 +225,11 @@ async fn wire_refuses_writes_like_http() {
         let simple = client.simple_query(sql).await.expect_err(sql);
         assert_eq!(sqlstate(&simple), SqlState::INSUFFICIENT_PRIVILEGE, "{sql}: {simple}");
         let extended = client.query(sql, &[]).await.expect_err(sql);
-        assert_eq!(sqlstate(&extended), SqlState::INSUFFICIENT_PRIVILEGE, "{sql}: {extended}");
+        assert_eq!(
+            sqlstate(&extended),
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "{sql}: {extended}"
+        );
         let (status, _) = w.hub.sql(sql).await;
         assert!(status == 403 || status == 400, "{sql}: HTTP {status}");
     }
@@ -206,16 +248,36 @@ async fn wire_refuses_writes_like_http() {
     }
     // the shared session was not changed by SET, and nothing was written
     assert_eq!(w.hub.count("").await, 120);
-    let tables = w.hub.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").await;
-    assert!(tables.iter().all(|t| t["table_name"] != "t" && t["table_name"] != "copy_of_events"));
-    let batch = w.hub.rows("SELECT value FROM information_schema.df_settings WHERE name = 'datafusion.execution.batch_size'").await;
+    let tables = w
+        .hub
+        .rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        .await;
+    assert!(
+        tables
+            .iter()
+            .all(|t| t["table_name"] != "t" && t["table_name"] != "copy_of_events")
+    );
+    let batch = w
+        .hub
+        .rows("SELECT value FROM information_schema.df_settings WHERE name = 'datafusion.execution.batch_size'")
+        .await;
     assert_eq!(batch[0]["value"], "8192", "SET must not reach the shared session");
     // errors from DataFusion get a SQLSTATE, the connection stays usable
-    let e = client.simple_query("SELECT nope FROM events").await.expect_err("unknown column");
+    let e = client
+        .simple_query("SELECT nope FROM events")
+        .await
+        .expect_err("unknown column");
     assert_eq!(sqlstate(&e), SqlState::UNDEFINED_COLUMN, "{e}");
-    let e = client.simple_query("SELECT * FROM nope").await.expect_err("unknown table");
+    let e = client
+        .simple_query("SELECT * FROM nope")
+        .await
+        .expect_err("unknown table");
     assert_eq!(sqlstate(&e), SqlState::UNDEFINED_TABLE, "{e}");
-    let n: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.expect("still serving").get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("still serving")
+        .get(0);
     assert_eq!(n, 120);
 }
 
@@ -227,8 +289,14 @@ async fn wire_survives_bad_logins_garbage_and_dropped_clients() {
     // wrong password and unknown user: 28P01, the same answer
     let e = w.try_connect("wrong").await.err().expect("wrong password refused");
     assert_eq!(sqlstate(&e), SqlState::INVALID_PASSWORD, "{e}");
-    let conn = format!("host=127.0.0.1 port={} user=nobody password={PASSWORD} sslmode=disable", w.port);
-    let e = tokio_postgres::connect(&conn, NoTls).await.err().expect("unknown user refused");
+    let conn = format!(
+        "host=127.0.0.1 port={} user=nobody password={PASSWORD} sslmode=disable",
+        w.port
+    );
+    let e = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .err()
+        .expect("unknown user refused");
     assert_eq!(sqlstate(&e), SqlState::INVALID_PASSWORD, "{e}");
 
     // garbage bytes, a truncated startup packet, an oversized length, then the client hangs up:
@@ -239,7 +307,9 @@ async fn wire_survives_bad_logins_garbage_and_dropped_clients() {
         vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
         (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
     ] {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port)).await.expect("tcp");
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port))
+            .await
+            .expect("tcp");
         let _ = s.write_all(&garbage).await;
         let _ = s.shutdown().await;
         let mut buf = Vec::new();
@@ -250,7 +320,10 @@ async fn wire_survives_bad_logins_garbage_and_dropped_clients() {
     // a client that goes away in the middle of a large result
     let client = w.connect().await;
     let stream = client
-        .query_raw("SELECT a.value AS v FROM generate_series(1, 3000000) AS a", std::iter::empty::<i64>())
+        .query_raw(
+            "SELECT a.value AS v FROM generate_series(1, 3000000) AS a",
+            std::iter::empty::<i64>(),
+        )
         .await
         .expect("streaming query");
     futures::pin_mut!(stream);
@@ -273,11 +346,27 @@ async fn wire_survives_bad_logins_garbage_and_dropped_clients() {
 
     // the server still serves new clients, over both protocols and HTTP
     let client = w.connect().await;
-    let msgs = client.simple_query("SELECT count(*) FROM events").await.expect("simple after abuse");
+    let msgs = client
+        .simple_query("SELECT count(*) FROM events")
+        .await
+        .expect("simple after abuse");
     assert_eq!(simple_rows(&msgs)[0][0].as_deref(), Some("120"));
-    let n: i64 = client.query_one("SELECT count(*) FROM events WHERE model = $1", &[&"gpt-4o"]).await.expect("extended").get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM events WHERE model = $1", &[&"gpt-4o"])
+        .await
+        .expect("extended")
+        .get(0);
     assert_eq!(n, 60);
-    let health: Value = w.hub.client.get(w.hub.url("/health")).send().await.expect("health").json().await.expect("json");
+    let health: Value = w
+        .hub
+        .client
+        .get(w.hub.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(health["status"], "ok");
 }
 
@@ -296,10 +385,16 @@ async fn wire_cancel_request_stops_a_query() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel_query(NoTls).await.expect("cancel request sent");
-    let (result, client) = tokio::time::timeout(Duration::from_secs(20), long).await.expect("cancelled in time").expect("join");
+    let (result, client) = tokio::time::timeout(Duration::from_secs(20), long)
+        .await
+        .expect("cancelled in time")
+        .expect("join");
     let e = result.expect_err("the query was cancelled");
     assert_eq!(sqlstate(&e), SqlState::QUERY_CANCELED, "{e}");
     assert!(started.elapsed() < Duration::from_secs(20));
-    let msgs = client.simple_query("SELECT 1").await.expect("connection usable after cancel");
+    let msgs = client
+        .simple_query("SELECT 1")
+        .await
+        .expect("connection usable after cancel");
     assert_eq!(simple_rows(&msgs)[0][0].as_deref(), Some("1"));
 }

@@ -73,7 +73,11 @@ async fn grafana_setup_and_metadata_queries() {
         .expect("version num")
         .get("version");
     assert_eq!(v, 1600);
-    let version: String = client.query_one("SELECT version()", &[]).await.expect("version()").get(0);
+    let version: String = client
+        .query_one("SELECT version()", &[])
+        .await
+        .expect("version()")
+        .get(0);
     assert!(version.starts_with("PostgreSQL 16.6"), "{version}");
     let msgs = client.simple_query("SELECT version()").await.expect("simple version()");
     assert_eq!(simple_rows(&msgs)[0][0].as_deref(), Some(version.as_str()));
@@ -82,9 +86,15 @@ async fn grafana_setup_and_metadata_queries() {
         .await
         .expect("timescaledb check");
     assert!(ts.is_empty());
-    let ts = client.simple_query("SELECT 1 FROM pg_extension WHERE extname='timescaledb'").await.expect("simple");
+    let ts = client
+        .simple_query("SELECT 1 FROM pg_extension WHERE extname='timescaledb'")
+        .await
+        .expect("simple");
     assert!(simple_rows(&ts).is_empty());
-    let sp = client.simple_query("SELECT current_setting('search_path')").await.expect("search_path");
+    let sp = client
+        .simple_query("SELECT current_setting('search_path')")
+        .await
+        .expect("search_path");
     assert_eq!(simple_rows(&sp)[0][0].as_deref(), Some("\"$user\", public"));
 
     // schemata, table list (unqualified names on the search path), columns with Postgres types
@@ -102,12 +112,24 @@ async fn grafana_setup_and_metadata_queries() {
     let names: Vec<&str> = tables.iter().filter_map(|r| r[0].as_deref()).collect();
     assert!(names.contains(&"events"), "{names:?}");
     assert!(names.contains(&"llm_provider_model_1m"), "{names:?}");
-    assert!(!names.iter().any(|n| n.starts_with("pg_catalog.") || n.starts_with("information_schema.")));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("pg_catalog.") || n.starts_with("information_schema."))
+    );
     for table in ["events", "public.events"] {
         let cols = simple_rows(&client.simple_query(&columns_query(table)).await.expect("columns"));
-        let find = |c: &str| cols.iter().find(|r| r[0].as_deref() == Some(c)).and_then(|r| r[1].clone());
+        let find = |c: &str| {
+            cols.iter()
+                .find(|r| r[0].as_deref() == Some(c))
+                .and_then(|r| r[1].clone())
+        };
         assert_eq!(cols.len(), 25, "{table}: {cols:?}");
-        assert_eq!(find("timestamp").as_deref(), Some("timestamp with time zone"), "{table}");
+        assert_eq!(
+            find("timestamp").as_deref(),
+            Some("timestamp with time zone"),
+            "{table}"
+        );
         assert_eq!(find("latency_ms").as_deref(), Some("double precision"));
         assert_eq!(find("input_tokens").as_deref(), Some("bigint"));
         assert_eq!(find("model").as_deref(), Some("text"));
@@ -199,7 +221,11 @@ async fn grafana_panel_queries_match_http() {
     assert_eq!(rows[0].get::<_, f64>("avg_ms"), 104.5, "latencies 100..109");
     let text = simple_rows(&client.simple_query(&sql).await.expect("simple time_bucket"));
     assert_eq!(text[1][0].as_deref(), Some("2026-11-20 00:05:00.000000+00"));
-    assert_eq!(text[0][2].as_deref(), Some("0.1"), "1 error (i = 0) in the first 10 events");
+    assert_eq!(
+        text[0][2].as_deref(),
+        Some("0.1"),
+        "1 error (i = 0) in the first 10 events"
+    );
 
     // $__unixEpochFilter-style epoch filters and an epoch time column
     let sql = "SELECT extract(epoch from timestamp) AS \"time\", latency_ms FROM events \
@@ -217,18 +243,30 @@ async fn grafana_panel_queries_match_http() {
         .await
         .expect("two statements");
     let rows = simple_rows(&msgs);
-    let completes = msgs.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(_))).count();
+    let completes = msgs
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(_)))
+        .count();
     assert_eq!(completes, 2);
     assert_eq!(rows[0][0].as_deref(), Some("60"));
     assert_eq!(rows[1][0].as_deref(), Some("claude-3-5-sonnet"));
-    let http = w.hub.rows("SELECT sum(input_tokens) AS t FROM events WHERE model = 'claude-3-5-sonnet'").await;
-    assert_eq!(rows[1][1].as_deref().map(str::to_string), Some(http[0]["t"].to_string()));
+    let http = w
+        .hub
+        .rows("SELECT sum(input_tokens) AS t FROM events WHERE model = 'claude-3-5-sonnet'")
+        .await;
+    assert_eq!(
+        rows[1][1].as_deref().map(str::to_string),
+        Some(http[0]["t"].to_string())
+    );
 
     // a time-range query with the range as timestamptz parameters (pgx)
     let from: std::time::SystemTime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_132_800);
     let to: std::time::SystemTime = from + std::time::Duration::from_secs(1799);
     let n: i64 = client
-        .query_one("SELECT count(*) FROM events WHERE timestamp BETWEEN $1 AND $2", &[&from, &to])
+        .query_one(
+            "SELECT count(*) FROM events WHERE timestamp BETWEEN $1 AND $2",
+            &[&from, &to],
+        )
         .await
         .expect("range params")
         .get(0);
@@ -240,7 +278,8 @@ async fn grafana_dashboard_queries_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = WireHub::start(dir.path(), &[]).await;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards/llm-operations.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("json");
     let datasources = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/provisioning/datasources/hub.yaml"),
     )
@@ -271,12 +310,22 @@ async fn grafana_dashboard_queries_run() {
                 .await
                 .unwrap_or_else(|e| panic!("panel {}: {e}\n{sql}", panel["title"]));
             let rows = simple_rows(&msgs);
-            if panel["title"].as_str().is_some_and(|t| t.starts_with("Requests per minute")) {
-                let total: i64 = rows.iter().map(|r| r[2].as_deref().expect("requests").parse::<i64>().expect("int")).sum();
+            if panel["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Requests per minute"))
+            {
+                let total: i64 = rows
+                    .iter()
+                    .map(|r| r[2].as_deref().expect("requests").parse::<i64>().expect("int"))
+                    .sum();
                 let http = w.hub.rows("SELECT sum(requests) AS n FROM llm_provider_model_1m").await;
                 assert_eq!(total, http[0]["n"].as_i64().expect("n"));
             }
-            if panel["title"].as_str().is_some_and(|t| t.starts_with("Requests forecast")) && target["refId"] == "A" {
+            if panel["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Requests forecast"))
+                && target["refId"] == "A"
+            {
                 assert_eq!(rows.len(), 30, "30 forecast minutes");
             }
             ran += 1;

@@ -199,12 +199,21 @@ mod tests {
     fn buckets_align_on_the_timescale_origin() {
         // 2026-11-20T10:07:30Z → 10:05:00 for 5 minutes
         let ts = 1_795_169_250_000_000i64;
-        assert_eq!(bucket(ts, 300_000_000, TimeUnit::Microsecond), Some(1_795_169_100_000_000));
+        assert_eq!(
+            bucket(ts, 300_000_000, TimeUnit::Microsecond),
+            Some(1_795_169_100_000_000)
+        );
         // before the origin: floor, not truncation toward zero
         assert_eq!(bucket(-1, 1_000_000, TimeUnit::Microsecond), Some(-1_000_000));
         // nanosecond and second units
-        assert_eq!(bucket(ts * 1000 + 5, 300_000_000, TimeUnit::Nanosecond), Some(1_795_169_100_000_000_000));
-        assert_eq!(bucket(1_795_169_250, 300_000_000, TimeUnit::Second), Some(1_795_169_100));
+        assert_eq!(
+            bucket(ts * 1000 + 5, 300_000_000, TimeUnit::Nanosecond),
+            Some(1_795_169_100_000_000_000)
+        );
+        assert_eq!(
+            bucket(1_795_169_250, 300_000_000, TimeUnit::Second),
+            Some(1_795_169_100)
+        );
         assert_eq!(bucket(1_795_169_250, 250_000, TimeUnit::Second), None);
     }
 }
