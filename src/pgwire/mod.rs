@@ -14,6 +14,7 @@ pub mod functions;
 pub mod hooks;
 pub mod server;
 pub mod service;
+pub mod text;
 
 pub use server::WireServer;
 

@@ -171,7 +171,13 @@ async fn first_row_now(response: Response, timeout: Option<Duration>) -> PgWireR
         Some(Err(e)) => return Err(e),
         other => other,
     };
-    query.data_rows = Box::pin(futures::stream::iter(first).chain(rows));
+    let rows = futures::stream::iter(first).chain(rows);
+    let time_columns = super::text::time_columns(&query.row_schema);
+    query.data_rows = if time_columns.is_empty() {
+        Box::pin(rows)
+    } else {
+        Box::pin(rows.map(move |row| row.map(|r| super::text::trim_row(r, &time_columns))))
+    };
     Ok(Response::Query(query))
 }
 
