@@ -35,7 +35,10 @@ pub fn trim_fraction(value: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let end = dot + 1 + digits;
-    let kept = value[dot + 1..end].iter().rposition(|b| *b != b'0').map_or(0, |p| p + 1);
+    let kept = value[dot + 1..end]
+        .iter()
+        .rposition(|b| *b != b'0')
+        .map_or(0, |p| p + 1);
     if kept == digits {
         return None;
     }
@@ -92,8 +95,14 @@ mod tests {
     #[test]
     fn fractions_print_like_postgres() {
         let t = |s: &str| trim_fraction(s.as_bytes()).map(|v| String::from_utf8(v).expect("utf8"));
-        assert_eq!(t("2026-11-20 00:05:00.000000+00").as_deref(), Some("2026-11-20 00:05:00+00"));
-        assert_eq!(t("2026-11-20 00:05:00.250000+00").as_deref(), Some("2026-11-20 00:05:00.25+00"));
+        assert_eq!(
+            t("2026-11-20 00:05:00.000000+00").as_deref(),
+            Some("2026-11-20 00:05:00+00")
+        );
+        assert_eq!(
+            t("2026-11-20 00:05:00.250000+00").as_deref(),
+            Some("2026-11-20 00:05:00.25+00")
+        );
         assert_eq!(t("2026-11-20 00:05:00.000000").as_deref(), Some("2026-11-20 00:05:00"));
         assert_eq!(t("10:00:00.000001"), None);
         assert_eq!(t("2026-11-20 00:05:00+00"), None);

@@ -169,12 +169,18 @@ async fn wire_results_match_http() {
     );
     assert_eq!(text[1][6].as_deref(), Some("t"), "bool text");
     let msgs = client
-        .simple_query("SELECT CAST('2026-11-20T00:00:00.25' AS TIMESTAMP) AS a, CAST(NULL AS TIMESTAMP) AS b, 'x.000000' AS c")
+        .simple_query(
+            "SELECT CAST('2026-11-20T00:00:00.25' AS TIMESTAMP) AS a, CAST(NULL AS TIMESTAMP) AS b, 'x.000000' AS c",
+        )
         .await
         .expect("fractions");
     assert_eq!(
         simple_rows(&msgs)[0],
-        vec![Some("2026-11-20 00:00:00.25".to_string()), None, Some("x.000000".to_string())]
+        vec![
+            Some("2026-11-20 00:00:00.25".to_string()),
+            None,
+            Some("x.000000".to_string())
+        ]
     );
 
     // $1 parameters (text and timestamptz), prepared once, executed twice
