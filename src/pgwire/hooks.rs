@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
@@ -13,7 +14,8 @@ use datafusion::sql::sqlparser::ast::{Expr, Set, Statement};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
 use pgwire::api::ClientInfo;
-use pgwire::api::results::{Response, Tag};
+use pgwire::api::Type;
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 
 use crate::query::guard::{GuardError, sql_file_reference, sql_is_read_only, statement_kind};
@@ -38,6 +40,8 @@ const PER_CONNECTION_VARIABLES: [&str; 7] = [
 enum Verdict {
     /// Run it (a query, or a session statement a later hook answers).
     Pass,
+    /// Answer `SHOW name` with this value (server facts datafusion-postgres reports its own way).
+    Show(&'static str, &'static str),
     /// Answer with this command tag and do nothing.
     NoOp(&'static str),
     /// Refuse it.
@@ -70,7 +74,25 @@ fn set_is_per_connection(set: &Set) -> bool {
     }
 }
 
+/// `SHOW` variables answered with the Postgres version the Hub announces.
+fn server_setting(statement: &Statement) -> Option<(&'static str, &'static str)> {
+    let Statement::ShowVariable { variable } = statement else {
+        return None;
+    };
+    let [name] = variable.as_slice() else {
+        return None;
+    };
+    match name.value.to_ascii_lowercase().as_str() {
+        "server_version" => Some(("server_version", super::auth::SERVER_VERSION)),
+        "server_version_num" => Some(("server_version_num", super::functions::SERVER_VERSION_NUM)),
+        _ => None,
+    }
+}
+
 fn verdict(statement: &Statement) -> Verdict {
+    if let Some((name, value)) = server_setting(statement) {
+        return Verdict::Show(name, value);
+    }
     match statement {
         Statement::Set(set) if set_is_per_connection(set) => Verdict::Pass,
         Statement::Set(_) => Verdict::NoOp("SET"),
@@ -104,6 +126,34 @@ fn empty_plan() -> LogicalPlan {
     })
 }
 
+/// One text row `value` in a column `name`.
+fn show_response(name: &str, value: &str) -> PgWireResult<Response> {
+    let fields = Arc::new(vec![FieldInfo::new(
+        name.to_string(),
+        None,
+        None,
+        Type::TEXT,
+        FieldFormat::Text,
+    )]);
+    let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+    encoder.encode_field(&Some(value))?;
+    let row = encoder.take_row();
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        futures::stream::iter([Ok(row)]),
+    )))
+}
+
+/// The plan `Describe` sees for a `SHOW` the hook answers: one text column.
+fn show_plan(name: &str) -> PgWireResult<LogicalPlan> {
+    let schema = Schema::new(vec![Field::new(name, DataType::Utf8, false)]);
+    let schema = DFSchema::try_from(schema).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: true,
+        schema: Arc::new(schema),
+    }))
+}
+
 /// The read-only gate (first in the hook list).
 #[derive(Debug, Default)]
 pub struct ReadOnlyHook;
@@ -112,6 +162,7 @@ impl ReadOnlyHook {
     fn answer(statement: &Statement) -> Option<PgWireResult<Response>> {
         match verdict(statement) {
             Verdict::Pass => None,
+            Verdict::Show(name, value) => Some(show_response(name, value)),
             Verdict::NoOp(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Verdict::Refuse(message) => {
                 tracing::info!(statement = %statement_kind(&statement.to_string()), "pgwire: refused a statement");
@@ -140,6 +191,7 @@ impl QueryHook for ReadOnlyHook {
     ) -> Option<PgWireResult<LogicalPlan>> {
         match verdict(statement) {
             Verdict::Pass => None,
+            Verdict::Show(name, _) => Some(show_plan(name)),
             Verdict::NoOp(_) => Some(Ok(empty_plan())),
             Verdict::Refuse(message) => Some(Err(refusal(message))),
         }
@@ -179,12 +231,20 @@ mod tests {
             "SET statement_timeout = 5000",
             "SET application_name = 'grafana'",
             "SET TIME ZONE 'UTC'",
-            "SHOW server_version",
+            "SHOW statement_timeout",
             "DECLARE c CURSOR FOR SELECT 1",
         ] {
             assert_eq!(verdict_of(sql), Verdict::Pass, "{sql}");
         }
         assert_eq!(verdict_of("DISCARD ALL"), Verdict::NoOp("DISCARD ALL"));
+        assert_eq!(
+            verdict_of("SHOW server_version"),
+            Verdict::Show("server_version", "16.6")
+        );
+        assert_eq!(
+            verdict_of("SHOW server_version_num"),
+            Verdict::Show("server_version_num", "160006")
+        );
         assert_eq!(
             verdict_of("SET datafusion.execution.batch_size = 1"),
             Verdict::NoOp("SET")

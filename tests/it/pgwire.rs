@@ -260,6 +260,14 @@ async fn wire_refuses_writes_like_http() {
     ] {
         client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+    let shown = client.simple_query("SHOW server_version").await.expect("SHOW");
+    assert_eq!(simple_rows(&shown)[0][0].as_deref(), Some("16.6"));
+    let shown: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .expect("SHOW extended")
+        .get(0);
+    assert_eq!(shown, "160006");
     // the shared session was not changed by SET, and nothing was written
     assert_eq!(w.hub.count("").await, 120);
     let tables = w
