@@ -129,6 +129,32 @@ impl ErrorHandler for SqlStateErrors {
     }
 }
 
+/// An `ErrorResponse` message: severity FATAL, SQLSTATE `code`, `message`.
+fn fatal_error_message(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'E'];
+    out.extend_from_slice(&i32::try_from(body.len() + 4).unwrap_or(i32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Tells a client over `max_connections` why it is turned away (53300, like Postgres).
+async fn refuse_connection(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let message = fatal_error_message("53300", "sorry, too many clients already");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = socket.write_all(&message).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
+
 /// A bound, not yet serving, wire listener.
 pub struct WireServer {
     listener: TcpListener,
@@ -230,6 +256,7 @@ impl WireServer {
                     Ok(p) => Some(p),
                     Err(_) => {
                         tracing::warn!(%peer, "pgwire: connection refused, max_connections reached");
+                        tokio::spawn(refuse_connection(socket));
                         continue;
                     }
                 },
@@ -257,6 +284,14 @@ impl WireServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_message_is_a_postgres_error_response() {
+        let m = fatal_error_message("53300", "x");
+        assert_eq!(m[0], b'E');
+        assert_eq!(i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
+        assert!(m.ends_with(b"Mx\0\0"));
+    }
 
     #[test]
     fn datafusion_errors_get_sqlstates() {

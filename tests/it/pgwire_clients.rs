@@ -240,3 +240,61 @@ async fn trust_needs_explicit_permission() {
         .get(0);
     assert_eq!(n, 120);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_get_53300() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::harness::free_port();
+    let toml = format!(
+        "[pgwire]\nport = {port}\nmax_connections = 1\n[[pgwire.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    );
+    let hub = crate::harness::Hub::start_with(
+        &dir.path().join("data"),
+        crate::harness::HubOptions {
+            config_toml: Some(toml),
+            env: vec![("PGWIRE_ENABLED".into(), "true".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let conn = format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} sslmode=disable");
+    let (first, c) = tokio_postgres::connect(&conn, NoTls).await.expect("first connection");
+    let task = tokio::spawn(c);
+    let Err(e) = tokio_postgres::connect(&conn, NoTls).await else {
+        panic!("second connection accepted over max_connections = 1")
+    };
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"), "{e}");
+    assert_eq!(
+        first
+            .query_one("SELECT 1::bigint", &[])
+            .await
+            .expect("first still works")
+            .get::<_, i64>(0),
+        1
+    );
+    drop(first);
+    task.await.expect("join").expect("connection closed cleanly");
+    // the slot is free again once the server has seen the first client go
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let again = loop {
+        match tokio_postgres::connect(&conn, NoTls).await {
+            Ok((client, c)) => {
+                tokio::spawn(c);
+                break client;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "slot not released: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        again
+            .query_one("SELECT 2::bigint", &[])
+            .await
+            .expect("query")
+            .get::<_, i64>(0),
+        2
+    );
+    drop(hub);
+}
