@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs the Hub standalone (local storage, in-process cache) with demo traffic on
-# http://127.0.0.1:3000. Extra arguments go to `analytics-hub serve`.
+# http://127.0.0.1:3000 and the Postgres wire endpoint on 127.0.0.1:5433 (demo login hub / hub:
+#   psql "host=127.0.0.1 port=5433 user=hub password=hub dbname=hub sslmode=disable").
+# Extra arguments go to `analytics-hub serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! dpkg -s build-essential >/dev/null 2>&1 || ! dpkg -s pkg-config >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq build-essential pkg-config
 fi
+# Demo account of the wire endpoint (loopback only); set your own to override.
+export PGWIRE_USER="${PGWIRE_USER:-hub}" PGWIRE_PASSWORD="${PGWIRE_PASSWORD:-hub}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/llm-analytics-hub-target}"
 exec cargo run --release --locked --bin analytics-hub -- serve --demo "$@"

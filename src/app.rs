@@ -41,6 +41,9 @@ pub enum AppError {
     /// A source (Kafka) could not be set up.
     #[error("source: {0}")]
     Source(#[from] crate::sources::SourceError),
+    /// The Postgres-wire endpoint could not start.
+    #[error(transparent)]
+    Pgwire(#[from] crate::pgwire::PgwireError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -133,6 +136,28 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         ))
     });
 
+    let pgwire = if config.pgwire.active() {
+        let server = crate::pgwire::WireServer::bind(
+            &config.pgwire,
+            state.engine.context(),
+            Duration::from_secs(config.query.timeout_secs.max(1)),
+        )
+        .await?;
+        let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {
+            addr: format!("{}:{}", config.pgwire.host, config.pgwire.port),
+            source,
+        })?;
+        tracing::info!(%bound, auth = ?config.pgwire.auth, tls = server.tls(), users = config.pgwire.users.len(), "Postgres wire endpoint listening");
+        Some(tokio::spawn(server.run(shutdown_rx.clone())))
+    } else {
+        if config.pgwire.enabled {
+            tracing::info!(
+                "Postgres wire endpoint off: no [pgwire] users configured (set PGWIRE_USER and PGWIRE_PASSWORD)"
+            );
+        }
+        None
+    };
+
     let addr = format!("{}:{}", config.http.host, config.http.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -153,6 +178,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 
     tracing::info!("shutting down: stopping background tasks and flushing storage");
     let _ = shutdown_tx.send(true);
+    if let Some(pgwire) = pgwire {
+        let _ = pgwire.await;
+    }
     if let Some(demo) = demo {
         let _ = demo.await;
     }

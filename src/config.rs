@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pgwire::config::{PgwireAuth, PgwireConfig, PgwireUser};
 pub use crate::sinks::postgres::PostgresConfig;
 pub use crate::sources::kafka::KafkaConfig;
 pub use crate::storage::local::LocalStoreConfig as StorageConfig;
@@ -32,6 +33,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Cluster mode: PostgreSQL/TimescaleDB rollup sink (off unless `url` is set).
     pub postgres: PostgresConfig,
+    /// PostgreSQL wire-protocol endpoint (psql, Grafana).
+    pub pgwire: PgwireConfig,
 }
 
 /// The `[stream]` section.
@@ -302,12 +305,52 @@ impl Config {
             self.kafka.session_timeout_ms = parse("KAFKA_SESSION_TIMEOUT_MS", v)?;
         }
         self.postgres.apply_env(&get);
+        if let Some(v) = get("PGWIRE_ENABLED") {
+            self.pgwire.enabled = parse("PGWIRE_ENABLED", v)?;
+        }
+        if let Some(v) = get("PGWIRE_HOST") {
+            self.pgwire.host = v;
+        }
+        if let Some(v) = get("PGWIRE_PORT") {
+            self.pgwire.port = parse("PGWIRE_PORT", v)?;
+        }
+        if let Some(v) = get("PGWIRE_AUTH") {
+            self.pgwire.auth = parse("PGWIRE_AUTH", v)?;
+        }
+        if let Some(v) = get("PGWIRE_ALLOW_TRUST") {
+            self.pgwire.allow_trust = parse("PGWIRE_ALLOW_TRUST", v)?;
+        }
+        match (get("PGWIRE_USER"), get("PGWIRE_PASSWORD")) {
+            (Some(user), Some(password)) => self.pgwire.set_user(user, password),
+            (None, None) => {}
+            (Some(user), None) => {
+                return Err(ConfigError::Env {
+                    name: "PGWIRE_USER",
+                    value: user,
+                    message: "set PGWIRE_PASSWORD too".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Env {
+                    name: "PGWIRE_PASSWORD",
+                    value: "(hidden)".into(),
+                    message: "set PGWIRE_USER too".into(),
+                });
+            }
+        }
+        if let Some(v) = get("PGWIRE_TLS_CERT") {
+            self.pgwire.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("PGWIRE_TLS_KEY") {
+            self.pgwire.tls_key = Some(PathBuf::from(v));
+        }
         Ok(())
     }
 
     /// Checks rules that span fields or that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        self.kafka.validate()
+        self.kafka.validate()?;
+        self.pgwire.validate()
     }
 
     /// Names of set environment variables that belong to features this build does not have.
@@ -372,6 +415,53 @@ mod tests {
             .apply_env(|n| (n == "KAFKA_START_OFFSET").then(|| "middle".to_string()))
             .expect_err("bad start offset");
         assert!(err.to_string().contains("KAFKA_START_OFFSET"));
+    }
+
+    #[test]
+    fn pgwire_settings_from_file_and_env() {
+        let c = Config::default();
+        assert!(
+            c.pgwire.enabled && !c.pgwire.active(),
+            "enabled, but idle without users"
+        );
+        assert_eq!(c.pgwire.port, 5433);
+        let mut c = Config::from_toml(
+            "[pgwire]\nport = 6543\nauth = \"md5\"\n[[pgwire.users]]\nname = \"a\"\npassword = \"b\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.pgwire.auth, PgwireAuth::Md5);
+        assert!(c.pgwire.active());
+        c.apply_env(|n| match n {
+            "PGWIRE_PORT" => Some("7000".into()),
+            "PGWIRE_USER" => Some("a".into()),
+            "PGWIRE_PASSWORD" => Some("c".into()),
+            "PGWIRE_AUTH" => Some("scram-sha-256".into()),
+            _ => None,
+        })
+        .expect("env ok");
+        assert_eq!(c.pgwire.port, 7000);
+        assert_eq!(c.pgwire.auth, PgwireAuth::ScramSha256);
+        assert_eq!(
+            c.pgwire.users,
+            vec![PgwireUser {
+                name: "a".into(),
+                password: "c".into()
+            }]
+        );
+        let err = c
+            .apply_env(|n| (n == "PGWIRE_USER").then(|| "x".to_string()))
+            .expect_err("user without password");
+        assert!(err.to_string().contains("PGWIRE_PASSWORD"));
+        c.pgwire.auth = PgwireAuth::Trust;
+        assert!(
+            c.validate()
+                .expect_err("trust needs allow_trust")
+                .contains("allow_trust")
+        );
+        c.pgwire.allow_trust = true;
+        c.validate().expect("trust allowed");
+        let err = Config::from_toml("[pgwire]\nusers = [{ name = \"a\", pass = \"b\" }]\n").expect_err("typo");
+        assert!(err.contains("pass"), "{err}");
     }
 
     #[test]

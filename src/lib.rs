@@ -3,7 +3,8 @@
 //! Layers, each behind a small trait so cluster-mode implementations can replace the
 //! standalone ones: [`ingest`] (where validated events go), [`storage`] (durable events and
 //! the `events` table), [`cache`] (query results). [`event`] decodes JSON into Arrow,
-//! [`query`] runs read-only SQL, [`http`] serves the API, [`app`] wires it all.
+//! [`query`] runs read-only SQL, [`http`] serves the API, [`pgwire`] serves the same tables
+//! over the PostgreSQL wire protocol, [`app`] wires it all.
 
 pub mod app;
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod pgwire;
 pub mod query;
 pub mod sinks;
 pub mod sources;

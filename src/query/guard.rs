@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement};
-use datafusion::sql::sqlparser::ast::{ObjectName, Statement as SqlStatement, visit_relations};
+use datafusion::sql::sqlparser::ast::{ObjectName, Query, SetExpr, Statement as SqlStatement, visit_relations};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 /// Why a statement may not run.
@@ -39,35 +39,61 @@ fn looks_like_location(name: &ObjectName) -> bool {
             .any(|ext| text.trim_end_matches(['\'', '"', '`']).ends_with(ext))
 }
 
+/// The first table reference of a parsed SQL statement that names a file or URL.
+pub fn sql_file_reference(stmt: &SqlStatement) -> Option<String> {
+    match visit_relations(stmt, |name: &ObjectName| {
+        if looks_like_location(name) {
+            ControlFlow::Break(name.to_string())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }) {
+        ControlFlow::Break(name) => Some(name),
+        ControlFlow::Continue(()) => None,
+    }
+}
+
 /// The first table reference of `stmt` that names a file or URL.
 fn file_reference(stmt: &Statement) -> Option<String> {
     match stmt {
-        Statement::Statement(s) => match visit_relations(s.as_ref(), |name: &ObjectName| {
-            if looks_like_location(name) {
-                ControlFlow::Break(name.to_string())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }) {
-            ControlFlow::Break(name) => Some(name),
-            ControlFlow::Continue(()) => None,
-        },
+        Statement::Statement(s) => sql_file_reference(s),
         Statement::Explain(e) => file_reference(&e.statement),
         _ => None,
     }
 }
 
+/// Whether a query writes a table (`SELECT ... INTO t`), anywhere in its set operations.
+fn query_writes(query: &Query) -> bool {
+    fn body_writes(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => select.into.is_some(),
+            SetExpr::Query(q) => query_writes(q),
+            SetExpr::SetOperation { left, right, .. } => body_writes(left) || body_writes(right),
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => true,
+            SetExpr::Values(_) | SetExpr::Table(_) => false,
+        }
+    }
+    body_writes(&query.body)
+}
+
+/// Whether a parsed SQL statement only reads: a query (without `INTO`), `EXPLAIN` of one,
+/// `SHOW` or `DESCRIBE`.
+pub fn sql_is_read_only(stmt: &SqlStatement) -> bool {
+    match stmt {
+        SqlStatement::Query(q) => !query_writes(q),
+        SqlStatement::Explain { statement, .. } => sql_is_read_only(statement),
+        SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowFunctions { .. }
+        | SqlStatement::ShowSchemas { .. }
+        | SqlStatement::ExplainTable { .. } => true,
+        _ => false,
+    }
+}
+
 fn is_read_only(stmt: &Statement) -> bool {
     match stmt {
-        Statement::Statement(s) => matches!(
-            s.as_ref(),
-            SqlStatement::Query(_)
-                | SqlStatement::ShowTables { .. }
-                | SqlStatement::ShowColumns { .. }
-                | SqlStatement::ShowFunctions { .. }
-                | SqlStatement::ShowSchemas { .. }
-                | SqlStatement::ExplainTable { .. }
-        ),
+        Statement::Statement(s) => sql_is_read_only(s),
         Statement::Explain(e) => is_read_only(&e.statement),
         Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => false,
     }
@@ -75,7 +101,11 @@ fn is_read_only(stmt: &Statement) -> bool {
 
 /// The leading keywords of a statement, for messages (`CREATE TABLE`, `COPY`, ...).
 fn kind(stmt: &Statement) -> String {
-    let text = stmt.to_string();
+    statement_kind(&stmt.to_string())
+}
+
+/// The leading keywords of a statement's text, for messages (`CREATE TABLE`, `COPY`, ...).
+pub fn statement_kind(text: &str) -> String {
     let words: Vec<&str> = text.split_whitespace().take(2).collect();
     match words.as_slice() {
         [first, second] if matches!(first.to_uppercase().as_str(), "CREATE" | "DROP" | "ALTER" | "TRUNCATE") => {
@@ -143,6 +173,7 @@ mod tests {
             ("SET datafusion.execution.batch_size = 1", "SET"),
             ("EXPLAIN COPY events TO '/tmp/x'", "EXPLAIN"),
             ("BEGIN", "BEGIN"),
+            ("SELECT * INTO t2 FROM events", "SELECT"),
         ] {
             match check_read_only(sql) {
                 Err(GuardError::Refused(k)) => assert_eq!(k, kind, "{sql}"),

@@ -56,6 +56,10 @@ impl Hub {
             .env_remove("PORT")
             .env_remove("HOST")
             .env_remove("DATA_DIR")
+            // The Postgres-wire endpoint only where a test asks for it (opts.env).
+            .env("PGWIRE_ENABLED", "false")
+            .env_remove("PGWIRE_USER")
+            .env_remove("PGWIRE_PASSWORD")
             .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));

@@ -21,7 +21,11 @@ pub mod window;
 
 /// Every scalar function of the library.
 pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
-    vec![scalar::sketch_quantile::udf(), scalar::zscore::udf()]
+    vec![
+        scalar::sketch_quantile::udf(),
+        scalar::zscore::udf(),
+        scalar::time_bucket::udf(),
+    ]
 }
 
 /// Every aggregate function of the library.

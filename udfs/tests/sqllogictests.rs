@@ -151,6 +151,7 @@ macro_rules! slt {
 slt! {
     quantile_sketch => "quantile_sketch.slt",
     zscore => "zscore.slt",
+    time_bucket => "time_bucket.slt",
     anomaly => "anomaly.slt",
     correlation => "correlation.slt",
     trace => "trace.slt",

@@ -1,4 +1,5 @@
 //! Scalar functions, one per file.
 
 pub mod sketch_quantile;
+pub mod time_bucket;
 pub mod zscore;
