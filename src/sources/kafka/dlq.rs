@@ -76,7 +76,12 @@ impl DeadLetters {
                 });
             Some(self.send_one(topic, batch.payload(r.index), batch.key(r.index), headers))
         });
-        let results = join_all(sends).await;
+        // Each send times out on its own (message.timeout.ms); this bound keeps a broker that
+        // never answers from holding the pipeline forever.
+        let bound = self.timeout.saturating_mul(3);
+        let results = tokio::time::timeout(bound, join_all(sends))
+            .await
+            .map_err(|_| format!("dead-letter produce unacknowledged after {} s", bound.as_secs()))?;
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
             None => Ok(()),

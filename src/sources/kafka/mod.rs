@@ -144,7 +144,11 @@ impl KafkaSource {
         consumer
             .subscribe(&topic_refs)
             .map_err(|e| SourceError::Config(format!("cannot subscribe to {topics:?}: {e}")))?;
+        // Not idempotent: a dead-letter copy may be produced twice after a retry (consumers of
+        // the DLQ see source coordinates in the headers; the Postgres sink deduplicates on
+        // them), and idempotent producers of several instances stalled on the Tansu broker.
         let producer: FutureProducer = client::producer(config)
+            .set("enable.idempotence", "false")
             .create()
             .map_err(|e| SourceError::Config(format!("cannot create the dead-letter producer: {e}")))?;
         let dlq_topics: Vec<String> = topics.iter().map(|t| config.dlq_topic_for(t)).collect();
