@@ -7,6 +7,8 @@
 //! invalid JSON, a non-object event — it returns `None` and the caller takes the serde path,
 //! so accepted events, rejections and their messages stay identical (see `tests_diff`).
 
+use wide::u8x16;
+
 use super::raw::{EventFields, PayloadFields};
 use super::validate::Prescanned;
 
@@ -29,6 +31,25 @@ enum Kind {
     Str(bool),
     Null,
     Other,
+}
+
+/// Position of the first `"` or `\\` at or after `p`, 16 bytes per step (SSE2 compare and
+/// move-mask through `wide`).
+#[inline]
+fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
+    let quote = u8x16::splat(b'"');
+    let backslash = u8x16::splat(b'\\');
+    while let Some(block) = b.get(p..p + 16) {
+        let bytes: [u8; 16] = block.try_into().ok()?;
+        let v = u8x16::new(bytes);
+        let mask = (v.simd_eq(quote) | v.simd_eq(backslash)).to_bitmask();
+        if mask != 0 {
+            return Some(p + mask.trailing_zeros() as usize);
+        }
+        p += 16;
+    }
+    let tail = b.get(p..)?;
+    tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
 struct Cursor<'a> {
@@ -90,14 +111,7 @@ impl<'a> Cursor<'a> {
         let mut escaped = false;
         let mut p = self.pos;
         loop {
-            // Most strings are short: look byte by byte first, then let memchr run.
-            let rest = self.b.get(p..)?;
-            let found = match rest.iter().take(16).position(|c| *c == b'"' || *c == b'\\') {
-                Some(i) => i,
-                None if rest.len() <= 16 => return None,
-                None => 16 + memchr::memchr2(b'"', b'\\', rest.get(16..)?)?,
-            };
-            p += found;
+            p = quote_or_backslash(self.b, p)?;
             if self.b.get(p) == Some(&b'"') {
                 break;
             }
