@@ -347,7 +347,11 @@ impl CqRuntime {
             let bounded = m.min(now_us.saturating_add(self.def.options.max_future_ms as i64 * 1000));
             self.max_event_us = Some(self.max_event_us.map_or(bounded, |x| x.max(bounded)));
         }
-        let kept = filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?;
+        let kept = if keep.iter().all(|k| *k) {
+            batch.clone()
+        } else {
+            filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?
+        };
         if kept.num_rows() > 0 {
             let states = self.plan.partial(kept).await?;
             for state in &states {
