@@ -82,6 +82,7 @@ pub struct EventDecoder {
     ingest_time_us: i64,
     rejected: Vec<Rejection>,
     total: usize,
+    scratch: Vec<u64>,
 }
 
 impl EventDecoder {
@@ -103,6 +104,7 @@ impl EventDecoder {
             ingest_time_us,
             rejected: Vec::new(),
             total: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -119,7 +121,7 @@ impl EventDecoder {
     /// Like [`Self::push`] for text already known to be UTF-8 (skips re-validation).
     pub fn push_str(&mut self, json: &str) -> bool {
         if self.kind == DecoderKind::Scan
-            && let Some(scanned) = scan::scan_event(json)
+            && let Some(scanned) = scan::scan_event(json, &mut self.scratch)
         {
             let index = self.total;
             self.total += 1;

@@ -30,7 +30,9 @@ pub(crate) fn string<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Fiel
     if !s.starts_with('"') {
         return Err(wrong_type(field, "a string", s));
     }
-    if !s.contains('\\') && s.len() >= 2 {
+    // A branch-free fold: these strings are short, and most events have no escapes at all.
+    let escaped = s.bytes().fold(false, |acc, c| acc | (c == b'\\'));
+    if !escaped && s.len() >= 2 {
         // The parser already validated the string; without escapes its content is verbatim.
         return Ok(Cow::Borrowed(&s[1..s.len() - 1]));
     }
@@ -47,7 +49,8 @@ pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Option
 /// Reads a required, non-empty string.
 pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Cow<'a, str>, FieldError> {
     let value = string(field, raw.ok_or_else(|| FieldError::missing(field))?)?;
-    if value.trim().is_empty() {
+    let visible_first = value.as_bytes().first().is_some_and(u8::is_ascii_graphic);
+    if !visible_first && value.trim().is_empty() {
         return Err(FieldError::new(
             RejectKind::InvalidValue,
             format!("field `{field}` must not be empty"),

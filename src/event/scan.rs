@@ -52,25 +52,82 @@ fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
     tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
-struct Cursor<'a> {
+/// One pass over the line, 16 bytes per step: the positions of its quotes as a bitmap (into
+/// `quotes`, one bit per byte), and whether it holds any backslash or control byte.
+fn index_line(b: &[u8], quotes: &mut Vec<u64>) -> (bool, bool) {
+    quotes.clear();
+    quotes.resize(b.len() / 64 + 1, 0);
+    let quote = u8x16::splat(b'"');
+    let backslash = u8x16::splat(b'\\');
+    let below_space = u8x16::splat(0x1f);
+    let mut special = 0u32;
+    let mut ctrl = 0u32;
+    let mut blocks = b.chunks_exact(16);
+    for (i, block) in blocks.by_ref().enumerate() {
+        let Ok(bytes) = <[u8; 16]>::try_from(block) else { break };
+        let v = u8x16::new(bytes);
+        let q = u64::from(v.simd_eq(quote).to_bitmask());
+        special |= v.simd_eq(backslash).to_bitmask();
+        ctrl |= v.min(below_space).simd_eq(v).to_bitmask();
+        if let Some(w) = quotes.get_mut(i / 4) {
+            *w |= q << (16 * (i % 4));
+        }
+    }
+    let base = b.len() - blocks.remainder().len();
+    for (j, c) in blocks.remainder().iter().enumerate() {
+        let at = base + j;
+        match *c {
+            b'"' => {
+                if let Some(w) = quotes.get_mut(at / 64) {
+                    *w |= 1 << (at % 64);
+                }
+            }
+            b'\\' => special = 1,
+            c if c < 0x20 => ctrl = 1,
+            _ => {}
+        }
+    }
+    (special != 0, ctrl != 0)
+}
+
+struct Cursor<'a, 's> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
     /// The text holds bytes below 0x20: strings must be checked for raw control characters.
     ctrl: bool,
+    /// The text holds no backslash: every string ends at the next quote of `quotes`.
+    plain: bool,
+    quotes: &'s [u64],
     depth: u32,
 }
 
-impl<'a> Cursor<'a> {
-    fn new(text: &'a str) -> Self {
+impl<'a, 's> Cursor<'a, 's> {
+    fn new(text: &'a str, scratch: &'s mut Vec<u64>) -> Self {
         let b = text.as_bytes();
-        let ctrl = b.iter().fold(false, |acc, c| acc | (*c < 0x20));
+        let (backslash, ctrl) = index_line(b, scratch);
         Self {
             text,
             b,
             pos: 0,
             ctrl,
+            plain: !backslash,
+            quotes: scratch,
             depth: 0,
+        }
+    }
+
+    /// The first quote at or after `p`, from the bitmap.
+    #[inline]
+    fn next_quote(&self, p: usize) -> Option<usize> {
+        let mut w = p / 64;
+        let mut bits = (*self.quotes.get(w)? >> (p % 64)) << (p % 64);
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            bits = *self.quotes.get(w)?;
         }
     }
 
@@ -108,6 +165,14 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<bool> {
         self.eat(b'"')?;
         let start = self.pos;
+        if self.plain {
+            let end = self.next_quote(start)?;
+            if self.ctrl && self.b.get(start..end)?.iter().any(|c| *c < 0x20) {
+                return None;
+            }
+            self.pos = end + 1;
+            return Some(false);
+        }
         let mut escaped = false;
         let mut p = self.pos;
         loop {
@@ -294,7 +359,7 @@ fn set<'a>(seen: &mut u32, bit: u32, slot: &mut Option<&'a str>, value: Option<&
 }
 
 /// The payload object at the cursor: its LLM fields.
-fn payload<'a>(c: &mut Cursor<'a>) -> Option<PayloadFields<'a>> {
+fn payload<'a>(c: &mut Cursor<'a, '_>) -> Option<PayloadFields<'a>> {
     let mut p = PayloadFields::default();
     let mut seen = 0u32;
     c.enter()?;
@@ -337,7 +402,7 @@ fn payload<'a>(c: &mut Cursor<'a>) -> Option<PayloadFields<'a>> {
 
 /// The tags object at the cursor: `Some(true)` if every value is a string without escapes,
 /// `Some(false)` if some value is not a string, `None` when escapes leave it to serde.
-fn tags(c: &mut Cursor<'_>) -> Option<Option<bool>> {
+fn tags(c: &mut Cursor<'_, '_>) -> Option<Option<bool>> {
     let mut all_strings = true;
     let mut escapes = false;
     c.enter()?;
@@ -359,9 +424,10 @@ fn tags(c: &mut Cursor<'_>) -> Option<Option<bool>> {
     })
 }
 
-/// Scans one event. `None`: take the serde path (see the module docs).
-pub(crate) fn scan_event(text: &str) -> Option<Scanned<'_>> {
-    let mut c = Cursor::new(text);
+/// Scans one event; `scratch` is reused between calls. `None`: take the serde path (see the
+/// module docs).
+pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>) -> Option<Scanned<'a>> {
+    let mut c = Cursor::new(text, scratch);
     let mut f = EventFields::default();
     let mut pre = Prescanned::default();
     let mut seen = 0u32;

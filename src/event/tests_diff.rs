@@ -254,7 +254,7 @@ fn scanner_matches_serde_on_generated_bodies_and_projections() {
 /// Where the scanner answers, its field slices are exactly serde's `RawValue` texts.
 fn assert_same_fields(line: &str) -> bool {
     use super::raw::{EventFields, PayloadFields, RawEvent, RawPayload};
-    let Some(scanned) = super::scan::scan_event(line) else {
+    let Some(scanned) = super::scan::scan_event(line, &mut Vec::new()) else {
         return false;
     };
     let raw: RawEvent<'_> = serde_json::from_str(line).expect("serde parses what the scanner accepts");
@@ -283,7 +283,7 @@ fn scanner_answers_for_ordinary_events_with_serde_slices() {
         format!("{}x", base()),
         "[1]".to_string(),
     ] {
-        assert!(super::scan::scan_event(&declined).is_none(), "{declined}");
+        assert!(super::scan::scan_event(&declined, &mut Vec::new()).is_none(), "{declined}");
     }
 }
 
