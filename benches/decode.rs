@@ -43,7 +43,11 @@ fn decode(c: &mut Criterion) {
     let runs = [
         ("ndjson_100k_events/serde", DecoderKind::Serde, None),
         ("ndjson_100k_events/scan", DecoderKind::Scan, None),
-        ("ndjson_100k_events/scan_rollup_columns", DecoderKind::Scan, Some(projection)),
+        (
+            "ndjson_100k_events/scan_rollup_columns",
+            DecoderKind::Scan,
+            Some(projection),
+        ),
     ];
     for (name, kind, projection) in runs {
         let options = DecodeOptions { kind, projection };

@@ -104,7 +104,9 @@ fn main() -> ExitCode {
                 all_columns,
             };
             let result = if decoders {
-                runtime.block_on(llm_analytics_hub::bench::compare::compare_decoders(&input, &sql, &options))
+                runtime.block_on(llm_analytics_hub::bench::compare::compare_decoders(
+                    &input, &sql, &options,
+                ))
             } else {
                 runtime.block_on(llm_analytics_hub::bench::compare::rollup(&input, &sql, &options))
             };

@@ -43,7 +43,11 @@ pub async fn compare_decoders(path: &Path, sql: &str, options: &RollupOptions) -
     let runs = [
         ("serde, all columns", DecoderKind::Serde, None),
         ("scan,  all columns", DecoderKind::Scan, None),
-        ("serde, query columns", DecoderKind::Serde, Some(Arc::clone(&projection))),
+        (
+            "serde, query columns",
+            DecoderKind::Serde,
+            Some(Arc::clone(&projection)),
+        ),
         ("scan,  query columns", DecoderKind::Scan, Some(Arc::clone(&projection))),
     ];
     let mut base = None;

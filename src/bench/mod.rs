@@ -72,7 +72,12 @@ impl std::fmt::Display for BenchReport {
             DecoderKind::Serde => "serde",
             DecoderKind::Scan => "scan",
         };
-        writeln!(f, "decoder:       {reader}, {} columns ({})", self.columns.len(), self.columns.join(", "))?;
+        writeln!(
+            f,
+            "decoder:       {reader}, {} columns ({})",
+            self.columns.len(),
+            self.columns.join(", ")
+        )?;
         writeln!(f, "events:        {} ({} rejected)", self.events, self.rejected)?;
         writeln!(
             f,
@@ -111,7 +116,11 @@ fn read_chunks(mut input: impl Read, rows: usize, mut emit: impl FnMut(Vec<u8>) 
     loop {
         let mut chunk = Vec::with_capacity(target + carry.len() + 1024);
         chunk.append(&mut carry);
-        let limit = if chunk.len() >= target { chunk.len() + target } else { target };
+        let limit = if chunk.len() >= target {
+            chunk.len() + target
+        } else {
+            target
+        };
         let want = (limit - chunk.len()) as u64;
         let n = (&mut input)
             .take(want)
@@ -274,12 +283,17 @@ pub mod compare;
 mod tests {
     #[test]
     fn chunks_hold_whole_lines_in_order() {
-        let text: String = (0..50_000).map(|i| format!("line {i} {}\n", "x".repeat(i % 700))).collect();
+        let text: String = (0..50_000)
+            .map(|i| format!("line {i} {}\n", "x".repeat(i % 700)))
+            .collect();
         let chunks = super::chunks_of(text.as_bytes(), 100).expect("reads");
         assert!(chunks.len() > 10);
         assert!(chunks.iter().all(|c| c.ends_with(b"\n")));
         assert_eq!(chunks.concat(), text.as_bytes());
         let unterminated = "a\nb\nc";
-        assert_eq!(super::chunks_of(unterminated.as_bytes(), 1).expect("reads").concat(), b"a\nb\nc");
+        assert_eq!(
+            super::chunks_of(unterminated.as_bytes(), 1).expect("reads").concat(),
+            b"a\nb\nc"
+        );
     }
 }

@@ -156,7 +156,8 @@ impl Builders {
             column += 1;
             projection.keeps(column - 1)
         };
-        let s = |keep: bool, bytes_per_row: usize| keep.then(|| StringBuilder::with_capacity(rows, rows * bytes_per_row));
+        let s =
+            |keep: bool, bytes_per_row: usize| keep.then(|| StringBuilder::with_capacity(rows, rows * bytes_per_row));
         let ts = |keep: bool| keep.then(|| TimestampMicrosecondBuilder::with_capacity(rows));
         let f = |keep: bool| keep.then(|| Float64Builder::with_capacity(rows));
         let i = |keep: bool| keep.then(|| Int64Builder::with_capacity(rows));

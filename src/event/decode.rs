@@ -207,7 +207,11 @@ pub fn decode_ndjson(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, B
 }
 
 /// [`decode_ndjson`] with a chosen reader and projection.
-pub fn decode_ndjson_with(body: &[u8], ingest_time_us: i64, options: &DecodeOptions) -> Result<DecodedBatch, BodyError> {
+pub fn decode_ndjson_with(
+    body: &[u8],
+    ingest_time_us: i64,
+    options: &DecodeOptions,
+) -> Result<DecodedBatch, BodyError> {
     let estimate = body.len() / 512 + 1;
     let mut decoder = EventDecoder::with_options(estimate, body.len(), ingest_time_us, options);
     // Validate UTF-8 once for the whole body when possible; a body with invalid bytes falls

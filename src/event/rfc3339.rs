@@ -100,7 +100,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn chrono_micros(s: &str) -> Option<i64> {
-        chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_micros())
     }
 
     #[test]
@@ -158,7 +160,10 @@ mod tests {
                 // The fast path may only decline what it does not cover.
                 let year: i32 = s[..4].parse().expect("year");
                 let leap_second = &s[17..19] == "60";
-                assert!(slow.is_none() || leap_second || year < 1970, "{s} declined but chrono parses it");
+                assert!(
+                    slow.is_none() || leap_second || year < 1970,
+                    "{s} declined but chrono parses it"
+                );
             }
         }
     }

@@ -364,9 +364,7 @@ fn payload<'a>(c: &mut Cursor<'a, '_>) -> Option<PayloadFields<'a>> {
     let mut seen = 0u32;
     c.enter()?;
     c.members(|c, key| {
-        let Some(key) = key else {
-            return None;
-        };
+        let key = key?;
         let (bit, slot) = match key {
             b"operation" => (0, &mut p.operation),
             b"gen_ai.operation.name" => (1, &mut p.otel_operation),

@@ -11,10 +11,7 @@ use crate::generate::{Generator, GeneratorConfig};
 type Outcome = (usize, String, String, Option<String>, Option<String>);
 
 fn decode_one(line: &str, kind: DecoderKind) -> (super::DecodedBatch, Vec<Outcome>) {
-    let options = DecodeOptions {
-        kind,
-        projection: None,
-    };
+    let options = DecodeOptions { kind, projection: None };
     let mut d = EventDecoder::with_options(1, line.len(), 7, &options);
     d.push(line.as_bytes());
     let out = d.finish().expect("builds");
@@ -245,8 +242,12 @@ fn scanner_matches_serde_on_generated_bodies_and_projections() {
     assert_eq!(reasons(&narrow), reasons(&scan), "projection validates in full");
 
     let empty = Projection::new::<&str>(&[]).expect("empty");
-    let none = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Scan, Some(std::sync::Arc::new(empty))))
-        .expect("no columns");
+    let none = decode_batch_body_with(
+        body.as_bytes(),
+        1,
+        &opts(DecoderKind::Scan, Some(std::sync::Arc::new(empty))),
+    )
+    .expect("no columns");
     assert_eq!(none.batch.num_rows(), scan.batch.num_rows());
     assert!(Projection::new(&["nope"]).is_err());
 }
@@ -283,7 +284,10 @@ fn scanner_answers_for_ordinary_events_with_serde_slices() {
         format!("{}x", base()),
         "[1]".to_string(),
     ] {
-        assert!(super::scan::scan_event(&declined, &mut Vec::new()).is_none(), "{declined}");
+        assert!(
+            super::scan::scan_event(&declined, &mut Vec::new()).is_none(),
+            "{declined}"
+        );
     }
 }
 

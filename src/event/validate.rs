@@ -219,4 +219,3 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: Prescanned<'a>) -> Res
         payload: payload_raw,
     })
 }
-

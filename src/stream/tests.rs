@@ -434,9 +434,12 @@ async fn projected_input_gives_the_same_rollup() {
         allowed_lateness_ms: 5_000,
         ..CqOptions::default()
     };
-    let full = CqRuntime::new(def("p_full", crate::bench::ROLLUP_SQL, options.clone()), &events_schema())
-        .await
-        .expect("plans");
+    let full = CqRuntime::new(
+        def("p_full", crate::bench::ROLLUP_SQL, options.clone()),
+        &events_schema(),
+    )
+    .await
+    .expect("plans");
     let mut columns = full.input_columns().to_vec();
     columns.sort();
     assert_eq!(
