@@ -120,12 +120,13 @@ impl EventDecoder {
 
     /// Like [`Self::push`] for text already known to be UTF-8 (skips re-validation).
     pub fn push_str(&mut self, json: &str) -> bool {
-        if self.kind == DecoderKind::Scan
-            && let Some(scanned) = scan::scan_event(json, &mut self.scratch)
-        {
-            let index = self.total;
-            self.total += 1;
-            return self.validate(index, &scanned.fields, scanned.pre);
+        if self.kind == DecoderKind::Scan {
+            let mut scanned = scan::Scanned::default();
+            if scan::scan_event(json, &mut self.scratch, &mut scanned).is_some() {
+                let index = self.total;
+                self.total += 1;
+                return self.validate(index, &scanned.fields, &scanned.pre);
+            }
         }
         self.push_parsed(json.as_bytes(), serde_json::from_str::<RawEvent<'_>>(json))
     }
@@ -157,10 +158,11 @@ impl EventDecoder {
                 return false;
             }
         };
-        self.validate(index, &EventFields::from(&env), Prescanned::default())
+        self.validate(index, &EventFields::from(&env), &Prescanned::default())
     }
 
-    fn validate(&mut self, index: usize, env: &EventFields<'_>, pre: Prescanned<'_>) -> bool {
+    #[inline(never)]
+    fn validate(&mut self, index: usize, env: &EventFields<'_>, pre: &Prescanned<'_>) -> bool {
         match parse_event(env, pre) {
             Ok(parsed) => {
                 self.builders.append(&parsed, self.ingest_time_us);

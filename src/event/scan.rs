@@ -13,7 +13,7 @@ use super::raw::{EventFields, PayloadFields};
 use super::validate::Prescanned;
 
 /// What the scanner found in one event.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Scanned<'a> {
     /// The envelope's fields.
     pub fields: EventFields<'a>,
@@ -358,9 +358,9 @@ fn set<'a>(seen: &mut u32, bit: u32, slot: &mut Option<&'a str>, value: Option<&
     Some(())
 }
 
-/// The payload object at the cursor: its LLM fields.
-fn payload<'a>(c: &mut Cursor<'a, '_>) -> Option<PayloadFields<'a>> {
-    let mut p = PayloadFields::default();
+/// The payload object at the cursor: its LLM fields, written into `p` (in place: the field
+/// views are large and moving them showed up in profiles).
+fn payload<'a>(c: &mut Cursor<'a, '_>, p: &mut PayloadFields<'a>) -> Option<()> {
     let mut seen = 0u32;
     c.enter()?;
     c.members(|c, key| {
@@ -395,7 +395,7 @@ fn payload<'a>(c: &mut Cursor<'a, '_>) -> Option<PayloadFields<'a>> {
         set(&mut seen, bit, slot, value)
     })?;
     c.depth -= 1;
-    Some(p)
+    Some(())
 }
 
 /// The tags object at the cursor: `Some(true)` if every value is a string without escapes,
@@ -422,12 +422,12 @@ fn tags(c: &mut Cursor<'_, '_>) -> Option<Option<bool>> {
     })
 }
 
-/// Scans one event; `scratch` is reused between calls. `None`: take the serde path (see the
-/// module docs).
-pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>) -> Option<Scanned<'a>> {
+/// Scans one event into `out`; `scratch` is reused between calls. `None`: take the serde path
+/// (see the module docs; `out` is then meaningless).
+pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>, out: &mut Scanned<'a>) -> Option<()> {
     let mut c = Cursor::new(text, scratch);
-    let mut f = EventFields::default();
-    let mut pre = Prescanned::default();
+    *out = Scanned::default();
+    let Scanned { fields: f, pre } = out;
     let mut seen = 0u32;
     c.ws();
     if c.peek()? != b'{' {
@@ -457,7 +457,7 @@ pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>) -> Option<Sc
                 Some(c.slice(start, c.pos)?)
             }
             (10, b'{') => {
-                pre.payload = Some(payload(c)?);
+                payload(c, pre.payload.insert(PayloadFields::default()))?;
                 Some(c.slice(start, c.pos)?)
             }
             _ => c.raw_value()?,
@@ -465,5 +465,5 @@ pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>) -> Option<Sc
         set(&mut seen, bit, slot, value)
     })?;
     c.ws();
-    (c.pos == c.b.len()).then_some(Scanned { fields: f, pre })
+    (c.pos == c.b.len()).then_some(())
 }

@@ -255,9 +255,10 @@ fn scanner_matches_serde_on_generated_bodies_and_projections() {
 /// Where the scanner answers, its field slices are exactly serde's `RawValue` texts.
 fn assert_same_fields(line: &str) -> bool {
     use super::raw::{EventFields, PayloadFields, RawEvent, RawPayload};
-    let Some(scanned) = super::scan::scan_event(line, &mut Vec::new()) else {
+    let mut scanned = super::scan::Scanned::default();
+    if super::scan::scan_event(line, &mut Vec::new(), &mut scanned).is_none() {
         return false;
-    };
+    }
     let raw: RawEvent<'_> = serde_json::from_str(line).expect("serde parses what the scanner accepts");
     assert_eq!(scanned.fields, EventFields::from(&raw), "{line}");
     if let Some(p) = scanned.pre.payload {
@@ -284,8 +285,9 @@ fn scanner_answers_for_ordinary_events_with_serde_slices() {
         format!("{}x", base()),
         "[1]".to_string(),
     ] {
+        let mut out = super::scan::Scanned::default();
         assert!(
-            super::scan::scan_event(&declined, &mut Vec::new()).is_none(),
+            super::scan::scan_event(&declined, &mut Vec::new(), &mut out).is_none(),
             "{declined}"
         );
     }

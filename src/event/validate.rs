@@ -98,7 +98,8 @@ pub(crate) struct Prescanned<'a> {
 }
 
 /// Validates one event's fields: the single rule set both decoders use.
-pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: Prescanned<'a>) -> Result<Parsed<'a>, FieldError> {
+#[inline]
+pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Result<Parsed<'a>, FieldError> {
     let event_id = fields::uuid("event_id", &fields::required_string("event_id", env.event_id)?)?;
     let ts_text = fields::required_string("timestamp", env.timestamp)?;
     let timestamp_us = fields::rfc3339_micros("timestamp", &ts_text)?;
@@ -128,9 +129,13 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: Prescanned<'a>) -> Res
         })
         .transpose()?;
     let payload_raw = env.payload.ok_or_else(|| FieldError::missing("payload"))?;
-    let p = match pre.payload {
+    let parsed_payload;
+    let p = match &pre.payload {
         Some(p) => p,
-        None => parse_payload(payload_raw)?,
+        None => {
+            parsed_payload = parse_payload(payload_raw)?;
+            &parsed_payload
+        }
     };
 
     let (name, raw) = first_of(&[
