@@ -4,7 +4,9 @@
 #![allow(clippy::expect_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use llm_analytics_hub::event::decode_batch_body;
+use std::sync::Arc;
+
+use llm_analytics_hub::event::{DecodeOptions, DecoderKind, Projection, decode_batch_body_with};
 use llm_analytics_hub::generate::{Generator, GeneratorConfig};
 
 const EVENTS: usize = 100_000;
@@ -27,13 +29,36 @@ fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(20);
-    group.bench_function("ndjson_100k_events", |b| {
-        b.iter(|| {
-            let out = decode_batch_body(&body, 0).expect("decodes");
-            assert_eq!(out.batch.num_rows(), EVENTS);
-            out
+    let rollup_columns = [
+        "event_id",
+        "timestamp",
+        "provider",
+        "model",
+        "input_tokens",
+        "cost_usd",
+        "latency_ms",
+        "status",
+    ];
+    let projection = Arc::new(Projection::new(&rollup_columns).expect("columns"));
+    let runs = [
+        ("ndjson_100k_events/serde", DecoderKind::Serde, None),
+        ("ndjson_100k_events/scan", DecoderKind::Scan, None),
+        (
+            "ndjson_100k_events/scan_rollup_columns",
+            DecoderKind::Scan,
+            Some(projection),
+        ),
+    ];
+    for (name, kind, projection) in runs {
+        let options = DecodeOptions { kind, projection };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let out = decode_batch_body_with(&body, 0, &options).expect("decodes");
+                assert_eq!(out.batch.num_rows(), EVENTS);
+                out
+            });
         });
-    });
+    }
     group.finish();
     eprintln!(
         "input: {} events, {} bytes ({} bytes/event)",

@@ -51,6 +51,16 @@ pub enum BenchCommand {
         /// Run this SELECT (grouped by tumble/hop) instead of the built-in rollup.
         #[arg(long)]
         sql: Option<String>,
+        /// JSON reader: `scan` (the single-pass scanner, default) or `serde`.
+        #[arg(long, default_value = "scan")]
+        decoder: crate::event::DecoderKind,
+        /// Compare the readers: single-threaded decode-only rates (serde, scanner, scanner with
+        /// projection), then the rollup once with each reader.
+        #[arg(long)]
+        decoders: bool,
+        /// Decode every column instead of only those the query reads.
+        #[arg(long)]
+        all_columns: bool,
     },
     /// Produce N events to a Kafka topic, then compare a raw librdkafka consume of it with the
     /// Hub's consume + decode pipeline; prints both rates.

@@ -88,18 +88,30 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Bench(BenchCommand::Rollup { input, batch_rows, sql }) => {
+        Command::Bench(BenchCommand::Rollup {
+            input,
+            batch_rows,
+            sql,
+            decoder,
+            decoders,
+            all_columns,
+        }) => {
             init_logging(&config);
-            let file = match std::fs::File::open(&input) {
-                Ok(f) => f,
-                Err(e) => return fail(format!("cannot open {}: {e}", input.display())),
-            };
             let sql = sql.unwrap_or_else(|| llm_analytics_hub::bench::ROLLUP_SQL.to_string());
-            match runtime.block_on(llm_analytics_hub::bench::run_rollup(file, batch_rows, &sql)) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
+            let options = llm_analytics_hub::bench::RollupOptions {
+                batch_rows,
+                decoder,
+                all_columns,
+            };
+            let result = if decoders {
+                runtime.block_on(llm_analytics_hub::bench::compare::compare_decoders(
+                    &input, &sql, &options,
+                ))
+            } else {
+                runtime.block_on(llm_analytics_hub::bench::compare::rollup(&input, &sql, &options))
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }

@@ -7,334 +7,47 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::error::ArrowError;
 
+use super::builders::{Builders, Projection};
 use super::fields;
-use super::raw::{RawEvent, RawPayload};
-use super::reject::{FieldError, RejectKind, Rejection};
-use super::schema::events_schema;
+use super::raw::{EventFields, RawEvent};
+use super::reject::{RejectKind, Rejection};
+use super::scan;
+use super::validate::{Prescanned, parse_event};
 
-/// Accepted severities, in increasing order.
-pub const SEVERITIES: [&str; 5] = ["debug", "info", "warning", "error", "critical"];
-/// Accepted `payload.status` values.
-pub const STATUSES: [&str; 3] = ["ok", "error", "timeout"];
-/// `schema_version` assumed when the field is absent.
-pub const DEFAULT_SCHEMA_VERSION: &str = "1.0.0";
+pub use super::validate::{DEFAULT_SCHEMA_VERSION, SEVERITIES, STATUSES};
 
-/// A fully validated event, borrowing from the request body where possible.
-struct Parsed<'a> {
-    event_id: uuid::Uuid,
-    timestamp_us: i64,
-    source_module: Cow<'a, str>,
-    event_type: Cow<'a, str>,
-    schema_version: Cow<'a, str>,
-    severity: Cow<'a, str>,
-    environment: Option<Cow<'a, str>>,
-    correlation_id: Option<Cow<'a, str>>,
-    parent_event_id: Option<uuid::Uuid>,
-    tags: Option<&'a str>,
-    operation: Option<Cow<'a, str>>,
-    provider: Option<Cow<'a, str>>,
-    model: Option<Cow<'a, str>>,
-    latency_ms: Option<f64>,
-    ttft_ms: Option<f64>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    total_tokens: Option<i64>,
-    cost_usd: Option<f64>,
-    status: Option<Cow<'a, str>>,
-    error_type: Option<Cow<'a, str>>,
-    user_id: Option<Cow<'a, str>>,
-    tenant: Option<Cow<'a, str>>,
-    payload: &'a str,
+/// Which JSON reader finds an event's fields. Both feed the same validation and builders, so
+/// they produce the same batches and the same rejections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// `serde_json` into borrowed `RawValue`s.
+    Serde,
+    /// The single-pass scanner ([`super::scan`]), falling back to serde for anything unusual.
+    #[default]
+    Scan,
 }
 
-/// First present of several aliases of one field, with the name it was found under.
-fn first_of<'a>(
-    candidates: &[(&'static str, Option<&'a serde_json::value::RawValue>)],
-) -> (&'static str, Option<&'a serde_json::value::RawValue>) {
-    candidates
-        .iter()
-        .find(|(_, v)| v.is_some())
-        .copied()
-        .unwrap_or((candidates.first().map_or("", |c| c.0), None))
-}
-
-fn parse_payload<'a>(raw: &'a serde_json::value::RawValue) -> Result<RawPayload<'a>, FieldError> {
-    if !raw.get().starts_with('{') {
-        return Err(FieldError::new(
-            RejectKind::PayloadNotObject,
-            "field `payload` must be a JSON object",
-        ));
-    }
-    serde_json::from_str(raw.get())
-        .map_err(|e| FieldError::new(RejectKind::InvalidValue, format!("field `payload`: {e}")))
-}
-
-fn validate_tags(raw: &serde_json::value::RawValue) -> Result<&str, FieldError> {
-    let text = raw.get();
-    let ok = text.starts_with('{') && serde_json::from_str::<fields::StringMap>(text).is_ok();
-    if ok {
-        Ok(text)
-    } else {
-        Err(FieldError::new(
-            RejectKind::InvalidType,
-            "field `tags` must be an object whose values are strings",
-        ))
-    }
-}
-
-fn check_schema_version(version: &str) -> Result<(), FieldError> {
-    let major = version.split('.').next().unwrap_or_default();
-    if major == "1" {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            RejectKind::UnsupportedSchemaVersion,
-            format!("schema_version {version:?} is not supported (supported: 1.x.y)"),
-        ))
-    }
-}
-
-fn parse_event<'a>(env: &RawEvent<'a>) -> Result<Parsed<'a>, FieldError> {
-    let event_id = fields::uuid("event_id", &fields::required_string("event_id", env.event_id)?)?;
-    let ts_text = fields::required_string("timestamp", env.timestamp)?;
-    let timestamp_us = fields::rfc3339_micros("timestamp", &ts_text)?;
-    let source_module = fields::required_string("source_module", env.source_module)?;
-    let event_type = fields::required_string("event_type", env.event_type)?;
-    let schema_version =
-        fields::opt_string("schema_version", env.schema_version)?.unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
-    check_schema_version(&schema_version)?;
-    let severity = fields::opt_string("severity", env.severity)?.unwrap_or(Cow::Borrowed("info"));
-    if !SEVERITIES.contains(&severity.as_ref()) {
-        return Err(FieldError::new(
-            RejectKind::InvalidValue,
-            format!("field `severity` must be one of {SEVERITIES:?}, got {severity:?}"),
-        ));
-    }
-    let environment = fields::opt_string("environment", env.environment)?;
-    let correlation_id = fields::opt_string("correlation_id", env.correlation_id)?;
-    let parent_event_id = fields::opt_string("parent_event_id", env.parent_event_id)?
-        .map(|p| fields::uuid("parent_event_id", &p))
-        .transpose()?;
-    let tags = env.tags.map(validate_tags).transpose()?;
-    let payload_raw = env.payload.ok_or_else(|| FieldError::missing("payload"))?;
-    let p = parse_payload(payload_raw)?;
-
-    let (name, raw) = first_of(&[
-        ("payload.operation", p.operation),
-        ("payload.gen_ai.operation.name", p.otel_operation),
-    ]);
-    let operation = fields::opt_string(name, raw)?;
-    let (name, raw) = first_of(&[
-        ("payload.provider", p.provider),
-        ("payload.gen_ai.provider.name", p.otel_provider),
-        ("payload.gen_ai.system", p.otel_system),
-    ]);
-    let provider = fields::opt_string(name, raw)?;
-    let (name, raw) = first_of(&[
-        ("payload.model", p.model),
-        ("payload.gen_ai.response.model", p.otel_response_model),
-        ("payload.gen_ai.request.model", p.otel_request_model),
-    ]);
-    let model = fields::opt_string(name, raw)?;
-    let latency_ms = fields::opt_non_negative_f64("payload.latency_ms", p.latency_ms)?;
-    let ttft_ms = fields::opt_non_negative_f64("payload.ttft_ms", p.ttft_ms)?;
-    let (name, raw) = first_of(&[
-        ("payload.input_tokens", p.input_tokens),
-        ("payload.gen_ai.usage.input_tokens", p.otel_input_tokens),
-        ("payload.gen_ai.usage.prompt_tokens", p.otel_prompt_tokens),
-    ]);
-    let input_tokens = fields::opt_non_negative_i64(name, raw)?;
-    let (name, raw) = first_of(&[
-        ("payload.output_tokens", p.output_tokens),
-        ("payload.gen_ai.usage.output_tokens", p.otel_output_tokens),
-        ("payload.gen_ai.usage.completion_tokens", p.otel_completion_tokens),
-    ]);
-    let output_tokens = fields::opt_non_negative_i64(name, raw)?;
-    let total_tokens = match fields::opt_non_negative_i64("payload.total_tokens", p.total_tokens)? {
-        Some(t) => Some(t),
-        None if input_tokens.is_some() || output_tokens.is_some() => {
-            Some(input_tokens.unwrap_or(0).saturating_add(output_tokens.unwrap_or(0)))
-        }
-        None => None,
-    };
-    let cost_usd = fields::opt_non_negative_f64("payload.cost_usd", p.cost_usd)?;
-    let (name, raw) = first_of(&[
-        ("payload.error_type", p.error_type),
-        ("payload.error.type", p.otel_error_type),
-    ]);
-    let error_type = fields::opt_string(name, raw)?;
-    let status = match fields::opt_string("payload.status", p.status)? {
-        Some(s) if STATUSES.contains(&s.as_ref()) => Some(s),
-        Some(s) => {
-            return Err(FieldError::new(
-                RejectKind::InvalidValue,
-                format!("field `payload.status` must be one of {STATUSES:?}, got {s:?}"),
-            ));
-        }
-        None if error_type.is_some() => Some(Cow::Borrowed("error")),
-        None if p.has_llm_fields() => Some(Cow::Borrowed("ok")),
-        None => None,
-    };
-    let user_id = fields::opt_string("payload.user_id", p.user_id)?;
-    let tenant = fields::opt_string("payload.tenant", p.tenant)?;
-
-    Ok(Parsed {
-        event_id,
-        timestamp_us,
-        source_module,
-        event_type,
-        schema_version,
-        severity,
-        environment,
-        correlation_id,
-        parent_event_id,
-        tags,
-        operation,
-        provider,
-        model,
-        latency_ms,
-        ttft_ms,
-        input_tokens,
-        output_tokens,
-        total_tokens,
-        cost_usd,
-        status,
-        error_type,
-        user_id,
-        tenant,
-        payload: payload_raw.get(),
-    })
-}
-
-/// Column builders in schema order.
-struct Builders {
-    event_id: StringBuilder,
-    timestamp: TimestampMicrosecondBuilder,
-    ingest_time: TimestampMicrosecondBuilder,
-    source_module: StringBuilder,
-    event_type: StringBuilder,
-    schema_version: StringBuilder,
-    severity: StringBuilder,
-    environment: StringBuilder,
-    correlation_id: StringBuilder,
-    parent_event_id: StringBuilder,
-    tags: StringBuilder,
-    operation: StringBuilder,
-    provider: StringBuilder,
-    model: StringBuilder,
-    latency_ms: Float64Builder,
-    ttft_ms: Float64Builder,
-    input_tokens: Int64Builder,
-    output_tokens: Int64Builder,
-    total_tokens: Int64Builder,
-    cost_usd: Float64Builder,
-    status: StringBuilder,
-    error_type: StringBuilder,
-    user_id: StringBuilder,
-    tenant: StringBuilder,
-    payload: StringBuilder,
-}
-
-impl Builders {
-    fn with_capacity(rows: usize, payload_bytes: usize) -> Self {
-        let s = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
-        Self {
-            event_id: s(36),
-            timestamp: TimestampMicrosecondBuilder::with_capacity(rows),
-            ingest_time: TimestampMicrosecondBuilder::with_capacity(rows),
-            source_module: s(16),
-            event_type: s(10),
-            schema_version: s(5),
-            severity: s(5),
-            environment: s(10),
-            correlation_id: s(36),
-            parent_event_id: s(36),
-            tags: s(8),
-            operation: s(4),
-            provider: s(8),
-            model: s(12),
-            latency_ms: Float64Builder::with_capacity(rows),
-            ttft_ms: Float64Builder::with_capacity(rows),
-            input_tokens: Int64Builder::with_capacity(rows),
-            output_tokens: Int64Builder::with_capacity(rows),
-            total_tokens: Int64Builder::with_capacity(rows),
-            cost_usd: Float64Builder::with_capacity(rows),
-            status: s(2),
-            error_type: s(2),
-            user_id: s(10),
-            tenant: s(8),
-            payload: StringBuilder::with_capacity(rows, payload_bytes),
+impl std::str::FromStr for DecoderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "serde" => Ok(Self::Serde),
+            "scan" | "scanner" => Ok(Self::Scan),
+            other => Err(format!("unknown decoder `{other}` (serde, scan)")),
         }
     }
+}
 
-    fn append(&mut self, e: &Parsed<'_>, ingest_time_us: i64) {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        self.event_id
-            .append_value(e.event_id.hyphenated().encode_lower(&mut buf));
-        self.timestamp.append_value(e.timestamp_us);
-        self.ingest_time.append_value(ingest_time_us);
-        self.source_module.append_value(&e.source_module);
-        self.event_type.append_value(&e.event_type);
-        self.schema_version.append_value(&e.schema_version);
-        self.severity.append_value(&e.severity);
-        self.environment.append_option(e.environment.as_deref());
-        self.correlation_id.append_option(e.correlation_id.as_deref());
-        match e.parent_event_id {
-            Some(p) => self.parent_event_id.append_value(p.hyphenated().encode_lower(&mut buf)),
-            None => self.parent_event_id.append_null(),
-        }
-        self.tags.append_option(e.tags);
-        self.operation.append_option(e.operation.as_deref());
-        self.provider.append_option(e.provider.as_deref());
-        self.model.append_option(e.model.as_deref());
-        self.latency_ms.append_option(e.latency_ms);
-        self.ttft_ms.append_option(e.ttft_ms);
-        self.input_tokens.append_option(e.input_tokens);
-        self.output_tokens.append_option(e.output_tokens);
-        self.total_tokens.append_option(e.total_tokens);
-        self.cost_usd.append_option(e.cost_usd);
-        self.status.append_option(e.status.as_deref());
-        self.error_type.append_option(e.error_type.as_deref());
-        self.user_id.append_option(e.user_id.as_deref());
-        self.tenant.append_option(e.tenant.as_deref());
-        self.payload.append_value(e.payload);
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.timestamp.finish().with_timezone("UTC")),
-            Arc::new(self.ingest_time.finish().with_timezone("UTC")),
-            Arc::new(self.source_module.finish()),
-            Arc::new(self.event_type.finish()),
-            Arc::new(self.schema_version.finish()),
-            Arc::new(self.severity.finish()),
-            Arc::new(self.environment.finish()),
-            Arc::new(self.correlation_id.finish()),
-            Arc::new(self.parent_event_id.finish()),
-            Arc::new(self.tags.finish()),
-            Arc::new(self.operation.finish()),
-            Arc::new(self.provider.finish()),
-            Arc::new(self.model.finish()),
-            Arc::new(self.latency_ms.finish()),
-            Arc::new(self.ttft_ms.finish()),
-            Arc::new(self.input_tokens.finish()),
-            Arc::new(self.output_tokens.finish()),
-            Arc::new(self.total_tokens.finish()),
-            Arc::new(self.cost_usd.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.error_type.finish()),
-            Arc::new(self.user_id.finish()),
-            Arc::new(self.tenant.finish()),
-            Arc::new(self.payload.finish()),
-        ];
-        RecordBatch::try_new(events_schema(), columns)
-    }
+/// How an [`EventDecoder`] decodes: the reader and the columns built.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOptions {
+    /// The JSON reader.
+    pub kind: DecoderKind,
+    /// Build only these columns (every event is still validated in full); `None`: all.
+    pub projection: Option<Arc<Projection>>,
 }
 
 /// The outcome of decoding one request: the accepted events as one batch, and the rejects.
@@ -365,30 +78,56 @@ pub enum BodyError {
 /// Decodes many events into one `RecordBatch`.
 pub struct EventDecoder {
     builders: Builders,
+    kind: DecoderKind,
     ingest_time_us: i64,
     rejected: Vec<Rejection>,
     total: usize,
+    scratch: Vec<u64>,
 }
 
 impl EventDecoder {
     /// A decoder for about `rows` events totalling about `bytes` bytes, stamping each
-    /// accepted event with `ingest_time_us`.
+    /// accepted event with `ingest_time_us`; the default reader, every column.
     pub fn new(rows: usize, bytes: usize, ingest_time_us: i64) -> Self {
+        Self::with_options(rows, bytes, ingest_time_us, &DecodeOptions::default())
+    }
+
+    /// Like [`Self::new`] with a chosen reader and projection.
+    pub fn with_options(rows: usize, bytes: usize, ingest_time_us: i64, options: &DecodeOptions) -> Self {
+        let builders = match &options.projection {
+            Some(p) => Builders::with_capacity(rows, bytes, p),
+            None => Builders::with_capacity(rows, bytes, &Projection::all()),
+        };
         Self {
-            builders: Builders::with_capacity(rows, bytes),
+            builders,
+            kind: options.kind,
             ingest_time_us,
             rejected: Vec::new(),
             total: 0,
+            scratch: Vec::new(),
         }
     }
 
     /// Decodes one event given as its JSON bytes. Returns `false` if it was rejected.
     pub fn push(&mut self, json: &[u8]) -> bool {
+        if self.kind == DecoderKind::Scan
+            && let Ok(text) = std::str::from_utf8(json)
+        {
+            return self.push_str(text);
+        }
         self.push_parsed(json, serde_json::from_slice::<RawEvent<'_>>(json))
     }
 
     /// Like [`Self::push`] for text already known to be UTF-8 (skips re-validation).
     pub fn push_str(&mut self, json: &str) -> bool {
+        if self.kind == DecoderKind::Scan {
+            let mut scanned = scan::Scanned::default();
+            if scan::scan_event(json, &mut self.scratch, &mut scanned).is_some() {
+                let index = self.total;
+                self.total += 1;
+                return self.validate(index, &scanned.fields, &scanned.pre);
+            }
+        }
         self.push_parsed(json.as_bytes(), serde_json::from_str::<RawEvent<'_>>(json))
     }
 
@@ -419,7 +158,12 @@ impl EventDecoder {
                 return false;
             }
         };
-        match parse_event(&env) {
+        self.validate(index, &EventFields::from(&env), &Prescanned::default())
+    }
+
+    #[inline(never)]
+    fn validate(&mut self, index: usize, env: &EventFields<'_>, pre: &Prescanned<'_>) -> bool {
+        match parse_event(env, pre) {
             Ok(parsed) => {
                 self.builders.append(&parsed, self.ingest_time_us);
                 true
@@ -461,8 +205,17 @@ impl EventDecoder {
 
 /// Decodes newline-delimited JSON: one event per non-blank line.
 pub fn decode_ndjson(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, BodyError> {
+    decode_ndjson_with(body, ingest_time_us, &DecodeOptions::default())
+}
+
+/// [`decode_ndjson`] with a chosen reader and projection.
+pub fn decode_ndjson_with(
+    body: &[u8],
+    ingest_time_us: i64,
+    options: &DecodeOptions,
+) -> Result<DecodedBatch, BodyError> {
     let estimate = body.len() / 512 + 1;
-    let mut decoder = EventDecoder::new(estimate, body.len(), ingest_time_us);
+    let mut decoder = EventDecoder::with_options(estimate, body.len(), ingest_time_us, options);
     // Validate UTF-8 once for the whole body when possible; a body with invalid bytes falls
     // back to per-line validation so only the affected lines are rejected.
     let text = std::str::from_utf8(body).ok();
@@ -486,24 +239,42 @@ pub fn decode_ndjson(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, B
 
 /// Decodes a JSON array of events.
 pub fn decode_json_array(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, BodyError> {
+    decode_json_array_with(body, ingest_time_us, &DecodeOptions::default())
+}
+
+/// [`decode_json_array`] with a chosen reader and projection.
+pub fn decode_json_array_with(
+    body: &[u8],
+    ingest_time_us: i64,
+    options: &DecodeOptions,
+) -> Result<DecodedBatch, BodyError> {
     let items: Vec<&serde_json::value::RawValue> =
         serde_json::from_slice(body).map_err(|e| BodyError::MalformedArray(e.to_string()))?;
     if items.is_empty() {
         return Err(BodyError::Empty);
     }
-    let mut decoder = EventDecoder::new(items.len(), body.len(), ingest_time_us);
+    let mut decoder = EventDecoder::with_options(items.len(), body.len(), ingest_time_us, options);
     for item in items {
-        decoder.push(item.get().as_bytes());
+        decoder.push_str(item.get());
     }
     decoder.finish()
 }
 
 /// Decodes a batch body: a JSON array when its first non-blank byte is `[`, NDJSON otherwise.
 pub fn decode_batch_body(body: &[u8], ingest_time_us: i64) -> Result<DecodedBatch, BodyError> {
+    decode_batch_body_with(body, ingest_time_us, &DecodeOptions::default())
+}
+
+/// [`decode_batch_body`] with a chosen reader and projection.
+pub fn decode_batch_body_with(
+    body: &[u8],
+    ingest_time_us: i64,
+    options: &DecodeOptions,
+) -> Result<DecodedBatch, BodyError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Err(BodyError::Empty),
-        Some(b'[') => decode_json_array(body, ingest_time_us),
-        Some(_) => decode_ndjson(body, ingest_time_us),
+        Some(b'[') => decode_json_array_with(body, ingest_time_us, options),
+        Some(_) => decode_ndjson_with(body, ingest_time_us, options),
     }
 }
 

@@ -1,9 +1,8 @@
 //! Typed readers for raw JSON field values, with errors that name the field.
-//! They work on `serde_json::value::RawValue` slices and never build a `serde_json::Value`.
+//! They work on raw JSON text slices (from serde's `RawValue` or the scanner) and never build a
+//! `serde_json::Value`, so both decoders share every rule and message.
 
 use std::borrow::Cow;
-
-use serde_json::value::RawValue;
 
 use super::reject::{FieldError, RejectKind};
 
@@ -26,12 +25,14 @@ fn wrong_type(field: &str, expected: &str, raw: &str) -> FieldError {
 }
 
 /// Reads a JSON string, borrowing it when it has no escapes.
-pub(crate) fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, FieldError> {
-    let s = raw.get();
+pub(crate) fn string<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, FieldError> {
+    let s = raw;
     if !s.starts_with('"') {
         return Err(wrong_type(field, "a string", s));
     }
-    if !s.contains('\\') && s.len() >= 2 {
+    // A branch-free fold: these strings are short, and most events have no escapes at all.
+    let escaped = s.bytes().fold(false, |acc, c| acc | (c == b'\\'));
+    if !escaped && s.len() >= 2 {
         // The parser already validated the string; without escapes its content is verbatim.
         return Ok(Cow::Borrowed(&s[1..s.len() - 1]));
     }
@@ -41,14 +42,15 @@ pub(crate) fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>,
 }
 
 /// Reads an optional string; absent and `null` both give `None`.
-pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, FieldError> {
+pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Option<Cow<'a, str>>, FieldError> {
     raw.map(|r| string(field, r)).transpose()
 }
 
 /// Reads a required, non-empty string.
-pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, FieldError> {
+pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Cow<'a, str>, FieldError> {
     let value = string(field, raw.ok_or_else(|| FieldError::missing(field))?)?;
-    if value.trim().is_empty() {
+    let visible_first = value.as_bytes().first().is_some_and(u8::is_ascii_graphic);
+    if !visible_first && value.trim().is_empty() {
         return Err(FieldError::new(
             RejectKind::InvalidValue,
             format!("field `{field}` must not be empty"),
@@ -58,9 +60,8 @@ pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a RawValue>) -> Res
 }
 
 /// Reads an optional finite, non-negative number.
-pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&RawValue>) -> Result<Option<f64>, FieldError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let s = raw.get();
+pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&str>) -> Result<Option<f64>, FieldError> {
+    let Some(s) = raw else { return Ok(None) };
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
         return Err(wrong_type(field, "a number", s));
     }
@@ -75,9 +76,8 @@ pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&RawValue>) -> Resul
 }
 
 /// Reads an optional non-negative integer. `12.0` is accepted as 12; `12.5` is not.
-pub(crate) fn opt_non_negative_i64(field: &str, raw: Option<&RawValue>) -> Result<Option<i64>, FieldError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let s = raw.get();
+pub(crate) fn opt_non_negative_i64(field: &str, raw: Option<&str>) -> Result<Option<i64>, FieldError> {
+    let Some(s) = raw else { return Ok(None) };
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
         return Err(wrong_type(field, "an integer", s));
     }
@@ -105,6 +105,9 @@ pub(crate) fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, FieldError> {
 
 /// Parses an RFC 3339 timestamp into microseconds since the epoch.
 pub(crate) fn rfc3339_micros(field: &str, value: &str) -> Result<i64, FieldError> {
+    if let Some(micros) = super::rfc3339::fast_micros(value) {
+        return Ok(micros);
+    }
     let parsed = chrono::DateTime::parse_from_rfc3339(value).map_err(|e| {
         FieldError::new(
             RejectKind::InvalidTimestamp,

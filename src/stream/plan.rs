@@ -30,6 +30,7 @@ pub struct CqPlan {
     aggr: Vec<Arc<AggregateFunctionExpr>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     agg_input_schema: SchemaRef,
+    input_schema: SchemaRef,
     /// Schema of state rows: group columns, then each aggregate's state fields.
     pub state_schema: SchemaRef,
     top: Arc<dyn ExecutionPlan>,
@@ -156,6 +157,7 @@ impl CqPlan {
             aggr,
             filters,
             agg_input_schema,
+            input_schema: Arc::clone(input_schema),
             state_schema,
             top,
             top_agg,
@@ -165,6 +167,34 @@ impl CqPlan {
             group_len,
             task: ctx.task_ctx(),
         })
+    }
+
+    /// The input columns the query reads (the scan's projection), in input-schema order; every
+    /// input column when the plan does not say.
+    pub fn input_columns(&self) -> Vec<String> {
+        let mut projection: Option<Option<Vec<usize>>> = None;
+        let _ = Arc::clone(&self.partial).apply(|node| {
+            if let Some(source) = (node.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>()
+                && let Some(mem) = source.data_source().downcast_ref::<MemorySourceConfig>()
+            {
+                projection = Some(mem.projection().clone());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let fields = self.input_schema.fields();
+        match projection.flatten() {
+            Some(indices) => {
+                let mut indices = indices;
+                indices.sort_unstable();
+                indices.dedup();
+                indices
+                    .into_iter()
+                    .filter_map(|i| fields.get(i).map(|f| f.name().clone()))
+                    .collect()
+            }
+            None => fields.iter().map(|f| f.name().clone()).collect(),
+        }
     }
 
     /// Index in state rows of the (single) state column of the aggregate `fun` whose argument

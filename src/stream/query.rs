@@ -113,6 +113,8 @@ pub struct CqRuntime {
     windows: Windows,
     time_idx: usize,
     id_idx: Option<usize>,
+    /// Input columns this query reads (see [`CqRuntime::input_columns`]).
+    input_columns: Vec<String>,
     max_event_us: Option<i64>,
     last_input: Instant,
     last_emit: Instant,
@@ -148,6 +150,12 @@ impl CqRuntime {
             )));
         }
         let plan = CqPlan::build(&rewritten.sql, spec, input_schema).await?;
+        let mut input_columns = plan.input_columns();
+        for extra in [time_col, "event_id"] {
+            if input_schema.index_of(extra).is_ok() && !input_columns.iter().any(|c| c == extra) {
+                input_columns.push(extra.to_string());
+            }
+        }
         let layout = OutputLayout::new(&plan.output_schema, rewritten.key_columns)?;
         let user = layout.user_schema();
         if user.index_of("window_start").is_err() {
@@ -203,6 +211,7 @@ impl CqRuntime {
         };
         Ok(Self {
             id_idx: input_schema.index_of("event_id").ok(),
+            input_columns,
             def,
             source: rewritten.source,
             spec,
@@ -223,6 +232,13 @@ impl CqRuntime {
             rows_in: 0,
             last_error: None,
         })
+    }
+
+    /// The input columns this query needs: what its plan scans, plus the window's time column
+    /// and `event_id` (named in late-event records). A decoder feeding only this query can build
+    /// just these (`EventDecoder` with a projection) and plan the query over that narrower schema.
+    pub fn input_columns(&self) -> &[String] {
+        &self.input_columns
     }
 
     /// Schema of the rows the SELECT defines (what downstream queries read).
@@ -331,7 +347,11 @@ impl CqRuntime {
             let bounded = m.min(now_us.saturating_add(self.def.options.max_future_ms as i64 * 1000));
             self.max_event_us = Some(self.max_event_us.map_or(bounded, |x| x.max(bounded)));
         }
-        let kept = filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?;
+        let kept = if keep.iter().all(|k| *k) {
+            batch.clone()
+        } else {
+            filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?
+        };
         if kept.num_rows() > 0 {
             let states = self.plan.partial(kept).await?;
             for state in &states {

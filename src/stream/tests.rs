@@ -425,3 +425,50 @@ async fn every_shipped_query_plans() {
         schemas.insert(name, rt.output_schema());
     }
 }
+
+/// A query planned over only its input columns (what a projecting decoder builds) emits
+/// exactly what it emits over the full `events` schema.
+#[tokio::test]
+async fn projected_input_gives_the_same_rollup() {
+    let options = CqOptions {
+        allowed_lateness_ms: 5_000,
+        ..CqOptions::default()
+    };
+    let full = CqRuntime::new(
+        def("p_full", crate::bench::ROLLUP_SQL, options.clone()),
+        &events_schema(),
+    )
+    .await
+    .expect("plans");
+    let mut columns = full.input_columns().to_vec();
+    columns.sort();
+    assert_eq!(
+        columns,
+        [
+            "cost_usd",
+            "event_id",
+            "input_tokens",
+            "latency_ms",
+            "model",
+            "provider",
+            "status",
+            "timestamp"
+        ]
+    );
+    let projection = crate::event::Projection::new(full.input_columns()).expect("columns");
+    let mut narrow = CqRuntime::new(def("p_narrow", crate::bench::ROLLUP_SQL, options), &projection.schema())
+        .await
+        .expect("plans over the projection");
+    let mut full = full;
+    let all = events(5, 20_000, 2000, 200.0);
+    let indices: Vec<usize> = projection
+        .columns()
+        .iter()
+        .map(|c| all.schema().index_of(c).expect("column"))
+        .collect();
+    let (a, _) = feed(&mut full, &all, 9).await;
+    let (b, _) = feed(&mut narrow, &all.project(&indices).expect("project"), 9).await;
+    let keys = ["window_start", "provider", "model"];
+    assert!(!a.is_empty());
+    assert_eq!(keyed(&a, &keys), keyed(&b, &keys));
+}

@@ -2,13 +2,13 @@
 //! per-model rollup in process and reports throughput and peak memory.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 
-use crate::event::{decode_batch_body, events_schema};
+use crate::event::{DecodeOptions, DecoderKind, Projection, decode_batch_body_with, events_schema};
 use crate::stream::catalog::{CqDefinition, CqOptions};
 use crate::stream::query::CqRuntime;
 
@@ -23,9 +23,34 @@ pub const ROLLUP_SQL: &str = "SELECT window_start, window_end, provider, model,
 FROM events
 GROUP BY tumble(timestamp, INTERVAL '1 minute'), provider, model";
 
+/// How the benchmark decodes.
+#[derive(Debug, Clone)]
+pub struct RollupOptions {
+    /// Events per decoded batch.
+    pub batch_rows: usize,
+    /// The JSON reader.
+    pub decoder: DecoderKind,
+    /// Build every column instead of only those the query reads.
+    pub all_columns: bool,
+}
+
+impl Default for RollupOptions {
+    fn default() -> Self {
+        Self {
+            batch_rows: 16_384,
+            decoder: DecoderKind::default(),
+            all_columns: false,
+        }
+    }
+}
+
 /// What one run measured.
 #[derive(Debug)]
 pub struct BenchReport {
+    /// The reader used.
+    pub decoder: DecoderKind,
+    /// Columns decoded (all 25 unless projected).
+    pub columns: Vec<String>,
     /// Events in the file.
     pub events: usize,
     /// Events rejected by the decoder.
@@ -43,6 +68,16 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.seconds.max(f64::EPSILON);
+        let reader = match self.decoder {
+            DecoderKind::Serde => "serde",
+            DecoderKind::Scan => "scan",
+        };
+        writeln!(
+            f,
+            "decoder:       {reader}, {} columns ({})",
+            self.columns.len(),
+            self.columns.join(", ")
+        )?;
         writeln!(f, "events:        {} ({} rejected)", self.events, self.rejected)?;
         writeln!(
             f,
@@ -72,26 +107,40 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Reads NDJSON in chunks of about `rows` lines (whole lines only).
-fn read_chunks(mut input: impl BufRead, rows: usize, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<usize, String> {
+/// Reads NDJSON in chunks of about `rows` lines (whole lines only): large reads cut at the
+/// last newline, the rest carried into the next chunk.
+fn read_chunks(mut input: impl Read, rows: usize, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<usize, String> {
+    let target = rows.saturating_mul(540).max(1 << 16);
+    let mut carry: Vec<u8> = Vec::new();
     let mut bytes = 0;
     loop {
-        let mut chunk = Vec::with_capacity(rows * 600);
-        let mut lines = 0;
-        while lines < rows {
-            let n = input
-                .read_until(b'\n', &mut chunk)
-                .map_err(|e| format!("reading input: {e}"))?;
-            if n == 0 {
-                break;
+        let mut chunk = Vec::with_capacity(target + carry.len() + 1024);
+        chunk.append(&mut carry);
+        let limit = if chunk.len() >= target {
+            chunk.len() + target
+        } else {
+            target
+        };
+        let want = (limit - chunk.len()) as u64;
+        let n = (&mut input)
+            .take(want)
+            .read_to_end(&mut chunk)
+            .map_err(|e| format!("reading input: {e}"))?;
+        let eof = (n as u64) < want;
+        if !eof {
+            match memchr::memrchr(b'\n', &chunk) {
+                Some(i) => carry = chunk.split_off(i + 1),
+                None => {
+                    carry = chunk;
+                    continue;
+                }
             }
-            lines += 1;
         }
         if chunk.is_empty() {
             return Ok(bytes);
         }
         bytes += chunk.len();
-        if !emit(chunk) {
+        if !emit(chunk) || eof {
             return Ok(bytes);
         }
     }
@@ -102,9 +151,10 @@ fn read_chunks(mut input: impl BufRead, rows: usize, mut emit: impl FnMut(Vec<u8
 /// calling task, so reading, decoding and aggregation overlap.
 pub async fn run_rollup(
     input: impl Read + Send + 'static,
-    batch_rows: usize,
     sql: &str,
+    options: &RollupOptions,
 ) -> Result<BenchReport, String> {
+    let batch_rows = options.batch_rows;
     let def = CqDefinition {
         name: "bench_rollup".into(),
         sql: sql.into(),
@@ -116,7 +166,25 @@ pub async fn run_rollup(
         paused: false,
         created_at_us: 0,
     };
-    let mut rt = CqRuntime::new(def, &events_schema()).await.map_err(|e| e.to_string())?;
+    let full = CqRuntime::new(def.clone(), &events_schema())
+        .await
+        .map_err(|e| e.to_string())?;
+    let projection = Arc::new(if options.all_columns {
+        Projection::all()
+    } else {
+        Projection::new(full.input_columns()).map_err(|e| e.to_string())?
+    });
+    let mut rt = if options.all_columns {
+        full
+    } else {
+        CqRuntime::new(def, &projection.schema())
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let decode = Arc::new(DecodeOptions {
+        kind: options.decoder,
+        projection: (!options.all_columns).then(|| Arc::clone(&projection)),
+    });
     let started = Instant::now();
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(decoders * 2);
@@ -125,7 +193,7 @@ pub async fn run_rollup(
         tokio::sync::mpsc::channel::<Result<(u64, usize, usize, RecordBatch), String>>(decoders * 2);
     let reader = std::thread::spawn(move || {
         let mut seq = 0u64;
-        read_chunks(BufReader::with_capacity(1 << 20, input), batch_rows.max(1), |chunk| {
+        read_chunks(input, batch_rows.max(1), |chunk| {
             seq += 1;
             work_tx.send((seq - 1, chunk)).is_ok()
         })
@@ -134,11 +202,12 @@ pub async fn run_rollup(
     for _ in 0..decoders {
         let rx = Arc::clone(&work_rx);
         let tx = done_tx.clone();
+        let decode = Arc::clone(&decode);
         workers.push(std::thread::spawn(move || {
             loop {
                 let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                 let Ok((seq, chunk)) = next else { break };
-                let result = decode_batch_body(&chunk, 0)
+                let result = decode_batch_body_with(&chunk, 0, &decode)
                     .map(|out| (seq, out.total, out.rejected.len(), out.batch))
                     .map_err(|e| e.to_string());
                 if tx.blocking_send(result).is_err() {
@@ -175,6 +244,8 @@ pub async fn run_rollup(
         w.join().map_err(|_| "decoder thread panicked".to_string())?;
     }
     Ok(BenchReport {
+        decoder: options.decoder,
+        columns: projection.columns(),
         events,
         rejected,
         bytes,
@@ -182,4 +253,47 @@ pub async fn run_rollup(
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: peak_rss(),
     })
+}
+
+/// Single-threaded decode-only throughput of one reader over in-memory chunks, events/s.
+pub fn decode_rate(chunks: &[Vec<u8>], options: &DecodeOptions) -> Result<(usize, f64), String> {
+    let started = Instant::now();
+    let mut events = 0;
+    for chunk in chunks {
+        let out = decode_batch_body_with(chunk, 0, options).map_err(|e| e.to_string())?;
+        events += out.total;
+    }
+    let secs = started.elapsed().as_secs_f64().max(f64::EPSILON);
+    Ok((events, events as f64 / secs))
+}
+
+/// Cuts NDJSON text into chunks of `rows` lines.
+pub fn chunks_of(input: impl Read, rows: usize) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    read_chunks(input, rows.max(1), |c| {
+        out.push(c);
+        true
+    })?;
+    Ok(out)
+}
+
+pub mod compare;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_hold_whole_lines_in_order() {
+        let text: String = (0..50_000)
+            .map(|i| format!("line {i} {}\n", "x".repeat(i % 700)))
+            .collect();
+        let chunks = super::chunks_of(text.as_bytes(), 100).expect("reads");
+        assert!(chunks.len() > 10);
+        assert!(chunks.iter().all(|c| c.ends_with(b"\n")));
+        assert_eq!(chunks.concat(), text.as_bytes());
+        let unterminated = "a\nb\nc";
+        assert_eq!(
+            super::chunks_of(unterminated.as_bytes(), 1).expect("reads").concat(),
+            b"a\nb\nc"
+        );
+    }
 }

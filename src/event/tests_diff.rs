@@ -1,0 +1,308 @@
+//! Differential tests: the scanner and the serde reader must produce identical batches and
+//! identical rejections (kind, reason, labels) for every input, valid or not.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::builders::Projection;
+use super::decode::{DecodeOptions, DecoderKind, EventDecoder, decode_batch_body_with};
+use crate::generate::{Generator, GeneratorConfig};
+
+type Outcome = (usize, String, String, Option<String>, Option<String>);
+
+fn decode_one(line: &str, kind: DecoderKind) -> (super::DecodedBatch, Vec<Outcome>) {
+    let options = DecodeOptions { kind, projection: None };
+    let mut d = EventDecoder::with_options(1, line.len(), 7, &options);
+    d.push(line.as_bytes());
+    let out = d.finish().expect("builds");
+    let rejects = out
+        .rejected
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.error_type.as_str().to_string(),
+                r.reason.clone(),
+                r.source_module.clone(),
+                r.event_type.clone(),
+            )
+        })
+        .collect();
+    (out, rejects)
+}
+
+fn assert_same(line: &str) {
+    let (a, ra) = decode_one(line, DecoderKind::Serde);
+    let (b, rb) = decode_one(line, DecoderKind::Scan);
+    assert_eq!(ra, rb, "rejections differ for {line}");
+    assert_eq!(a.batch, b.batch, "batches differ for {line}");
+}
+
+const ID: &str = "0b0e7d1c-2f5a-4c1e-9a51-4d7c3e2b1a00";
+
+fn base() -> String {
+    format!(
+        r#"{{"event_id":"{ID}","timestamp":"2026-11-27T10:00:00.123Z","source_module":"llm-observatory","event_type":"telemetry","schema_version":"1.0.0","severity":"info","environment":"prod","correlation_id":"c-1","parent_event_id":"{ID}","tags":{{"team":"a","app":"b"}},"payload":{{"operation":"chat","provider":"openai","model":"gpt-4o","latency_ms":812.5,"ttft_ms":120,"input_tokens":100,"output_tokens":50,"total_tokens":150,"cost_usd":0.0031,"status":"ok","error_type":null,"user_id":"u1","tenant":"acme","extra":{{"nested":[1,2,{{"x":null}}]}}}}}}"#
+    )
+}
+
+/// Hand-written edge cases: every value kind in every field, escapes, unicode, OTel names.
+fn edge_cases() -> Vec<String> {
+    let b = base();
+    let mut cases = vec![
+        b.clone(),
+        format!("  {b}  "),
+        format!("{b}x"),
+        format!("{b},"),
+        b.replace(':', " : ").replace(',', " ,\t"),
+        b.replace("\"event_id\"", "\"event\\u005fid\""),
+        b.replace("\"model\"", "\"mod\\u0065l\""),
+        b.replace("gpt-4o", "gpt\\u002d4\\\"o\\\\"),
+        b.replace("gpt-4o", "gpt-\u{00e9}\u{4e2d}\u{1f600}"),
+        b.replace("gpt-4o", "\\ud83d\\ude00"),
+        b.replace("gpt-4o", "\\ud83d"),
+        b.replace("gpt-4o", "bad\\x"),
+        b.replace("gpt-4o", "tab\there"),
+        b.replace("\"team\":\"a\"", "\"team\":\"\\u0041\""),
+        b.replace("\"team\":\"a\"", "\"t\\u0065am\":\"a\""),
+        b.replace("\"team\":\"a\"", "\"team\":1"),
+        b.replace("\"team\":\"a\"", "\"team\":null"),
+        b.replace("\"team\":\"a\"", "\"team\":\"\\ud800\""),
+        b.replace("{\"team\":\"a\",\"app\":\"b\"}", "[\"a\"]"),
+        b.replace("{\"team\":\"a\",\"app\":\"b\"}", "null"),
+        b.replace("{\"team\":\"a\",\"app\":\"b\"}", "{}"),
+        b.replace("{\"team\":\"a\",\"app\":\"b\"}", "{\"a\":\"1\",\"a\":\"2\"}"),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":\"100\""),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":100.0"),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":1e2"),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":-0"),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":01"),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":1."),
+        b.replace("\"input_tokens\":100", "\"input_tokens\":99999999999999999999"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":1e400"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":-1E-2"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":+1"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":.5"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":null"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":true"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":[1]"),
+        b.replace("\"latency_ms\":812.5", "\"latency_ms\":{\"v\":1}"),
+        b.replace("\"model\":\"gpt-4o\"", "\"model\":\"a\",\"model\":\"b\""),
+        b.replace("\"model\":\"gpt-4o\"", "\"model\":null,\"model\":\"b\""),
+        b.replace("\"severity\":\"info\"", "\"severity\":\"info\",\"severity\":\"info\""),
+        b.replace("\"severity\":\"info\"", "\"severity\":\"fatal\""),
+        b.replace("\"severity\":\"info\"", "\"severity\":null"),
+        b.replace("\"schema_version\":\"1.0.0\"", "\"schema_version\":\"2.0\""),
+        b.replace("\"status\":\"ok\"", "\"status\":\"maybe\""),
+        b.replace("\"status\":\"ok\"", "\"status\":null"),
+        b.replace("\"error_type\":null", "\"error.type\":\"boom\""),
+        b.replace("\"event_type\":\"telemetry\"", "\"event_type\":\"  \""),
+        b.replace("\"event_type\":\"telemetry\"", "\"event_type\":null"),
+        b.replace("\"source_module\":\"llm-observatory\",", ""),
+        b.replace("\"source_module\":\"llm-observatory\"", "\"source_module\":7"),
+        b.replace(ID, "not-a-uuid"),
+        b.replace(ID, &ID.to_uppercase()),
+        b.replace(&format!("\"parent_event_id\":\"{ID}\""), "\"parent_event_id\":null"),
+        b.replace("2026-11-27T10:00:00.123Z", "2026-11-27T11:00:00.5+01:00"),
+        b.replace("2026-11-27T10:00:00.123Z", "2026-11-27t10:00:00z"),
+        b.replace("2026-11-27T10:00:00.123Z", "2026-11-27 10:00:00Z"),
+        b.replace("2026-11-27T10:00:00.123Z", "2026-11-27T10:00:60Z"),
+        b.replace("2026-11-27T10:00:00.123Z", "2026-02-30T10:00:00Z"),
+        b.replace("2026-11-27T10:00:00.123Z", "yesterday"),
+        b.replace("\"2026-11-27T10:00:00.123Z\"", "1764237600"),
+        b.replace("\"extra\"", "\"ex\\ntra\""),
+        b.replace("[1,2,{\"x\":null}]", "[1,2,]"),
+        b.replace("[1,2,{\"x\":null}]", "[1 2]"),
+        b.replace("[1,2,{\"x\":null}]", "[tru]"),
+        b.replace("[1,2,{\"x\":null}]", &format!("{}{}", "[".repeat(140), "]".repeat(140))),
+        b.replace("[1,2,{\"x\":null}]", &format!("{}{}", "[".repeat(90), "]".repeat(90))),
+        "[1,2]".to_string(),
+        "\"text\"".to_string(),
+        "42".to_string(),
+        "null".to_string(),
+        "{}".to_string(),
+        "{\"event_id\": ".to_string(),
+        "{\"event_id\":1}".to_string(),
+        "\u{feff}{}".to_string(),
+        "{\"a\":1,}".to_string(),
+        "{\"a\" 1}".to_string(),
+        "{'a':1}".to_string(),
+        "{\"a\":\"\u{1}\"}".to_string(),
+    ];
+    for payload in ["\"text\"", "[1]", "3", "true", "null", "{}", "{\"a\":{}}"] {
+        let start = b.find("\"payload\":").expect("payload") + "\"payload\":".len();
+        cases.push(format!("{}{payload}}}", &b[..start]));
+    }
+    let otel = [
+        r#"{"gen_ai.operation.name":"chat","gen_ai.system":"anthropic","gen_ai.request.model":"claude-3","gen_ai.response.model":"claude-3-5","gen_ai.usage.input_tokens":11,"gen_ai.usage.output_tokens":7,"error.type":"rate_limited"}"#,
+        r#"{"gen_ai.provider.name":"openai","gen_ai.system":"old","gen_ai.request.model":"m"}"#,
+        r#"{"provider":"native","gen_ai.provider.name":"otel","gen_ai.usage.prompt_tokens":3,"gen_ai.usage.completion_tokens":"4"}"#,
+        r#"{"gen_ai.usage.prompt_tokens":3,"gen_ai.usage.completion_tokens":4,"ttft_ms":-1}"#,
+        r#"{"gen_ai.operation.name":"a","gen_ai.operation.name":"b"}"#,
+    ];
+    for p in otel {
+        let start = b.find("\"payload\":").expect("payload") + "\"payload\":".len();
+        cases.push(format!("{}{p}}}", &b[..start]));
+    }
+    cases
+}
+
+#[test]
+fn scanner_matches_serde_on_edge_cases() {
+    for case in edge_cases() {
+        assert_same(&case);
+    }
+}
+
+#[test]
+fn scanner_matches_serde_on_every_truncation() {
+    let b = base();
+    for end in 0..b.len() {
+        if let Some(prefix) = b.get(..end) {
+            assert_same(prefix);
+        }
+    }
+}
+
+/// Random single-byte edits of generated events: deletions, insertions of JSON punctuation,
+/// swaps. Most produce invalid JSON or wrong types; both readers must agree on every one.
+#[test]
+fn scanner_matches_serde_on_mutated_events() {
+    let mut g = Generator::new(GeneratorConfig {
+        invalid_ratio: 0.05,
+        ..GeneratorConfig::default()
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let alphabet = b"{}[]\",:\\ 0-1.eEtrunfl\x01ab";
+    for _ in 0..3000 {
+        let line = g.next_event(None).into_bytes();
+        assert_same(std::str::from_utf8(&line).expect("utf8"));
+        for _ in 0..3 {
+            let mut m = line.clone();
+            let at = rng.random_range(0..m.len());
+            match rng.random_range(0..3) {
+                0 => {
+                    m.remove(at);
+                }
+                1 => m.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                _ => m[at] = alphabet[rng.random_range(0..alphabet.len())],
+            }
+            if let Ok(text) = std::str::from_utf8(&m) {
+                assert_same(text);
+            }
+        }
+    }
+}
+
+#[test]
+fn scanner_matches_serde_on_generated_bodies_and_projections() {
+    let mut g = Generator::new(GeneratorConfig {
+        invalid_ratio: 0.02,
+        disorder_ms: 2000,
+        ..GeneratorConfig::default()
+    });
+    let mut body = String::new();
+    for _ in 0..5000 {
+        body.push_str(&g.next_event(None));
+        body.push('\n');
+    }
+    let opts = |kind, projection| DecodeOptions { kind, projection };
+    let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde, None)).expect("serde");
+    let scan = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Scan, None)).expect("scan");
+    assert_eq!(serde.batch, scan.batch);
+    assert_eq!(serde.total, scan.total);
+    let reasons = |d: &super::DecodedBatch| {
+        d.rejected
+            .iter()
+            .map(|r| (r.index, r.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reasons(&serde), reasons(&scan));
+    assert!(!serde.rejected.is_empty() && serde.batch.num_rows() > 4000);
+
+    let columns = ["timestamp", "provider", "model", "latency_ms", "status", "event_id"];
+    let projection = std::sync::Arc::new(Projection::new(&columns).expect("columns"));
+    let narrow = decode_batch_body_with(
+        body.as_bytes(),
+        1,
+        &opts(DecoderKind::Scan, Some(std::sync::Arc::clone(&projection))),
+    )
+    .expect("projected");
+    let expected = scan
+        .batch
+        .project(
+            &projection
+                .columns()
+                .iter()
+                .map(|c| scan.batch.schema().index_of(c).expect("col"))
+                .collect::<Vec<_>>(),
+        )
+        .expect("project");
+    assert_eq!(narrow.batch, expected);
+    assert_eq!(reasons(&narrow), reasons(&scan), "projection validates in full");
+
+    let empty = Projection::new::<&str>(&[]).expect("empty");
+    let none = decode_batch_body_with(
+        body.as_bytes(),
+        1,
+        &opts(DecoderKind::Scan, Some(std::sync::Arc::new(empty))),
+    )
+    .expect("no columns");
+    assert_eq!(none.batch.num_rows(), scan.batch.num_rows());
+    assert!(Projection::new(&["nope"]).is_err());
+}
+
+/// Where the scanner answers, its field slices are exactly serde's `RawValue` texts.
+fn assert_same_fields(line: &str) -> bool {
+    use super::raw::{EventFields, PayloadFields, RawEvent, RawPayload};
+    let mut scanned = super::scan::Scanned::default();
+    if super::scan::scan_event(line, &mut Vec::new(), &mut scanned).is_none() {
+        return false;
+    }
+    let raw: RawEvent<'_> = serde_json::from_str(line).expect("serde parses what the scanner accepts");
+    assert_eq!(scanned.fields, EventFields::from(&raw), "{line}");
+    if let Some(p) = scanned.pre.payload {
+        let text = scanned.fields.payload.expect("payload text");
+        let rp: RawPayload<'_> = serde_json::from_str(text).expect("payload parses");
+        assert_eq!(p, PayloadFields::from(&rp), "{line}");
+    }
+    true
+}
+
+#[test]
+fn scanner_answers_for_ordinary_events_with_serde_slices() {
+    let mut g = Generator::new(GeneratorConfig::default());
+    for _ in 0..2000 {
+        let line = g.next_event(None);
+        assert!(assert_same_fields(&line), "scanner declined a generated event: {line}");
+    }
+    assert!(assert_same_fields(&base()));
+    let answered = edge_cases().iter().filter(|c| assert_same_fields(c)).count();
+    assert!(answered > 40, "scanner answered only {answered} edge cases");
+    for declined in [
+        base().replace("\"event_id\"", "\"event\\u005fid\""),
+        base().replace("\"model\":\"gpt-4o\"", "\"model\":\"a\",\"model\":\"b\""),
+        format!("{}x", base()),
+        "[1]".to_string(),
+    ] {
+        let mut out = super::scan::Scanned::default();
+        assert!(
+            super::scan::scan_event(&declined, &mut Vec::new(), &mut out).is_none(),
+            "{declined}"
+        );
+    }
+}
+
+#[test]
+fn invalid_utf8_takes_the_serde_path() {
+    let mut line = base().into_bytes();
+    let at = line.windows(6).position(|w| w == b"gpt-4o").expect("model");
+    line[at] = 0xff;
+    for kind in [DecoderKind::Serde, DecoderKind::Scan] {
+        let options = DecodeOptions { kind, projection: None };
+        let mut d = EventDecoder::with_options(1, line.len(), 0, &options);
+        assert!(!d.push(&line));
+        let out = d.finish().expect("builds");
+        assert_eq!(out.rejected[0].error_type.as_str(), "malformed_json");
+    }
+}
