@@ -186,20 +186,28 @@ impl PostgresSink {
             };
             offsets::advance(&mut tx, &self.group, p, *expected, &self.instance).await?;
         }
-        let mut inputs: HashMap<String, Vec<RecordBatch>> =
-            HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
-        for table in tables.list() {
-            let Some(input) = inputs.get(&table.source) else {
-                continue;
-            };
-            let downstream = tables.has_downstream(&table.name);
-            let out = table.apply(&mut tx, input, downstream).await?;
-            if downstream {
-                inputs.insert(table.name.clone(), out);
+        let applied = async {
+            let mut inputs: HashMap<String, Vec<RecordBatch>> =
+                HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
+            for table in tables.list() {
+                let Some(input) = inputs.get(&table.source) else {
+                    continue;
+                };
+                let downstream = tables.has_downstream(&table.name);
+                let out = table.apply(&mut tx, input, downstream).await?;
+                if downstream {
+                    inputs.insert(table.name.clone(), out);
+                }
             }
+            offsets::dead_letters(&mut tx, dead_letters).await?;
+            tx.commit().await.map_err(classify_db)
         }
-        offsets::dead_letters(&mut tx, dead_letters).await?;
-        tx.commit().await.map_err(classify_db)?;
+        .await;
+        // Partitions created in a rolled-back transaction are gone: only committed ones count.
+        for table in tables.list() {
+            table.settle(applied.is_ok());
+        }
+        applied?;
         let mut map = self.expected();
         for p in positions {
             map.insert((p.topic.clone(), p.partition), Some(p.next));

@@ -55,8 +55,11 @@ pub struct RollupTable {
     key_state: Vec<usize>,
     codec: KeyCodec,
     retention: Option<&'static str>,
-    /// Months whose partition exists (plain PostgreSQL path).
+    /// Months whose partition exists in committed state (plain PostgreSQL path).
     months: Mutex<HashSet<i64>>,
+    /// Months whose partition the open transaction created or checked; they join `months`
+    /// only when it commits (a rolled-back creation must be attempted again).
+    pending_months: Mutex<HashSet<i64>>,
 }
 
 fn config_err(name: &str, e: impl std::fmt::Display) -> SinkError {
@@ -139,6 +142,7 @@ impl RollupTable {
             key_state,
             codec,
             months: Mutex::new(HashSet::new()),
+            pending_months: Mutex::new(HashSet::new()),
         })
     }
 
@@ -274,12 +278,28 @@ impl RollupTable {
                 .execute(&mut *conn)
                 .await
                 .map_err(db)?;
-            self.months
+            self.pending_months
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(month);
         }
         Ok(())
+    }
+
+    /// The transaction that ran [`Self::apply`] committed (`true`) or was abandoned (`false`).
+    pub fn settle(&self, committed: bool) {
+        let pending: Vec<i64> = self
+            .pending_months
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        if committed {
+            self.months
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(pending);
+        }
     }
 
     /// Stored states of the (window, key) groups in `delta`.
