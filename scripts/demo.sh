@@ -5,9 +5,14 @@
 # Extra arguments go to `analytics-hub serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! dpkg -s build-essential >/dev/null 2>&1 || ! dpkg -s pkg-config >/dev/null 2>&1; then
+# Build packages: C toolchain, pkg-config, and cmake + curl headers for the bundled librdkafka.
+missing=()
+for pkg in build-essential pkg-config cmake libcurl4-openssl-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq build-essential pkg-config
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 # Demo account of the wire endpoint (loopback only); set your own to override.
 export PGWIRE_USER="${PGWIRE_USER:-hub}" PGWIRE_PASSWORD="${PGWIRE_PASSWORD:-hub}"
