@@ -266,7 +266,7 @@ impl RollupTable {
         months.sort_unstable();
         months.dedup();
         let missing: Vec<i64> = {
-            let known = self.months.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let known = super::lock(&self.months);
             months.into_iter().filter(|m| !known.contains(m)).collect()
         };
         for month in missing {
@@ -278,27 +278,16 @@ impl RollupTable {
                 .execute(&mut *conn)
                 .await
                 .map_err(db)?;
-            self.pending_months
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(month);
+            super::lock(&self.pending_months).insert(month);
         }
         Ok(())
     }
 
     /// The transaction that ran [`Self::apply`] committed (`true`) or was abandoned (`false`).
     pub fn settle(&self, committed: bool) {
-        let pending: Vec<i64> = self
-            .pending_months
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain()
-            .collect();
+        let pending: Vec<i64> = super::lock(&self.pending_months).drain().collect();
         if committed {
-            self.months
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(pending);
+            super::lock(&self.months).extend(pending);
         }
     }
 
