@@ -9,14 +9,15 @@
 use std::sync::Arc;
 
 use augurs_changepoint::{Detector, NormalGammaDetector};
-use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::array::Int64Array;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
-use crate::series::{SeriesBuffer, coerce_key, coerce_value};
+use super::series_udaf::{SeriesEval, accumulator, coerce_args, state_fields};
+use crate::series::SeriesBuffer;
 
 /// Implementation of `changepoints`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -32,7 +33,7 @@ pub fn udaf() -> Arc<AggregateUDF> {
 }
 
 fn list_type(ts_type: &DataType) -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(ts_type.clone(), true)))
+    DataType::new_list(ts_type.clone(), true)
 }
 
 /// Row indices (> 0) where a new regime starts.
@@ -70,13 +71,7 @@ impl AggregateUDFImpl for Changepoints {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() != 2 {
-            return plan_err!("changepoints(ts, value) takes 2 arguments, got {}", arg_types.len());
-        }
-        Ok(vec![
-            coerce_key("changepoints", &arg_types[0])?,
-            coerce_value("changepoints", &arg_types[1])?,
-        ])
+        coerce_args("changepoints(ts, value)", 2..=2, 1, &[], arg_types)
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -85,33 +80,29 @@ impl AggregateUDFImpl for Changepoints {
 
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let ts_type = acc_args.expr_fields[0].data_type().clone();
-        Ok(Box::new(ChangepointAccumulator {
-            buf: SeriesBuffer::new(true, 1),
-            ts_type,
-        }))
+        accumulator(ChangepointEval { ts_type })
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(SeriesBuffer::state_fields(args.name, true, 1))
+        state_fields::<ChangepointEval>(args)
     }
 }
 
+/// The result of `changepoints` over the buffered `(ts, value)` rows.
 #[derive(Debug)]
-struct ChangepointAccumulator {
-    buf: SeriesBuffer,
+struct ChangepointEval {
     ts_type: DataType,
 }
 
-impl Accumulator for ChangepointAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.buf.update(values)
-    }
+impl SeriesEval for ChangepointEval {
+    const KEYED: bool = true;
+    const VALUES: usize = 1;
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        if self.buf.is_empty() {
+    fn evaluate(&self, buf: &SeriesBuffer) -> Result<ScalarValue> {
+        if buf.is_empty() {
             return ScalarValue::try_from(list_type(&self.ts_type));
         }
-        let (keys, cols) = self.buf.sorted();
+        let (keys, cols) = buf.sorted();
         let ts: Int64Array = detect(&cols[0]).into_iter().map(|i| keys[i]).collect();
         let ts = cast(&ts, &self.ts_type)?;
         let values = (0..ts.len())
@@ -121,18 +112,6 @@ impl Accumulator for ChangepointAccumulator {
             &values,
             &self.ts_type,
         )))
-    }
-
-    fn size(&self) -> usize {
-        self.buf.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.buf.state())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.buf.merge(states)
     }
 }
 

@@ -13,15 +13,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
 use augurs_seasons::PeriodogramDetector;
 
-use crate::series::{SeriesBuffer, coerce_key, coerce_value};
+use super::series_udaf::{SeriesEval, accumulator, coerce_args, state_fields};
+use crate::series::SeriesBuffer;
 
 /// Minimum autocorrelation at the refined lag for a period to be reported.
 pub const MIN_ACF: f64 = 0.3;
@@ -91,48 +91,40 @@ impl AggregateUDFImpl for DetectSeasonality {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() != 2 {
-            return plan_err!(
-                "detect_seasonality(ts, value) takes 2 arguments, got {}",
-                arg_types.len()
-            );
-        }
-        Ok(vec![
-            coerce_key("detect_seasonality", &arg_types[0])?,
-            coerce_value("detect_seasonality", &arg_types[1])?,
-        ])
+        coerce_args("detect_seasonality(ts, value)", 2..=2, 1, &[], arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))))
+        Ok(result_type())
     }
 
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SeasonalityAccumulator {
-            buf: SeriesBuffer::new(true, 1),
-        }))
+        accumulator(SeasonalityEval)
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(SeriesBuffer::state_fields(args.name, true, 1))
+        state_fields::<SeasonalityEval>(args)
     }
 }
 
+/// `LIST<BIGINT>`.
+fn result_type() -> DataType {
+    DataType::new_list(DataType::Int64, true)
+}
+
+/// The result of `detect_seasonality` over the buffered `(ts, value)` rows.
 #[derive(Debug)]
-struct SeasonalityAccumulator {
-    buf: SeriesBuffer,
-}
+struct SeasonalityEval;
 
-impl Accumulator for SeasonalityAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.buf.update(values)
-    }
+impl SeriesEval for SeasonalityEval {
+    const KEYED: bool = true;
+    const VALUES: usize = 1;
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        if self.buf.is_empty() {
-            return ScalarValue::try_from(self.return_type());
+    fn evaluate(&self, buf: &SeriesBuffer) -> Result<ScalarValue> {
+        if buf.is_empty() {
+            return ScalarValue::try_from(result_type());
         }
-        let (_, cols) = self.buf.sorted();
+        let (_, cols) = buf.sorted();
         let y = &cols[0];
         let constant = y.iter().all(|&v| v == y[0]);
         let periods: Vec<ScalarValue> = if constant {
@@ -147,24 +139,6 @@ impl Accumulator for SeasonalityAccumulator {
             &periods,
             &DataType::Int64,
         )))
-    }
-
-    fn size(&self) -> usize {
-        self.buf.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.buf.state())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.buf.merge(states)
-    }
-}
-
-impl SeasonalityAccumulator {
-    fn return_type(&self) -> DataType {
-        DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true)))
     }
 }
 

@@ -30,12 +30,13 @@ use augurs_mstl::MSTLModel;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
 use super::detect_seasonality::detect_periods;
-use crate::series::{SeriesBuffer, coerce_key, coerce_value, constant_arg};
+use super::series_udaf::{SeriesEval, accumulator, coerce_args, state_fields};
+use crate::series::{SeriesBuffer, constant_arg};
 
 /// Fewest points for which a forecast is attempted.
 pub const MIN_POINTS: usize = 10;
@@ -65,10 +66,7 @@ fn item_fields(ts_type: &DataType) -> Fields {
 }
 
 fn list_type(ts_type: &DataType) -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(
-        DataType::Struct(item_fields(ts_type)),
-        true,
-    )))
+    DataType::new_list(DataType::Struct(item_fields(ts_type)), true)
 }
 
 /// A parsed `method` argument.
@@ -187,24 +185,13 @@ impl AggregateUDFImpl for ForecastUdaf {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if !(3..=5).contains(&arg_types.len()) {
-            return plan_err!(
-                "forecast(ts, value, horizon [, method [, level]]) takes 3 to 5 arguments, got {}",
-                arg_types.len()
-            );
-        }
-        let mut out = vec![
-            coerce_key("forecast", &arg_types[0])?,
-            coerce_value("forecast", &arg_types[1])?,
-            DataType::Int64,
-        ];
-        if arg_types.len() >= 4 {
-            out.push(DataType::Utf8);
-        }
-        if arg_types.len() == 5 {
-            out.push(DataType::Float64);
-        }
-        Ok(out)
+        coerce_args(
+            "forecast(ts, value, horizon [, method [, level]])",
+            3..=5,
+            1,
+            &[DataType::Int64, DataType::Utf8, DataType::Float64],
+            arg_types,
+        )
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -231,36 +218,34 @@ impl AggregateUDFImpl for ForecastUdaf {
             },
         };
         let ts_type = acc_args.expr_fields[0].data_type().clone();
-        Ok(Box::new(ForecastAccumulator {
-            buf: SeriesBuffer::new(true, 1),
+        accumulator(ForecastEval {
             horizon,
             method,
             level,
             ts_type,
-        }))
+        })
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(SeriesBuffer::state_fields(args.name, true, 1))
+        state_fields::<ForecastEval>(args)
     }
 }
 
+/// The result of `forecast` over the buffered `(ts, value)` rows.
 #[derive(Debug)]
-struct ForecastAccumulator {
-    buf: SeriesBuffer,
+struct ForecastEval {
     horizon: usize,
     method: Method,
     level: f64,
     ts_type: DataType,
 }
 
-impl Accumulator for ForecastAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.buf.update(values)
-    }
+impl SeriesEval for ForecastEval {
+    const KEYED: bool = true;
+    const VALUES: usize = 1;
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let (keys, cols) = self.buf.sorted();
+    fn evaluate(&self, buf: &SeriesBuffer) -> Result<ScalarValue> {
+        let (keys, cols) = buf.sorted();
         let Some(p) = predict(&cols[0], self.horizon, &self.method, self.level)? else {
             return ScalarValue::try_from(list_type(&self.ts_type));
         };
@@ -284,18 +269,6 @@ impl Accumulator for ForecastAccumulator {
             Arc::new(items),
             None,
         ))))
-    }
-
-    fn size(&self) -> usize {
-        self.buf.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.buf.state())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.buf.merge(states)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod p50;
 pub mod p95;
 pub mod p99;
 pub mod quantile_sketch;
+mod series_udaf;
 pub mod sketch_merge;
 pub mod spearman_corr;
 pub mod xcorr;

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
+use super::series_udaf::{SeriesEval, accumulator, state_fields};
 use crate::series::{SeriesBuffer, pearson};
 
 /// Implementation of `spearman_corr`.
@@ -66,41 +66,25 @@ impl AggregateUDFImpl for SpearmanCorr {
     }
 
     fn accumulator(&self, _acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SpearmanAccumulator {
-            buf: SeriesBuffer::new(false, 2),
-        }))
+        accumulator(SpearmanEval)
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(SeriesBuffer::state_fields(args.name, false, 2))
+        state_fields::<SpearmanEval>(args)
     }
 }
 
+/// The result of `spearman_corr` over the buffered `(x, y)` pairs.
 #[derive(Debug)]
-struct SpearmanAccumulator {
-    buf: SeriesBuffer,
-}
+struct SpearmanEval;
 
-impl Accumulator for SpearmanAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.buf.update(values)
-    }
+impl SeriesEval for SpearmanEval {
+    const KEYED: bool = false;
+    const VALUES: usize = 2;
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let (_, cols) = self.buf.sorted();
+    fn evaluate(&self, buf: &SeriesBuffer) -> Result<ScalarValue> {
+        let (_, cols) = buf.sorted();
         Ok(ScalarValue::Float64(spearman(&cols[0], &cols[1])))
-    }
-
-    fn size(&self) -> usize {
-        self.buf.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.buf.state())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.buf.merge(states)
     }
 }
 

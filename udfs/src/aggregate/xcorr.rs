@@ -12,13 +12,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
-use crate::series::{SeriesBuffer, coerce_key, coerce_value, constant_arg, pearson};
+use super::series_udaf::{SeriesEval, accumulator, coerce_args, state_fields};
+use crate::series::{SeriesBuffer, constant_arg, pearson};
 
 /// Minimum overlapping pairs for a lag to count.
 pub const MIN_PAIRS: usize = 3;
@@ -83,18 +83,7 @@ impl AggregateUDFImpl for XCorr {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() != 4 {
-            return datafusion::common::plan_err!(
-                "xcorr(ts, x, y, max_lag) takes 4 arguments, got {}",
-                arg_types.len()
-            );
-        }
-        Ok(vec![
-            coerce_key("xcorr", &arg_types[0])?,
-            coerce_value("xcorr", &arg_types[1])?,
-            coerce_value("xcorr", &arg_types[2])?,
-            DataType::Int64,
-        ])
+        coerce_args("xcorr(ts, x, y, max_lag)", 4..=4, 2, &[DataType::Int64], arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -106,30 +95,26 @@ impl AggregateUDFImpl for XCorr {
             ScalarValue::Int64(Some(v)) if v >= 0 => v,
             other => return exec_err!("xcorr: max_lag must be a non-negative integer, got {other}"),
         };
-        Ok(Box::new(XCorrAccumulator {
-            buf: SeriesBuffer::new(true, 2),
-            max_lag,
-        }))
+        accumulator(XCorrEval { max_lag })
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(SeriesBuffer::state_fields(args.name, true, 2))
+        state_fields::<XCorrEval>(args)
     }
 }
 
+/// The result of `xcorr` over the buffered `(ts, x, y)` rows.
 #[derive(Debug)]
-struct XCorrAccumulator {
-    buf: SeriesBuffer,
+struct XCorrEval {
     max_lag: i64,
 }
 
-impl Accumulator for XCorrAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.buf.update(values)
-    }
+impl SeriesEval for XCorrEval {
+    const KEYED: bool = true;
+    const VALUES: usize = 2;
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let (_, cols) = self.buf.sorted();
+    fn evaluate(&self, buf: &SeriesBuffer) -> Result<ScalarValue> {
+        let (_, cols) = buf.sorted();
         let (lag, r) = match best_lag(&cols[0], &cols[1], self.max_lag) {
             Some((lag, r)) => (Some(lag), Some(r)),
             None => return ScalarValue::try_from(DataType::Struct(result_fields())),
@@ -137,18 +122,6 @@ impl Accumulator for XCorrAccumulator {
         let arrays = vec![ScalarValue::Int64(lag).to_array()?, ScalarValue::Float64(r).to_array()?];
         let s = datafusion::arrow::array::StructArray::try_new(result_fields(), arrays, None)?;
         Ok(ScalarValue::Struct(Arc::new(s)))
-    }
-
-    fn size(&self) -> usize {
-        self.buf.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.buf.state())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.buf.merge(states)
     }
 }
 
