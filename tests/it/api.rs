@@ -10,8 +10,7 @@ async fn list_filter_page_and_lookup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(&dir.path().join("data")).await;
     let lines = generated(21, 400, 0.0);
-    let (status, _) = hub.post_ndjson(lines.join("\n")).await;
-    assert_eq!(status, 200);
+    hub.post_ok(lines.join("\n")).await;
 
     // Page through everything of one module with a small page size.
     let expected = hub.count("WHERE source_module = 'llm-observatory'").await;
@@ -19,14 +18,11 @@ async fn list_filter_page_and_lookup() {
     let mut cursor: Option<String> = None;
     let mut last_ts = String::from("9999");
     loop {
-        let mut req = hub
-            .client
-            .get(hub.url("/api/v1/events"))
-            .query(&[("source_module", "llm-observatory"), ("limit", "37")]);
+        let mut query = vec![("source_module", "llm-observatory"), ("limit", "37")];
         if let Some(c) = &cursor {
-            req = req.query(&[("cursor", c)]);
+            query.push(("cursor", c.as_str()));
         }
-        let body: serde_json::Value = req.send().await.expect("list").json().await.expect("json");
+        let body = list_events(&hub, &query).await;
         for e in body["events"].as_array().expect("events") {
             assert_eq!(e["source_module"], "llm-observatory");
             assert!(e["payload"].is_object(), "payload returned as JSON");
@@ -46,20 +42,15 @@ async fn list_filter_page_and_lookup() {
     assert_eq!(seen.len() as i64, expected);
 
     // Time range and severity filters.
-    let body: serde_json::Value = hub
-        .client
-        .get(hub.url("/api/v1/events"))
-        .query(&[
+    let body = list_events(
+        &hub,
+        &[
             ("start_time", "2026-01-01T00:00:01Z"),
             ("end_time", "2026-01-01T00:00:02Z"),
             ("limit", "1000"),
-        ])
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+        ],
+    )
+    .await;
     let in_range = hub
         .count("WHERE timestamp >= '2026-01-01T00:00:01Z' AND timestamp < '2026-01-01T00:00:02Z'")
         .await;
@@ -73,12 +64,7 @@ async fn list_filter_page_and_lookup() {
         ("cursor=zzz", 400),
         ("bogus=1", 400),
     ] {
-        let r = hub
-            .client
-            .get(format!("{}?{query}", hub.url("/api/v1/events")))
-            .send()
-            .await
-            .expect("list");
+        let r = hub.get(&format!("/api/v1/events?{query}")).await;
         assert_eq!(r.status().as_u16(), code, "{query}");
         let body: serde_json::Value = r.json().await.expect("json error body");
         assert!(body["error"]["message"].is_string(), "{query}: {body}");
@@ -87,57 +73,23 @@ async fn list_filter_page_and_lookup() {
     // Lookup by id.
     let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
     let id = first["event_id"].as_str().expect("id");
-    let r = hub
-        .client
-        .get(hub.url(&format!("/api/v1/events/{}", id.to_uppercase())))
-        .send()
-        .await
-        .expect("get");
+    let r = hub.get(&format!("/api/v1/events/{}", id.to_uppercase())).await;
     assert_eq!(r.status(), 200);
     let got: serde_json::Value = r.json().await.expect("json");
     assert_eq!(got["event_id"], id);
     assert_eq!(got["payload"], first["payload"]);
-    let r = hub
-        .client
-        .get(hub.url("/api/v1/events/00000000-0000-4000-8000-000000000000"))
-        .send()
-        .await
-        .expect("get");
+    let r = hub.get("/api/v1/events/00000000-0000-4000-8000-000000000000").await;
     assert_eq!(r.status(), 404);
-    let r = hub
-        .client
-        .get(hub.url("/api/v1/events/not-a-uuid"))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status(), 400);
-    let r = hub.client.get(hub.url("/api/v1/nope")).send().await.expect("get");
-    assert_eq!(r.status(), 404);
+    assert_eq!(hub.get("/api/v1/events/not-a-uuid").await.status(), 400);
+    assert_eq!(hub.get("/api/v1/nope").await.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(&dir.path().join("data")).await;
-    let health: serde_json::Value = hub
-        .client
-        .get(hub.url("/health"))
-        .send()
-        .await
-        .expect("h")
-        .json()
-        .await
-        .expect("j");
-    assert_eq!(health["status"], "ok");
-    let ready: serde_json::Value = hub
-        .client
-        .get(hub.url("/ready"))
-        .send()
-        .await
-        .expect("r")
-        .json()
-        .await
-        .expect("j");
+    assert_eq!(hub.get_json("/health").await["status"], "ok");
+    let ready = hub.get_json("/ready").await;
     assert_eq!(ready["status"], "ready");
     let storage = ready["components"]
         .as_array()
@@ -148,7 +100,7 @@ async fn health_ready_and_metrics() {
         .clone();
     assert_eq!(storage["kind"], "local");
     assert_eq!(storage["ready"], true);
-    let r = hub.client.get(hub.url("/metrics")).send().await.expect("m");
+    let r = hub.get("/metrics").await;
     assert!(
         r.headers()["content-type"]
             .to_str()
@@ -158,6 +110,19 @@ async fn health_ready_and_metrics() {
     let text = r.text().await.expect("text");
     assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
     assert!(text.contains("storage_rows_in_memory"));
+}
+
+/// `GET /api/v1/events` with `query`; the JSON body.
+async fn list_events(hub: &Hub, query: &[(&str, &str)]) -> serde_json::Value {
+    hub.client
+        .get(hub.url("/api/v1/events"))
+        .query(query)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json")
 }
 
 #[test]

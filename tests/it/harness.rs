@@ -124,36 +124,82 @@ impl Hub {
         }
     }
 
-    pub async fn post_ndjson(&self, body: String) -> (u16, Value) {
+    /// POSTs `body` as `content_type` to `path`; returns (status, JSON body).
+    pub async fn post_body(&self, path: &str, content_type: &str, body: String) -> (u16, Value) {
         let r = self
             .client
-            .post(self.url("/api/v1/events/batch"))
-            .header("content-type", "application/x-ndjson")
+            .post(self.url(path))
+            .header("content-type", content_type)
             .body(body)
             .send()
             .await
-            .expect("post batch");
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = r.status().as_u16();
         (status, r.json().await.expect("json body"))
     }
 
+    pub async fn post_ndjson(&self, body: String) -> (u16, Value) {
+        self.post_body("/api/v1/events/batch", "application/x-ndjson", body)
+            .await
+    }
+
+    /// Posts NDJSON events that must be accepted (200); returns the response body.
+    pub async fn post_ok(&self, body: String) -> Value {
+        let (status, body) = self.post_ndjson(body).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     pub async fn post_json(&self, path: &str, body: String) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body)
+        self.post_body(path, "application/json", body).await
+    }
+
+    /// Sends a bodiless `method` request to `path`.
+    async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method.clone(), self.url(path))
             .send()
             .await
-            .expect("post");
-        let status = r.status().as_u16();
-        (status, r.json().await.expect("json body"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// POSTs to `path` without a body; returns the JSON body.
+    pub async fn post_empty(&self, path: &str) -> Value {
+        let r = self.send(reqwest::Method::POST, path).await;
+        r.json().await.unwrap_or_else(|e| panic!("POST {path}: JSON body: {e}"))
+    }
+
+    /// GETs `path` (the response is the caller's to check).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    /// GETs `path`; returns the JSON body (whatever the status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        r.json().await.unwrap_or_else(|e| panic!("GET {path}: JSON body: {e}"))
+    }
+
+    /// DELETEs `path`; returns the status.
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.send(reqwest::Method::DELETE, path).await.status().as_u16()
     }
 
     /// Runs SQL and returns (status, body).
     pub async fn sql(&self, sql: &str) -> (u16, Value) {
         self.post_json("/api/v1/sql", serde_json::json!({ "sql": sql }).to_string())
             .await
+    }
+
+    /// Runs SQL asking for the `accept` format; the response is the caller's to check.
+    pub async fn sql_as(&self, accept: &str, sql: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/sql"))
+            .header("accept", accept)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{sql} as {accept}: {e}"))
     }
 
     /// Runs SQL that must succeed; returns the rows.
@@ -163,16 +209,22 @@ impl Hub {
         body["rows"].as_array().expect("rows").clone()
     }
 
+    /// Runs `sql` up to `tries` times, 100 ms apart, until `done(&rows)`; returns the last rows.
+    pub async fn poll_rows(&self, sql: &str, tries: usize, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for _ in 0..tries {
+            rows = self.rows(sql).await;
+            if done(&rows) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rows
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        self.get("/metrics").await.text().await.expect("metrics text")
     }
 
     pub async fn count(&self, sql_where: &str) -> i64 {

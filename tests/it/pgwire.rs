@@ -6,10 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::harness::{Hub, HubOptions, free_port};
@@ -79,14 +78,28 @@ impl WireHub {
     }
 
     pub async fn try_connect(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(password), NoTls).await?;
-        tokio::spawn(conn);
-        Ok(client)
+        connect_to(&self.conn_str(password)).await
     }
 
     pub async fn connect(&self) -> Client {
         self.try_connect(PASSWORD).await.expect("connect with SCRAM")
     }
+}
+
+/// Connects with the libpq connection string `conninfo` (no TLS); the connection runs in a task.
+pub async fn connect_to(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The BIGINT in the first column of the one row `sql` (extended protocol) returns.
+pub async fn query_i64(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
+    client
+        .query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// The rows of the simple-protocol messages, as text.
@@ -295,12 +308,11 @@ async fn wire_refuses_writes_like_http() {
         .await
         .expect_err("unknown table");
     assert_eq!(sqlstate(&e), SqlState::UNDEFINED_TABLE, "{e}");
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("still serving")
-        .get(0);
-    assert_eq!(n, 120);
+    assert_eq!(
+        query_i64(&client, "SELECT count(*) FROM events", &[]).await,
+        120,
+        "still serving"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,23 +386,9 @@ async fn wire_survives_bad_logins_garbage_and_dropped_clients() {
         .await
         .expect("simple after abuse");
     assert_eq!(simple_rows(&msgs)[0][0].as_deref(), Some("120"));
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM events WHERE model = $1", &[&"gpt-4o"])
-        .await
-        .expect("extended")
-        .get(0);
+    let n = query_i64(&client, "SELECT count(*) FROM events WHERE model = $1", &[&"gpt-4o"]).await;
     assert_eq!(n, 60);
-    let health: Value = w
-        .hub
-        .client
-        .get(w.hub.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(health["status"], "ok");
+    assert_eq!(w.hub.get_json("/health").await["status"], "ok");
 }
 
 #[tokio::test(flavor = "multi_thread")]

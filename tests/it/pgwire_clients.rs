@@ -7,7 +7,10 @@ use std::process::Command;
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
-use crate::pgwire::{PASSWORD, USER, WireHub};
+use crate::harness::{BIN, Hub, HubOptions, free_port};
+use crate::pgwire::{PASSWORD, USER, WireHub, connect_to, query_i64};
+
+const COUNT: &str = "SELECT count(*) FROM events";
 
 fn psql(port: u16, password: &str, sslmode: &str, args: &[&str]) -> std::process::Output {
     Command::new("psql")
@@ -185,12 +188,7 @@ async fn tls_and_md5_logins() {
     let out = stdout(&psql(w.port, PASSWORD, "disable", &["-c", "SELECT 1"]));
     assert_eq!(out, "1");
     let client = w.connect().await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("md5 session")
-        .get(0);
-    assert_eq!(n, 120);
+    assert_eq!(query_i64(&client, COUNT, &[]).await, 120, "md5 session");
     let Err(e) = w.try_connect("bad").await else {
         panic!("md5: wrong password accepted")
     };
@@ -199,16 +197,8 @@ async fn tls_and_md5_logins() {
     // cleartext method (`password`): the server asks for the password in clear
     let dir2 = tempfile::tempdir().expect("tempdir");
     let w2 = WireHub::start(dir2.path(), &[("PGWIRE_AUTH", "password")]).await;
-    let (client, conn) = tokio_postgres::connect(&w2.conn_str(PASSWORD), NoTls)
-        .await
-        .expect("cleartext login");
-    tokio::spawn(conn);
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("query")
-        .get(0);
-    assert_eq!(n, 120);
+    let client = w2.try_connect(PASSWORD).await.expect("cleartext login");
+    assert_eq!(query_i64(&client, COUNT, &[]).await, 120);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,7 +206,7 @@ async fn trust_needs_explicit_permission() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("hub.toml");
     std::fs::write(&config, "[pgwire]\nauth = \"trust\"\n").expect("config");
-    let out = Command::new(crate::harness::BIN)
+    let out = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .arg("config")
@@ -231,26 +221,20 @@ async fn trust_needs_explicit_permission() {
 
     let w = WireHub::start(dir.path(), &[("PGWIRE_AUTH", "trust"), ("PGWIRE_ALLOW_TRUST", "true")]).await;
     let conn = format!("host=127.0.0.1 port={} user=anyone dbname=hub sslmode=disable", w.port);
-    let (client, conn) = tokio_postgres::connect(&conn, NoTls).await.expect("trust login");
-    tokio::spawn(conn);
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("query")
-        .get(0);
-    assert_eq!(n, 120);
+    let client = connect_to(&conn).await.expect("trust login");
+    assert_eq!(query_i64(&client, COUNT, &[]).await, 120);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_limit_get_53300() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = crate::harness::free_port();
+    let port = free_port();
     let toml = format!(
         "[pgwire]\nport = {port}\nmax_connections = 1\n[[pgwire.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     );
-    let hub = crate::harness::Hub::start_with(
+    let hub = Hub::start_with(
         &dir.path().join("data"),
-        crate::harness::HubOptions {
+        HubOptions {
             config_toml: Some(toml),
             env: vec![("PGWIRE_ENABLED".into(), "true".into())],
             ..Default::default()
@@ -264,37 +248,20 @@ async fn connections_over_the_limit_get_53300() {
         panic!("second connection accepted over max_connections = 1")
     };
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"), "{e}");
-    assert_eq!(
-        first
-            .query_one("SELECT 1::bigint", &[])
-            .await
-            .expect("first still works")
-            .get::<_, i64>(0),
-        1
-    );
+    assert_eq!(query_i64(&first, "SELECT 1::bigint", &[]).await, 1, "first still works");
     drop(first);
     task.await.expect("join").expect("connection closed cleanly");
     // the slot is free again once the server has seen the first client go
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let again = loop {
-        match tokio_postgres::connect(&conn, NoTls).await {
-            Ok((client, c)) => {
-                tokio::spawn(c);
-                break client;
-            }
+        match connect_to(&conn).await {
+            Ok(client) => break client,
             Err(e) => {
                 assert!(std::time::Instant::now() < deadline, "slot not released: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     };
-    assert_eq!(
-        again
-            .query_one("SELECT 2::bigint", &[])
-            .await
-            .expect("query")
-            .get::<_, i64>(0),
-        2
-    );
+    assert_eq!(query_i64(&again, "SELECT 2::bigint", &[]).await, 2);
     drop(hub);
 }

@@ -3,7 +3,7 @@
 
 use tokio_postgres::types::Type;
 
-use crate::pgwire::{WireHub, simple_rows};
+use crate::pgwire::{WireHub, query_i64, simple_rows};
 
 /// Grafana's search-path membership test (`buildSchemaConstraint`).
 const SCHEMA_CONSTRAINT: &str = r#"
@@ -262,15 +262,13 @@ async fn grafana_panel_queries_match_http() {
     // a time-range query with the range as timestamptz parameters (pgx)
     let from: std::time::SystemTime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_132_800);
     let to: std::time::SystemTime = from + std::time::Duration::from_secs(1799);
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM events WHERE timestamp BETWEEN $1 AND $2",
-            &[&from, &to],
-        )
-        .await
-        .expect("range params")
-        .get(0);
-    assert_eq!(n, 60);
+    let n = query_i64(
+        &client,
+        "SELECT count(*) FROM events WHERE timestamp BETWEEN $1 AND $2",
+        &[&from, &to],
+    )
+    .await;
+    assert_eq!(n, 60, "range params");
 }
 
 #[tokio::test(flavor = "multi_thread")]

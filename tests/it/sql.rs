@@ -38,13 +38,11 @@ async fn results_in_json_csv_and_arrow() {
     );
 
     let csv = hub
-        .client
-        .post(hub.url("/api/v1/sql"))
-        .header("accept", "text/csv")
-        .json(&serde_json::json!({"sql": "SELECT model, count(*) AS n FROM events WHERE model IS NOT NULL GROUP BY model ORDER BY model"}))
-        .send()
-        .await
-        .expect("csv");
+        .sql_as(
+            "text/csv",
+            "SELECT model, count(*) AS n FROM events WHERE model IS NOT NULL GROUP BY model ORDER BY model",
+        )
+        .await;
     assert_eq!(csv.status(), 200);
     assert!(
         csv.headers()["content-type"]
@@ -59,13 +57,11 @@ async fn results_in_json_csv_and_arrow() {
     assert_eq!(lines.count() as u64, rows);
 
     let arrow = hub
-        .client
-        .post(hub.url("/api/v1/sql"))
-        .header("accept", "application/vnd.apache.arrow.stream")
-        .json(&serde_json::json!({"sql": "SELECT event_id, latency_ms FROM events"}))
-        .send()
-        .await
-        .expect("arrow");
+        .sql_as(
+            "application/vnd.apache.arrow.stream",
+            "SELECT event_id, latency_ms FROM events",
+        )
+        .await;
     assert_eq!(arrow.status(), 200);
     let bytes = arrow.bytes().await.expect("bytes");
     let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).expect("ipc");
@@ -179,15 +175,7 @@ async fn result_cache_serves_repeated_queries_within_ttl() {
     assert_eq!(second.headers()["x-cache"], "hit");
     let second: serde_json::Value = second.json().await.expect("json");
     assert_eq!(first["rows"], second["rows"], "served from cache within the TTL");
-    let ready: serde_json::Value = hub
-        .client
-        .get(hub.url("/ready"))
-        .send()
-        .await
-        .expect("ready")
-        .json()
-        .await
-        .expect("json");
+    let ready = hub.get_json("/ready").await;
     assert!(
         ready["components"]
             .as_array()

@@ -3,59 +3,22 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Hub, HubOptions};
-
-pub fn event(id: u128, ts: &str, model: &str) -> String {
-    json!({
-        "event_id": uuid::Uuid::from_u128(id).to_string(), "timestamp": ts, "source_module": "llm-observatory",
-        "event_type": "telemetry", "payload": {"provider": "openai", "model": model, "latency_ms": 100 + id as u64, "input_tokens": 10}
-    })
-    .to_string()
-}
-
-/// A Hub without the shipped rollups, so tests see only their own queries.
-pub fn opts() -> HubOptions {
-    HubOptions {
-        config_toml: Some("[stream]\nshipped_queries = false\n".into()),
-        ..Default::default()
-    }
-}
-
-pub const PER_MODEL: &str = "SELECT window_start, window_end, model, count(*) AS n, sum(input_tokens) AS tokens FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), model";
-
-pub async fn register(hub: &Hub, name: &str, sql: &str, options: Value) -> (u16, Value) {
-    hub.post_json(
-        "/api/v1/continuous-queries",
-        json!({"name": name, "sql": sql, "options": options}).to_string(),
-    )
-    .await
-}
-
-pub async fn wait_rows(hub: &Hub, sql: &str, want: usize) -> Vec<Value> {
-    for _ in 0..100 {
-        let rows = hub.rows(sql).await;
-        if rows.len() >= want {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    hub.rows(sql).await
-}
+use crate::cq::{self, PER_MODEL, event, opts, register, register_ok, wait_rows};
+use crate::harness::Hub;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_query_and_read_its_output_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    let (status, body) = register(
+    let body = register_ok(
         &hub,
         "per_model_1m",
         PER_MODEL,
         json!({"allowed_lateness_ms": 2000, "idle_timeout_ms": 600000}),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(body["window"], "tumble 60s");
     let lines: Vec<String> = (0..30)
         .map(|i| {
@@ -66,9 +29,9 @@ async fn register_query_and_read_its_output_table() {
             )
         })
         .collect();
-    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
+    hub.post_ok(lines.join("\n")).await;
     // Next minute: moves the watermark past 00:01:00 (max 00:01:05 - 2 s).
-    assert_eq!(hub.post_ndjson(event(100, "2026-01-01T00:01:05Z", "a")).await.0, 200);
+    hub.post_ok(event(100, "2026-01-01T00:01:05Z", "a")).await;
     let rows = wait_rows(
         &hub,
         "SELECT model, n, tokens, window_start, window_end FROM per_model_1m ORDER BY model",
@@ -88,29 +51,10 @@ async fn register_query_and_read_its_output_table() {
         (rows[1]["model"].as_str(), rows[1]["n"].as_i64()),
         (Some("b"), Some(20))
     );
-    assert!(
-        rows[0]["window_start"]
-            .as_str()
-            .expect("ws")
-            .starts_with("2026-01-01T00:00:00")
-    );
-    assert!(
-        rows[0]["window_end"]
-            .as_str()
-            .expect("we")
-            .starts_with("2026-01-01T00:01:00")
-    );
+    cq::assert_window(&rows[0], "2026-01-01T00:00:00", "2026-01-01T00:01:00");
 
-    let list: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    let q = &list["continuous_queries"][0];
+    let list = cq::list(&hub).await;
+    let q = &list[0];
     assert_eq!(q["name"], "per_model_1m");
     assert_eq!(q["status"], "running");
     assert_eq!(q["rows_emitted"], 2);
@@ -122,15 +66,7 @@ async fn register_query_and_read_its_output_table() {
         .sql("CREATE CONTINUOUS QUERY tokens_hop AS SELECT window_start, sum(input_tokens) AS t FROM events GROUP BY hop(timestamp, INTERVAL '1 minute', INTERVAL '5 minutes')")
         .await;
     assert_eq!(status, 201, "{body}");
-    let one: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries/tokens_hop"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let one = cq::status(&hub, "tokens_hop").await;
     assert_eq!(one["window"], "hop slide 60s size 300s");
     let metrics = hub.metrics_text().await;
     assert!(
@@ -143,7 +79,7 @@ async fn register_query_and_read_its_output_table() {
 async fn invalid_definitions_are_rejected_at_registration() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    assert_eq!(register(&hub, "ok_1", PER_MODEL, json!({})).await.0, 201);
+    register_ok(&hub, "ok_1", PER_MODEL, json!({})).await;
     let cases = [
         ("ok_1", PER_MODEL, "already exists"),
         ("events", PER_MODEL, "reserved"),
@@ -187,58 +123,24 @@ async fn invalid_definitions_are_rejected_at_registration() {
         let message = body["error"]["message"].as_str().expect("message");
         assert!(message.contains(needle), "{name}: expected {needle:?} in {message:?}");
     }
-    let (status, body) = hub
-        .post_json(
-            "/api/v1/continuous-queries",
-            json!({"name": "x", "sql": PER_MODEL, "options": {"lateness": 1}}).to_string(),
-        )
-        .await;
+    let (status, body) = register(&hub, "x", PER_MODEL, json!({"lateness": 1})).await;
     assert_eq!(status, 422, "unknown option: {body}");
-    let list: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries"))
-        .send()
-        .await
-        .expect("l")
-        .json()
-        .await
-        .expect("j");
-    assert_eq!(
-        list["continuous_queries"].as_array().expect("a").len(),
-        1,
-        "nothing half-registered"
-    );
+    assert_eq!(cq::list(&hub).await.len(), 1, "nothing half-registered");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn late_events_are_kept_with_a_reason_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    assert_eq!(
-        register(
-            &hub,
-            "per_model",
-            PER_MODEL,
-            json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})
-        )
-        .await
-        .0,
-        201
-    );
-    assert_eq!(
-        hub.post_ndjson(
-            [
-                event(1, "2026-01-01T00:00:10Z", "a"),
-                event(2, "2026-01-01T00:01:30Z", "a")
-            ]
-            .join("\n")
-        )
-        .await
-        .0,
-        200
-    );
+    let options = json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000});
+    register_ok(&hub, "per_model", PER_MODEL, options).await;
+    let lines = [
+        event(1, "2026-01-01T00:00:10Z", "a"),
+        event(2, "2026-01-01T00:01:30Z", "a"),
+    ];
+    hub.post_ok(lines.join("\n")).await;
     // 00:00:20 is now beyond the lateness (watermark 00:01:29 > window end 00:01:00).
-    assert_eq!(hub.post_ndjson(event(3, "2026-01-01T00:00:20Z", "a")).await.0, 200);
+    hub.post_ok(event(3, "2026-01-01T00:00:20Z", "a")).await;
     let late = wait_rows(&hub, "SELECT query, event_id, reason FROM late_events", 1).await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["query"], "per_model");
@@ -265,17 +167,9 @@ async fn pause_resume_catch_up_and_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
     let options = json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000});
-    assert_eq!(register(&hub, "pq", PER_MODEL, options).await.0, 201);
-    assert_eq!(hub.post_ndjson(event(1, "2026-01-01T00:00:10Z", "a")).await.0, 200);
-    let r: Value = hub
-        .client
-        .post(hub.url("/api/v1/continuous-queries/pq/pause"))
-        .send()
-        .await
-        .expect("p")
-        .json()
-        .await
-        .expect("j");
+    register_ok(&hub, "pq", PER_MODEL, options).await;
+    hub.post_ok(event(1, "2026-01-01T00:00:10Z", "a")).await;
+    let r = cq::action(&hub, "pq", "pause").await;
     assert_eq!(r["status"], "paused");
     assert_eq!(r["rows_in"], 1);
     // While paused: two more events of window 00:00, and one that would close it.
@@ -283,8 +177,8 @@ async fn pause_resume_catch_up_and_delete() {
         event(2, "2026-01-01T00:00:20Z", "a"),
         event(3, "2026-01-01T00:00:30Z", "b"),
     ];
-    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
-    assert_eq!(hub.post_ndjson(event(4, "2026-01-01T00:01:30Z", "a")).await.0, 200);
+    hub.post_ok(lines.join("\n")).await;
+    hub.post_ok(event(4, "2026-01-01T00:01:30Z", "a")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = hub.sql("SELECT count(*) AS n FROM pq").await;
     assert_eq!(
@@ -292,15 +186,7 @@ async fn pause_resume_catch_up_and_delete() {
         (200, Some(0)),
         "nothing emitted while paused"
     );
-    let r: Value = hub
-        .client
-        .post(hub.url("/api/v1/continuous-queries/pq/resume"))
-        .send()
-        .await
-        .expect("r")
-        .json()
-        .await
-        .expect("j");
+    let r = cq::action(&hub, "pq", "resume").await;
     assert_eq!(r["status"], "running");
     assert_eq!(
         r["rows_in"], 4,
@@ -312,22 +198,10 @@ async fn pause_resume_catch_up_and_delete() {
         vec![json!({"model": "a", "n": 2}), json!({"model": "b", "n": 1})],
         "the window closed with every event, none twice"
     );
-    let r = hub
-        .client
-        .delete(hub.url("/api/v1/continuous-queries/pq"))
-        .send()
-        .await
-        .expect("d");
-    assert_eq!(r.status(), 204);
+    assert_eq!(cq::delete(&hub, "pq").await, 204);
     let (status, _) = hub.sql("SELECT * FROM pq").await;
     assert_eq!(status, 400, "the output table is gone");
-    let r = hub
-        .client
-        .delete(hub.url("/api/v1/continuous-queries/pq"))
-        .send()
-        .await
-        .expect("d");
-    assert_eq!(r.status(), 404);
+    assert_eq!(cq::delete(&hub, "pq").await, 404);
     assert_eq!(
         register(&hub, "pq", PER_MODEL, json!({})).await.0,
         201,
@@ -340,50 +214,29 @@ async fn queries_and_open_windows_survive_kill9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut hub = Hub::start_with(&data, opts()).await;
-    assert_eq!(
-        register(
-            &hub,
-            "per_model",
-            PER_MODEL,
-            json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000})
-        )
-        .await
-        .0,
-        201
-    );
+    let options = json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000});
+    register_ok(&hub, "per_model", PER_MODEL, options).await;
     let first: Vec<String> = (0..20)
         .map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i * 2), "a"))
         .collect();
-    assert_eq!(hub.post_ndjson(first.join("\n")).await.0, 200);
+    hub.post_ok(first.join("\n")).await;
     // Window 00:01 gets 5 events, then window 00:00 closes.
     let second: Vec<String> = (20..25)
         .map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i), "a"))
         .collect();
-    assert_eq!(hub.post_ndjson(second.join("\n")).await.0, 200);
+    hub.post_ok(second.join("\n")).await;
     let rows = wait_rows(&hub, "SELECT n FROM per_model", 1).await;
     assert_eq!(rows, vec![json!({"n": 20})]);
     hub.kill9();
 
     let hub = Hub::start_with(&data, opts()).await;
-    let list: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries"))
-        .send()
-        .await
-        .expect("l")
-        .json()
-        .await
-        .expect("j");
-    assert_eq!(
-        list["continuous_queries"][0]["name"], "per_model",
-        "the definition came back"
-    );
+    assert_eq!(cq::list(&hub).await[0]["name"], "per_model", "the definition came back");
     // Five more events for window 00:01, then one that closes it.
     let third: Vec<String> = (25..30)
         .map(|i| event(i, &format!("2026-01-01T00:01:{:02}Z", i + 10), "a"))
         .collect();
-    assert_eq!(hub.post_ndjson(third.join("\n")).await.0, 200);
-    assert_eq!(hub.post_ndjson(event(99, "2026-01-01T00:02:30Z", "a")).await.0, 200);
+    hub.post_ok(third.join("\n")).await;
+    hub.post_ok(event(99, "2026-01-01T00:02:30Z", "a")).await;
     let rows = wait_rows(&hub, "SELECT n FROM per_model ORDER BY window_start", 2).await;
     assert_eq!(
         rows,
@@ -396,28 +249,15 @@ async fn queries_and_open_windows_survive_kill9() {
 async fn shipped_rollups_run_by_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(&dir.path().join("data")).await;
-    let list: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries"))
-        .send()
-        .await
-        .expect("l")
-        .json()
-        .await
-        .expect("j");
-    let names: Vec<&str> = list["continuous_queries"]
-        .as_array()
-        .expect("a")
-        .iter()
-        .filter_map(|q| q["name"].as_str())
-        .collect();
+    let list = cq::list(&hub).await;
+    let names: Vec<&str> = list.iter().filter_map(|q| q["name"].as_str()).collect();
     assert_eq!(names.len(), 16, "{names:?}");
     assert!(names.contains(&"llm_provider_model_1mo") && names.contains(&"llm_module_type_1w"));
     let lines: Vec<String> = (0..50)
         .map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i), "m"))
         .collect();
-    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
-    assert_eq!(hub.post_ndjson(event(500, "2026-01-01T00:06:00Z", "m")).await.0, 200);
+    hub.post_ok(lines.join("\n")).await;
+    hub.post_ok(event(500, "2026-01-01T00:06:00Z", "m")).await;
     let rows = wait_rows(
         &hub,
         "SELECT requests, p50_latency_ms, p99_latency_ms FROM llm_provider_model_1m",
@@ -431,7 +271,7 @@ async fn shipped_rollups_run_by_default() {
         "p50 of 100..149 within the sketch error: {p50}"
     );
     // The 00:06 window closes at 00:12, and the 5-minute rollup sees 1-minute rows past 00:05.
-    assert_eq!(hub.post_ndjson(event(501, "2026-01-01T00:12:00Z", "m")).await.0, 200);
+    hub.post_ok(event(501, "2026-01-01T00:12:00Z", "m")).await;
     let rows = wait_rows(
         &hub,
         "SELECT requests FROM llm_provider_model_5m ORDER BY window_start",

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::cq::{self, PER_MODEL, event, opts, register, register_ok, wait_rows};
 use crate::harness::Hub;
-use crate::stream::{PER_MODEL, event, opts, register, wait_rows};
 
 fn user_event(id: u128, ts: &str, user: &str) -> String {
     json!({
@@ -15,17 +15,6 @@ fn user_event(id: u128, ts: &str, user: &str) -> String {
         "event_type": "telemetry", "payload": {"model": "m", "user_id": user, "latency_ms": id as u64, "input_tokens": 10}
     })
     .to_string()
-}
-
-async fn status_of(hub: &Hub, name: &str) -> Value {
-    hub.client
-        .get(hub.url(&format!("/api/v1/continuous-queries/{name}")))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
 }
 
 const SESSIONS: &str = "SELECT window_start, window_end, user_id, count(*) AS n, max(latency_ms) AS max_ms
@@ -48,19 +37,13 @@ async fn session_windows_close_per_user_and_merge() {
         user_event(2, "2026-01-01T00:00:40Z", "u1"),
         user_event(3, "2026-01-01T00:00:10Z", "u2"),
     ];
-    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
-    assert_eq!(status_of(&hub, "user_sessions").await["open_windows"], 3);
+    hub.post_ok(lines.join("\n")).await;
+    assert_eq!(cq::status(&hub, "user_sessions").await["open_windows"], 3);
     // 00:00:20 is within 30 s of both sessions of u1: they merge.
-    assert_eq!(
-        hub.post_ndjson(user_event(4, "2026-01-01T00:00:20Z", "u1")).await.0,
-        200
-    );
-    assert_eq!(status_of(&hub, "user_sessions").await["open_windows"], 2);
+    hub.post_ok(user_event(4, "2026-01-01T00:00:20Z", "u1")).await;
+    assert_eq!(cq::status(&hub, "user_sessions").await["open_windows"], 2);
     // Watermark 00:02:00 - 20 s closes both.
-    assert_eq!(
-        hub.post_ndjson(user_event(5, "2026-01-01T00:02:00Z", "u3")).await.0,
-        200
-    );
+    hub.post_ok(user_event(5, "2026-01-01T00:02:00Z", "u3")).await;
     let rows = wait_rows(
         &hub,
         "SELECT user_id, n, max_ms, window_start, window_end FROM user_sessions ORDER BY user_id",
@@ -72,28 +55,14 @@ async fn session_windows_close_per_user_and_merge() {
         (rows[0]["user_id"].as_str(), rows[0]["n"].as_i64()),
         (Some("u1"), Some(3))
     );
-    assert!(
-        rows[0]["window_start"]
-            .as_str()
-            .expect("ws")
-            .starts_with("2026-01-01T00:00:00")
-    );
-    assert!(
-        rows[0]["window_end"]
-            .as_str()
-            .expect("we")
-            .starts_with("2026-01-01T00:01:10"),
-        "last event + gap: {rows:?}"
-    );
+    // ends at the last event + the gap
+    cq::assert_window(&rows[0], "2026-01-01T00:00:00", "2026-01-01T00:01:10");
     assert_eq!(
         (rows[1]["user_id"].as_str(), rows[1]["n"].as_i64()),
         (Some("u2"), Some(1))
     );
     // Behind the watermark: late, kept with a reason.
-    assert_eq!(
-        hub.post_ndjson(user_event(6, "2026-01-01T00:01:00Z", "u1")).await.0,
-        200
-    );
+    hub.post_ok(user_event(6, "2026-01-01T00:01:00Z", "u1")).await;
     let late = wait_rows(&hub, "SELECT query, reason FROM late_events", 1).await;
     assert_eq!(late[0]["query"], "user_sessions");
     assert!(late[0]["reason"].as_str().expect("r").contains("session"));
@@ -118,31 +87,29 @@ async fn session_windows_close_per_user_and_merge() {
 async fn updating_rows_are_visible_before_close_and_deduplicated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), opts()).await;
-    let (status, body) = register(
+    let body = register_ok(
         &hub,
         "live",
         PER_MODEL,
         json!({"emit": "updating", "emit_interval_ms": 200, "allowed_lateness_ms": 10000, "idle_timeout_ms": 600000}),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(body["options"]["emit"], "updating");
     assert_eq!(body["options"]["emit_interval_ms"], 200);
     // A final-mode query reading it: fed final rows only.
-    let (status, body) = register(
+    register_ok(
         &hub,
         "live_5m",
         "SELECT window_start, window_end, sum(n) AS n FROM live GROUP BY tumble(window_start, INTERVAL '5 minutes')",
         json!({"allowed_lateness_ms": 0, "idle_timeout_ms": 600000}),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
     let lines = [
         event(1, "2026-01-01T00:00:10Z", "a"),
         event(2, "2026-01-01T00:00:20Z", "a"),
         event(3, "2026-01-01T00:00:30Z", "b"),
     ];
-    assert_eq!(hub.post_ndjson(lines.join("\n")).await.0, 200);
+    hub.post_ok(lines.join("\n")).await;
     let rows = wait_rows(&hub, "SELECT model, n, _final FROM live ORDER BY model", 2).await;
     assert_eq!(
         rows,
@@ -153,15 +120,11 @@ async fn updating_rows_are_visible_before_close_and_deduplicated() {
         "current results before the window closes"
     );
     // Late but inside the lateness: `a` is re-emitted with the new count.
-    assert_eq!(hub.post_ndjson(event(4, "2026-01-01T00:00:05Z", "a")).await.0, 200);
-    let mut a = Value::Null;
-    for _ in 0..50 {
-        a = hub.rows("SELECT n FROM live WHERE model = 'a'").await[0]["n"].clone();
-        if a == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hub.post_ok(event(4, "2026-01-01T00:00:05Z", "a")).await;
+    let a = hub
+        .poll_rows("SELECT n FROM live WHERE model = 'a'", 50, |rows| rows[0]["n"] == 3)
+        .await[0]["n"]
+        .clone();
     assert_eq!(a, 3, "the late event updated the emitted key");
     let per_key = hub
         .rows("SELECT model, count(*) AS c FROM live GROUP BY model ORDER BY model")
@@ -171,17 +134,14 @@ async fn updating_rows_are_visible_before_close_and_deduplicated() {
         vec![json!({"model": "a", "c": 1}), json!({"model": "b", "c": 1})]
     );
     // Close the window: final rows, still one per key.
-    assert_eq!(hub.post_ndjson(event(5, "2026-01-01T00:01:15Z", "c")).await.0, 200);
-    let mut rows = Vec::new();
-    for _ in 0..50 {
-        rows = hub
-            .rows("SELECT model, n, _final FROM live WHERE window_start = '2026-01-01T00:00:00Z' ORDER BY model")
-            .await;
-        if rows.iter().all(|r| r["_final"] == true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hub.post_ok(event(5, "2026-01-01T00:01:15Z", "c")).await;
+    let rows = hub
+        .poll_rows(
+            "SELECT model, n, _final FROM live WHERE window_start = '2026-01-01T00:00:00Z' ORDER BY model",
+            50,
+            |rows| rows.iter().all(|r| r["_final"] == true),
+        )
+        .await;
     assert_eq!(
         rows,
         vec![
@@ -190,14 +150,14 @@ async fn updating_rows_are_visible_before_close_and_deduplicated() {
         ]
     );
     // Close the downstream 5-minute window: it counted each final row once.
-    assert_eq!(hub.post_ndjson(event(6, "2026-01-01T00:06:30Z", "c")).await.0, 200);
-    assert_eq!(hub.post_ndjson(event(7, "2026-01-01T00:07:30Z", "c")).await.0, 200);
+    hub.post_ok(event(6, "2026-01-01T00:06:30Z", "c")).await;
+    hub.post_ok(event(7, "2026-01-01T00:07:30Z", "c")).await;
     let rows = wait_rows(&hub, "SELECT n FROM live_5m ORDER BY window_start", 1).await;
     assert_eq!(
         rows[0]["n"], 5,
         "4 events of 00:00 + 1 of 00:01, no intermediate rows counted"
     );
-    let q = status_of(&hub, "live").await;
+    let q = cq::status(&hub, "live").await;
     assert!(q["rows_emitted"].as_u64().expect("n") > 3, "versions were written: {q}");
 }
 
@@ -254,16 +214,7 @@ async fn bad_emit_and_session_options_are_rejected() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["options"]["emit_interval_ms"], 2000);
-    let list: Value = hub
-        .client
-        .get(hub.url("/api/v1/continuous-queries"))
-        .send()
-        .await
-        .expect("l")
-        .json()
-        .await
-        .expect("j");
-    assert_eq!(list["continuous_queries"].as_array().expect("a").len(), 1);
+    assert_eq!(cq::list(&hub).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,38 +223,29 @@ async fn open_sessions_and_updating_rows_survive_kill9() {
     let data = dir.path().join("data");
     let mut hub = Hub::start_with(&data, opts()).await;
     let options = json!({"allowed_lateness_ms": 1000, "idle_timeout_ms": 600000});
-    assert_eq!(register(&hub, "sess", SESSIONS, options.clone()).await.0, 201);
+    register_ok(&hub, "sess", SESSIONS, options.clone()).await;
     let mut updating = options.clone();
     updating["emit"] = json!("updating");
     updating["emit_interval_ms"] = json!(100);
-    assert_eq!(register(&hub, "upd", PER_MODEL, updating).await.0, 201);
+    register_ok(&hub, "upd", PER_MODEL, updating).await;
     let first = [
         user_event(1, "2026-01-01T00:00:00Z", "u1"),
         user_event(2, "2026-01-01T00:00:40Z", "u2"),
         user_event(3, "2026-01-01T00:01:00Z", "u2"),
     ];
-    assert_eq!(hub.post_ndjson(first.join("\n")).await.0, 200);
+    hub.post_ok(first.join("\n")).await;
     // u1's session [00:00:00] closed at 00:00:30 <= watermark 00:00:59.
     let rows = wait_rows(&hub, "SELECT user_id, n FROM sess", 1).await;
     assert_eq!(rows, vec![json!({"user_id": "u1", "n": 1})]);
     wait_rows(&hub, "SELECT n FROM upd WHERE NOT _final", 1).await;
     // Let a checkpoint be written, then add to the open session of u2 and crash.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        hub.post_ndjson(user_event(4, "2026-01-01T00:01:20Z", "u2")).await.0,
-        200
-    );
+    hub.post_ok(user_event(4, "2026-01-01T00:01:20Z", "u2")).await;
     hub.kill9();
 
     let hub = Hub::start_with(&data, opts()).await;
-    assert_eq!(
-        hub.post_ndjson(user_event(5, "2026-01-01T00:01:40Z", "u2")).await.0,
-        200
-    );
-    assert_eq!(
-        hub.post_ndjson(user_event(6, "2026-01-01T00:05:00Z", "u9")).await.0,
-        200
-    );
+    hub.post_ok(user_event(5, "2026-01-01T00:01:40Z", "u2")).await;
+    hub.post_ok(user_event(6, "2026-01-01T00:05:00Z", "u9")).await;
     let rows = wait_rows(&hub, "SELECT user_id, n FROM sess ORDER BY user_id", 2).await;
     assert_eq!(
         rows,
@@ -312,14 +254,11 @@ async fn open_sessions_and_updating_rows_survive_kill9() {
     );
     let sql =
         "SELECT window_start, n, _final FROM upd WHERE window_start < '2026-01-01T00:02:00Z' ORDER BY window_start";
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = hub.rows(sql).await;
-        if rows.len() == 2 && rows.iter().all(|r| r["_final"] == true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rows = hub
+        .poll_rows(sql, 100, |rows| {
+            rows.len() == 2 && rows.iter().all(|r| r["_final"] == true)
+        })
+        .await;
     let counts: Vec<i64> = rows.iter().filter_map(|r| r["n"].as_i64()).collect();
     assert_eq!(counts, vec![2, 3], "one row per window, counted once: {rows:?}");
     assert!(rows.iter().all(|r| r["_final"] == true), "{rows:?}");
