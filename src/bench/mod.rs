@@ -10,7 +10,7 @@ use datafusion::arrow::array::RecordBatch;
 
 use crate::event::{DecodeOptions, DecoderKind, Projection, decode_batch_body_with, events_schema};
 use crate::stream::catalog::{CqDefinition, CqOptions};
-use crate::stream::query::CqRuntime;
+use crate::stream::query::{CqRuntime, Prepared};
 
 /// The rollup the benchmark runs (the issue's example, percentiles from one sketch per group).
 pub const ROLLUP_SQL: &str = "SELECT window_start, window_end, provider, model,
@@ -108,13 +108,22 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// Reads NDJSON in chunks of about `rows` lines (whole lines only): large reads cut at the
-/// last newline, the rest carried into the next chunk.
-fn read_chunks(mut input: impl Read, rows: usize, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<usize, String> {
+/// last newline, the rest carried into the next chunk. Each chunk is read into a buffer from
+/// `buffer` (an empty one, or one handed back by a consumer: reusing them spares the page
+/// faults of fresh allocations).
+fn read_chunks(
+    mut input: impl Read,
+    rows: usize,
+    mut buffer: impl FnMut() -> Vec<u8>,
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> Result<usize, String> {
     let target = rows.saturating_mul(540).max(1 << 16);
     let mut carry: Vec<u8> = Vec::new();
     let mut bytes = 0;
     loop {
-        let mut chunk = Vec::with_capacity(target + carry.len() + 1024);
+        let mut chunk = buffer();
+        chunk.clear();
+        chunk.reserve(target + carry.len() + 1024);
         chunk.append(&mut carry);
         let limit = if chunk.len() >= target {
             chunk.len() + target
@@ -146,9 +155,10 @@ fn read_chunks(mut input: impl Read, rows: usize, mut emit: impl FnMut(Vec<u8>) 
     }
 }
 
-/// Runs the benchmark. A reader thread cuts the file into chunks, decoder threads (one per
-/// core) turn them into Arrow batches, and the rollup consumes them in file order on the
-/// calling task, so reading, decoding and aggregation overlap.
+/// Runs the benchmark. A reader thread cuts the file into chunks, worker threads (one per
+/// core) decode them into Arrow batches and run the query's partial aggregate on them, and the
+/// rollup takes the state rows in file order on the calling task (watermark, lateness, window
+/// merge and emission), so reading, decoding and aggregation overlap.
 pub async fn run_rollup(
     input: impl Read + Send + 'static,
     sql: &str,
@@ -189,11 +199,13 @@ pub async fn run_rollup(
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(decoders * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let (done_tx, mut done_rx) =
-        tokio::sync::mpsc::channel::<Result<(u64, usize, usize, RecordBatch), String>>(decoders * 2);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<(u64, usize, usize, Prepared), String>>(decoders * 2);
+    let runtime = tokio::runtime::Handle::current();
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
         let mut seq = 0u64;
-        read_chunks(input, batch_rows.max(1), |chunk| {
+        let buffer = || recycle_rx.try_recv().unwrap_or_default();
+        read_chunks(input, batch_rows.max(1), buffer, |chunk| {
             seq += 1;
             work_tx.send((seq - 1, chunk)).is_ok()
         })
@@ -203,13 +215,23 @@ pub async fn run_rollup(
         let rx = Arc::clone(&work_rx);
         let tx = done_tx.clone();
         let decode = Arc::clone(&decode);
+        let preparer = rt.preparer();
+        let runtime = runtime.clone();
+        let recycle = recycle_tx.clone();
         workers.push(std::thread::spawn(move || {
             loop {
                 let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                 let Ok((seq, chunk)) = next else { break };
+                // Decode and partially aggregate here, in parallel; the runtime below takes
+                // the state rows in file order (watermark, lateness and windows stay serial).
                 let result = decode_batch_body_with(&chunk, 0, &decode)
-                    .map(|out| (seq, out.total, out.rejected.len(), out.batch))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|out| {
+                        let prepared = runtime.block_on(preparer.prepare(out.batch)).map_err(|e| e.to_string())?;
+                        Ok((seq, out.total, out.rejected.len(), prepared))
+                    });
+                // The reader may be done already; then the buffer is simply freed.
+                let _ = recycle.send(chunk);
                 if tx.blocking_send(result).is_err() {
                     break;
                 }
@@ -217,18 +239,19 @@ pub async fn run_rollup(
         }));
     }
     drop(done_tx);
+    drop(recycle_tx);
     let now = crate::event::time::now_micros();
     let (mut events, mut rejected, mut output_rows) = (0, 0, 0);
     let mut next_seq = 0u64;
-    let mut reorder: BTreeMap<u64, RecordBatch> = BTreeMap::new();
+    let mut reorder: BTreeMap<u64, Prepared> = BTreeMap::new();
     while let Some(result) = done_rx.recv().await {
-        let (seq, total, bad, batch) = result?;
+        let (seq, total, bad, prepared) = result?;
         events += total;
         rejected += bad;
-        reorder.insert(seq, batch);
-        while let Some(batch) = reorder.remove(&next_seq) {
+        reorder.insert(seq, prepared);
+        while let Some(prepared) = reorder.remove(&next_seq) {
             next_seq += 1;
-            let p = rt.on_batch(&batch, now, false).await.map_err(|e| e.to_string())?;
+            let p = rt.on_prepared(prepared, now, false).await.map_err(|e| e.to_string())?;
             output_rows += p.output.iter().map(RecordBatch::num_rows).sum::<usize>();
         }
     }
@@ -270,7 +293,7 @@ pub fn decode_rate(chunks: &[Vec<u8>], options: &DecodeOptions) -> Result<(usize
 /// Cuts NDJSON text into chunks of `rows` lines.
 pub fn chunks_of(input: impl Read, rows: usize) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
-    read_chunks(input, rows.max(1), |c| {
+    read_chunks(input, rows.max(1), Vec::new, |c| {
         out.push(c);
         true
     })?;

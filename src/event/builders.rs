@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 
 use super::schema::events_schema;
-use super::validate::Parsed;
+use super::validate::{Id, Parsed};
 
 /// Number of columns of the `events` schema.
 const COLUMNS: usize = 25;
@@ -131,13 +131,16 @@ fn i64_opt(b: &mut Option<Int64Builder>, v: Option<i64>) {
     }
 }
 
-fn uuid_opt(b: &mut Option<StringBuilder>, v: Option<uuid::Uuid>) {
+fn uuid_opt(b: &mut Option<StringBuilder>, v: Option<&Id<'_>>) {
     if let Some(b) = b {
         match v {
-            Some(id) => {
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                b.append_value(id.hyphenated().encode_lower(&mut buf));
-            }
+            Some(id) => match id.canonical_text() {
+                Some(text) => b.append_value(text),
+                None => {
+                    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                    b.append_value(id.uuid.hyphenated().encode_lower(&mut buf));
+                }
+            },
             None => b.append_null(),
         }
     }
@@ -194,7 +197,7 @@ impl Builders {
 
     pub fn append(&mut self, e: &Parsed<'_>, ingest_time_us: i64) {
         self.rows += 1;
-        uuid_opt(&mut self.event_id, Some(e.event_id));
+        uuid_opt(&mut self.event_id, Some(&e.event_id));
         if let Some(b) = &mut self.timestamp {
             b.append_value(e.timestamp_us);
         }
@@ -207,7 +210,7 @@ impl Builders {
         str_val(&mut self.severity, &e.severity);
         str_opt(&mut self.environment, e.environment.as_deref());
         str_opt(&mut self.correlation_id, e.correlation_id.as_deref());
-        uuid_opt(&mut self.parent_event_id, e.parent_event_id);
+        uuid_opt(&mut self.parent_event_id, e.parent_event_id.as_ref());
         str_opt(&mut self.tags, e.tags);
         str_opt(&mut self.operation, e.operation.as_deref());
         str_opt(&mut self.provider, e.provider.as_deref());

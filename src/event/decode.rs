@@ -111,7 +111,7 @@ impl EventDecoder {
     /// Decodes one event given as its JSON bytes. Returns `false` if it was rejected.
     pub fn push(&mut self, json: &[u8]) -> bool {
         if self.kind == DecoderKind::Scan
-            && let Ok(text) = std::str::from_utf8(json)
+            && let Ok(text) = simdutf8::basic::from_utf8(json)
         {
             return self.push_str(text);
         }
@@ -218,7 +218,7 @@ pub fn decode_ndjson_with(
     let mut decoder = EventDecoder::with_options(estimate, body.len(), ingest_time_us, options);
     // Validate UTF-8 once for the whole body when possible; a body with invalid bytes falls
     // back to per-line validation so only the affected lines are rejected.
-    let text = std::str::from_utf8(body).ok();
+    let text = simdutf8::basic::from_utf8(body).ok();
     let mut start = 0;
     while start < body.len() {
         let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);

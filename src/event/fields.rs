@@ -24,14 +24,17 @@ fn wrong_type(field: &str, expected: &str, raw: &str) -> FieldError {
     )
 }
 
-/// Reads a JSON string, borrowing it when it has no escapes.
-pub(crate) fn string<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, FieldError> {
+/// Reads a JSON string, borrowing it when it has no escapes. `verbatim`: the caller already
+/// knows the event's text holds no backslash (the scanner saw none), so the string's content
+/// is the text between its quotes.
+#[inline]
+pub(crate) fn string_in<'a>(verbatim: bool, field: &str, raw: &'a str) -> Result<Cow<'a, str>, FieldError> {
     let s = raw;
     if !s.starts_with('"') {
         return Err(wrong_type(field, "a string", s));
     }
     // A branch-free fold: these strings are short, and most events have no escapes at all.
-    let escaped = s.bytes().fold(false, |acc, c| acc | (c == b'\\'));
+    let escaped = !verbatim && s.bytes().fold(false, |acc, c| acc | (c == b'\\'));
     if !escaped && s.len() >= 2 {
         // The parser already validated the string; without escapes its content is verbatim.
         return Ok(Cow::Borrowed(&s[1..s.len() - 1]));
@@ -43,12 +46,26 @@ pub(crate) fn string<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Fiel
 
 /// Reads an optional string; absent and `null` both give `None`.
 pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Option<Cow<'a, str>>, FieldError> {
-    raw.map(|r| string(field, r)).transpose()
+    opt_string_in(false, field, raw)
 }
 
-/// Reads a required, non-empty string.
-pub(crate) fn required_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Cow<'a, str>, FieldError> {
-    let value = string(field, raw.ok_or_else(|| FieldError::missing(field))?)?;
+/// [`opt_string`] with [`string_in`]'s `verbatim`.
+#[inline]
+pub(crate) fn opt_string_in<'a>(
+    verbatim: bool,
+    field: &str,
+    raw: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, FieldError> {
+    raw.map(|r| string_in(verbatim, field, r)).transpose()
+}
+
+/// Reads a required, non-empty string ([`string_in`]'s `verbatim`).
+pub(crate) fn required_string_in<'a>(
+    verbatim: bool,
+    field: &str,
+    raw: Option<&'a str>,
+) -> Result<Cow<'a, str>, FieldError> {
+    let value = string_in(verbatim, field, raw.ok_or_else(|| FieldError::missing(field))?)?;
     let visible_first = value.as_bytes().first().is_some_and(u8::is_ascii_graphic);
     if !visible_first && value.trim().is_empty() {
         return Err(FieldError::new(
@@ -65,7 +82,10 @@ pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&str>) -> Result<Opt
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
         return Err(wrong_type(field, "a number", s));
     }
-    let value: f64 = s.parse().map_err(|_| wrong_type(field, "a number", s))?;
+    let value = match fast_f64(s.as_bytes()) {
+        Some(v) => v,
+        None => s.parse().map_err(|_| wrong_type(field, "a number", s))?,
+    };
     if !value.is_finite() || value < 0.0 {
         return Err(FieldError::new(
             RejectKind::InvalidValue,
@@ -73,6 +93,42 @@ pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&str>) -> Result<Opt
         ));
     }
     Ok(Some(value))
+}
+
+/// Powers of ten that are exact `f64`s.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// Clinger's fast path for plain decimals such as `812.345`, `120` or `0.00031` (digits and at
+/// most one `.`, no sign or exponent): when the digits as an integer are below 2^53 and there
+/// are at most 22 decimals, both that integer and the power of ten are exact doubles, so one
+/// IEEE division gives the correctly rounded value — the same bits `str::parse` gives.
+/// `None` for anything else (the caller uses `str::parse`).
+pub(crate) fn fast_f64(s: &[u8]) -> Option<f64> {
+    let mut mantissa: u64 = 0;
+    let mut digits = 0u32;
+    let mut point: Option<usize> = None;
+    for (i, c) in s.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 19 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+            }
+            b'.' if point.is_none() => point = Some(i),
+            _ => return None,
+        }
+    }
+    let decimals = point.map_or(0, |p| s.len() - p - 1);
+    if digits == 0 || mantissa >= 1 << 53 {
+        return None;
+    }
+    let scale = POW10.get(decimals)?;
+    Some(mantissa as f64 / scale)
 }
 
 /// Reads an optional non-negative integer. `12.0` is accepted as 12; `12.5` is not.
@@ -152,5 +208,44 @@ impl<'de> serde::Deserialize<'de> for StringMap {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    fn same(text: &str) {
+        let expected: Option<f64> = text.parse().ok();
+        if let Some(fast) = super::fast_f64(text.as_bytes()) {
+            let expected = expected.unwrap_or_else(|| panic!("{text:?}: fast path accepted what parse rejects"));
+            assert_eq!(fast.to_bits(), expected.to_bits(), "{text:?}");
+        }
+    }
+
+    /// The fast path gives the same bits as `str::parse` wherever it answers, and it answers
+    /// for the usual latency and cost shapes.
+    #[test]
+    fn fast_f64_matches_str_parse() {
+        for text in [
+            "0", "0.0", "812.5", "812.345", "120", "0.00031", "0.1", "0.3", "12.", ".5", "9007199254740991",
+            "9007199254740992", "1.7976931348623157", "123456789012345678", "0.0000000000000000000001",
+            "0.00000000000000000000001", "1e5", "-1.5", ".", "", "1.2.3", "00.5",
+        ] {
+            same(text);
+        }
+        assert!(super::fast_f64(b"812.345").is_some());
+        assert!(super::fast_f64(b"-1.5").is_none());
+        assert!(super::fast_f64(b".").is_none());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..500_000 {
+            let magnitude = 10u64.pow(rng.random_range(1..8));
+            let int: u64 = rng.random_range(0..magnitude);
+            let frac_len = rng.random_range(0..9);
+            let frac: String = (0..frac_len).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect();
+            let text = if frac_len == 0 { int.to_string() } else { format!("{int}.{frac}") };
+            same(&text);
+            assert!(super::fast_f64(text.as_bytes()).is_some(), "{text}");
+        }
     }
 }

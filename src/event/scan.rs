@@ -52,41 +52,55 @@ fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
     tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
+/// Quote, backslash and control-byte masks of one 16-byte block.
+#[inline(always)]
+fn classify(block: &[u8]) -> (u64, u32, u32) {
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(block);
+    let v = u8x16::new(bytes);
+    let quote = v.simd_eq(u8x16::splat(b'"')).to_bitmask();
+    let backslash = v.simd_eq(u8x16::splat(b'\\')).to_bitmask();
+    let ctrl = v.min(u8x16::splat(0x1f)).simd_eq(v).to_bitmask();
+    (u64::from(quote), backslash, ctrl)
+}
+
 /// One pass over the line, 16 bytes per step: the positions of its quotes as a bitmap (into
-/// `quotes`, one bit per byte), and whether it holds any backslash or control byte.
+/// `quotes`, one bit per byte), and whether it holds any backslash or control byte. Each
+/// 64-bit word is assembled in a register and stored once.
 fn index_line(b: &[u8], quotes: &mut Vec<u64>) -> (bool, bool) {
     quotes.clear();
-    quotes.resize(b.len() / 64 + 1, 0);
-    let quote = u8x16::splat(b'"');
-    let backslash = u8x16::splat(b'\\');
-    let below_space = u8x16::splat(0x1f);
     let mut special = 0u32;
     let mut ctrl = 0u32;
-    let mut blocks = b.chunks_exact(16);
-    for (i, block) in blocks.by_ref().enumerate() {
-        let Ok(bytes) = <[u8; 16]>::try_from(block) else { break };
-        let v = u8x16::new(bytes);
-        let q = u64::from(v.simd_eq(quote).to_bitmask());
-        special |= v.simd_eq(backslash).to_bitmask();
-        ctrl |= v.min(below_space).simd_eq(v).to_bitmask();
-        if let Some(w) = quotes.get_mut(i / 4) {
-            *w |= q << (16 * (i % 4));
+    let mut words = b.chunks_exact(64);
+    for word in words.by_ref() {
+        let mut q = 0u64;
+        for (k, block) in word.chunks_exact(16).enumerate() {
+            let (quote, backslash, control) = classify(block);
+            q |= quote << (16 * k);
+            special |= backslash;
+            ctrl |= control;
         }
+        quotes.push(q);
     }
-    let base = b.len() - blocks.remainder().len();
+    let rest = words.remainder();
+    let mut q = 0u64;
+    let mut blocks = rest.chunks_exact(16);
+    for (k, block) in blocks.by_ref().enumerate() {
+        let (quote, backslash, control) = classify(block);
+        q |= quote << (16 * k);
+        special |= backslash;
+        ctrl |= control;
+    }
+    let base = rest.len() - blocks.remainder().len();
     for (j, c) in blocks.remainder().iter().enumerate() {
-        let at = base + j;
         match *c {
-            b'"' => {
-                if let Some(w) = quotes.get_mut(at / 64) {
-                    *w |= 1 << (at % 64);
-                }
-            }
+            b'"' => q |= 1 << (base + j),
             b'\\' => special = 1,
             c if c < 0x20 => ctrl = 1,
             _ => {}
         }
     }
+    quotes.push(q);
     (special != 0, ctrl != 0)
 }
 
@@ -99,6 +113,10 @@ struct Cursor<'a, 's> {
     /// The text holds no backslash: every string ends at the next quote of `quotes`.
     plain: bool,
     quotes: &'s [u64],
+    /// Index in `quotes` of the word `qbits` comes from.
+    qword: usize,
+    /// Quotes of that word not consumed yet (plain text: strings take the quotes in order).
+    qbits: u64,
     depth: u32,
 }
 
@@ -112,23 +130,25 @@ impl<'a, 's> Cursor<'a, 's> {
             pos: 0,
             ctrl,
             plain: !backslash,
+            qword: 0,
+            qbits: scratch.first().copied().unwrap_or(0),
             quotes: scratch,
             depth: 0,
         }
     }
 
-    /// The first quote at or after `p`, from the bitmap.
+    /// The next quote not consumed yet, from the bitmap. In text without backslashes every
+    /// quote opens or closes a string and the scanner reads every string in order, so the
+    /// quotes come off the bitmap one after the other.
     #[inline]
-    fn next_quote(&self, p: usize) -> Option<usize> {
-        let mut w = p / 64;
-        let mut bits = (*self.quotes.get(w)? >> (p % 64)) << (p % 64);
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + bits.trailing_zeros() as usize);
-            }
-            w += 1;
-            bits = *self.quotes.get(w)?;
+    fn pop_quote(&mut self) -> Option<usize> {
+        while self.qbits == 0 {
+            self.qword += 1;
+            self.qbits = *self.quotes.get(self.qword)?;
         }
+        let at = self.qword * 64 + self.qbits.trailing_zeros() as usize;
+        self.qbits &= self.qbits - 1;
+        Some(at)
     }
 
     #[inline]
@@ -161,12 +181,31 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     /// A string at the cursor (on its opening quote); returns whether it holds escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
+        // The common case, kept small enough to inline: no backslash or control byte in the
+        // text, so the string is the bytes up to its closing quote.
+        if self.plain && !self.ctrl {
+            if self.peek() != Some(b'"') || self.pop_quote()? != self.pos {
+                return None;
+            }
+            self.pos = self.pop_quote()? + 1;
+            return Some(false);
+        }
+        self.string_slow()
+    }
+
+    /// [`Self::string`] for text with backslashes or control bytes.
+    #[inline(never)]
+    fn string_slow(&mut self) -> Option<bool> {
         self.eat(b'"')?;
         let start = self.pos;
         if self.plain {
-            let end = self.next_quote(start)?;
+            // Out of step (never expected): let serde read the event.
+            if self.pop_quote()? + 1 != start {
+                return None;
+            }
+            let end = self.pop_quote()?;
             if self.ctrl && self.b.get(start..end)?.iter().any(|c| *c < 0x20) {
                 return None;
             }
@@ -337,6 +376,7 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     /// A value's raw text (`None` inside for `null`, as serde's `Option<&RawValue>`).
+    #[inline]
     fn raw_value(&mut self) -> Option<Option<&'a str>> {
         let start = self.pos;
         let kind = self.value()?;
@@ -465,5 +505,6 @@ pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>, out: &mut Sc
         set(&mut seen, bit, slot, value)
     })?;
     c.ws();
+    pre.verbatim = c.plain;
     (c.pos == c.b.len()).then_some(())
 }

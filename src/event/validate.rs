@@ -16,7 +16,7 @@ pub const DEFAULT_SCHEMA_VERSION: &str = "1.0.0";
 
 /// A fully validated event, borrowing from the request body where possible.
 pub(crate) struct Parsed<'a> {
-    pub event_id: uuid::Uuid,
+    pub event_id: Id<'a>,
     pub timestamp_us: i64,
     pub source_module: Cow<'a, str>,
     pub event_type: Cow<'a, str>,
@@ -24,7 +24,7 @@ pub(crate) struct Parsed<'a> {
     pub severity: Cow<'a, str>,
     pub environment: Option<Cow<'a, str>>,
     pub correlation_id: Option<Cow<'a, str>>,
-    pub parent_event_id: Option<uuid::Uuid>,
+    pub parent_event_id: Option<Id<'a>>,
     pub tags: Option<&'a str>,
     pub operation: Option<Cow<'a, str>>,
     pub provider: Option<Cow<'a, str>>,
@@ -40,6 +40,28 @@ pub(crate) struct Parsed<'a> {
     pub user_id: Option<Cow<'a, str>>,
     pub tenant: Option<Cow<'a, str>>,
     pub payload: &'a str,
+}
+
+/// A validated UUID with the text it was read from (stored in its lower-case hyphenated form,
+/// which is usually that text already).
+pub(crate) struct Id<'a> {
+    pub uuid: uuid::Uuid,
+    pub text: Cow<'a, str>,
+}
+
+impl<'a> Id<'a> {
+    fn parse(field: &str, text: Cow<'a, str>) -> Result<Self, FieldError> {
+        Ok(Self {
+            uuid: fields::uuid(field, &text)?,
+            text,
+        })
+    }
+
+    /// The text when it is the canonical form already (36 characters, no upper case).
+    pub fn canonical_text(&self) -> Option<&str> {
+        (self.text.len() == uuid::fmt::Hyphenated::LENGTH && !self.text.bytes().any(|c| c.is_ascii_uppercase()))
+            .then_some(self.text.as_ref())
+    }
 }
 
 /// First present of several aliases of one field, with the name it was found under.
@@ -76,8 +98,8 @@ fn validate_tags(text: &str) -> Result<&str, FieldError> {
 }
 
 fn check_schema_version(version: &str) -> Result<(), FieldError> {
-    let major = version.split('.').next().unwrap_or_default();
-    if major == "1" {
+    // The major version (before the first `.`) must be 1.
+    if version == "1" || version.starts_with("1.") {
         Ok(())
     } else {
         Err(FieldError::new(
@@ -95,30 +117,33 @@ pub(crate) struct Prescanned<'a> {
     pub payload: Option<PayloadFields<'a>>,
     /// Whether `tags` is an object of strings, when the decoder could tell.
     pub tags_ok: Option<bool>,
+    /// The event's text holds no backslash, so no string in it has escapes.
+    pub verbatim: bool,
 }
 
 /// Validates one event's fields: the single rule set both decoders use.
 #[inline]
 pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Result<Parsed<'a>, FieldError> {
-    let event_id = fields::uuid("event_id", &fields::required_string("event_id", env.event_id)?)?;
-    let ts_text = fields::required_string("timestamp", env.timestamp)?;
+    let v = pre.verbatim;
+    let event_id = Id::parse("event_id", fields::required_string_in(v, "event_id", env.event_id)?)?;
+    let ts_text = fields::required_string_in(v, "timestamp", env.timestamp)?;
     let timestamp_us = fields::rfc3339_micros("timestamp", &ts_text)?;
-    let source_module = fields::required_string("source_module", env.source_module)?;
-    let event_type = fields::required_string("event_type", env.event_type)?;
+    let source_module = fields::required_string_in(v, "source_module", env.source_module)?;
+    let event_type = fields::required_string_in(v, "event_type", env.event_type)?;
     let schema_version =
-        fields::opt_string("schema_version", env.schema_version)?.unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
+        fields::opt_string_in(v, "schema_version", env.schema_version)?.unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
     check_schema_version(&schema_version)?;
-    let severity = fields::opt_string("severity", env.severity)?.unwrap_or(Cow::Borrowed("info"));
+    let severity = fields::opt_string_in(v, "severity", env.severity)?.unwrap_or(Cow::Borrowed("info"));
     if !SEVERITIES.contains(&severity.as_ref()) {
         return Err(FieldError::new(
             RejectKind::InvalidValue,
             format!("field `severity` must be one of {SEVERITIES:?}, got {severity:?}"),
         ));
     }
-    let environment = fields::opt_string("environment", env.environment)?;
-    let correlation_id = fields::opt_string("correlation_id", env.correlation_id)?;
-    let parent_event_id = fields::opt_string("parent_event_id", env.parent_event_id)?
-        .map(|p| fields::uuid("parent_event_id", &p))
+    let environment = fields::opt_string_in(v, "environment", env.environment)?;
+    let correlation_id = fields::opt_string_in(v, "correlation_id", env.correlation_id)?;
+    let parent_event_id = fields::opt_string_in(v, "parent_event_id", env.parent_event_id)?
+        .map(|p| Id::parse("parent_event_id", p))
         .transpose()?;
     let tags = env
         .tags
@@ -142,19 +167,19 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Re
         ("payload.operation", p.operation),
         ("payload.gen_ai.operation.name", p.otel_operation),
     ]);
-    let operation = fields::opt_string(name, raw)?;
+    let operation = fields::opt_string_in(v, name, raw)?;
     let (name, raw) = first_of(&[
         ("payload.provider", p.provider),
         ("payload.gen_ai.provider.name", p.otel_provider),
         ("payload.gen_ai.system", p.otel_system),
     ]);
-    let provider = fields::opt_string(name, raw)?;
+    let provider = fields::opt_string_in(v, name, raw)?;
     let (name, raw) = first_of(&[
         ("payload.model", p.model),
         ("payload.gen_ai.response.model", p.otel_response_model),
         ("payload.gen_ai.request.model", p.otel_request_model),
     ]);
-    let model = fields::opt_string(name, raw)?;
+    let model = fields::opt_string_in(v, name, raw)?;
     let latency_ms = fields::opt_non_negative_f64("payload.latency_ms", p.latency_ms)?;
     let ttft_ms = fields::opt_non_negative_f64("payload.ttft_ms", p.ttft_ms)?;
     let (name, raw) = first_of(&[
@@ -181,8 +206,8 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Re
         ("payload.error_type", p.error_type),
         ("payload.error.type", p.otel_error_type),
     ]);
-    let error_type = fields::opt_string(name, raw)?;
-    let status = match fields::opt_string("payload.status", p.status)? {
+    let error_type = fields::opt_string_in(v, name, raw)?;
+    let status = match fields::opt_string_in(v, "payload.status", p.status)? {
         Some(s) if STATUSES.contains(&s.as_ref()) => Some(s),
         Some(s) => {
             return Err(FieldError::new(
@@ -194,8 +219,8 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Re
         None if p.has_llm_fields() => Some(Cow::Borrowed("ok")),
         None => None,
     };
-    let user_id = fields::opt_string("payload.user_id", p.user_id)?;
-    let tenant = fields::opt_string("payload.tenant", p.tenant)?;
+    let user_id = fields::opt_string_in(v, "payload.user_id", p.user_id)?;
+    let tenant = fields::opt_string_in(v, "payload.tenant", p.tenant)?;
 
     Ok(Parsed {
         event_id,

@@ -220,26 +220,16 @@ impl CqPlan {
 
     /// Runs the partial aggregate over one micro-batch; returns state rows.
     pub async fn partial(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>, CqError> {
-        let plan = Arc::clone(&self.partial)
-            .transform_up(|node| {
-                let Some(source) = (node.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let Some(mem) = source.data_source().downcast_ref::<MemorySourceConfig>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
-                    &[vec![batch.clone()]],
-                    mem.original_schema(),
-                    mem.projection().clone(),
-                )?;
-                Ok(Transformed::yes(exec))
-            })
-            .data()
-            .map_err(CqError::internal)?;
-        collect(plan, Arc::clone(&self.task))
-            .await
-            .map_err(CqError::from_execution)
+        self.partial_runner().run(batch).await
+    }
+
+    /// A handle that runs this query's partial aggregate on any thread, so callers can
+    /// aggregate micro-batches in parallel ahead of the query's own (ordered) task.
+    pub fn partial_runner(&self) -> PartialRunner {
+        PartialRunner {
+            plan: Arc::clone(&self.partial),
+            task: Arc::clone(&self.task),
+        }
     }
 
     fn merge_agg(&self, mode: AggregateMode, states: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>, CqError> {
@@ -279,6 +269,41 @@ impl CqPlan {
                 } else {
                     Ok(Transformed::no(node))
                 }
+            })
+            .data()
+            .map_err(CqError::internal)?;
+        collect(plan, Arc::clone(&self.task))
+            .await
+            .map_err(CqError::from_execution)
+    }
+}
+
+/// The partial aggregate of one query, detached from its runtime (see
+/// [`CqPlan::partial_runner`]): it holds no window state, so it is `Send + Sync` and cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct PartialRunner {
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+}
+
+impl PartialRunner {
+    /// The state rows (one per window and group key) of one micro-batch.
+    pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>, CqError> {
+        let plan = Arc::clone(&self.plan)
+            .transform_up(|node| {
+                let Some(source) = (node.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let Some(mem) = source.data_source().downcast_ref::<MemorySourceConfig>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+                    &[vec![batch.clone()]],
+                    mem.original_schema(),
+                    mem.projection().clone(),
+                )?;
+                Ok(Transformed::yes(exec))
             })
             .data()
             .map_err(CqError::internal)?;

@@ -13,7 +13,7 @@ use super::emit::{DELETED, EMITTED_AT, FINAL, OutputLayout};
 use super::fixed::{FixedWindows, Produced};
 use super::keys::{Key, KeyCodec};
 use super::late::LateEvent;
-use super::plan::CqPlan;
+use super::plan::{CqPlan, PartialRunner};
 use super::rewrite::{self, SESSION_FIRST, SESSION_LAST};
 use super::session::{SessionColumns, SessionWindows};
 use super::window::{WindowSpec, window_spec};
@@ -46,6 +46,31 @@ pub struct Processed {
     pub closed: Vec<RecordBatch>,
     /// Events too late for their window.
     pub late: Vec<LateEvent>,
+}
+
+/// An input batch with its partial aggregate computed ahead ([`CqRuntime::preparer`]).
+#[derive(Debug)]
+pub struct Prepared {
+    batch: RecordBatch,
+    states: Vec<RecordBatch>,
+}
+
+/// Computes [`Prepared`] batches for one query on any thread.
+#[derive(Debug, Clone)]
+pub struct Preparer {
+    runner: PartialRunner,
+}
+
+impl Preparer {
+    /// Aggregates `batch` (with the query's input schema) into state rows.
+    pub async fn prepare(&self, batch: RecordBatch) -> Result<Prepared, CqError> {
+        let states = if batch.num_rows() == 0 {
+            Vec::new()
+        } else {
+            self.runner.run(batch.clone()).await?
+        };
+        Ok(Prepared { batch, states })
+    }
 }
 
 /// Status of a query as shown by the API.
@@ -303,6 +328,31 @@ impl CqRuntime {
     /// Processes one input batch. With `replay`, rows of windows emitted before a restart are
     /// skipped silently instead of being reported late.
     pub async fn on_batch(&mut self, batch: &RecordBatch, now_us: i64, replay: bool) -> Result<Processed, CqError> {
+        self.process(batch, None, now_us, replay).await
+    }
+
+    /// Runs this query's partial aggregate on any thread, ahead of [`Self::on_prepared`]:
+    /// micro-batches can be aggregated in parallel while the runtime takes them in order.
+    pub fn preparer(&self) -> Preparer {
+        Preparer {
+            runner: self.plan.partial_runner(),
+        }
+    }
+
+    /// Like [`Self::on_batch`] for a batch whose partial aggregate was computed ahead. When
+    /// some of its rows must be left out (late, or emitted before a restart) the ahead states
+    /// cover rows they must not, so the kept rows are aggregated again here.
+    pub async fn on_prepared(&mut self, prepared: Prepared, now_us: i64, replay: bool) -> Result<Processed, CqError> {
+        self.process(&prepared.batch, Some(prepared.states), now_us, replay).await
+    }
+
+    async fn process(
+        &mut self,
+        batch: &RecordBatch,
+        ahead: Option<Vec<RecordBatch>>,
+        now_us: i64,
+        replay: bool,
+    ) -> Result<Processed, CqError> {
         if batch.num_rows() == 0 {
             return Ok(Processed::default());
         }
@@ -347,13 +397,23 @@ impl CqRuntime {
             let bounded = m.min(now_us.saturating_add(self.def.options.max_future_ms as i64 * 1000));
             self.max_event_us = Some(self.max_event_us.map_or(bounded, |x| x.max(bounded)));
         }
-        let kept = if keep.iter().all(|k| *k) {
-            batch.clone()
-        } else {
-            filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?
+        let all_kept = keep.iter().all(|k| *k);
+        let states = match ahead {
+            Some(states) if all_kept => states,
+            _ => {
+                let kept = if all_kept {
+                    batch.clone()
+                } else {
+                    filter_record_batch(batch, &BooleanArray::from(keep)).map_err(CqError::internal)?
+                };
+                if kept.num_rows() > 0 {
+                    self.plan.partial(kept).await?
+                } else {
+                    Vec::new()
+                }
+            }
         };
-        if kept.num_rows() > 0 {
-            let states = self.plan.partial(kept).await?;
+        if !states.is_empty() {
             for state in &states {
                 self.add_state(state)?;
             }

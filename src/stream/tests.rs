@@ -472,3 +472,54 @@ async fn projected_input_gives_the_same_rollup() {
     assert!(!a.is_empty());
     assert_eq!(keyed(&a, &keys), keyed(&b, &keys));
 }
+
+/// Batches aggregated ahead on other threads ([`CqRuntime::preparer`], as `bench rollup`
+/// does) give the same rows and late events as batches aggregated in order, also when events
+/// arrive late enough that some rows of an ahead-aggregated batch must be left out.
+#[tokio::test]
+async fn batches_aggregated_ahead_give_the_same_rollup() {
+    let options = CqOptions {
+        allowed_lateness_ms: 2_000,
+        ..CqOptions::default()
+    };
+    let sql = crate::bench::ROLLUP_SQL;
+    let mut in_order = CqRuntime::new(def("in_order", sql, options.clone()), &events_schema())
+        .await
+        .expect("plans");
+    let mut ahead = CqRuntime::new(def("ahead", sql, options), &events_schema())
+        .await
+        .expect("plans");
+    // 20 s of disorder against 2 s of lateness: many events are late.
+    let all = events(17, 30_000, 20_000, 300.0);
+    let (expected, expected_late) = feed(&mut in_order, &all, 4).await;
+    assert!(expected_late > 100, "the test needs late events, got {expected_late}");
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let mut slices = Vec::new();
+    let mut offset = 0;
+    while offset < all.num_rows() {
+        let len = rng.random_range(1..5000).min(all.num_rows() - offset);
+        slices.push(all.slice(offset, len));
+        offset += len;
+    }
+    // Every batch is aggregated before the runtime has seen any of them, on worker tasks.
+    let preparer = ahead.preparer();
+    let tasks: Vec<_> = slices
+        .into_iter()
+        .map(|s| {
+            let p = preparer.clone();
+            tokio::spawn(async move { p.prepare(s).await.expect("partial") })
+        })
+        .collect();
+    let (mut got, mut got_late) = (Vec::new(), 0);
+    for task in tasks {
+        let p = ahead.on_prepared(task.await.expect("task"), NOW, false).await.expect("batch");
+        got.extend(p.output);
+        got_late += p.late.len();
+    }
+    got.extend(ahead.finish().await.expect("close"));
+    assert_eq!(got_late, expected_late);
+    let keys = ["window_start", "provider", "model"];
+    assert!(!expected.is_empty());
+    assert_eq!(keyed(&got, &keys), keyed(&expected, &keys));
+}
