@@ -199,7 +199,8 @@ pub async fn run_rollup(
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(decoders * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<(u64, usize, usize, Prepared), String>>(decoders * 2);
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::channel::<Result<(u64, usize, usize, Prepared), String>>(decoders * 2);
     let runtime = tokio::runtime::Handle::current();
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
@@ -227,7 +228,9 @@ pub async fn run_rollup(
                 let result = decode_batch_body_with(&chunk, 0, &decode)
                     .map_err(|e| e.to_string())
                     .and_then(|out| {
-                        let prepared = runtime.block_on(preparer.prepare(out.batch)).map_err(|e| e.to_string())?;
+                        let prepared = runtime
+                            .block_on(preparer.prepare(out.batch))
+                            .map_err(|e| e.to_string())?;
                         Ok((seq, out.total, out.rejected.len(), prepared))
                     });
                 // The reader may be done already; then the buffer is simply freed.

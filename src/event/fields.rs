@@ -228,9 +228,28 @@ mod tests {
     #[test]
     fn fast_f64_matches_str_parse() {
         for text in [
-            "0", "0.0", "812.5", "812.345", "120", "0.00031", "0.1", "0.3", "12.", ".5", "9007199254740991",
-            "9007199254740992", "1.7976931348623157", "123456789012345678", "0.0000000000000000000001",
-            "0.00000000000000000000001", "1e5", "-1.5", ".", "", "1.2.3", "00.5",
+            "0",
+            "0.0",
+            "812.5",
+            "812.345",
+            "120",
+            "0.00031",
+            "0.1",
+            "0.3",
+            "12.",
+            ".5",
+            "9007199254740991",
+            "9007199254740992",
+            "1.7976931348623157",
+            "123456789012345678",
+            "0.0000000000000000000001",
+            "0.00000000000000000000001",
+            "1e5",
+            "-1.5",
+            ".",
+            "",
+            "1.2.3",
+            "00.5",
         ] {
             same(text);
         }
@@ -242,8 +261,14 @@ mod tests {
             let magnitude = 10u64.pow(rng.random_range(1..8));
             let int: u64 = rng.random_range(0..magnitude);
             let frac_len = rng.random_range(0..9);
-            let frac: String = (0..frac_len).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect();
-            let text = if frac_len == 0 { int.to_string() } else { format!("{int}.{frac}") };
+            let frac: String = (0..frac_len)
+                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                .collect();
+            let text = if frac_len == 0 {
+                int.to_string()
+            } else {
+                format!("{int}.{frac}")
+            };
             same(&text);
             assert!(super::fast_f64(text.as_bytes()).is_some(), "{text}");
         }

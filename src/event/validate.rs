@@ -130,8 +130,8 @@ pub(crate) fn parse_event<'a>(env: &EventFields<'a>, pre: &Prescanned<'a>) -> Re
     let timestamp_us = fields::rfc3339_micros("timestamp", &ts_text)?;
     let source_module = fields::required_string_in(v, "source_module", env.source_module)?;
     let event_type = fields::required_string_in(v, "event_type", env.event_type)?;
-    let schema_version =
-        fields::opt_string_in(v, "schema_version", env.schema_version)?.unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
+    let schema_version = fields::opt_string_in(v, "schema_version", env.schema_version)?
+        .unwrap_or(Cow::Borrowed(DEFAULT_SCHEMA_VERSION));
     check_schema_version(&schema_version)?;
     let severity = fields::opt_string_in(v, "severity", env.severity)?.unwrap_or(Cow::Borrowed("info"));
     if !SEVERITIES.contains(&severity.as_ref()) {

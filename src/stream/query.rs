@@ -343,7 +343,8 @@ impl CqRuntime {
     /// some of its rows must be left out (late, or emitted before a restart) the ahead states
     /// cover rows they must not, so the kept rows are aggregated again here.
     pub async fn on_prepared(&mut self, prepared: Prepared, now_us: i64, replay: bool) -> Result<Processed, CqError> {
-        self.process(&prepared.batch, Some(prepared.states), now_us, replay).await
+        self.process(&prepared.batch, Some(prepared.states), now_us, replay)
+            .await
     }
 
     async fn process(

@@ -513,7 +513,10 @@ async fn batches_aggregated_ahead_give_the_same_rollup() {
         .collect();
     let (mut got, mut got_late) = (Vec::new(), 0);
     for task in tasks {
-        let p = ahead.on_prepared(task.await.expect("task"), NOW, false).await.expect("batch");
+        let p = ahead
+            .on_prepared(task.await.expect("task"), NOW, false)
+            .await
+            .expect("batch");
         got.extend(p.output);
         got_late += p.late.len();
     }
