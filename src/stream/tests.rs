@@ -43,17 +43,26 @@ pub(super) fn events(seed: u64, n: usize, disorder_ms: u64, per_sec: f64) -> Rec
 /// Far future "now" so the future bound never interferes with historical test data.
 pub(super) const NOW: i64 = 4_000_000_000_000_000;
 
-pub(super) async fn feed(rt: &mut CqRuntime, all: &RecordBatch, seed: u64) -> (Vec<RecordBatch>, usize) {
+/// `all` cut into consecutive batches of random sizes (1..5000 rows) drawn from `seed`.
+pub(super) fn random_slices(all: &RecordBatch, seed: u64) -> Vec<RecordBatch> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    let mut late = 0;
+    let mut slices = Vec::new();
     let mut offset = 0;
     while offset < all.num_rows() {
         let len = rng.random_range(1..5000).min(all.num_rows() - offset);
-        let p = rt.on_batch(&all.slice(offset, len), NOW, false).await.expect("batch");
+        slices.push(all.slice(offset, len));
+        offset += len;
+    }
+    slices
+}
+
+pub(super) async fn feed(rt: &mut CqRuntime, all: &RecordBatch, seed: u64) -> (Vec<RecordBatch>, usize) {
+    let mut out = Vec::new();
+    let mut late = 0;
+    for slice in random_slices(all, seed) {
+        let p = rt.on_batch(&slice, NOW, false).await.expect("batch");
         out.extend(p.output);
         late += p.late.len();
-        offset += len;
     }
     out.extend(rt.finish().await.expect("close"));
     (out, late)
@@ -494,17 +503,9 @@ async fn batches_aggregated_ahead_give_the_same_rollup() {
     let (expected, expected_late) = feed(&mut in_order, &all, 4).await;
     assert!(expected_late > 100, "the test needs late events, got {expected_late}");
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-    let mut slices = Vec::new();
-    let mut offset = 0;
-    while offset < all.num_rows() {
-        let len = rng.random_range(1..5000).min(all.num_rows() - offset);
-        slices.push(all.slice(offset, len));
-        offset += len;
-    }
-    // Every batch is aggregated before the runtime has seen any of them, on worker tasks.
+    // The same batches, each aggregated before the runtime has seen any of them, on worker tasks.
     let preparer = ahead.preparer();
-    let tasks: Vec<_> = slices
+    let tasks: Vec<_> = random_slices(&all, 4)
         .into_iter()
         .map(|s| {
             let p = preparer.clone();
