@@ -241,6 +241,16 @@ impl Drop for Hub {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test unwinds through here: show what the Hub logged (its log file lives in
+        // the test's temporary directory, which is deleted next).
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("--- last {} log lines of the hub at {} ---", tail.len(), self.base);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
