@@ -134,13 +134,11 @@ fn i64_opt(b: &mut Option<Int64Builder>, v: Option<i64>) {
 fn uuid_opt(b: &mut Option<StringBuilder>, v: Option<&Id<'_>>) {
     if let Some(b) = b {
         match v {
-            Some(id) => match id.canonical_text() {
-                Some(text) => b.append_value(text),
-                None => {
-                    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                    b.append_value(id.uuid.hyphenated().encode_lower(&mut buf));
-                }
-            },
+            Some(Id::Canonical(text)) => b.append_value(text),
+            Some(Id::Parsed(uuid)) => {
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                b.append_value(uuid.hyphenated().encode_lower(&mut buf));
+            }
             None => b.append_null(),
         }
     }

@@ -52,15 +52,16 @@ fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
     tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
-/// Quote, backslash and control-byte masks of one 16-byte block.
+/// One 16-byte block: its quote mask, and its backslash and control bytes (as vectors, OR-ed
+/// over the line and turned into masks once at its end).
 #[inline(always)]
-fn classify(block: &[u8]) -> (u64, u32, u32) {
+fn classify(block: &[u8]) -> (u64, u8x16, u8x16) {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(block);
     let v = u8x16::new(bytes);
     let quote = v.simd_eq(u8x16::splat(b'"')).to_bitmask();
-    let backslash = v.simd_eq(u8x16::splat(b'\\')).to_bitmask();
-    let ctrl = v.min(u8x16::splat(0x1f)).simd_eq(v).to_bitmask();
+    let backslash = v.simd_eq(u8x16::splat(b'\\'));
+    let ctrl = v.min(u8x16::splat(0x1f)).simd_eq(v);
     (u64::from(quote), backslash, ctrl)
 }
 
@@ -69,8 +70,8 @@ fn classify(block: &[u8]) -> (u64, u32, u32) {
 /// 64-bit word is assembled in a register and stored once.
 fn index_line(b: &[u8], quotes: &mut Vec<u64>) -> (bool, bool) {
     quotes.clear();
-    let mut special = 0u32;
-    let mut ctrl = 0u32;
+    let mut special = u8x16::splat(0);
+    let mut ctrl = u8x16::splat(0);
     let mut words = b.chunks_exact(64);
     for word in words.by_ref() {
         let mut q = 0u64;
@@ -91,17 +92,18 @@ fn index_line(b: &[u8], quotes: &mut Vec<u64>) -> (bool, bool) {
         special |= backslash;
         ctrl |= control;
     }
+    let (mut any_special, mut any_ctrl) = (special.to_bitmask() != 0, ctrl.to_bitmask() != 0);
     let base = rest.len() - blocks.remainder().len();
     for (j, c) in blocks.remainder().iter().enumerate() {
         match *c {
             b'"' => q |= 1 << (base + j),
-            b'\\' => special = 1,
-            c if c < 0x20 => ctrl = 1,
+            b'\\' => any_special = true,
+            c if c < 0x20 => any_ctrl = true,
             _ => {}
         }
     }
     quotes.push(q);
-    (special != 0, ctrl != 0)
+    (any_special, any_ctrl)
 }
 
 struct Cursor<'a, 's> {

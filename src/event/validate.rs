@@ -42,25 +42,21 @@ pub(crate) struct Parsed<'a> {
     pub payload: &'a str,
 }
 
-/// A validated UUID with the text it was read from (stored in its lower-case hyphenated form,
-/// which is usually that text already).
-pub(crate) struct Id<'a> {
-    pub uuid: uuid::Uuid,
-    pub text: Cow<'a, str>,
+/// A validated UUID: its text when that is the canonical form already (lower-case hyphenated,
+/// what is stored; the usual case, checked without parsing), the parsed value otherwise.
+pub(crate) enum Id<'a> {
+    /// Canonical text, stored as is.
+    Canonical(Cow<'a, str>),
+    /// Any other accepted spelling (upper case, braces, no hyphens, `urn:uuid:`).
+    Parsed(uuid::Uuid),
 }
 
 impl<'a> Id<'a> {
     fn parse(field: &str, text: Cow<'a, str>) -> Result<Self, FieldError> {
-        Ok(Self {
-            uuid: fields::uuid(field, &text)?,
-            text,
-        })
-    }
-
-    /// The text when it is the canonical form already (36 characters, no upper case).
-    pub fn canonical_text(&self) -> Option<&str> {
-        (self.text.len() == uuid::fmt::Hyphenated::LENGTH && !self.text.bytes().any(|c| c.is_ascii_uppercase()))
-            .then_some(self.text.as_ref())
+        if fields::is_canonical_uuid(text.as_bytes()) {
+            return Ok(Self::Canonical(text));
+        }
+        fields::uuid(field, &text).map(Self::Parsed)
     }
 }
 

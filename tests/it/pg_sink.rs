@@ -270,9 +270,27 @@ async fn two_instances_with_a_rebalance_count_every_event_once() {
         stored_offsets(&mut conn, "g-pg-group").await >= total / 6
     })
     .await;
+    // A's writes block on a lock while B joins: A's queue fills and it pauses its partitions,
+    // so the rebalance runs while A is paused (librdkafka keeps a pause across a rebalance; a
+    // consumer that forgot it never fetched the partitions it was given back).
+    let mut locker = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut locker).await.expect("begin");
+    sqlx::query("LOCK TABLE hub_kafka_offsets IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the offsets table");
+    broker.produce(topic, second).await;
+    wait_for("a paused by backpressure", Duration::from_secs(120), async || {
+        a.metrics_text().await.lines().any(|l| l == "kafka_consumer_paused 1")
+    })
+    .await;
     // B joins mid-stream: the group rebalances; B learns the queries from the shared registry.
     let b = Hub::start_with(&dir.path().join("b"), opts.clone()).await;
-    broker.produce(topic, second).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    sqlx::query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("release the lock");
     wait_for("every record written", Duration::from_secs(600), async || {
         stored_offsets(&mut conn, "g-pg-group").await == total
     })

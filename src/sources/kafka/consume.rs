@@ -222,9 +222,16 @@ pub fn run(
             if let Some(p) = pending.as_mut() {
                 p.drop_partitions(&revoked);
             }
-            // The assignment changed: pause again against the new one when needed.
-            paused = None;
-            paused_gauge.set(0);
+            // librdkafka keeps a partition's pause flag across a rebalance: a paused partition
+            // assigned again would never be fetched. The context resumed the revoked ones
+            // before giving them up; resume the rest too, and pause again against the new
+            // assignment when the queue is still full.
+            if let Some(tpl) = paused.take() {
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, "cannot resume partitions after a rebalance");
+                }
+                paused_gauge.set(0);
+            }
         }
         let full = current.records.len() >= limits.max_records || current.buf.len() >= limits.max_bytes;
         let due = !current.records.is_empty() && current.started.elapsed() >= limits.max_wait;

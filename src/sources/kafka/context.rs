@@ -205,6 +205,11 @@ impl ConsumerContext for HubContext {
                     .filter(|(t, p, _)| parts.iter().any(|(rt, rp)| rt == t && rp == p))
                     .collect();
                 commit_sync(consumer, &due, &self.shared.tracker);
+                // A pause outlives the assignment in librdkafka: clear it before the partitions
+                // go, or they stay paused when the group hands them back to this instance.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "cannot resume revoked partitions");
+                }
                 self.shared.tracker.revoked(&parts);
                 if let Some(positions) = &self.positions {
                     positions.sink.forget_positions(&parts);
