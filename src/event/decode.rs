@@ -15,6 +15,7 @@ use super::fields;
 use super::raw::{EventFields, RawEvent};
 use super::reject::{RejectKind, Rejection};
 use super::scan;
+use super::shape::Shapes;
 use super::validate::{Prescanned, parse_event};
 
 pub use super::validate::{DEFAULT_SCHEMA_VERSION, SEVERITIES, STATUSES};
@@ -83,6 +84,10 @@ pub struct EventDecoder {
     rejected: Vec<Rejection>,
     total: usize,
     scratch: Vec<u64>,
+    /// Layouts learned from this decoder's events (see [`super::shape`]).
+    shapes: Shapes,
+    /// Whether to learn layouts: not for a decoder of a single event.
+    learn: bool,
 }
 
 impl EventDecoder {
@@ -105,6 +110,8 @@ impl EventDecoder {
             rejected: Vec::new(),
             total: 0,
             scratch: Vec::new(),
+            shapes: Shapes::default(),
+            learn: rows > 1,
         }
     }
 
@@ -122,7 +129,22 @@ impl EventDecoder {
     pub fn push_str(&mut self, json: &str) -> bool {
         if self.kind == DecoderKind::Scan {
             let mut scanned = scan::Scanned::default();
-            if scan::scan_event(json, &mut self.scratch, &mut scanned).is_some() {
+            let mut c = scan::Cursor::new(json, &mut self.scratch);
+            // A known layout first; else the generic walk, learning the layout on the way.
+            let found = self.shapes.read(&mut c, &mut scanned).is_some() || {
+                c.reset();
+                if self.learn && self.shapes.may_learn(&c) {
+                    let mut learner = Shapes::learner(json);
+                    let ok = scan::scan_with(&mut c, &mut scanned, &mut learner).is_some();
+                    if ok {
+                        self.shapes.learn(learner);
+                    }
+                    ok
+                } else {
+                    scan::scan_with(&mut c, &mut scanned, &mut scan::NoRecord).is_some()
+                }
+            };
+            if found {
                 let index = self.total;
                 self.total += 1;
                 return self.validate(index, &scanned.fields, &scanned.pre);
@@ -190,6 +212,12 @@ impl EventDecoder {
             source_module: None,
             event_type: None,
         });
+    }
+
+    /// Events read through a learned layout so far.
+    #[cfg(test)]
+    pub(crate) fn shape_hits(&self) -> u64 {
+        self.shapes.hits()
     }
 
     /// Finishes the batch and returns it with the rejects; the decoder can be reused.

@@ -7,6 +7,7 @@ mod raw;
 pub mod reject;
 mod rfc3339;
 mod scan;
+mod shape;
 pub mod schema;
 pub mod split;
 #[cfg(test)]

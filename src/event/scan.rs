@@ -26,7 +26,7 @@ const MAX_DEPTH: u32 = 100;
 
 /// The JSON kind of a scanned value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// A string; `true` when it holds escapes.
     Str(bool),
     Null,
@@ -106,10 +106,12 @@ fn index_line(b: &[u8], quotes: &mut Vec<u64>) -> (bool, bool) {
     (any_special, any_ctrl)
 }
 
-struct Cursor<'a, 's> {
+/// A position in one event's text, with the quote bitmap of the whole text.
+pub(super) struct Cursor<'a, 's> {
     text: &'a str,
     b: &'a [u8],
-    pos: usize,
+    /// The byte the cursor is on.
+    pub(super) pos: usize,
     /// The text holds bytes below 0x20: strings must be checked for raw control characters.
     ctrl: bool,
     /// The text holds no backslash: every string ends at the next quote of `quotes`.
@@ -119,11 +121,14 @@ struct Cursor<'a, 's> {
     qword: usize,
     /// Quotes of that word not consumed yet (plain text: strings take the quotes in order).
     qbits: u64,
-    depth: u32,
+    /// Objects and arrays the cursor is inside.
+    pub(super) depth: u32,
 }
 
 impl<'a, 's> Cursor<'a, 's> {
-    fn new(text: &'a str, scratch: &'s mut Vec<u64>) -> Self {
+    /// A cursor at the start of `text`; `scratch` holds its quote bitmap (reused between
+    /// events).
+    pub(super) fn new(text: &'a str, scratch: &'s mut Vec<u64>) -> Self {
         let b = text.as_bytes();
         let (backslash, ctrl) = index_line(b, scratch);
         Self {
@@ -137,6 +142,32 @@ impl<'a, 's> Cursor<'a, 's> {
             quotes: scratch,
             depth: 0,
         }
+    }
+
+    /// Back to the start of the text (another reading of the same event).
+    pub(super) fn reset(&mut self) {
+        self.pos = 0;
+        self.depth = 0;
+        self.seek_quotes();
+    }
+
+    /// Whether the text holds neither a backslash nor a control byte: every string in it ends
+    /// at its next quote, and the quote bitmap alone delimits them.
+    pub(super) fn is_plain(&self) -> bool {
+        self.plain && !self.ctrl
+    }
+
+    /// The text's bytes.
+    pub(super) fn bytes(&self) -> &'a [u8] {
+        self.b
+    }
+
+    /// Skips the quotes before the cursor (after the cursor jumped over text it did not
+    /// read, such as a shape's literal run).
+    #[inline]
+    pub(super) fn seek_quotes(&mut self) {
+        self.qword = self.pos / 64;
+        self.qbits = self.quotes.get(self.qword).copied().unwrap_or(0) & (u64::MAX << (self.pos % 64));
     }
 
     /// The next quote not consumed yet, from the bitmap. In text without backslashes every
@@ -154,7 +185,7 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     #[inline]
-    fn peek(&self) -> Option<u8> {
+    pub(super) fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
 
@@ -178,7 +209,7 @@ impl<'a, 's> Cursor<'a, 's> {
         }
     }
 
-    fn slice(&self, start: usize, end: usize) -> Option<&'a str> {
+    pub(super) fn slice(&self, start: usize, end: usize) -> Option<&'a str> {
         self.text.get(start..end)
     }
 
@@ -294,7 +325,7 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     /// Any value at the cursor, validated and skipped.
-    fn value(&mut self) -> Option<Kind> {
+    pub(super) fn value(&mut self) -> Option<Kind> {
         match self.peek()? {
             b'"' => self.string().map(Kind::Str),
             b'{' => {
@@ -317,7 +348,8 @@ impl<'a, 's> Cursor<'a, 's> {
         }
     }
 
-    fn enter(&mut self) -> Option<()> {
+    /// One level deeper (on an object's or array's opening byte); `None` past the limit.
+    pub(super) fn enter(&mut self) -> Option<()> {
         self.depth += 1;
         (self.depth <= MAX_DEPTH).then_some(())
     }
@@ -379,7 +411,7 @@ impl<'a, 's> Cursor<'a, 's> {
 
     /// A value's raw text (`None` inside for `null`, as serde's `Option<&RawValue>`).
     #[inline]
-    fn raw_value(&mut self) -> Option<Option<&'a str>> {
+    pub(super) fn raw_value(&mut self) -> Option<Option<&'a str>> {
         let start = self.pos;
         let kind = self.value()?;
         if kind == Kind::Null {
@@ -390,8 +422,158 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 }
 
+/// Where a value of an event goes, as told to a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot {
+    /// An envelope field (see [`env_slot`]).
+    Env(u8),
+    /// One of the payload's LLM fields (see [`payload_slot`]).
+    Payload(u8),
+    /// A value of `tags` (must be a string).
+    Tag,
+    /// The value of a key nobody reads: validated and skipped.
+    Skip,
+}
+
+/// Where the `tags` and `payload` objects begin and end, as told to a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    /// On the `{` of `tags`.
+    TagsStart,
+    /// After the `}` of `tags`.
+    TagsEnd,
+    /// On the `{` of `payload`.
+    PayloadStart,
+    /// After the `}` of `payload`.
+    PayloadEnd,
+}
+
+/// What the scanner tells about the layout of an event as it reads it (used to learn its
+/// shape, see [`super::shape`]): each value with its byte range, and the object boundaries.
+pub(super) trait Record {
+    /// A value in `start..end` went to `slot`.
+    fn value(&mut self, slot: Slot, start: usize, end: usize);
+    /// The boundary `mark` is at byte `at`.
+    fn mark(&mut self, mark: Mark, at: usize);
+}
+
+/// Records nothing (the plain scan).
+pub(super) struct NoRecord;
+
+impl Record for NoRecord {
+    #[inline(always)]
+    fn value(&mut self, _: Slot, _: usize, _: usize) {}
+    #[inline(always)]
+    fn mark(&mut self, _: Mark, _: usize) {}
+}
+
+/// Envelope field number of `tags`.
+pub(super) const TAGS: u8 = 9;
+/// Envelope field number of `payload`.
+pub(super) const PAYLOAD: u8 = 10;
+
+/// The envelope field number of a key.
+#[inline]
+fn env_bit(key: &[u8]) -> Option<u8> {
+    Some(match key {
+        b"event_id" => 0,
+        b"timestamp" => 1,
+        b"source_module" => 2,
+        b"event_type" => 3,
+        b"schema_version" => 4,
+        b"severity" => 5,
+        b"environment" => 6,
+        b"correlation_id" => 7,
+        b"parent_event_id" => 8,
+        b"tags" => TAGS,
+        b"payload" => PAYLOAD,
+        _ => return None,
+    })
+}
+
+/// The envelope field with number `bit`.
+#[inline]
+pub(super) fn env_slot<'a, 'f>(f: &'f mut EventFields<'a>, bit: u8) -> Option<&'f mut Option<&'a str>> {
+    Some(match bit {
+        0 => &mut f.event_id,
+        1 => &mut f.timestamp,
+        2 => &mut f.source_module,
+        3 => &mut f.event_type,
+        4 => &mut f.schema_version,
+        5 => &mut f.severity,
+        6 => &mut f.environment,
+        7 => &mut f.correlation_id,
+        8 => &mut f.parent_event_id,
+        TAGS => &mut f.tags,
+        PAYLOAD => &mut f.payload,
+        _ => return None,
+    })
+}
+
+/// The payload field number of a key.
+#[inline]
+fn payload_bit(key: &[u8]) -> Option<u8> {
+    Some(match key {
+        b"operation" => 0,
+        b"gen_ai.operation.name" => 1,
+        b"provider" => 2,
+        b"gen_ai.provider.name" => 3,
+        b"gen_ai.system" => 4,
+        b"model" => 5,
+        b"gen_ai.response.model" => 6,
+        b"gen_ai.request.model" => 7,
+        b"latency_ms" => 8,
+        b"ttft_ms" => 9,
+        b"input_tokens" => 10,
+        b"gen_ai.usage.input_tokens" => 11,
+        b"gen_ai.usage.prompt_tokens" => 12,
+        b"output_tokens" => 13,
+        b"gen_ai.usage.output_tokens" => 14,
+        b"gen_ai.usage.completion_tokens" => 15,
+        b"total_tokens" => 16,
+        b"cost_usd" => 17,
+        b"status" => 18,
+        b"error_type" => 19,
+        b"error.type" => 20,
+        b"user_id" => 21,
+        b"tenant" => 22,
+        _ => return None,
+    })
+}
+
+/// The payload field with number `bit`.
+#[inline]
+pub(super) fn payload_slot<'a, 'f>(p: &'f mut PayloadFields<'a>, bit: u8) -> Option<&'f mut Option<&'a str>> {
+    Some(match bit {
+        0 => &mut p.operation,
+        1 => &mut p.otel_operation,
+        2 => &mut p.provider,
+        3 => &mut p.otel_provider,
+        4 => &mut p.otel_system,
+        5 => &mut p.model,
+        6 => &mut p.otel_response_model,
+        7 => &mut p.otel_request_model,
+        8 => &mut p.latency_ms,
+        9 => &mut p.ttft_ms,
+        10 => &mut p.input_tokens,
+        11 => &mut p.otel_input_tokens,
+        12 => &mut p.otel_prompt_tokens,
+        13 => &mut p.output_tokens,
+        14 => &mut p.otel_output_tokens,
+        15 => &mut p.otel_completion_tokens,
+        16 => &mut p.total_tokens,
+        17 => &mut p.cost_usd,
+        18 => &mut p.status,
+        19 => &mut p.error_type,
+        20 => &mut p.otel_error_type,
+        21 => &mut p.user_id,
+        22 => &mut p.tenant,
+        _ => return None,
+    })
+}
+
 /// Records a field, refusing a second occurrence (serde reports duplicates of known fields).
-fn set<'a>(seen: &mut u32, bit: u32, slot: &mut Option<&'a str>, value: Option<&'a str>) -> Option<()> {
+fn set<'a>(seen: &mut u32, bit: u8, slot: &mut Option<&'a str>, value: Option<&'a str>) -> Option<()> {
     if *seen & (1 << bit) != 0 {
         return None;
     }
@@ -402,72 +584,66 @@ fn set<'a>(seen: &mut u32, bit: u32, slot: &mut Option<&'a str>, value: Option<&
 
 /// The payload object at the cursor: its LLM fields, written into `p` (in place: the field
 /// views are large and moving them showed up in profiles).
-fn payload<'a>(c: &mut Cursor<'a, '_>, p: &mut PayloadFields<'a>) -> Option<()> {
+fn payload<'a>(c: &mut Cursor<'a, '_>, p: &mut PayloadFields<'a>, rec: &mut impl Record) -> Option<()> {
     let mut seen = 0u32;
     c.enter()?;
     c.members(|c, key| {
         let key = key?;
-        let (bit, slot) = match key {
-            b"operation" => (0, &mut p.operation),
-            b"gen_ai.operation.name" => (1, &mut p.otel_operation),
-            b"provider" => (2, &mut p.provider),
-            b"gen_ai.provider.name" => (3, &mut p.otel_provider),
-            b"gen_ai.system" => (4, &mut p.otel_system),
-            b"model" => (5, &mut p.model),
-            b"gen_ai.response.model" => (6, &mut p.otel_response_model),
-            b"gen_ai.request.model" => (7, &mut p.otel_request_model),
-            b"latency_ms" => (8, &mut p.latency_ms),
-            b"ttft_ms" => (9, &mut p.ttft_ms),
-            b"input_tokens" => (10, &mut p.input_tokens),
-            b"gen_ai.usage.input_tokens" => (11, &mut p.otel_input_tokens),
-            b"gen_ai.usage.prompt_tokens" => (12, &mut p.otel_prompt_tokens),
-            b"output_tokens" => (13, &mut p.output_tokens),
-            b"gen_ai.usage.output_tokens" => (14, &mut p.otel_output_tokens),
-            b"gen_ai.usage.completion_tokens" => (15, &mut p.otel_completion_tokens),
-            b"total_tokens" => (16, &mut p.total_tokens),
-            b"cost_usd" => (17, &mut p.cost_usd),
-            b"status" => (18, &mut p.status),
-            b"error_type" => (19, &mut p.error_type),
-            b"error.type" => (20, &mut p.otel_error_type),
-            b"user_id" => (21, &mut p.user_id),
-            b"tenant" => (22, &mut p.tenant),
-            _ => return c.value().map(drop),
+        let start = c.pos;
+        let Some(bit) = payload_bit(key) else {
+            c.value()?;
+            rec.value(Slot::Skip, start, c.pos);
+            return Some(());
         };
         let value = c.raw_value()?;
-        set(&mut seen, bit, slot, value)
+        rec.value(Slot::Payload(bit), start, c.pos);
+        set(&mut seen, bit, payload_slot(p, bit)?, value)
     })?;
     c.depth -= 1;
     Some(())
 }
 
-/// The tags object at the cursor: `Some(true)` if every value is a string without escapes,
-/// `Some(false)` if some value is not a string, `None` when escapes leave it to serde.
-fn tags(c: &mut Cursor<'_, '_>) -> Option<Option<bool>> {
-    let mut all_strings = true;
-    let mut escapes = false;
-    c.enter()?;
-    c.members(|c, key| {
-        escapes |= key.is_none();
-        match c.value()? {
-            Kind::Str(e) => escapes |= e,
-            _ => all_strings = false,
-        }
-        Some(())
-    })?;
-    c.depth -= 1;
-    Some(if !all_strings {
+/// Whether a `tags` object is usable as is: `Some(true)` if every value is a string without
+/// escapes, `Some(false)` if some value is not a string, `None` when escapes leave it to serde.
+pub(super) fn tags_verdict(all_strings: bool, escapes: bool) -> Option<bool> {
+    if !all_strings {
         Some(false)
     } else if escapes {
         None
     } else {
         Some(true)
-    })
+    }
+}
+
+/// The tags object at the cursor: see [`tags_verdict`].
+fn tags(c: &mut Cursor<'_, '_>, rec: &mut impl Record) -> Option<Option<bool>> {
+    let mut all_strings = true;
+    let mut escapes = false;
+    c.enter()?;
+    c.members(|c, key| {
+        escapes |= key.is_none();
+        let start = c.pos;
+        match c.value()? {
+            Kind::Str(e) => escapes |= e,
+            _ => all_strings = false,
+        }
+        rec.value(Slot::Tag, start, c.pos);
+        Some(())
+    })?;
+    c.depth -= 1;
+    Some(tags_verdict(all_strings, escapes))
 }
 
 /// Scans one event into `out`; `scratch` is reused between calls. `None`: take the serde path
 /// (see the module docs; `out` is then meaningless).
+#[cfg(test)]
 pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>, out: &mut Scanned<'a>) -> Option<()> {
-    let mut c = Cursor::new(text, scratch);
+    scan_with(&mut Cursor::new(text, scratch), out, &mut NoRecord)
+}
+
+/// Scans the event under `c` (from its start) into `out`, telling `rec` its layout. `None`:
+/// take the serde path (see the module docs; `out` is then meaningless).
+pub(super) fn scan_with<'a>(c: &mut Cursor<'a, '_>, out: &mut Scanned<'a>, rec: &mut impl Record) -> Option<()> {
     *out = Scanned::default();
     let Scanned { fields: f, pre } = out;
     let mut seen = 0u32;
@@ -478,33 +654,32 @@ pub(crate) fn scan_event<'a>(text: &'a str, scratch: &mut Vec<u64>, out: &mut Sc
     c.enter()?;
     c.members(|c, key| {
         let key = key?;
-        let (bit, slot) = match key {
-            b"event_id" => (0, &mut f.event_id),
-            b"timestamp" => (1, &mut f.timestamp),
-            b"source_module" => (2, &mut f.source_module),
-            b"event_type" => (3, &mut f.event_type),
-            b"schema_version" => (4, &mut f.schema_version),
-            b"severity" => (5, &mut f.severity),
-            b"environment" => (6, &mut f.environment),
-            b"correlation_id" => (7, &mut f.correlation_id),
-            b"parent_event_id" => (8, &mut f.parent_event_id),
-            b"tags" => (9, &mut f.tags),
-            b"payload" => (10, &mut f.payload),
-            _ => return c.value().map(drop),
-        };
         let start = c.pos;
-        let value = match (bit, c.peek()?) {
-            (9, b'{') => {
-                pre.tags_ok = tags(c)?;
-                Some(c.slice(start, c.pos)?)
-            }
-            (10, b'{') => {
-                payload(c, pre.payload.insert(PayloadFields::default()))?;
-                Some(c.slice(start, c.pos)?)
-            }
-            _ => c.raw_value()?,
+        let Some(bit) = env_bit(key) else {
+            c.value()?;
+            rec.value(Slot::Skip, start, c.pos);
+            return Some(());
         };
-        set(&mut seen, bit, slot, value)
+        let value = match (bit, c.peek()?) {
+            (TAGS, b'{') => {
+                rec.mark(Mark::TagsStart, start);
+                pre.tags_ok = tags(c, rec)?;
+                rec.mark(Mark::TagsEnd, c.pos);
+                Some(c.slice(start, c.pos)?)
+            }
+            (PAYLOAD, b'{') => {
+                rec.mark(Mark::PayloadStart, start);
+                payload(c, pre.payload.insert(PayloadFields::default()), rec)?;
+                rec.mark(Mark::PayloadEnd, c.pos);
+                Some(c.slice(start, c.pos)?)
+            }
+            _ => {
+                let value = c.raw_value()?;
+                rec.value(Slot::Env(bit), start, c.pos);
+                value
+            }
+        };
+        set(&mut seen, bit, env_slot(f, bit)?, value)
     })?;
     c.ws();
     pre.verbatim = c.plain;

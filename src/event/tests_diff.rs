@@ -38,6 +38,33 @@ fn assert_same(line: &str) {
     assert_eq!(a.batch, b.batch, "batches differ for {line}");
 }
 
+/// Decodes `primer` and then `line` with one decoder: the scanner learns the primer's layout
+/// (see `shape`) and reads `line` through it wherever it fits.
+fn decode_after(primer: &str, line: &str, kind: DecoderKind) -> (super::DecodedBatch, Vec<Outcome>, u64) {
+    let options = DecodeOptions { kind, projection: None };
+    let mut d = EventDecoder::with_options(2, primer.len() + line.len(), 7, &options);
+    d.push(primer.as_bytes());
+    d.push(line.as_bytes());
+    let hits = d.shape_hits();
+    let out = d.finish().expect("builds");
+    let rejects = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.error_type.as_str().to_string(), r.reason.clone(), None, None))
+        .collect();
+    (out, rejects, hits)
+}
+
+/// [`assert_same`] for `line` read after `primer` (through the primer's shape when it fits);
+/// returns whether the shape was used.
+fn assert_same_after(primer: &str, line: &str) -> bool {
+    let (a, ra, _) = decode_after(primer, line, DecoderKind::Serde);
+    let (b, rb, hits) = decode_after(primer, line, DecoderKind::Scan);
+    assert_eq!(ra, rb, "rejections differ for {line} after {primer}");
+    assert_eq!(a.batch, b.batch, "batches differ for {line} after {primer}");
+    hits > 0
+}
+
 const ID: &str = "0b0e7d1c-2f5a-4c1e-9a51-4d7c3e2b1a00";
 
 fn base() -> String {
@@ -149,9 +176,14 @@ fn edge_cases() -> Vec<String> {
 
 #[test]
 fn scanner_matches_serde_on_edge_cases() {
+    let base = base();
+    let mut through_shape = 0;
     for case in edge_cases() {
         assert_same(&case);
+        through_shape += usize::from(assert_same_after(&base, &case));
     }
+    // Same layout, other values (wrong types, bad numbers, nested values, nulls...).
+    assert!(through_shape > 25, "only {through_shape} edge cases were read through the shape");
 }
 
 #[test]
@@ -160,6 +192,7 @@ fn scanner_matches_serde_on_every_truncation() {
     for end in 0..b.len() {
         if let Some(prefix) = b.get(..end) {
             assert_same(prefix);
+            assert!(!assert_same_after(&b, prefix), "a truncated event fit the shape: {prefix}");
         }
     }
 }
@@ -174,9 +207,11 @@ fn scanner_matches_serde_on_mutated_events() {
     });
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let alphabet = b"{}[]\",:\\ 0-1.eEtrunfl\x01ab";
+    let mut through_shape = 0;
     for _ in 0..3000 {
         let line = g.next_event(None).into_bytes();
-        assert_same(std::str::from_utf8(&line).expect("utf8"));
+        let original = std::str::from_utf8(&line).expect("utf8");
+        assert_same(original);
         for _ in 0..3 {
             let mut m = line.clone();
             let at = rng.random_range(0..m.len());
@@ -189,9 +224,12 @@ fn scanner_matches_serde_on_mutated_events() {
             }
             if let Ok(text) = std::str::from_utf8(&m) {
                 assert_same(text);
+                // The same edit read through the original's layout.
+                through_shape += usize::from(assert_same_after(original, text));
             }
         }
     }
+    assert!(through_shape > 1000, "only {through_shape} edits were read through a shape");
 }
 
 #[test]
@@ -219,6 +257,14 @@ fn scanner_matches_serde_on_generated_bodies_and_projections() {
     };
     assert_eq!(reasons(&serde), reasons(&scan));
     assert!(!serde.rejected.is_empty() && serde.batch.num_rows() > 4000);
+
+    // The scanner read nearly all of them through learned layouts.
+    let mut d = EventDecoder::with_options(5000, body.len(), 1, &opts(DecoderKind::Scan, None));
+    for line in body.lines() {
+        d.push(line.as_bytes());
+    }
+    assert!(d.shape_hits() > 4800, "{} events read through a shape", d.shape_hits());
+    assert_eq!(d.finish().expect("builds").batch, scan.batch);
 
     let columns = ["timestamp", "provider", "model", "latency_ms", "status", "event_id"];
     let projection = std::sync::Arc::new(Projection::new(&columns).expect("columns"));
