@@ -129,10 +129,9 @@ impl EventDecoder {
     pub fn push_str(&mut self, json: &str) -> bool {
         if self.kind == DecoderKind::Scan {
             let mut scanned = scan::Scanned::default();
-            let mut c = scan::Cursor::new(json, &mut self.scratch);
             // A known layout first; else the generic walk, learning the layout on the way.
-            let found = self.shapes.read(&mut c, &mut scanned).is_some() || {
-                c.reset();
+            let found = self.shapes.read(json, &mut self.scratch, &mut scanned).is_some() || {
+                let mut c = scan::Cursor::new(json, &mut self.scratch);
                 if self.learn && self.shapes.may_learn(&c) {
                     let mut learner = Shapes::learner(json);
                     let ok = scan::scan_with(&mut c, &mut scanned, &mut learner).is_some();

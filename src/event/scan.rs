@@ -52,6 +52,46 @@ fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
     tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
+/// The end of the JSON number starting at `p`, checked against the JSON grammar.
+#[inline]
+pub(super) fn number_end(b: &[u8], mut p: usize) -> Option<usize> {
+    if b.get(p) == Some(&b'-') {
+        p += 1;
+    }
+    match b.get(p)? {
+        b'0' => p += 1,
+        b'1'..=b'9' => {
+            p += 1;
+            while b.get(p).is_some_and(u8::is_ascii_digit) {
+                p += 1;
+            }
+        }
+        _ => return None,
+    }
+    if b.get(p) == Some(&b'.') {
+        p += 1;
+        if !b.get(p).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        while b.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+    }
+    if matches!(b.get(p), Some(b'e' | b'E')) {
+        p += 1;
+        if matches!(b.get(p), Some(b'+' | b'-')) {
+            p += 1;
+        }
+        if !b.get(p).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        while b.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+    }
+    Some(p)
+}
+
 /// One 16-byte block: its quote mask, and its backslash and control bytes (as vectors, OR-ed
 /// over the line and turned into masks once at its end).
 #[inline(always)]
@@ -144,10 +184,10 @@ impl<'a, 's> Cursor<'a, 's> {
         }
     }
 
-    /// Back to the start of the text (another reading of the same event).
-    pub(super) fn reset(&mut self) {
-        self.pos = 0;
-        self.depth = 0;
+    /// Puts the cursor on byte `pos`, `depth` levels deep.
+    pub(super) fn place(&mut self, pos: usize, depth: u32) {
+        self.pos = pos;
+        self.depth = depth;
         self.seek_quotes();
     }
 
@@ -157,15 +197,10 @@ impl<'a, 's> Cursor<'a, 's> {
         self.plain && !self.ctrl
     }
 
-    /// The text's bytes.
-    pub(super) fn bytes(&self) -> &'a [u8] {
-        self.b
-    }
-
     /// Skips the quotes before the cursor (after the cursor jumped over text it did not
     /// read, such as a shape's literal run).
     #[inline]
-    pub(super) fn seek_quotes(&mut self) {
+    fn seek_quotes(&mut self) {
         self.qword = self.pos / 64;
         self.qbits = self.quotes.get(self.qword).copied().unwrap_or(0) & (u64::MAX << (self.pos % 64));
     }
@@ -275,43 +310,7 @@ impl<'a, 's> Cursor<'a, 's> {
 
     /// A number at the cursor, checked against the JSON grammar.
     fn number(&mut self) -> Option<()> {
-        let b = self.b;
-        let mut p = self.pos;
-        if b.get(p) == Some(&b'-') {
-            p += 1;
-        }
-        match b.get(p)? {
-            b'0' => p += 1,
-            b'1'..=b'9' => {
-                p += 1;
-                while b.get(p).is_some_and(u8::is_ascii_digit) {
-                    p += 1;
-                }
-            }
-            _ => return None,
-        }
-        if b.get(p) == Some(&b'.') {
-            p += 1;
-            if !b.get(p).is_some_and(u8::is_ascii_digit) {
-                return None;
-            }
-            while b.get(p).is_some_and(u8::is_ascii_digit) {
-                p += 1;
-            }
-        }
-        if matches!(b.get(p), Some(b'e' | b'E')) {
-            p += 1;
-            if matches!(b.get(p), Some(b'+' | b'-')) {
-                p += 1;
-            }
-            if !b.get(p).is_some_and(u8::is_ascii_digit) {
-                return None;
-            }
-            while b.get(p).is_some_and(u8::is_ascii_digit) {
-                p += 1;
-            }
-        }
-        self.pos = p;
+        self.pos = number_end(self.b, self.pos)?;
         Some(())
     }
 

@@ -1,133 +1,242 @@
-//! Shapes: the layout one producer gives all its events — the same keys in the same order with
-//! the same punctuation and whitespace between the values — learned from an event the scanner
-//! read in full, and then used to read the next events without the generic walk.
+//! Shapes: the layout one producer gives all its events — the same keys in the same order, the
+//! same punctuation and whitespace between the values — learned from an event the generic
+//! scanner read in full, then used to read the next events without the generic walk.
 //!
-//! A shape is a list of literal runs (`{"event_id":`, `,"timestamp":`, `},"payload":{`, ...)
-//! and value slots. Reading an event through a shape compares each literal run with the text
-//! (eight bytes at a time) and reads each value with the scanner's own value readers, which
-//! validate it exactly as the generic walk does. Key matching, duplicate checks and most
-//! structural bookkeeping disappear: equal literal runs mean the same keys as an event that was
-//! accepted, so the same rules hold. Anything that differs from every known shape (another key,
-//! other spacing, an object where the shape has a string, escapes or control bytes anywhere in
-//! the line) falls back to the generic scanner, so the result is always the generic scanner's
-//! (`tests_diff` checks both paths against serde). This is what V8's JSON.parse does with its
-//! map transition trees, for the same reason: machine-written JSON repeats its layout.
+//! A shape is a list of steps: a literal run (`{"event_id":`, `,"timestamp":`,
+//! `},"payload":{"operation":`, ...) followed by a value slot or an object boundary. Reading an
+//! event through a shape compares each literal run with the text a word at a time and reads
+//! each value: strings up to their closing quote 16 bytes per step (refusing backslashes and
+//! control bytes), numbers against the JSON grammar (the scanner's own `number_end`),
+//! `true`/`false`/`null` literally, nested objects and arrays with the generic cursor. Key
+//! matching, duplicate checks and the per-line quote index disappear: equal literal runs mean
+//! the same keys as an accepted event, so the same rules hold. An event that differs from every
+//! known shape (another key, other spacing, an object where the shape has a string, an escape)
+//! goes to the generic scanner, so the outcome is always the generic scanner's (`tests_diff`
+//! checks both paths against serde). V8's `JSON.parse` predicts keys from earlier objects'
+//! hidden-class transitions for the same reason: machine-written JSON repeats its layout.
+
+use wide::u8x16;
 
 use super::raw::PayloadFields;
-use super::scan::{Cursor, Kind, Mark, PAYLOAD, Record, Scanned, Slot, TAGS, env_slot, payload_slot, tags_verdict};
+use super::scan::{
+    Cursor, Kind, Mark, PAYLOAD, Record, Scanned, Slot, TAGS, env_slot, number_end, payload_slot, tags_verdict,
+};
 
 /// Shapes kept per decoder, most used first.
 const MAX_SHAPES: usize = 8;
 /// Largest shape learned (steps), so one odd event cannot hold much memory.
-const MAX_OPS: usize = 256;
+const MAX_STEPS: usize = 256;
 /// Largest literal text of a learned shape, bytes.
 const MAX_LITERAL_BYTES: usize = 4096;
 /// Shapes learned before learning depends on the hit rate (see [`Shapes::may_learn`]).
 const FREE_LEARNS: u32 = 16;
 
-/// One step of a shape.
+/// What follows a step's literal run (one flat list, so reading a step is one dispatch).
 #[derive(Debug, Clone, Copy)]
-enum Op {
-    /// These bytes of the shape's literal text, exactly.
-    Lit { start: u32, len: u32 },
-    /// One value, read and filed under its slot.
-    Val(Slot),
+enum Action {
+    /// An envelope field (see [`env_slot`]).
+    Env(u8),
+    /// `tags` or `payload` given as something else than an object (an object there is
+    /// another shape: it is read member by member).
+    EnvNotObject(u8),
+    /// One of the payload's LLM fields (see [`payload_slot`]).
+    Payload(u8),
+    /// A value of `tags`.
+    Tag,
+    /// The value of a key nobody reads.
+    Skip,
     /// An object boundary.
     Mark(Mark),
+    /// The end of the event.
+    End,
+}
+
+impl Action {
+    fn of(slot: Slot) -> Self {
+        match slot {
+            Slot::Env(bit @ (TAGS | PAYLOAD)) => Self::EnvNotObject(bit),
+            Slot::Env(bit) => Self::Env(bit),
+            Slot::Payload(bit) => Self::Payload(bit),
+            Slot::Tag => Self::Tag,
+            Slot::Skip => Self::Skip,
+        }
+    }
+}
+
+/// One step of a shape: a literal run (possibly empty), then an action.
+#[derive(Debug)]
+struct Step {
+    literal: Box<[u8]>,
+    action: Action,
 }
 
 /// One learned layout.
 #[derive(Debug, Default)]
 struct Shape {
-    /// The literal runs, concatenated.
-    literals: Vec<u8>,
-    ops: Vec<Op>,
+    steps: Vec<Step>,
+    /// Total bytes of the literal runs.
+    literal_bytes: usize,
 }
 
-/// Whether `text[pos..]` starts with `lit`, compared eight bytes at a time.
+/// Whether `text[pos..]` starts with `lit`, compared a word at a time.
 #[inline]
 fn literal_at(text: &[u8], pos: usize, lit: &[u8]) -> bool {
-    let Some(s) = text.get(pos..pos + lit.len()) else {
+    let n = lit.len();
+    let Some(s) = text.get(pos..pos + n) else {
         return false;
     };
-    let n = lit.len();
-    if n < 8 {
-        return s == lit;
-    }
-    let word = |b: &[u8], i: usize| b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
-    let mut i = 0;
-    while i + 8 < n {
-        if word(s, i) != word(lit, i) {
-            return false;
+    let w8 = |b: &[u8], i: usize| b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
+    let w4 = |b: &[u8], i: usize| b.get(i..i + 4).and_then(|w| <[u8; 4]>::try_from(w).ok());
+    match n {
+        0..=3 => s == lit,
+        // Two overlapping words cover 4 to 8 bytes.
+        4..=7 => w4(s, 0) == w4(lit, 0) && w4(s, n - 4) == w4(lit, n - 4),
+        _ => {
+            let mut i = 0;
+            while i + 8 < n {
+                if w8(s, i) != w8(lit, i) {
+                    return false;
+                }
+                i += 8;
+            }
+            w8(s, n - 8) == w8(lit, n - 8)
         }
-        i += 8;
     }
-    // The last eight bytes (overlapping the previous word when `n` is not a multiple of 8).
-    word(s, n - 8) == word(lit, n - 8)
+}
+
+/// The end of the string whose opening quote is at `pos`, 16 bytes per step; `None` when a
+/// backslash or control byte comes first (escapes and invalid strings are the generic
+/// scanner's business).
+#[inline]
+fn string_end(b: &[u8], pos: usize) -> Option<usize> {
+    let mut p = pos + 1;
+    while let Some(block) = b.get(p..p + 16) {
+        let bytes: [u8; 16] = block.try_into().ok()?;
+        let v = u8x16::new(bytes);
+        let stop = v.simd_eq(u8x16::splat(b'"'))
+            | v.simd_eq(u8x16::splat(b'\\'))
+            | v.min(u8x16::splat(0x1f)).simd_eq(v);
+        let mask = stop.to_bitmask();
+        if mask != 0 {
+            let at = p + mask.trailing_zeros() as usize;
+            return (b.get(at) == Some(&b'"')).then_some(at + 1);
+        }
+        p += 16;
+    }
+    for (i, &c) in b.get(p..)?.iter().enumerate() {
+        if c == b'"' {
+            return Some(p + i + 1);
+        }
+        if c == b'\\' || c < 0x20 {
+            return None;
+        }
+    }
+    None
+}
+
+/// Reads the value at `pos`, `depth` levels deep: its end and kind. Scalars are read here;
+/// an object or array by the generic scanner's cursor (which indexes the text first).
+#[inline]
+fn value_end<'a>(
+    text: &'a str,
+    pos: usize,
+    depth: u32,
+    scratch: &mut Vec<u64>,
+) -> Option<(usize, Kind)> {
+    let b = text.as_bytes();
+    let literal = |word: &[u8], kind| literal_at(b, pos, word).then_some((pos + word.len(), kind));
+    match *b.get(pos)? {
+        b'"' => string_end(b, pos).map(|end| (end, Kind::Str(false))),
+        b'-' | b'0'..=b'9' => number_end(b, pos).map(|end| (end, Kind::Other)),
+        b'n' => literal(b"null", Kind::Null),
+        b't' => literal(b"true", Kind::Other),
+        b'f' => literal(b"false", Kind::Other),
+        b'{' | b'[' => {
+            let mut c = Cursor::new(text, scratch);
+            // Escapes inside would make the generic scanner's answer differ (`verbatim`).
+            if !c.is_plain() {
+                return None;
+            }
+            c.place(pos, depth);
+            let kind = c.value()?;
+            Some((c.pos, kind))
+        }
+        _ => None,
+    }
 }
 
 impl Shape {
-    /// Reads the event under `c` through this shape into `out`; `None` when it does not fit.
-    fn read<'a>(&self, c: &mut Cursor<'a, '_>, out: &mut Scanned<'a>) -> Option<()> {
+    /// Reads `text` through this shape into `out`; `None` when it does not fit.
+    ///
+    /// Every byte of the text is accounted for: literal runs are compared with those of an
+    /// event without backslashes or control bytes, strings are checked to hold neither,
+    /// numbers against the grammar, nested values by the generic scanner. So a text that fits
+    /// holds no backslash, as the generic scanner's `verbatim` requires.
+    fn read<'a>(&self, text: &'a str, scratch: &mut Vec<u64>, out: &mut Scanned<'a>) -> Option<()> {
         *out = Scanned::default();
         let Scanned { fields: f, pre } = out;
-        let text = c.bytes();
+        let b = text.as_bytes();
+        let (mut pos, mut depth) = (0usize, 1u32);
         let (mut tags_start, mut payload_start) = (0, 0);
-        let (mut all_strings, mut escapes) = (true, false);
-        // Inside the event's outer object, as the generic walk is when it reads a member.
-        c.depth = 1;
-        for op in &self.ops {
-            match *op {
-                Op::Lit { start, len } => {
-                    let lit = self.literals.get(start as usize..(start + len) as usize)?;
-                    if !literal_at(text, c.pos, lit) {
+        let mut all_strings = true;
+        for step in &self.steps {
+            if !literal_at(b, pos, &step.literal) {
+                return None;
+            }
+            pos += step.literal.len();
+            // A value's raw text (`None` for `null`, as the generic scanner gives it).
+            let raw = move |(end, kind): (usize, Kind)| (kind != Kind::Null).then(|| text.get(pos..end)).flatten();
+            match step.action {
+                Action::Env(bit) => {
+                    let value = value_end(text, pos, depth, scratch)?;
+                    *env_slot(f, bit)? = raw(value);
+                    pos = value.0;
+                }
+                Action::EnvNotObject(bit) => {
+                    if b.get(pos) == Some(&b'{') {
                         return None;
                     }
-                    c.pos += lit.len();
-                    c.seek_quotes();
+                    let value = value_end(text, pos, depth, scratch)?;
+                    *env_slot(f, bit)? = raw(value);
+                    pos = value.0;
                 }
-                Op::Val(Slot::Env(bit)) => {
-                    // `tags` and `payload` objects are read member by member (marks), never
-                    // as one opaque value.
-                    if (bit == TAGS || bit == PAYLOAD) && c.peek() == Some(b'{') {
-                        return None;
-                    }
-                    *env_slot(f, bit)? = c.raw_value()?;
+                Action::Payload(bit) => {
+                    let value = value_end(text, pos, depth, scratch)?;
+                    *payload_slot(pre.payload.as_mut()?, bit)? = raw(value);
+                    pos = value.0;
                 }
-                Op::Val(Slot::Payload(bit)) => {
-                    let p = pre.payload.as_mut()?;
-                    *payload_slot(p, bit)? = c.raw_value()?;
+                Action::Tag => {
+                    let (end, kind) = value_end(text, pos, depth, scratch)?;
+                    all_strings &= matches!(kind, Kind::Str(_));
+                    pos = end;
                 }
-                Op::Val(Slot::Tag) => match c.value()? {
-                    Kind::Str(e) => escapes |= e,
-                    _ => all_strings = false,
-                },
-                Op::Val(Slot::Skip) => {
-                    c.value()?;
+                Action::Skip => pos = value_end(text, pos, depth, scratch)?.0,
+                Action::Mark(Mark::TagsStart) => {
+                    tags_start = pos;
+                    all_strings = true;
+                    depth += 1;
                 }
-                Op::Mark(Mark::TagsStart) => {
-                    tags_start = c.pos;
-                    (all_strings, escapes) = (true, false);
-                    c.enter()?;
+                Action::Mark(Mark::TagsEnd) => {
+                    depth -= 1;
+                    pre.tags_ok = tags_verdict(all_strings, false);
+                    f.tags = Some(text.get(tags_start..pos)?);
                 }
-                Op::Mark(Mark::TagsEnd) => {
-                    c.depth -= 1;
-                    pre.tags_ok = tags_verdict(all_strings, escapes);
-                    f.tags = Some(c.slice(tags_start, c.pos)?);
-                }
-                Op::Mark(Mark::PayloadStart) => {
-                    payload_start = c.pos;
+                Action::Mark(Mark::PayloadStart) => {
+                    payload_start = pos;
                     pre.payload = Some(PayloadFields::default());
-                    c.enter()?;
+                    depth += 1;
                 }
-                Op::Mark(Mark::PayloadEnd) => {
-                    c.depth -= 1;
-                    f.payload = Some(c.slice(payload_start, c.pos)?);
+                Action::Mark(Mark::PayloadEnd) => {
+                    depth -= 1;
+                    f.payload = Some(text.get(payload_start..pos)?);
+                }
+                Action::End => {
+                    pre.verbatim = true;
+                    return (pos == b.len()).then_some(());
                 }
             }
         }
-        pre.verbatim = true;
-        (c.pos == text.len()).then_some(())
+        None
     }
 }
 
@@ -149,37 +258,32 @@ impl<'t> Learner<'t> {
         }
     }
 
-    fn literal_to(&mut self, at: usize) {
-        if at > self.last
-            && let Some(run) = self.text.get(self.last..at)
-        {
-            let start = self.shape.literals.len() as u32;
-            self.shape.literals.extend_from_slice(run);
-            self.shape.ops.push(Op::Lit {
-                start,
-                len: run.len() as u32,
-            });
-        }
+    /// Adds the step: the literal run up to `at`, then `action`.
+    fn step(&mut self, at: usize, action: Action) {
+        let run = self.text.get(self.last..at).unwrap_or_default();
+        self.shape.literal_bytes += run.len();
+        self.shape.steps.push(Step {
+            literal: run.into(),
+            action,
+        });
         self.last = at;
     }
 
     /// The shape, once the whole event was read; `None` when it is too large to keep.
     fn finish(mut self) -> Option<Shape> {
-        self.literal_to(self.text.len());
-        (self.shape.ops.len() <= MAX_OPS && self.shape.literals.len() <= MAX_LITERAL_BYTES).then_some(self.shape)
+        self.step(self.text.len(), Action::End);
+        (self.shape.steps.len() <= MAX_STEPS && self.shape.literal_bytes <= MAX_LITERAL_BYTES).then_some(self.shape)
     }
 }
 
 impl Record for Learner<'_> {
     fn value(&mut self, slot: Slot, start: usize, end: usize) {
-        self.literal_to(start);
-        self.shape.ops.push(Op::Val(slot));
+        self.step(start, Action::of(slot));
         self.last = end;
     }
 
     fn mark(&mut self, mark: Mark, at: usize) {
-        self.literal_to(at);
-        self.shape.ops.push(Op::Mark(mark));
+        self.step(at, Action::Mark(mark));
     }
 }
 
@@ -194,15 +298,11 @@ pub(crate) struct Shapes {
 }
 
 impl Shapes {
-    /// Reads the event under `c` through the first known shape that fits it.
+    /// Reads `text` through the first known shape that fits it.
     #[inline]
-    pub(super) fn read<'a>(&mut self, c: &mut Cursor<'a, '_>, out: &mut Scanned<'a>) -> Option<()> {
-        if !c.is_plain() {
-            return None;
-        }
+    pub(super) fn read<'a>(&mut self, text: &'a str, scratch: &mut Vec<u64>, out: &mut Scanned<'a>) -> Option<()> {
         for i in 0..self.list.len() {
-            c.reset();
-            if self.list.get(i)?.read(c, out).is_some() {
+            if self.list.get(i)?.read(text, scratch, out).is_some() {
                 self.hits += 1;
                 // Move up one place per hit: the order converges on how often each is used.
                 if i > 0 {
