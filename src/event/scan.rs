@@ -52,6 +52,28 @@ fn quote_or_backslash(b: &[u8], mut p: usize) -> Option<usize> {
     tail.iter().position(|c| *c == b'"' || *c == b'\\').map(|i| p + i)
 }
 
+/// The end of the run of ASCII digits starting at `p`, eight bytes per step where it can.
+#[inline(always)]
+fn digits_end(b: &[u8], mut p: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    while let Some(word) = b.get(p..p + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        let w = u64::from_le_bytes(word);
+        // A byte is a digit when its high nibble is 3 and adding 6 keeps it there. A carry
+        // out of a byte >= 0xFA only disturbs bytes after it, past the first non-digit.
+        let high = w & (0xF0 * ONES);
+        let plus6 = w.wrapping_add(0x06 * ONES) & (0xF0 * ONES);
+        let other = (high ^ (0x30 * ONES)) | (plus6 ^ (0x30 * ONES));
+        if other != 0 {
+            return p + (other.trailing_zeros() / 8) as usize;
+        }
+        p += 8;
+    }
+    while b.get(p).is_some_and(u8::is_ascii_digit) {
+        p += 1;
+    }
+    p
+}
+
 /// The end of the JSON number starting at `p`, checked against the JSON grammar.
 #[inline]
 pub(super) fn number_end(b: &[u8], mut p: usize) -> Option<usize> {
@@ -60,12 +82,7 @@ pub(super) fn number_end(b: &[u8], mut p: usize) -> Option<usize> {
     }
     match b.get(p)? {
         b'0' => p += 1,
-        b'1'..=b'9' => {
-            p += 1;
-            while b.get(p).is_some_and(u8::is_ascii_digit) {
-                p += 1;
-            }
-        }
+        b'1'..=b'9' => p = digits_end(b, p + 1),
         _ => return None,
     }
     if b.get(p) == Some(&b'.') {
@@ -73,9 +90,7 @@ pub(super) fn number_end(b: &[u8], mut p: usize) -> Option<usize> {
         if !b.get(p).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        while b.get(p).is_some_and(u8::is_ascii_digit) {
-            p += 1;
-        }
+        p = digits_end(b, p + 1);
     }
     if matches!(b.get(p), Some(b'e' | b'E')) {
         p += 1;
@@ -85,9 +100,7 @@ pub(super) fn number_end(b: &[u8], mut p: usize) -> Option<usize> {
         if !b.get(p).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        while b.get(p).is_some_and(u8::is_ascii_digit) {
-            p += 1;
-        }
+        p = digits_end(b, p + 1);
     }
     Some(p)
 }

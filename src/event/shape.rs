@@ -134,20 +134,25 @@ fn string_end(b: &[u8], pos: usize) -> Option<usize> {
     None
 }
 
-/// Reads the value at `pos`, `depth` levels deep: its end and kind. Scalars are read here;
-/// an object or array by the generic scanner's cursor (which indexes the text first).
-#[inline]
-fn value_end<'a>(
-    text: &'a str,
-    pos: usize,
-    depth: u32,
-    scratch: &mut Vec<u64>,
-) -> Option<(usize, Kind)> {
+/// Reads the value at `pos`, `depth` levels deep: its end and kind. Strings and numbers are
+/// read here; the rest by [`other_value_end`].
+#[inline(always)]
+fn value_end(text: &str, pos: usize, depth: u32, scratch: &mut Vec<u64>) -> Option<(usize, Kind)> {
     let b = text.as_bytes();
-    let literal = |word: &[u8], kind| literal_at(b, pos, word).then_some((pos + word.len(), kind));
     match *b.get(pos)? {
         b'"' => string_end(b, pos).map(|end| (end, Kind::Str(false))),
         b'-' | b'0'..=b'9' => number_end(b, pos).map(|end| (end, Kind::Other)),
+        _ => other_value_end(text, pos, depth, scratch),
+    }
+}
+
+/// [`value_end`] for `true`, `false` and `null`, and for an object or array, which the
+/// generic scanner's cursor reads (it indexes the text first).
+#[inline(never)]
+fn other_value_end(text: &str, pos: usize, depth: u32, scratch: &mut Vec<u64>) -> Option<(usize, Kind)> {
+    let b = text.as_bytes();
+    let literal = |word: &[u8], kind| literal_at(b, pos, word).then_some((pos + word.len(), kind));
+    match *b.get(pos)? {
         b'n' => literal(b"null", Kind::Null),
         b't' => literal(b"true", Kind::Other),
         b'f' => literal(b"false", Kind::Other),

@@ -352,3 +352,57 @@ fn invalid_utf8_takes_the_serde_path() {
         assert_eq!(out.rejected[0].error_type.as_str(), "malformed_json");
     }
 }
+
+/// The scanner's eight-bytes-at-a-time number reader against a byte-by-byte reading of the
+/// JSON number grammar, on random strings of number-ish bytes (and UTF-8 bytes >= 0xFA, whose
+/// carry the word trick must not let through).
+#[test]
+fn number_reader_agrees_with_the_grammar_byte_by_byte() {
+    fn reference(b: &[u8], mut p: usize) -> Option<usize> {
+        let digits = |b: &[u8], mut p: usize| {
+            while b.get(p).is_some_and(u8::is_ascii_digit) {
+                p += 1;
+            }
+            p
+        };
+        if b.get(p) == Some(&b'-') {
+            p += 1;
+        }
+        match b.get(p)? {
+            b'0' => p += 1,
+            b'1'..=b'9' => p = digits(b, p + 1),
+            _ => return None,
+        }
+        if b.get(p) == Some(&b'.') {
+            if !b.get(p + 1).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+            p = digits(b, p + 1);
+        }
+        if matches!(b.get(p), Some(b'e' | b'E')) {
+            p += 1;
+            if matches!(b.get(p), Some(b'+' | b'-')) {
+                p += 1;
+            }
+            if !b.get(p).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+            p = digits(b, p);
+        }
+        Some(p)
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let alphabet = b"0123456789999999000.eE+-x/:\xfa\xff\x2a\x3f ";
+    for _ in 0..200_000 {
+        let len = rng.random_range(0..40);
+        let s: Vec<u8> = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+        for start in 0..s.len().min(3) {
+            assert_eq!(
+                super::scan::number_end(&s, start),
+                reference(&s, start),
+                "{:?} from {start}",
+                String::from_utf8_lossy(&s)
+            );
+        }
+    }
+}
