@@ -107,30 +107,35 @@ pub(crate) struct Builders {
     payload: Option<StringBuilder>,
 }
 
+#[inline(always)]
 fn str_opt(b: &mut Option<StringBuilder>, v: Option<&str>) {
     if let Some(b) = b {
         b.append_option(v);
     }
 }
 
+#[inline(always)]
 fn str_val(b: &mut Option<StringBuilder>, v: &str) {
     if let Some(b) = b {
         b.append_value(v);
     }
 }
 
+#[inline(always)]
 fn f64_opt(b: &mut Option<Float64Builder>, v: Option<f64>) {
     if let Some(b) = b {
         b.append_option(v);
     }
 }
 
+#[inline(always)]
 fn i64_opt(b: &mut Option<Int64Builder>, v: Option<i64>) {
     if let Some(b) = b {
         b.append_option(v);
     }
 }
 
+#[inline(always)]
 fn uuid_opt(b: &mut Option<StringBuilder>, v: Option<&Id<'_>>) {
     if let Some(b) = b {
         match v {

@@ -19,6 +19,7 @@ fn json_kind(raw: &str) -> &'static str {
     }
 }
 
+#[cold]
 fn wrong_type(field: &str, expected: &str, raw: &str) -> FieldError {
     FieldError::new(
         RejectKind::InvalidType,
@@ -29,8 +30,21 @@ fn wrong_type(field: &str, expected: &str, raw: &str) -> FieldError {
 /// Reads a JSON string, borrowing it when it has no escapes. `verbatim`: the caller already
 /// knows the event's text holds no backslash (the scanner saw none), so the string's content
 /// is the text between its quotes.
-#[inline]
+#[inline(always)]
 pub(crate) fn string_in<'a>(verbatim: bool, field: &str, raw: &'a str) -> Result<Cow<'a, str>, FieldError> {
+    if verbatim
+        && raw.starts_with('"')
+        && let Some(content) = raw.get(1..raw.len().saturating_sub(1))
+    {
+        // The parser already validated the string; without escapes its content is verbatim.
+        return Ok(Cow::Borrowed(content));
+    }
+    string_in_slow(verbatim, field, raw)
+}
+
+/// [`string_in`] when the text may hold escapes, or is not a string.
+#[inline(never)]
+fn string_in_slow<'a>(verbatim: bool, field: &str, raw: &'a str) -> Result<Cow<'a, str>, FieldError> {
     let s = raw;
     if !s.starts_with('"') {
         return Err(wrong_type(field, "a string", s));
@@ -38,7 +52,6 @@ pub(crate) fn string_in<'a>(verbatim: bool, field: &str, raw: &'a str) -> Result
     // A branch-free fold: these strings are short, and most events have no escapes at all.
     let escaped = !verbatim && s.bytes().fold(false, |acc, c| acc | (c == b'\\'));
     if !escaped && s.len() >= 2 {
-        // The parser already validated the string; without escapes its content is verbatim.
         return Ok(Cow::Borrowed(&s[1..s.len() - 1]));
     }
     serde_json::from_str::<String>(s)
@@ -62,25 +75,44 @@ pub(crate) fn opt_string_in<'a>(
 }
 
 /// Reads a required, non-empty string ([`string_in`]'s `verbatim`).
+#[inline]
 pub(crate) fn required_string_in<'a>(
     verbatim: bool,
     field: &str,
     raw: Option<&'a str>,
 ) -> Result<Cow<'a, str>, FieldError> {
-    let value = string_in(verbatim, field, raw.ok_or_else(|| FieldError::missing(field))?)?;
+    let Some(raw) = raw else {
+        return Err(FieldError::missing(field));
+    };
+    let value = string_in(verbatim, field, raw)?;
     let visible_first = value.as_bytes().first().is_some_and(u8::is_ascii_graphic);
     if !visible_first && value.trim().is_empty() {
-        return Err(FieldError::new(
-            RejectKind::InvalidValue,
-            format!("field `{field}` must not be empty"),
-        ));
+        return Err(empty_string(field));
     }
     Ok(value)
 }
 
+#[cold]
+fn empty_string(field: &str) -> FieldError {
+    FieldError::new(RejectKind::InvalidValue, format!("field `{field}` must not be empty"))
+}
+
 /// Reads an optional finite, non-negative number.
+#[inline(always)]
 pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&str>) -> Result<Option<f64>, FieldError> {
     let Some(s) = raw else { return Ok(None) };
+    // Plain decimals (digits and one `.`, starting with a digit) are finite and >= 0.
+    if s.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && let Some(v) = fast_f64(s.as_bytes())
+    {
+        return Ok(Some(v));
+    }
+    non_negative_f64_slow(field, s).map(Some)
+}
+
+/// [`opt_non_negative_f64`] for signs, exponents, long mantissas and wrong types.
+#[inline(never)]
+fn non_negative_f64_slow(field: &str, s: &str) -> Result<f64, FieldError> {
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
         return Err(wrong_type(field, "a number", s));
     }
@@ -94,7 +126,7 @@ pub(crate) fn opt_non_negative_f64(field: &str, raw: Option<&str>) -> Result<Opt
             format!("field `{field}` must be a finite number >= 0, got {s}"),
         ));
     }
-    Ok(Some(value))
+    Ok(value)
 }
 
 /// Powers of ten that are exact `f64`s.
@@ -108,6 +140,7 @@ const POW10: [f64; 23] = [
 /// are at most 22 decimals, both that integer and the power of ten are exact doubles, so one
 /// IEEE division gives the correctly rounded value — the same bits `str::parse` gives.
 /// `None` for anything else (the caller uses `str::parse`).
+#[inline(always)]
 pub(crate) fn fast_f64(s: &[u8]) -> Option<f64> {
     // At most 19 digits fit a u64; the 2^53 test below decides exactness.
     if s.len() > 20 {
@@ -136,8 +169,28 @@ pub(crate) fn fast_f64(s: &[u8]) -> Option<f64> {
 }
 
 /// Reads an optional non-negative integer. `12.0` is accepted as 12; `12.5` is not.
+#[inline(always)]
 pub(crate) fn opt_non_negative_i64(field: &str, raw: Option<&str>) -> Result<Option<i64>, FieldError> {
     let Some(s) = raw else { return Ok(None) };
+    // Up to 18 plain digits: no sign, no overflow, the value `str::parse` gives.
+    if !s.is_empty() && s.len() <= 18 {
+        let mut value = 0i64;
+        let mut digits = true;
+        for c in s.bytes() {
+            let d = c.wrapping_sub(b'0');
+            digits &= d < 10;
+            value = value.wrapping_mul(10).wrapping_add(i64::from(d));
+        }
+        if digits {
+            return Ok(Some(value));
+        }
+    }
+    non_negative_i64_slow(field, s).map(Some)
+}
+
+/// [`opt_non_negative_i64`] for signs, fractions, exponents, long numbers and wrong types.
+#[inline(never)]
+fn non_negative_i64_slow(field: &str, s: &str) -> Result<i64, FieldError> {
     if !matches!(s.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
         return Err(wrong_type(field, "an integer", s));
     }
@@ -154,7 +207,7 @@ pub(crate) fn opt_non_negative_i64(field: &str, raw: Option<&str>) -> Result<Opt
             format!("field `{field}` must be >= 0, got {value}"),
         ));
     }
-    Ok(Some(value))
+    Ok(value)
 }
 
 /// Lower-case hex digits and hyphens of one 16-byte block, as bit masks (bit i: byte i).
