@@ -65,7 +65,7 @@ pub(crate) fn opt_string<'a>(field: &str, raw: Option<&'a str>) -> Result<Option
 }
 
 /// [`opt_string`] with [`string_in`]'s `verbatim`.
-#[inline]
+#[inline(always)]
 pub(crate) fn opt_string_in<'a>(
     verbatim: bool,
     field: &str,
