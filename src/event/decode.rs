@@ -86,7 +86,7 @@ pub struct EventDecoder {
     scratch: Vec<u64>,
     /// Layouts learned from this decoder's events (see [`super::shape`]).
     shapes: Shapes,
-    /// Whether to learn layouts: not for a decoder of a single event.
+    /// Whether to learn layouts (see [`Self::with_options`]).
     learn: bool,
 }
 
@@ -97,7 +97,9 @@ impl EventDecoder {
         Self::with_options(rows, bytes, ingest_time_us, &DecodeOptions::default())
     }
 
-    /// Like [`Self::new`] with a chosen reader and projection.
+    /// Like [`Self::new`] with a chosen reader and projection. A decoder for more than one
+    /// event learns the layouts of the events it reads and reads later events of a known
+    /// layout faster ([`super::shape`]); the results are the same either way.
     pub fn with_options(rows: usize, bytes: usize, ingest_time_us: i64, options: &DecodeOptions) -> Self {
         let builders = match &options.projection {
             Some(p) => Builders::with_capacity(rows, bytes, p),
@@ -111,6 +113,7 @@ impl EventDecoder {
             total: 0,
             scratch: Vec::new(),
             shapes: Shapes::default(),
+            // A decoder of one event would learn a layout it never reuses.
             learn: rows > 1,
         }
     }
@@ -241,7 +244,15 @@ pub fn decode_ndjson_with(
     ingest_time_us: i64,
     options: &DecodeOptions,
 ) -> Result<DecodedBatch, BodyError> {
-    let estimate = body.len() / 512 + 1;
+    // Small bodies are counted (a one-event body should not learn a layout it never reuses);
+    // large ones estimated.
+    let estimate = if body.len() <= 4096 {
+        body.split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .count()
+    } else {
+        body.len() / 512 + 1
+    };
     let mut decoder = EventDecoder::with_options(estimate, body.len(), ingest_time_us, options);
     // Validate UTF-8 once for the whole body when possible; a body with invalid bytes falls
     // back to per-line validation so only the affected lines are rejected.
