@@ -222,6 +222,12 @@ impl EventDecoder {
         self.shapes.hits()
     }
 
+    /// Layouts learned so far.
+    #[cfg(test)]
+    pub(crate) fn shapes_learned(&self) -> u32 {
+        self.shapes.learned()
+    }
+
     /// Finishes the batch and returns it with the rejects; the decoder can be reused.
     pub fn finish(&mut self) -> Result<DecodedBatch, BodyError> {
         let batch = self.builders.finish()?;

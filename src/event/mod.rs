@@ -7,8 +7,8 @@ mod raw;
 pub mod reject;
 mod rfc3339;
 mod scan;
-mod shape;
 pub mod schema;
+mod shape;
 pub mod split;
 #[cfg(test)]
 mod tests;

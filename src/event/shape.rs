@@ -113,9 +113,8 @@ fn string_end(b: &[u8], pos: usize) -> Option<usize> {
     while let Some(block) = b.get(p..p + 16) {
         let bytes: [u8; 16] = block.try_into().ok()?;
         let v = u8x16::new(bytes);
-        let stop = v.simd_eq(u8x16::splat(b'"'))
-            | v.simd_eq(u8x16::splat(b'\\'))
-            | v.min(u8x16::splat(0x1f)).simd_eq(v);
+        let stop =
+            v.simd_eq(u8x16::splat(b'"')) | v.simd_eq(u8x16::splat(b'\\')) | v.min(u8x16::splat(0x1f)).simd_eq(v);
         let mask = stop.to_bitmask();
         if mask != 0 {
             let at = p + mask.trailing_zeros() as usize;
@@ -348,5 +347,11 @@ impl Shapes {
     #[cfg(test)]
     pub(super) fn hits(&self) -> u64 {
         self.hits
+    }
+
+    /// Shapes learned so far.
+    #[cfg(test)]
+    pub(super) fn learned(&self) -> u32 {
+        self.learned
     }
 }

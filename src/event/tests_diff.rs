@@ -183,7 +183,10 @@ fn scanner_matches_serde_on_edge_cases() {
         through_shape += usize::from(assert_same_after(&base, &case));
     }
     // Same layout, other values (wrong types, bad numbers, nested values, nulls...).
-    assert!(through_shape > 25, "only {through_shape} edge cases were read through the shape");
+    assert!(
+        through_shape > 25,
+        "only {through_shape} edge cases were read through the shape"
+    );
 }
 
 #[test]
@@ -192,7 +195,10 @@ fn scanner_matches_serde_on_every_truncation() {
     for end in 0..b.len() {
         if let Some(prefix) = b.get(..end) {
             assert_same(prefix);
-            assert!(!assert_same_after(&b, prefix), "a truncated event fit the shape: {prefix}");
+            assert!(
+                !assert_same_after(&b, prefix),
+                "a truncated event fit the shape: {prefix}"
+            );
         }
     }
 }
@@ -229,7 +235,10 @@ fn scanner_matches_serde_on_mutated_events() {
             }
         }
     }
-    assert!(through_shape > 1000, "only {through_shape} edits were read through a shape");
+    assert!(
+        through_shape > 1000,
+        "only {through_shape} edits were read through a shape"
+    );
 }
 
 #[test]
@@ -395,7 +404,9 @@ fn number_reader_agrees_with_the_grammar_byte_by_byte() {
     let alphabet = b"0123456789999999000.eE+-x/:\xfa\xff\x2a\x3f ";
     for _ in 0..200_000 {
         let len = rng.random_range(0..40);
-        let s: Vec<u8> = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+        let s: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
         for start in 0..s.len().min(3) {
             assert_eq!(
                 super::scan::number_end(&s, start),
@@ -405,4 +416,23 @@ fn number_reader_agrees_with_the_grammar_byte_by_byte() {
             );
         }
     }
+}
+
+/// A producer whose every event has its own layout (a key that changes each time): nothing
+/// fits a learned shape, learning stops once it does not pay off, and the batch is serde's.
+#[test]
+fn events_with_ever_new_layouts_decode_the_same_and_stop_the_learning() {
+    let base = base();
+    let body: String = (0..2000)
+        .map(|i| base.replacen("\"extra\"", &format!("\"extra_{i}\""), 1) + "\n")
+        .collect();
+    let opts = |kind| DecodeOptions { kind, projection: None };
+    let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde)).expect("serde");
+    let mut d = EventDecoder::with_options(2000, body.len(), 1, &opts(DecoderKind::Scan));
+    for line in body.lines() {
+        d.push(line.as_bytes());
+    }
+    assert_eq!(d.shape_hits(), 0);
+    assert_eq!(d.shapes_learned(), 16, "learning stops after the free learns without hits");
+    assert_eq!(d.finish().expect("builds").batch, serde.batch);
 }
