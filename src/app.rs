@@ -10,7 +10,7 @@ use crate::event::decode_batch_body;
 use crate::event::split::accepted_raw;
 use crate::generate::{Generator, GeneratorConfig};
 use crate::http::{AppState, router};
-use crate::ingest::{Ingest, StoreIngest, count_rejected};
+use crate::ingest::{Ingest, StoreIngest, count_decoded};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::sources::kafka::producer::KafkaIngest;
@@ -255,7 +255,7 @@ async fn run_demo(
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
         match decode_batch_body(body.as_bytes(), now) {
             Ok(decoded) => {
-                count_rejected(&metrics, &decoded.rejected);
+                count_decoded(&metrics, &decoded);
                 let raw = if ingest.wants_raw() {
                     accepted_raw(body.as_bytes(), &decoded.rejected)
                 } else {

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub events_processed_total: IntCounterVec,
     /// Events rejected, by `source_module`, `event_type`, `error_type`.
     pub events_errors_total: IntCounterVec,
+    /// Events decoded, by reader: `layout` (a learned event layout, the fast path), `scan`
+    /// (the generic scanner), `serde` (everything else).
+    pub events_decoded_total: IntCounterVec,
     /// HTTP request latency by `method`, `route`, `status_code`.
     pub http_request_duration_seconds: HistogramVec,
     /// HTTP requests by `method`, `route`, `status_code`.
@@ -70,6 +73,13 @@ impl Metrics {
         let events_errors_total = IntCounterVec::new(
             Opts::new("events_errors_total", "Events rejected"),
             &["source_module", "event_type", "error_type"],
+        )?;
+        let events_decoded_total = IntCounterVec::new(
+            Opts::new(
+                "events_decoded_total",
+                "Events decoded, by reader (layout, scan, serde)",
+            ),
+            &["reader"],
         )?;
         let http_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
@@ -157,6 +167,7 @@ impl Metrics {
         registry.register(Box::new(cq_watermark_seconds.clone()))?;
         registry.register(Box::new(events_processed_total.clone()))?;
         registry.register(Box::new(events_errors_total.clone()))?;
+        registry.register(Box::new(events_decoded_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(sql_queries_total.clone()))?;
@@ -167,6 +178,7 @@ impl Metrics {
             registry: Arc::new(registry),
             events_processed_total,
             events_errors_total,
+            events_decoded_total,
             http_request_duration_seconds,
             http_requests_total,
             sql_queries_total,

@@ -60,6 +60,21 @@ pub struct DecodedBatch {
     pub rejected: Vec<Rejection>,
     /// Number of events in the request (accepted + rejected).
     pub total: usize,
+    /// How many of them each reader read.
+    pub readers: ReaderCounts,
+}
+
+/// Events per reader of one decoded batch (`events_decoded_total{reader}`): a learned layout
+/// is the fast path; the generic scanner reads events of a new layout; serde reads the rest
+/// (escaped keys, invalid JSON, invalid UTF-8, or `--decoder serde`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderCounts {
+    /// Read through a learned layout.
+    pub layout: usize,
+    /// Read by the generic scanner.
+    pub scan: usize,
+    /// Read by serde.
+    pub serde: usize,
 }
 
 /// Errors that concern a whole request body rather than one event.
@@ -88,6 +103,9 @@ pub struct EventDecoder {
     shapes: Shapes,
     /// Whether to learn layouts (see [`Self::with_options`]).
     learn: bool,
+    /// Events read through a layout and by the scanner, this batch (serde: the rest).
+    via_layout: usize,
+    via_scan: usize,
 }
 
 impl EventDecoder {
@@ -115,6 +133,8 @@ impl EventDecoder {
             shapes: Shapes::default(),
             // A decoder of one event would learn a layout it never reuses.
             learn: rows > 1,
+            via_layout: 0,
+            via_scan: 0,
         }
     }
 
@@ -133,7 +153,8 @@ impl EventDecoder {
         if self.kind == DecoderKind::Scan {
             let mut scanned = scan::Scanned::default();
             // A known layout first; else the generic walk, learning the layout on the way.
-            let found = self.shapes.read(json, &mut self.scratch, &mut scanned).is_some() || {
+            let layout = self.shapes.read(json, &mut self.scratch, &mut scanned).is_some();
+            let found = layout || {
                 let mut c = scan::Cursor::new(json, &mut self.scratch);
                 if self.learn && self.shapes.may_learn(&c) {
                     let mut learner = Shapes::learner(json);
@@ -147,6 +168,11 @@ impl EventDecoder {
                 }
             };
             if found {
+                if layout {
+                    self.via_layout += 1;
+                } else {
+                    self.via_scan += 1;
+                }
                 let index = self.total;
                 self.total += 1;
                 return self.validate(index, &scanned.fields, &scanned.pre);
@@ -231,10 +257,20 @@ impl EventDecoder {
     /// Finishes the batch and returns it with the rejects; the decoder can be reused.
     pub fn finish(&mut self) -> Result<DecodedBatch, BodyError> {
         let batch = self.builders.finish()?;
+        let total = std::mem::replace(&mut self.total, 0);
+        let readers = ReaderCounts {
+            layout: std::mem::take(&mut self.via_layout),
+            scan: std::mem::take(&mut self.via_scan),
+            serde: 0,
+        };
         Ok(DecodedBatch {
             batch,
             rejected: std::mem::take(&mut self.rejected),
-            total: std::mem::replace(&mut self.total, 0),
+            total,
+            readers: ReaderCounts {
+                serde: total.saturating_sub(readers.layout + readers.scan),
+                ..readers
+            },
         })
     }
 }

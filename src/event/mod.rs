@@ -19,8 +19,8 @@ mod validate;
 
 pub use builders::{Projection, UnknownColumn};
 pub use decode::{
-    BodyError, DecodeOptions, DecodedBatch, DecoderKind, EventDecoder, decode_batch_body, decode_batch_body_with,
-    decode_single,
+    BodyError, DecodeOptions, DecodedBatch, DecoderKind, EventDecoder, ReaderCounts, decode_batch_body,
+    decode_batch_body_with, decode_single,
 };
 pub use reject::{RejectKind, Rejection};
 pub use schema::{EVENTS_TABLE, events_schema};

@@ -433,6 +433,10 @@ fn events_with_ever_new_layouts_decode_the_same_and_stop_the_learning() {
         d.push(line.as_bytes());
     }
     assert_eq!(d.shape_hits(), 0);
-    assert_eq!(d.shapes_learned(), 16, "learning stops after the free learns without hits");
+    assert_eq!(
+        d.shapes_learned(),
+        16,
+        "learning stops after the free learns without hits"
+    );
     assert_eq!(d.finish().expect("builds").batch, serde.batch);
 }

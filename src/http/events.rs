@@ -21,7 +21,7 @@ use crate::event::schema::col as c;
 use crate::event::split::accepted_raw;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, DecodedBatch, EVENTS_TABLE, Rejection, decode_batch_body, decode_single};
-use crate::ingest::count_rejected;
+use crate::ingest::count_decoded;
 use crate::query::collect_limited;
 
 /// Answer to an ingest request.
@@ -43,7 +43,7 @@ fn body_error(e: BodyError) -> ApiError {
 }
 
 async fn store(state: &AppState, body: &[u8], single: bool, decoded: DecodedBatch) -> Result<Response, ApiError> {
-    count_rejected(&state.metrics, &decoded.rejected);
+    count_decoded(&state.metrics, &decoded);
     let accepted = decoded.batch.num_rows();
     if accepted > 0 {
         let raw = match (state.ingest.wants_raw(), single) {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 
 use crate::error::{Classify, ErrorClass};
-use crate::event::Rejection;
 use crate::event::schema::col;
+use crate::event::{DecodedBatch, ReaderCounts, Rejection};
 use crate::metrics::{Metrics, label};
 use crate::storage::{EventStore, StorageError};
 
@@ -139,6 +139,25 @@ pub fn count_processed(metrics: &Metrics, batch: &RecordBatch) {
             .events_processed_total
             .with_label_values(&[label(m), label(t)])
             .inc_by(n);
+    }
+}
+
+/// Counts a decoded batch: `events_decoded_total{reader}` and its rejects.
+pub fn count_decoded(metrics: &Metrics, decoded: &DecodedBatch) {
+    count_readers(metrics, decoded.readers);
+    count_rejected(metrics, &decoded.rejected);
+}
+
+/// Adds a batch's events to `events_decoded_total{reader}`.
+pub fn count_readers(metrics: &Metrics, readers: ReaderCounts) {
+    let r = readers;
+    for (reader, n) in [("layout", r.layout), ("scan", r.scan), ("serde", r.serde)] {
+        if n > 0 {
+            metrics
+                .events_decoded_total
+                .with_label_values(&[reader])
+                .inc_by(n as u64);
+        }
     }
 }
 

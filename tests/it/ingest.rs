@@ -157,6 +157,23 @@ async fn mixed_batches_are_counted_exactly_and_rejects_explained() {
         "{metrics}"
     );
     assert!(metrics.contains("events_processed_total{event_type=\"telemetry\",source_module=\"llm-observatory\"}"));
+    // Every event went through one reader; batches of generated events mostly through layouts
+    // learned from their first events.
+    let decoded = |reader: &str| {
+        let prefix = format!("events_decoded_total{{reader=\"{reader}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |v| v.trim().parse::<u64>().expect("counter value"))
+    };
+    let (layout, scan, serde) = (decoded("layout"), decoded("scan"), decoded("serde"));
+    let array_events = array
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+        .count();
+    let posted = (2000 + array_events + valid.len() + 1) as u64;
+    assert_eq!(layout + scan + serde, posted, "{metrics}");
+    assert!(layout > 2500, "layout {layout}, scan {scan}, serde {serde}");
     assert!(
         metrics.contains("http_requests_total{method=\"POST\",route=\"/api/v1/events/batch\",status_code=\"207\"}")
     );

@@ -12,7 +12,7 @@ use super::consume::RawBatch;
 use super::context::Shared;
 use super::dlq::DeadLetters;
 use crate::event::{DecodedBatch, EventDecoder};
-use crate::ingest::{Ingest, count_rejected};
+use crate::ingest::{Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
 use crate::sinks::postgres::retry::Backoff;
 use crate::sinks::{DeadLetter, RollupSink, SinkError, SourcePosition};
@@ -93,6 +93,7 @@ impl Pipeline {
 
     /// Dead-letters, stores, writes the sink, reports durable.
     async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> Stored {
+        count_readers(&self.metrics, out.readers);
         if !out.rejected.is_empty() {
             let sent = retry(
                 "dead-letter produce",
