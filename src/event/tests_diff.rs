@@ -440,3 +440,41 @@ fn events_with_ever_new_layouts_decode_the_same_and_stop_the_learning() {
     );
     assert_eq!(d.finish().expect("builds").batch, serde.batch);
 }
+
+/// Generated events (six layouts) each followed by a single-byte edit of it, in one body: the
+/// decoder learns every layout, so the edits are tried against several shapes in turn, each
+/// going on where the previous one diverged. Same batch and rejections as serde.
+#[test]
+fn edits_read_among_many_learned_shapes_match_serde() {
+    let mut g = Generator::new(GeneratorConfig {
+        invalid_ratio: 0.02,
+        ..GeneratorConfig::default()
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let alphabet = b"{}[]\",:\\ 0-1.eEtrunfl\x01ab";
+    let mut lines = Vec::new();
+    for _ in 0..4000 {
+        let line = g.next_event(None);
+        let mut edit = line.clone().into_bytes();
+        let at = rng.random_range(0..edit.len());
+        edit[at] = alphabet[rng.random_range(0..alphabet.len())];
+        lines.push(line);
+        if let Ok(text) = String::from_utf8(edit) {
+            lines.push(text);
+        }
+    }
+    let body = lines.join("\n");
+    let opts = |kind| DecodeOptions { kind, projection: None };
+    let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde)).expect("serde");
+    let scan = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Scan)).expect("scan");
+    let reasons = |d: &super::DecodedBatch| {
+        d.rejected
+            .iter()
+            .map(|r| (r.index, r.error_type.as_str(), r.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reasons(&serde), reasons(&scan));
+    assert_eq!(serde.batch, scan.batch);
+    assert!(scan.readers.layout > 5000, "{:?}", scan.readers);
+    assert!(serde.rejected.len() > 1000, "edits should break many events");
+}
