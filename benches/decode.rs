@@ -50,7 +50,11 @@ fn decode(c: &mut Criterion) {
         ),
     ];
     for (name, kind, projection) in runs {
-        let options = DecodeOptions { kind, projection };
+        let options = DecodeOptions {
+            kind,
+            projection,
+            ..DecodeOptions::default()
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let out = decode_batch_body_with(&body, 0, &options).expect("decodes");

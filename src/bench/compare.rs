@@ -52,7 +52,14 @@ pub async fn compare_decoders(path: &Path, sql: &str, options: &RollupOptions) -
     ];
     let mut base = None;
     for (label, kind, projection) in runs {
-        let (events, rate) = decode_rate(&chunks, &DecodeOptions { kind, projection })?;
+        let (events, rate) = decode_rate(
+            &chunks,
+            &DecodeOptions {
+                kind,
+                projection,
+                ..DecodeOptions::default()
+            },
+        )?;
         let ratio = rate / *base.get_or_insert(rate);
         println!("  {label:<22} {events} events  {rate:>12.0} events/s  ({ratio:.2}x serde/all)");
     }

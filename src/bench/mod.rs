@@ -194,6 +194,7 @@ pub async fn run_rollup(
     let decode = Arc::new(DecodeOptions {
         kind: options.decoder,
         projection: (!options.all_columns).then(|| Arc::clone(&projection)),
+        ..DecodeOptions::default()
     });
     let started = Instant::now();
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -43,12 +43,26 @@ impl std::str::FromStr for DecoderKind {
 }
 
 /// How an [`EventDecoder`] decodes: the reader and the columns built.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DecodeOptions {
     /// The JSON reader.
     pub kind: DecoderKind,
     /// Build only these columns (every event is still validated in full); `None`: all.
     pub projection: Option<Arc<Projection>>,
+    /// Start from the event layouts earlier decoders learned on this thread and leave them
+    /// for the next (so small HTTP requests and Kafka batches do not relearn them); `false`:
+    /// a decoder that starts knowing no layout.
+    pub reuse_layouts: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            kind: DecoderKind::default(),
+            projection: None,
+            reuse_layouts: true,
+        }
+    }
 }
 
 /// The outcome of decoding one request: the accepted events as one batch, and the rejects.
@@ -103,6 +117,8 @@ pub struct EventDecoder {
     shapes: Shapes,
     /// Whether to learn layouts (see [`Self::with_options`]).
     learn: bool,
+    /// Whether the layouts go back to the thread's cache when the decoder is dropped.
+    reuse: bool,
     /// Events read through a layout and by the scanner, this batch (serde: the rest).
     via_layout: usize,
     via_scan: usize,
@@ -130,9 +146,14 @@ impl EventDecoder {
             rejected: Vec::new(),
             total: 0,
             scratch: Vec::new(),
-            shapes: Shapes::default(),
+            shapes: if options.reuse_layouts {
+                Shapes::from_thread()
+            } else {
+                Shapes::default()
+            },
             // A decoder of one event would learn a layout it never reuses.
             learn: rows > 1,
+            reuse: options.reuse_layouts,
             via_layout: 0,
             via_scan: 0,
         }
@@ -272,6 +293,14 @@ impl EventDecoder {
                 ..readers
             },
         })
+    }
+}
+
+impl Drop for EventDecoder {
+    fn drop(&mut self) {
+        if self.reuse {
+            self.shapes.to_thread();
+        }
     }
 }
 

@@ -15,6 +15,8 @@
 //! checks both paths against serde). V8's `JSON.parse` predicts keys from earlier objects'
 //! hidden-class transitions for the same reason: machine-written JSON repeats its layout.
 
+use std::cell::RefCell;
+
 use wide::u8x16;
 
 use super::raw::PayloadFields;
@@ -76,6 +78,8 @@ struct Shape {
     steps: Vec<Step>,
     /// Total bytes of the literal runs.
     literal_bytes: usize,
+    /// Learned or read through by the current decoder (shapes nobody used go first).
+    used: bool,
 }
 
 /// Whether `text[pos..]` starts with `lit`, compared a word at a time.
@@ -291,6 +295,11 @@ impl Record for Learner<'_> {
     }
 }
 
+thread_local! {
+    /// Shapes left by the last decoder dropped on this thread (see [`Shapes::from_thread`]).
+    static CACHED: RefCell<Vec<Shape>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The shapes one decoder knows, most used first.
 #[derive(Debug, Default)]
 pub(crate) struct Shapes {
@@ -302,11 +311,43 @@ pub(crate) struct Shapes {
 }
 
 impl Shapes {
+    /// The shapes the last decoder on this thread left (none if it kept them), with fresh
+    /// counters: the learning budget is per decoder, so one producer's ever-new layouts do
+    /// not stop the learning for the next request.
+    pub(super) fn from_thread() -> Self {
+        let list = CACHED
+            .try_with(|c| {
+                c.try_borrow_mut()
+                    .map(|mut v| std::mem::take(&mut *v))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        Self {
+            list,
+            hits: 0,
+            learned: 0,
+        }
+    }
+
+    /// Leaves the shapes this decoder used for the next decoder on this thread (the others
+    /// belong to a producer that did not show up this time; it relearns them when it does).
+    pub(super) fn to_thread(&mut self) {
+        let mut list = std::mem::take(&mut self.list);
+        list.retain(|s| s.used);
+        let _ = CACHED.try_with(|c| {
+            if let Ok(mut cached) = c.try_borrow_mut() {
+                *cached = list;
+            }
+        });
+    }
+
     /// Reads `text` through the first known shape that fits it.
     #[inline]
     pub(super) fn read<'a>(&mut self, text: &'a str, scratch: &mut Vec<u64>, out: &mut Scanned<'a>) -> Option<()> {
         for i in 0..self.list.len() {
-            if self.list.get(i)?.read(text, scratch, out).is_some() {
+            let shape = self.list.get_mut(i)?;
+            if shape.read(text, scratch, out).is_some() {
+                shape.used = true;
                 self.hits += 1;
                 // Move up one place per hit: the order converges on how often each is used.
                 if i > 0 {
@@ -331,15 +372,20 @@ impl Shapes {
     }
 
     /// Keeps the shape `learner` recorded (the event was accepted by the generic scanner),
-    /// in place of the least used one when the list is full.
+    /// in place of one this decoder has not used, or else of the least used one, when the
+    /// list is full.
     pub(super) fn learn(&mut self, learner: Learner<'_>) {
-        let Some(shape) = learner.finish() else {
+        let Some(mut shape) = learner.finish() else {
             return;
         };
         self.learned = self.learned.saturating_add(1);
         if self.list.len() >= MAX_SHAPES {
-            self.list.pop();
+            match self.list.iter().rposition(|s| !s.used) {
+                Some(stale) => drop(self.list.remove(stale)),
+                None => drop(self.list.pop()),
+            }
         }
+        shape.used = true;
         self.list.push(shape);
     }
 

@@ -11,7 +11,11 @@ use crate::generate::{Generator, GeneratorConfig};
 type Outcome = (usize, String, String, Option<String>, Option<String>);
 
 fn decode_one(line: &str, kind: DecoderKind) -> (super::DecodedBatch, Vec<Outcome>) {
-    let options = DecodeOptions { kind, projection: None };
+    let options = DecodeOptions {
+        kind,
+        projection: None,
+        reuse_layouts: false,
+    };
     let mut d = EventDecoder::with_options(1, line.len(), 7, &options);
     d.push(line.as_bytes());
     let out = d.finish().expect("builds");
@@ -41,7 +45,11 @@ fn assert_same(line: &str) {
 /// Decodes `primer` and then `line` with one decoder: the scanner learns the primer's layout
 /// (see `shape`) and reads `line` through it wherever it fits.
 fn decode_after(primer: &str, line: &str, kind: DecoderKind) -> (super::DecodedBatch, Vec<Outcome>, u64) {
-    let options = DecodeOptions { kind, projection: None };
+    let options = DecodeOptions {
+        kind,
+        projection: None,
+        reuse_layouts: false,
+    };
     let mut d = EventDecoder::with_options(2, primer.len() + line.len(), 7, &options);
     d.push(primer.as_bytes());
     d.push(line.as_bytes());
@@ -261,7 +269,11 @@ fn scanner_matches_serde_on_generated_bodies_and_projections() {
         body.push_str(&g.next_event(None));
         body.push('\n');
     }
-    let opts = |kind, projection| DecodeOptions { kind, projection };
+    let opts = |kind, projection| DecodeOptions {
+        kind,
+        projection,
+        reuse_layouts: false,
+    };
     let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde, None)).expect("serde");
     let scan = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Scan, None)).expect("scan");
     assert_eq!(serde.batch, scan.batch);
@@ -362,7 +374,11 @@ fn invalid_utf8_takes_the_serde_path() {
     let at = line.windows(6).position(|w| w == b"gpt-4o").expect("model");
     line[at] = 0xff;
     for kind in [DecoderKind::Serde, DecoderKind::Scan] {
-        let options = DecodeOptions { kind, projection: None };
+        let options = DecodeOptions {
+            kind,
+            projection: None,
+            reuse_layouts: false,
+        };
         let mut d = EventDecoder::with_options(1, line.len(), 0, &options);
         assert!(!d.push(&line));
         let out = d.finish().expect("builds");
@@ -432,7 +448,11 @@ fn events_with_ever_new_layouts_decode_the_same_and_stop_the_learning() {
     let body: String = (0..2000)
         .map(|i| base.replacen("\"extra\"", &format!("\"extra_{i}\""), 1) + "\n")
         .collect();
-    let opts = |kind| DecodeOptions { kind, projection: None };
+    let opts = |kind| DecodeOptions {
+        kind,
+        projection: None,
+        reuse_layouts: false,
+    };
     let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde)).expect("serde");
     let mut d = EventDecoder::with_options(2000, body.len(), 1, &opts(DecoderKind::Scan));
     for line in body.lines() {
@@ -467,7 +487,11 @@ fn edits_read_among_many_learned_shapes_match_serde() {
         }
     }
     let body = lines.join("\n");
-    let opts = |kind| DecodeOptions { kind, projection: None };
+    let opts = |kind| DecodeOptions {
+        kind,
+        projection: None,
+        reuse_layouts: false,
+    };
     let serde = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Serde)).expect("serde");
     let scan = decode_batch_body_with(body.as_bytes(), 1, &opts(DecoderKind::Scan)).expect("scan");
     let reasons = |d: &super::DecodedBatch| {
@@ -480,4 +504,26 @@ fn edits_read_among_many_learned_shapes_match_serde() {
     assert_eq!(serde.batch, scan.batch);
     assert!(scan.readers.layout > 5000, "{:?}", scan.readers);
     assert!(serde.rejected.len() > 1000, "edits should break many events");
+}
+
+/// Layouts outlive their decoder on the thread that learned them: a second small body (an
+/// HTTP request, a Kafka batch) is read through them from its first event, with the same
+/// result as a decoder that starts from nothing.
+#[test]
+fn later_bodies_on_a_thread_reuse_the_learned_layouts() {
+    let mut g = Generator::new(GeneratorConfig::default());
+    let body = |g: &mut Generator| (0..200).map(|_| g.next_event(None) + "\n").collect::<String>();
+    let (first, second) = (body(&mut g), body(&mut g));
+    let opts = |reuse_layouts| DecodeOptions {
+        kind: DecoderKind::Scan,
+        projection: None,
+        reuse_layouts,
+    };
+    let fresh = decode_batch_body_with(second.as_bytes(), 1, &opts(false)).expect("fresh");
+    assert!(fresh.readers.scan > 0, "{:?}", fresh.readers);
+    decode_batch_body_with(first.as_bytes(), 1, &opts(true)).expect("first");
+    let reused = decode_batch_body_with(second.as_bytes(), 1, &opts(true)).expect("second");
+    assert_eq!(reused.readers.scan, 0, "{:?}", reused.readers);
+    assert_eq!(reused.readers.layout, 200);
+    assert_eq!(reused.batch, fresh.batch);
 }
