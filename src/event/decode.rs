@@ -299,7 +299,7 @@ impl EventDecoder {
 impl Drop for EventDecoder {
     fn drop(&mut self) {
         if self.reuse {
-            self.shapes.to_thread();
+            self.shapes.leave_on_thread();
         }
     }
 }

@@ -331,7 +331,7 @@ impl Shapes {
 
     /// Leaves the shapes this decoder used for the next decoder on this thread (the others
     /// belong to a producer that did not show up this time; it relearns them when it does).
-    pub(super) fn to_thread(&mut self) {
+    pub(super) fn leave_on_thread(&mut self) {
         let mut list = std::mem::take(&mut self.list);
         list.retain(|s| s.used);
         let _ = CACHED.try_with(|c| {
