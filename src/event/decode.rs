@@ -279,18 +279,15 @@ impl EventDecoder {
     pub fn finish(&mut self) -> Result<DecodedBatch, BodyError> {
         let batch = self.builders.finish()?;
         let total = std::mem::replace(&mut self.total, 0);
-        let readers = ReaderCounts {
-            layout: std::mem::take(&mut self.via_layout),
-            scan: std::mem::take(&mut self.via_scan),
-            serde: 0,
-        };
+        let (layout, scan) = (std::mem::take(&mut self.via_layout), std::mem::take(&mut self.via_scan));
         Ok(DecodedBatch {
             batch,
             rejected: std::mem::take(&mut self.rejected),
             total,
             readers: ReaderCounts {
-                serde: total.saturating_sub(readers.layout + readers.scan),
-                ..readers
+                layout,
+                scan,
+                serde: total.saturating_sub(layout + scan),
             },
         })
     }

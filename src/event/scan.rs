@@ -175,7 +175,7 @@ pub(super) struct Cursor<'a, 's> {
     /// Quotes of that word not consumed yet (plain text: strings take the quotes in order).
     qbits: u64,
     /// Objects and arrays the cursor is inside.
-    pub(super) depth: u32,
+    depth: u32,
 }
 
 impl<'a, 's> Cursor<'a, 's> {
@@ -210,8 +210,8 @@ impl<'a, 's> Cursor<'a, 's> {
         self.plain && !self.ctrl
     }
 
-    /// Skips the quotes before the cursor (after the cursor jumped over text it did not
-    /// read, such as a shape's literal run).
+    /// Skips the quotes before the cursor (after [`Self::place`] moved it over text it did
+    /// not read).
     #[inline]
     fn seek_quotes(&mut self) {
         self.qword = self.pos / 64;
@@ -233,7 +233,7 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     #[inline]
-    pub(super) fn peek(&self) -> Option<u8> {
+    fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
 
@@ -257,7 +257,7 @@ impl<'a, 's> Cursor<'a, 's> {
         }
     }
 
-    pub(super) fn slice(&self, start: usize, end: usize) -> Option<&'a str> {
+    fn slice(&self, start: usize, end: usize) -> Option<&'a str> {
         self.text.get(start..end)
     }
 
@@ -361,7 +361,7 @@ impl<'a, 's> Cursor<'a, 's> {
     }
 
     /// One level deeper (on an object's or array's opening byte); `None` past the limit.
-    pub(super) fn enter(&mut self) -> Option<()> {
+    fn enter(&mut self) -> Option<()> {
         self.depth += 1;
         (self.depth <= MAX_DEPTH).then_some(())
     }
@@ -423,7 +423,7 @@ impl<'a, 's> Cursor<'a, 's> {
 
     /// A value's raw text (`None` inside for `null`, as serde's `Option<&RawValue>`).
     #[inline]
-    pub(super) fn raw_value(&mut self) -> Option<Option<&'a str>> {
+    fn raw_value(&mut self) -> Option<Option<&'a str>> {
         let start = self.pos;
         let kind = self.value()?;
         if kind == Kind::Null {
