@@ -140,36 +140,62 @@ fn string_end(b: &[u8], pos: usize) -> Option<usize> {
 /// Reads the value at `pos`, `depth` levels deep: its end and kind. Strings and numbers are
 /// read here; the rest by [`other_value_end`].
 #[inline(always)]
-fn value_end(text: &str, pos: usize, depth: u32, scratch: &mut Vec<u64>) -> Option<(usize, Kind)> {
-    let b = text.as_bytes();
+fn value_end(nested: &mut Nested<'_, '_>, pos: usize, depth: u32) -> Option<(usize, Kind)> {
+    let b = nested.text.as_bytes();
     match *b.get(pos)? {
         b'"' => string_end(b, pos).map(|end| (end, Kind::Str(false))),
         b'-' | b'0'..=b'9' => number_end(b, pos).map(|end| (end, Kind::Other)),
-        _ => other_value_end(text, pos, depth, scratch),
+        _ => other_value_end(nested, pos, depth),
     }
 }
 
-/// [`value_end`] for `true`, `false` and `null`, and for an object or array, which the
-/// generic scanner's cursor reads (it indexes the text first).
+/// [`value_end`] for `true`, `false` and `null`, and for an object or array (see [`Nested`]).
 #[inline(never)]
-fn other_value_end(text: &str, pos: usize, depth: u32, scratch: &mut Vec<u64>) -> Option<(usize, Kind)> {
-    let b = text.as_bytes();
+fn other_value_end(nested: &mut Nested<'_, '_>, pos: usize, depth: u32) -> Option<(usize, Kind)> {
+    let b = nested.text.as_bytes();
     let literal = |word: &[u8], kind| literal_at(b, pos, word).then_some((pos + word.len(), kind));
     match *b.get(pos)? {
         b'n' => literal(b"null", Kind::Null),
         b't' => literal(b"true", Kind::Other),
         b'f' => literal(b"false", Kind::Other),
-        b'{' | b'[' => {
-            let mut c = Cursor::new(text, scratch);
+        b'{' | b'[' => nested.value(pos, depth),
+        _ => None,
+    }
+}
+
+/// The generic scanner's cursor over one event, for its nested objects and arrays: built (the
+/// text indexed) at the first one, then reused for the others of the same reading.
+struct Nested<'a, 's> {
+    text: &'a str,
+    /// The cursor's bitmap buffer, until the cursor is built.
+    scratch: Option<&'s mut Vec<u64>>,
+    cursor: Option<Cursor<'a, 's>>,
+}
+
+impl<'a, 's> Nested<'a, 's> {
+    fn new(text: &'a str, scratch: &'s mut Vec<u64>) -> Self {
+        Self {
+            text,
+            scratch: Some(scratch),
+            cursor: None,
+        }
+    }
+
+    /// The object or array at `pos`, `depth` levels deep, read by the cursor.
+    fn value(&mut self, pos: usize, depth: u32) -> Option<(usize, Kind)> {
+        if self.cursor.is_none() {
+            // Without a scratch buffer the text was indexed already and found not plain.
+            let c = Cursor::new(self.text, self.scratch.take()?);
             // Escapes inside would make the generic scanner's answer differ (`verbatim`).
             if !c.is_plain() {
                 return None;
             }
-            c.place(pos, depth);
-            let kind = c.value()?;
-            Some((c.pos, kind))
+            self.cursor = Some(c);
         }
-        _ => None,
+        let c = self.cursor.as_mut()?;
+        c.place(pos, depth);
+        let kind = c.value()?;
+        Some((c.pos, kind))
     }
 }
 
@@ -187,6 +213,7 @@ impl Shape {
         let (mut pos, mut depth) = (0usize, 1u32);
         let (mut tags_start, mut payload_start) = (0, 0);
         let mut all_strings = true;
+        let mut nested = Nested::new(text, scratch);
         for step in &self.steps {
             if !literal_at(b, pos, &step.literal) {
                 return None;
@@ -196,7 +223,7 @@ impl Shape {
             let raw = move |(end, kind): (usize, Kind)| (kind != Kind::Null).then(|| text.get(pos..end)).flatten();
             match step.action {
                 Action::Env(bit) => {
-                    let value = value_end(text, pos, depth, scratch)?;
+                    let value = value_end(&mut nested, pos, depth)?;
                     *env_slot(f, bit)? = raw(value);
                     pos = value.0;
                 }
@@ -204,21 +231,21 @@ impl Shape {
                     if b.get(pos) == Some(&b'{') {
                         return None;
                     }
-                    let value = value_end(text, pos, depth, scratch)?;
+                    let value = value_end(&mut nested, pos, depth)?;
                     *env_slot(f, bit)? = raw(value);
                     pos = value.0;
                 }
                 Action::Payload(bit) => {
-                    let value = value_end(text, pos, depth, scratch)?;
+                    let value = value_end(&mut nested, pos, depth)?;
                     *payload_slot(pre.payload.as_mut()?, bit)? = raw(value);
                     pos = value.0;
                 }
                 Action::Tag => {
-                    let (end, kind) = value_end(text, pos, depth, scratch)?;
+                    let (end, kind) = value_end(&mut nested, pos, depth)?;
                     all_strings &= matches!(kind, Kind::Str(_));
                     pos = end;
                 }
-                Action::Skip => pos = value_end(text, pos, depth, scratch)?.0,
+                Action::Skip => pos = value_end(&mut nested, pos, depth)?.0,
                 Action::Mark(Mark::TagsStart) => {
                     tags_start = pos;
                     all_strings = true;

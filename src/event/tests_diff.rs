@@ -527,3 +527,23 @@ fn later_bodies_on_a_thread_reuse_the_learned_layouts() {
     assert_eq!(reused.readers.layout, 200);
     assert_eq!(reused.batch, fresh.batch);
 }
+
+/// Events with several nested objects and arrays: read through the shape (one index of the
+/// line serves every nested value), with serde's results, including when a later nested value
+/// is invalid or too deep.
+#[test]
+fn several_nested_values_read_through_a_shape() {
+    let b = base();
+    let primer = b.replace("\"tenant\":\"acme\"", "\"tenant\":\"acme\",\"meta\":{\"a\":[1,{\"b\":\"c\"}]}");
+    let primer = primer.replacen("\"tags\":", "\"ctx\":[{\"k\":\"v\"},[]],\"tags\":", 1);
+    let variants = [
+        primer.clone(),
+        primer.replace("{\"b\":\"c\"}", "{\"b\":\"d\",\"e\":[true,null]}"),
+        primer.replace("{\"b\":\"c\"}", "{\"b\":\"c\",}"),
+        primer.replace("{\"b\":\"c\"}", &format!("{}{}", "[".repeat(120), "]".repeat(120))),
+        primer.replace("[{\"k\":\"v\"},[]]", "[{\"k\":\"v\"},[1,2,3]]"),
+        primer.replace("{\"nested\":[1,2,{\"x\":null}]}", "{\"nested\":[1,2,{\"x\":nul}]}"),
+    ];
+    let through_shape = variants.iter().filter(|v| assert_same_after(&primer, v)).count();
+    assert_eq!(through_shape, 3, "the valid variants fit the primer's shape");
+}
