@@ -534,7 +534,10 @@ fn later_bodies_on_a_thread_reuse_the_learned_layouts() {
 #[test]
 fn several_nested_values_read_through_a_shape() {
     let b = base();
-    let primer = b.replace("\"tenant\":\"acme\"", "\"tenant\":\"acme\",\"meta\":{\"a\":[1,{\"b\":\"c\"}]}");
+    let primer = b.replace(
+        "\"tenant\":\"acme\"",
+        "\"tenant\":\"acme\",\"meta\":{\"a\":[1,{\"b\":\"c\"}]}",
+    );
     let primer = primer.replacen("\"tags\":", "\"ctx\":[{\"k\":\"v\"},[]],\"tags\":", 1);
     let variants = [
         primer.clone(),
