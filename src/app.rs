@@ -61,7 +61,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         tracing::warn!(variables = ?unsupported, "cluster-mode settings are not supported by this build yet; running standalone");
     }
     let metrics = Metrics::new()?;
-    let local = LocalStore::open(config.storage.clone(), metrics.clone())?;
+    let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
+    let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
     let engine = QueryEngine::new(&store, &config.query)?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -73,6 +74,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             events: Arc::clone(&store),
             query_ctx: engine.context().clone(),
             storage: config.storage.clone(),
+            storage_health: storage_health.clone(),
             metrics: metrics.clone(),
             published: published_tx,
         };
@@ -124,6 +126,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         sources: source_status,
         sink,
         ingest_mode: if config.kafka.enabled() { "kafka" } else { "standalone" },
+        storage_health,
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));

@@ -34,6 +34,13 @@ pub struct Metrics {
     pub storage_rows_in_memory: IntGauge,
     /// Parquet files of the local store.
     pub storage_parquet_files: IntGauge,
+    /// Failed storage writes (WAL appends, Parquet flushes, refusals below the free-space
+    /// minimum), by `kind`: `no_space`, `low_space`, `read_only`, `io_error`.
+    pub storage_write_errors_total: IntCounterVec,
+    /// Damaged files moved to a quarantine folder.
+    pub storage_quarantined_files_total: IntCounter,
+    /// Free bytes on the data file system (last checked).
+    pub storage_free_bytes: IntGauge,
     /// Events that arrived after their window closed, by continuous `query`.
     pub late_events_total: IntCounterVec,
     /// Output rows emitted by continuous `query`.
@@ -99,6 +106,13 @@ impl Metrics {
         )?;
         let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
         let storage_parquet_files = IntGauge::new("storage_parquet_files", "Parquet files in the local store")?;
+        let storage_write_errors_total = IntCounterVec::new(
+            Opts::new("storage_write_errors_total", "Failed storage writes by kind"),
+            &["kind"],
+        )?;
+        let storage_quarantined_files_total =
+            IntCounter::new("storage_quarantined_files_total", "Damaged files moved to quarantine")?;
+        let storage_free_bytes = IntGauge::new("storage_free_bytes", "Free bytes on the data file system")?;
 
         let late_events_total = IntCounterVec::new(
             Opts::new("late_events_total", "Events that arrived after their window closed"),
@@ -174,6 +188,9 @@ impl Metrics {
         registry.register(Box::new(wal_append_seconds.clone()))?;
         registry.register(Box::new(storage_rows_in_memory.clone()))?;
         registry.register(Box::new(storage_parquet_files.clone()))?;
+        registry.register(Box::new(storage_write_errors_total.clone()))?;
+        registry.register(Box::new(storage_quarantined_files_total.clone()))?;
+        registry.register(Box::new(storage_free_bytes.clone()))?;
         Ok(Self {
             registry: Arc::new(registry),
             events_processed_total,
@@ -185,6 +202,9 @@ impl Metrics {
             wal_append_seconds,
             storage_rows_in_memory,
             storage_parquet_files,
+            storage_write_errors_total,
+            storage_quarantined_files_total,
+            storage_free_bytes,
             late_events_total,
             cq_rows_emitted_total,
             cq_watermark_seconds,

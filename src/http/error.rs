@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::error::{Classify, ErrorClass};
 use crate::ingest::IngestError;
 use crate::query::{GuardError, QueryError};
+use crate::storage::health::FaultKind;
 
 /// An error answered to an HTTP client.
 #[derive(Debug)]
@@ -94,6 +95,25 @@ impl From<QueryError> for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
+        if let IngestError::Storage(storage) = &e
+            && let Some(kind) = storage.fault_kind()
+        {
+            tracing::warn!(error = %e, "ingest refused: storage unavailable");
+            let cause = match kind {
+                FaultKind::NoSpace => "the data disk is full",
+                FaultKind::LowSpace => "free space on the data disk is below storage.min_free_bytes",
+                FaultKind::ReadOnly => "the data directory is read-only",
+                FaultKind::Io => "the data disk reports I/O errors",
+            };
+            return Self {
+                retry_after_secs: Some(5),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!("storage unavailable ({}): {cause}; nothing was accepted, retry later", kind.as_str()),
+                )
+            };
+        }
         match e.class() {
             ErrorClass::External => {
                 tracing::error!(error = %e, "ingest failed");

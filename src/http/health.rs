@@ -21,7 +21,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /ready`: every component can serve; 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let mut components = vec![state.store.status()];
+    let mut components = vec![state.store.status(), state.storage_health.status()];
     components.push(ComponentStatus {
         name: "cache",
         kind: state.cache.as_ref().map_or("disabled", |c| c.kind()),
@@ -97,6 +97,7 @@ pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
         "http_ingest": if state.ingest.wants_raw() { "kafka_producer" } else { "local_store" },
         "sources": sources,
         "sink": state.sink.as_ref().map(|s| s.status()),
+        "storage": state.storage_health.status().detail,
     }))
 }
 

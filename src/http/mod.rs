@@ -53,6 +53,8 @@ pub struct AppState {
     pub sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     /// `standalone` (HTTP stores directly) or `kafka` (cluster mode).
     pub ingest_mode: &'static str,
+    /// Storage faults and quarantined files of every local store.
+    pub storage_health: crate::storage::health::StorageHealth,
 }
 
 /// Builds the router with every route and middleware.

@@ -41,6 +41,29 @@ fn outcome(e: &ApiError) -> &'static str {
     }
 }
 
+/// A warning for answers computed while damaged files are set aside: they may miss the rows
+/// those files held. Names the files (at most five) and their row counts.
+fn quarantine_warning(state: &AppState) -> Option<HeaderValue> {
+    let files = state.storage_health.quarantined_files();
+    if files.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = files
+        .iter()
+        .take(5)
+        .map(|f| {
+            let rows = f.rows.map_or_else(|| "unknown rows".to_string(), |r| format!("{r} rows"));
+            format!("{} ({rows})", f.path.display())
+        })
+        .collect();
+    let text = format!(
+        "{} damaged file(s) quarantined, their rows are missing from this answer: {}",
+        files.len(),
+        named.join(", ")
+    );
+    HeaderValue::from_str(&text.replace(|c: char| !c.is_ascii() || c.is_ascii_control(), "?")).ok()
+}
+
 /// Runs the statement and encodes the result in the format the `Accept` header asks for.
 pub async fn run(
     State(state): State<AppState>,
@@ -119,6 +142,9 @@ pub async fn run(
     }
     if state.cache.is_some() {
         h.insert("x-cache", HeaderValue::from_static("miss"));
+    }
+    if let Some(warning) = quarantine_warning(&state) {
+        h.insert("x-hub-warning", warning);
     }
     Ok(response)
 }

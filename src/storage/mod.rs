@@ -3,6 +3,7 @@
 //! The standalone default is [`local::LocalStore`] (write-ahead log + Parquet files under the
 //! data directory). Cluster-mode stores plug in behind the same [`EventStore`] trait.
 
+pub mod health;
 pub mod local;
 
 use std::sync::Arc;
@@ -40,6 +41,16 @@ pub enum StorageError {
     /// The store is shutting down and accepts no more writes.
     #[error("store is closed")]
     Closed,
+    /// Free space is below `storage.min_free_bytes`: the write was refused before it started.
+    #[error("only {free} bytes free on the file system of {}, below storage.min_free_bytes = {min}", dir.display())]
+    LowSpace {
+        /// The store's directory.
+        dir: std::path::PathBuf,
+        /// Free bytes.
+        free: u64,
+        /// The configured minimum.
+        min: u64,
+    },
 }
 
 impl StorageError {
@@ -57,10 +68,21 @@ impl StorageError {
     }
 }
 
+impl StorageError {
+    /// Why the disk cannot take writes, when that is what this error says.
+    pub fn fault_kind(&self) -> Option<health::FaultKind> {
+        match self {
+            Self::Io { source, .. } => Some(health::FaultKind::of(source)),
+            Self::LowSpace { .. } => Some(health::FaultKind::LowSpace),
+            _ => None,
+        }
+    }
+}
+
 impl Classify for StorageError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Io { .. } | Self::Closed => ErrorClass::External,
+            Self::Io { .. } | Self::Closed | Self::LowSpace { .. } => ErrorClass::External,
             Self::Format { .. } | Self::SchemaMismatch => ErrorClass::Internal,
         }
     }

@@ -41,6 +41,8 @@ pub struct EngineDeps {
     pub query_ctx: SessionContext,
     /// Settings for output stores.
     pub storage: LocalStoreConfig,
+    /// Storage health shared with the other stores.
+    pub storage_health: crate::storage::health::StorageHealth,
     /// Metrics.
     pub metrics: Metrics,
     /// Receives the registered definitions (in dependency order) whenever they change, for
@@ -123,6 +125,9 @@ struct Running {
     /// While paused: input that arrived after the pause but was accepted before it (in-flight
     /// requests), and for queries reading another query, all input (upstream rows are few).
     paused_input: Vec<RecordBatch>,
+    /// Output rows whose write failed (disk full, read-only, EIO), in emission order; written
+    /// before any newer row once the store takes writes again.
+    unwritten: Vec<RecordBatch>,
 }
 
 impl Running {
@@ -137,6 +142,19 @@ pub struct StreamEngine {
     deps: EngineDeps,
     queries: Vec<Running>,
     late: LocalStore,
+    /// Late events whose write failed, written first once the store takes writes again.
+    late_unwritten: Vec<RecordBatch>,
+}
+
+/// Appends `pending` then `batches` to `store` in order, stopping at the first failure; what
+/// was not written stays in `pending` (so a full disk delays rows, never drops or reorders them).
+async fn append_in_order(store: &LocalStore, pending: &mut Vec<RecordBatch>, batches: &[RecordBatch]) -> Result<(), crate::storage::StorageError> {
+    pending.extend(batches.iter().cloned());
+    while let Some(batch) = pending.first() {
+        store.append(batch.clone()).await?;
+        pending.remove(0);
+    }
+    Ok(())
 }
 
 impl StreamEngine {
@@ -153,6 +171,7 @@ impl StreamEngine {
             Some("event_time".into()),
             deps.storage.clone(),
             None,
+            deps.storage_health.clone(),
         )?;
         deps.query_ctx
             .register_table(LATE_EVENTS_TABLE, late.table_provider())
@@ -161,6 +180,7 @@ impl StreamEngine {
             deps,
             queries: Vec::new(),
             late,
+            late_unwritten: Vec::new(),
         };
         let saved = catalog::load(&engine.deps.dir)?;
         let mut snapshots = Vec::new();
@@ -263,6 +283,7 @@ impl StreamEngine {
             Some("window_start".into()),
             self.deps.storage.clone(),
             None,
+            self.deps.storage_health.clone(),
         )?;
         let session_replay_from = output::resume(&mut rt, &output, &dir).await?;
         let table = output::user_table(&rt, &output).await?;
@@ -277,6 +298,7 @@ impl StreamEngine {
             checkpoint: None,
             paused_at: None,
             paused_input: Vec::new(),
+            unwritten: Vec::new(),
         });
         Ok(())
     }
@@ -353,9 +375,19 @@ impl StreamEngine {
                 .cq_rows_emitted_total
                 .with_label_values(&[&name])
                 .inc_by(batch.num_rows() as u64);
-            if let Err(e) = q.output.append(batch.clone()).await {
-                tracing::error!(query = %name, error = %e, "writing continuous-query output failed");
-                q.rt.last_error = Some(e.to_string());
+        }
+        let had_unwritten = !q.unwritten.is_empty();
+        match append_in_order(&q.output, &mut q.unwritten, outputs).await {
+            Ok(()) if had_unwritten => {
+                tracing::info!(query = %name, "continuous-query output written again after a storage failure");
+                q.rt.last_error = None;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !had_unwritten {
+                    tracing::error!(query = %name, error = %e, "writing continuous-query output failed; the rows are kept and written when storage recovers");
+                }
+                q.rt.last_error = Some(format!("output not yet written ({} batches held): {e}", q.unwritten.len()));
             }
         }
         if let Some(w) = q.rt.watermark() {
@@ -374,8 +406,11 @@ impl StreamEngine {
             let watermark = q.rt.watermark().unwrap_or_default();
             match late::batch(&name, watermark, now_micros(), late, &q.rt.late_reason()) {
                 Ok(batch) => {
-                    if let Err(e) = self.late.append(batch).await {
-                        tracing::error!(query = %name, error = %e, "writing late events failed");
+                    let had_unwritten = !self.late_unwritten.is_empty();
+                    if let Err(e) = append_in_order(&self.late, &mut self.late_unwritten, &[batch]).await
+                        && !had_unwritten
+                    {
+                        tracing::error!(query = %name, error = %e, "writing late events failed; they are kept and written when storage recovers");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "building late-events batch failed"),

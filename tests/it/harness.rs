@@ -40,6 +40,13 @@ impl Hub {
     }
 
     pub async fn start_with(data_dir: &Path, opts: HubOptions) -> Self {
+        let hub = Self::start_unready(data_dir, opts).await;
+        hub.wait_ready().await;
+        hub
+    }
+
+    /// Starts a Hub and waits until it answers `/health` (it may not be ready).
+    pub async fn start_unready(data_dir: &Path, opts: HubOptions) -> Self {
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
         let mut cmd = Command::new(BIN);
@@ -73,8 +80,21 @@ impl Hub {
             client: reqwest::Client::new(),
             log,
         };
-        hub.wait_ready().await;
+        hub.wait_health().await;
         hub
+    }
+
+    async fn wait_health(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/health", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("hub did not answer /health; log:\n{}", self.log_text());
     }
 
     async fn wait_ready(&self) {
@@ -263,4 +283,20 @@ pub fn generated(seed: u64, n: usize, invalid_ratio: f64) -> Vec<String> {
         ..GeneratorConfig::default()
     });
     (0..n).map(|_| g.next_event(None)).collect()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

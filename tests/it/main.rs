@@ -5,6 +5,7 @@
 
 mod api;
 mod cq;
+mod disk_faults;
 mod durability;
 mod harness;
 mod ingest;

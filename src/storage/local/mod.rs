@@ -12,7 +12,7 @@
 
 mod parquet_files;
 mod table;
-mod wal;
+pub(crate) mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,10 +25,14 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 
+use super::health::{FaultKind, QuarantinedFile, StorageHealth};
 use super::{ComponentStatus, EventStore, StorageError};
 use crate::event::events_schema;
 use crate::metrics::Metrics;
-use wal::WalWriter;
+use wal::{SegmentFs, WalWriter};
+
+/// Folder (inside a store's directory) where damaged files are moved.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// Small batches (one per HTTP request) are coalesced into blocks of this many rows so that
 /// queries scan few large batches.
@@ -47,6 +51,11 @@ pub struct LocalStoreConfig {
     /// `fdatasync` the WAL before acknowledging a write. Turning this off survives a crash of
     /// the process but not of the machine.
     pub fsync: bool,
+    /// Writes are refused (503 `storage_unavailable`, kind `low_space`) before they start while
+    /// the data file system has less free space than this, so the WAL rarely meets ENOSPC.
+    pub min_free_bytes: u64,
+    /// Below this much free space a warning is logged (once) and `/ready` shows it.
+    pub warn_free_bytes: u64,
 }
 
 impl Default for LocalStoreConfig {
@@ -56,6 +65,8 @@ impl Default for LocalStoreConfig {
             segment_max_rows: 500_000,
             segment_max_age_secs: 300,
             fsync: true,
+            min_free_bytes: 64 << 20,
+            warn_free_bytes: 1 << 30,
         }
     }
 }
@@ -112,7 +123,7 @@ impl Segment {
 
 #[derive(Debug)]
 struct Inner {
-    /// `None` once the store is closed.
+    /// `None` while no segment could be created (the disk is read-only or full).
     wal: Option<WalWriter>,
     /// In-memory segments, oldest first; the last one is the active segment.
     segments: Vec<Segment>,
@@ -140,6 +151,10 @@ pub(crate) struct Shared {
     sort_column: Option<String>,
     /// Only the events store reports storage gauges.
     metrics: Option<Metrics>,
+    /// Where WAL segment files are created (the real file system, or a faulty one in tests).
+    fs: Arc<dyn SegmentFs>,
+    /// Process-wide storage health.
+    health: StorageHealth,
 }
 
 impl Shared {
@@ -147,6 +162,87 @@ impl Shared {
         // A panic while holding the lock cannot leave `Inner` half-updated in a way that
         // matters more than stopping service, so recover the guard.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the WAL writer with a new segment (rotation, or after a failed write sealed the
+    /// active one). Creating it is also the recovery probe: it writes and syncs a header.
+    fn open_next_segment(&self, inner: &mut Inner) -> Result<(), StorageError> {
+        let seq = inner.next_seq;
+        let new_wal = WalWriter::create(self.fs.as_ref(), &self.dir, seq, &self.schema, self.config.fsync)?;
+        // Every record of the old segment was synced when it was appended: nothing to close.
+        inner.wal = Some(new_wal);
+        // The segment of a sealed WAL may be empty (a failed first append): drop it.
+        if inner.segments.last().is_some_and(|s| s.rows == 0) {
+            if let Some(empty) = inner.segments.pop() {
+                let _ = std::fs::remove_file(wal::segment_path(&self.dir, empty.seq));
+            }
+        }
+        inner.segments.push(Segment::new(seq));
+        inner.next_seq = seq + 1;
+        Ok(())
+    }
+
+    /// Free space of the data file system, and the refusal when it is below the minimum.
+    fn check_free_space(&self) -> Result<(), StorageError> {
+        let Some(free) = free_bytes(&self.dir) else { return Ok(()) };
+        self.health.free_space(free, self.config.warn_free_bytes);
+        if free < self.config.min_free_bytes {
+            return Err(StorageError::LowSpace {
+                dir: self.dir.clone(),
+                free,
+                min: self.config.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends to the WAL (opening a fresh segment if a failed write sealed the active one)
+    /// and to memory; reports the outcome to the health registry.
+    fn append_blocking(&self, batch: RecordBatch) -> Result<(), StorageError> {
+        let result = self.check_free_space().and_then(|()| {
+            let mut inner = self.lock();
+            if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
+                self.open_next_segment(&mut inner)?;
+            }
+            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
+            wal.append(&batch)?;
+            if let Some(active) = inner.segments.last_mut() {
+                active.push(&self.schema, batch);
+            }
+            Ok(())
+        });
+        match &result {
+            Ok(()) => self.health.write_ok(&self.dir),
+            Err(e) => {
+                if let Some(kind) = e.fault_kind() {
+                    self.health.write_failed(&self.dir, kind, &e.to_string());
+                }
+            }
+        }
+        result
+    }
+
+    /// While the store is failing: probes whether it can write again (free space above the
+    /// minimum and a fresh WAL segment created and synced).
+    fn try_recover(&self) {
+        if self.health.fault(&self.dir).is_none() {
+            return;
+        }
+        let probe = self.check_free_space().and_then(|()| {
+            let mut inner = self.lock();
+            if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
+                self.open_next_segment(&mut inner)?;
+            }
+            Ok(())
+        });
+        match probe {
+            Ok(()) => self.health.write_ok(&self.dir),
+            Err(e) => {
+                if let Some(kind) = e.fault_kind() {
+                    self.health.write_failed(&self.dir, kind, &e.to_string());
+                }
+            }
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -167,7 +263,7 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens (or creates) the events store under `<data_dir>/events`, replaying any WAL
     /// segments.
-    pub fn open(config: LocalStoreConfig, metrics: Metrics) -> Result<Self, StorageError> {
+    pub fn open(config: LocalStoreConfig, metrics: Metrics, health: StorageHealth) -> Result<Self, StorageError> {
         let dir = config.data_dir.join("events");
         Self::open_table(
             dir,
@@ -175,6 +271,7 @@ impl LocalStore {
             Some(crate::event::schema::col::TIMESTAMP.to_string()),
             config,
             Some(metrics),
+            health,
         )
     }
 
@@ -186,11 +283,42 @@ impl LocalStore {
         sort_column: Option<String>,
         config: LocalStoreConfig,
         metrics: Option<Metrics>,
+        health: StorageHealth,
+    ) -> Result<Self, StorageError> {
+        Self::open_with_fs(dir, schema, sort_column, config, metrics, health, Arc::new(wal::RealFs))
+    }
+
+    /// [`Self::open_table`] creating WAL files through `fs`.
+    pub(crate) fn open_with_fs(
+        dir: PathBuf,
+        schema: SchemaRef,
+        sort_column: Option<String>,
+        config: LocalStoreConfig,
+        metrics: Option<Metrics>,
+        health: StorageHealth,
+        fs: Arc<dyn SegmentFs>,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&dir).map_err(StorageError::io(format!("creating {}", dir.display())))?;
         remove_temp_files(&dir)?;
+        report_quarantine(&dir, &health);
 
-        let file_seqs = parquet_files::list_files(&dir)?;
+        // Damaged Parquet files are set aside; a segment whose WAL is still here is then read
+        // from the WAL instead.
+        let mut file_seqs = Vec::new();
+        for seq in parquet_files::list_files(&dir)? {
+            let path = parquet_files::file_path(&dir, seq);
+            match parquet_files::verify(&path) {
+                Ok(()) => file_seqs.push(seq),
+                Err(reason) => {
+                    let rows = parquet_files::footer_rows(&path);
+                    let moved = quarantine(&dir, &path)?;
+                    let _ = quarantine(&dir, &parquet_files::checksum_path(&path));
+                    health.quarantined(QuarantinedFile { path: moved, store: dir.clone(), rows, reason });
+                }
+            }
+        }
+        remove_orphan_checksums(&dir)?;
+
         let mut segments = Vec::new();
         let mut replayed_rows = 0usize;
         for seq in wal::list_segments(&dir)? {
@@ -200,8 +328,27 @@ impl LocalStore {
                 std::fs::remove_file(&path).map_err(StorageError::io(format!("removing {}", path.display())))?;
                 continue;
             }
+            let replay = wal::replay(&path)?;
+            let rows: usize = replay.batches.iter().map(RecordBatch::num_rows).sum();
+            if replay.is_damaged() {
+                // Keep what could be read in a clean segment; the original goes to quarantine.
+                let copy = quarantine_dir(&dir)?.join(path.file_name().unwrap_or_default());
+                std::fs::copy(&path, &copy).map_err(StorageError::io(format!("copying {} to quarantine", path.display())))?;
+                wal::rewrite(&dir, seq, &schema, &replay.batches)?;
+                let reason = format!(
+                    "damaged WAL segment: {} damaged region(s) skipped ({} bytes), damaged last record: {}; {} complete rows kept",
+                    replay.damaged.len(),
+                    replay.damaged.iter().map(|d| d.1).sum::<u64>(),
+                    replay.damaged_tail,
+                    rows
+                );
+                health.quarantined(QuarantinedFile { path: copy, store: dir.clone(), rows: None, reason });
+            } else if replay.torn_tail_bytes > 0 {
+                tracing::warn!(path = %path.display(), torn_bytes = replay.torn_tail_bytes, recovered_rows = rows,
+                    "WAL segment ends in a torn (never acknowledged) write; keeping every complete record");
+            }
             let mut segment = Segment::new(seq);
-            for batch in wal::replay(&path)? {
+            for batch in replay.batches {
                 if batch.schema() != schema {
                     return Err(StorageError::SchemaMismatch);
                 }
@@ -212,7 +359,18 @@ impl LocalStore {
         }
         let max_seq = file_seqs.iter().chain(segments.iter().map(|s| &s.seq)).copied().max();
         let next_seq = max_seq.map_or(0, |s| s + 1);
-        let wal = WalWriter::create(&dir, next_seq, &schema, config.fsync)?;
+        // A disk that cannot take writes (read-only, full) does not stop the store from
+        // opening: it serves what it holds and refuses writes until a segment can be created.
+        let wal = match WalWriter::create(fs.as_ref(), &dir, next_seq, &schema, config.fsync) {
+            Ok(w) => Some(w),
+            Err(e) => match e.fault_kind() {
+                Some(kind) => {
+                    health.write_failed(&dir, kind, &e.to_string());
+                    None
+                }
+                None => return Err(e),
+            },
+        };
         segments.push(Segment::new(next_seq));
         tracing::info!(dir = %dir.display(), parquet_files = file_seqs.len(), replayed_rows, "local store opened");
 
@@ -222,7 +380,7 @@ impl LocalStore {
             schema,
             config,
             inner: Mutex::new(Inner {
-                wal: Some(wal),
+                wal,
                 segments,
                 files,
                 next_seq: next_seq + 1,
@@ -230,10 +388,17 @@ impl LocalStore {
             flush_lock: tokio::sync::Mutex::new(()),
             sort_column,
             metrics,
+            fs,
+            health,
         });
         let store = Self { shared };
         store.update_gauges();
         Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
     }
 
     fn update_gauges(&self) {
@@ -261,13 +426,7 @@ impl LocalStore {
         if !due {
             return Ok(false);
         }
-        let seq = inner.next_seq;
-        let new_wal = WalWriter::create(&shared.dir, seq, &shared.schema, shared.config.fsync)?;
-        if let Some(old) = inner.wal.replace(new_wal) {
-            old.close()?;
-        }
-        inner.segments.push(Segment::new(seq));
-        inner.next_seq = seq + 1;
+        shared.open_next_segment(&mut inner)?;
         Ok(true)
     }
 
@@ -307,7 +466,16 @@ impl LocalStore {
             .map_err(|e| StorageError::Format {
                 context: "flush task".into(),
                 message: e.to_string(),
-            })??;
+            })?;
+            let path = match path {
+                Ok(p) => p,
+                Err(e) => {
+                    let kind = e.fault_kind().unwrap_or(FaultKind::Io);
+                    self.shared.health.flush_failed(&self.shared.dir, kind, &e.to_string());
+                    return Err(e);
+                }
+            };
+            self.shared.health.flush_ok(&self.shared.dir);
             {
                 let mut inner = self.shared.lock();
                 inner.segments.retain(|s| s.seq != seq);
@@ -325,6 +493,7 @@ impl LocalStore {
 
     /// One maintenance step: rotate if due, flush what was rotated.
     pub async fn maintain(&self) -> Result<(), StorageError> {
+        self.shared.try_recover();
         self.rotate_if_due(false)?;
         let flushed = self.flush_rotated().await?;
         if flushed > 0 {
@@ -360,20 +529,12 @@ impl EventStore for LocalStore {
         let shared = Arc::clone(&self.shared);
         let rows = batch.num_rows();
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let mut inner = shared.lock();
-            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
-            wal.append(&batch)?;
-            if let Some(active) = inner.segments.last_mut() {
-                active.push(&shared.schema, batch);
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageError::Format {
-            context: "append task".into(),
-            message: e.to_string(),
-        })??;
+        tokio::task::spawn_blocking(move || shared.append_blocking(batch))
+            .await
+            .map_err(|e| StorageError::Format {
+                context: "append task".into(),
+                message: e.to_string(),
+            })??;
         if let Some(metrics) = &self.shared.metrics {
             metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
             metrics.storage_rows_in_memory.add(rows as i64);
@@ -397,8 +558,9 @@ impl EventStore for LocalStore {
         ComponentStatus {
             name: "storage",
             kind: "local",
-            ready: inner.wal.is_some(),
+            ready: inner.wal.is_some() && self.shared.health.fault(&self.shared.dir).is_none(),
             detail: serde_json::json!({
+                "unavailable": self.shared.health.fault(&self.shared.dir),
                 "data_dir": self.shared.dir.display().to_string(),
                 "rows_in_memory": rows,
                 "wal_segments": inner.segments.len(),
@@ -438,6 +600,62 @@ fn remove_temp_files(dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Moves `path` into the store's quarantine folder; returns where it went.
+fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+    let target = quarantine_dir(dir)?.join(path.file_name().unwrap_or_default());
+    std::fs::rename(path, &target).map_err(StorageError::io(format!("moving {} to quarantine", path.display())))?;
+    sync_dir(dir)?;
+    Ok(target)
+}
+
+fn quarantine_dir(dir: &Path) -> Result<PathBuf, StorageError> {
+    let q = dir.join(QUARANTINE_DIR);
+    std::fs::create_dir_all(&q).map_err(StorageError::io(format!("creating {}", q.display())))?;
+    Ok(q)
+}
+
+/// Reports the files quarantined by earlier runs, so `/ready` keeps naming them.
+fn report_quarantine(dir: &Path, health: &StorageHealth) {
+    let Ok(entries) = std::fs::read_dir(dir.join(QUARANTINE_DIR)) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "crc32") {
+            continue;
+        }
+        let rows = path
+            .extension()
+            .is_some_and(|e| e == "parquet")
+            .then(|| parquet_files::footer_rows(&path))
+            .flatten();
+        health.already_quarantined(QuarantinedFile {
+            path,
+            store: dir.to_path_buf(),
+            rows,
+            reason: "quarantined by an earlier run".into(),
+        });
+    }
+}
+
+/// Removes checksum files whose Parquet file never got renamed into place (a crash between the
+/// two renames; the WAL still holds that segment).
+fn remove_orphan_checksums(dir: &Path) -> Result<(), StorageError> {
+    let entries = std::fs::read_dir(dir).map_err(StorageError::io(format!("listing {}", dir.display())))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(parquet) = path.to_str().and_then(|p| p.strip_suffix(".crc32")) else { continue };
+        if !Path::new(parquet).exists() {
+            std::fs::remove_file(&path).map_err(StorageError::io(format!("removing {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes for unprivileged writers on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Makes directory entries (created or renamed files) durable.
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
@@ -447,3 +665,6 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_tests;

@@ -1,12 +1,14 @@
 //! Immutable Parquet files holding flushed WAL segments, sorted by event time.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -28,7 +30,8 @@ pub fn list_files(dir: &Path) -> Result<Vec<u64>, StorageError> {
 }
 
 /// Writes `batches` (sorted by `sort_column` when given) to `events-<seq>.parquet` atomically: a temporary
-/// file is written and synced, then renamed into place.
+/// file is written and synced, its checksum written beside it, then both renamed into place. On
+/// failure the temporary files are removed.
 pub fn write_segment(
     dir: &Path,
     seq: u64,
@@ -54,18 +57,182 @@ pub fn write_segment(
 
     let final_path = file_path(dir, seq);
     let tmp_path = final_path.with_extension("parquet.tmp");
-    let file = File::create(&tmp_path).map_err(StorageError::io(format!("creating {}", tmp_path.display())))?;
+    let sum_path = checksum_path(&final_path);
+    let sum_tmp = sum_path.with_extension("crc32.tmp");
+    let written = write_file(&tmp_path, schema, &sorted).and_then(|sum| {
+        std::fs::write(&sum_tmp, sum.to_line())
+            .and_then(|()| File::open(&sum_tmp)?.sync_all())
+            .map_err(StorageError::io(format!("writing {}", sum_tmp.display())))?;
+        // The checksum first: a checksum without its file is removed at startup (the WAL
+        // still holds the segment), a file without its checksum is never left by this code.
+        std::fs::rename(&sum_tmp, &sum_path).map_err(StorageError::io(format!("renaming {}", sum_tmp.display())))?;
+        std::fs::rename(&tmp_path, &final_path).map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
+        super::sync_dir(dir)
+    });
+    if let Err(e) = written {
+        // Free the space and leave nothing that looks complete; the WAL segment is kept.
+        for p in [&tmp_path, &sum_tmp] {
+            let _ = std::fs::remove_file(p);
+        }
+        if !final_path.exists() {
+            let _ = std::fs::remove_file(&sum_path);
+        }
+        return Err(e);
+    }
+    Ok(final_path)
+}
+
+/// Writes `batch` to `path` as Parquet, synced; returns the file's checksum.
+fn write_file(path: &Path, schema: &SchemaRef, batch: &RecordBatch) -> Result<Checksum, StorageError> {
+    let file = File::create(path).map_err(StorageError::io(format!("creating {}", path.display())))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+    let hashing = HashingWriter {
+        inner: file,
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+        error: None,
+    };
+    let mut writer = ArrowWriter::try_new(hashing, schema.clone(), Some(props))
         .map_err(StorageError::format("opening Parquet writer"))?;
-    writer.write(&sorted).map_err(StorageError::format("writing Parquet"))?;
-    let file = writer.into_inner().map_err(StorageError::format("finishing Parquet"))?;
-    file.sync_all().map_err(StorageError::io("syncing Parquet file"))?;
-    drop(file);
-    std::fs::rename(&tmp_path, &final_path).map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
-    super::sync_dir(dir)?;
-    Ok(final_path)
+    let io_error = |w: &ArrowWriter<HashingWriter>| w.inner().error.as_ref().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+    if let Err(e) = writer.write(batch) {
+        return Err(io_error(&writer).map_or_else(
+            || StorageError::format("writing Parquet")(e),
+            |source| StorageError::Io { context: format!("writing {}", path.display()), source },
+        ));
+    }
+    let hashing = match writer.into_inner() {
+        Ok(h) => h,
+        Err(e) => return Err(StorageError::format("finishing Parquet")(e)),
+    };
+    if let Some(source) = hashing.error {
+        return Err(StorageError::Io { context: format!("writing {}", path.display()), source });
+    }
+    hashing.inner.sync_all().map_err(StorageError::io(format!("syncing {}", path.display())))?;
+    Ok(Checksum {
+        crc32: hashing.hasher.finalize(),
+        bytes: hashing.bytes,
+    })
+}
+
+/// Passes writes on to a file, hashing them and keeping the first I/O error (the Parquet
+/// writer wraps it in its own error type; the store wants its kind: no space, read-only, EIO).
+struct HashingWriter {
+    inner: File,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+    error: Option<std::io::Error>,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                let copy = e.raw_os_error().map_or(copy, std::io::Error::from_raw_os_error);
+                self.error.get_or_insert(copy);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// CRC-32 and length of a whole Parquet file, kept beside it in `<file>.crc32`. parquet-rs
+/// writes no page checksums (its writer leaves the page CRC unset), so the whole file is
+/// checked instead: any flipped byte, data page or footer, is detected at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksum {
+    crc32: u32,
+    bytes: u64,
+}
+
+impl Checksum {
+    fn to_line(self) -> String {
+        format!("crc32={:08x} bytes={}\n", self.crc32, self.bytes)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut crc32 = None;
+        let mut bytes = None;
+        for part in text.split_whitespace() {
+            if let Some(v) = part.strip_prefix("crc32=") {
+                crc32 = u32::from_str_radix(v, 16).ok();
+            } else if let Some(v) = part.strip_prefix("bytes=") {
+                bytes = v.parse().ok();
+            }
+        }
+        Some(Self { crc32: crc32?, bytes: bytes? })
+    }
+}
+
+/// Where the checksum of `file` is kept.
+pub fn checksum_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_os_string();
+    name.push(".crc32");
+    PathBuf::from(name)
+}
+
+/// Checks a Parquet file: against its checksum when it has one, else (files written before
+/// checksums) by decoding every page. Returns the problem, if any.
+pub fn verify(path: &Path) -> Result<(), String> {
+    match std::fs::read_to_string(checksum_path(path)) {
+        Ok(text) => {
+            let expected = Checksum::parse(&text).ok_or_else(|| format!("unreadable checksum file: {text:?}"))?;
+            let mut file = File::open(path).map_err(|e| format!("opening: {e}"))?;
+            let mut hasher = crc32fast::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut bytes = 0u64;
+            loop {
+                let n = file.read(&mut buf).map_err(|e| format!("reading: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            let actual = Checksum {
+                crc32: hasher.finalize(),
+                bytes,
+            };
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "checksum mismatch: expected {} bytes with crc32 {:08x}, found {} bytes with crc32 {:08x}",
+                    expected.bytes, expected.crc32, actual.bytes, actual.crc32
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let file = File::open(path).map_err(|e| format!("opening: {e}"))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| format!("reading the footer: {e}"))?;
+            for batch in reader {
+                batch.map_err(|e| format!("decoding: {e}"))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("reading the checksum file: {e}")),
+    }
+}
+
+/// Rows a Parquet file holds according to its footer, if the footer can be read.
+pub fn footer_rows(path: &Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).ok()?;
+    use parquet::file::reader::FileReader;
+    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
 }

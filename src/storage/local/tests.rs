@@ -29,7 +29,7 @@ fn config(dir: &std::path::Path) -> LocalStoreConfig {
 }
 
 fn open(dir: &std::path::Path) -> LocalStore {
-    LocalStore::open(config(dir), Metrics::new().expect("metrics")).expect("open")
+    LocalStore::open(config(dir), Metrics::new().expect("metrics"), StorageHealth::default()).expect("open")
 }
 
 async fn count(store: &LocalStore, sql_where: &str) -> i64 {
@@ -149,7 +149,7 @@ async fn rotation_by_size_and_time_filters_and_limits() {
         segment_max_rows: 1000,
         ..config(dir.path())
     };
-    let store = LocalStore::open(cfg, Metrics::new().expect("metrics")).expect("open");
+    let store = LocalStore::open(cfg, Metrics::new().expect("metrics"), StorageHealth::default()).expect("open");
     for seed in 0..4 {
         store.append(batch(seed + 10, 600)).await.expect("append");
         store.maintain().await.expect("maintain");
