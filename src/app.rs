@@ -64,7 +64,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
-    let engine = QueryEngine::new(&store, &config.query)?;
+    let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
     let sink = crate::sinks::build(&config, published_rx, &metrics).await?;
@@ -144,6 +144,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             &config.pgwire,
             state.engine.context(),
             Duration::from_secs(config.query.timeout_secs.max(1)),
+            state.engine.complexity(),
         )
         .await?;
         let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::pgwire::config::{PgwireAuth, PgwireConfig, PgwireUser};
+pub use crate::query::QueryConfig;
 pub use crate::sinks::postgres::PostgresConfig;
 pub use crate::sources::kafka::KafkaConfig;
 pub use crate::storage::local::LocalStoreConfig as StorageConfig;
@@ -74,28 +75,6 @@ impl Default for HttpConfig {
             host: "127.0.0.1".into(),
             port: 3000,
             max_body_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-/// The `[query]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// Seconds a query may run before it is cancelled with 408 (env `QUERY_TIMEOUT_SECS`).
-    pub timeout_secs: u64,
-    /// Most rows returned in a JSON response; more are cut and `truncated` is set.
-    pub max_json_rows: usize,
-    /// DataFusion target partitions; `0` means one per CPU core.
-    pub target_partitions: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        Self {
-            timeout_secs: 30,
-            max_json_rows: 100_000,
-            target_partitions: 0,
         }
     }
 }
@@ -282,6 +261,12 @@ impl Config {
         }
         if let Some(v) = get("QUERY_TIMEOUT_SECS") {
             self.query.timeout_secs = parse("QUERY_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = get("QUERY_MEMORY_LIMIT") {
+            self.query.memory_limit_bytes = parse("QUERY_MEMORY_LIMIT", v)?;
+        }
+        if let Some(v) = get("QUERY_MAX_CONCURRENT") {
+            self.query.max_concurrent = parse("QUERY_MAX_CONCURRENT", v)?;
         }
         if let Some(v) = get("CACHE_QUERY_TTL") {
             self.cache.query_ttl_secs = parse("CACHE_QUERY_TTL", v)?;

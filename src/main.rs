@@ -32,7 +32,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Large stacks: planning and evaluating a deep but legal expression (up to
+    // `query.max_expr_terms` operators) recurses once per level. Only touched pages are
+    // committed, so idle threads cost address space, not memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(64 << 20)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };

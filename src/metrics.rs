@@ -11,10 +11,21 @@ use prometheus::{
 /// blow up the series' label size.
 const MAX_LABEL_LEN: usize = 64;
 
+/// Distinct values a label taken from events may have; later new values are counted under
+/// `other`, so `/metrics` stays small whatever is ingested.
+pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// The label values taken from events so far, per label name.
+#[derive(Debug, Default)]
+struct LabelBudget {
+    seen: std::sync::Mutex<std::collections::HashMap<&'static str, std::collections::HashSet<String>>>,
+}
+
 /// All metrics of the Hub. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    labels: Arc<LabelBudget>,
     /// Events durably accepted, by `source_module`, `event_type`.
     pub events_processed_total: IntCounterVec,
     /// Events rejected, by `source_module`, `event_type`, `error_type`.
@@ -193,6 +204,7 @@ impl Metrics {
         registry.register(Box::new(storage_free_bytes.clone()))?;
         Ok(Self {
             registry: Arc::new(registry),
+            labels: Arc::default(),
             events_processed_total,
             events_errors_total,
             events_decoded_total,
@@ -226,6 +238,28 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl Metrics {
+    /// A label value taken from an event: cut to 64 bytes, and `other` once the label `name`
+    /// has [`MAX_LABEL_VALUES`] distinct values.
+    pub fn event_label<'a>(&self, name: &'static str, value: &'a str) -> &'a str {
+        let value = label(value);
+        let mut seen = self
+            .labels
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = seen.entry(name).or_default();
+        if values.contains(value) {
+            return value;
+        }
+        if values.len() < MAX_LABEL_VALUES {
+            values.insert(value.to_string());
+            return value;
+        }
+        "other"
     }
 }
 

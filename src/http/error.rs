@@ -84,10 +84,20 @@ impl From<QueryError> for ApiError {
             QueryError::Guard(GuardError::FileAccess(_)) => {
                 Self::new(StatusCode::FORBIDDEN, "file_access", e.to_string())
             }
+            QueryError::Guard(GuardError::TooComplex(_)) => Self::bad_request("query_too_complex", e.to_string()),
             QueryError::Guard(_) => Self::bad_request("invalid_sql", e.to_string()),
             QueryError::Invalid(_) => Self::bad_request("invalid_query", e.to_string()),
             QueryError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, "query_timeout", e.to_string()),
-            QueryError::Resources(_) => Self::unavailable(e.to_string(), 5),
+            QueryError::Resources(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "resources_exhausted", e.to_string())
+            }
+            QueryError::ResultTooLarge(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "result_too_large", e.to_string())
+            }
+            QueryError::Busy { .. } => Self {
+                retry_after_secs: Some(1),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", e.to_string())
+            },
             QueryError::Internal(_) => Self::internal(e),
         }
     }
@@ -110,7 +120,10 @@ impl From<IngestError> for ApiError {
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "storage_unavailable",
-                    format!("storage unavailable ({}): {cause}; nothing was accepted, retry later", kind.as_str()),
+                    format!(
+                        "storage unavailable ({}): {cause}; nothing was accepted, retry later",
+                        kind.as_str()
+                    ),
                 )
             };
         }

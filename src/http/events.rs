@@ -261,7 +261,7 @@ pub async fn list(
         ])
         .and_then(|df| df.limit(0, Some(limit + 1)))
         .map_err(ApiError::internal)?;
-    let (_, batches, _, _) = collect_limited(df, None).await?;
+    let (_, batches, _, _) = collect_limited(df, None, None).await?;
     let mut events = views(&batches)?;
     let next_cursor = if events.len() > limit {
         events.truncate(limit);
@@ -290,7 +290,7 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> R
         .and_then(|df| df.filter(col(c::EVENT_ID).eq(lit(id.clone()))))
         .and_then(|df| df.limit(0, Some(1)))
         .map_err(ApiError::internal)?;
-    let (_, batches, _, _) = collect_limited(df, None).await?;
+    let (_, batches, _, _) = collect_limited(df, None, None).await?;
     let mut events = views(&batches)?;
     match events.pop() {
         Some(e) => Ok(Json(e).into_response()),

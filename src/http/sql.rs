@@ -36,6 +36,8 @@ fn outcome(e: &ApiError) -> &'static str {
     match e.status() {
         StatusCode::FORBIDDEN => "refused",
         StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::TOO_MANY_REQUESTS => "busy",
+        StatusCode::UNPROCESSABLE_ENTITY => "resources",
         s if s.is_client_error() => "user_error",
         _ => "error",
     }
@@ -52,7 +54,9 @@ fn quarantine_warning(state: &AppState) -> Option<HeaderValue> {
         .iter()
         .take(5)
         .map(|f| {
-            let rows = f.rows.map_or_else(|| "unknown rows".to_string(), |r| format!("{r} rows"));
+            let rows = f
+                .rows
+                .map_or_else(|| "unknown rows".to_string(), |r| format!("{r} rows"));
             format!("{} ({rows})", f.path.display())
         })
         .collect();
@@ -124,6 +128,18 @@ pub async fn run(
             format::arrow_stream(&result.schema, &result.batches).map_err(ApiError::internal)?
         }
     };
+    if body.len() > state.engine.max_result_bytes() {
+        // Refused before the first byte: the result is encoded in full before it is sent.
+        let err = ApiError::from(crate::query::QueryError::ResultTooLarge(
+            state.engine.max_result_bytes(),
+        ));
+        state
+            .metrics
+            .sql_queries_total
+            .with_label_values(&[outcome(&err)])
+            .inc();
+        return Err(err);
+    }
     let body = Bytes::from(body);
     if let Some(cache) = &state.cache
         && body.len() <= state.cache_max_entry_bytes

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use crate::error::{Classify, ErrorClass};
 use crate::event::schema::col;
 use crate::event::{DecodedBatch, ReaderCounts, Rejection};
-use crate::metrics::{Metrics, label};
+use crate::metrics::Metrics;
 use crate::storage::{EventStore, StorageError};
 
 /// Errors while handing events on.
@@ -137,7 +137,10 @@ pub fn count_processed(metrics: &Metrics, batch: &RecordBatch) {
     for (m, t, n) in counts {
         metrics
             .events_processed_total
-            .with_label_values(&[label(m), label(t)])
+            .with_label_values(&[
+                metrics.event_label(col::SOURCE_MODULE, m),
+                metrics.event_label(col::EVENT_TYPE, t),
+            ])
             .inc_by(n);
     }
 }
@@ -164,8 +167,14 @@ pub fn count_readers(metrics: &Metrics, readers: ReaderCounts) {
 /// Adds rejected events to `events_errors_total{source_module,event_type,error_type}`.
 pub fn count_rejected(metrics: &Metrics, rejected: &[Rejection]) {
     for r in rejected {
-        let module = r.source_module.as_deref().map_or("unknown", label);
-        let event_type = r.event_type.as_deref().map_or("unknown", label);
+        let module = r
+            .source_module
+            .as_deref()
+            .map_or("unknown", |m| metrics.event_label(col::SOURCE_MODULE, m));
+        let event_type = r
+            .event_type
+            .as_deref()
+            .map_or("unknown", |t| metrics.event_label(col::EVENT_TYPE, t));
         metrics
             .events_errors_total
             .with_label_values(&[module, event_type, r.error_type.as_str()])

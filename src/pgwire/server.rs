@@ -195,6 +195,7 @@ impl WireServer {
         config: &PgwireConfig,
         http: &SessionContext,
         statement_timeout: Duration,
+        complexity: crate::query::complexity::ComplexityLimits,
     ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
@@ -204,7 +205,10 @@ impl WireServer {
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        let service = Arc::new(HubService::new(Arc::new(DfSessionService::new_with_hooks(ctx, hooks))));
+        let service = Arc::new(HubService::new(
+            Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            complexity,
+        ));
         let manager = Arc::new(ConnectionManager::new());
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr)

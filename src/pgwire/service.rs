@@ -29,6 +29,8 @@ use pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
+use crate::query::complexity::ComplexityLimits;
+
 /// Grafana's search-path membership test (`postgresMetaQuery.ts`, `buildSchemaConstraint`).
 const GRAFANA_SEARCH_PATH_IN: &str = r#"IN (
     SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
@@ -205,19 +207,40 @@ fn refuse_datafusion_only(sql: &str) -> PgWireResult<()> {
     Ok(())
 }
 
+/// SQLSTATE of a statement beyond the shape limits: statement_too_complex.
+pub const SQLSTATE_TOO_COMPLEX: &str = "54001";
+
+/// Refuses statements beyond the shape limits before anything parses them (see
+/// `query::complexity`).
+fn refuse_too_complex(sql: &str, limits: &ComplexityLimits) -> PgWireResult<()> {
+    crate::query::complexity::check(sql, limits).map_err(|e| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            SQLSTATE_TOO_COMPLEX.into(),
+            e.to_string(),
+        )))
+    })
+}
+
 /// The session service the listener uses.
 pub struct HubService {
     inner: Arc<DfSessionService>,
     parser: Arc<HubParser>,
+    complexity: ComplexityLimits,
 }
 
 impl HubService {
     /// Wraps datafusion-postgres' service.
-    pub fn new(inner: Arc<DfSessionService>) -> Self {
+    pub fn new(inner: Arc<DfSessionService>, complexity: ComplexityLimits) -> Self {
         let parser = Arc::new(HubParser {
             inner: inner.query_parser(),
+            complexity,
         });
-        Self { inner, parser }
+        Self {
+            inner,
+            parser,
+            complexity,
+        }
     }
 }
 
@@ -230,6 +253,7 @@ impl SimpleQueryHandler for HubService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        refuse_too_complex(query, &self.complexity)?;
         refuse_datafusion_only(query)?;
         let login = client.metadata().get(pgwire::api::METADATA_USER).cloned();
         let query = rewrite(query, login.as_deref());
@@ -273,6 +297,7 @@ impl ExtendedQueryHandler for HubService {
 /// datafusion-postgres' parser behind the rewrite.
 pub struct HubParser {
     inner: Arc<datafusion_postgres::Parser>,
+    complexity: ComplexityLimits,
 }
 
 #[async_trait]
@@ -283,6 +308,7 @@ impl QueryParser for HubParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        refuse_too_complex(sql, &self.complexity)?;
         refuse_datafusion_only(sql)?;
         let sql = rewrite(
             sql,

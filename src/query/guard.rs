@@ -23,6 +23,9 @@ pub enum GuardError {
     /// A statement that could change data or settings.
     #[error("{0} statements are not allowed: this endpoint is read-only (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE)")]
     Refused(String),
+    /// A statement beyond the shape limits (operators, set operations, tokens).
+    #[error("query too complex: {0}")]
+    TooComplex(String),
     /// A query naming a file or URL as a table.
     #[error("reading files or URLs is not allowed ({0}); query the Hub's tables instead")]
     FileAccess(String),

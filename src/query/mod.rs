@@ -1,7 +1,11 @@
 //! Ad-hoc SQL over the Hub's tables, on one shared DataFusion `SessionContext`.
 
+pub mod complexity;
+mod config;
+pub mod executor;
 pub mod format;
 pub mod guard;
+pub mod memory;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,14 +13,16 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
-use crate::config::QueryConfig;
 use crate::error::{Classify, ErrorClass};
 use crate::event::EVENTS_TABLE;
 use crate::storage::EventStore;
+pub use config::QueryConfig;
 pub use guard::GuardError;
 
 /// Errors of ad-hoc SQL.
@@ -34,6 +40,17 @@ pub enum QueryError {
     /// Not enough memory or another resource.
     #[error("query ran out of resources: {0}")]
     Resources(String),
+    /// Every query slot stayed busy for the whole queue timeout.
+    #[error("{running} queries are running (query.max_concurrent) and none finished within {waited:?}; retry later")]
+    Busy {
+        /// The limit.
+        running: usize,
+        /// How long the query waited.
+        waited: Duration,
+    },
+    /// The result is larger than `query.max_result_bytes`.
+    #[error("the result exceeds query.max_result_bytes = {0} bytes; add a LIMIT, select fewer columns or aggregate")]
+    ResultTooLarge(usize),
     /// Failure inside the engine or its storage; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,8 +59,10 @@ pub enum QueryError {
 impl Classify for QueryError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Guard(_) | Self::Invalid(_) | Self::Timeout(_) => ErrorClass::User,
-            Self::Resources(_) => ErrorClass::External,
+            Self::Guard(_) | Self::Invalid(_) | Self::Timeout(_) | Self::ResultTooLarge(_) | Self::Resources(_) => {
+                ErrorClass::User
+            }
+            Self::Busy { .. } => ErrorClass::External,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -91,7 +110,20 @@ pub fn register_functions(ctx: &mut SessionContext) -> Result<(), DataFusionErro
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
+    executor: executor::QueryExecutor,
     timeout: Duration,
+    limits: Arc<Limits>,
+}
+
+/// What bounds each query.
+#[derive(Debug)]
+struct Limits {
+    complexity: complexity::ComplexityLimits,
+    memory_limit_bytes: usize,
+    max_result_bytes: usize,
+    max_concurrent: usize,
+    queue_timeout: Duration,
+    slots: Semaphore,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -101,18 +133,43 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    /// Builds the session: the `events` table, JSON functions and the Hub's UDF library.
-    pub fn new(store: &Arc<dyn EventStore>, config: &QueryConfig) -> Result<Self, DataFusionError> {
+    /// Builds the session: the `events` table, JSON functions and the Hub's UDF library, with
+    /// the shared memory pool of ad-hoc queries; sorts and aggregations spill under
+    /// `spill_dir`.
+    pub fn new(
+        store: &Arc<dyn EventStore>,
+        config: &QueryConfig,
+        spill_dir: std::path::PathBuf,
+    ) -> Result<Self, DataFusionError> {
         let mut session = SessionConfig::new().with_information_schema(true);
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
-        let mut ctx = SessionContext::new_with_config(session);
+        let runtime = memory::shared_runtime(config.total_memory_bytes, spill_dir)?;
+        let base = SessionContext::new_with_config_rt(session, runtime).state();
+        let mut rules = base.physical_optimizers().to_vec();
+        rules.push(Arc::new(executor::Cooperate));
+        let state = SessionStateBuilder::new_from_existing(base)
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let mut ctx = SessionContext::new_with_state(state);
+        let executor = executor::QueryExecutor::new(config.target_partitions)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         register_functions(&mut ctx)?;
         ctx.register_table(EVENTS_TABLE, store.table_provider())?;
+        let max_concurrent = config.max_concurrent.max(1);
         Ok(Self {
             ctx,
+            executor,
             timeout: Duration::from_secs(config.timeout_secs.max(1)),
+            limits: Arc::new(Limits {
+                complexity: config.complexity(),
+                memory_limit_bytes: config.memory_limit_bytes,
+                max_result_bytes: config.max_result_bytes,
+                max_concurrent,
+                queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+                slots: Semaphore::new(max_concurrent),
+            }),
         })
     }
 
@@ -121,21 +178,53 @@ impl QueryEngine {
         &self.ctx
     }
 
+    /// Largest encoded result.
+    pub fn max_result_bytes(&self) -> usize {
+        self.limits.max_result_bytes
+    }
+
+    /// The statement-shape limits (shared with the wire endpoint and CQ registration).
+    pub fn complexity(&self) -> complexity::ComplexityLimits {
+        self.limits.complexity
+    }
+
     /// Checks, plans and runs `sql`, keeping at most `max_rows` rows.
     pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
+        // The shape first: parsing a too-deep expression is what would overflow the stack.
+        complexity::check(sql, &self.limits.complexity)?;
         guard::check_read_only(sql)?;
         let started = Instant::now();
+        let _slot = tokio::time::timeout(self.limits.queue_timeout, self.limits.slots.acquire())
+            .await
+            .map_err(|_| QueryError::Busy {
+                running: self.limits.max_concurrent,
+                waited: self.limits.queue_timeout,
+            })?
+            .map_err(|_| QueryError::Internal("the query slots are closed".into()))?;
+        let runtime = memory::per_query_runtime(&self.ctx.runtime_env(), self.limits.memory_limit_bytes);
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let work = async {
-            let df = self.ctx.sql_with_options(sql, options).await?;
-            collect_limited(df, max_rows).await
+        let max_bytes = self.limits.max_result_bytes;
+        let sql_owned = sql.to_string();
+        let mut task = self.executor.spawn(async move {
+            let df = ctx.sql_with_options(&sql_owned, options).await?;
+            collect_limited(df, max_rows, Some(max_bytes)).await
+        });
+        // On timeout the task is aborted: the plan's streams and the tasks DataFusion spawned
+        // for it are dropped at their next yield and their memory reservations released.
+        let (schema, batches, row_count, truncated) = match tokio::time::timeout(self.timeout, &mut task).await {
+            Ok(joined) => joined.map_err(|e| QueryError::Internal(format!("query task: {e}")))??,
+            Err(_) => {
+                task.abort();
+                return Err(QueryError::Timeout(self.timeout));
+            }
         };
-        let (schema, batches, row_count, truncated) = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| QueryError::Timeout(self.timeout))??;
         Ok(QueryResult {
             schema,
             batches,
@@ -150,14 +239,22 @@ impl QueryEngine {
 pub async fn collect_limited(
     df: datafusion::dataframe::DataFrame,
     max_rows: Option<usize>,
+    max_bytes: Option<usize>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, usize, bool), QueryError> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await?;
     let mut batches = Vec::new();
     let mut rows = 0usize;
+    let mut bytes = 0usize;
     let mut truncated = false;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
+        bytes = bytes.saturating_add(batch.get_array_memory_size());
+        if let Some(max) = max_bytes
+            && bytes > max
+        {
+            return Err(QueryError::ResultTooLarge(max));
+        }
         if let Some(max) = max_rows
             && rows + batch.num_rows() > max
         {

@@ -201,9 +201,16 @@ impl StorageHealth {
         if low != state.low_free_warned {
             state.low_free_warned = low;
             if low {
-                tracing::warn!(free_bytes = free, warn_free_bytes = warn, "the data file system is running out of space");
+                tracing::warn!(
+                    free_bytes = free,
+                    warn_free_bytes = warn,
+                    "the data file system is running out of space"
+                );
             } else {
-                tracing::info!(free_bytes = free, "free space on the data file system is above the warning threshold again");
+                tracing::info!(
+                    free_bytes = free,
+                    "free space on the data file system is above the warning threshold again"
+                );
             }
         }
     }

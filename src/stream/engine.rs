@@ -85,6 +85,9 @@ impl StreamHandle {
 
     /// Registers a query; validation errors come back as [`CqError::Invalid`].
     pub async fn register(&self, name: String, sql: String, options: CqOptions) -> Result<CqStatus, CqError> {
+        // The same statement-shape bounds as ad-hoc SQL, before anything parses the text.
+        crate::query::complexity::check(&sql, &crate::query::complexity::ComplexityLimits::default())
+            .map_err(|e| CqError::Invalid(e.to_string()))?;
         let def = CqDefinition {
             name,
             sql,
@@ -148,7 +151,11 @@ pub struct StreamEngine {
 
 /// Appends `pending` then `batches` to `store` in order, stopping at the first failure; what
 /// was not written stays in `pending` (so a full disk delays rows, never drops or reorders them).
-async fn append_in_order(store: &LocalStore, pending: &mut Vec<RecordBatch>, batches: &[RecordBatch]) -> Result<(), crate::storage::StorageError> {
+async fn append_in_order(
+    store: &LocalStore,
+    pending: &mut Vec<RecordBatch>,
+    batches: &[RecordBatch],
+) -> Result<(), crate::storage::StorageError> {
     pending.extend(batches.iter().cloned());
     while let Some(batch) = pending.first() {
         store.append(batch.clone()).await?;
@@ -387,7 +394,10 @@ impl StreamEngine {
                 if !had_unwritten {
                     tracing::error!(query = %name, error = %e, "writing continuous-query output failed; the rows are kept and written when storage recovers");
                 }
-                q.rt.last_error = Some(format!("output not yet written ({} batches held): {e}", q.unwritten.len()));
+                q.rt.last_error = Some(format!(
+                    "output not yet written ({} batches held): {e}",
+                    q.unwritten.len()
+                ));
             }
         }
         if let Some(w) = q.rt.watermark() {

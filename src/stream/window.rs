@@ -57,6 +57,9 @@ impl Span {
     }
 }
 
+/// Smallest window size, hop slide or session gap a continuous query may use.
+pub const MIN_WINDOW_US: i64 = 1_000_000;
+
 /// How events are assigned to windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -107,8 +110,26 @@ fn add_months(ts: i64, months: i32) -> i64 {
 }
 
 impl WindowSpec {
-    /// Validates sizes.
+    /// Validates sizes: positive, at least [`MIN_WINDOW_US`] (a smaller window multiplies the
+    /// state and the output rows per second of event time), hop size / slide at most 1000.
     pub fn validate(&self) -> Result<(), String> {
+        let short = |what: &str, us: i64| {
+            (us > 0 && us < MIN_WINDOW_US).then(|| {
+                format!(
+                    "{what} of {} is below the 1 second minimum of continuous queries",
+                    Span::Micros(us).describe()
+                )
+            })
+        };
+        let too_short = match *self {
+            Self::Tumble { size: Span::Micros(us) } => short("window size", us),
+            Self::Tumble { .. } => None,
+            Self::Hop { slide_us, .. } => short("hop slide", slide_us),
+            Self::Session { gap_us } => short("session gap", gap_us),
+        };
+        if let Some(message) = too_short {
+            return Err(message);
+        }
         match *self {
             Self::Tumble { size: Span::Micros(us) } if us <= 0 => Err("window size must be positive".into()),
             Self::Tumble { .. } => Ok(()),

@@ -23,8 +23,13 @@ impl Tmpfs {
             .arg(path)
             .status()
             .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root (the test suite runs as root)");
-        Self { path: path.to_path_buf() }
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the test suite runs as root)"
+        );
+        Self {
+            path: path.to_path_buf(),
+        }
     }
 
     fn remount(&self, mode: &str) {
@@ -79,10 +84,7 @@ async fn exact_counts(hub: &Hub) -> (i64, i64) {
     let rows = hub
         .rows("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events")
         .await;
-    (
-        rows[0]["n"].as_i64().expect("n"),
-        rows[0]["d"].as_i64().expect("d"),
-    )
+    (rows[0]["n"].as_i64().expect("n"), rows[0]["d"].as_i64().expect("d"))
 }
 
 /// Fill the disk (with and without Parquet rotations happening while it fills), free space,
@@ -163,7 +165,13 @@ async fn below_min_free_bytes_ingest_is_refused_before_writing() {
     let hub = Hub::start_with(&data, storage_toml("min_free_bytes = 41943040")).await;
     let (status, body, retry) = post(&hub, 1, 100).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["error"]["message"].as_str().expect("message").contains("low_space"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("low_space"),
+        "{body}"
+    );
     assert_eq!(retry.as_deref(), Some("5"));
     let (status, body) = ready(&hub).await;
     assert_eq!(status, 503);
@@ -195,10 +203,20 @@ async fn read_only_data_dir_serves_queries_refuses_ingest_and_recovers() {
         (status == 503 && body.to_string().contains("read_only")).then_some(())
     })
     .await;
-    assert_eq!(exact_counts(&hub).await, (1500, 1500), "queries answered from what is stored");
+    assert_eq!(
+        exact_counts(&hub).await,
+        (1500, 1500),
+        "queries answered from what is stored"
+    );
     let (status, body, retry) = post(&hub, 3, 500).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["error"]["message"].as_str().expect("message").contains("read_only"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("read_only"),
+        "{body}"
+    );
     assert_eq!(retry.as_deref(), Some("5"));
 
     fs.remount("rw");
@@ -295,7 +313,11 @@ async fn wal_garbage_in_the_middle_keeps_the_records_around_it() {
     overwrite_middle(&wal, &[0xEE; 64]);
 
     let hub = Hub::start(&data).await;
-    assert_eq!(exact_counts(&hub).await, (2000, 2000), "the first and third batch are back");
+    assert_eq!(
+        exact_counts(&hub).await,
+        (2000, 2000),
+        "the first and third batch are back"
+    );
     let body = ready(&hub).await.1;
     assert!(body.to_string().contains("damaged WAL segment"), "{body}");
     assert_eq!(files_with(&events.join("quarantine"), ".arrows").len(), 1);

@@ -8,6 +8,7 @@ mod cq;
 mod disk_faults;
 mod durability;
 mod harness;
+mod hostile;
 mod ingest;
 mod kafka;
 mod pg;

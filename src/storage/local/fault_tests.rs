@@ -166,23 +166,44 @@ async fn a_failed_append_leaves_no_trace_and_the_next_one_is_durable() {
         store.append(batch(1, 300)).await.expect("append");
         store.append(batch(2, 300)).await.expect("append");
         script.arm(fault);
-        let err = store.append(batch(3, 300)).await.expect_err("the injected fault fails the append");
+        let err = store
+            .append(batch(3, 300))
+            .await
+            .expect_err("the injected fault fails the append");
         assert_eq!(err.fault_kind(), Some(FaultKind::Io), "{fault:?}: {err}");
-        let failed = health.fault(&dir.path().join("events")).expect("the store reports the fault");
+        let failed = health
+            .fault(&dir.path().join("events"))
+            .expect("the store reports the fault");
         assert_eq!(failed.kind, FaultKind::Io);
         assert_eq!(script.armed(), 0);
-        store.append(batch(4, 300)).await.expect("the next append goes to a fresh segment");
+        store
+            .append(batch(4, 300))
+            .await
+            .expect("the next append goes to a fresh segment");
         assert!(health.faults().is_empty(), "a successful write clears the fault");
-        assert_eq!(counts(&store).await, (900, 900), "{fault:?}: the failed batch is not visible");
+        assert_eq!(
+            counts(&store).await,
+            (900, 900),
+            "{fault:?}: the failed batch is not visible"
+        );
         drop(store); // a crash: nothing flushed
 
         for path in wal_files(dir.path()) {
             let replay = wal::replay(&path).expect("replay");
-            assert_eq!(replay.torn_tail_bytes, 0, "{fault:?}: {} was cut back to its last record", path.display());
+            assert_eq!(
+                replay.torn_tail_bytes,
+                0,
+                "{fault:?}: {} was cut back to its last record",
+                path.display()
+            );
             assert!(!replay.is_damaged());
         }
         let store = open(dir.path(), &health);
-        assert_eq!(counts(&store).await, (900, 900), "{fault:?}: exactly the acknowledged events");
+        assert_eq!(
+            counts(&store).await,
+            (900, 900),
+            "{fault:?}: exactly the acknowledged events"
+        );
     }
 }
 
@@ -245,7 +266,10 @@ async fn below_min_free_space_writes_are_refused_before_they_start() {
     let err = store.append(batch(1, 50)).await.expect_err("refused");
     assert!(matches!(err, StorageError::LowSpace { .. }), "{err}");
     assert!(err.to_string().contains("storage.min_free_bytes"), "{err}");
-    assert_eq!(health.fault(&dir.path().join("events")).map(|f| f.kind), Some(FaultKind::LowSpace));
+    assert_eq!(
+        health.fault(&dir.path().join("events")).map(|f| f.kind),
+        Some(FaultKind::LowSpace)
+    );
     let replay = wal::replay(&wal_files(dir.path())[0]).expect("replay");
     assert!(replay.batches.is_empty(), "nothing was written");
     assert!(!store.status().ready);
@@ -274,10 +298,18 @@ async fn wal_garbage_in_the_middle_keeps_the_records_after_it() {
     // The second of three similar-sized records sits in the middle of the file.
     overwrite(&path, len / 2, &[0xAB; 64]);
     let store = open(dir.path(), &health);
-    assert_eq!(counts(&store).await, (400, 400), "records 1 and 3 kept, the damaged one lost");
+    assert_eq!(
+        counts(&store).await,
+        (400, 400),
+        "records 1 and 3 kept, the damaged one lost"
+    );
     let quarantined = health.quarantined_files();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
-    assert!(quarantined[0].reason.contains("damaged WAL segment"), "{}", quarantined[0].reason);
+    assert!(
+        quarantined[0].reason.contains("damaged WAL segment"),
+        "{}",
+        quarantined[0].reason
+    );
     assert!(quarantined[0].path.exists());
     drop(store);
     let health = StorageHealth::default();
@@ -285,7 +317,11 @@ async fn wal_garbage_in_the_middle_keeps_the_records_after_it() {
     assert_eq!(counts(&store).await, (400, 400));
     let replay = wal::replay(&path).expect("replay");
     assert!(!replay.is_damaged(), "the segment was rewritten clean");
-    assert_eq!(health.quarantined_files().len(), 1, "the earlier quarantine is still reported");
+    assert_eq!(
+        health.quarantined_files().len(),
+        1,
+        "the earlier quarantine is still reported"
+    );
 }
 
 /// Bit rot in the middle of a Parquet file, at its footer, or a truncated file: the store
@@ -319,7 +355,11 @@ async fn damaged_parquet_files_are_quarantined_and_the_rest_served() {
         assert_eq!(counts(&store).await, (500, 500), "{damage}: the other file is served");
         let q = health.quarantined_files();
         assert_eq!(q.len(), 1, "{damage}: {q:?}");
-        assert!(q[0].path.starts_with(events.join(QUARANTINE_DIR)), "{damage}: {:?}", q[0].path);
+        assert!(
+            q[0].path.starts_with(events.join(QUARANTINE_DIR)),
+            "{damage}: {:?}",
+            q[0].path
+        );
         assert!(!first.exists());
         if damage == "middle" {
             assert_eq!(q[0].rows, Some(3000), "the footer still tells the rows");

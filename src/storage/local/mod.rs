@@ -184,7 +184,9 @@ impl Shared {
 
     /// Free space of the data file system, and the refusal when it is below the minimum.
     fn check_free_space(&self) -> Result<(), StorageError> {
-        let Some(free) = free_bytes(&self.dir) else { return Ok(()) };
+        let Some(free) = free_bytes(&self.dir) else {
+            return Ok(());
+        };
         self.health.free_space(free, self.config.warn_free_bytes);
         if free < self.config.min_free_bytes {
             return Err(StorageError::LowSpace {
@@ -313,7 +315,12 @@ impl LocalStore {
                     let rows = parquet_files::footer_rows(&path);
                     let moved = quarantine(&dir, &path)?;
                     let _ = quarantine(&dir, &parquet_files::checksum_path(&path));
-                    health.quarantined(QuarantinedFile { path: moved, store: dir.clone(), rows, reason });
+                    health.quarantined(QuarantinedFile {
+                        path: moved,
+                        store: dir.clone(),
+                        rows,
+                        reason,
+                    });
                 }
             }
         }
@@ -333,7 +340,8 @@ impl LocalStore {
             if replay.is_damaged() {
                 // Keep what could be read in a clean segment; the original goes to quarantine.
                 let copy = quarantine_dir(&dir)?.join(path.file_name().unwrap_or_default());
-                std::fs::copy(&path, &copy).map_err(StorageError::io(format!("copying {} to quarantine", path.display())))?;
+                std::fs::copy(&path, &copy)
+                    .map_err(StorageError::io(format!("copying {} to quarantine", path.display())))?;
                 wal::rewrite(&dir, seq, &schema, &replay.batches)?;
                 let reason = format!(
                     "damaged WAL segment: {} damaged region(s) skipped ({} bytes), damaged last record: {}; {} complete rows kept",
@@ -342,7 +350,12 @@ impl LocalStore {
                     replay.damaged_tail,
                     rows
                 );
-                health.quarantined(QuarantinedFile { path: copy, store: dir.clone(), rows: None, reason });
+                health.quarantined(QuarantinedFile {
+                    path: copy,
+                    store: dir.clone(),
+                    rows: None,
+                    reason,
+                });
             } else if replay.torn_tail_bytes > 0 {
                 tracing::warn!(path = %path.display(), torn_bytes = replay.torn_tail_bytes, recovered_rows = rows,
                     "WAL segment ends in a torn (never acknowledged) write; keeping every complete record");
@@ -616,7 +629,9 @@ fn quarantine_dir(dir: &Path) -> Result<PathBuf, StorageError> {
 
 /// Reports the files quarantined by earlier runs, so `/ready` keeps naming them.
 fn report_quarantine(dir: &Path, health: &StorageHealth) {
-    let Ok(entries) = std::fs::read_dir(dir.join(QUARANTINE_DIR)) else { return };
+    let Ok(entries) = std::fs::read_dir(dir.join(QUARANTINE_DIR)) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "crc32") {
@@ -642,7 +657,9 @@ fn remove_orphan_checksums(dir: &Path) -> Result<(), StorageError> {
     let entries = std::fs::read_dir(dir).map_err(StorageError::io(format!("listing {}", dir.display())))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(parquet) = path.to_str().and_then(|p| p.strip_suffix(".crc32")) else { continue };
+        let Some(parquet) = path.to_str().and_then(|p| p.strip_suffix(".crc32")) else {
+            continue;
+        };
         if !Path::new(parquet).exists() {
             std::fs::remove_file(&path).map_err(StorageError::io(format!("removing {}", path.display())))?;
         }

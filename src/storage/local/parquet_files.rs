@@ -66,7 +66,8 @@ pub fn write_segment(
         // The checksum first: a checksum without its file is removed at startup (the WAL
         // still holds the segment), a file without its checksum is never left by this code.
         std::fs::rename(&sum_tmp, &sum_path).map_err(StorageError::io(format!("renaming {}", sum_tmp.display())))?;
-        std::fs::rename(&tmp_path, &final_path).map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
+        std::fs::rename(&tmp_path, &final_path)
+            .map_err(StorageError::io(format!("renaming {}", tmp_path.display())))?;
         super::sync_dir(dir)
     });
     if let Err(e) = written {
@@ -97,11 +98,19 @@ fn write_file(path: &Path, schema: &SchemaRef, batch: &RecordBatch) -> Result<Ch
     };
     let mut writer = ArrowWriter::try_new(hashing, schema.clone(), Some(props))
         .map_err(StorageError::format("opening Parquet writer"))?;
-    let io_error = |w: &ArrowWriter<HashingWriter>| w.inner().error.as_ref().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+    let io_error = |w: &ArrowWriter<HashingWriter>| {
+        w.inner()
+            .error
+            .as_ref()
+            .map(|e| std::io::Error::new(e.kind(), e.to_string()))
+    };
     if let Err(e) = writer.write(batch) {
         return Err(io_error(&writer).map_or_else(
             || StorageError::format("writing Parquet")(e),
-            |source| StorageError::Io { context: format!("writing {}", path.display()), source },
+            |source| StorageError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            },
         ));
     }
     let hashing = match writer.into_inner() {
@@ -109,9 +118,15 @@ fn write_file(path: &Path, schema: &SchemaRef, batch: &RecordBatch) -> Result<Ch
         Err(e) => return Err(StorageError::format("finishing Parquet")(e)),
     };
     if let Some(source) = hashing.error {
-        return Err(StorageError::Io { context: format!("writing {}", path.display()), source });
+        return Err(StorageError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        });
     }
-    hashing.inner.sync_all().map_err(StorageError::io(format!("syncing {}", path.display())))?;
+    hashing
+        .inner
+        .sync_all()
+        .map_err(StorageError::io(format!("syncing {}", path.display())))?;
     Ok(Checksum {
         crc32: hashing.hasher.finalize(),
         bytes: hashing.bytes,
@@ -173,7 +188,10 @@ impl Checksum {
                 bytes = v.parse().ok();
             }
         }
-        Some(Self { crc32: crc32?, bytes: bytes? })
+        Some(Self {
+            crc32: crc32?,
+            bytes: bytes?,
+        })
     }
 }
 

@@ -150,7 +150,13 @@ impl WalWriter {
         })
     }
 
-    fn create_at(fs: &dyn SegmentFs, path: &Path, seq: u64, schema: &SchemaRef, sync: bool) -> Result<Self, StorageError> {
+    fn create_at(
+        fs: &dyn SegmentFs,
+        path: &Path,
+        seq: u64,
+        schema: &SchemaRef,
+        sync: bool,
+    ) -> Result<Self, StorageError> {
         let mut file = fs
             .create(path)
             .map_err(StorageError::io(format!("creating WAL segment {}", path.display())))?;
@@ -201,13 +207,10 @@ impl WalWriter {
         let framed = frame(self.encoder.get_ref(), &mut self.record);
         self.encoder.get_mut().clear();
         framed?;
-        let written = self.file.write_all(&self.record).and_then(|()| {
-            if self.sync {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let written = self
+            .file
+            .write_all(&self.record)
+            .and_then(|()| if self.sync { self.file.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => {
                 self.committed += self.record.len() as u64;
@@ -315,14 +318,12 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
             continue;
         }
         // Damage or a torn tail: look for the next record that holds.
-        let resumed = (pos + 1..bytes.len())
-            .take(MAX_RESYNC_CANDIDATES)
-            .find_map(|q| {
-                let (range, next) = record_at(bytes, q)?;
-                let mut fresh = schema_decoder(&schema_payload)?;
-                let batch = decode_batch(&mut fresh, all.slice_with_length(range.start, range.len()))?;
-                Some((q, next, batch, fresh))
-            });
+        let resumed = (pos + 1..bytes.len()).take(MAX_RESYNC_CANDIDATES).find_map(|q| {
+            let (range, next) = record_at(bytes, q)?;
+            let mut fresh = schema_decoder(&schema_payload)?;
+            let batch = decode_batch(&mut fresh, all.slice_with_length(range.start, range.len()))?;
+            Some((q, next, batch, fresh))
+        });
         match resumed {
             Some((q, next, batch, fresh)) => {
                 out.damaged.push((pos as u64, (q - pos) as u64));
