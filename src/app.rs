@@ -145,6 +145,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             state.engine.context(),
             Duration::from_secs(config.query.timeout_secs.max(1)),
             state.engine.complexity(),
+            state.engine.max_result_bytes(),
         )
         .await?;
         let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {

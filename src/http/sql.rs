@@ -43,6 +43,16 @@ fn outcome(e: &ApiError) -> &'static str {
     }
 }
 
+/// Counts a failed query in `sql_queries_total{outcome}`.
+fn counted(state: &AppState, err: ApiError) -> ApiError {
+    state
+        .metrics
+        .sql_queries_total
+        .with_label_values(&[outcome(&err)])
+        .inc();
+    err
+}
+
 /// A warning for answers computed while damaged files are set aside: they may miss the rows
 /// those files held. Names the files (at most five) and their row counts.
 fn quarantine_warning(state: &AppState) -> Option<HeaderValue> {
@@ -97,15 +107,7 @@ pub async fn run(
     let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
     let result = match state.engine.run(&req.sql, max_rows).await {
         Ok(r) => r,
-        Err(e) => {
-            let err = ApiError::from(e);
-            state
-                .metrics
-                .sql_queries_total
-                .with_label_values(&[outcome(&err)])
-                .inc();
-            return Err(err);
-        }
+        Err(e) => return Err(counted(&state, e.into())),
     };
     state.metrics.sql_queries_total.with_label_values(&["ok"]).inc();
     let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
@@ -130,15 +132,8 @@ pub async fn run(
     };
     if body.len() > state.engine.max_result_bytes() {
         // Refused before the first byte: the result is encoded in full before it is sent.
-        let err = ApiError::from(crate::query::QueryError::ResultTooLarge(
-            state.engine.max_result_bytes(),
-        ));
-        state
-            .metrics
-            .sql_queries_total
-            .with_label_values(&[outcome(&err)])
-            .inc();
-        return Err(err);
+        let err = crate::query::QueryError::ResultTooLarge(state.engine.max_result_bytes());
+        return Err(counted(&state, err.into()));
     }
     let body = Bytes::from(body);
     if let Some(cache) = &state.cache

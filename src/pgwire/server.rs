@@ -196,6 +196,7 @@ impl WireServer {
         http: &SessionContext,
         statement_timeout: Duration,
         complexity: crate::query::complexity::ComplexityLimits,
+        max_result_bytes: usize,
     ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
@@ -208,6 +209,7 @@ impl WireServer {
         let service = Arc::new(HubService::new(
             Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
             complexity,
+            max_result_bytes,
         ));
         let manager = Arc::new(ConnectionManager::new());
         let addr = format!("{}:{}", config.host, config.port);

@@ -71,12 +71,23 @@ fn match_at(tokens: &[Token], start: usize, pattern: &[Token]) -> Option<usize> 
         while matches!(tokens.get(i), Some(Token::Whitespace(_))) {
             i += 1;
         }
-        if tokens.get(i) != Some(want) {
+        if !same_token(tokens.get(i)?, want) {
             return None;
         }
         i += 1;
     }
     Some(i)
+}
+
+/// Token equality with SQL's case rules: unquoted words (keywords and identifiers) compare
+/// case-insensitively, everything else exactly (Grafana sends both `AS i` and `as i`).
+fn same_token(a: &Token, b: &Token) -> bool {
+    match (a, b) {
+        (Token::Word(x), Token::Word(y)) if x.quote_style.is_none() && y.quote_style.is_none() => {
+            x.value.eq_ignore_ascii_case(&y.value)
+        }
+        _ => a == b,
+    }
 }
 
 /// Whether `token` is the keyword `user`, `current_user` or `session_user` (unquoted).
@@ -154,7 +165,10 @@ fn statement_timeout<C: ClientInfo + ?Sized>(client: &C) -> Option<Duration> {
 /// Runs a result up to its first row while still inside the handler: DataFusion computes
 /// aggregations on the first poll, and only the handler's part of a query can be interrupted
 /// by a cancel request or the statement timeout. The rest of the rows stream as before.
-async fn first_row_now(response: Response, timeout: Option<Duration>) -> PgWireResult<Response> {
+///
+/// The rows are counted as they stream: past `max_bytes` of row data the stream ends with an
+/// error (SQLSTATE 54000, program_limit_exceeded), as Postgres ends a result that fails midway.
+async fn first_row_now(response: Response, timeout: Option<Duration>, max_bytes: usize) -> PgWireResult<Response> {
     let Response::Query(mut query) = response else {
         return Ok(response);
     };
@@ -173,7 +187,29 @@ async fn first_row_now(response: Response, timeout: Option<Duration>) -> PgWireR
         Some(Err(e)) => return Err(e),
         other => other,
     };
-    let rows = futures::stream::iter(first).chain(rows);
+    let rows = futures::stream::iter(first)
+        .chain(rows)
+        .scan(0usize, move |sent, row| {
+            // `usize::MAX` marks a result already cut off.
+            if *sent == usize::MAX {
+                return futures::future::ready(None);
+            }
+            let row = row.and_then(|row| {
+                *sent = sent.saturating_add(row.data.len());
+                if *sent <= max_bytes {
+                    return Ok(row);
+                }
+                *sent = usize::MAX;
+                Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    SQLSTATE_RESULT_TOO_LARGE.into(),
+                    format!(
+                        "the result exceeds query.max_result_bytes = {max_bytes} bytes; add a LIMIT, select fewer columns or aggregate"
+                    ),
+                ))))
+            });
+            futures::future::ready(Some(row))
+        });
     let time_columns = super::text::time_columns(&query.row_schema);
     query.data_rows = if time_columns.is_empty() {
         Box::pin(rows)
@@ -207,6 +243,9 @@ fn refuse_datafusion_only(sql: &str) -> PgWireResult<()> {
     Ok(())
 }
 
+/// SQLSTATE of a result over `query.max_result_bytes`: program_limit_exceeded.
+pub const SQLSTATE_RESULT_TOO_LARGE: &str = "54000";
+
 /// SQLSTATE of a statement beyond the shape limits: statement_too_complex.
 pub const SQLSTATE_TOO_COMPLEX: &str = "54001";
 
@@ -227,11 +266,12 @@ pub struct HubService {
     inner: Arc<DfSessionService>,
     parser: Arc<HubParser>,
     complexity: ComplexityLimits,
+    max_result_bytes: usize,
 }
 
 impl HubService {
     /// Wraps datafusion-postgres' service.
-    pub fn new(inner: Arc<DfSessionService>, complexity: ComplexityLimits) -> Self {
+    pub fn new(inner: Arc<DfSessionService>, complexity: ComplexityLimits, max_result_bytes: usize) -> Self {
         let parser = Arc::new(HubParser {
             inner: inner.query_parser(),
             complexity,
@@ -240,6 +280,7 @@ impl HubService {
             inner,
             parser,
             complexity,
+            max_result_bytes,
         }
     }
 }
@@ -260,7 +301,7 @@ impl SimpleQueryHandler for HubService {
         let timeout = statement_timeout(client);
         let mut out = Vec::new();
         for response in SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await? {
-            out.push(first_row_now(response, timeout).await?);
+            out.push(first_row_now(response, timeout, self.max_result_bytes).await?);
         }
         Ok(out)
     }
@@ -290,7 +331,7 @@ impl ExtendedQueryHandler for HubService {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
-        first_row_now(response, statement_timeout(client)).await
+        first_row_now(response, statement_timeout(client), self.max_result_bytes).await
     }
 }
 
@@ -354,6 +395,16 @@ mod tests {
         assert!(matches!(rewrite("SELECT 1", Some("g")), std::borrow::Cow::Borrowed(_)));
         let other = "SELECT current_setting('search_path')";
         assert_eq!(rewrite(other, Some("g")), other);
+    }
+
+    #[test]
+    fn patterns_match_keywords_in_any_case() {
+        let upper = GRAFANA_SEARCH_PATH_IN
+            .replace(" as i", " AS i")
+            .replace("SELECT", "select");
+        let sql = format!("SELECT 1 FROM information_schema.tables WHERE quote_ident(table_schema) {upper}");
+        let out = rewrite(&sql, Some("grafana"));
+        assert!(out.contains("IN ('public')"), "{out}");
     }
 
     #[test]

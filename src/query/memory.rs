@@ -22,15 +22,30 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 /// The runtime every ad-hoc query starts from: the shared total pool and a disk manager that
 /// spills under `spill_dir`.
 pub fn shared_runtime(total_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv>> {
-    std::fs::create_dir_all(&spill_dir).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let top = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
-    let pool = TrackConsumersPool::new(GreedyMemoryPool::new(total_bytes), top);
-    RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(pool))
-        .with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
-        )
-        .build_arc()
+    let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(GreedyMemoryPool::new(total_bytes), top));
+    let spilling = std::fs::create_dir_all(&spill_dir)
+        .map_err(|e| DataFusionError::External(Box::new(e)))
+        .and_then(|()| {
+            RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::clone(&pool))
+                .with_disk_manager_builder(
+                    DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.clone()])),
+                )
+                .build_arc()
+        });
+    match spilling {
+        Ok(rt) => Ok(rt),
+        Err(e) => {
+            // A read-only or full data disk must not stop the Hub from serving queries: they
+            // run without spilling (and fail with 422 where they would have spilled).
+            tracing::warn!(dir = %spill_dir.display(), error = %e, "queries cannot spill to disk until the next start");
+            RuntimeEnvBuilder::new()
+                .with_memory_pool(pool)
+                .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+                .build_arc()
+        }
+    }
 }
 
 /// `base` with a pool that limits one query to `limit` bytes within the shared total.

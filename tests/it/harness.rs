@@ -85,29 +85,25 @@ impl Hub {
     }
 
     async fn wait_health(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/health", self.base)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("hub did not answer /health; log:\n{}", self.log_text());
+        self.wait_success("/health", "answer /health").await;
     }
 
     async fn wait_ready(&self) {
+        self.wait_success("/ready", "become ready").await;
+    }
+
+    /// Waits up to 60 s for `path` to answer 2xx.
+    async fn wait_success(&self, path: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await
+            if let Ok(r) = self.client.get(format!("{}{path}", self.base)).send().await
                 && r.status().is_success()
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("hub did not become ready; log:\n{}", self.log_text());
+        panic!("hub did not {what}; log:\n{}", self.log_text());
     }
 
     /// The process id of the running Hub.

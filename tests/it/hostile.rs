@@ -263,6 +263,12 @@ async fn hostile_sql_on_the_wire_gets_sqlstates_and_the_hub_keeps_serving() {
         .await
         .expect_err("timeout");
     assert_eq!(slow.code(), Some(&SqlState::QUERY_CANCELED), "{slow}");
+    // A result over query.max_result_bytes (4 MiB) ends with SQLSTATE 54000.
+    let big = client
+        .simple_query("SELECT repeat('x', 1000) FROM generate_series(1, 100000)")
+        .await
+        .expect_err("too large");
+    assert_eq!(big.code().map(SqlState::code), Some("54000"), "{big:?}");
     // The connection still works.
     let rows = client.query_one("SELECT 41 + 1", &[]).await.expect("query");
     assert_eq!(rows.get::<_, i64>(0), 42);

@@ -6,6 +6,7 @@
 mod api;
 mod cq;
 mod disk_faults;
+mod docs;
 mod durability;
 mod harness;
 mod hostile;
