@@ -322,3 +322,67 @@ async fn wal_garbage_in_the_middle_keeps_the_records_around_it() {
     assert!(body.to_string().contains("damaged WAL segment"), "{body}");
     assert_eq!(files_with(&events.join("quarantine"), ".arrows").len(), 1);
 }
+
+/// The same through Kafka (a real Tansu broker): the consumer stores until the disk is full,
+/// then retries without committing; once the file system is made larger (`remount,size=`, which
+/// Linux allows while files are open) it catches up; after every offset is committed, `kill -9`
+/// and a restart find every record exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_under_kafka_consumption_loses_nothing_and_counts_once() {
+    use crate::kafka::{Broker, kafka_opts};
+
+    let broker = Broker::start();
+    let topic = "events-full-disk";
+    broker.create_topic(topic, 2).await;
+    let payloads: Vec<Vec<u8>> = generated(81, 40_000, 0.0).into_iter().map(String::into_bytes).collect();
+    let total = payloads.len() as i64;
+    broker.produce(topic, &payloads).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let fs = Tmpfs::mount(&data, 16);
+    let opts = kafka_opts(
+        &broker,
+        topic,
+        "g-full-disk",
+        "batch_max_records = 1000\n[storage]\nmin_free_bytes = 0\nsegment_max_rows = 10000000\n",
+    );
+    let mut hub = Hub::start_with(&data, opts.clone()).await;
+    wait_for(
+        "the disk to fill during consumption",
+        Duration::from_secs(120),
+        || async {
+            let (status, body) = ready(&hub).await;
+            (status == 503 && body.to_string().contains("no_space")).then_some(())
+        },
+    )
+    .await;
+    let stalled = exact_counts(&hub).await;
+    assert!(stalled.0 < total && stalled.0 == stalled.1, "{stalled:?} of {total}");
+
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=256m"])
+        .arg(&fs.path)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "remount larger");
+    wait_for("every record stored", Duration::from_secs(120), || async {
+        (exact_counts(&hub).await == (total, total)).then_some(())
+    })
+    .await;
+    wait_for("every offset committed", Duration::from_secs(60), || async {
+        let text = hub.metrics_text().await;
+        let committed: i64 = text
+            .lines()
+            .filter(|l| l.starts_with("kafka_committed_offset{") && l.contains(topic))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as i64)
+            .sum();
+        (committed == total).then_some(())
+    })
+    .await;
+    assert_eq!(ready(&hub).await.0, 200);
+    hub.kill9();
+    let hub = Hub::start_with(&data, opts).await;
+    assert_eq!(exact_counts(&hub).await, (total, total), "every record exactly once");
+}
