@@ -172,10 +172,10 @@ impl Shared {
         // Every record of the old segment was synced when it was appended: nothing to close.
         inner.wal = Some(new_wal);
         // The segment of a sealed WAL may be empty (a failed first append): drop it.
-        if inner.segments.last().is_some_and(|s| s.rows == 0) {
-            if let Some(empty) = inner.segments.pop() {
-                let _ = std::fs::remove_file(wal::segment_path(&self.dir, empty.seq));
-            }
+        if inner.segments.last().is_some_and(|s| s.rows == 0)
+            && let Some(empty) = inner.segments.pop()
+        {
+            let _ = std::fs::remove_file(wal::segment_path(&self.dir, empty.seq));
         }
         inner.segments.push(Segment::new(seq));
         inner.next_seq = seq + 1;
