@@ -92,6 +92,8 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct StorageHealth {
     state: Arc<Mutex<State>>,
+    /// Whether any store is failing: lets the append path skip the lock when all is well.
+    any_fault: Arc<std::sync::atomic::AtomicBool>,
     metrics: Option<Metrics>,
 }
 
@@ -100,6 +102,7 @@ impl StorageHealth {
     pub fn new(metrics: Option<Metrics>) -> Self {
         Self {
             state: Arc::default(),
+            any_fault: Arc::default(),
             metrics,
         }
     }
@@ -132,15 +135,21 @@ impl StorageHealth {
                 },
             );
         }
+        self.any_fault.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// A write of the store in `dir` succeeded (or a recovery probe did).
     pub fn write_ok(&self, dir: &Path) {
-        // Fast path: nothing to clear (one lock, no allocation).
+        // Fast path: nothing failing anywhere, no lock.
+        if !self.any_fault.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
         if let Some(f) = state.faults.remove(dir) {
             tracing::info!(dir = %dir.display(), was = f.kind.as_str(), since = %f.since, "storage recovered: writes accepted again");
         }
+        self.any_fault
+            .store(!state.faults.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     /// Whether the store in `dir` is failing.
