@@ -85,7 +85,6 @@ struct State {
     faults: BTreeMap<PathBuf, Fault>,
     quarantined: Vec<QuarantinedFile>,
     flush_failing: BTreeMap<PathBuf, FaultKind>,
-    low_free_warned: bool,
 }
 
 /// Process-wide storage health. Cheap to clone.
@@ -94,6 +93,8 @@ pub struct StorageHealth {
     state: Arc<Mutex<State>>,
     /// Whether any store is failing: lets the append path skip the lock when all is well.
     any_fault: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether free space is below the warning threshold (checked on every append: no lock).
+    low_free: Arc<std::sync::atomic::AtomicBool>,
     metrics: Option<Metrics>,
 }
 
@@ -103,6 +104,7 @@ impl StorageHealth {
         Self {
             state: Arc::default(),
             any_fault: Arc::default(),
+            low_free: Arc::default(),
             metrics,
         }
     }
@@ -206,9 +208,7 @@ impl StorageHealth {
             m.storage_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
         }
         let low = free < warn;
-        let mut state = self.lock();
-        if low != state.low_free_warned {
-            state.low_free_warned = low;
+        if low != self.low_free.swap(low, std::sync::atomic::Ordering::Relaxed) {
             if low {
                 tracing::warn!(
                     free_bytes = free,

@@ -198,23 +198,18 @@ impl Shared {
         Ok(())
     }
 
-    /// Appends to the WAL (opening a fresh segment if a failed write sealed the active one)
-    /// and to memory; reports the outcome to the health registry.
-    fn append_blocking(&self, batch: RecordBatch) -> Result<(), StorageError> {
-        let result = self.check_free_space().and_then(|()| {
-            let mut inner = self.lock();
-            if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
-                self.open_next_segment(&mut inner)?;
-            }
-            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
-            wal.append(&batch)?;
-            if let Some(active) = inner.segments.last_mut() {
-                active.push(&self.schema, batch);
-            }
-            Ok(())
-        });
+    /// Opens a fresh WAL segment when there is none or a failed write sealed the active one.
+    fn ensure_writable_segment(&self, inner: &mut Inner) -> Result<(), StorageError> {
+        if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
+            self.open_next_segment(inner)?;
+        }
+        Ok(())
+    }
+
+    /// Reports the outcome of a write (or a recovery probe) to the health registry.
+    fn report<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
         match &result {
-            Ok(()) => self.health.write_ok(&self.dir),
+            Ok(_) => self.health.write_ok(&self.dir),
             Err(e) => {
                 if let Some(kind) = e.fault_kind() {
                     self.health.write_failed(&self.dir, kind, &e.to_string());
@@ -224,27 +219,31 @@ impl Shared {
         result
     }
 
+    /// Appends to the WAL (opening a fresh segment if a failed write sealed the active one)
+    /// and to memory.
+    fn append_blocking(&self, batch: RecordBatch) -> Result<(), StorageError> {
+        self.report(self.check_free_space().and_then(|()| {
+            let mut inner = self.lock();
+            self.ensure_writable_segment(&mut inner)?;
+            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
+            wal.append(&batch)?;
+            if let Some(active) = inner.segments.last_mut() {
+                active.push(&self.schema, batch);
+            }
+            Ok(())
+        }))
+    }
+
     /// While the store is failing: probes whether it can write again (free space above the
     /// minimum and a fresh WAL segment created and synced).
     fn try_recover(&self) {
         if self.health.fault(&self.dir).is_none() {
             return;
         }
-        let probe = self.check_free_space().and_then(|()| {
-            let mut inner = self.lock();
-            if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
-                self.open_next_segment(&mut inner)?;
-            }
-            Ok(())
-        });
-        match probe {
-            Ok(()) => self.health.write_ok(&self.dir),
-            Err(e) => {
-                if let Some(kind) = e.fault_kind() {
-                    self.health.write_failed(&self.dir, kind, &e.to_string());
-                }
-            }
-        }
+        let _ = self.report(
+            self.check_free_space()
+                .and_then(|()| self.ensure_writable_segment(&mut self.lock())),
+        );
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -407,11 +406,6 @@ impl LocalStore {
         let store = Self { shared };
         store.update_gauges();
         Ok(store)
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
     }
 
     fn update_gauges(&self) {
