@@ -48,12 +48,13 @@ enum Verdict {
     Refuse(String),
 }
 
+/// An `ERROR` with SQLSTATE `code`, as the client sees it.
+pub(crate) fn sql_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), code.to_owned(), message)))
+}
+
 fn refusal(message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_owned(),
-        SQLSTATE_READ_ONLY.to_owned(),
-        message,
-    )))
+    sql_error(SQLSTATE_READ_ONLY, message)
 }
 
 /// Whether a `SET` is one datafusion-postgres keeps per connection.

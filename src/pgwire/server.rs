@@ -13,7 +13,7 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
-use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::error::PgWireError;
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::process_socket;
 use pgwire::tokio::tokio_rustls::rustls;
@@ -124,7 +124,7 @@ impl ErrorHandler for SqlStateErrors {
             let message = e.to_string();
             let code = sqlstate_of(&message);
             tracing::debug!(client = %client.socket_addr(), code, %message, "pgwire: query failed");
-            *error = PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)));
+            *error = super::hooks::sql_error(code, message);
         }
     }
 }

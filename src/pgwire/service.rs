@@ -26,9 +26,10 @@ use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
+use super::hooks::sql_error;
 use crate::query::complexity::ComplexityLimits;
 
 /// Grafana's search-path membership test (`postgresMetaQuery.ts`, `buildSchemaConstraint`).
@@ -174,13 +175,9 @@ async fn first_row_now(response: Response, timeout: Option<Duration>, max_bytes:
     };
     let mut rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
     let first = match timeout {
-        Some(t) => tokio::time::timeout(t, rows.next()).await.map_err(|_| {
-            PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "57014".into(),
-                "canceling statement due to statement timeout".into(),
-            )))
-        })?,
+        Some(t) => tokio::time::timeout(t, rows.next())
+            .await
+            .map_err(|_| sql_error("57014", "canceling statement due to statement timeout".into()))?,
         None => rows.next().await,
     };
     let first = match first {
@@ -200,13 +197,12 @@ async fn first_row_now(response: Response, timeout: Option<Duration>, max_bytes:
                     return Ok(row);
                 }
                 *sent = usize::MAX;
-                Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "ERROR".into(),
-                    SQLSTATE_RESULT_TOO_LARGE.into(),
+                Err(sql_error(
+                    SQLSTATE_RESULT_TOO_LARGE,
                     format!(
                         "the result exceeds query.max_result_bytes = {max_bytes} bytes; add a LIMIT, select fewer columns or aggregate"
                     ),
-                ))))
+                ))
             });
             futures::future::ready(Some(row))
         });
@@ -233,11 +229,10 @@ fn refuse_datafusion_only(sql: &str) -> PgWireResult<()> {
     for statement in &statements {
         if matches!(statement, DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_)) {
             let kind = crate::query::guard::statement_kind(&statement.to_string());
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                super::hooks::SQLSTATE_READ_ONLY.into(),
+            return Err(sql_error(
+                super::hooks::SQLSTATE_READ_ONLY,
                 crate::query::GuardError::Refused(kind).to_string(),
-            ))));
+            ));
         }
     }
     Ok(())
@@ -252,20 +247,13 @@ pub const SQLSTATE_TOO_COMPLEX: &str = "54001";
 /// Refuses statements beyond the shape limits before anything parses them (see
 /// `query::complexity`).
 fn refuse_too_complex(sql: &str, limits: &ComplexityLimits) -> PgWireResult<()> {
-    crate::query::complexity::check(sql, limits).map_err(|e| {
-        PgWireError::UserError(Box::new(ErrorInfo::new(
-            "ERROR".into(),
-            SQLSTATE_TOO_COMPLEX.into(),
-            e.to_string(),
-        )))
-    })
+    crate::query::complexity::check(sql, limits).map_err(|e| sql_error(SQLSTATE_TOO_COMPLEX, e.to_string()))
 }
 
 /// The session service the listener uses.
 pub struct HubService {
     inner: Arc<DfSessionService>,
     parser: Arc<HubParser>,
-    complexity: ComplexityLimits,
     max_result_bytes: usize,
 }
 
@@ -279,7 +267,6 @@ impl HubService {
         Self {
             inner,
             parser,
-            complexity,
             max_result_bytes,
         }
     }
@@ -294,7 +281,7 @@ impl SimpleQueryHandler for HubService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        refuse_too_complex(query, &self.complexity)?;
+        refuse_too_complex(query, &self.parser.complexity)?;
         refuse_datafusion_only(query)?;
         let login = client.metadata().get(pgwire::api::METADATA_USER).cloned();
         let query = rewrite(query, login.as_deref());

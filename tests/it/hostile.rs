@@ -263,6 +263,7 @@ async fn hostile_sql_on_the_wire_gets_sqlstates_and_the_hub_keeps_serving() {
         .simple_query("SELECT array_agg(repeat('x', 100000)) FROM generate_series(1, 200000)")
         .await
         .expect_err("over the total memory");
+    assert_eq!(hog.code().map(SqlState::code), Some("53200"), "{hog:?}");
     let message = hog
         .as_db_error()
         .map(|e| e.message().to_lowercase())
