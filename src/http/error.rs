@@ -52,10 +52,13 @@ impl ApiError {
 
     /// 503 with `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self {
-            retry_after_secs: Some(retry_after_secs),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(retry_after_secs)
+    }
+
+    /// The same error, answered with `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// The status code.
@@ -94,10 +97,9 @@ impl From<QueryError> for ApiError {
             QueryError::ResultTooLarge(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "result_too_large", e.to_string())
             }
-            QueryError::Busy { .. } => Self {
-                retry_after_secs: Some(1),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", e.to_string())
-            },
+            QueryError::Busy { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", e.to_string()).retry_after(1)
+            }
             QueryError::Internal(_) => Self::internal(e),
         }
     }
@@ -115,17 +117,15 @@ impl From<IngestError> for ApiError {
                 FaultKind::ReadOnly => "the data directory is read-only",
                 FaultKind::Io => "the data disk reports I/O errors",
             };
-            return Self {
-                retry_after_secs: Some(5),
-                ..Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    format!(
-                        "storage unavailable ({}): {cause}; nothing was accepted, retry later",
-                        kind.as_str()
-                    ),
-                )
-            };
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!(
+                    "storage unavailable ({}): {cause}; nothing was accepted, retry later",
+                    kind.as_str()
+                ),
+            )
+            .retry_after(5);
         }
         match e.class() {
             ErrorClass::External => {
