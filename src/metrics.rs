@@ -41,6 +41,8 @@ pub struct Metrics {
     pub sql_queries_total: IntCounterVec,
     /// Time to append and sync one batch to the WAL.
     pub wal_append_seconds: Histogram,
+    /// Batches made durable by one WAL write + `fdatasync` (group commit).
+    pub wal_commit_group_batches: Histogram,
     /// Events held in memory by the local store.
     pub storage_rows_in_memory: IntGauge,
     /// Parquet files of the local store.
@@ -114,6 +116,13 @@ impl Metrics {
         let wal_append_seconds = Histogram::with_opts(
             HistogramOpts::new("wal_append_seconds", "Time to append and sync one batch to the WAL")
                 .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+        )?;
+        let wal_commit_group_batches = Histogram::with_opts(
+            HistogramOpts::new(
+                "wal_commit_group_batches",
+                "Batches made durable by one WAL write and fdatasync (group commit)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
         let storage_parquet_files = IntGauge::new("storage_parquet_files", "Parquet files in the local store")?;
@@ -197,6 +206,7 @@ impl Metrics {
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(sql_queries_total.clone()))?;
         registry.register(Box::new(wal_append_seconds.clone()))?;
+        registry.register(Box::new(wal_commit_group_batches.clone()))?;
         registry.register(Box::new(storage_rows_in_memory.clone()))?;
         registry.register(Box::new(storage_parquet_files.clone()))?;
         registry.register(Box::new(storage_write_errors_total.clone()))?;
@@ -212,6 +222,7 @@ impl Metrics {
             http_requests_total,
             sql_queries_total,
             wal_append_seconds,
+            wal_commit_group_batches,
             storage_rows_in_memory,
             storage_parquet_files,
             storage_write_errors_total,

@@ -69,6 +69,31 @@ impl StorageError {
 }
 
 impl StorageError {
+    /// The same error for another waiter of a failed group commit (`io::Error` is not `Clone`;
+    /// the OS error code, which classifies the fault, is kept).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Io { context, source } => Self::Io {
+                context: context.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Self::Format { context, message } => Self::Format {
+                context: context.clone(),
+                message: message.clone(),
+            },
+            Self::SchemaMismatch => Self::SchemaMismatch,
+            Self::Closed => Self::Closed,
+            Self::LowSpace { dir, free, min } => Self::LowSpace {
+                dir: dir.clone(),
+                free: *free,
+                min: *min,
+            },
+        }
+    }
+
     /// Why the disk cannot take writes, when that is what this error says.
     pub fn fault_kind(&self) -> Option<health::FaultKind> {
         match self {

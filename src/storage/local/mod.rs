@@ -123,8 +123,6 @@ impl Segment {
 
 #[derive(Debug)]
 struct Inner {
-    /// `None` while no segment could be created (the disk is read-only or full).
-    wal: Option<WalWriter>,
     /// In-memory segments, oldest first; the last one is the active segment.
     segments: Vec<Segment>,
     /// Flushed Parquet files, oldest first.
@@ -144,6 +142,11 @@ pub(crate) struct Shared {
     dir: PathBuf,
     schema: SchemaRef,
     config: LocalStoreConfig,
+    /// The active WAL segment; `None` while no segment could be created (the disk is read-only
+    /// or full). Held by the committer during a write and `fdatasync`, by rotation and by the
+    /// recovery probe; taken before `inner` when both are needed, so queries (which take only
+    /// `inner`) never wait for a sync.
+    wal: Mutex<Option<WalWriter>>,
     inner: Mutex<Inner>,
     /// Serialises flushes so one segment is never written twice.
     flush_lock: tokio::sync::Mutex<()>,
@@ -164,13 +167,19 @@ impl Shared {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_wal(&self) -> MutexGuard<'_, Option<WalWriter>> {
+        self.wal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Replaces the WAL writer with a new segment (rotation, or after a failed write sealed the
     /// active one). Creating it is also the recovery probe: it writes and syncs a header.
-    fn open_next_segment(&self, inner: &mut Inner) -> Result<(), StorageError> {
-        let seq = inner.next_seq;
+    fn open_next_segment(&self, wal: &mut Option<WalWriter>) -> Result<(), StorageError> {
+        // `next_seq` only changes under the WAL lock, which the caller holds.
+        let seq = self.lock().next_seq;
         let new_wal = WalWriter::create(self.fs.as_ref(), &self.dir, seq, &self.schema, self.config.fsync)?;
         // Every record of the old segment was synced when it was appended: nothing to close.
-        inner.wal = Some(new_wal);
+        *wal = Some(new_wal);
+        let mut inner = self.lock();
         // The segment of a sealed WAL may be empty (a failed first append): drop it.
         if inner.segments.last().is_some_and(|s| s.rows == 0)
             && let Some(empty) = inner.segments.pop()
@@ -199,9 +208,9 @@ impl Shared {
     }
 
     /// Opens a fresh WAL segment when there is none or a failed write sealed the active one.
-    fn ensure_writable_segment(&self, inner: &mut Inner) -> Result<(), StorageError> {
-        if inner.wal.as_ref().is_none_or(WalWriter::is_sealed) {
-            self.open_next_segment(inner)?;
+    fn ensure_writable_segment(&self, wal: &mut Option<WalWriter>) -> Result<(), StorageError> {
+        if wal.as_ref().is_none_or(WalWriter::is_sealed) {
+            self.open_next_segment(wal)?;
         }
         Ok(())
     }
@@ -219,19 +228,42 @@ impl Shared {
         result
     }
 
-    /// Appends to the WAL (opening a fresh segment if a failed write sealed the active one)
-    /// and to memory.
-    fn append_blocking(&self, batch: RecordBatch) -> Result<(), StorageError> {
-        self.report(self.check_free_space().and_then(|()| {
-            let mut inner = self.lock();
-            self.ensure_writable_segment(&mut inner)?;
-            let wal = inner.wal.as_mut().ok_or(StorageError::Closed)?;
-            wal.append(&batch)?;
-            if let Some(active) = inner.segments.last_mut() {
-                active.push(&self.schema, batch);
+    /// Commits one group of appends: every batch is staged as its own WAL record, then all are
+    /// written with one write and made durable with one `fdatasync`; only then do they become
+    /// visible in memory and are their writers answered. A failed write or sync fails the whole
+    /// group (none of it was acknowledged, none of it stays in the file).
+    fn commit_group(&self, group: Vec<PendingAppend>) {
+        let outcome = self.report(self.check_free_space().and_then(|()| {
+            let mut wal = self.lock_wal();
+            self.ensure_writable_segment(&mut wal)?;
+            let writer = wal.as_mut().ok_or(StorageError::Closed)?;
+            let staged: Vec<Result<(), StorageError>> = group.iter().map(|p| writer.stage(&p.batch)).collect();
+            writer.commit()?;
+            // Still under the WAL lock: no rotation can slip between the sync and this push.
+            if let Some(active) = self.lock().segments.last_mut() {
+                for (p, s) in group.iter().zip(&staged) {
+                    if s.is_ok() {
+                        active.push(&self.schema, p.batch.clone());
+                    }
+                }
             }
-            Ok(())
-        }))
+            Ok(staged)
+        }));
+        if let Some(metrics) = &self.metrics {
+            metrics.wal_commit_group_batches.observe(group.len() as f64);
+        }
+        match outcome {
+            Ok(staged) => {
+                for (p, s) in group.into_iter().zip(staged) {
+                    let _ = p.done.send(s);
+                }
+            }
+            Err(e) => {
+                for p in group {
+                    let _ = p.done.send(Err(e.duplicate()));
+                }
+            }
+        }
     }
 
     /// While the store is failing: probes whether it can write again (free space above the
@@ -242,7 +274,7 @@ impl Shared {
         }
         let _ = self.report(
             self.check_free_space()
-                .and_then(|()| self.ensure_writable_segment(&mut self.lock())),
+                .and_then(|()| self.ensure_writable_segment(&mut self.lock_wal())),
         );
     }
 
@@ -255,10 +287,39 @@ impl Shared {
     }
 }
 
+/// One append waiting for its group commit.
+struct PendingAppend {
+    batch: RecordBatch,
+    done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// A group holds at most this many bytes of Arrow data (more waiting appends go to the next
+/// group), so one commit's write stays bounded.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// The group-commit loop of one store, on its own thread: takes every append that arrived
+/// while the previous commit was syncing and commits them together. Under load a group grows
+/// to what queued up during one `fdatasync` (no timer: a lone append is committed at once).
+/// Ends when every [`LocalStore`] handle is dropped.
+fn run_committer(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<PendingAppend>) {
+    while let Ok(first) = rx.recv() {
+        let mut bytes = first.batch.get_array_memory_size();
+        let mut group = vec![first];
+        while bytes < MAX_GROUP_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.batch.get_array_memory_size();
+            group.push(next);
+        }
+        shared.commit_group(group);
+    }
+}
+
 /// The standalone event store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     shared: Arc<Shared>,
+    /// Appends go to the store's group-commit thread.
+    committer: std::sync::mpsc::Sender<PendingAppend>,
 }
 
 impl LocalStore {
@@ -391,8 +452,8 @@ impl LocalStore {
             dir,
             schema,
             config,
+            wal: Mutex::new(wal),
             inner: Mutex::new(Inner {
-                wal,
                 segments,
                 files,
                 next_seq: next_seq + 1,
@@ -403,7 +464,13 @@ impl LocalStore {
             fs,
             health,
         });
-        let store = Self { shared };
+        let (committer, pending) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("wal-commit".into())
+            .spawn(move || run_committer(thread_shared, pending))
+            .map_err(StorageError::io("starting the WAL commit thread"))?;
+        let store = Self { shared, committer };
         store.update_gauges();
         Ok(store)
     }
@@ -420,20 +487,21 @@ impl LocalStore {
     /// a segment was rotated.
     fn rotate_if_due(&self, force: bool) -> Result<bool, StorageError> {
         let shared = &self.shared;
-        let mut inner = shared.lock();
-        let Some(active) = inner.segments.last() else {
-            return Ok(false);
+        let mut wal = shared.lock_wal();
+        let due = {
+            let inner = shared.lock();
+            let Some(active) = inner.segments.last() else {
+                return Ok(false);
+            };
+            active.rows > 0
+                && (force
+                    || active.rows >= shared.config.segment_max_rows
+                    || active.opened.elapsed() >= Duration::from_secs(shared.config.segment_max_age_secs))
         };
-        if active.rows == 0 {
-            return Ok(false);
-        }
-        let due = force
-            || active.rows >= shared.config.segment_max_rows
-            || active.opened.elapsed() >= Duration::from_secs(shared.config.segment_max_age_secs);
         if !due {
             return Ok(false);
         }
-        shared.open_next_segment(&mut inner)?;
+        shared.open_next_segment(&mut wal)?;
         Ok(true)
     }
 
@@ -533,15 +601,13 @@ impl EventStore for LocalStore {
         if batch.schema() != self.shared.schema {
             return Err(StorageError::SchemaMismatch);
         }
-        let shared = Arc::clone(&self.shared);
         let rows = batch.num_rows();
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || shared.append_blocking(batch))
-            .await
-            .map_err(|e| StorageError::Format {
-                context: "append task".into(),
-                message: e.to_string(),
-            })??;
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.committer
+            .send(PendingAppend { batch, done })
+            .map_err(|_| StorageError::Closed)?;
+        committed.await.map_err(|_| StorageError::Closed)??;
         if let Some(metrics) = &self.shared.metrics {
             metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
             metrics.storage_rows_in_memory.add(rows as i64);
@@ -560,12 +626,18 @@ impl EventStore for LocalStore {
     }
 
     fn status(&self) -> ComponentStatus {
+        // A commit in progress holds the WAL lock (so a writer exists); never wait for its sync.
+        let has_wal = match self.shared.wal.try_lock() {
+            Ok(wal) => wal.is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
+        };
         let inner = self.shared.lock();
         let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
         ComponentStatus {
             name: "storage",
             kind: "local",
-            ready: inner.wal.is_some() && self.shared.health.fault(&self.shared.dir).is_none(),
+            ready: has_wal && self.shared.health.fault(&self.shared.dir).is_none(),
             detail: serde_json::json!({
                 "unavailable": self.shared.health.fault(&self.shared.dir),
                 "data_dir": self.shared.dir.display().to_string(),
@@ -679,3 +751,5 @@ mod tests;
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod group_commit_tests;

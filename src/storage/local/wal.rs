@@ -110,6 +110,9 @@ fn frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A commit buffer grown past this by a large group is released afterwards.
+const RETAINED_RECORD_BYTES: usize = 8 << 20;
+
 /// The active segment being appended to.
 pub struct WalWriter {
     seq: u64,
@@ -120,6 +123,7 @@ pub struct WalWriter {
     sync: bool,
     /// Set after a failed write or fsync: the segment takes no more records.
     sealed: bool,
+    /// Records staged for the next commit, framed.
     record: Vec<u8>,
 }
 
@@ -194,26 +198,51 @@ impl WalWriter {
     /// Appends a batch and makes it durable. On failure nothing of the batch remains in the
     /// file (when the file system lets the writer cut it off) and the segment is sealed.
     pub fn append(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        self.stage(batch)?;
+        self.commit()
+    }
+
+    /// Encodes `batch` as one record of the next commit; nothing reaches the file yet. A batch
+    /// that cannot be encoded leaves the records staged before it untouched.
+    pub fn stage(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
         if self.sealed {
             return Err(StorageError::Format {
                 context: "appending to WAL".into(),
                 message: format!("segment {} is sealed after a failed write", self.seq),
             });
         }
-        self.encoder
+        let staged = self.record.len();
+        let encoded = self
+            .encoder
             .write(batch)
-            .map_err(StorageError::format("encoding a batch for the WAL"))?;
-        self.record.clear();
-        let framed = frame(self.encoder.get_ref(), &mut self.record);
+            .map_err(StorageError::format("encoding a batch for the WAL"))
+            .and_then(|()| frame(self.encoder.get_ref(), &mut self.record));
         self.encoder.get_mut().clear();
-        framed?;
+        if encoded.is_err() {
+            self.record.truncate(staged);
+        }
+        encoded
+    }
+
+    /// Writes every staged record with one write and makes them durable with one `fdatasync`
+    /// (group commit). On failure none of them remains in the file (when the file system lets
+    /// the writer cut them off) and the segment is sealed.
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        if self.record.is_empty() {
+            return Ok(());
+        }
         let written = self
             .file
             .write_all(&self.record)
             .and_then(|()| if self.sync { self.file.sync_data() } else { Ok(()) });
+        let len = self.record.len() as u64;
+        self.record.clear();
+        if self.record.capacity() > RETAINED_RECORD_BYTES {
+            self.record = Vec::new();
+        }
         match written {
             Ok(()) => {
-                self.committed += self.record.len() as u64;
+                self.committed += len;
                 Ok(())
             }
             Err(e) => {
