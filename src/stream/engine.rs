@@ -430,21 +430,56 @@ impl StreamEngine {
 
     /// Runs input from `source` through every query, downstream queries included.
     async fn dispatch(&mut self, source: &str, batches: Vec<RecordBatch>) {
-        let mut pending: HashMap<String, Vec<RecordBatch>> = HashMap::from([(source.to_string(), batches)]);
+        self.run_downstream(HashMap::from([(source.to_string(), batches)]))
+            .await;
+    }
+
+    /// Runs `pending` input (rows by source) through every query in dependency order; every
+    /// query reading another one also advances with that query's watermark, so derived windows
+    /// close when their upstream's do, whether or not rows arrived.
+    async fn run_downstream(&mut self, mut pending: HashMap<String, Vec<RecordBatch>>) {
         for i in 0..self.queries.len() {
-            let Some(inputs) = pending.get(&self.queries[i].rt.source).cloned() else {
-                continue;
-            };
+            let inputs = pending.get(&self.queries[i].rt.source).cloned();
             if let Some(paused_at) = self.queries[i].paused_at {
-                self.queries[i].keep_while_paused(inputs, paused_at);
+                if let Some(inputs) = inputs {
+                    self.queries[i].keep_while_paused(inputs, paused_at);
+                }
                 continue;
             }
-            let out = self.run_query(i, &inputs, false).await;
+            let mut out = match inputs {
+                Some(inputs) => self.run_query(i, &inputs, false).await,
+                None => Vec::new(),
+            };
+            out.extend(self.follow_upstream(i).await);
             if !out.is_empty() {
                 pending
                     .entry(self.queries[i].rt.def.name.clone())
                     .or_default()
                     .extend(out);
+            }
+        }
+    }
+
+    /// Advances query `i` with its upstream query's output watermark (nothing for queries over
+    /// raw events); persists what closes and returns the final rows for further downstream.
+    async fn follow_upstream(&mut self, i: usize) -> Vec<RecordBatch> {
+        let Some(up) = self.index(&self.queries[i].rt.source) else {
+            return Vec::new();
+        };
+        let Some(watermark) = self.queries[up].rt.output_watermark() else {
+            return Vec::new();
+        };
+        match self.queries[i].rt.on_input_watermark(watermark, now_micros()).await {
+            Ok(out) => {
+                if !out.rows.is_empty() {
+                    self.persist(i, &out.rows, &[]).await;
+                }
+                out.closed
+            }
+            Err(e) => {
+                tracing::error!(query = %self.queries[i].rt.def.name, error = %e, "continuous query failed advancing with its upstream");
+                self.queries[i].rt.last_error = Some(e.to_string());
+                Vec::new()
             }
         }
     }
@@ -570,6 +605,8 @@ impl StreamEngine {
                 tracing::warn!(error = %e, "continuous-query output maintenance failed");
             }
         }
+        // Idle advance may have moved an upstream watermark without closing a window.
+        self.run_downstream(HashMap::new()).await;
         if let Err(e) = self.late.maintain().await {
             tracing::warn!(error = %e, "late-events maintenance failed");
         }

@@ -152,6 +152,8 @@ pub struct CqRuntime {
     rows_in: u64,
     /// Last execution error.
     pub last_error: Option<String>,
+    /// The time column is an upstream window bound (see [`Self::on_input_watermark`]).
+    follows_input_watermark: bool,
 }
 
 impl CqRuntime {
@@ -256,6 +258,7 @@ impl CqRuntime {
             late_events: 0,
             rows_in: 0,
             last_error: None,
+            follows_input_watermark: matches!(time_col, "window_start" | "window_end"),
         })
     }
 
@@ -567,6 +570,33 @@ impl CqRuntime {
             let advanced = max.saturating_add(idle.as_micros() as i64).min(now_us.max(max));
             self.advance(Some(advanced));
         }
+        let mut out = self.close_due(now_us).await?;
+        out.extend(self.emit_updates_if_due(now_us).await?);
+        Ok(out)
+    }
+
+    /// The watermark this query passes downstream, in the time of its output rows
+    /// (`window_start`): every row it emits from now on starts at or after it. `None` before its
+    /// first event.
+    pub fn output_watermark(&self) -> Option<i64> {
+        let w = self.watermark_us?;
+        let start = self.spec.first_open_start(w);
+        Some(match &self.windows {
+            Windows::Session(s) => s.open_since().map_or(start, |o| o.min(start)),
+            Windows::Fixed(_) => start,
+        })
+    }
+
+    /// A query reading another query's rows by their window (`window_start` or `window_end` as
+    /// its time column) advances with that query's [`Self::output_watermark`]: no later input
+    /// row can be earlier, so its own windows close as soon as the upstream's do, instead of
+    /// waiting for the first row of the next upstream window (one upstream window plus the
+    /// allowed lateness later).
+    pub async fn on_input_watermark(&mut self, input_watermark: i64, now_us: i64) -> Result<Emitted, CqError> {
+        if !self.follows_input_watermark || self.watermark_us.is_some_and(|w| w >= input_watermark) {
+            return Ok(Emitted::default());
+        }
+        self.watermark_us = Some(input_watermark);
         let mut out = self.close_due(now_us).await?;
         out.extend(self.emit_updates_if_due(now_us).await?);
         Ok(out)

@@ -200,6 +200,18 @@ impl WindowSpec {
         }
     }
 
+    /// The earliest start of a window that is still open at watermark `w` (every window ending
+    /// at or before `w` is closed): no row this query emits later has an earlier window start.
+    /// For sessions this is `w` itself; the caller takes the open sessions into account.
+    pub fn first_open_start(&self, w: i64) -> i64 {
+        match *self {
+            Self::Tumble { .. } => self.latest_start(w),
+            // The smallest slide-aligned start s with s + size > w.
+            Self::Hop { slide_us, size_us } => floor_to(w.saturating_sub(size_us), 0, slide_us) + slide_us,
+            Self::Session { .. } => w,
+        }
+    }
+
     /// The longest window, µs (months count as 31 days), used to bound replay on restart.
     pub fn max_len_us(&self) -> i64 {
         match *self {

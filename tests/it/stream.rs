@@ -280,3 +280,42 @@ async fn shipped_rollups_run_by_default() {
     .await;
     assert_eq!(rows[0]["requests"], 50, "5-minute rollup merged from the 1-minute one");
 }
+
+/// Derived rollups advance with their upstream's watermark: the 1-hour row of 00:00–01:00
+/// closes as soon as the event-time watermark passes 01:00 (every level 1m → 5m → 15m → 1h
+/// closes in the same step), instead of waiting for the 15-minute row of 01:00–01:15.
+#[tokio::test]
+async fn derived_rollups_close_with_their_upstream_watermark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(&dir.path().join("data")).await;
+    // One event every 30 s from 00:00:00 to 00:59:30.
+    let lines: Vec<String> = (0..120u32)
+        .map(|i| {
+            event(
+                u128::from(i),
+                &format!("2026-01-01T00:{:02}:{:02}Z", i / 2, (i % 2) * 30),
+                "m",
+            )
+        })
+        .collect();
+    hub.post_ok(lines.join("\n")).await;
+    // Watermark = 01:00:06 - 5 s allowed lateness = 01:00:01, past the hour's end.
+    hub.post_ok(event(1000, "2026-01-01T01:00:06Z", "m")).await;
+    let hour = wait_rows(&hub, "SELECT window_start, requests FROM llm_provider_model_1h", 1).await;
+    assert_eq!(hour.len(), 1, "{hour:?}");
+    assert_eq!(hour[0]["requests"], 120, "every event of the hour, once: {hour:?}");
+    assert_eq!(hour[0]["window_start"], "2026-01-01T00:00:00Z");
+    for (table, windows) in [
+        ("llm_provider_model_15m", 4),
+        ("llm_provider_model_5m", 12),
+        ("llm_provider_model_1m", 60),
+    ] {
+        let rows = hub
+            .rows(&format!("SELECT count(*) AS n, sum(requests) AS r FROM {table}"))
+            .await;
+        assert_eq!(rows[0]["n"], windows, "{table}: {rows:?}");
+        assert_eq!(rows[0]["r"], 120, "{table}: {rows:?}");
+    }
+    // The 6-hour window of 00:00 is still open: its end is not behind the watermark.
+    assert_eq!(hub.rows("SELECT * FROM llm_provider_model_6h").await.len(), 0);
+}
