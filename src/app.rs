@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 use crate::cache::ResultCache;
 use crate::cache::memory::MemoryCache;
 use crate::config::Config;
-use crate::event::decode_batch_body;
-use crate::event::split::accepted_raw;
 use crate::generate::{Generator, GeneratorConfig};
 use crate::http::{AppState, router};
-use crate::ingest::{Ingest, StoreIngest, count_decoded};
+use crate::ingest::{BodyShape, Ingest, Pipeline, StoreIngest};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::sources::kafka::producer::KafkaIngest;
@@ -111,8 +109,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         .collect();
     let cache: Option<Arc<dyn ResultCache>> = (config.cache.query_ttl_secs > 0)
         .then(|| Arc::new(MemoryCache::new(config.cache.max_entries)) as Arc<dyn ResultCache>);
+    // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
+    let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
     let state = AppState {
-        ingest: Arc::clone(&ingest),
+        pipeline: pipeline.clone(),
         store: Arc::clone(&store),
         engine,
         cache,
@@ -130,14 +130,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
-    let demo = config.demo.enabled.then(|| {
-        tokio::spawn(run_demo(
-            Arc::clone(&ingest),
-            metrics.clone(),
-            config.demo.clone(),
-            shutdown_rx.clone(),
-        ))
-    });
+    let demo = config
+        .demo
+        .enabled
+        .then(|| tokio::spawn(run_demo(pipeline.clone(), config.demo.clone(), shutdown_rx.clone())));
 
     let pgwire = if config.pgwire.active() {
         let server = crate::pgwire::WireServer::bind(
@@ -230,8 +226,7 @@ async fn shutdown_signal() {
 
 /// In-process demo traffic: live-timestamped events through the same ingest path as HTTP.
 async fn run_demo(
-    ingest: Arc<dyn Ingest>,
-    metrics: Metrics,
+    pipeline: Pipeline,
     config: crate::config::DemoConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -258,19 +253,8 @@ async fn run_demo(
         }
         let now = crate::event::time::now_micros();
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
-        match decode_batch_body(body.as_bytes(), now) {
-            Ok(decoded) => {
-                count_decoded(&metrics, &decoded);
-                let raw = if ingest.wants_raw() {
-                    accepted_raw(body.as_bytes(), &decoded.rejected)
-                } else {
-                    Vec::new()
-                };
-                if let Err(e) = ingest.ingest(decoded.batch, &raw).await {
-                    tracing::warn!(error = %e, "demo events could not be stored");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "demo batch did not decode"),
+        if let Err(e) = pipeline.accept_body(body.into(), BodyShape::Batch, now).await {
+            tracing::warn!(error = %e, "demo events could not be stored");
         }
     }
 }

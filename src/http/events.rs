@@ -18,10 +18,9 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::{ApiError, body_rejection};
 use crate::event::schema::col as c;
-use crate::event::split::accepted_raw;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
-use crate::event::{BodyError, DecodedBatch, EVENTS_TABLE, Rejection, decode_batch_body, decode_single};
-use crate::ingest::count_decoded;
+use crate::event::{BodyError, EVENTS_TABLE, Rejection};
+use crate::ingest::{BodyShape, PipelineError};
 use crate::query::collect_limited;
 
 /// Answer to an ingest request.
@@ -42,26 +41,26 @@ fn body_error(e: BodyError) -> ApiError {
     }
 }
 
-async fn store(state: &AppState, body: &[u8], single: bool, decoded: DecodedBatch) -> Result<Response, ApiError> {
-    count_decoded(&state.metrics, &decoded);
-    let accepted = decoded.batch.num_rows();
-    if accepted > 0 {
-        let raw = match (state.ingest.wants_raw(), single) {
-            (false, _) => Vec::new(),
-            (true, true) => vec![body],
-            (true, false) => accepted_raw(body, &decoded.rejected),
-        };
-        state.ingest.ingest(decoded.batch, &raw).await?;
-    }
-    let status = match (accepted, decoded.rejected.len()) {
+/// Runs a body through the ingestion pipeline and answers with what it accepted and rejected.
+async fn accept(state: &AppState, body: Bytes, shape: BodyShape) -> Result<Response, ApiError> {
+    let out = state
+        .pipeline
+        .accept_body(body, shape, now_micros())
+        .await
+        .map_err(|e| match e {
+            PipelineError::Body(e) => body_error(e),
+            PipelineError::Ingest(e) => ApiError::from(e),
+            PipelineError::Task(e) => ApiError::internal(e),
+        })?;
+    let status = match (out.accepted, out.rejected.len()) {
         (_, 0) => StatusCode::OK,
         (0, _) => StatusCode::BAD_REQUEST,
         _ => StatusCode::MULTI_STATUS,
     };
     let body = IngestResponse {
-        accepted,
-        rejected_count: decoded.rejected.len(),
-        rejected: decoded.rejected,
+        accepted: out.accepted,
+        rejected_count: out.rejected.len(),
+        rejected: out.rejected,
     };
     Ok((status, Json(body)).into_response())
 }
@@ -72,8 +71,7 @@ pub async fn post_one(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
-    let decoded = decode_single(&body, now_micros()).map_err(body_error)?;
-    store(&state, &body, true, decoded).await
+    accept(&state, body, BodyShape::Single).await
 }
 
 /// `POST /api/v1/events/batch`: a JSON array or NDJSON.
@@ -82,15 +80,7 @@ pub async fn post_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
-    let ingest_time = now_micros();
-    let (body, decoded) = tokio::task::spawn_blocking(move || {
-        let decoded = decode_batch_body(&body, ingest_time);
-        (body, decoded)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let decoded = decoded.map_err(body_error)?;
-    store(&state, &body, false, decoded).await
+    accept(&state, body, BodyShape::Batch).await
 }
 
 /// Filters of `GET /api/v1/events`.

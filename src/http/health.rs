@@ -94,7 +94,7 @@ pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
     let sources: Vec<serde_json::Value> = state.sources.iter().map(|s| s.status()).collect();
     Json(json!({
         "mode": state.ingest_mode,
-        "http_ingest": if state.ingest.wants_raw() { "kafka_producer" } else { "local_store" },
+        "http_ingest": if state.pipeline.ingest().wants_raw() { "kafka_producer" } else { "local_store" },
         "sources": sources,
         "sink": state.sink.as_ref().map(|s| s.status()),
         "storage": state.storage_health.status().detail,

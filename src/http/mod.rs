@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::cache::ResultCache;
-use crate::ingest::Ingest;
+use crate::ingest::Pipeline;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::storage::EventStore;
@@ -26,7 +26,8 @@ use crate::storage::EventStore;
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// Where accepted events go.
-    pub ingest: Arc<dyn Ingest>,
+    /// Where posted events go.
+    pub pipeline: Pipeline,
     /// Where events are stored (for readiness).
     pub store: Arc<dyn EventStore>,
     /// SQL execution.

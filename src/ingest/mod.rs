@@ -1,6 +1,8 @@
 //! Ingest seam: where validated events go. Standalone, they are appended to the local store
 //! ([`StoreIngest`]); in cluster mode a Kafka producer takes its place behind [`Ingest`].
 
+pub mod pipeline;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,6 +13,8 @@ use crate::event::schema::col;
 use crate::event::{DecodedBatch, ReaderCounts, Rejection};
 use crate::metrics::Metrics;
 use crate::storage::{EventStore, StorageError};
+
+pub use pipeline::{Accepted, BodyShape, Pipeline, PipelineError};
 
 /// Errors while handing events on.
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +108,18 @@ impl Ingest for StoreIngest {
             })?;
         }
         let stored = batch.clone();
-        self.store.append(batch).await?;
+        // While the append waits for its group commit, this task computes the batch's partial
+        // aggregates for the continuous queries (requests do so in parallel; the engine task
+        // only merges them).
+        let (appended, ahead) = match &self.stream {
+            Some(stream) => tokio::join!(self.store.append(batch), stream.prepare(&stored)),
+            None => (self.store.append(batch).await, Vec::new()),
+        };
+        appended?;
         count_processed(&self.metrics, &stored);
         if let Some(stream) = &self.stream {
             // Durable already; the engine catches up from the store after a restart if this fails.
-            if let Err(e) = stream.push(stored).await {
+            if let Err(e) = stream.push_prepared(stored, ahead).await {
                 tracing::warn!(error = %e, "continuous queries did not receive a batch");
             }
         }

@@ -15,7 +15,7 @@ use super::CqError;
 use super::catalog::{self, CqDefinition, CqOptions};
 use super::late::{self, LATE_EVENTS_TABLE};
 use super::output::{self, SessionCheckpoint};
-use super::query::{CqRuntime, CqStatus, Emitted, source_of};
+use super::query::{CqRuntime, CqStatus, Emitted, Prepared, Preparer, Processed, source_of};
 use super::window::WindowSpec;
 use crate::event::time::now_micros;
 use crate::event::{EVENTS_TABLE, events_schema};
@@ -56,9 +56,24 @@ impl std::fmt::Debug for EngineDeps {
     }
 }
 
+/// A query as the preparers know it: name and registration time (a query deleted and
+/// registered again under the same name is another query).
+pub type QueryId = (String, i64);
+
+/// Batches smaller than this are not aggregated ahead: the engine coalesces small batches
+/// (single events) into one micro-batch, which is cheaper than one plan run each.
+const PREPARE_MIN_ROWS: usize = 1024;
+
+/// Accepted events, with the partial aggregates some queries' preparers computed ahead.
+#[derive(Debug)]
+struct EventsInput {
+    batch: RecordBatch,
+    ahead: Vec<(QueryId, Prepared)>,
+}
+
 #[derive(Debug)]
 enum Command {
-    Batch(RecordBatch),
+    Batch(EventsInput),
     Register(CqDefinition, oneshot::Sender<Result<CqStatus, CqError>>),
     Delete(String, oneshot::Sender<Result<(), CqError>>),
     SetPaused(String, bool, oneshot::Sender<Result<CqStatus, CqError>>),
@@ -69,6 +84,8 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct StreamHandle {
     tx: mpsc::Sender<Command>,
+    /// The partial-aggregate runners of every query over raw events.
+    preparers: tokio::sync::watch::Receiver<Arc<Vec<(QueryId, Preparer)>>>,
 }
 
 impl StreamHandle {
@@ -80,7 +97,36 @@ impl StreamHandle {
 
     /// Feeds a batch of accepted events (waits when the engine is behind).
     pub async fn push(&self, batch: RecordBatch) -> Result<(), CqError> {
-        self.tx.send(Command::Batch(batch)).await.map_err(|_| CqError::Stopped)
+        self.push_prepared(batch, Vec::new()).await
+    }
+
+    /// Computes `batch`'s partial aggregate for every query over raw events, on the caller's
+    /// task (ingest requests do this in parallel, while their append syncs; the engine task
+    /// then only merges states in order, as `bench rollup` does on its decoder threads).
+    /// Small batches, and queries whose preparation fails, are left to the engine.
+    pub async fn prepare(&self, batch: &RecordBatch) -> Vec<(QueryId, Prepared)> {
+        if batch.num_rows() < PREPARE_MIN_ROWS {
+            return Vec::new();
+        }
+        let preparers = Arc::clone(&self.preparers.borrow());
+        let mut ahead = Vec::with_capacity(preparers.len());
+        for (id, preparer) in preparers.iter() {
+            match preparer.prepare(batch.clone()).await {
+                Ok(p) => ahead.push((id.clone(), p)),
+                Err(e) => {
+                    tracing::debug!(query = %id.0, error = %e, "partial aggregate ahead failed; the engine computes it")
+                }
+            }
+        }
+        ahead
+    }
+
+    /// [`Self::push`] with partial aggregates from [`Self::prepare`] for this very batch.
+    pub async fn push_prepared(&self, batch: RecordBatch, ahead: Vec<(QueryId, Prepared)>) -> Result<(), CqError> {
+        self.tx
+            .send(Command::Batch(EventsInput { batch, ahead }))
+            .await
+            .map_err(|_| CqError::Stopped)
     }
 
     /// Registers a query; validation errors come back as [`CqError::Invalid`].
@@ -147,6 +193,8 @@ pub struct StreamEngine {
     late: LocalStore,
     /// Late events whose write failed, written first once the store takes writes again.
     late_unwritten: Vec<RecordBatch>,
+    /// Publishes the preparers of the queries over raw events to [`StreamHandle::prepare`].
+    preparers: tokio::sync::watch::Sender<Arc<Vec<(QueryId, Preparer)>>>,
 }
 
 /// Appends `pending` then `batches` to `store` in order, stopping at the first failure; what
@@ -183,11 +231,13 @@ impl StreamEngine {
         deps.query_ctx
             .register_table(LATE_EVENTS_TABLE, late.table_provider())
             .map_err(CqError::internal)?;
+        let (preparers, preparers_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let mut engine = Self {
             deps,
             queries: Vec::new(),
             late,
             late_unwritten: Vec::new(),
+            preparers,
         };
         let saved = catalog::load(&engine.deps.dir)?;
         let mut snapshots = Vec::new();
@@ -254,7 +304,13 @@ impl StreamEngine {
             }
             engine.shutdown().await;
         });
-        Ok((StreamHandle { tx }, task))
+        Ok((
+            StreamHandle {
+                tx,
+                preparers: preparers_rx,
+            },
+            task,
+        ))
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -349,10 +405,25 @@ impl StreamEngine {
     /// for downstream queries.
     async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
         let now = now_micros();
+        let mut results = Vec::with_capacity(inputs.len());
+        for batch in inputs {
+            results.push(self.queries[i].rt.on_batch(batch, now, replay).await);
+        }
+        self.absorb(i, results).await
+    }
+
+    /// [`Self::run_query`] for one live batch whose partial aggregate was computed ahead.
+    async fn run_prepared(&mut self, i: usize, prepared: Prepared) -> Vec<RecordBatch> {
+        let result = self.queries[i].rt.on_prepared(prepared, now_micros(), false).await;
+        self.absorb(i, vec![result]).await
+    }
+
+    /// Persists what query `i` produced; returns its final rows for downstream queries.
+    async fn absorb(&mut self, i: usize, results: Vec<Result<Processed, CqError>>) -> Vec<RecordBatch> {
         let mut emitted = Emitted::default();
         let mut late = Vec::new();
-        for batch in inputs {
-            match self.queries[i].rt.on_batch(batch, now, replay).await {
+        for result in results {
+            match result {
                 Ok(p) => {
                     emitted.rows.extend(p.output);
                     emitted.closed.extend(p.closed);
@@ -430,14 +501,19 @@ impl StreamEngine {
 
     /// Runs input from `source` through every query, downstream queries included.
     async fn dispatch(&mut self, source: &str, batches: Vec<RecordBatch>) {
-        self.run_downstream(HashMap::from([(source.to_string(), batches)]))
+        self.run_downstream(HashMap::from([(source.to_string(), batches)]), Vec::new())
             .await;
     }
 
     /// Runs `pending` input (rows by source) through every query in dependency order; every
     /// query reading another one also advances with that query's watermark, so derived windows
     /// close when their upstream's do, whether or not rows arrived.
-    async fn run_downstream(&mut self, mut pending: HashMap<String, Vec<RecordBatch>>) {
+    /// `ahead` holds partial aggregates computed for the single raw-events batch in `pending`.
+    async fn run_downstream(
+        &mut self,
+        mut pending: HashMap<String, Vec<RecordBatch>>,
+        mut ahead: Vec<(QueryId, Prepared)>,
+    ) {
         for i in 0..self.queries.len() {
             let inputs = pending.get(&self.queries[i].rt.source).cloned();
             if let Some(paused_at) = self.queries[i].paused_at {
@@ -446,9 +522,15 @@ impl StreamEngine {
                 }
                 continue;
             }
-            let mut out = match inputs {
-                Some(inputs) => self.run_query(i, &inputs, false).await,
-                None => Vec::new(),
+            let def = &self.queries[i].rt.def;
+            let prepared = ahead
+                .iter()
+                .position(|((name, created), _)| *name == def.name && *created == def.created_at_us)
+                .map(|j| ahead.swap_remove(j).1);
+            let mut out = match (inputs, prepared) {
+                (Some(_), Some(prepared)) => self.run_prepared(i, prepared).await,
+                (Some(inputs), None) => self.run_query(i, &inputs, false).await,
+                (None, _) => Vec::new(),
             };
             out.extend(self.follow_upstream(i).await);
             if !out.is_empty() {
@@ -484,7 +566,27 @@ impl StreamEngine {
         }
     }
 
-    async fn on_events(&mut self, batches: Vec<RecordBatch>) {
+    /// Runs accepted events through the queries in arrival order: consecutive batches without
+    /// partial aggregates ahead are coalesced into one micro-batch; a batch with them is run
+    /// on its own, merging the states its request computed.
+    async fn on_events(&mut self, inputs: Vec<EventsInput>) {
+        let mut plain = Vec::new();
+        for input in inputs {
+            if input.ahead.is_empty() {
+                plain.push(input.batch);
+                continue;
+            }
+            self.on_plain_events(std::mem::take(&mut plain)).await;
+            let pending = HashMap::from([(EVENTS_TABLE.to_string(), vec![input.batch])]);
+            self.run_downstream(pending, input.ahead).await;
+        }
+        self.on_plain_events(plain).await;
+    }
+
+    async fn on_plain_events(&mut self, batches: Vec<RecordBatch>) {
+        if batches.is_empty() {
+            return;
+        }
         let batch = if batches.len() == 1 {
             batches.into_iter().next()
         } else {
@@ -506,7 +608,7 @@ impl StreamEngine {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Batch(batch) => self.on_events(vec![batch]).await,
+            Command::Batch(input) => self.on_events(vec![input]).await,
             Command::Register(def, reply) => {
                 let _ = reply.send(self.register(def).await);
             }
@@ -581,6 +683,13 @@ impl StreamEngine {
     fn publish(&self) {
         let defs: Vec<CqDefinition> = self.queries.iter().map(|q| q.rt.def.clone()).collect();
         self.deps.published.send_replace(defs);
+        let preparers = self
+            .queries
+            .iter()
+            .filter(|q| q.rt.source == EVENTS_TABLE)
+            .map(|q| ((q.rt.def.name.clone(), q.rt.def.created_at_us), q.rt.preparer()))
+            .collect();
+        self.preparers.send_replace(Arc::new(preparers));
     }
 
     async fn tick(&mut self) {
@@ -606,7 +715,7 @@ impl StreamEngine {
             }
         }
         // Idle advance may have moved an upstream watermark without closing a window.
-        self.run_downstream(HashMap::new()).await;
+        self.run_downstream(HashMap::new(), Vec::new()).await;
         if let Err(e) = self.late.maintain().await {
             tracing::warn!(error = %e, "late-events maintenance failed");
         }
@@ -629,13 +738,13 @@ impl StreamEngine {
 
 /// Takes further queued input batches (up to [`COALESCE_ROWS`] rows) after `first`; stops at
 /// the first command that is not a batch and returns it, so commands keep their order.
-fn drain_batches(first: RecordBatch, rx: &mut mpsc::Receiver<Command>) -> (Vec<RecordBatch>, Option<Command>) {
-    let mut rows = first.num_rows();
+fn drain_batches(first: EventsInput, rx: &mut mpsc::Receiver<Command>) -> (Vec<EventsInput>, Option<Command>) {
+    let mut rows = first.batch.num_rows();
     let mut batches = vec![first];
     while rows < COALESCE_ROWS {
         match rx.try_recv() {
             Ok(Command::Batch(b)) => {
-                rows += b.num_rows();
+                rows += b.batch.num_rows();
                 batches.push(b);
             }
             Ok(other) => return (batches, Some(other)),

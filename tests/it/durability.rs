@@ -1,6 +1,8 @@
 //! Acknowledged events survive `kill -9`; SIGTERM drains and flushes.
 
-use crate::harness::{Hub, HubOptions, generated};
+use std::time::Duration;
+
+use crate::harness::{Hub, HubOptions, generated, wait_for};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_and_restart_keeps_every_acknowledged_event() {
@@ -37,6 +39,75 @@ async fn kill9_and_restart_keeps_every_acknowledged_event() {
         })
         .count();
     assert!(parquet >= 1, "some data came back from Parquet");
+}
+
+/// Group commit under concurrent single-event load: 32 clients post one event per request;
+/// the Hub is killed with SIGKILL while requests are in flight. Every event that was
+/// acknowledged (200) is back after the restart, and none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_under_concurrent_single_event_load_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut hub = Hub::start(&data).await;
+    let lines = std::sync::Arc::new(generated(32, 6400, 0.0));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let client = reqwest::Client::new();
+    let url = hub.url("/api/v1/events");
+    let mut clients = Vec::new();
+    for c in 0..32 {
+        let (lines, acked, client, url) = (lines.clone(), acked.clone(), client.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            for line in lines.iter().skip(c).step_by(32) {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(line.clone())
+                    .send()
+                    .await;
+                // After the kill every request fails: stop.
+                let Ok(r) = sent else { return };
+                if r.status() != 200 {
+                    return;
+                }
+                let id: serde_json::Value = serde_json::from_str(line).expect("json");
+                acked
+                    .lock()
+                    .expect("acked")
+                    .push(id["event_id"].as_str().expect("event_id").to_string());
+            }
+        }));
+    }
+    let acked_for_wait = acked.clone();
+    wait_for("1000 acknowledged single events", Duration::from_secs(120), || {
+        let n = acked_for_wait.lock().expect("acked").len();
+        async move { (n >= 1000).then_some(()) }
+    })
+    .await;
+    hub.kill9();
+    for c in clients {
+        c.await.expect("client task");
+    }
+    let acked = acked.lock().expect("acked").clone();
+    assert!(
+        acked.len() >= 1000 && acked.len() < 6400,
+        "killed mid-load: {} acknowledged",
+        acked.len()
+    );
+
+    let hub = Hub::start(&data).await;
+    let rows = hub.rows("SELECT event_id FROM events").await;
+    let stored: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| r["event_id"].as_str().expect("event_id").to_string())
+        .collect();
+    assert_eq!(stored.len(), rows.len(), "no event stored twice");
+    let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

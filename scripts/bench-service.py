@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""The service path, measured as a user runs it (issue #19), next to its peers in the same run.
+
+Generates N events to a file, then prints, in one run on this machine:
+  1. `analytics-hub bench rollup` on the file (the in-process bench path);
+  2. DuckDB `read_ndjson` + the same rollup (scripts/bench-duckdb.py);
+  3. `serve` (fresh data dir, every shipped rollup running): HTTP batch ingest of the file as
+     NDJSON bodies of BODY lines from CLIENTS concurrent clients, acknowledged events/s, and the
+     peak RSS (VmHWM) of the Hub;
+  4. single-event `POST /api/v1/events` with wrk (32 connections, WRK_SECONDS), req/s and
+     latency percentiles, plus the mean WAL group size (group commit) from /metrics;
+  5. freshness with a fast event clock: events in 30 s event-time steps over 2 h 10 min; after
+     each acknowledged step, how long until every 1m / 5m / 1h window the watermark closed is
+     visible in SQL;
+  6. live freshness (LIVE seconds of live-timestamped traffic): wall-clock delay between a
+     1m / 5m window's end and its row appearing (the allowed lateness, 5 s, is part of it).
+
+  python3 scripts/bench-service.py [--bin PATH] [--events N] [--body LINES] [--clients C]
+                                   [--wrk-seconds S] [--live SECONDS]
+"""
+import argparse
+import http.client
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+target = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/llm-analytics-hub-target")
+ap = argparse.ArgumentParser()
+ap.add_argument("--bin", default=os.path.join(target, "release", "analytics-hub"))
+ap.add_argument("--events", type=int, default=1_000_000)
+ap.add_argument("--body", type=int, default=10_000)
+ap.add_argument("--clients", type=int, default=2)
+ap.add_argument("--wrk-seconds", type=int, default=15)
+ap.add_argument("--live", type=int, default=130, help="seconds of live traffic (330 to see a 5m window)")
+args = ap.parse_args()
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Hub:
+    """The release binary on a free loopback port with a fresh data directory."""
+
+    def __init__(self):
+        self.data = tempfile.mkdtemp(prefix="hub-bench-service-")
+        self.port = free_port()
+        env = dict(os.environ, PGWIRE_ENABLED="false", LOG_LEVEL="warn")
+        self.proc = subprocess.Popen(
+            [args.bin, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if self.request("GET", "/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("the Hub did not become ready in 60 s")
+
+    def request(self, method, path, body=None, content_type="application/json", conn=None):
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        c.request(method, path, body=body, headers={"content-type": content_type})
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        return r.status, data
+
+    def sql(self, q):
+        status, data = self.request("POST", "/api/v1/sql", json.dumps({"sql": q}).encode())
+        if status != 200:
+            raise SystemExit(f"SQL answered {status}: {data[:300]!r}")
+        return json.loads(data)["rows"]
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metric(self, name):
+        _, text = self.request("GET", "/metrics")
+        total = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
+def ts_us(s):
+    return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1_000_000)
+
+
+def bench_rollup(path):
+    out = subprocess.run([args.bin, "bench", "rollup", "--input", path], check=True, capture_output=True, text=True)
+    m = re.search(r"throughput:\s+([0-9.]+) events/s", out.stdout)
+    return float(m.group(1)) if m else float("nan")
+
+
+def duckdb_rollup(path):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "bench-duckdb.py"), path], check=True,
+                         capture_output=True, text=True)
+    m = re.search(r"([0-9,]+) events/s", out.stdout)
+    return float(m.group(1).replace(",", "")) if m else float("nan"), out.stdout.split(":")[0]
+
+
+def batch_ingest(hub, path):
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines = [l for l in lines if l]
+    bodies = queue.Queue()
+    for k in range(0, len(lines), args.body):
+        bodies.put(b"\n".join(lines[k:k + args.body]))
+    errors = []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=300)
+        while True:
+            try:
+                body = bodies.get_nowait()
+            except queue.Empty:
+                return
+            status, data = hub.request("POST", "/api/v1/events/batch", body, "application/x-ndjson", conn)
+            if status != 200:
+                errors.append((status, data[:200]))
+                return
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"batch ingest failed: {errors[0]}")
+    stored = hub.sql("SELECT count(*) AS n FROM events")[0]["n"]
+    if stored != len(lines):
+        raise SystemExit(f"stored {stored} of {len(lines)} events")
+    return len(lines) / elapsed, elapsed
+
+
+def single_events(hub, template):
+    template = json.loads(template)
+    template["event_id"] = "%s"
+    body = json.dumps(template).replace("%", "%%").replace('"%%s"', '"%s"')
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write(
+        """
+local n = 0
+local threads = {}
+setup = function(thread) thread:set("tid", n); n = n + 1 end
+local counter = 0
+local template = [==[%s]==]
+request = function()
+  counter = counter + 1
+  local id = string.format("%%08x-0000-4000-8000-%%012x", tid, counter)
+  return wrk.format("POST", "/api/v1/events", {["Content-Type"] = "application/json"}, string.format(template, id))
+end
+response = function(status, headers, body)
+  if status ~= 200 then error("status " .. status .. ": " .. body) end
+end
+""" % body
+    )
+    lua.close()
+    groups0 = (hub.metric("wal_commit_group_batches_sum"), hub.metric("wal_commit_group_batches_count"))
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{args.wrk_seconds}s", "--latency", "-s", lua.name, f"http://127.0.0.1:{hub.port}"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    groups1 = (hub.metric("wal_commit_group_batches_sum"), hub.metric("wal_commit_group_batches_count"))
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([0-9.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    mean_group = (groups1[0] - groups0[0]) / max(1.0, groups1[1] - groups0[1])
+    return rps, lat(50), lat(99), int(non2xx.group(1)) if non2xx else 0, mean_group
+
+
+LEVELS = [("1m", 60), ("5m", 300), ("1h", 3600)]
+
+
+def fast_clock_freshness(hub):
+    """Event time runs far ahead of the wall clock: 30 s of events per step, 100 events/s."""
+    gen = subprocess.run(
+        [args.bin, "generate", "--count", str(100 * 60 * 130), "--events-per-sec", "100", "--seed", "7"],
+        check=True, capture_output=True,
+    ).stdout.splitlines()
+    start = ts_us(json.loads(gen[0])["timestamp"])
+    waits = {name: [] for name, _ in LEVELS}
+    step = 100 * 30
+    for k in range(0, len(gen), step):
+        chunk = gen[k:k + step]
+        status, data = hub.request("POST", "/api/v1/events/batch", b"\n".join(chunk), "application/x-ndjson")
+        if status != 200:
+            raise SystemExit(f"fast-clock post answered {status}: {data[:200]!r}")
+        acked = time.perf_counter()
+        watermark = ts_us(json.loads(chunk[-1])["timestamp"]) - 5_000_000
+        for name, secs in LEVELS:
+            want = (watermark - start) // (secs * 1_000_000)
+            have_before = None
+            while True:
+                have = hub.sql(f"SELECT count(DISTINCT window_start) AS n FROM llm_provider_model_{name}")[0]["n"]
+                if have_before is None:
+                    have_before = have
+                if have >= want:
+                    break
+                if time.perf_counter() - acked > 30:
+                    raise SystemExit(f"{name}: {have} of {want} windows visible 30 s after the watermark passed")
+                time.sleep(0.005)
+            if want > have_before:
+                waits[name].append((time.perf_counter() - acked) * 1000)
+    return waits
+
+
+def live_freshness(hub, template):
+    """Live-timestamped traffic at ~1000 events/s; when does each window's row appear?"""
+    base = json.loads(template)
+    stop = threading.Event()
+
+    def send():
+        conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=60)
+        while not stop.is_set():
+            now = datetime.now(timezone.utc)
+            lines = []
+            for i in range(100):
+                e = dict(base)
+                e["event_id"] = str(uuid.uuid4())
+                e["timestamp"] = now.isoformat().replace("+00:00", "Z")
+                lines.append(json.dumps(e))
+            hub.request("POST", "/api/v1/events/batch", "\n".join(lines).encode(), "application/x-ndjson", conn)
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen = {"1m": set(), "5m": set()}
+    delays = {"1m": [], "5m": []}
+    end = time.time() + args.live
+    while time.time() < end:
+        for name in seen:
+            for row in hub.sql(f"SELECT DISTINCT window_end FROM llm_provider_model_{name}"):
+                w = row["window_end"]
+                if w not in seen[name]:
+                    seen[name].add(w)
+                    delays[name].append(time.time() - ts_us(w) / 1e6)
+        time.sleep(0.05)
+    stop.set()
+    sender.join()
+    return delays
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="hub-bench-input-")
+    path = os.path.join(work, "events.ndjson")
+    with open(path, "wb") as f:
+        subprocess.run([args.bin, "generate", "--count", str(args.events)], check=True, stdout=f)
+    with open(path, "rb") as f:
+        template = f.readline().decode()
+    size = os.path.getsize(path)
+    print(f"machine: {os.cpu_count()} cores; binary {args.bin}")
+    print(f"input: {args.events} events, {size / args.events:.0f} B/event, {size / 1e6:.0f} MB")
+
+    bench = bench_rollup(path)
+    duck, duck_version = duckdb_rollup(path)
+    print(f"bench rollup (in-process path):          {bench:12,.0f} events/s")
+    print(f"{duck_version} read_ndjson + rollup:        {duck:12,.0f} events/s")
+
+    hub = Hub()
+    try:
+        rate, elapsed = batch_ingest(hub, path)
+        print(f"serve, HTTP batch ingest, acknowledged:  {rate:12,.0f} events/s ({elapsed:.1f} s; "
+              f"{args.body} lines/body, {args.clients} clients, shipped rollups on)"
+              f"  = {rate / bench:.2f}x bench, {rate / duck:.2f}x DuckDB")
+        print(f"  peak RSS after {args.events} events: {hub.peak_rss_mb():.0f} MB")
+        rps, p50, p99, non2xx, group = single_events(hub, template)
+        print(f"single-event POST, wrk 32 conns {args.wrk_seconds} s:   {rps:10,.0f} req/s  p50 {p50:.2f} ms  "
+              f"p99 {p99:.2f} ms  non-2xx {non2xx}  mean WAL group {group:.1f} requests/fdatasync")
+    finally:
+        hub.stop()
+
+    hub = Hub()
+    try:
+        waits = fast_clock_freshness(hub)
+        for name, xs in waits.items():
+            print(f"fast-clock freshness {name:>3}: {len(xs)} windows closed; visible after ack "
+                  f"p50 {percentile(xs, 0.5):.1f} ms, max {max(xs) if xs else float('nan'):.1f} ms")
+    finally:
+        hub.stop()
+
+    if args.live > 0:
+        hub = Hub()
+        try:
+            delays = live_freshness(hub, template)
+            for name, xs in delays.items():
+                if xs:
+                    print(f"live freshness {name:>3}: {len(xs)} windows; row visible {min(xs):.2f}-{max(xs):.2f} s "
+                          f"after the window end (allowed lateness 5 s)")
+                else:
+                    print(f"live freshness {name:>3}: no window closed in {args.live} s")
+        finally:
+            hub.stop()
+
+
+if __name__ == "__main__":
+    main()
