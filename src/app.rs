@@ -65,7 +65,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
-    let sink = crate::sinks::build(&config, published_rx, &metrics).await?;
+    let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
     let (stream, stream_task) = if config.stream.enabled {
         let deps = EngineDeps {
             dir: config.storage.data_dir.join("cq"),
@@ -88,7 +88,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
     let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone());
     let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
-    let sources = crate::sources::build(&config, source_ingest, sink.clone(), &metrics).await?;
+    let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
         Arc::new(KafkaIngest::from_config(&config.kafka).map_err(crate::sources::SourceError::Config)?)
     } else {

@@ -20,3 +20,38 @@ pub trait Classify {
         self.class() == ErrorClass::External
     }
 }
+
+/// An error with every cause in its `source` chain, `outer: inner: innermost` (for logs; an
+/// answer to a client shows only the outer message).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        // Variants that print their source inline (`{0}`) would repeat it.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_shows_every_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let storage = crate::storage::StorageError::Io {
+            context: "appending".into(),
+            source: io,
+        };
+        // `StorageError::Io` prints its source inline: it is not repeated.
+        assert_eq!(chain(&storage), "appending: disk on fire");
+        let ingest = crate::ingest::IngestError::Sink(crate::sinks::SinkError::Unavailable("timeout".into()));
+        assert_eq!(chain(&ingest), "rollup database: database unavailable: timeout");
+    }
+}

@@ -110,7 +110,7 @@ impl From<IngestError> for ApiError {
         if let IngestError::Storage(storage) = &e
             && let Some(kind) = storage.fault_kind()
         {
-            tracing::warn!(error = %e, "ingest refused: storage unavailable");
+            tracing::warn!(error = %crate::error::chain(&e), "ingest refused: storage unavailable");
             let cause = match kind {
                 FaultKind::NoSpace => "the data disk is full",
                 FaultKind::LowSpace => "free space on the data disk is below storage.min_free_bytes",
@@ -129,7 +129,7 @@ impl From<IngestError> for ApiError {
         }
         match e.class() {
             ErrorClass::External => {
-                tracing::error!(error = %e, "ingest failed");
+                tracing::error!(error = %crate::error::chain(&e), "ingest failed");
                 Self::unavailable(
                     "events could not be stored right now; nothing was accepted, retry later",
                     1,

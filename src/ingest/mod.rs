@@ -22,10 +22,13 @@ pub enum IngestError {
     /// The store could not make the events durable; nothing was acknowledged.
     #[error("events could not be stored: {0}")]
     Storage(#[from] StorageError),
-    /// The downstream system (the Kafka broker, the database) did not acknowledge in time;
-    /// retry later.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The rollup database refused or did not answer (standalone with PostgreSQL, written
+    /// before the store); nothing was acknowledged.
+    #[error("rollup database: {0}")]
+    Sink(#[source] crate::sinks::SinkError),
+    /// The Kafka broker did not acknowledge the events in time (HTTP → Kafka); retry later.
+    #[error("the Kafka broker did not acknowledge the events")]
+    Produce(#[source] rdkafka::error::KafkaError),
     /// A broken invariant in the Hub.
     #[error("internal: {0}")]
     Internal(String),
@@ -35,7 +38,8 @@ impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Storage(e) => e.class(),
-            Self::Unavailable(_) => ErrorClass::External,
+            Self::Sink(e) => e.class(),
+            Self::Produce(_) => ErrorClass::External,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -102,10 +106,7 @@ impl StoreIngest {
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
         if let Some(sink) = &self.sink {
-            sink.write(&batch, &[], &[]).await.map_err(|e| match e {
-                crate::sinks::SinkError::Unavailable(m) => IngestError::Unavailable(format!("rollup database: {m}")),
-                other => IngestError::Internal(other.to_string()),
-            })?;
+            sink.write(&batch, &[], &[]).await.map_err(IngestError::Sink)?;
         }
         let stored = batch.clone();
         // While the append waits for its group commit, this task computes the batch's partial

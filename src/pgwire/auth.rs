@@ -18,7 +18,7 @@ use pgwire::api::{ClientInfo, ConnectionManager};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use crate::config::{PgwireAuth, PgwireConfig};
+use super::config::{PgwireAuth, PgwireConfig};
 
 /// The server version clients see (`server_version`); Grafana and drivers read it.
 pub const SERVER_VERSION: &str = "16.6";
@@ -190,7 +190,7 @@ impl StartupHandler for Startup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PgwireUser;
+    use crate::pgwire::config::PgwireUser;
 
     fn store(method: PgwireAuth) -> UserStore {
         UserStore::new(&PgwireConfig {

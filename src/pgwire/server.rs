@@ -25,7 +25,7 @@ use super::auth::{Startup, UserStore};
 use super::catalog::wire_context;
 use super::hooks::ReadOnlyHook;
 use super::service::{HubService, STATEMENT_TIMEOUT_KEY};
-use crate::config::PgwireConfig;
+use super::config::PgwireConfig;
 
 /// What every connection shares.
 struct Shared {

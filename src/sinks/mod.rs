@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use tokio::sync::watch;
 
-use crate::config::Config;
 use crate::error::{Classify, ErrorClass};
 use crate::metrics::Metrics;
 use crate::stream::catalog::CqDefinition;
@@ -73,6 +72,12 @@ impl Classify for SinkError {
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
+
+    /// A fenced write is the database's answer, not its failure: retrying the same stale
+    /// position cannot succeed (the source rewinds instead).
+    fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// Where continuous-query outputs become durable and shared.
@@ -97,8 +102,8 @@ pub trait RollupSink: Send + Sync + std::fmt::Debug {
     /// This instance no longer owns `partitions`.
     fn forget_positions(&self, partitions: &[(String, i32)]);
 
-    /// Retry schedule for failed writes: (backoff, attempts; 0 = until it succeeds).
-    fn retry_policy(&self) -> (postgres::retry::Backoff, u32);
+    /// Retry schedule for failed writes (attempts 0 = until it succeeds).
+    fn retry_policy(&self) -> crate::resilience::RetryPolicy;
 
     /// Live status for `/api/v1/ingest/status`.
     fn status(&self) -> serde_json::Value;
@@ -107,16 +112,18 @@ pub trait RollupSink: Send + Sync + std::fmt::Debug {
     fn ready(&self) -> bool;
 }
 
-/// The configured sink, if any. `queries` follows the registered continuous queries.
+/// The configured sink, if any (the `[postgres]` section). `group` names the writer group
+/// whose source offsets it stores (the Kafka consumer group); `queries` follows the registered
+/// continuous queries.
 pub async fn build(
-    config: &Config,
+    config: &postgres::config::PostgresConfig,
+    group: &str,
     queries: watch::Receiver<Vec<CqDefinition>>,
     metrics: &Metrics,
 ) -> Result<Option<Arc<dyn RollupSink>>, SinkError> {
-    if !config.postgres.enabled() {
+    if !config.enabled() {
         return Ok(None);
     }
-    let sink =
-        postgres::PostgresSink::connect(&config.postgres, &config.kafka.group_id, queries, metrics.clone()).await?;
+    let sink = postgres::PostgresSink::connect(config, group, queries, metrics.clone()).await?;
     Ok(Some(Arc::new(sink)))
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::config::Config;
 use crate::error::{Classify, ErrorClass};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -54,23 +53,24 @@ pub trait Source: Send {
     async fn run(self: Box<Self>, shutdown: watch::Receiver<bool>) -> Result<(), SourceError>;
 }
 
-/// The configured sources, storing into `store_ingest` (and writing `sink` exactly-once).
+/// The configured sources (the `[kafka]` section), storing into `store_ingest` (and writing
+/// `sink` exactly-once).
 pub async fn build(
-    config: &Config,
+    config: &kafka::config::KafkaConfig,
     store_ingest: Arc<dyn Ingest>,
     sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     metrics: &Metrics,
 ) -> Result<Vec<Box<dyn Source>>, SourceError> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    if config.kafka.enabled() && config.kafka.create_topics {
+    if config.enabled() && config.create_topics {
         // Not fatal: the topics may exist already, or the broker may come up later.
-        if let Err(e) = kafka::admin::ensure_topics(&config.kafka).await {
+        if let Err(e) = kafka::admin::ensure_topics(config).await {
             tracing::warn!(error = %e, "kafka topics could not be checked or created");
         }
     }
-    if config.kafka.enabled() && config.kafka.consume {
+    if config.enabled() && config.consume {
         sources.push(Box::new(kafka::KafkaSource::new(
-            &config.kafka,
+            config,
             store_ingest,
             sink,
             metrics.clone(),

@@ -1,6 +1,5 @@
 //! One running continuous query: window state, watermark, lateness, emission.
 
-use std::time::Instant;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
@@ -141,8 +140,10 @@ pub struct CqRuntime {
     /// Input columns this query reads (see [`CqRuntime::input_columns`]).
     input_columns: Vec<String>,
     max_event_us: Option<i64>,
-    last_input: Instant,
-    last_emit: Instant,
+    /// When the last input arrived (the caller's clock, µs); idle advance counts from it.
+    last_input_us: Option<i64>,
+    /// When updating rows were last emitted (the caller's clock, µs; set on the first check).
+    last_emit_us: Option<i64>,
     watermark_us: Option<i64>,
     /// Tumbling/hopping windows starting at or before this were emitted before a restart.
     pub emitted_through: Option<i64>,
@@ -249,8 +250,8 @@ impl CqRuntime {
             windows,
             time_idx,
             max_event_us: None,
-            last_input: Instant::now(),
-            last_emit: Instant::now(),
+            last_input_us: None,
+            last_emit_us: None,
             watermark_us: None,
             emitted_through: None,
             rows_emitted: 0,
@@ -360,7 +361,7 @@ impl CqRuntime {
         if batch.num_rows() == 0 {
             return Ok(Processed::default());
         }
-        self.last_input = Instant::now();
+        self.last_input_us = Some(now_us);
         self.rows_in += batch.num_rows() as u64;
         let times = datafusion::arrow::compute::cast(batch.column(self.time_idx), &timestamp_type())
             .map_err(CqError::internal)?;
@@ -530,7 +531,8 @@ impl CqRuntime {
         let Some(interval) = self.def.options.emit_interval_ms else {
             return Ok(Emitted::default());
         };
-        if !self.layout.updating() || (self.last_emit.elapsed().as_millis() as u64) < interval {
+        let last_emit = *self.last_emit_us.get_or_insert(now_us);
+        if !self.layout.updating() || now_us.saturating_sub(last_emit) < (interval as i64).saturating_mul(1000) {
             return Ok(Emitted::default());
         }
         self.emit_updates(now_us).await
@@ -538,7 +540,7 @@ impl CqRuntime {
 
     /// Updating mode: the current rows of every (window, key) that changed since the last call.
     pub async fn emit_updates(&mut self, now_us: i64) -> Result<Emitted, CqError> {
-        self.last_emit = Instant::now();
+        self.last_emit_us = Some(now_us);
         let (states, settling) = match &mut self.windows {
             Windows::Fixed(f) => {
                 let d = f.take_dirty(&self.codec, &self.key_idx)?;
@@ -563,11 +565,11 @@ impl CqRuntime {
     /// with the wall clock (never past it), so the last windows close; in updating mode,
     /// changed windows are emitted when the interval has passed.
     pub async fn on_tick(&mut self, now_us: i64) -> Result<Emitted, CqError> {
-        let idle = self.last_input.elapsed();
-        if idle.as_millis() as u64 >= self.def.options.idle_timeout_ms
+        let idle_us = self.last_input_us.map_or(0, |last| now_us.saturating_sub(last).max(0));
+        if idle_us >= (self.def.options.idle_timeout_ms as i64).saturating_mul(1000)
             && let Some(max) = self.max_event_us
         {
-            let advanced = max.saturating_add(idle.as_micros() as i64).min(now_us.max(max));
+            let advanced = max.saturating_add(idle_us).min(now_us.max(max));
             self.advance(Some(advanced));
         }
         let mut out = self.close_due(now_us).await?;

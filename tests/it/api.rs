@@ -166,15 +166,10 @@ async fn demo_mode_produces_queryable_traffic() {
         },
     )
     .await;
-    let mut n = 0;
-    for _ in 0..100 {
-        n = hub.count("WHERE provider IS NOT NULL").await;
-        if n >= 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(n >= 200, "demo traffic arrived: {n}");
+    crate::harness::wait_until("200 demo LLM events stored", Duration::from_secs(10), async || {
+        hub.count("WHERE provider IS NOT NULL").await >= 200
+    })
+    .await;
     let rows = hub
         .rows("SELECT count(DISTINCT model) AS models, count(DISTINCT source_module) AS modules FROM events")
         .await;

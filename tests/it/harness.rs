@@ -286,6 +286,22 @@ pub fn generated(seed: u64, n: usize, invalid_ratio: f64) -> Vec<String> {
     (0..n).map(|_| g.next_event(None)).collect()
 }
 
+/// Polls the yes/no `check` every 50 ms until it holds, or panics naming `what` after
+/// `timeout` (the [`wait_for`] of conditions that yield nothing).
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -101,7 +101,15 @@ async fn mixed_batches_are_counted_exactly_and_rejects_explained() {
             ),
         )
         .await;
-    assert!(status == 200 || status == 207, "{status} {body}");
+    let parsed: Vec<&String> = array
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+        .collect();
+    let array_rejects = parsed.iter().filter(|l| expected_reason(l).is_some()).count();
+    assert!(array_rejects > 0, "the generated slice holds invalid events");
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["rejected_count"], array_rejects, "{body}");
+    assert_eq!(body["accepted"], parsed.len() - array_rejects, "{body}");
     all_sent.extend(
         array
             .iter()

@@ -15,7 +15,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use crate::harness::{Hub, HubOptions, free_port, generated};
+use crate::harness::{Hub, HubOptions, free_port, generated, wait_until};
 
 /// A consumed record: payload, key, headers.
 type Consumed = (Vec<u8>, Option<Vec<u8>>, HashMap<String, String>);
@@ -165,17 +165,6 @@ pub fn kafka_opts(broker: &Broker, topic: &str, group: &str, extra_toml: &str) -
     }
 }
 
-pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 pub async fn status(hub: &Hub) -> Value {
     hub.client
         .get(hub.url("/api/v1/ingest/status"))
@@ -213,7 +202,7 @@ async fn consumes_every_event_and_dead_letters_the_invalid_ones() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start_with(&dir.path().join("data"), kafka_opts(&broker, topic, "g-dlq", "")).await;
-    wait_for("every valid event stored", Duration::from_secs(180), async || {
+    wait_until("every valid event stored", Duration::from_secs(180), async || {
         hub.count("").await == n_valid as i64
     })
     .await;
@@ -244,7 +233,7 @@ async fn consumes_every_event_and_dead_letters_the_invalid_ones() {
         .expect("garbage record");
     assert_eq!(garbage.2["hub.dlq.error_type"], "malformed_json");
 
-    wait_for(
+    wait_until(
         "lag reported as zero on every partition",
         Duration::from_secs(120),
         async || {
@@ -293,7 +282,7 @@ async fn kill9_mid_consumption_loses_nothing() {
     let opts = kafka_opts(&broker, topic, "g-kill", "batch_max_records = 500\nqueue_batches = 2\n");
     let mut hub = Hub::start_with(&data, opts.clone()).await;
     let mut seen = 0;
-    wait_for("consumption under way", Duration::from_secs(120), async || {
+    wait_until("consumption under way", Duration::from_secs(120), async || {
         seen = hub.count("").await;
         seen > 0
     })
@@ -305,7 +294,7 @@ async fn kill9_mid_consumption_loses_nothing() {
     );
 
     let hub = Hub::start_with(&data, opts).await;
-    wait_for(
+    wait_until(
         "every event stored after the restart",
         Duration::from_secs(180),
         async || {
@@ -336,7 +325,7 @@ async fn two_instances_split_the_partitions_and_see_every_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Hub::start_with(&dir.path().join("a"), kafka_opts(&broker, topic, "g-two", "")).await;
     let b = Hub::start_with(&dir.path().join("b"), kafka_opts(&broker, topic, "g-two", "")).await;
-    wait_for("both instances own partitions", Duration::from_secs(60), async || {
+    wait_until("both instances own partitions", Duration::from_secs(60), async || {
         let (sa, sb) = (status(&a).await, status(&b).await);
         let (na, nb) = (
             sa["sources"][0]["assigned_partitions"].as_u64().unwrap_or(0),
@@ -348,7 +337,7 @@ async fn two_instances_split_the_partitions_and_see_every_event_once() {
     let lines = generated(73, 20_000, 0.0);
     let payloads: Vec<Vec<u8>> = lines.iter().map(|l| l.clone().into_bytes()).collect();
     broker.produce(topic, &payloads).await;
-    wait_for("all events stored across both", Duration::from_secs(120), async || {
+    wait_until("all events stored across both", Duration::from_secs(120), async || {
         a.count("").await + b.count("").await == 20_000
     })
     .await;
@@ -393,7 +382,7 @@ async fn http_posts_round_trip_through_kafka() {
     assert_eq!(status_code, 207, "{body}");
     assert_eq!(body["accepted"], 300);
     assert_eq!(body["rejected"][0]["index"], 300);
-    wait_for(
+    wait_until(
         "posted events consumed back from Kafka",
         Duration::from_secs(60),
         async || hub.count("").await == 300,

@@ -252,16 +252,11 @@ async fn connections_over_the_limit_get_53300() {
     drop(first);
     task.await.expect("join").expect("connection closed cleanly");
     // the slot is free again once the server has seen the first client go
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let again = loop {
-        match connect_to(&conn).await {
-            Ok(client) => break client,
-            Err(e) => {
-                assert!(std::time::Instant::now() < deadline, "slot not released: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let again = crate::harness::wait_for("the connection slot released", std::time::Duration::from_secs(10), || {
+        let conn = conn.clone();
+        async move { connect_to(&conn).await.ok() }
+    })
+    .await;
     assert_eq!(query_i64(&again, "SELECT 2::bigint", &[]).await, 2);
     drop(hub);
 }

@@ -286,15 +286,11 @@ async fn grafana_dashboard_queries_run() {
     assert!(datasources.contains("database: llm_analytics"));
 
     // the rollup closes its 1-minute windows as the watermark passes them
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    crate::harness::wait_until("50 rollup rows", std::time::Duration::from_secs(60), async || {
         let rows = w.hub.rows("SELECT count(*) AS n FROM llm_provider_model_1m").await;
-        if rows[0]["n"].as_i64().unwrap_or(0) >= 50 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "rollup rows did not appear");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        rows[0]["n"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
     let client = w.connect().await;
     let mut ran = 0;
     for panel in dashboard["panels"].as_array().expect("panels") {

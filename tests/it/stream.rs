@@ -179,7 +179,9 @@ async fn pause_resume_catch_up_and_delete() {
     ];
     hub.post_ok(lines.join("\n")).await;
     hub.post_ok(event(4, "2026-01-01T00:01:30Z", "a")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The engine takes commands in order: once it answers the list, it has processed both
+    // batches (each was queued before its POST was answered).
+    cq::list(&hub).await;
     let (status, body) = hub.sql("SELECT count(*) AS n FROM pq").await;
     assert_eq!(
         (status, body["rows"][0]["n"].as_i64()),

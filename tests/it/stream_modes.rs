@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cq::{self, PER_MODEL, event, opts, register, register_ok, wait_rows};
-use crate::harness::Hub;
+use crate::harness::{Hub, wait_for};
 
 fn user_event(id: u128, ts: &str, user: &str) -> String {
     json!({
@@ -238,8 +238,18 @@ async fn open_sessions_and_updating_rows_survive_kill9() {
     let rows = wait_rows(&hub, "SELECT user_id, n FROM sess", 1).await;
     assert_eq!(rows, vec![json!({"user_id": "u1", "n": 1})]);
     wait_rows(&hub, "SELECT n FROM upd WHERE NOT _final", 1).await;
-    // Let a checkpoint be written, then add to the open session of u2 and crash.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Wait for the checkpoint of that watermark (00:00:59, written on the engine's tick), then
+    // add to the open session of u2 and crash.
+    let checkpoint = data.join("cq").join("sess").join("session-checkpoint.json");
+    let watermark_us = 1_767_225_659_000_000i64;
+    wait_for("the session checkpoint at watermark 00:00:59", Duration::from_secs(30), || {
+        let written = std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|c| c["watermark_us"] == watermark_us);
+        async move { written.then_some(()) }
+    })
+    .await;
     hub.post_ok(user_event(4, "2026-01-01T00:01:20Z", "u2")).await;
     hub.kill9();
 

@@ -89,6 +89,28 @@ mod tests {
         assert_eq!(names.len(), total, "duplicate function names in the registry");
     }
 
+    /// The reference cannot drift from the registry: every function has a `###` heading of its
+    /// own in `docs/functions.md` (`p50, p95, p99` share one), and every such heading names a
+    /// registered function.
+    #[test]
+    fn every_function_has_a_section_in_the_reference() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/functions.md"))
+            .expect("docs/functions.md");
+        let documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("### "))
+            .flat_map(|h| h.split(',').map(|n| n.trim().to_string()).collect::<Vec<_>>())
+            .filter(|n| n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .collect();
+        let names = function_names();
+        for name in &names {
+            assert!(documented.contains(name), "`{name}` has no `### {name}` section in docs/functions.md");
+        }
+        for heading in &documented {
+            assert!(names.contains(heading), "docs/functions.md documents `{heading}`, which is not registered");
+        }
+    }
+
     #[test]
     fn registers_into_a_session() {
         let mut ctx = SessionContext::new();

@@ -1,14 +1,12 @@
 //! PostgreSQL/TimescaleDB rollup sink: every continuous query's output lands in a table named
 //! after it, kept exact by merging per-batch deltas ([`rollup`]), with the Kafka offsets the
 //! batch covers advanced in the same transaction ([`offsets`]). Writes go through a circuit
-//! breaker ([`breaker`]) and are retried by the caller with [`retry::Backoff`].
+//! breaker ([`CircuitBreaker`]) and are retried by the caller with its [`RetryPolicy`].
 
-pub mod breaker;
 pub mod columns;
 pub mod config;
 pub mod migrate;
 mod offsets;
-pub mod retry;
 pub mod rollup;
 mod tables;
 
@@ -26,8 +24,7 @@ use tokio::sync::watch;
 
 pub use config::PostgresConfig;
 
-use self::breaker::{BreakerState, CircuitBreaker};
-use self::retry::Backoff;
+use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
 use self::tables::Tables;
 use super::{DeadLetter, RollupSink, SinkError, SourcePosition};
 use crate::event::EVENTS_TABLE;
@@ -76,8 +73,7 @@ pub struct PostgresSink {
     pool: PgPool,
     group: String,
     instance: String,
-    backoff: Backoff,
-    max_attempts: u32,
+    retry: RetryPolicy,
     breaker: CircuitBreaker,
     metrics: Metrics,
     tables: tokio::sync::Mutex<Tables>,
@@ -117,12 +113,12 @@ impl PostgresSink {
             pool,
             group: group.to_string(),
             instance: config.instance(),
-            backoff: Backoff {
+            retry: RetryPolicy {
                 initial: Duration::from_millis(config.retry_initial_ms),
-                multiplier: config.retry_multiplier,
+                multiplier: config.retry_multiplier as f32,
                 max: Duration::from_millis(config.retry_max_ms),
+                attempts: config.retry_max_attempts,
             },
-            max_attempts: config.retry_max_attempts,
             breaker: CircuitBreaker::new(
                 config.breaker_failure_threshold,
                 Duration::from_secs(config.breaker_open_secs),
@@ -285,8 +281,8 @@ impl RollupSink for PostgresSink {
         }
     }
 
-    fn retry_policy(&self) -> (Backoff, u32) {
-        (self.backoff, self.max_attempts)
+    fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     fn status(&self) -> serde_json::Value {

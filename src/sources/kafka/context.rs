@@ -52,7 +52,7 @@ impl StoredPositions {
     /// The sink's next offsets for `parts`; retries while the database is unreachable (the
     /// consumer waits: nothing can be written meanwhile anyway). `None` if stopping.
     pub fn load(&self, parts: &[(String, i32)], shared: &Shared) -> Option<Vec<Option<i64>>> {
-        let (backoff, _) = self.sink.retry_policy();
+        let mut delays = self.sink.retry_policy().delays();
         let mut attempt = 0u32;
         loop {
             match self.runtime.block_on(self.sink.load_positions(parts)) {
@@ -65,7 +65,8 @@ impl StoredPositions {
                     if attempt == 1 || attempt.is_multiple_of(10) {
                         tracing::warn!(error = %e, attempt, "cannot read stored offsets; waiting for the database");
                     }
-                    std::thread::sleep(backoff.delay(attempt).min(Duration::from_secs(5)));
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    std::thread::sleep(delay.min(Duration::from_secs(5)));
                 }
             }
         }

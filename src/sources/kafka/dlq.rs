@@ -43,7 +43,7 @@ impl DeadLetters {
     }
 
     /// Produces every rejected record of `batch` and waits for all acknowledgements.
-    pub async fn send(&self, batch: &RawBatch, rejected: &[Rejection]) -> Result<(), String> {
+    pub async fn send(&self, batch: &RawBatch, rejected: &[Rejection]) -> Result<(), DeadLetterError> {
         let sends = rejected.iter().filter_map(|r| {
             let record = batch.records.get(r.index)?;
             let topic = self.topics.get(record.topic)?;
@@ -81,7 +81,7 @@ impl DeadLetters {
         let bound = self.timeout.saturating_mul(3);
         let results = tokio::time::timeout(bound, join_all(sends))
             .await
-            .map_err(|_| format!("dead-letter produce unacknowledged after {} s", bound.as_secs()))?;
+            .map_err(|_| DeadLetterError::Unacknowledged { secs: bound.as_secs() })?;
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -94,7 +94,7 @@ impl DeadLetters {
         payload: &[u8],
         key: Option<&[u8]>,
         headers: OwnedHeaders,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeadLetterError> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -103,6 +103,36 @@ impl DeadLetters {
             .send(record, self.timeout)
             .await
             .map(|_| ())
-            .map_err(|(e, _)| format!("dead-letter produce to {topic} failed: {e}"))
+            .map_err(|(source, _)| DeadLetterError::Produce {
+                topic: topic.to_string(),
+                source,
+            })
+    }
+}
+
+/// A dead letter the broker did not take; the batch's offsets stay where they are.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The broker refused or failed the produce.
+    #[error("dead-letter produce to {topic} failed")]
+    Produce {
+        /// The dead-letter topic.
+        topic: String,
+        /// The producer's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// No acknowledgement within three produce timeouts.
+    #[error("dead-letter produce unacknowledged after {secs} s")]
+    Unacknowledged {
+        /// The bound, seconds.
+        secs: u64,
+    },
+}
+
+impl crate::error::Classify for DeadLetterError {
+    fn class(&self) -> crate::error::ErrorClass {
+        // The broker's trouble, not the records': retrying (or a restart) can deliver them.
+        crate::error::ErrorClass::External
     }
 }

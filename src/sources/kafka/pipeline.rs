@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -14,7 +14,7 @@ use super::dlq::DeadLetters;
 use crate::event::{DecodedBatch, EventDecoder};
 use crate::ingest::{Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
-use crate::sinks::postgres::retry::Backoff;
+use crate::resilience::{RetryPolicy, retry};
 use crate::sinks::{DeadLetter, RollupSink, SinkError, SourcePosition};
 
 /// What the pipeline needs.
@@ -95,13 +95,9 @@ impl Pipeline {
     async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> Stored {
         count_readers(&self.metrics, out.readers);
         if !out.rejected.is_empty() {
-            let sent = retry(
-                "dead-letter produce",
-                shutdown,
-                STORE_RETRY,
-                |_| true,
-                || self.dead_letters.send(batch, &out.rejected),
-            )
+            let sent = retry("dead-letter produce", RetryPolicy::UNTIL_SUCCESS, shutdown, || {
+                self.dead_letters.send(batch, &out.rejected)
+            })
             .await;
             if sent.is_err() {
                 return Stored::Stop;
@@ -120,13 +116,9 @@ impl Pipeline {
             }
         }
         if out.batch.num_rows() > 0 {
-            let stored = retry(
-                "store",
-                shutdown,
-                STORE_RETRY,
-                |_| true,
-                || async { self.ingest.ingest(out.batch.clone(), &[]).await },
-            )
+            let stored = retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
+                self.ingest.ingest(out.batch.clone(), &[]).await
+            })
             .await;
             if stored.is_err() {
                 return Stored::Stop;
@@ -201,66 +193,11 @@ async fn write_sink(
             })
         })
         .collect();
-    let (backoff, attempts) = sink.retry_policy();
-    let policy = RetryPolicy { backoff, attempts };
-    let retryable = |e: &SinkError| !matches!(e, SinkError::Fenced(_));
     retry(
         "rollup sink write (ingestion paused)",
+        sink.retry_policy(),
         shutdown,
-        policy,
-        retryable,
         || sink.write(&out.batch, &letters, &positions),
     )
     .await
-}
-
-/// How a failing step is retried.
-#[derive(Debug, Clone, Copy)]
-struct RetryPolicy {
-    backoff: Backoff,
-    /// Tries in all; 0 = until it succeeds (or shutdown).
-    attempts: u32,
-}
-
-/// Dead-lettering and local storing: 100 ms doubling to 5 s, until it succeeds.
-const STORE_RETRY: RetryPolicy = RetryPolicy {
-    backoff: Backoff {
-        initial: Duration::from_millis(100),
-        multiplier: 2.0,
-        max: Duration::from_secs(5),
-    },
-    attempts: 0,
-};
-
-/// Runs `op` until it succeeds; a failure for which `retryable` holds is retried after the
-/// policy's backoff, unless the attempts are used up or shutdown began. Returns the last error
-/// otherwise.
-async fn retry<E, F, Fut>(
-    what: &str,
-    shutdown: &watch::Receiver<bool>,
-    policy: RetryPolicy,
-    retryable: impl Fn(&E) -> bool,
-    mut op: F,
-) -> Result<(), E>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-{
-    let mut shutdown = shutdown.clone();
-    let mut attempt = 0u32;
-    loop {
-        let Err(e) = op().await else { return Ok(()) };
-        attempt += 1;
-        let exhausted = policy.attempts > 0 && attempt >= policy.attempts;
-        if !retryable(&e) || exhausted || *shutdown.borrow() {
-            return Err(e);
-        }
-        let delay = policy.backoff.delay(attempt);
-        tracing::warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Err(e),
-        }
-    }
 }

@@ -79,9 +79,7 @@ impl Ingest for KafkaIngest {
         });
         let results = join_all(sends).await;
         if let Some((e, _)) = results.into_iter().find_map(Result::err) {
-            return Err(IngestError::Unavailable(format!(
-                "the Kafka broker did not acknowledge the events: {e}"
-            )));
+            return Err(IngestError::Produce(e));
         }
         Ok(())
     }

@@ -46,6 +46,10 @@ pub struct LocalStoreConfig {
     pub data_dir: PathBuf,
     /// Rotate the active WAL segment to Parquet once it holds this many events.
     pub segment_max_rows: usize,
+    /// Rotate the active WAL segment to Parquet once its events take this many bytes in memory
+    /// (Arrow), whichever of rows, bytes and age comes first: recent data in memory is bounded
+    /// by bytes whatever the event size.
+    pub segment_max_bytes: usize,
     /// Rotate the active WAL segment to Parquet once it is this many seconds old.
     pub segment_max_age_secs: u64,
     /// `fdatasync` the WAL before acknowledging a write. Turning this off survives a crash of
@@ -63,6 +67,7 @@ impl Default for LocalStoreConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             segment_max_rows: 500_000,
+            segment_max_bytes: 256 << 20,
             segment_max_age_secs: 300,
             fsync: true,
             min_free_bytes: 64 << 20,
@@ -81,6 +86,8 @@ struct Segment {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     rows: usize,
+    /// Arrow memory of the segment's batches.
+    bytes: usize,
     opened: Instant,
 }
 
@@ -92,12 +99,14 @@ impl Segment {
             pending: Vec::new(),
             pending_rows: 0,
             rows: 0,
+            bytes: 0,
             opened: Instant::now(),
         }
     }
 
     fn push(&mut self, schema: &SchemaRef, batch: RecordBatch) {
         self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
         if batch.num_rows() >= COALESCE_ROWS {
             self.blocks.push(batch);
             return;
@@ -496,6 +505,7 @@ impl LocalStore {
             active.rows > 0
                 && (force
                     || active.rows >= shared.config.segment_max_rows
+                    || active.bytes >= shared.config.segment_max_bytes
                     || active.opened.elapsed() >= Duration::from_secs(shared.config.segment_max_age_secs))
         };
         if !due {

@@ -12,6 +12,11 @@
 //! the smallest magnitudes are collapsed together (this needs a value range wider than
 //! `gamma^2048 ≈ 6e17` and is the only case where the error bound is lost, for low ranks only).
 //!
+//! Why our own rather than the `sketches-ddsketch` crate: rollup rows keep sketch states in
+//! Parquet and PostgreSQL for years, so the byte format must be ours — versioned, stable across
+//! crate upgrades, and validated so that a truncated or foreign blob is a decode error rather
+//! than a panic or a wrong percentile.
+//!
 //! # Binary format (version 1, little endian)
 //!
 //! ```text

@@ -2,8 +2,10 @@
 //! consecutive failures → half-open after `open_secs` → closed after `half_open_successes`
 //! successes in a row; any failure while half-open opens it again.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
 
 use serde::Serialize;
 
@@ -45,12 +47,24 @@ pub struct CircuitBreaker {
     open_for: Duration,
     half_open_successes: u32,
     inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 impl CircuitBreaker {
-    /// A closed breaker.
+    /// A closed breaker on the system clock.
     pub fn new(failure_threshold: u32, open_for: Duration, half_open_successes: u32) -> Self {
+        Self::with_clock(failure_threshold, open_for, half_open_successes, crate::clock::system())
+    }
+
+    /// A closed breaker measuring its open period on `clock`.
+    pub fn with_clock(
+        failure_threshold: u32,
+        open_for: Duration,
+        half_open_successes: u32,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
+            clock,
             failure_threshold: failure_threshold.max(1),
             open_for,
             half_open_successes: half_open_successes.max(1),
@@ -75,7 +89,8 @@ impl CircuitBreaker {
     }
 
     fn refresh(&self, inner: &mut Inner) {
-        if inner.state == BreakerState::Open && inner.opened_at.is_some_and(|t| t.elapsed() >= self.open_for) {
+        let now = self.clock.now();
+        if inner.state == BreakerState::Open && inner.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_for) {
             inner.state = BreakerState::HalfOpen;
             inner.successes = 0;
         }
@@ -89,7 +104,7 @@ impl CircuitBreaker {
             BreakerState::Open => {
                 let left = inner
                     .opened_at
-                    .map_or(self.open_for, |t| self.open_for.saturating_sub(t.elapsed()));
+                    .map_or(self.open_for, |t| self.open_for.saturating_sub(self.clock.now().duration_since(t)));
                 Err(left)
             }
             _ => Ok(()),
@@ -126,7 +141,7 @@ impl CircuitBreaker {
         };
         if open {
             inner.state = BreakerState::Open;
-            inner.opened_at = Some(Instant::now());
+            inner.opened_at = Some(self.clock.now());
             inner.successes = 0;
             tracing::warn!(failures = inner.failures, "database circuit breaker opened");
         }
@@ -139,7 +154,8 @@ mod tests {
 
     #[test]
     fn opens_half_opens_and_closes() {
-        let b = CircuitBreaker::new(3, Duration::from_millis(30), 3);
+        let clock = Arc::new(crate::clock::ManualClock::default());
+        let b = CircuitBreaker::with_clock(3, Duration::from_millis(30), 3, clock.clone());
         b.failure();
         b.failure();
         assert_eq!(b.state(), BreakerState::Closed);
@@ -149,14 +165,16 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed, "a success resets the count");
         b.failure();
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.allow().is_err());
-        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.allow(), Err(Duration::from_millis(30)));
+        clock.advance(Duration::from_millis(29));
+        assert_eq!(b.state(), BreakerState::Open, "still open 1 ms before the period ends");
+        clock.advance(Duration::from_millis(1));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(b.allow().is_ok());
         b.success();
         b.failure();
         assert_eq!(b.state(), BreakerState::Open, "a failure while half-open reopens");
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_millis(30));
         for _ in 0..2 {
             b.success();
             assert_eq!(b.state(), BreakerState::HalfOpen);
