@@ -23,9 +23,9 @@ use tokio::sync::{Semaphore, watch};
 use super::PgwireError;
 use super::auth::{Startup, UserStore};
 use super::catalog::wire_context;
+use super::config::PgwireConfig;
 use super::hooks::ReadOnlyHook;
 use super::service::{HubService, STATEMENT_TIMEOUT_KEY};
-use super::config::PgwireConfig;
 
 /// What every connection shares.
 struct Shared {

@@ -90,7 +90,8 @@ impl CircuitBreaker {
 
     fn refresh(&self, inner: &mut Inner) {
         let now = self.clock.now();
-        if inner.state == BreakerState::Open && inner.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_for) {
+        if inner.state == BreakerState::Open && inner.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_for)
+        {
             inner.state = BreakerState::HalfOpen;
             inner.successes = 0;
         }
@@ -102,9 +103,9 @@ impl CircuitBreaker {
         self.refresh(&mut inner);
         match inner.state {
             BreakerState::Open => {
-                let left = inner
-                    .opened_at
-                    .map_or(self.open_for, |t| self.open_for.saturating_sub(self.clock.now().duration_since(t)));
+                let left = inner.opened_at.map_or(self.open_for, |t| {
+                    self.open_for.saturating_sub(self.clock.now().duration_since(t))
+                });
                 Err(left)
             }
             _ => Ok(()),

@@ -53,7 +53,12 @@ impl RetryPolicy {
 /// after the policy's next delay, unless the attempts are used up or `shutdown` fired (a
 /// delay is cut short by shutdown; the operation then runs once more and its error is
 /// returned). Returns the last error otherwise.
-pub async fn retry<T, E, F, Fut>(what: &str, policy: RetryPolicy, shutdown: &watch::Receiver<bool>, op: F) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(
+    what: &str,
+    policy: RetryPolicy,
+    shutdown: &watch::Receiver<bool>,
+    op: F,
+) -> Result<T, E>
 where
     E: Classify + std::error::Error + 'static,
     F: FnMut() -> Fut,
@@ -166,7 +171,11 @@ mod tests {
         })
         .await;
         assert_eq!(out.expect_err("gives up").0, ErrorClass::External);
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "one more try after the cut-short delay, then stop");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "one more try after the cut-short delay, then stop"
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! One running continuous query: window state, watermark, lateness, emission.
 
-
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::harness::{BIN, Hub, HubOptions, generated};
 use crate::harness::wait_until;
+use crate::harness::{BIN, Hub, HubOptions, generated};
 use crate::kafka::{Broker, is_valid, kafka_opts};
 use crate::pg::{PrivatePg, QUERIES, TestDb, assert_same, oracle, stored, stored_offsets};
 
@@ -217,12 +217,17 @@ async fn postgres_outage_pauses_ingestion_and_loses_nothing() {
     })
     .await;
     wait_until("the breaker open (state 1)", Duration::from_secs(60), async || {
-        hub.metrics_text().await.lines().any(|l| l == "db_circuit_breaker_state 1")
+        hub.metrics_text()
+            .await
+            .lines()
+            .any(|l| l == "db_circuit_breaker_state 1")
     })
     .await;
-    wait_until("backpressure: the consumer paused while the database is down", Duration::from_secs(120), async || {
-        hub.metrics_text().await.lines().any(|l| l == "kafka_consumer_paused 1")
-    })
+    wait_until(
+        "backpressure: the consumer paused while the database is down",
+        Duration::from_secs(120),
+        async || hub.metrics_text().await.lines().any(|l| l == "kafka_consumer_paused 1"),
+    )
     .await;
     pg.up();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
@@ -293,9 +298,6 @@ async fn two_instances_with_a_rebalance_count_every_event_once() {
     // 782 vs 511 requests); the interleaving is recorded in the closing note of #19 for
     // investigation. Until it is understood the test keeps the timing it has passed with.
     tokio::time::sleep(Duration::from_secs(8)).await;
-        status["sources"][0]["assigned_partitions"].as_u64().unwrap_or(0) > 0
-    })
-    .await;
     sqlx::query("COMMIT")
         .execute(&mut locker)
         .await

@@ -252,10 +252,14 @@ async fn connections_over_the_limit_get_53300() {
     drop(first);
     task.await.expect("join").expect("connection closed cleanly");
     // the slot is free again once the server has seen the first client go
-    let again = crate::harness::wait_for("the connection slot released", std::time::Duration::from_secs(10), || {
-        let conn = conn.clone();
-        async move { connect_to(&conn).await.ok() }
-    })
+    let again = crate::harness::wait_for(
+        "the connection slot released",
+        std::time::Duration::from_secs(10),
+        || {
+            let conn = conn.clone();
+            async move { connect_to(&conn).await.ok() }
+        },
+    )
     .await;
     assert_eq!(query_i64(&again, "SELECT 2::bigint", &[]).await, 2);
     drop(hub);

@@ -24,7 +24,10 @@ async fn results_in_json_csv_and_arrow() {
     assert_eq!(body["row_count"], models[0]["n"], "one row per model");
     // The server's own timing is part of the client's round trip.
     let server_ms = body["execution_time_ms"].as_f64().expect("time");
-    assert!(server_ms <= round_trip_ms, "server {server_ms} ms > round trip {round_trip_ms} ms");
+    assert!(
+        server_ms <= round_trip_ms,
+        "server {server_ms} ms > round trip {round_trip_ms} ms"
+    );
     assert_eq!(body["truncated"], false);
     assert_eq!(body["columns"][0]["name"], "model");
     assert_eq!(body["columns"][1]["type"], "Int64");

@@ -242,13 +242,17 @@ async fn open_sessions_and_updating_rows_survive_kill9() {
     // add to the open session of u2 and crash.
     let checkpoint = data.join("cq").join("sess").join("session-checkpoint.json");
     let watermark_us = 1_767_225_659_000_000i64;
-    wait_for("the session checkpoint at watermark 00:00:59", Duration::from_secs(30), || {
-        let written = std::fs::read(&checkpoint)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|c| c["watermark_us"] == watermark_us);
-        async move { written.then_some(()) }
-    })
+    wait_for(
+        "the session checkpoint at watermark 00:00:59",
+        Duration::from_secs(30),
+        || {
+            let written = std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|c| c["watermark_us"] == watermark_us);
+            async move { written.then_some(()) }
+        },
+    )
     .await;
     hub.post_ok(user_event(4, "2026-01-01T00:01:20Z", "u2")).await;
     hub.kill9();

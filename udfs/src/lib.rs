@@ -100,14 +100,23 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("### "))
             .flat_map(|h| h.split(',').map(|n| n.trim().to_string()).collect::<Vec<_>>())
-            .filter(|n| n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .filter(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
             .collect();
         let names = function_names();
         for name in &names {
-            assert!(documented.contains(name), "`{name}` has no `### {name}` section in docs/functions.md");
+            assert!(
+                documented.contains(name),
+                "`{name}` has no `### {name}` section in docs/functions.md"
+            );
         }
         for heading in &documented {
-            assert!(names.contains(heading), "docs/functions.md documents `{heading}`, which is not registered");
+            assert!(
+                names.contains(heading),
+                "docs/functions.md documents `{heading}`, which is not registered"
+            );
         }
     }
 

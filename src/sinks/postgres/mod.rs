@@ -24,11 +24,11 @@ use tokio::sync::watch;
 
 pub use config::PostgresConfig;
 
-use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
 use self::tables::Tables;
 use super::{DeadLetter, RollupSink, SinkError, SourcePosition};
 use crate::event::EVENTS_TABLE;
 use crate::metrics::Metrics;
+use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
 use crate::stream::catalog::CqDefinition;
 
 /// Advisory lock every sink transaction takes first: writers of all instances are serialized,

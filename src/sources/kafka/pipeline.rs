@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 

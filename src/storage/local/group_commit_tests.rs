@@ -135,13 +135,15 @@ fn rows_in_memory(store: &LocalStore) -> usize {
     store.shared.snapshot().batches.iter().map(RecordBatch::num_rows).sum()
 }
 
+type PendingAppendFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>;
+
 /// Sends `n` appends of `rows` rows each to the store's committer (each future is polled once,
 /// which hands its batch over) and returns the pending futures.
 fn queue_appends(
     store: &LocalStore,
     n: usize,
     rows: usize,
-) -> Vec<std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>>> {
+) -> Vec<PendingAppendFuture<'_>> {
     let waker = futures::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     (0..n)
