@@ -1,7 +1,6 @@
 //! Continuous queries end to end: registration (HTTP and SQL), validation errors, output
 //! tables, late events, pause/resume/delete, restart with open windows.
 
-
 use serde_json::json;
 
 use crate::cq::{self, PER_MODEL, event, opts, register, register_ok, wait_rows};

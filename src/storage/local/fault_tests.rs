@@ -95,7 +95,7 @@ impl SegmentFile for FaultyFile {
     }
 }
 
-fn batch(seed: u64, n: usize) -> RecordBatch {
+pub(super) fn batch(seed: u64, n: usize) -> RecordBatch {
     let mut g = Generator::new(GeneratorConfig {
         seed,
         ..GeneratorConfig::default()

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 
+use super::fault_tests::batch;
 use super::wal::{RealFs, SegmentFile, SegmentFs};
 use super::*;
-use crate::event::decode_batch_body;
-use crate::generate::{Generator, GeneratorConfig};
 
 /// Counts writes and syncs; while the gate is closed a sync blocks (so the test can queue
 /// appends behind it); sync number `fail_at` fails with EIO.
@@ -105,15 +104,6 @@ impl SegmentFile for ProbedFile {
     }
 }
 
-fn batch(seed: u64, n: usize) -> RecordBatch {
-    let mut g = Generator::new(GeneratorConfig {
-        seed,
-        ..GeneratorConfig::default()
-    });
-    let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
-    decode_batch_body(body.as_bytes(), 0).expect("decodes").batch
-}
-
 fn open(dir: &Path, probe: &Arc<Probe>) -> LocalStore {
     LocalStore::open_with_fs(
         dir.join("events"),
@@ -135,15 +125,30 @@ fn rows_in_memory(store: &LocalStore) -> usize {
     store.shared.snapshot().batches.iter().map(RecordBatch::num_rows).sum()
 }
 
+/// Closes the gate and starts an append of `rows` rows; returns once its commit waits in
+/// `fdatasync` (the committer is busy, so further appends queue behind it).
+async fn append_blocked_in_sync(
+    store: &LocalStore,
+    probe: &Arc<Probe>,
+    rows: usize,
+) -> tokio::task::JoinHandle<Result<(), StorageError>> {
+    probe.close();
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(batch(1, rows)).await }
+    });
+    let waiter = Arc::clone(probe);
+    tokio::task::spawn_blocking(move || waiter.await_waiting_sync())
+        .await
+        .expect("join");
+    first
+}
+
 type PendingAppendFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'a>>;
 
 /// Sends `n` appends of `rows` rows each to the store's committer (each future is polled once,
 /// which hands its batch over) and returns the pending futures.
-fn queue_appends(
-    store: &LocalStore,
-    n: usize,
-    rows: usize,
-) -> Vec<PendingAppendFuture<'_>> {
+fn queue_appends(store: &LocalStore, n: usize, rows: usize) -> Vec<PendingAppendFuture<'_>> {
     let waker = futures::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     (0..n)
@@ -168,15 +173,7 @@ async fn appends_queued_behind_a_sync_share_the_next_write_and_sync() {
         probe.syncs.load(Ordering::Acquire),
     );
 
-    probe.close();
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(batch(1, 5)).await }
-    });
-    let waiter = Arc::clone(&probe);
-    tokio::task::spawn_blocking(move || waiter.await_waiting_sync())
-        .await
-        .expect("join");
+    let first = append_blocked_in_sync(&store, &probe, 5).await;
     let queued = queue_appends(&store, 10, 3);
     // Nothing of the queued appends is visible (or acknowledged) before its sync.
     assert_eq!(rows_in_memory(&store), 0);
@@ -210,18 +207,10 @@ async fn a_failed_group_sync_fails_every_append_of_the_group_and_leaves_none_of_
     let store = open(dir.path(), &probe);
     let syncs0 = probe.syncs.load(Ordering::Acquire);
 
-    probe.close();
     // The first commit's sync is number syncs0 + 1 (blocked at the gate); the group queued
     // behind it syncs next, and that sync fails.
     probe.fail_at.store(syncs0 + 2, Ordering::Release);
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(batch(1, 4)).await }
-    });
-    let waiter = Arc::clone(&probe);
-    tokio::task::spawn_blocking(move || waiter.await_waiting_sync())
-        .await
-        .expect("join");
+    let first = append_blocked_in_sync(&store, &probe, 4).await;
     let queued = queue_appends(&store, 6, 2);
     probe.open();
     first.await.expect("join").expect("the first commit succeeds");
