@@ -289,25 +289,11 @@ pub fn generated(seed: u64, n: usize, invalid_ratio: f64) -> Vec<String> {
 /// Polls the yes/no `check` every 50 ms until it holds, or panics naming `what` after
 /// `timeout` (the [`wait_for`] of conditions that yield nothing).
 pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(what, timeout, async || check().await.then_some(())).await;
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
