@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::ResultCache;
-use crate::cache::memory::MemoryCache;
+use crate::cache::QueryCache;
+use crate::storage::versions::TableVersions;
 use crate::config::Config;
 use crate::generate::{Generator, GeneratorConfig};
 use crate::http::{AppState, router};
@@ -33,6 +33,9 @@ pub enum AppError {
     /// Continuous queries could not be started.
     #[error("continuous queries: {0}")]
     Stream(#[from] crate::stream::CqError),
+    /// The result cache's configuration is unusable (e.g. a malformed Redis URL).
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
     /// The rollup sink (PostgreSQL) could not be set up.
     #[error("sink: {0}")]
     Sink(#[from] crate::sinks::SinkError),
@@ -63,6 +66,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
     let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
+    let versions = TableVersions::new();
+    versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
     let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
@@ -75,6 +80,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             storage_health: storage_health.clone(),
             metrics: metrics.clone(),
             published: published_tx,
+            versions: versions.clone(),
         };
         let shipped = if config.stream.shipped_queries {
             shipped_queries()?
@@ -107,17 +113,14 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             })
         })
         .collect();
-    let cache: Option<Arc<dyn ResultCache>> = (config.cache.query_ttl_secs > 0)
-        .then(|| Arc::new(MemoryCache::new(config.cache.max_entries)) as Arc<dyn ResultCache>);
+    let cache = QueryCache::build(&config.cache, versions, metrics.registry())?;
     // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
     let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
     let state = AppState {
         pipeline: pipeline.clone(),
         store: Arc::clone(&store),
         engine,
-        cache,
-        cache_ttl: Duration::from_secs(config.cache.query_ttl_secs),
-        cache_max_entry_bytes: config.cache.max_entry_bytes,
+        cache: cache.clone(),
         max_json_rows: config.query.max_json_rows,
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),
@@ -142,6 +145,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             Duration::from_secs(config.query.timeout_secs.max(1)),
             state.engine.complexity(),
             state.engine.max_result_bytes(),
+            state.cache.clone(),
         )
         .await?;
         let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::CacheConfig;
 pub use crate::pgwire::config::{PgwireAuth, PgwireConfig, PgwireUser};
 pub use crate::query::QueryConfig;
 pub use crate::sinks::postgres::PostgresConfig;
@@ -75,29 +76,6 @@ impl Default for HttpConfig {
             host: "127.0.0.1".into(),
             port: 3000,
             max_body_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-/// The `[cache]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Seconds an ad-hoc SQL result is served from cache (env `CACHE_QUERY_TTL`); `0` disables
-    /// caching, so every query sees the latest events.
-    pub query_ttl_secs: u64,
-    /// Most cached results kept; the oldest is evicted first.
-    pub max_entries: usize,
-    /// Largest single result (bytes) that is cached.
-    pub max_entry_bytes: usize,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            query_ttl_secs: 0,
-            max_entries: 1024,
-            max_entry_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -188,7 +166,7 @@ pub enum ConfigError {
 }
 
 /// Variables of later cluster-mode features: warned about so nobody believes they took effect.
-const NOT_YET_SUPPORTED_ENV: [&str; 3] = ["REDIS_URL", "REDIS_HOST", "CACHE_TTL"];
+const NOT_YET_SUPPORTED_ENV: [&str; 1] = ["CACHE_TTL"];
 
 impl Config {
     /// Loads defaults, then `file` if given, then the environment, and validates the result.
@@ -268,9 +246,11 @@ impl Config {
         if let Some(v) = get("QUERY_MAX_CONCURRENT") {
             self.query.max_concurrent = parse("QUERY_MAX_CONCURRENT", v)?;
         }
-        if let Some(v) = get("CACHE_QUERY_TTL") {
-            self.cache.query_ttl_secs = parse("CACHE_QUERY_TTL", v)?;
-        }
+        self.cache.apply_env(&get).map_err(|e| ConfigError::Env {
+            name: e.name,
+            value: e.value,
+            message: e.message,
+        })?;
         if let Some(v) = get("KAFKA_BROKERS") {
             self.kafka.brokers = Some(v);
         }
@@ -335,6 +315,7 @@ impl Config {
     /// Checks rules that span fields or that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
+        self.cache.validate()?;
         self.pgwire.validate()
     }
 
@@ -454,7 +435,7 @@ mod tests {
         let text = Config::default().to_toml().expect("serialize");
         let back = Config::from_toml(&text).expect("parse back");
         assert_eq!(back.http.port, 3000);
-        assert_eq!(back.cache.query_ttl_secs, 0);
+        assert_eq!(back.cache, CacheConfig::default());
     }
 
     /// The value a test sets for a documented env name (valid for its type).
@@ -464,7 +445,8 @@ mod tests {
             "KAFKA_START_OFFSET" => "latest",
             "PGWIRE_AUTH" => "md5",
             "PGWIRE_ENABLED" => "false",
-            "PGWIRE_ALLOW_TRUST" => "true",
+            "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
+            "CACHE_ENABLED" => "false",
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",
             n if n.ends_with("PORT") => "4321",
             n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL"]
@@ -484,7 +466,7 @@ mod tests {
     fn every_documented_env_name_is_honoured() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut names: Vec<String> = Vec::new();
-        for doc in ["docs/configuration.md", "docs/kafka.md", "docs/postgres-sink.md"] {
+        for doc in ["docs/configuration.md", "docs/kafka.md", "docs/postgres-sink.md", "docs/cache.md"] {
             let text = std::fs::read_to_string(root.join(doc)).expect("doc");
             let mut env_col = None;
             for line in text.lines() {

@@ -83,6 +83,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry, for components that register their own metrics (the result cache).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers all metrics.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();

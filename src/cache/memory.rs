@@ -1,79 +1,74 @@
-//! In-process TTL cache with a bounded number of entries.
+//! The in-process backend (standalone default): moka, bounded by the bytes of its entries, each
+//! entry expiring after its own TTL.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use moka::Expiry;
+use moka::future::Cache;
 
-use super::{CachedResult, ResultCache};
-use crate::clock::Clock;
+use super::{CacheError, ResultCache};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
-    value: CachedResult,
-    expires: Instant,
-    inserted: Instant,
+    value: Bytes,
+    ttl: Duration,
 }
 
-/// Bounded in-process cache: at most `max_entries`; expired entries are dropped first, then
-/// the oldest.
-#[derive(Debug)]
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _created_at: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// In-process cache of at most `max_bytes` of entries (least recently used evicted first).
+#[derive(Debug, Clone)]
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, Entry>>,
-    max_entries: usize,
-    clock: Arc<dyn Clock>,
+    entries: Cache<String, Entry>,
 }
 
 impl MemoryCache {
-    /// A cache holding at most `max_entries` results.
-    pub fn new(max_entries: usize) -> Self {
-        Self::with_clock(max_entries, crate::clock::system())
+    /// A cache holding at most `max_bytes` of entries.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, e: &Entry| {
+                    u32::try_from(key.len() + e.value.len()).unwrap_or(u32::MAX)
+                })
+                .expire_after(PerEntryTtl)
+                .build(),
+        }
     }
 
-    /// [`Self::new`] with expiry measured on `clock`.
-    pub fn with_clock(max_entries: usize, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            max_entries: max_entries.max(1),
-            clock,
-        }
+    /// Bytes held (after pending evictions ran).
+    pub async fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.weighted_size()
     }
 }
 
 #[async_trait]
 impl ResultCache for MemoryCache {
-    async fn get(&self, key: &str) -> Option<CachedResult> {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match entries.get(key) {
-            Some(e) if e.expires > self.clock.now() => Some(e.value.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
-        }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.entries.get(key).await.map(|e| e.value))
     }
 
-    async fn put(&self, key: &str, value: CachedResult, ttl: Duration) {
-        let now = self.clock.now();
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= self.max_entries && !entries.contains_key(key) {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= self.max_entries
-                && let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.inserted).map(|(k, _)| k.clone())
-            {
-                entries.remove(&oldest);
-            }
-        }
-        entries.insert(
-            key.to_string(),
-            Entry {
-                value,
-                expires: now + ttl,
-                inserted: now,
-            },
-        );
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.entries.insert(key.to_string(), Entry { value, ttl }).await;
+        Ok(())
+    }
+
+    async fn try_lock(&self, _key: &str, _token: &str, _ttl: Duration) -> Result<bool, CacheError> {
+        // One process: single-flight already makes this caller the only one computing.
+        Ok(true)
+    }
+
+    async fn unlock(&self, _key: &str, _token: &str) -> Result<(), CacheError> {
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {
@@ -84,31 +79,38 @@ impl ResultCache for MemoryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn v(s: &'static str) -> CachedResult {
-        CachedResult {
-            content_type: "text/plain",
-            body: Bytes::from_static(s.as_bytes()),
-        }
-    }
 
     #[tokio::test]
-    async fn expires_and_evicts() {
-        let clock = Arc::new(crate::clock::ManualClock::default());
-        let cache = MemoryCache::with_clock(2, clock.clone());
-        cache.put("a", v("1"), Duration::from_secs(60)).await;
-        assert_eq!(cache.get("a").await.map(|r| r.body), Some(Bytes::from_static(b"1")));
-        cache.put("short", v("2"), Duration::from_millis(1)).await;
-        assert!(cache.get("short").await.is_some(), "fresh until its TTL passes");
-        clock.advance(Duration::from_millis(1));
-        assert!(cache.get("short").await.is_none(), "expired entry is gone");
-        clock.advance(Duration::from_millis(1));
-        cache.put("b", v("3"), Duration::from_secs(60)).await;
-        clock.advance(Duration::from_millis(1));
-        cache.put("c", v("4"), Duration::from_secs(60)).await;
-        assert!(cache.get("a").await.is_none(), "oldest evicted at capacity");
-        assert!(cache.get("b").await.is_some());
-        assert!(cache.get("c").await.is_some());
+    async fn bounded_by_bytes_and_expires_per_entry() {
+        let cache = MemoryCache::new(10_000);
+        for i in 0..100 {
+            cache
+                .put(&format!("k{i}"), Bytes::from(vec![0u8; 1000]), Duration::from_secs(60))
+                .await
+                .expect("put");
+        }
+        let held = cache.weighted_size().await;
+        assert!(held <= 10_000, "held {held} bytes");
+        let mut present = 0;
+        for i in 0..100 {
+            present += usize::from(cache.get(&format!("k{i}")).await.expect("get").is_some());
+        }
+        assert!((1..=10).contains(&present), "{present} of 100 kB-sized entries kept in 10 kB");
+
+        cache
+            .put("short", Bytes::from_static(b"x"), Duration::from_millis(30))
+            .await
+            .expect("put");
+        cache
+            .put("long", Bytes::from_static(b"y"), Duration::from_secs(60))
+            .await
+            .expect("put");
+        // moka reads its own clock: wait (bounded) for the expiry instead of advancing one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get("short").await.expect("get").is_some() {
+            assert!(Instant::now() < deadline, "the 30 ms entry never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(cache.get("long").await.expect("get"), Some(Bytes::from_static(b"y")));
     }
 }

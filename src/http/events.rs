@@ -1,6 +1,8 @@
 //! `POST /api/v1/events`, `POST /api/v1/events/batch`, `GET /api/v1/events`,
 //! `GET /api/v1/events/{id}`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -21,6 +23,7 @@ use crate::event::schema::col as c;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, EVENTS_TABLE, Rejection};
 use crate::ingest::{BodyShape, PipelineError};
+use crate::cache::{Answer, CacheKey, CacheStatus, Scope};
 use crate::query::collect_limited;
 
 /// Answer to an ingest request.
@@ -251,8 +254,13 @@ pub async fn list(
         ])
         .and_then(|df| df.limit(0, Some(limit + 1)))
         .map_err(ApiError::internal)?;
-    let (_, batches, _, _) = collect_limited(df, None, None).await?;
-    let mut events = views(&batches)?;
+    let key = state.cache.as_ref().and_then(|cache| {
+        cache
+            .keys()
+            .for_route("GET /api/v1/events", &format!("{p:?}"), &[EVENTS_TABLE], &Scope::default())
+    });
+    let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
+    let mut events = views(&answer.batches)?;
     let next_cursor = if events.len() > limit {
         events.truncate(limit);
         events.last().and_then(|e| {
@@ -263,7 +271,44 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(serde_json::json!({ "events": events, "next_cursor": next_cursor })).into_response())
+    Ok(with_cache_header(
+        Json(serde_json::json!({ "events": events, "next_cursor": next_cursor })).into_response(),
+        cache_status,
+    ))
+}
+
+/// Collects `df` through the result cache when there is one and `key` is set.
+async fn cached(
+    state: &AppState,
+    key: Option<&CacheKey>,
+    df: datafusion::dataframe::DataFrame,
+) -> Result<(Arc<Answer>, Option<CacheStatus>), ApiError> {
+    let run = async move {
+        collect_limited(df, None, None)
+            .await
+            .map(|(schema, batches, row_count, truncated)| Answer {
+                schema,
+                batches,
+                row_count,
+                truncated,
+            })
+    };
+    match &state.cache {
+        Some(cache) => {
+            let (answer, status) = cache.get_or_run(key, run).await?;
+            Ok((answer, Some(status)))
+        }
+        None => Ok((Arc::new(run.await?), None)),
+    }
+}
+
+fn with_cache_header(mut response: Response, status: Option<CacheStatus>) -> Response {
+    if let Some(status) = status {
+        response
+            .headers_mut()
+            .insert("x-cache", axum::http::HeaderValue::from_static(status.header()));
+    }
+    response
 }
 
 /// `GET /api/v1/events/{id}`.
@@ -280,10 +325,15 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> R
         .and_then(|df| df.filter(col(c::EVENT_ID).eq(lit(id.clone()))))
         .and_then(|df| df.limit(0, Some(1)))
         .map_err(ApiError::internal)?;
-    let (_, batches, _, _) = collect_limited(df, None, None).await?;
-    let mut events = views(&batches)?;
+    let key = state.cache.as_ref().and_then(|cache| {
+        cache
+            .keys()
+            .for_route("GET /api/v1/events/{id}", &id, &[EVENTS_TABLE], &Scope::default())
+    });
+    let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
+    let mut events = views(&answer.batches)?;
     match events.pop() {
-        Some(e) => Ok(Json(e).into_response()),
+        Some(e) => Ok(with_cache_header(Json(e).into_response(), cache_status)),
         None => Err(ApiError::not_found(format!("no event with id {id}"))),
     }
 }

@@ -22,11 +22,19 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 /// `GET /ready`: every component can serve; 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut components = vec![state.store.status(), state.storage_health.status()];
+    // A failing cache never makes the Hub unready: queries are answered without it.
+    let cache_health = state.cache.as_ref().map(|c| c.health());
+    let cache_degraded = cache_health.as_ref().is_some_and(|h| h.degraded);
     components.push(ComponentStatus {
         name: "cache",
         kind: state.cache.as_ref().map_or("disabled", |c| c.kind()),
         ready: true,
-        detail: json!({ "query_ttl_secs": state.cache_ttl.as_secs() }),
+        detail: json!({
+            "status": if cache_degraded { "degraded" } else { "ok" },
+            "circuit_breaker": cache_health.as_ref().and_then(|h| h.breaker),
+            "target": cache_health.as_ref().and_then(|h| h.target.clone()),
+            "last_error": cache_health.as_ref().and_then(|h| h.last_error.clone()),
+        }),
     });
     if let Some(stream) = &state.stream {
         let listed = tokio::time::timeout(std::time::Duration::from_secs(1), stream.list()).await;
@@ -85,7 +93,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "components": components })),
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "degraded": if cache_degraded { vec!["cache"] } else { Vec::new() },
+            "components": components,
+        })),
     )
 }
 

@@ -8,7 +8,7 @@ mod observe;
 mod sql;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
-use crate::cache::ResultCache;
+use crate::cache::QueryCache;
 use crate::ingest::Pipeline;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
@@ -33,11 +33,7 @@ pub struct AppState {
     /// SQL execution.
     pub engine: QueryEngine,
     /// Result cache, when enabled.
-    pub cache: Option<Arc<dyn ResultCache>>,
-    /// How long cached results live.
-    pub cache_ttl: Duration,
-    /// Largest cached result in bytes.
-    pub cache_max_entry_bytes: usize,
+    pub cache: Option<Arc<QueryCache>>,
     /// Most rows in a JSON SQL response.
     pub max_json_rows: usize,
     /// Body size limit (for error messages).

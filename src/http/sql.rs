@@ -11,7 +11,10 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cache::CachedResult;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cache::{Answer, CacheStatus, Scope};
 use crate::query::format::{self, ColumnInfo, ResultFormat};
 
 /// Request body.
@@ -90,27 +93,42 @@ pub async fn run(
         return super::cq::create_from_sql(&state, create).await;
     }
     let fmt = ResultFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let cache_key = format!("sql:{fmt:?}:{}", req.sql);
-    if let Some(cache) = &state.cache
-        && let Some(hit) = cache.get(&cache_key).await
-    {
-        state.metrics.sql_queries_total.with_label_values(&["cache_hit"]).inc();
-        return Ok((
-            [
-                (header::CONTENT_TYPE, hit.content_type),
-                (header::HeaderName::from_static("x-cache"), "hit"),
-            ],
-            hit.body,
-        )
-            .into_response());
-    }
     let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
-    let result = match state.engine.run(&req.sql, max_rows).await {
-        Ok(r) => r,
-        Err(e) => return Err(counted(&state, e.into())),
+    let started = Instant::now();
+    state.engine.check(&req.sql).map_err(|e| counted(&state, e.into()))?;
+    let engine = state.engine.clone();
+    let sql = req.sql.clone();
+    let run = async move {
+        engine.run(&sql, max_rows).await.map(|r| Answer {
+            schema: r.schema,
+            batches: r.batches,
+            row_count: r.row_count,
+            truncated: r.truncated,
+        })
     };
-    state.metrics.sql_queries_total.with_label_values(&["ok"]).inc();
-    let elapsed_ms = result.elapsed.as_secs_f64() * 1000.0;
+    let (result, cache_status) = match &state.cache {
+        Some(cache) => {
+            let session = state.engine.context().state();
+            let key = crate::cache::key::parse_one(&req.sql, &session).and_then(|statement| {
+                let variant = format!("sql;max_rows={max_rows:?}");
+                cache
+                    .keys()
+                    .for_statement(&statement, &session, &Scope::default(), &variant)
+                    .ok()
+            });
+            match cache.get_or_run(key.as_ref(), run).await {
+                Ok((answer, status)) => (answer, Some(status)),
+                Err(e) => return Err(counted(&state, e.into())),
+            }
+        }
+        None => match run.await {
+            Ok(answer) => (Arc::new(answer), None),
+            Err(e) => return Err(counted(&state, e.into())),
+        },
+    };
+    let outcome = if cache_status == Some(CacheStatus::Hit) { "cache_hit" } else { "ok" };
+    state.metrics.sql_queries_total.with_label_values(&[outcome]).inc();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let body: Vec<u8> = match fmt {
         ResultFormat::Json => {
             let rows = format::json_rows(&result.batches).map_err(ApiError::internal)?;
@@ -136,23 +154,14 @@ pub async fn run(
         return Err(counted(&state, err.into()));
     }
     let body = Bytes::from(body);
-    if let Some(cache) = &state.cache
-        && body.len() <= state.cache_max_entry_bytes
-    {
-        let value = CachedResult {
-            content_type: fmt.content_type(),
-            body: body.clone(),
-        };
-        cache.put(&cache_key, value, state.cache_ttl).await;
-    }
     let mut response = ([(header::CONTENT_TYPE, fmt.content_type())], body).into_response();
     let h = response.headers_mut();
     h.insert("x-row-count", HeaderValue::from(result.row_count));
     if let Ok(v) = HeaderValue::from_str(&format!("{elapsed_ms:.3}")) {
         h.insert("x-execution-time-ms", v);
     }
-    if state.cache.is_some() {
-        h.insert("x-cache", HeaderValue::from_static("miss"));
+    if let Some(status) = cache_status {
+        h.insert("x-cache", HeaderValue::from_static(status.header()));
     }
     if let Some(warning) = quarantine_warning(&state) {
         h.insert("x-hub-warning", warning);

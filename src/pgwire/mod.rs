@@ -8,6 +8,7 @@
 //! listener with TLS and cancel requests ([`server`]).
 
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod functions;

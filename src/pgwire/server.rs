@@ -197,19 +197,26 @@ impl WireServer {
         statement_timeout: Duration,
         complexity: crate::query::complexity::ComplexityLimits,
         max_result_bytes: usize,
+        cache: Option<Arc<crate::cache::QueryCache>>,
     ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
-        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        let mut hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
+        // Last: only plain queries that passed the read-only gate reach the cache.
+        let wire_cache = cache.map(|c| Arc::new(super::cache::WireCache::new(c, max_result_bytes)));
+        if let Some(c) = &wire_cache {
+            hooks.push(Arc::clone(c) as Arc<dyn QueryHook>);
+        }
         let service = Arc::new(HubService::new(
-            Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks)),
             complexity,
             max_result_bytes,
+            wire_cache.map(|c| (c, Arc::clone(&ctx))),
         ));
         let manager = Arc::new(ConnectionManager::new());
         let addr = format!("{}:{}", config.host, config.port);

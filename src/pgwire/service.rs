@@ -255,11 +255,18 @@ pub struct HubService {
     inner: Arc<DfSessionService>,
     parser: Arc<HubParser>,
     max_result_bytes: usize,
+    /// The result cache for extended-protocol portals, with the session it plans in.
+    cache: Option<(Arc<super::cache::WireCache>, Arc<datafusion::prelude::SessionContext>)>,
 }
 
 impl HubService {
     /// Wraps datafusion-postgres' service.
-    pub fn new(inner: Arc<DfSessionService>, complexity: ComplexityLimits, max_result_bytes: usize) -> Self {
+    pub fn new(
+        inner: Arc<DfSessionService>,
+        complexity: ComplexityLimits,
+        max_result_bytes: usize,
+        cache: Option<(Arc<super::cache::WireCache>, Arc<datafusion::prelude::SessionContext>)>,
+    ) -> Self {
         let parser = Arc::new(HubParser {
             inner: inner.query_parser(),
             complexity,
@@ -268,6 +275,7 @@ impl HubService {
             inner,
             parser,
             max_result_bytes,
+            cache,
         }
     }
 }
@@ -317,6 +325,19 @@ impl ExtendedQueryHandler for HubService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some((cache, ctx)) = &self.cache
+            && let (_, Some((statement, plan))) = &portal.statement.statement
+        {
+            let variant = super::cache::extended_variant(portal);
+            let params = || super::cache::parameter_values(portal, plan);
+            let info: &(dyn ClientInfo + Send + Sync) = &*client;
+            if let Some(response) = cache
+                .extended(statement, plan, &variant, params, &portal.result_column_format, ctx, info)
+                .await
+            {
+                return first_row_now(response?, statement_timeout(client), self.max_result_bytes).await;
+            }
+        }
         let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
         first_row_now(response, statement_timeout(client), self.max_result_bytes).await
     }

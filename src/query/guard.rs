@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::ast::{ObjectName, Query, SetExpr, Statement as S
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 /// Why a statement may not run.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GuardError {
     /// The text does not parse.
     #[error("SQL parse error: {0}")]

@@ -25,8 +25,9 @@ use crate::storage::EventStore;
 pub use config::QueryConfig;
 pub use guard::GuardError;
 
-/// Errors of ad-hoc SQL.
-#[derive(Debug, thiserror::Error)]
+/// Errors of ad-hoc SQL (`Clone`: one failed run is shared by the identical queries that
+/// waited for it).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
     /// Refused or unparsable statement.
     #[error(transparent)]
@@ -188,11 +189,18 @@ impl QueryEngine {
         self.limits.complexity
     }
 
-    /// Checks, plans and runs `sql`, keeping at most `max_rows` rows.
-    pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
-        // The shape first: parsing a too-deep expression is what would overflow the stack.
+    /// The checks every statement passes before anything else parses it: the shape limits
+    /// first (parsing a too-deep expression is what would overflow the stack), then the
+    /// read-only rules.
+    pub fn check(&self, sql: &str) -> Result<(), QueryError> {
         complexity::check(sql, &self.limits.complexity)?;
         guard::check_read_only(sql)?;
+        Ok(())
+    }
+
+    /// Checks, plans and runs `sql`, keeping at most `max_rows` rows.
+    pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
+        self.check(sql)?;
         let started = Instant::now();
         let _slot = tokio::time::timeout(self.limits.queue_timeout, self.limits.slots.acquire())
             .await

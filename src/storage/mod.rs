@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod local;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -126,12 +127,34 @@ pub struct ComponentStatus {
     pub detail: serde_json::Value,
 }
 
+/// What a store holds, as far as a reader can tell: stores only grow, so the count of visible
+/// commits since it opened, plus a random epoch for that opening, changes whenever a query
+/// could see different rows. A restart starts a new epoch (entries keyed on the old one are
+/// never served again; they age out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DataVersion {
+    /// Random per opening of the store.
+    pub epoch: u64,
+    /// Commits made visible since then.
+    pub appends: u64,
+}
+
+impl std::fmt::Display for DataVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}.{}", self.epoch, self.appends)
+    }
+}
+
 /// A durable home for events, readable through DataFusion.
 #[async_trait]
 pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Stores a batch with the `events` schema. When this returns `Ok`, the events survive a
     /// crash of the process and are visible to queries.
     async fn append(&self, batch: RecordBatch) -> Result<(), StorageError>;
+
+    /// Identifies what the store holds: a query answered at one version gives the same rows at
+    /// the same version (result caches key on it).
+    fn data_version(&self) -> DataVersion;
 
     /// A table provider over all stored events; each scan sees a consistent snapshot.
     fn table_provider(&self) -> Arc<dyn TableProvider>;

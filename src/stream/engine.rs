@@ -48,6 +48,9 @@ pub struct EngineDeps {
     /// Receives the registered definitions (in dependency order) whenever they change, for
     /// sinks that store outputs elsewhere.
     pub published: tokio::sync::watch::Sender<Vec<CqDefinition>>,
+    /// Where the output tables (and `late_events`) are registered with their stores, for the
+    /// data versions result caches key on.
+    pub versions: crate::storage::versions::TableVersions,
 }
 
 impl std::fmt::Debug for EngineDeps {
@@ -231,6 +234,7 @@ impl StreamEngine {
         deps.query_ctx
             .register_table(LATE_EVENTS_TABLE, late.table_provider())
             .map_err(CqError::internal)?;
+        deps.versions.register(LATE_EVENTS_TABLE, Arc::new(late.clone()));
         let (preparers, preparers_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let mut engine = Self {
             deps,
@@ -354,6 +358,7 @@ impl StreamEngine {
             .query_ctx
             .register_table(rt.def.name.as_str(), table)
             .map_err(CqError::internal)?;
+        self.deps.versions.register(&rt.def.name, Arc::new(output.clone()));
         self.queries.push(Running {
             rt,
             output,
@@ -666,6 +671,7 @@ impl StreamEngine {
         let removed = self.queries.remove(i);
         self.save()?;
         self.deps.query_ctx.deregister_table(name).map_err(CqError::internal)?;
+        self.deps.versions.remove(name);
         drop(removed);
         let dir = self.deps.dir.join(name);
         std::fs::remove_dir_all(&dir).map_err(|e| CqError::internal(format!("removing {}: {e}", dir.display())))?;

@@ -167,6 +167,10 @@ pub(crate) struct Shared {
     fs: Arc<dyn SegmentFs>,
     /// Process-wide storage health.
     health: StorageHealth,
+    /// Identifies this opening of the store in [`DataVersion`]s.
+    epoch: u64,
+    /// Commits made visible since the store opened (bumped under the `inner` lock).
+    appends: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -249,13 +253,17 @@ impl Shared {
             let staged: Vec<Result<(), StorageError>> = group.iter().map(|p| writer.stage(&p.batch)).collect();
             writer.commit()?;
             // Still under the WAL lock: no rotation can slip between the sync and this push.
-            if let Some(active) = self.lock().segments.last_mut() {
+            let mut inner = self.lock();
+            if let Some(active) = inner.segments.last_mut() {
                 for (p, s) in group.iter().zip(&staged) {
                     if s.is_ok() {
                         active.push(&self.schema, p.batch.clone());
                     }
                 }
             }
+            // Still under `inner`: a snapshot taken after this sees the rows and the new version.
+            self.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
+            drop(inner);
             Ok(staged)
         }));
         if let Some(metrics) = &self.metrics {
@@ -472,6 +480,8 @@ impl LocalStore {
             metrics,
             fs,
             health,
+            epoch: uuid::Uuid::new_v4().as_u64_pair().0,
+            appends: std::sync::atomic::AtomicU64::new(0),
         });
         let (committer, pending) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -623,6 +633,13 @@ impl EventStore for LocalStore {
             metrics.storage_rows_in_memory.add(rows as i64);
         }
         Ok(())
+    }
+
+    fn data_version(&self) -> super::DataVersion {
+        super::DataVersion {
+            epoch: self.shared.epoch,
+            appends: self.shared.appends.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     fn table_provider(&self) -> Arc<dyn TableProvider> {

@@ -1,0 +1,226 @@
+//! The Redis backend: one Redis (async connection manager, reconnecting by itself) or a Redis
+//! Cluster (cluster client, following slot moves and failovers). Every command is bounded by
+//! `redis_timeout_ms` and goes through a circuit breaker, so a slow or dead Redis costs a query
+//! at most one timeout and, once the breaker is open, nothing at all.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+
+use super::config::CacheConfig;
+use super::{CacheError, ResultCache};
+use crate::resilience::breaker::{BreakerState, CircuitBreaker};
+
+/// Deletes a lock only if it still holds our token (another instance may own it by now).
+const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    },
+}
+
+/// The Redis-backed cache.
+pub struct RedisCache {
+    conn: Conn,
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    last_error: Mutex<Option<String>>,
+    target: String,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache").field("target", &self.target).finish()
+    }
+}
+
+impl RedisCache {
+    /// A client for the Redis (or Cluster) `config` names. Connects lazily: a Redis that is
+    /// down at startup only means the cache is skipped until it is back.
+    pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        let timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
+        let (conn, target) = if config.redis_cluster {
+            let nodes = config.cluster_nodes();
+            let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
+                .build()?;
+            (
+                Conn::Cluster {
+                    client,
+                    conn: tokio::sync::Mutex::new(None),
+                },
+                format!("cluster {}", nodes.join(",")),
+            )
+        } else {
+            let url = config.redis_url.clone().unwrap_or_default();
+            let client = redis::Client::open(url.as_str())?;
+            let manager = ConnectionManager::new_lazy_with_config(
+                client,
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100)),
+            )?;
+            (Conn::Single(manager), redact(&url))
+        };
+        Ok(Self {
+            conn,
+            timeout,
+            breaker: CircuitBreaker::new(
+                config.breaker_failures,
+                Duration::from_secs(config.breaker_open_secs),
+                1,
+            ),
+            last_error: Mutex::new(None),
+            target,
+        })
+    }
+
+    /// Where it connects (password removed).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Runs `cmd` with the timeout and the breaker.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
+        self.breaker.allow().map_err(CacheError::BreakerOpen)?;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            match &self.conn {
+                Conn::Single(m) => {
+                    let mut m = m.clone();
+                    query(&mut m, cmd).await
+                }
+                Conn::Cluster { client, conn } => {
+                    let mut c = {
+                        let mut slot = conn.lock().await;
+                        match slot.as_ref() {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = client.get_async_connection().await?;
+                                *slot = Some(c.clone());
+                                c
+                            }
+                        }
+                    };
+                    query(&mut c, cmd).await
+                }
+            }
+        })
+        .await;
+        let result = match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CacheError::Redis(e)),
+            Err(_) => Err(CacheError::Timeout(self.timeout)),
+        };
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => {
+                self.breaker.failure();
+                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+            }
+        }
+        result
+    }
+}
+
+async fn query<C: ConnectionLike + Send, T: redis::FromRedisValue>(
+    conn: &mut C,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    cmd.query_async(conn).await
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl ResultCache for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let value: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(key)).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = self
+            .run(redis::cmd("SET").arg(key).arg(value.as_ref()).arg("PX").arg(ms))
+            .await?;
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{key}:lock"))
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), CacheError> {
+        let _: i64 = self
+            .run(redis::cmd("EVAL").arg(UNLOCK).arg(1).arg(format!("{key}:lock")).arg(token))
+            .await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster { .. } => "redis_cluster",
+        }
+    }
+
+    fn health(&self) -> super::BackendHealth {
+        let state = self.breaker.state();
+        super::BackendHealth {
+            degraded: state != BreakerState::Closed,
+            breaker: Some(state),
+            target: Some(self.target.clone()),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+        assert_eq!(redact("redis://hub:s3cret@cache"), "redis://hub:***@cache");
+        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+    }
+}
