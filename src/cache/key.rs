@@ -185,6 +185,7 @@ impl KeyBuilder {
         if reads.functions.iter().any(|f| CLOCK.contains(&f.as_str())) {
             ttl = ttl.min(self.clock_ttl);
         }
+        tracing::debug!(?tables, %variant, "cache key");
         Ok(self.key(&statement.to_string(), &mut tables, scope, variant, class, ttl))
     }
 

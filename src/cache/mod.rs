@@ -267,7 +267,9 @@ impl QueryCache {
     }
 
     async fn lookup(&self, key: &CacheKey) -> Result<Option<Arc<Answer>>, ()> {
-        match self.backend.get(&key.key).await {
+        let got = self.backend.get(&key.key).await;
+        tracing::debug!(key = %key.key, found = ?got.as_ref().map(|v| v.as_ref().map(Bytes::len)), "cache get");
+        match got {
             Ok(Some(bytes)) => match entry::decode(&bytes) {
                 Ok(answer) => Ok(Some(Arc::new(answer))),
                 Err(e) => {
@@ -340,6 +342,7 @@ impl QueryCache {
             return;
         }
         self.metrics.entry_bytes.observe(bytes.len() as f64);
+        tracing::debug!(key = %key.key, bytes = bytes.len(), ttl = ?key.ttl, "cache put");
         if let Err(e) = self.backend.put(&key.key, Bytes::from(bytes), key.ttl).await {
             self.metrics.error("put", &e);
         }

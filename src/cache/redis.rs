@@ -82,7 +82,8 @@ impl RedisCache {
                 config.breaker_failures,
                 Duration::from_secs(config.breaker_open_secs),
                 1,
-            ),
+            )
+            .named("redis"),
             last_error: Mutex::new(None),
             target,
         })
@@ -93,32 +94,39 @@ impl RedisCache {
         &self.target
     }
 
-    /// Runs `cmd` with the timeout and the breaker.
+    /// Runs `cmd` with the timeout and the breaker. A cluster connection is (re)established
+    /// outside the command timeout, bounded by its own (at least 1 s: it reads the topology
+    /// and connects to every node); the breaker lets at most one caller wait for it per open
+    /// period.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
         self.breaker.allow().map_err(CacheError::BreakerOpen)?;
-        let outcome = tokio::time::timeout(self.timeout, async {
-            match &self.conn {
-                Conn::Single(m) => {
-                    let mut m = m.clone();
-                    query(&mut m, cmd).await
-                }
-                Conn::Cluster { client, conn } => {
-                    let mut c = {
-                        let mut slot = conn.lock().await;
-                        match slot.as_ref() {
-                            Some(c) => c.clone(),
-                            None => {
-                                let c = client.get_async_connection().await?;
+        let outcome = match &self.conn {
+            Conn::Single(m) => {
+                let mut m = m.clone();
+                tokio::time::timeout(self.timeout, query(&mut m, cmd)).await
+            }
+            Conn::Cluster { client, conn } => {
+                let connect_timeout = self.timeout.max(Duration::from_secs(1));
+                let connected = {
+                    let mut slot = conn.lock().await;
+                    match slot.as_ref() {
+                        Some(c) => Ok(Ok(c.clone())),
+                        None => {
+                            let fresh = tokio::time::timeout(connect_timeout, client.get_async_connection()).await;
+                            if let Ok(Ok(c)) = &fresh {
                                 *slot = Some(c.clone());
-                                c
                             }
+                            fresh
                         }
-                    };
-                    query(&mut c, cmd).await
+                    }
+                };
+                match connected {
+                    Ok(Ok(mut c)) => tokio::time::timeout(self.timeout, query(&mut c, cmd)).await,
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(elapsed) => Err(elapsed),
                 }
             }
-        })
-        .await;
+        };
         let result = match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CacheError::Redis(e)),
@@ -128,6 +136,11 @@ impl RedisCache {
             Ok(_) => self.breaker.success(),
             Err(e) => {
                 self.breaker.failure();
+                // A cluster connection that failed may hold a topology from before a failover:
+                // the next call connects afresh and reads the slots from a live node.
+                if let Conn::Cluster { conn, .. } = &self.conn {
+                    *conn.lock().await = None;
+                }
                 *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
             }
         }

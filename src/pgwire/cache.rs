@@ -1,7 +1,7 @@
 //! The result cache on the wire: simple-protocol queries through a [`QueryHook`] (the last
 //! hook, after the read-only gate), extended-protocol portals in
-//! [`super::service::HubService`]. Entries are shared with `POST /api/v1/sql` (the same Arrow
-//! answer), encoded per connection in the client's result formats.
+//! [`super::service::HubService`]. Entries are Arrow answers keyed per login (the caller's
+//! scope), encoded per connection in the client's result formats.
 //!
 //! Statements the cache cannot key (no Hub table, catalog tables, volatile functions, not a
 //! query) take datafusion-postgres' normal path untouched.

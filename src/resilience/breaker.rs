@@ -43,6 +43,8 @@ struct Inner {
 /// The breaker. Cheap to share (`&self` methods).
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// What it protects, for logs (`postgres`, `redis`).
+    name: &'static str,
     failure_threshold: u32,
     open_for: Duration,
     half_open_successes: u32,
@@ -64,6 +66,7 @@ impl CircuitBreaker {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            name: "database",
             clock,
             failure_threshold: failure_threshold.max(1),
             open_for,
@@ -75,6 +78,12 @@ impl CircuitBreaker {
                 opened_at: None,
             }),
         }
+    }
+
+    /// The same breaker, named `name` in its logs.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -123,7 +132,7 @@ impl CircuitBreaker {
                     inner.state = BreakerState::Closed;
                     inner.failures = 0;
                     inner.opened_at = None;
-                    tracing::info!("database circuit breaker closed");
+                    tracing::info!(breaker = self.name, "circuit breaker closed");
                 }
             }
             _ => inner.failures = 0,
@@ -144,7 +153,7 @@ impl CircuitBreaker {
             inner.state = BreakerState::Open;
             inner.opened_at = Some(self.clock.now());
             inner.successes = 0;
-            tracing::warn!(failures = inner.failures, "database circuit breaker opened");
+            tracing::warn!(breaker = self.name, failures = inner.failures, "circuit breaker opened");
         }
     }
 }

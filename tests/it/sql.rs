@@ -157,38 +157,3 @@ async fn refusals_and_errors() {
     assert_eq!(body["truncated"], true);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn result_cache_serves_repeated_queries_within_ttl() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hub = loaded_hub(
-        dir.path(),
-        HubOptions {
-            env: vec![("CACHE_QUERY_TTL".into(), "60".into())],
-            ..Default::default()
-        },
-    )
-    .await;
-    let send = || {
-        hub.client
-            .post(hub.url("/api/v1/sql"))
-            .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM events"}))
-            .send()
-    };
-    let first = send().await.expect("first");
-    assert_eq!(first.headers()["x-cache"], "miss");
-    let first: serde_json::Value = first.json().await.expect("json");
-    let (status, _) = hub.post_ndjson(generated(12, 10, 0.0).join("\n")).await;
-    assert_eq!(status, 200);
-    let second = send().await.expect("second");
-    assert_eq!(second.headers()["x-cache"], "hit");
-    let second: serde_json::Value = second.json().await.expect("json");
-    assert_eq!(first["rows"], second["rows"], "served from cache within the TTL");
-    let ready = hub.get_json("/ready").await;
-    assert!(
-        ready["components"]
-            .as_array()
-            .expect("c")
-            .iter()
-            .any(|c| c["name"] == "cache" && c["kind"] == "memory")
-    );
-}

@@ -123,7 +123,8 @@ impl PostgresSink {
                 config.breaker_failure_threshold,
                 Duration::from_secs(config.breaker_open_secs),
                 config.breaker_half_open_successes,
-            ),
+            )
+            .named("postgres"),
             metrics,
             tables: tokio::sync::Mutex::new(Tables::new(queries, config.migrate_on_start)),
             expected: Mutex::new(HashMap::new()),
