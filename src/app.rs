@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cache::QueryCache;
-use crate::storage::versions::TableVersions;
 use crate::config::Config;
 use crate::generate::{Generator, GeneratorConfig};
 use crate::http::{AppState, router};
@@ -14,6 +13,7 @@ use crate::query::QueryEngine;
 use crate::sources::kafka::producer::KafkaIngest;
 use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
+use crate::storage::versions::TableVersions;
 use crate::stream::StreamEngine;
 use crate::stream::engine::EngineDeps;
 use crate::stream::shipped::shipped_queries;

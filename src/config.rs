@@ -466,7 +466,12 @@ mod tests {
     fn every_documented_env_name_is_honoured() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut names: Vec<String> = Vec::new();
-        for doc in ["docs/configuration.md", "docs/kafka.md", "docs/postgres-sink.md", "docs/cache.md"] {
+        for doc in [
+            "docs/configuration.md",
+            "docs/kafka.md",
+            "docs/postgres-sink.md",
+            "docs/cache.md",
+        ] {
             let text = std::fs::read_to_string(root.join(doc)).expect("doc");
             let mut env_col = None;
             for line in text.lines() {

@@ -130,7 +130,12 @@ impl CacheConfig {
             self.redis_cluster = parse("REDIS_CLUSTER", v)?;
         }
         if let Some(v) = get("REDIS_NODES") {
-            self.redis_nodes = v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+            self.redis_nodes = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
         }
         Ok(())
     }
@@ -193,6 +198,11 @@ mod tests {
             redis_cluster: true,
             ..CacheConfig::default()
         };
-        assert!(cluster_without_nodes.validate().expect_err("no nodes").contains("REDIS_NODES"));
+        assert!(
+            cluster_without_nodes
+                .validate()
+                .expect_err("no nodes")
+                .contains("REDIS_NODES")
+        );
     }
 }

@@ -89,7 +89,11 @@ mod tests {
             truncated: true,
         };
         let bytes = encode(&answer).expect("encode");
-        assert!(bytes.len() < batch.get_array_memory_size() / 4, "compressed: {} bytes", bytes.len());
+        assert!(
+            bytes.len() < batch.get_array_memory_size() / 4,
+            "compressed: {} bytes",
+            bytes.len()
+        );
         let back = decode(&bytes).expect("decode");
         assert_eq!(back.batches, vec![batch]);
         assert_eq!(back.schema, schema);

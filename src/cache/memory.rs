@@ -36,9 +36,7 @@ impl MemoryCache {
         Self {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|key: &String, e: &Entry| {
-                    u32::try_from(key.len() + e.value.len()).unwrap_or(u32::MAX)
-                })
+                .weigher(|key: &String, e: &Entry| u32::try_from(key.len() + e.value.len()).unwrap_or(u32::MAX))
                 .expire_after(PerEntryTtl)
                 .build(),
         }
@@ -95,7 +93,10 @@ mod tests {
         for i in 0..100 {
             present += usize::from(cache.get(&format!("k{i}")).await.expect("get").is_some());
         }
-        assert!((1..=10).contains(&present), "{present} of 100 kB-sized entries kept in 10 kB");
+        assert!(
+            (1..=10).contains(&present),
+            "{present} of 100 kB-sized entries kept in 10 kB"
+        );
 
         cache
             .put("short", Bytes::from_static(b"x"), Duration::from_millis(30))

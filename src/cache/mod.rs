@@ -208,14 +208,18 @@ impl QueryCache {
         } else {
             Arc::new(memory::MemoryCache::new(config.memory_max_bytes))
         };
-        let metrics = CacheMetrics::new(registry).map_err(|e| {
-            CacheError::Entry(datafusion::arrow::error::ArrowError::ExternalError(Box::new(e)))
-        })?;
+        let metrics = CacheMetrics::new(registry)
+            .map_err(|e| CacheError::Entry(datafusion::arrow::error::ArrowError::ExternalError(Box::new(e))))?;
         Ok(Some(Arc::new(Self::new(backend, config, versions, metrics))))
     }
 
     /// A cache over `backend`.
-    pub fn new(backend: Arc<dyn ResultCache>, config: &CacheConfig, versions: TableVersions, metrics: CacheMetrics) -> Self {
+    pub fn new(
+        backend: Arc<dyn ResultCache>,
+        config: &CacheConfig,
+        versions: TableVersions,
+        metrics: CacheMetrics,
+    ) -> Self {
         Self {
             backend,
             keys: KeyBuilder::new(config, versions),

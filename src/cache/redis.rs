@@ -16,12 +16,13 @@ use super::{CacheError, ResultCache};
 use crate::resilience::breaker::{BreakerState, CircuitBreaker};
 
 /// Deletes a lock only if it still holds our token (another instance may own it by now).
-const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+const UNLOCK: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 enum Conn {
     Single(ConnectionManager),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         conn: tokio::sync::Mutex<Option<ClusterConnection>>,
     },
 }
@@ -57,7 +58,7 @@ impl RedisCache {
                 .build()?;
             (
                 Conn::Cluster {
-                    client,
+                    client: Box::new(client),
                     conn: tokio::sync::Mutex::new(None),
                 },
                 format!("cluster {}", nodes.join(",")),
@@ -141,7 +142,10 @@ impl RedisCache {
                 if let Conn::Cluster { conn, .. } = &self.conn {
                     *conn.lock().await = None;
                 }
-                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
             }
         }
         result
@@ -199,7 +203,13 @@ impl ResultCache for RedisCache {
 
     async fn unlock(&self, key: &str, token: &str) -> Result<(), CacheError> {
         let _: i64 = self
-            .run(redis::cmd("EVAL").arg(UNLOCK).arg(1).arg(format!("{key}:lock")).arg(token))
+            .run(
+                redis::cmd("EVAL")
+                    .arg(UNLOCK)
+                    .arg(1)
+                    .arg(format!("{key}:lock"))
+                    .arg(token),
+            )
             .await?;
         Ok(())
     }

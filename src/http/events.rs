@@ -19,11 +19,11 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::{ApiError, body_rejection};
+use crate::cache::{Answer, CacheKey, CacheStatus, Scope};
 use crate::event::schema::col as c;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, EVENTS_TABLE, Rejection};
 use crate::ingest::{BodyShape, PipelineError};
-use crate::cache::{Answer, CacheKey, CacheStatus, Scope};
 use crate::query::collect_limited;
 
 /// Answer to an ingest request.
@@ -255,9 +255,12 @@ pub async fn list(
         .and_then(|df| df.limit(0, Some(limit + 1)))
         .map_err(ApiError::internal)?;
     let key = state.cache.as_ref().and_then(|cache| {
-        cache
-            .keys()
-            .for_route("GET /api/v1/events", &format!("{p:?}"), &[EVENTS_TABLE], &Scope::default())
+        cache.keys().for_route(
+            "GET /api/v1/events",
+            &format!("{p:?}"),
+            &[EVENTS_TABLE],
+            &Scope::default(),
+        )
     });
     let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
     let mut events = views(&answer.batches)?;

@@ -126,7 +126,11 @@ pub async fn run(
             Err(e) => return Err(counted(&state, e.into())),
         },
     };
-    let outcome = if cache_status == Some(CacheStatus::Hit) { "cache_hit" } else { "ok" };
+    let outcome = if cache_status == Some(CacheStatus::Hit) {
+        "cache_hit"
+    } else {
+        "ok"
+    };
     state.metrics.sql_queries_total.with_label_values(&[outcome]).inc();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let body: Vec<u8> = match fmt {

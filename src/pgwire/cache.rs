@@ -32,7 +32,10 @@ use crate::query::{QueryError, collect_limited};
 /// The scope of a wire client: its login (roles and tenants attach to it once they exist).
 pub fn scope_of(client: &(dyn ClientInfo + Send + Sync)) -> Scope {
     Scope {
-        role: client.metadata().get(pgwire::api::METADATA_USER).map(|u| format!("wire:{u}")),
+        role: client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .map(|u| format!("wire:{u}")),
         tenant: None,
     }
 }
@@ -128,8 +131,7 @@ impl WireCache {
     /// parameters' bytes as sent), or `None` when it cannot be keyed.
     pub async fn extended(
         &self,
-        statement: &Statement,
-        plan: &LogicalPlan,
+        (statement, plan): (&Statement, &LogicalPlan),
         variant: &str,
         params: impl FnOnce() -> PgWireResult<ParamValues>,
         format: &Format,
@@ -187,8 +189,7 @@ pub fn parameter_values<S: Clone>(
         .filter_map(|(name, t)| name.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, t)))
         .collect();
     ordered.sort_by_key(|(i, _)| *i);
-    let types: Vec<Option<&datafusion::arrow::datatypes::DataType>> =
-        ordered.iter().map(|(_, t)| t.as_ref()).collect();
+    let types: Vec<Option<&datafusion::arrow::datatypes::DataType>> = ordered.iter().map(|(_, t)| t.as_ref()).collect();
     datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters(portal, &types)
 }
 
@@ -204,7 +205,12 @@ impl QueryHook for WireCache {
         let key = self.key(statement, ctx, &scope_of(client), "wire-simple")?;
         let timeout = statement_timeout(client);
         let run = async {
-            let plan = ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()))).await?;
+            let plan = ctx
+                .state()
+                .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                    statement.clone(),
+                )))
+                .await?;
             let plan = ctx.state().optimize(&plan)?;
             answer_of(ctx.clone(), plan, self.max_result_bytes, timeout).await
         };

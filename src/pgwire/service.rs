@@ -332,7 +332,14 @@ impl ExtendedQueryHandler for HubService {
             let params = || super::cache::parameter_values(portal, plan);
             let info: &(dyn ClientInfo + Send + Sync) = &*client;
             if let Some(response) = cache
-                .extended(statement, plan, &variant, params, &portal.result_column_format, ctx, info)
+                .extended(
+                    (statement, plan),
+                    &variant,
+                    params,
+                    &portal.result_column_format,
+                    ctx,
+                    info,
+                )
                 .await
             {
                 return first_row_now(response?, statement_timeout(client), self.max_result_bytes).await;

@@ -34,11 +34,20 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&self.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if self.cluster {
             cmd.args([
                 "--cluster-enabled",
@@ -90,7 +99,9 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls a blocking condition for up to 30 s.
@@ -121,7 +132,9 @@ async fn ask(hub: &Hub, sql: &str) -> (String, Value) {
 }
 
 fn first_n(body: &Value) -> i64 {
-    body["rows"][0]["n"].as_i64().unwrap_or_else(|| panic!("no n in {body}"))
+    body["rows"][0]["n"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no n in {body}"))
 }
 
 /// The value of counter `name{labels}` in `/metrics` (0 when absent).
@@ -154,7 +167,11 @@ async fn answers_are_cached_until_a_table_they_read_changes() {
     let (status, _) = hub.post_ndjson(generated(22, 7, 0.0).join("\n")).await;
     assert_eq!(status, 200);
     let (c3, b3) = ask(&hub, COUNT_EVENTS).await;
-    assert_eq!((c3.as_str(), first_n(&b3)), ("miss", 307), "acknowledged events are never hidden by the cache");
+    assert_eq!(
+        (c3.as_str(), first_n(&b3)),
+        ("miss", 307),
+        "acknowledged events are never hidden by the cache"
+    );
     assert_eq!(ask(&hub, COUNT_EVENTS).await.0, "hit");
 
     // Not cacheable: no Hub table, or a volatile function.
@@ -191,7 +208,10 @@ async fn answers_are_cached_until_a_table_they_read_changes() {
         .find(|c| c["name"] == "cache")
         .expect("cache component")
         .clone();
-    assert_eq!((cache["kind"].as_str(), cache["detail"]["status"].as_str()), (Some("memory"), Some("ok")));
+    assert_eq!(
+        (cache["kind"].as_str(), cache["detail"]["status"].as_str()),
+        (Some("memory"), Some("ok"))
+    );
     assert!(counter(&hub, "cache_hits_total{cache_type=\"events\"}").await >= 4.0);
 }
 
@@ -218,13 +238,20 @@ async fn rollup_answers_are_invalidated_when_their_query_emits() {
     // One event ten minutes later closes the rest.
     let late = r#"{"event_id":"00000000-0000-4000-8000-00000000ffff","timestamp":"2026-11-20T01:10:00Z","source_module":"llm-observatory","event_type":"telemetry","payload":{"model":"m"}}"#;
     assert_eq!(hub.post_ndjson(late.into()).await.0, 200);
-    let after = wait_for("the rollup's new rows to be answered", Duration::from_secs(30), async || {
-        let (cache, body) = ask(&hub, rollup).await;
-        let n = first_n(&body);
-        (n > before).then_some((cache, n))
-    })
+    let after = wait_for(
+        "the rollup's new rows to be answered",
+        Duration::from_secs(30),
+        async || {
+            let (cache, body) = ask(&hub, rollup).await;
+            let n = first_n(&body);
+            (n > before).then_some((cache, n))
+        },
+    )
     .await;
-    assert_eq!(after.0, "miss", "the first answer with new rows is computed, never a stale hit");
+    assert_eq!(
+        after.0, "miss",
+        "the first answer with new rows is computed, never a stale hit"
+    );
     assert_eq!(after.1, 60, "every minute of the hour closed");
     assert_eq!(ask(&hub, rollup).await.0, "hit");
     assert!(counter(&hub, "cache_hits_total{cache_type=\"metrics\"}").await >= 1.0);
@@ -252,7 +279,10 @@ async fn entries_expire_and_large_answers_are_not_stored() {
         ask(&hub, COUNT_EVENTS).await.0 == "miss"
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(900), "expired after its TTL, not before");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "expired after its TTL, not before"
+    );
 
     // 200 event ids do not fit in 2 KiB compressed: computed every time, never stored.
     let big = "SELECT event_id, payload FROM events ORDER BY event_id";
@@ -274,7 +304,11 @@ async fn wire_queries_are_cached_per_statement_and_parameters() {
     let h0 = hits().await;
     assert_eq!(query_i64(&client, sql, &[&"gpt-4o"]).await, 60);
     assert_eq!(hits().await, h0 + 1.0, "same statement and parameters: a hit");
-    assert_eq!(query_i64(&client, sql, &[&"no-such-model"]).await, 0, "other parameters: their own answer");
+    assert_eq!(
+        query_i64(&client, sql, &[&"no-such-model"]).await,
+        0,
+        "other parameters: their own answer"
+    );
     assert_eq!(hits().await, h0 + 1.0);
 
     // Simple protocol: the second run is a hit with the same rows.
@@ -284,7 +318,11 @@ async fn wire_queries_are_cached_per_statement_and_parameters() {
     let h1 = hits().await;
     let second = crate::pgwire::simple_rows(&client.simple_query(simple).await.expect("simple"));
     assert_eq!(second, first);
-    assert_eq!(hits().await, h1 + 1.0, "the repeated simple query is served from the cache");
+    assert_eq!(
+        hits().await,
+        h1 + 1.0,
+        "the repeated simple query is served from the cache"
+    );
 
     // New events: the wire sees them at once.
     assert_eq!(wire.hub.post_ndjson(generated(41, 5, 0.0).join("\n")).await.0, 200);
@@ -323,20 +361,33 @@ async fn redis_down_means_answers_without_the_cache_then_the_cache_again() {
     assert_eq!(ask(&hub, COUNT_EVENTS).await.0, "miss");
     let (cache, body) = ask(&hub, COUNT_EVENTS).await;
     assert_eq!((cache.as_str(), first_n(&body)), ("hit", 100));
-    let keys = redis.cli(&["--scan", "--pattern", &format!("{prefix}*")]).expect("scan");
-    assert_eq!(keys.lines().filter(|k| !k.ends_with(":lock")).count(), 1, "one entry in Redis: {keys}");
+    let keys = redis
+        .cli(&["--scan", "--pattern", &format!("{prefix}*")])
+        .expect("scan");
+    assert_eq!(
+        keys.lines().filter(|k| !k.ends_with(":lock")).count(),
+        1,
+        "one entry in Redis: {keys}"
+    );
     let ttl: i64 = redis
         .cli(&["PTTL", keys.lines().next().expect("key")])
         .expect("pttl")
         .trim()
         .parse()
         .expect("ms");
-    assert!((1..=60_000).contains(&ttl), "events entries live the events TTL: {ttl} ms");
+    assert!(
+        (1..=60_000).contains(&ttl),
+        "events entries live the events TTL: {ttl} ms"
+    );
 
     redis.kill();
     for i in 0..6 {
         let (cache, body) = ask(&hub, COUNT_EVENTS).await;
-        assert_eq!((cache.as_str(), first_n(&body)), ("bypass", 100), "query {i} with Redis down");
+        assert_eq!(
+            (cache.as_str(), first_n(&body)),
+            ("bypass", 100),
+            "query {i} with Redis down"
+        );
     }
     let ready = hub.get("/ready").await;
     assert_eq!(ready.status(), 200, "a dead cache does not make the Hub unready");
@@ -358,16 +409,19 @@ async fn redis_down_means_answers_without_the_cache_then_the_cache_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_cluster_losing_a_master_keeps_queries_answered() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start(dir.path(), free_port(), true)).collect();
+    let mut nodes: Vec<RedisServer> = (0..6)
+        .map(|_| RedisServer::start(dir.path(), free_port(), true))
+        .collect();
     let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
     let mut create = vec!["--cluster", "create"];
     create.extend(addrs.iter().map(String::as_str));
     create.extend(["--cluster-replicas", "1", "--cluster-yes"]);
     nodes[0].cli(&create).expect("redis-cli --cluster create");
     wait_for_sync("the cluster to be ok on every node", || {
-        nodes
-            .iter()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok")))
+        nodes.iter().all(|n| {
+            n.cli(&["CLUSTER", "INFO"])
+                .is_some_and(|i| i.contains("cluster_state:ok"))
+        })
     });
     let hub = hub_with(
         dir.path(),
@@ -384,7 +438,8 @@ async fn redis_cluster_losing_a_master_keeps_queries_answered() {
     let holder = nodes
         .iter()
         .position(|n| {
-            n.cli(&["--scan", "--pattern", "llmhub:q:*"]).is_some_and(|k| !k.trim().is_empty())
+            n.cli(&["--scan", "--pattern", "llmhub:q:*"])
+                .is_some_and(|k| !k.trim().is_empty())
                 && n.cli(&["ROLE"]).is_some_and(|r| r.starts_with("master"))
         })
         .expect("a master holds the entry");
@@ -394,7 +449,9 @@ async fn redis_cluster_losing_a_master_keeps_queries_answered() {
         nodes[survivor]
             .cli(&["CLUSTER", "INFO"])
             .is_some_and(|i| i.contains("cluster_state:ok"))
-            && nodes[survivor].cli(&["CLUSTER", "NODES"]).is_some_and(|n| n.contains("master,fail"))
+            && nodes[survivor]
+                .cli(&["CLUSTER", "NODES"])
+                .is_some_and(|n| n.contains("master,fail"))
     });
 
     // Every query is answered, correctly and without waiting on Redis, through the failover.
@@ -402,7 +459,11 @@ async fn redis_cluster_losing_a_master_keeps_queries_answered() {
         let asked = std::time::Instant::now();
         let (_, body) = ask(&hub, COUNT_EVENTS).await;
         assert_eq!(first_n(&body), 100, "query {i} during the failover");
-        assert!(asked.elapsed() < Duration::from_secs(3), "query {i} took {:?}", asked.elapsed());
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "query {i} took {:?}",
+            asked.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let ready = hub.get("/ready").await;
@@ -456,7 +517,13 @@ async fn instances_sharing_redis_compute_a_missing_entry_once() {
         .keys()
         .for_statement(&statement, &state, &Scope::default(), "test")
         .expect("cacheable");
-    assert_eq!(Some(&key), b.keys().for_statement(&statement, &state, &Scope::default(), "test").ok().as_ref());
+    assert_eq!(
+        Some(&key),
+        b.keys()
+            .for_statement(&statement, &state, &Scope::default(), "test")
+            .ok()
+            .as_ref()
+    );
 
     let runs = AtomicUsize::new(0);
     let (open, gate) = tokio::sync::watch::channel(false);
@@ -473,7 +540,12 @@ async fn instances_sharing_redis_compute_a_missing_entry_once() {
                 .expect("plan");
             let schema = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.expect("run");
-            Ok(Answer { schema, batches, row_count: 1, truncated: false })
+            Ok(Answer {
+                schema,
+                batches,
+                row_count: 1,
+                truncated: false,
+            })
         }
     };
     let first = a.get_or_run(Some(&key), compute());
@@ -490,7 +562,10 @@ async fn instances_sharing_redis_compute_a_missing_entry_once() {
     let () = polled;
     let second = tokio::spawn({
         let key = key.clone();
-        async move { b.get_or_run(Some(&key), async { unreachable!("B must not compute") }).await }
+        async move {
+            b.get_or_run(Some(&key), async { unreachable!("B must not compute") })
+                .await
+        }
     });
     open.send_replace(true);
     let (answer_a, status_a) = first.await.expect("A");
@@ -498,5 +573,9 @@ async fn instances_sharing_redis_compute_a_missing_entry_once() {
     assert_eq!((status_a, status_b), (CacheStatus::Miss, CacheStatus::Hit));
     assert_eq!(answer_a.batches, answer_b.batches);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once across both instances");
-    assert_eq!(redis.cli(&["EXISTS", &lock]).as_deref().map(str::trim), Some("0"), "lock released");
+    assert_eq!(
+        redis.cli(&["EXISTS", &lock]).as_deref().map(str::trim),
+        Some("0"),
+        "lock released"
+    );
 }

@@ -156,4 +156,3 @@ async fn refusals_and_errors() {
     assert_eq!(body["row_count"], 10);
     assert_eq!(body["truncated"], true);
 }
-
