@@ -9,7 +9,10 @@ The shipped Grafana dashboard's queries (deploy/grafana/dashboards/llm-operation
 Prints: requests, hit rate (X-Cache), p50/p95 latency, errors, and Redis memory.
 
   scripts/bench-cache.py [--bin PATH] [--viewers 20] [--refresh 5] [--secs 60]
-                         [--rate 2000] [--history-rate 5] [--mode redis|memory|off]
+                         [--rate 2000] [--history-rate 5] [--mode redis|memory|off] [--wire]
+
+--wire sends the queries over the Postgres wire endpoint (psycopg 3, simple protocol as
+Grafana's driver does) instead of HTTP; the hit rate then comes from /metrics.
 """
 import argparse
 import json
@@ -75,6 +78,7 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--history-rate", type=float, default=5.0)
     ap.add_argument("--mode", choices=["redis", "memory", "off"], default="redis")
+    ap.add_argument("--wire", action="store_true")
     a = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench-cache-")
@@ -96,6 +100,10 @@ def main():
             env["CACHE_ENABLED"] = "false"
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        wire_port = free_port()
+        if a.wire:
+            env.update(PGWIRE_ENABLED="true", PGWIRE_PORT=str(wire_port), PGWIRE_USER="bench",
+                       PGWIRE_PASSWORD="bench-Secret-1")
         hub = subprocess.Popen([a.bin, "serve", "--port", str(port), "--data-dir", os.path.join(tmp, "data")],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "hub.log"), "w"))
         procs.append(hub)
@@ -123,18 +131,35 @@ def main():
         lock = threading.Lock()
         stop_at = time.time() + a.secs
 
+        def metric(name):
+            text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+            return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + "{"))
+
+        hits0, misses0 = metric("cache_hits_total"), metric("cache_misses_total")
+
         def viewer(k):
             time.sleep(k * a.refresh / a.viewers)  # viewers spread over the refresh period
+            conn = None
+            if a.wire:
+                import psycopg
+                conn = psycopg.connect(host="127.0.0.1", port=wire_port, user="bench",
+                                       password="bench-Secret-1", dbname="hub", autocommit=True)
             while time.time() < stop_at:
                 began = time.time()
                 t = datetime.now(timezone.utc)
                 for sql in sqls:
                     q0 = time.perf_counter()
                     try:
-                        status, cache, _ = post(base + "/api/v1/sql", json.dumps({"sql": expand(sql, t)}).encode(),
-                                                {"content-type": "application/json"})
-                        ok = status == 200
-                    except Exception:
+                        if conn is not None:
+                            # Simple protocol (no parameters), like Grafana's driver.
+                            conn.execute(expand(sql, t).encode(), prepare=False).fetchall()
+                            cache, ok = "", True
+                        else:
+                            status, cache, _ = post(base + "/api/v1/sql", json.dumps({"sql": expand(sql, t)}).encode(),
+                                                    {"content-type": "application/json"})
+                            ok = status == 200
+                    except Exception as e:
+                        print("query failed:", e)
                         cache, ok = "", False
                     with lock:
                         results.append((time.perf_counter() - q0, cache, ok))
@@ -150,11 +175,15 @@ def main():
         cacheable = sum(1 for r in results if r[1] in ("hit", "miss"))
         errors = sum(1 for r in results if not r[2])
         q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
-        print(f"mode={a.mode} viewers={a.viewers} refresh={a.refresh}s secs={a.secs} live_rate={a.rate}/s "
+        print(f"path={'wire' if a.wire else 'http'} mode={a.mode} viewers={a.viewers} refresh={a.refresh}s secs={a.secs} live_rate={a.rate}/s "
               f"queries={len(results)} errors={errors}")
         if cacheable:
             print(f"hit rate: {hits / cacheable:.1%} ({hits}/{cacheable} cacheable; "
                   f"bypass {sum(1 for r in results if r[1] == 'bypass')})")
+        elif a.mode != "off":
+            h, m = metric("cache_hits_total") - hits0, metric("cache_misses_total") - misses0
+            if h + m:
+                print(f"hit rate (from /metrics): {h / (h + m):.1%} ({int(h)} hits, {int(m)} misses)")
         print(f"latency ms: p50 {q(0.5):.1f}  p95 {q(0.95):.1f}  p99 {q(0.99):.1f}  mean {statistics.fmean(lat):.1f}")
         if redis_port:
             info = subprocess.run(["redis-cli", "-p", str(redis_port), "INFO", "memory"],
