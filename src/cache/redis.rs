@@ -22,8 +22,12 @@ const UNLOCK: &str =
 enum Conn {
     Single(ConnectionManager),
     Cluster {
-        client: Box<redis::cluster::ClusterClient>,
+        seeds: Vec<String>,
+        timeout: Duration,
         conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+        /// Connections made so far: each one starts from the next seed, so a dead first seed
+        /// does not stop the client from reading the topology from a live one.
+        attempts: std::sync::atomic::AtomicUsize,
     },
 }
 
@@ -49,17 +53,13 @@ impl RedisCache {
         let timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
         let (conn, target) = if config.redis_cluster {
             let nodes = config.cluster_nodes();
-            let client = redis::cluster::ClusterClient::builder(nodes.clone())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .retries(2)
-                .min_retry_wait(10)
-                .max_retry_wait(100)
-                .build()?;
+            cluster_client(&nodes, timeout)?;
             (
                 Conn::Cluster {
-                    client: Box::new(client),
+                    seeds: nodes.clone(),
+                    timeout,
                     conn: tokio::sync::Mutex::new(None),
+                    attempts: std::sync::atomic::AtomicUsize::new(0),
                 },
                 format!("cluster {}", nodes.join(",")),
             )
@@ -106,14 +106,24 @@ impl RedisCache {
                 let mut m = m.clone();
                 tokio::time::timeout(self.timeout, query(&mut m, cmd)).await
             }
-            Conn::Cluster { client, conn } => {
+            Conn::Cluster {
+                seeds,
+                timeout,
+                conn,
+                attempts,
+            } => {
                 let connect_timeout = self.timeout.max(Duration::from_secs(1));
                 let connected = {
                     let mut slot = conn.lock().await;
                     match slot.as_ref() {
                         Some(c) => Ok(Ok(c.clone())),
                         None => {
-                            let fresh = tokio::time::timeout(connect_timeout, client.get_async_connection()).await;
+                            let mut order = seeds.clone();
+                            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let len = order.len().max(1);
+                            order.rotate_left(n % len);
+                            let connect = async move { cluster_client(&order, *timeout)?.get_async_connection().await };
+                            let fresh = tokio::time::timeout(connect_timeout, connect).await;
                             if let Ok(Ok(c)) = &fresh {
                                 *slot = Some(c.clone());
                             }
@@ -137,11 +147,13 @@ impl RedisCache {
             Ok(_) => self.breaker.success(),
             Err(e) => {
                 self.breaker.failure();
-                // A cluster connection that failed may hold a topology from before a failover:
-                // the next call connects afresh and reads the slots from a live node.
+                // redis-rs re-reads the topology only on a MOVED answer, which a dead master
+                // never gives: after a failure the next call connects afresh and reads the
+                // slots from a live node.
                 if let Conn::Cluster { conn, .. } = &self.conn {
                     *conn.lock().await = None;
                 }
+
                 *self
                     .last_error
                     .lock()
@@ -150,6 +162,16 @@ impl RedisCache {
         }
         result
     }
+}
+
+fn cluster_client(nodes: &[String], timeout: Duration) -> redis::RedisResult<redis::cluster::ClusterClient> {
+    redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .build()
 }
 
 async fn query<C: ConnectionLike + Send, T: redis::FromRedisValue>(

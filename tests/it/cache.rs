@@ -59,6 +59,9 @@ impl RedisServer {
                 // A cache cluster keeps serving the slots it has while others fail over.
                 "--cluster-require-full-coverage",
                 "no",
+                // A replica takes over however long ago it last heard from its master.
+                "--cluster-replica-validity-factor",
+                "0",
             ]);
         }
         self.child = Some(cmd.spawn().expect("redis-server (apt install redis-server)"));
@@ -468,6 +471,13 @@ async fn redis_cluster_losing_a_master_keeps_queries_answered() {
     }
     let ready = hub.get("/ready").await;
     assert_eq!(ready.status(), 200, "a failing cache never makes the Hub unready");
+    // Then the promoted replica serves the cache: the replicated entry is a hit again.
+    wait_until(
+        "an entry served by the promoted replica",
+        Duration::from_secs(30),
+        async || ask(&hub, COUNT_EVENTS).await.0 == "hit",
+    )
+    .await;
 }
 
 /// Two caches (as two instances would hold) on one Redis, over the same data version: identical
