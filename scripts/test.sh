@@ -74,6 +74,14 @@ if ! pg_ok; then
 fi
 pg_ok || { echo "PostgreSQL is not reachable on 127.0.0.1:5432 as user postgres" >&2; exit 1; }
 
+# A real S3 API (moto's server) and an independent Parquet reader (pyarrow) for the snapshot
+# tests.
+if ! command -v moto_server >/dev/null 2>&1 || ! "$PY" -c 'import pyarrow, moto' >/dev/null 2>&1; then
+  log "installing moto[server] and pyarrow (pip)"
+  "$PY" -m pip install --quiet "moto[server]" pyarrow 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages "moto[server]" pyarrow
+fi
+
 # Python psycopg 3 for the Postgres wire endpoint tests (tests/pgwire_psycopg.py).
 if ! "$PY" -c 'import psycopg' >/dev/null 2>&1; then
   log "installing psycopg 3 (pip install psycopg[binary])"
