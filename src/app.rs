@@ -113,6 +113,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             })
         })
         .collect();
+    let exports = crate::exports::Exports::new(engine.clone(), versions.clone(), 2);
     let cache = QueryCache::build(&config.cache, versions, metrics.registry())?;
     // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
     let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
@@ -121,6 +122,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         store: Arc::clone(&store),
         engine,
         cache: cache.clone(),
+        exports,
         max_json_rows: config.query.max_json_rows,
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod exports;
 pub mod generate;
 pub mod http;
 pub mod ingest;

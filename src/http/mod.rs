@@ -3,6 +3,7 @@
 mod cq;
 mod error;
 mod events;
+mod exports;
 mod health;
 mod observe;
 mod sql;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     /// SQL execution.
     pub engine: QueryEngine,
+    /// Parquet snapshot jobs.
+    pub exports: crate::exports::Exports,
     /// Result cache, when enabled.
     pub cache: Option<Arc<QueryCache>>,
     /// Most rows in a JSON SQL response.
@@ -62,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}", get(events::get_one))
         .route("/api/v1/ingest/status", get(health::ingest_status))
         .route("/api/v1/sql", post(sql::run))
+        .route("/api/v1/exports", post(exports::create).get(exports::list))
+        .route("/api/v1/exports/{id}", get(exports::get_one).delete(exports::cancel))
         .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
         .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))
         .route("/api/v1/continuous-queries/{name}/pause", post(cq::pause))

@@ -9,6 +9,7 @@ mod cq;
 mod disk_faults;
 mod docs;
 mod durability;
+mod exports;
 mod harness;
 mod hostile;
 mod ingest;

@@ -1,0 +1,296 @@
+//! Parquet snapshots against the real binary: to a local directory and to a real S3 API (moto's
+//! server on a free port), read back with an independent reader (pyarrow) and checked against
+//! the Hub's own SQL and the manifest's checksums.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::harness::{Hub, HubOptions, free_port, wait_for};
+use crate::pgwire::events_ndjson;
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs a Python snippet, returns its stdout (panics with stderr on failure).
+fn py(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `moto_server` (PyPI moto[server]) on a free loopback port.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let client = reqwest::Client::new();
+        wait_for("moto_server to answer", Duration::from_secs(30), async || {
+            client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn create_bucket(&self, bucket: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint()))
+            .send()
+            .await
+            .expect("create bucket");
+        assert!(r.status().is_success(), "create bucket: {}", r.status());
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "hub-test"),
+            ("AWS_SECRET_ACCESS_KEY", "hub-test-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("AWS_ENDPOINT_URL".to_string(), self.endpoint())])
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn hub_with_events(dir: &Path, env: Vec<(String, String)>) -> Hub {
+    let hub = Hub::start_with(
+        &dir.join("data"),
+        HubOptions {
+            env,
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(hub.post_ndjson(events_ndjson()).await.0, 200);
+    hub
+}
+
+/// Starts an export and waits for it to end; returns its final status.
+async fn export(hub: &Hub, request: Value) -> Value {
+    let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_for("the export to end", Duration::from_secs(60), async || {
+        let s = hub.get_json(&format!("/api/v1/exports/{id}")).await;
+        (s["status"] != "running").then_some(s)
+    })
+    .await
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every file under `dir` (relative paths), sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.push(path.strip_prefix(base).expect("prefix").to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+const READ_LOCAL: &str = r#"
+import sys, pyarrow.dataset as ds, pyarrow.compute as pc
+t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table()
+print(t.num_rows, "%.3f" % pc.sum(t["latency_ms"]).as_py(), ",".join(sorted(set(str(m) for m in t["model"].to_pylist()))))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_snapshot_is_partitioned_checksummed_and_replaced_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub_with_events(dir.path(), Vec::new()).await;
+    let out = dir.path().join("snapshots").join("events");
+    let destination = format!("file://{}/", out.display());
+
+    let done = export(
+        &hub,
+        json!({
+            "table": "events", "start": "2026-11-20T00:00:00Z", "end": "2026-11-20T00:30:00Z",
+            "destination": destination, "partition_by": ["date", "model"]
+        }),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let manifest = &done["manifest"];
+    assert_eq!(manifest["total_rows"], 60, "{manifest}");
+    let (_, expected) = hub
+        .sql("SELECT count(*) AS n, sum(latency_ms) AS s FROM events WHERE timestamp >= '2026-11-20T00:00:00Z' AND timestamp < '2026-11-20T00:30:00Z'")
+        .await;
+    let (n, sum) = (&expected["rows"][0]["n"], &expected["rows"][0]["s"]);
+
+    // The files: one per (date, model), checksums as listed, nothing temporary left.
+    let mut listed: Vec<String> = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            let path = f["path"].as_str().expect("path").to_string();
+            let bytes = std::fs::read(out.join(&path)).expect("file");
+            assert_eq!(f["sha256"].as_str(), Some(sha256_hex(&bytes).as_str()), "{path}");
+            assert_eq!(f["bytes"].as_u64(), Some(bytes.len() as u64));
+            assert!(f["min_time_us"].as_i64() <= f["max_time_us"].as_i64());
+            path
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            "date=2026-11-20/model=claude-3-5-sonnet/part-00000.parquet",
+            "date=2026-11-20/model=gpt-4o/part-00000.parquet"
+        ]
+    );
+    let mut on_disk = listed.clone();
+    on_disk.push("_manifest.json".into());
+    on_disk.sort();
+    assert_eq!(files_under(&out), on_disk, "only the snapshot's files and its manifest");
+    let manifest_file: Value =
+        serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest_file["files"], manifest["files"]);
+
+    // An independent reader sees the Hub's rows.
+    let read = py(READ_LOCAL, &[out.to_str().expect("utf8")]);
+    assert_eq!(
+        read,
+        format!("{n} {:.3} claude-3-5-sonnet,gpt-4o", sum.as_f64().expect("sum"))
+    );
+
+    // The same destination again, a smaller range and no model partition: the old files go.
+    let done = export(
+        &hub,
+        json!({
+            "table": "events", "start": "2026-11-20T00:00:00Z", "end": "2026-11-20T00:10:00Z",
+            "destination": destination, "partition_by": ["date"], "compression": "snappy"
+        }),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["manifest"]["total_rows"], 20);
+    assert_eq!(
+        files_under(&out),
+        vec!["_manifest.json", "date=2026-11-20/part-00000.parquet"],
+        "the previous snapshot's files are gone, never mixed with the new one"
+    );
+    let list = hub.get_json("/api/v1/exports").await;
+    assert_eq!(list["exports"].as_array().map(Vec::len), Some(2));
+}
+
+const READ_S3: &str = r#"
+import sys, hashlib, json, pyarrow.fs as fs, pyarrow.dataset as ds
+s3 = fs.S3FileSystem(endpoint_override=sys.argv[1], scheme="http", access_key="hub-test",
+                     secret_key="hub-test-secret", region="us-east-1")
+manifest = json.loads(s3.open_input_stream("snapshots/events/_manifest.json").read())
+for f in manifest["files"]:
+    data = s3.open_input_stream("snapshots/events/" + f["path"]).read()
+    assert hashlib.sha256(data).hexdigest() == f["sha256"], f["path"]
+t = ds.dataset("snapshots/events/", filesystem=s3, format="parquet", partitioning="hive",
+               exclude_invalid_files=True).to_table()
+print(t.num_rows, manifest["total_rows"], len(manifest["files"]))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_snapshot_to_a_real_s3_api_and_failures_name_their_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start().await;
+    s3.create_bucket("snapshots").await;
+    let hub = hub_with_events(dir.path(), s3.env()).await;
+
+    let done = export(
+        &hub,
+        json!({ "table": "events", "destination": "s3://snapshots/events/", "partition_by": ["date"] }),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(py(READ_S3, &[&s3.endpoint()]), "120 120 1");
+
+    // A bucket that does not exist: failed, naming it; nothing written anywhere.
+    let failed = export(
+        &hub,
+        json!({ "table": "events", "destination": "s3://no-such-bucket/x/" }),
+    )
+    .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("error");
+    assert!(
+        reason.contains("no-such-bucket") || reason.contains("NoSuchBucket"),
+        "{reason}"
+    );
+
+    // Requests that cannot work are refused up front, naming the problem.
+    for (request, needle) in [
+        (json!({"table": "nope", "destination": "file:///tmp/x/"}), "nope"),
+        (
+            json!({"table": "events", "start": "soon", "destination": "file:///tmp/x/"}),
+            "start",
+        ),
+        (json!({"table": "events", "destination": "ftp://x/"}), "destination"),
+        (
+            json!({"sql": "DROP TABLE events", "destination": "file:///tmp/x/"}),
+            "not allowed",
+        ),
+        (
+            json!({"table": "events", "destination": "file:///proc/hub-export/"}),
+            "/proc/hub-export",
+        ),
+    ] {
+        let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
+        assert_eq!(status, 400, "{request}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{request}: {message}");
+    }
+    let (status, _) = hub.post_json("/api/v1/exports", "{}".into()).await;
+    assert_eq!(status, 422, "a body without a destination");
+    assert_eq!(hub.get("/api/v1/exports/not-an-export").await.status(), 404);
+}
