@@ -26,6 +26,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Generate synthetic LLM telemetry as NDJSON, or post it to a running Hub.
     Generate(GenerateArgs),
+    /// Export a table's time range or a query's rows as Parquet to a directory or S3, through
+    /// a running Hub (`POST /api/v1/exports`), showing progress until it ends.
+    Export(crate::exports::client::ExportArgs),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
     /// Create the PostgreSQL database if missing and apply `migrations/` (needs `DATABASE_URL`,

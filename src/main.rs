@@ -72,6 +72,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Export(args) => match runtime.block_on(llm_analytics_hub::exports::client::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Command::Bench(BenchCommand::Kafka {
             brokers,
             topic,

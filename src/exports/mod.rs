@@ -7,6 +7,7 @@
 //! deleted, and `_manifest.json` is written last. A failed or cancelled export deletes its
 //! temporary files and leaves the previous snapshot as it was.
 
+pub mod client;
 pub mod destination;
 pub mod request;
 pub mod writer;

@@ -225,6 +225,40 @@ async fn file_snapshot_is_partitioned_checksummed_and_replaced_whole() {
     );
     let list = hub.get_json("/api/v1/exports").await;
     assert_eq!(list["exports"].as_array().map(Vec::len), Some(2));
+
+    // The CLI: the same through the running Hub, to the end, with the outcome on stdout.
+    let cli_out = dir.path().join("cli-snapshot");
+    let run = |to: String| {
+        let base = hub.base.clone();
+        async move {
+            tokio::process::Command::new(crate::harness::BIN)
+                .args([
+                    "export",
+                    "--target",
+                    &base,
+                    "--table",
+                    "events",
+                    "--partition-by",
+                    "date",
+                    "--to",
+                    &to,
+                ])
+                .output()
+                .await
+                .expect("analytics-hub export")
+        }
+    };
+    let ok = run(format!("file://{}/", cli_out.display())).await;
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout} {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("succeeded: 120 rows in 1 files"), "{stdout}");
+    assert_eq!(
+        files_under(&cli_out),
+        vec!["_manifest.json", "date=2026-11-20/part-00000.parquet"]
+    );
+    let refused = run("ftp://nowhere/".into()).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ftp://nowhere/"));
 }
 
 const READ_S3: &str = r#"
