@@ -56,7 +56,7 @@ pub enum Compression {
 /// A request checked and turned into the query to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The statement whose rows are exported (ordered by partition, then time).
+    /// The statement whose rows are exported.
     pub sql: String,
     /// Column the manifest reports min/max of, when the result has it.
     pub time_column: Option<String>,
@@ -163,15 +163,9 @@ impl ExportRequest {
                 }
             })
             .collect();
-        let mut order: Vec<String> = partition_by.iter().map(|p| quote(p)).collect();
-        if let Some(tc) = &time_column {
-            order.push(quote(tc));
-        }
-        let sql = if order.is_empty() {
-            select
-        } else {
-            format!("{select} ORDER BY {}", order.join(", "))
-        };
+        // No ORDER BY: a sort would hold the whole export in memory (or spill it); the writer
+        // keeps one open file per partition instead, a bounded number at a time.
+        let sql = select;
         Ok(Plan {
             sql,
             time_column,
@@ -191,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn table_requests_become_ordered_range_queries() {
+    fn table_requests_become_range_queries() {
         let plan = req(serde_json::json!({
             "table": "events", "start": "2026-11-20T00:00:00Z", "end": "2026-11-21T00:00:00+01:00",
             "destination": "file:///tmp/x/", "partition_by": ["date", "source_module"]
@@ -200,7 +194,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             plan.sql,
-            "SELECT *, to_char(\"timestamp\", '%Y-%m-%d') AS __hub_date FROM (SELECT * FROM \"events\" WHERE \"timestamp\" >= TIMESTAMP '2026-11-20T00:00:00.000000Z' AND \"timestamp\" < TIMESTAMP '2026-11-20T23:00:00.000000Z') AS s ORDER BY \"__hub_date\", \"source_module\", \"timestamp\""
+            "SELECT *, to_char(\"timestamp\", '%Y-%m-%d') AS __hub_date FROM (SELECT * FROM \"events\" WHERE \"timestamp\" >= TIMESTAMP '2026-11-20T00:00:00.000000Z' AND \"timestamp\" < TIMESTAMP '2026-11-20T23:00:00.000000Z') AS s"
         );
         assert_eq!(plan.compression, Compression::Zstd);
     }

@@ -1,6 +1,7 @@
-//! Streams a query's batches into Parquet files, one partition at a time (the query orders rows
-//! by partition), hashing every byte on its way to the store. Memory stays bounded by one open
-//! row group per export, whatever the export's size.
+//! Streams a query's batches into Parquet files, hashing every byte on its way to the store.
+//! Rows are split by partition into at most [`MAX_OPEN_FILES`] open files (the least recently
+//! written one is closed when another partition needs a file), so memory stays bounded by that
+//! many in-progress row groups, whatever the export's size and order.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -27,6 +28,9 @@ use super::request::{Compression, DATE_COLUMN, Plan};
 
 /// Rows after which a partition's file is closed and the next one started.
 const MAX_FILE_ROWS: u64 = 1_000_000;
+
+/// Files open at once; beyond, the least recently written one is finished.
+pub const MAX_OPEN_FILES: usize = 16;
 
 /// Hive's name for a null partition value.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -99,6 +103,7 @@ struct OpenFile {
     rows: u64,
     min_time: Option<i64>,
     max_time: Option<i64>,
+    last_write: u64,
 }
 
 /// A file written under its temporary name, waiting for the commit.
@@ -206,72 +211,94 @@ pub async fn write_all(
     let mut stream = df.execute_stream().await.map_err(ExportError::query)?;
     let mut written: Vec<Written> = Vec::new();
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
-    let mut open: Option<OpenFile> = None;
+    let mut open: Vec<OpenFile> = Vec::new();
     let mut done_bytes = 0u64;
+    let mut clock = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(ExportError::query)?;
         if batch.num_rows() == 0 {
             continue;
         }
+        // Rows of each partition, in the order partitions first appear in the batch.
         let row_keys = keys(&batch, &plan.partition_by)?;
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let mut end = start + 1;
-            while end < batch.num_rows() && row_keys[end] == row_keys[start] {
-                end += 1;
+        let mut groups: Vec<(Vec<String>, Vec<u32>)> = Vec::new();
+        for (i, key) in row_keys.into_iter().enumerate() {
+            let row = u32::try_from(i).map_err(|_| ExportError::Encode("batch too large".into()))?;
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, rows)) => rows.push(row),
+                None => groups.push((key, vec![row])),
             }
-            let key = &row_keys[start];
-            let needs_new = match &open {
-                Some(f) => &f.key != key || f.rows >= MAX_FILE_ROWS,
-                None => true,
+        }
+        for (key, rows) in groups {
+            clock += 1;
+            let part = if rows.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                let indices = datafusion::arrow::array::UInt32Array::from(rows);
+                datafusion::arrow::compute::take_record_batch(&batch, &indices).map_err(ExportError::arrow)?
             };
-            if needs_new {
-                if let Some(f) = open.take() {
-                    let w = finish(f, &plan.partition_by, progress).await?;
-                    done_bytes += w.entry.bytes;
-                    written.push(w);
+            let found = open.iter().position(|f| f.key == key && f.rows < MAX_FILE_ROWS);
+            let slot = match found {
+                Some(i) => i,
+                None => {
+                    // Finish the full file of this partition, or the least recently written
+                    // one when too many are open.
+                    let evict = open.iter().position(|f| f.key == key).or_else(|| {
+                        (open.len() >= MAX_OPEN_FILES)
+                            .then(|| {
+                                open.iter()
+                                    .enumerate()
+                                    .min_by_key(|(_, f)| f.last_write)
+                                    .map(|(i, _)| i)
+                            })
+                            .flatten()
+                    });
+                    if let Some(i) = evict {
+                        let w = finish(open.swap_remove(i), &plan.partition_by, progress).await?;
+                        done_bytes += w.entry.bytes;
+                        written.push(w);
+                    }
+                    let dir = partition_dir(&plan.partition_by, &key);
+                    let n = counters.entry(dir.clone()).or_insert(0);
+                    let name = format!("part-{n:05}.parquet");
+                    *n += 1;
+                    let relative = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                    let temp = dest.path(&format!("{temp_prefix}/{relative}.inprogress"));
+                    let sink = Hashing {
+                        inner: BufWriter::new(Arc::clone(&dest.store), temp.clone()),
+                        hasher: Sha256::new(),
+                        bytes: 0,
+                    };
+                    let writer = AsyncArrowWriter::try_new(sink, Arc::clone(&file_schema), Some(props.clone()))
+                        .map_err(ExportError::parquet)?;
+                    open.push(OpenFile {
+                        writer,
+                        relative,
+                        temp,
+                        key,
+                        rows: 0,
+                        min_time: None,
+                        max_time: None,
+                        last_write: clock,
+                    });
+                    open.len() - 1
                 }
-                let dir = partition_dir(&plan.partition_by, key);
-                let n = counters.entry(dir.clone()).or_insert(0);
-                let name = format!("part-{n:05}.parquet");
-                *n += 1;
-                let relative = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-                let temp = dest.path(&format!("{temp_prefix}/{relative}.inprogress"));
-                let sink = Hashing {
-                    inner: BufWriter::new(Arc::clone(&dest.store), temp.clone()),
-                    hasher: Sha256::new(),
-                    bytes: 0,
-                };
-                let writer = AsyncArrowWriter::try_new(sink, Arc::clone(&file_schema), Some(props.clone()))
-                    .map_err(ExportError::parquet)?;
-                open = Some(OpenFile {
-                    writer,
-                    relative,
-                    temp,
-                    key: key.clone(),
-                    rows: 0,
-                    min_time: None,
-                    max_time: None,
-                });
+            };
+            let f = &mut open[slot];
+            if let Some((lo, hi)) = time_bounds(&part, plan.time_column.as_deref()) {
+                f.min_time = Some(f.min_time.map_or(lo, |m| m.min(lo)));
+                f.max_time = Some(f.max_time.map_or(hi, |m| m.max(hi)));
             }
-            let slice = batch.slice(start, end - start);
-            let projected = slice.project(&keep).map_err(ExportError::arrow)?;
-            if let Some(f) = open.as_mut() {
-                if let Some((lo, hi)) = time_bounds(&slice, plan.time_column.as_deref()) {
-                    f.min_time = Some(f.min_time.map_or(lo, |m| m.min(lo)));
-                    f.max_time = Some(f.max_time.map_or(hi, |m| m.max(hi)));
-                }
-                f.writer.write(&projected).await.map_err(ExportError::parquet)?;
-                f.rows += projected.num_rows() as u64;
-                progress.rows.fetch_add(projected.num_rows() as u64, Ordering::Relaxed);
-                progress
-                    .bytes
-                    .store(done_bytes + f.writer.bytes_written() as u64, Ordering::Relaxed);
-            }
-            start = end;
+            let projected = part.project(&keep).map_err(ExportError::arrow)?;
+            f.writer.write(&projected).await.map_err(ExportError::parquet)?;
+            f.rows += projected.num_rows() as u64;
+            f.last_write = clock;
+            progress.rows.fetch_add(projected.num_rows() as u64, Ordering::Relaxed);
+            let in_progress: u64 = open.iter().map(|f| f.writer.bytes_written() as u64).sum();
+            progress.bytes.store(done_bytes + in_progress, Ordering::Relaxed);
         }
     }
-    if let Some(f) = open.take() {
+    for f in open {
         written.push(finish(f, &plan.partition_by, progress).await?);
     }
     Ok(written)
@@ -303,4 +330,70 @@ async fn finish(mut f: OpenFile, partition_by: &[String], progress: &Progress) -
             partition,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::catalog::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    /// 3 batches of 100 rows whose partition key cycles through 20 values: more partitions
+    /// than open files, revisited after being closed. Every row lands exactly once, in a file
+    /// of its own partition, and no more than `MAX_OPEN_FILES` are open at a time.
+    #[tokio::test]
+    async fn more_partitions_than_open_files_lose_no_row() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batches: Vec<RecordBatch> = (0..3)
+            .map(|b| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from_iter_values((0..100).map(|i| i % 20))),
+                        Arc::new(Int64Array::from_iter_values((0..100).map(|i| b * 100 + i))),
+                    ],
+                )
+                .expect("batch")
+            })
+            .collect();
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![batches]).expect("mem")))
+            .expect("table");
+        let request: super::super::ExportRequest = serde_json::from_value(serde_json::json!({
+            "sql": "SELECT * FROM t", "destination": "file:///unused/", "partition_by": ["k"]
+        }))
+        .expect("request");
+        let plan = request.plan(|_| false).expect("plan");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = super::super::destination::open(&format!("file://{}/", dir.path().display())).expect("dest");
+        let progress = Progress::default();
+        let written = write_all(&ctx, &plan, &dest, "_tmp_test", &progress)
+            .await
+            .expect("export");
+        let rows: u64 = written.iter().map(|w| w.entry.rows).sum();
+        assert_eq!(rows, 300);
+        assert_eq!(progress.rows.load(Ordering::Relaxed), 300);
+        let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+        for w in &written {
+            let k = w.entry.partition["k"].clone();
+            assert!(w.entry.path.starts_with(&format!("k={k}/part-")), "{}", w.entry.path);
+            *per_key.entry(k).or_insert(0) += w.entry.rows;
+        }
+        assert_eq!(per_key.len(), 20);
+        assert!(per_key.values().all(|n| *n == 15), "{per_key:?}");
+        assert!(
+            written.len() > 20,
+            "closed partitions reopen as new part files: {}",
+            written.len()
+        );
+        let mut paths: Vec<&str> = written.iter().map(|w| w.entry.path.as_str()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), written.len(), "no file name used twice");
+    }
 }
