@@ -25,7 +25,7 @@ use pgwire::api::results::Response;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::types::format::FormatOptions;
 
-use super::service::{SQLSTATE_RESULT_TOO_LARGE, STATEMENT_TIMEOUT_KEY};
+use super::service::{SQLSTATE_RESULT_TOO_LARGE, statement_timeout};
 use crate::cache::{Answer, CacheKey, QueryCache, Scope};
 use crate::query::{QueryError, collect_limited};
 
@@ -38,15 +38,6 @@ pub fn scope_of(client: &(dyn ClientInfo + Send + Sync)) -> Scope {
             .map(|u| format!("wire:{u}")),
         tenant: None,
     }
-}
-
-fn statement_timeout(client: &(dyn ClientInfo + Send + Sync)) -> Option<Duration> {
-    client
-        .metadata()
-        .get(STATEMENT_TIMEOUT_KEY)
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
 }
 
 /// Runs a logical plan to an [`Answer`], bounded by `max_bytes` and the statement timeout.

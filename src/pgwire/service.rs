@@ -154,7 +154,7 @@ pub fn rewrite<'a>(sql: &'a str, login: Option<&str>) -> std::borrow::Cow<'a, st
 /// `SET statement_timeout`, shared with datafusion-postgres).
 pub const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
-fn statement_timeout<C: ClientInfo + ?Sized>(client: &C) -> Option<Duration> {
+pub(super) fn statement_timeout<C: ClientInfo + ?Sized>(client: &C) -> Option<Duration> {
     client
         .metadata()
         .get(STATEMENT_TIMEOUT_KEY)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Hub, HubOptions, free_port, generated, wait_for, wait_until};
+use crate::harness::{Hub, free_port, generated, wait_for, wait_until};
 use crate::pgwire::{WireHub, query_i64};
 
 /// A `redis-server` of this test on a free loopback port (never the shared one on 6379).
@@ -263,15 +263,12 @@ async fn rollup_answers_are_invalidated_when_their_query_emits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_expire_and_large_answers_are_not_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::start_with(
-        &dir.path().join("data"),
-        HubOptions {
-            env: vec![
-                ("CACHE_EVENTS_TTL".into(), "1".into()),
-                ("CACHE_MAX_ENTRY_BYTES".into(), "2048".into()),
-            ],
-            ..HubOptions::default()
-        },
+    let hub = Hub::start_env(
+        dir.path(),
+        vec![
+            ("CACHE_EVENTS_TTL".into(), "1".into()),
+            ("CACHE_MAX_ENTRY_BYTES".into(), "2048".into()),
+        ],
     )
     .await;
     assert_eq!(hub.post_ndjson(generated(31, 200, 0.0).join("\n")).await.0, 200);
@@ -335,15 +332,7 @@ async fn wire_queries_are_cached_per_statement_and_parameters() {
 
 /// The Hub pointed at `redis_env`, with 100 events.
 async fn hub_with(dir: &Path, redis_env: Vec<(String, String)>) -> Hub {
-    let env = redis_env;
-    let hub = Hub::start_with(
-        &dir.join("data"),
-        HubOptions {
-            env,
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_env(dir, redis_env).await;
     assert_eq!(hub.post_ndjson(generated(51, 100, 0.0).join("\n")).await.0, 200);
     hub
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Hub, HubOptions, free_port, wait_for};
+use crate::harness::{Hub, free_port, wait_for};
 use crate::pgwire::events_ndjson;
 
 fn python() -> String {
@@ -95,14 +95,7 @@ impl Drop for S3Server {
 }
 
 async fn hub_with_events(dir: &Path, env: Vec<(String, String)>) -> Hub {
-    let hub = Hub::start_with(
-        &dir.join("data"),
-        HubOptions {
-            env,
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_env(dir, env).await;
     assert_eq!(hub.post_ndjson(events_ndjson()).await.0, 200);
     hub
 }

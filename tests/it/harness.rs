@@ -45,6 +45,19 @@ impl Hub {
         hub
     }
 
+    /// Starts a Hub on `<dir>/data` with extra environment variables and waits until it is
+    /// ready.
+    pub async fn start_env(dir: &Path, env: Vec<(String, String)>) -> Self {
+        Self::start_with(
+            &dir.join("data"),
+            HubOptions {
+                env,
+                ..HubOptions::default()
+            },
+        )
+        .await
+    }
+
     /// Starts a Hub and waits until it answers `/health` (it may not be ready).
     pub async fn start_unready(data_dir: &Path, opts: HubOptions) -> Self {
         let port = free_port();

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::harness::{Hub, HubOptions, free_port};
+use crate::harness::{Hub, free_port};
 
 pub const USER: &str = "grafana";
 pub const PASSWORD: &str = "wire-Secret-1";
@@ -57,14 +57,7 @@ impl WireHub {
             ("PGWIRE_PASSWORD".to_string(), PASSWORD.to_string()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let hub = Hub::start_with(
-            &dir.join("data"),
-            HubOptions {
-                env,
-                ..HubOptions::default()
-            },
-        )
-        .await;
+        let hub = Hub::start_env(dir, env).await;
         let (status, body) = hub.post_ndjson(events_ndjson()).await;
         assert_eq!(status, 200, "{body}");
         Self { hub, port }
