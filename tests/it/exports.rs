@@ -321,3 +321,44 @@ async fn s3_snapshot_to_a_real_s3_api_and_failures_name_their_cause() {
     assert_eq!(status, 422, "a body without a destination");
     assert_eq!(hub.get("/api/v1/exports/not-an-export").await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_export_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub_with_events(dir.path(), Vec::new()).await;
+    let out = dir.path().join("cancelled");
+    // 120 events × 100M generated rows: runs until cancelled.
+    let request = json!({
+        "sql": "SELECT e.event_id, g.value FROM events e CROSS JOIN generate_series(1, 100000000) AS g",
+        "destination": format!("file://{}/", out.display()),
+    });
+    let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    // Cancel once it has written rows (its temporary file exists).
+    wait_for("the export to write rows", Duration::from_secs(60), async || {
+        let s = hub.get_json(&format!("/api/v1/exports/{id}")).await;
+        assert_eq!(s["status"], "running", "{s}");
+        (s["rows"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    let r = hub
+        .client
+        .delete(hub.url(&format!("/api/v1/exports/{id}")))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), 200);
+    let cancelled: Value = r.json().await.expect("json");
+    assert_eq!(cancelled["status"], "cancelled");
+    wait_for(
+        "the temporary files to be removed",
+        Duration::from_secs(30),
+        async || (!out.exists() || files_under(&out).is_empty()).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        hub.get_json(&format!("/api/v1/exports/{id}")).await["status"],
+        "cancelled"
+    );
+}
