@@ -113,7 +113,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             })
         })
         .collect();
-    let exports = crate::exports::Exports::new(engine.clone(), versions.clone(), 2);
+    let exports = crate::exports::Exports::new(engine.clone(), versions.clone(), config.exports.max_running);
     let cache = QueryCache::build(&config.cache, versions, metrics.registry())?;
     // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
     let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
@@ -135,6 +135,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
+    let schedules = tokio::spawn(crate::exports::schedule::run(
+        state.exports.clone(),
+        config.exports.clone(),
+        config.storage.data_dir.join("exports").join("schedules.json"),
+        crate::event::time::now_micros,
+        shutdown_rx.clone(),
+    ));
     let demo = config
         .demo
         .enabled
@@ -195,6 +202,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         let _ = task.await;
     }
     let _ = maintenance.await;
+    // A scheduled snapshot in progress is abandoned (its temporary files are never visible;
+    // the period is exported again after the restart).
+    schedules.abort();
+    let _ = schedules.await;
     if let Some(task) = stream_task {
         let _ = task.await;
     }

@@ -25,6 +25,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// Query-result cache.
     pub cache: CacheConfig,
+    /// Parquet snapshots: concurrency and schedules.
+    pub exports: crate::exports::ExportsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Built-in synthetic traffic (`serve --demo`).

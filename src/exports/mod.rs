@@ -10,6 +10,7 @@
 pub mod client;
 pub mod destination;
 pub mod request;
+pub mod schedule;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 pub use request::ExportRequest;
+pub use schedule::ExportsConfig;
 use writer::{FileEntry, Progress};
 
 use crate::error::{Classify, ErrorClass};

@@ -362,3 +362,59 @@ async fn a_cancelled_export_leaves_nothing_behind() {
         "cancelled"
     );
 }
+
+/// `[[exports.schedules]]`: every closed day since `since` is exported to its own folder,
+/// missed days caught up at start, progress kept in the data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_daily_snapshots_catch_up_every_closed_day() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("daily");
+    let toml = format!(
+        "[exports]\nschedule_interval_secs = 1\n[[exports.schedules]]\nname = \"events-daily\"\ntable = \"events\"\nperiod = \"daily\"\ndestination = \"file://{}\"\nlag_secs = 0\nsince = \"2026-11-20T00:00:00Z\"\nmax_catch_up = 3\n",
+        out.display()
+    );
+    // The events first (a Hub without the schedule), then the Hub with it: its first pass sees
+    // every event of 2026-11-20.
+    let mut loader = Hub::start(&dir.path().join("data")).await;
+    assert_eq!(loader.post_ndjson(events_ndjson()).await.0, 200);
+    assert!(loader.terminate().success());
+    let _hub = Hub::start_with(
+        &dir.path().join("data"),
+        crate::harness::HubOptions {
+            config_toml: Some(toml),
+            ..Default::default()
+        },
+    )
+    .await;
+    let first_day = out.join("2026-11-20").join("_manifest.json");
+    let state = dir.path().join("data").join("exports").join("schedules.json");
+    // Days after the first are caught up three per pass.
+    let last_due = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+    let last_dir = out.join(last_due.format("%Y-%m-%d").to_string()).join("_manifest.json");
+    let expected_until = (last_due + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp_micros();
+    wait_for(
+        "every closed day to be exported",
+        Duration::from_secs(120),
+        async || {
+            let progress: Value = serde_json::from_slice(&std::fs::read(&state).ok()?).ok()?;
+            (progress["events-daily"].as_i64() == Some(expected_until)).then_some(())
+        },
+    )
+    .await;
+    assert!(last_dir.exists(), "the last closed day has its manifest");
+    let day: Value = serde_json::from_slice(&std::fs::read(&first_day).expect("manifest")).expect("json");
+    let second: Value =
+        serde_json::from_slice(&std::fs::read(out.join("2026-11-21").join("_manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(second["total_rows"], 0, "a day without events has an empty manifest");
+    assert_eq!(second["files"], json!([]));
+    assert_eq!(
+        day["total_rows"], 120,
+        "every event of 2026-11-20 in its day's snapshot"
+    );
+    assert_eq!(day["request"]["start"], "2026-11-20T00:00:00Z");
+}
