@@ -27,6 +27,35 @@ pub struct Answer {
     pub truncated: bool,
 }
 
+impl Answer {
+    /// Runs `df` to an answer, keeping at most `max_rows` rows and refusing more than
+    /// `max_bytes` (see [`crate::query::collect_limited`]).
+    pub async fn collect(
+        df: datafusion::dataframe::DataFrame,
+        max_rows: Option<usize>,
+        max_bytes: Option<usize>,
+    ) -> Result<Self, crate::query::QueryError> {
+        let (schema, batches, row_count, truncated) = crate::query::collect_limited(df, max_rows, max_bytes).await?;
+        Ok(Self {
+            schema,
+            batches,
+            row_count,
+            truncated,
+        })
+    }
+}
+
+impl From<crate::query::QueryResult> for Answer {
+    fn from(r: crate::query::QueryResult) -> Self {
+        Self {
+            schema: r.schema,
+            batches: r.batches,
+            row_count: r.row_count,
+            truncated: r.truncated,
+        }
+    }
+}
+
 /// Encodes `answer` for the cache.
 pub fn encode(answer: &Answer) -> Result<Vec<u8>, ArrowError> {
     let mut out = Vec::with_capacity(HEADER + 1024);

@@ -178,6 +178,22 @@ impl CacheMetrics {
 
 type Outcome = Result<(Arc<Answer>, CacheStatus), QueryError>;
 
+/// `run`'s answer through `cache` when one is configured (`key = None`: not cacheable), or
+/// straight when the cache is off (status `None`: no `X-Cache` header).
+pub async fn answer<F>(
+    cache: Option<&QueryCache>,
+    key: Option<&CacheKey>,
+    run: F,
+) -> Result<(Arc<Answer>, Option<CacheStatus>), QueryError>
+where
+    F: Future<Output = Result<Answer, QueryError>>,
+{
+    match cache {
+        Some(cache) => cache.get_or_run(key, run).await.map(|(a, s)| (a, Some(s))),
+        None => run.await.map(|a| (Arc::new(a), None)),
+    }
+}
+
 /// Keys, backend, single-flight and metrics together.
 #[derive(Debug)]
 pub struct QueryCache {

@@ -199,6 +199,12 @@ impl Exports {
 
     /// Validates `request` and starts it in the background.
     pub fn start(&self, request: ExportRequest) -> Result<ExportStatus, ExportError> {
+        self.launch(request).map(|(status, _task)| status)
+    }
+
+    /// [`Self::start`], also returning the job's task (it ends when the job has recorded its
+    /// outcome, or when it is cancelled).
+    fn launch(&self, request: ExportRequest) -> Result<(ExportStatus, tokio::task::JoinHandle<()>), ExportError> {
         if let Some(sql) = &request.sql {
             self.engine
                 .check(sql)
@@ -279,7 +285,7 @@ impl Exports {
         if let Some(job) = self.lock().get_mut(&id) {
             job.task = Some(task.abort_handle());
         }
-        Ok(status)
+        Ok((status, task))
     }
 
     fn finish(&self, id: &str, outcome: Result<Manifest, ExportError>) {

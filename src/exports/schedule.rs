@@ -189,18 +189,15 @@ pub async fn run(
 impl Exports {
     /// Starts `request` and waits for it to end.
     pub async fn run_to_end(&self, request: ExportRequest) -> Result<(), super::ExportError> {
-        let id = self.start(request)?.id;
-        loop {
-            let status = self.get(&id)?;
-            match status.status {
-                ExportState::Running => tokio::time::sleep(Duration::from_millis(100)).await,
-                ExportState::Succeeded => return Ok(()),
-                _ => {
-                    return Err(super::ExportError::Destination(
-                        status.error.unwrap_or_else(|| "cancelled".into()),
-                    ));
-                }
-            }
+        let (started, task) = self.launch(request)?;
+        // Err only when cancelled: the status says so.
+        let _ = task.await;
+        let status = self.get(&started.id)?;
+        match status.status {
+            ExportState::Succeeded => Ok(()),
+            _ => Err(super::ExportError::Destination(
+                status.error.unwrap_or_else(|| "cancelled".into()),
+            )),
         }
     }
 }

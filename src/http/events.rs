@@ -24,7 +24,6 @@ use crate::event::schema::col as c;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, EVENTS_TABLE, Rejection};
 use crate::ingest::{BodyShape, PipelineError};
-use crate::query::collect_limited;
 
 /// Answer to an ingest request.
 #[derive(Debug, Serialize)]
@@ -286,23 +285,7 @@ async fn cached(
     key: Option<&CacheKey>,
     df: datafusion::dataframe::DataFrame,
 ) -> Result<(Arc<Answer>, Option<CacheStatus>), ApiError> {
-    let run = async move {
-        collect_limited(df, None, None)
-            .await
-            .map(|(schema, batches, row_count, truncated)| Answer {
-                schema,
-                batches,
-                row_count,
-                truncated,
-            })
-    };
-    match &state.cache {
-        Some(cache) => {
-            let (answer, status) = cache.get_or_run(key, run).await?;
-            Ok((answer, Some(status)))
-        }
-        None => Ok((Arc::new(run.await?), None)),
-    }
+    Ok(crate::cache::answer(state.cache.as_deref(), key, Answer::collect(df, None, None)).await?)
 }
 
 fn with_cache_header(mut response: Response, status: Option<CacheStatus>) -> Response {

@@ -11,7 +11,6 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::ApiError;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::{Answer, CacheStatus, Scope};
@@ -98,34 +97,19 @@ pub async fn run(
     state.engine.check(&req.sql).map_err(|e| counted(&state, e.into()))?;
     let engine = state.engine.clone();
     let sql = req.sql.clone();
-    let run = async move {
-        engine.run(&sql, max_rows).await.map(|r| Answer {
-            schema: r.schema,
-            batches: r.batches,
-            row_count: r.row_count,
-            truncated: r.truncated,
-        })
-    };
-    let (result, cache_status) = match &state.cache {
-        Some(cache) => {
-            let session = state.engine.context().state();
-            let key = crate::cache::key::parse_one(&req.sql, &session).and_then(|statement| {
-                let variant = format!("sql;max_rows={max_rows:?}");
-                cache
-                    .keys()
-                    .for_statement(&statement, &session, &Scope::default(), &variant)
-                    .ok()
-            });
-            match cache.get_or_run(key.as_ref(), run).await {
-                Ok((answer, status)) => (answer, Some(status)),
-                Err(e) => return Err(counted(&state, e.into())),
-            }
-        }
-        None => match run.await {
-            Ok(answer) => (Arc::new(answer), None),
-            Err(e) => return Err(counted(&state, e.into())),
-        },
-    };
+    let run = async move { engine.run(&sql, max_rows).await.map(Answer::from) };
+    let key = state.cache.as_ref().and_then(|cache| {
+        let session = state.engine.context().state();
+        let statement = crate::cache::key::parse_one(&req.sql, &session)?;
+        let variant = format!("sql;max_rows={max_rows:?}");
+        cache
+            .keys()
+            .for_statement(&statement, &session, &Scope::default(), &variant)
+            .ok()
+    });
+    let (result, cache_status) = crate::cache::answer(state.cache.as_deref(), key.as_ref(), run)
+        .await
+        .map_err(|e| counted(&state, e.into()))?;
     let outcome = if cache_status == Some(CacheStatus::Hit) {
         "cache_hit"
     } else {

@@ -27,7 +27,7 @@ use pgwire::types::format::FormatOptions;
 
 use super::service::{SQLSTATE_RESULT_TOO_LARGE, statement_timeout};
 use crate::cache::{Answer, CacheKey, QueryCache, Scope};
-use crate::query::{QueryError, collect_limited};
+use crate::query::QueryError;
 
 /// The scope of a wire client: its login (roles and tenants attach to it once they exist).
 pub fn scope_of(client: &(dyn ClientInfo + Send + Sync)) -> Scope {
@@ -47,16 +47,7 @@ async fn answer_of(
     max_bytes: usize,
     timeout: Option<Duration>,
 ) -> Result<Answer, QueryError> {
-    let run = async move {
-        let df = ctx.execute_logical_plan(plan).await?;
-        let (schema, batches, row_count, truncated) = collect_limited(df, None, Some(max_bytes)).await?;
-        Ok(Answer {
-            schema,
-            batches,
-            row_count,
-            truncated,
-        })
-    };
+    let run = async move { Answer::collect(ctx.execute_logical_plan(plan).await?, None, Some(max_bytes)).await };
     match timeout {
         Some(t) => tokio::time::timeout(t, run).await.map_err(|_| QueryError::Timeout(t))?,
         None => run.await,
