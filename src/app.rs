@@ -45,6 +45,9 @@ pub enum AppError {
     /// The Postgres-wire endpoint could not start.
     #[error(transparent)]
     Pgwire(#[from] crate::pgwire::PgwireError),
+    /// The snapshot tables could not be set up.
+    #[error("snapshots: {0}")]
+    Snapshots(#[from] crate::exports::ExportError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -113,7 +116,20 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             })
         })
         .collect();
-    let exports = crate::exports::Exports::new(engine.clone(), versions.clone(), config.exports.max_running);
+    let exports = crate::exports::Exports::new(
+        engine.clone(),
+        versions.clone(),
+        config.exports.max_running,
+        config.object_store.clone(),
+        crate::exports::records::Records::new(Some(config.storage.data_dir.join("exports").join("jobs"))),
+    );
+    exports.restore().await;
+    let snapshots = crate::exports::snapshots::Snapshots::new(
+        engine.context(),
+        Some(config.storage.data_dir.join("exports").join("snapshots.json")),
+        config.object_store.clone(),
+    )?;
+    snapshots.restore().await;
     let cache = QueryCache::build(&config.cache, versions, metrics.registry())?;
     // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
     let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
@@ -123,6 +139,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         engine,
         cache: cache.clone(),
         exports,
+        snapshots,
         max_json_rows: config.query.max_json_rows,
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),
@@ -137,6 +154,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
     let schedules = tokio::spawn(crate::exports::schedule::run(
         state.exports.clone(),
+        state.snapshots.clone(),
         config.exports.clone(),
         config.storage.data_dir.join("exports").join("schedules.json"),
         crate::event::time::now_micros,

@@ -27,6 +27,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Parquet snapshots: concurrency and schedules.
     pub exports: crate::exports::ExportsConfig,
+    /// `[object_store]`: retries and timeouts of S3 requests (exports, snapshot tables).
+    pub object_store: crate::exports::ObjectStoreConfig,
     /// Logging.
     pub log: LogConfig,
     /// Built-in synthetic traffic (`serve --demo`).
@@ -253,6 +255,12 @@ impl Config {
             value: e.value,
             message: e.message,
         })?;
+        if let Some(v) = get("OBJECT_STORE_MAX_RETRIES") {
+            self.object_store.max_retries = parse("OBJECT_STORE_MAX_RETRIES", v)?;
+        }
+        if let Some(v) = get("OBJECT_STORE_RETRY_TIMEOUT_SECS") {
+            self.object_store.retry_timeout_secs = parse("OBJECT_STORE_RETRY_TIMEOUT_SECS", v)?;
+        }
         if let Some(v) = get("KAFKA_BROKERS") {
             self.kafka.brokers = Some(v);
         }

@@ -9,8 +9,11 @@
 
 pub mod client;
 pub mod destination;
+pub mod records;
 pub mod request;
 pub mod schedule;
+pub mod snapshots;
+pub mod table;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +24,7 @@ use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
+pub use destination::ObjectStoreConfig;
 pub use request::ExportRequest;
 pub use schedule::ExportsConfig;
 use writer::{FileEntry, Progress};
@@ -114,7 +118,7 @@ pub struct Manifest {
 }
 
 /// State of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportState {
     /// Writing.
@@ -128,7 +132,7 @@ pub enum ExportState {
 }
 
 /// An export as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ExportStatus {
     /// Id.
     pub id: String,
@@ -169,6 +173,8 @@ pub struct Exports {
     engine: QueryEngine,
     versions: TableVersions,
     max_running: usize,
+    store: destination::ObjectStoreConfig,
+    records: records::Records,
 }
 
 impl std::fmt::Debug for Exports {
@@ -182,14 +188,76 @@ fn now_rfc3339() -> String {
 }
 
 impl Exports {
-    /// Exports run on `engine`'s session; at most `max_running` at once.
-    pub fn new(engine: QueryEngine, versions: TableVersions, max_running: usize) -> Self {
+    /// Exports run on `engine`'s session; at most `max_running` at once; their records are
+    /// kept by `records`.
+    pub fn new(
+        engine: QueryEngine,
+        versions: TableVersions,
+        max_running: usize,
+        store: destination::ObjectStoreConfig,
+        records: records::Records,
+    ) -> Self {
         Self {
             jobs: Arc::new(Mutex::new(HashMap::new())),
             order: Arc::new(Mutex::new(Vec::new())),
             engine,
             versions,
             max_running: max_running.max(1),
+            store,
+            records,
+        }
+    }
+
+    /// Loads the records of earlier runs; an export that was running when the process stopped
+    /// is marked failed and its temporary files are removed.
+    pub async fn restore(&self) {
+        for mut status in self.records.load() {
+            if status.status == ExportState::Running {
+                status.status = ExportState::Failed;
+                status.error = Some("interrupted: the Hub stopped while this export ran; start it again".into());
+                status.finished_at = Some(now_rfc3339());
+                self.records.save(&status);
+                tracing::warn!(export = %status.id, destination = %status.destination, "an export was interrupted by a stop; its temporary files are removed");
+                if let Ok(dest) = destination::open(&status.destination, &self.store) {
+                    remove_prefix(&dest, &format!("_tmp_{}", status.id)).await;
+                }
+            }
+            let id = status.id.clone();
+            let progress = Progress::default();
+            progress.rows.store(status.rows, Ordering::Relaxed);
+            progress.bytes.store(status.bytes, Ordering::Relaxed);
+            progress.files.store(status.files, Ordering::Relaxed);
+            self.lock().insert(
+                id.clone(),
+                Job {
+                    status,
+                    progress: Arc::new(progress),
+                    task: None,
+                },
+            );
+            self.order
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(id);
+        }
+        self.evict();
+    }
+
+    /// Drops the oldest finished records beyond [`MAX_JOBS`].
+    fn evict(&self) {
+        let mut jobs = self.lock();
+        let mut order = self.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while order.len() > MAX_JOBS {
+            let oldest = order.remove(0);
+            if jobs
+                .get(&oldest)
+                .is_some_and(|j| j.status.status == ExportState::Running)
+            {
+                order.insert(0, oldest);
+                break;
+            }
+            jobs.remove(&oldest);
+            self.records.remove(&oldest);
         }
     }
 
@@ -211,7 +279,7 @@ impl Exports {
                 .map_err(|e| ExportError::Invalid(e.to_string()))?;
         }
         let plan = request.plan(|t| self.versions.version(t).is_some())?;
-        let dest = destination::open(&request.destination)?;
+        let dest = destination::open(&request.destination, &self.store)?;
         let running = self
             .lock()
             .values()
@@ -252,20 +320,13 @@ impl Exports {
                     task: None,
                 },
             );
-            let mut order = self.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            order.push(id.clone());
-            while order.len() > MAX_JOBS {
-                let oldest = order.remove(0);
-                if jobs
-                    .get(&oldest)
-                    .is_some_and(|j| j.status.status == ExportState::Running)
-                {
-                    order.insert(0, oldest);
-                    break;
-                }
-                jobs.remove(&oldest);
-            }
+            self.order
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(id.clone());
         }
+        self.records.save(&status);
+        self.evict();
         let ctx = self.engine.context().clone();
         let this = self.clone();
         let job_id = id.clone();
@@ -309,6 +370,7 @@ impl Exports {
             }
         }
         job.task = None;
+        self.records.save(&job.status);
     }
 
     /// One export.
@@ -353,11 +415,13 @@ impl Exports {
             refresh(job);
             job.status.status = ExportState::Cancelled;
             job.status.finished_at = Some(now_rfc3339());
+            self.records.save(&job.status);
             (job.status.destination.clone(), job.status.clone())
         };
         let temp = format!("_tmp_{id}");
+        let store = self.store.clone();
         tokio::spawn(async move {
-            if let Ok(dest) = destination::open(&dest) {
+            if let Ok(dest) = destination::open(&dest, &store) {
                 remove_prefix(&dest, &temp).await;
             }
         });
@@ -372,8 +436,20 @@ fn refresh(job: &mut Job) {
 }
 
 /// Deletes every object under `prefix/relative` (best effort: a leftover temporary file is
-/// never mistaken for data, its name ends in `.inprogress`).
+/// never mistaken for data, its name ends in `.inprogress`). A local directory is removed
+/// whole: the store's listing hides the staging files (`…#1`) of a write the process died in.
+/// On S3 an upload cut short stays as invisible parts until the bucket's
+/// `AbortIncompleteMultipartUpload` lifecycle rule removes them (docs/exports.md).
 async fn remove_prefix(dest: &destination::Destination, relative: &str) {
+    if let Some(dir) = &dest.local_dir {
+        let path = dir.join(relative);
+        if let Err(e) = tokio::fs::remove_dir_all(&path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a temporary export directory");
+        }
+        return;
+    }
     let prefix = dest.path(relative);
     let locations = dest
         .store

@@ -129,6 +129,7 @@ fn save(path: &PathBuf, state: &BTreeMap<String, i64>) -> std::io::Result<()> {
 /// Runs the schedules until `shutdown`; `now_us` is the wall clock (injected for tests).
 pub async fn run(
     exports: Exports,
+    snapshots: super::snapshots::Snapshots,
     config: ExportsConfig,
     state_path: PathBuf,
     now_us: impl Fn() -> i64 + Send + 'static,
@@ -171,6 +172,11 @@ pub async fn run(
                             tracing::warn!(error = %e, "could not save the schedules' progress");
                         }
                         tracing::info!(schedule = %schedule.name, period = %label, "scheduled snapshot written");
+                        if super::snapshots::valid_name(&schedule.name)
+                            && let Err(e) = snapshots.ensure(&schedule.name, &schedule.destination).await
+                        {
+                            tracing::warn!(schedule = %schedule.name, error = %e, "could not register the schedule's snapshot table");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(schedule = %schedule.name, period = %label, error = %e, "scheduled snapshot failed; retried on the next pass");

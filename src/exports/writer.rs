@@ -370,7 +370,8 @@ mod tests {
         .expect("request");
         let plan = request.plan(|_| false).expect("plan");
         let dir = tempfile::tempdir().expect("tempdir");
-        let dest = super::super::destination::open(&format!("file://{}/", dir.path().display())).expect("dest");
+        let dest = super::super::destination::open(&format!("file://{}/", dir.path().display()), &Default::default())
+            .expect("dest");
         let progress = Progress::default();
         let written = write_all(&ctx, &plan, &dest, "_tmp_test", &progress)
             .await

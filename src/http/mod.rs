@@ -6,6 +6,7 @@ mod events;
 mod exports;
 mod health;
 mod observe;
+mod snapshots;
 mod sql;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub engine: QueryEngine,
     /// Parquet snapshot jobs.
     pub exports: crate::exports::Exports,
+    /// Snapshot locations readable as `snapshots.<name>`.
+    pub snapshots: crate::exports::snapshots::Snapshots,
     /// Result cache, when enabled.
     pub cache: Option<Arc<QueryCache>>,
     /// Most rows in a JSON SQL response.
@@ -67,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sql", post(sql::run))
         .route("/api/v1/exports", post(exports::create).get(exports::list))
         .route("/api/v1/exports/{id}", get(exports::get_one).delete(exports::cancel))
+        .route("/api/v1/snapshots", post(snapshots::register).get(snapshots::list))
+        .route("/api/v1/snapshots/{name}", axum::routing::delete(snapshots::deregister))
         .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
         .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))
         .route("/api/v1/continuous-queries/{name}/pause", post(cq::pause))

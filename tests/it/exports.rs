@@ -40,9 +40,15 @@ struct S3Server {
 
 impl S3Server {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With `env` (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`: every request's credentials checked).
+    async fn start_with(env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -87,14 +93,43 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
+/// A tmpfs mounted for one test (root only: the suite runs as root in CI), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, options: &str) -> Self {
+        std::fs::create_dir_all(path).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs at {} needs root", path.display());
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
     fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+impl S3Server {
+    fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 async fn hub_with_events(dir: &Path, env: Vec<(String, String)>) -> Hub {
+    std::fs::create_dir_all(dir).expect("data dir");
     let hub = Hub::start_env(dir, env).await;
     assert_eq!(hub.post_ndjson(events_ndjson()).await.0, 200);
     hub
@@ -281,6 +316,19 @@ async fn s3_snapshot_to_a_real_s3_api_and_failures_name_their_cause() {
     .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(py(READ_S3, &[&s3.endpoint()]), "120 120 1");
+    // Read back from the bucket through SQL.
+    let (status, info) = hub
+        .post_json(
+            "/api/v1/snapshots",
+            json!({ "name": "events_s3", "location": "s3://snapshots/events/" }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{info}");
+    let rows = hub
+        .rows("SELECT count(*) AS n, max(date) AS d FROM snapshots.events_s3")
+        .await;
+    assert_eq!(rows[0]["n"], 120, "{rows:?}");
+    assert_eq!(rows[0]["d"], "2026-11-20", "{rows:?}");
 
     // A bucket that does not exist: failed, naming it; nothing written anywhere.
     let failed = export(
@@ -335,11 +383,11 @@ async fn a_cancelled_export_leaves_nothing_behind() {
     let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_str().expect("id").to_string();
-    // Cancel once it has written rows (its temporary file exists).
-    wait_for("the export to write rows", Duration::from_secs(60), async || {
+    // Cancel once its temporary file is on disk.
+    wait_for("the export's temporary file", Duration::from_secs(60), async || {
         let s = hub.get_json(&format!("/api/v1/exports/{id}")).await;
         assert_eq!(s["status"], "running", "{s}");
-        (s["rows"].as_u64() > Some(0)).then_some(())
+        (out.exists() && !files_under(&out).is_empty()).then_some(())
     })
     .await;
     let r = hub
@@ -370,7 +418,7 @@ async fn scheduled_daily_snapshots_catch_up_every_closed_day() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("daily");
     let toml = format!(
-        "[exports]\nschedule_interval_secs = 1\n[[exports.schedules]]\nname = \"events-daily\"\ntable = \"events\"\nperiod = \"daily\"\ndestination = \"file://{}\"\nlag_secs = 0\nsince = \"2026-11-20T00:00:00Z\"\nmax_catch_up = 3\n",
+        "[exports]\nschedule_interval_secs = 1\n[[exports.schedules]]\nname = \"events_daily\"\ntable = \"events\"\nperiod = \"daily\"\ndestination = \"file://{}\"\nlag_secs = 0\nsince = \"2026-11-20T00:00:00Z\"\nmax_catch_up = 3\n",
         out.display()
     );
     // The events first (a Hub without the schedule), then the Hub with it: its first pass sees
@@ -378,7 +426,7 @@ async fn scheduled_daily_snapshots_catch_up_every_closed_day() {
     let mut loader = Hub::start(&dir.path().join("data")).await;
     assert_eq!(loader.post_ndjson(events_ndjson()).await.0, 200);
     assert!(loader.terminate().success());
-    let _hub = Hub::start_with(
+    let hub = Hub::start_with(
         &dir.path().join("data"),
         crate::harness::HubOptions {
             config_toml: Some(toml),
@@ -401,7 +449,7 @@ async fn scheduled_daily_snapshots_catch_up_every_closed_day() {
         Duration::from_secs(120),
         async || {
             let progress: Value = serde_json::from_slice(&std::fs::read(&state).ok()?).ok()?;
-            (progress["events-daily"].as_i64() == Some(expected_until)).then_some(())
+            (progress["events_daily"].as_i64() == Some(expected_until)).then_some(())
         },
     )
     .await;
@@ -417,4 +465,220 @@ async fn scheduled_daily_snapshots_catch_up_every_closed_day() {
         "every event of 2026-11-20 in its day's snapshot"
     );
     assert_eq!(day["request"]["start"], "2026-11-20T00:00:00Z");
+    // The schedule's periods read back as one table under its name.
+    let rows = hub
+        .rows("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM snapshots.events_daily")
+        .await;
+    assert_eq!(rows[0]["n"], 120, "{rows:?}");
+    assert_eq!(rows[0]["ids"], 120, "{rows:?}");
+}
+
+/// `snapshots.<name>`: a snapshot location read back through SQL — exactly the files its
+/// manifest lists, partition values as columns — kept across a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_read_back_as_tables_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut hub = hub_with_events(dir.path(), Vec::new()).await;
+    let out = dir.path().join("archive");
+    let location = format!("file://{}/", out.display());
+    let done = export(
+        &hub,
+        json!({ "table": "events", "destination": location, "partition_by": ["date", "model"] }),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let (status, info) = hub
+        .post_json(
+            "/api/v1/snapshots",
+            json!({ "name": "archive", "location": location }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{info}");
+    assert_eq!(info["table"], "snapshots.archive");
+    assert_eq!(info["rows"], 120);
+    assert_eq!(info["files"], 2);
+    assert_eq!(info["partition_by"], json!(["date", "model"]));
+
+    let per_model = "SELECT model, count(*) AS n, sum(latency_ms) AS s, min(timestamp) AS first FROM {} GROUP BY model ORDER BY model";
+    let live = hub.rows(&per_model.replace("{}", "events")).await;
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert_eq!(hub.rows(&per_model.replace("{}", "snapshots.archive")).await, live);
+    // Partition columns filter like any column.
+    let gpt = hub
+        .rows("SELECT count(*) AS n FROM snapshots.archive WHERE model = 'gpt-4o' AND date = '2026-11-20'")
+        .await;
+    assert_eq!(gpt[0]["n"], live[1]["n"], "{gpt:?} {live:?}");
+
+    // A stray Parquet file in the location is not the snapshot: only listed files are read.
+    let listed = out.join(done["manifest"]["files"][0]["path"].as_str().expect("path"));
+    std::fs::copy(&listed, listed.with_file_name("stray.parquet")).expect("copy");
+    let total = "SELECT count(*) AS n FROM snapshots.archive";
+    assert_eq!(hub.rows(total).await[0]["n"], 120);
+
+    // Refusals name the problem.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    for (body, status, needle) in [
+        (json!({"name": "Bad-Name", "location": location}), 400, "Bad-Name"),
+        (
+            json!({"name": "nothing", "location": format!("file://{}/", empty.display())}),
+            400,
+            "_manifest.json",
+        ),
+        (json!({"name": "nowhere", "location": "ftp://x/"}), 400, "ftp://x/"),
+    ] {
+        let (got, answer) = hub.post_json("/api/v1/snapshots", body.to_string()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+
+    // Registrations outlive the process.
+    assert!(hub.terminate().success());
+    let hub = Hub::start(&dir.path().join("data")).await;
+    assert_eq!(hub.rows(total).await[0]["n"], 120);
+    let list = hub.get_json("/api/v1/snapshots").await;
+    assert_eq!(list["snapshots"][0]["name"], "archive", "{list}");
+    assert_eq!(hub.delete("/api/v1/snapshots/archive").await, 204);
+    assert_eq!(hub.delete("/api/v1/snapshots/archive").await, 404);
+    let (status, answer) = hub.sql(total).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("snapshots.archive"), "{answer}");
+    assert!(listed.exists(), "deregistering leaves the files");
+}
+
+/// Rows of random text (incompressible): ~3.7 MB of Parquet per 100,000 rows.
+fn random_rows(n: u64) -> String {
+    format!("SELECT uuid() AS u, g.value AS v FROM generate_series(1, {n}) AS g")
+}
+
+/// A full disk and a read-only directory end `failed` with the operating system's reason; the
+/// previous snapshot stays whole and nothing temporary is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_full_and_read_only_destinations_fail_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub_with_events(&dir.path().join("data"), Vec::new()).await;
+
+    let full = dir.path().join("full");
+    let _full = Tmpfs::mount(&full, "size=1m");
+    let destination = format!("file://{}/", full.display());
+    let first = export(&hub, json!({ "table": "events", "destination": destination })).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let before = files_under(&full);
+    let manifest_before = std::fs::read(full.join("_manifest.json")).expect("manifest");
+
+    let failed = export(&hub, json!({ "sql": random_rows(200_000), "destination": destination })).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("error");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert_eq!(
+        files_under(&full),
+        before,
+        "the previous snapshot, whole, and nothing else"
+    );
+    assert_eq!(
+        std::fs::read(full.join("_manifest.json")).expect("manifest"),
+        manifest_before
+    );
+
+    let read_only = dir.path().join("read-only");
+    let _ro = Tmpfs::mount(&read_only, "ro,size=64k");
+    let failed = export(
+        &hub,
+        json!({ "table": "events", "destination": format!("file://{}/", read_only.display()) }),
+    )
+    .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("error");
+    assert!(reason.contains("Read-only file system"), "{reason}");
+    assert!(files_under(&read_only).is_empty());
+}
+
+/// Wrong credentials, and the S3 server stopped while an export uploads: `failed`, naming the
+/// cause, within the configured retry budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_wrong_credentials_and_a_server_stopped_mid_upload_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strict = S3Server::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]).await;
+    let hub = hub_with_events(&dir.path().join("a"), strict.env()).await;
+    let failed = export(&hub, json!({ "table": "events", "destination": "s3://snapshots/x/" })).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("error");
+    assert!(reason.contains("InvalidAccessKeyId"), "{reason}");
+    drop(hub);
+    drop(strict);
+
+    let mut s3 = S3Server::start().await;
+    s3.create_bucket("snapshots").await;
+    let mut env = s3.env();
+    env.push(("OBJECT_STORE_RETRY_TIMEOUT_SECS".into(), "5".into()));
+    let hub = hub_with_events(&dir.path().join("b"), env).await;
+    let request = json!({ "sql": random_rows(20_000_000), "destination": "s3://snapshots/big/" });
+    let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_for("the export to upload", Duration::from_secs(60), async || {
+        let s = hub.get_json(&format!("/api/v1/exports/{id}")).await;
+        assert_eq!(s["status"], "running", "{s}");
+        (s["bytes"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    s3.stop();
+    let failed = wait_for("the export to fail", Duration::from_secs(90), async || {
+        let s = hub.get_json(&format!("/api/v1/exports/{id}")).await;
+        (s["status"] != "running").then_some(s)
+    })
+    .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["error"].as_str().expect("error");
+    assert!(reason.starts_with("destination:"), "{reason}");
+    assert!(reason.contains("127.0.0.1"), "names the endpoint: {reason}");
+}
+
+/// Export records outlive the process: a finished export is still listed after a restart, and
+/// one the process was killed in is reported failed, its temporary files removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn export_records_survive_a_restart_and_a_crash_mid_export_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut hub = hub_with_events(dir.path(), Vec::new()).await;
+    let done_dir = dir.path().join("done");
+    let done = export(
+        &hub,
+        json!({ "table": "events", "destination": format!("file://{}/", done_dir.display()) }),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let crashed_dir = dir.path().join("crashed");
+    let request = json!({
+        "sql": random_rows(100_000_000),
+        "destination": format!("file://{}/", crashed_dir.display()),
+    });
+    let (status, body) = hub.post_json("/api/v1/exports", request.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_for(
+        "the export's first temporary file",
+        Duration::from_secs(60),
+        async || (crashed_dir.exists() && !files_under(&crashed_dir).is_empty()).then_some(()),
+    )
+    .await;
+    hub.kill9();
+
+    let hub = Hub::start(&dir.path().join("data")).await;
+    let again = hub
+        .get_json(&format!("/api/v1/exports/{}", done["id"].as_str().expect("id")))
+        .await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["manifest"], done["manifest"]);
+    let crashed = hub.get_json(&format!("/api/v1/exports/{id}")).await;
+    assert_eq!(crashed["status"], "failed", "{crashed}");
+    assert!(
+        crashed["error"].as_str().is_some_and(|e| e.contains("interrupted")),
+        "{crashed}"
+    );
+    assert!(files_under(&crashed_dir).is_empty(), "{:?}", files_under(&crashed_dir));
+    let list = hub.get_json("/api/v1/exports").await;
+    assert_eq!(list["exports"][0]["id"], id.as_str(), "newest first: {list}");
+    assert_eq!(list["exports"].as_array().map(Vec::len), Some(2));
 }
