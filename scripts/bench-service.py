@@ -14,6 +14,10 @@ Generates N events to a file, then prints, in one run on this machine:
      visible in SQL;
   6. live freshness (LIVE seconds of live-timestamped traffic): wall-clock delay between a
      1m / 5m window's end and its row appearing (the allowed lateness, 5 s, is part of it).
+  `--only export` (issue #18): the batch ingest, then a Parquet snapshot of every event
+     (partitioned by date and model) through `POST /api/v1/exports`, rows/s and the Hub's peak
+     RSS during the export (VmHWM reset just before it), next to DuckDB writing the same rows
+     (read from the Hub's snapshot) with the same partitioning.
 
   python3 scripts/bench-service.py [--bin PATH] [--events N] [--body LINES] [--clients C]
                                    [--wrk-seconds S] [--live SECONDS]
@@ -42,7 +46,7 @@ ap.add_argument("--clients", type=int, default=2)
 ap.add_argument("--wrk-seconds", type=int, default=15)
 ap.add_argument("--live", type=int, default=130, help="seconds of live traffic (330 to see a 5m window)")
 ap.add_argument("--hub-config", help="TOML file passed to serve --config (e.g. to compare settings)")
-ap.add_argument("--only", choices=["batch"], help="run only the HTTP batch phase")
+ap.add_argument("--only", choices=["batch", "export"], help="run only the HTTP batch phase (then the export)")
 args = ap.parse_args()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,12 +95,16 @@ class Hub:
             raise SystemExit(f"SQL answered {status}: {data[:300]!r}")
         return json.loads(data)["rows"]
 
-    def peak_rss_mb(self):
+    def peak_rss_mb(self, field="VmHWM"):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         return float("nan")
+
+    def reset_peak_rss(self):
+        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
 
     def metric(self, name):
         _, text = self.request("GET", "/metrics")
@@ -283,6 +291,47 @@ def live_freshness(hub, template):
     return delays
 
 
+DUCKDB_COPY = """
+import duckdb, resource, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+t = time.perf_counter()
+duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}/**/*.parquet', hive_partitioning = true)) TO '{dst}' "
+           "(FORMAT parquet, PARTITION_BY (date, model), COMPRESSION zstd)")
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, duckdb.__version__)
+"""
+
+
+def export_phase(hub, rows):
+    out = tempfile.mkdtemp(prefix="hub-bench-export-")
+    hub.reset_peak_rss()
+    before = hub.peak_rss_mb("VmRSS")
+    start = time.perf_counter()
+    request = {"table": "events", "destination": f"file://{out}/", "partition_by": ["date", "model"]}
+    status, data = hub.request("POST", "/api/v1/exports", json.dumps(request).encode())
+    if status != 202:
+        raise SystemExit(f"export refused: {status} {data[:300]!r}")
+    export_id = json.loads(data)["id"]
+    while True:
+        _, data = hub.request("GET", f"/api/v1/exports/{export_id}")
+        done = json.loads(data)
+        if done["status"] != "running":
+            break
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - start
+    if done["status"] != "succeeded" or done["manifest"]["total_rows"] != rows:
+        raise SystemExit(f"export ended {done['status']}: {str(done)[:300]}")
+    m = done["manifest"]
+    print(f"serve, Parquet snapshot of {rows} events: {rows / elapsed:12,.0f} rows/s ({elapsed:.1f} s; "
+          f"{len(m['files'])} files, {m['total_bytes'] / 1e6:.0f} MB, partitioned by date, model)")
+    print(f"  Hub RSS before {before:.0f} MB, peak during the export {hub.peak_rss_mb():.0f} MB "
+          f"(+{hub.peak_rss_mb() - before:.0f} MB)")
+    peer = subprocess.run([sys.executable, "-c", DUCKDB_COPY, out, tempfile.mkdtemp(prefix="hub-bench-duck-") + "/x"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    secs, rss, version = float(peer[0]), float(peer[1]), peer[2]
+    print(f"DuckDB {version} COPY ... PARTITION_BY of the same rows: {rows / secs:12,.0f} rows/s ({secs:.1f} s), "
+          f"peak RSS {rss:.0f} MB")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="hub-bench-input-")
     path = os.path.join(work, "events.ndjson")
@@ -294,6 +343,15 @@ def main():
     print(f"machine: {os.cpu_count()} cores; binary {args.bin}")
     print(f"input: {args.events} events, {size / args.events:.0f} B/event, {size / 1e6:.0f} MB")
 
+    if args.only == "export":
+        hub = Hub()
+        try:
+            rate, elapsed = batch_ingest(hub, path)
+            print(f"serve, HTTP batch ingest, acknowledged:  {rate:12,.0f} events/s ({elapsed:.1f} s)")
+            export_phase(hub, args.events)
+        finally:
+            hub.stop()
+        return
     bench = bench_rollup(path)
     duck, duck_version = duckdb_rollup(path)
     print(f"bench rollup (in-process path):          {bench:12,.0f} events/s")
