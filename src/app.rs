@@ -48,6 +48,9 @@ pub enum AppError {
     /// The snapshot tables could not be set up.
     #[error("snapshots: {0}")]
     Snapshots(#[from] crate::exports::ExportError),
+    /// Authentication could not be set up (unreadable key file).
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -58,6 +61,24 @@ pub enum AppError {
     },
 }
 
+/// The authenticator: required when a listener binds a non-loopback address (`auth.mode = auto`).
+fn build_auth(config: &Config) -> Result<crate::auth::Authenticator, crate::auth::AuthError> {
+    let mut public = Vec::new();
+    if !crate::auth::is_loopback(&config.http.host) {
+        public.push(format!("http {}:{}", config.http.host, config.http.port));
+    }
+    if config.pgwire.active() && !crate::auth::is_loopback(&config.pgwire.host) {
+        public.push(format!("pgwire {}:{}", config.pgwire.host, config.pgwire.port));
+    }
+    crate::auth::Authenticator::new(
+        &config.auth,
+        crate::auth::keys::KeyFileStore::in_data_dir(&config.storage.data_dir),
+        &public,
+        crate::clock::system(),
+        Arc::new(crate::event::time::now_micros),
+    )
+}
+
 /// Runs the standalone service until SIGINT/SIGTERM, then drains requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let unsupported = Config::unsupported_env(|n| std::env::var(n).ok());
@@ -65,6 +86,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         tracing::warn!(variables = ?unsupported, "cluster-mode settings are not supported by this build yet; running standalone");
     }
     let metrics = Metrics::new()?;
+    let auth = build_auth(&config)?;
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
@@ -140,6 +162,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         cache: cache.clone(),
         exports,
         snapshots,
+        auth,
         max_json_rows: config.query.max_json_rows,
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),
@@ -288,7 +311,7 @@ async fn run_demo(
         }
         let now = crate::event::time::now_micros();
         let body: String = (0..n).map(|_| generator.next_event(Some(now)) + "\n").collect();
-        if let Err(e) = pipeline.accept_body(body.into(), BodyShape::Batch, now).await {
+        if let Err(e) = pipeline.accept_body(body.into(), BodyShape::Batch, now, None).await {
             tracing::warn!(error = %e, "demo events could not be stored");
         }
     }

@@ -29,6 +29,10 @@ pub enum Command {
     /// Export a table's time range or a query's rows as Parquet to a directory or S3, through
     /// a running Hub (`POST /api/v1/exports`), showing progress until it ends.
     Export(crate::exports::client::ExportArgs),
+    /// Manage API keys: `keys create --name NAME --role read|ingest|admin [--tenant T]
+    /// [--expires 90d]`, `keys list`, `keys revoke --name NAME`.
+    #[command(subcommand)]
+    Keys(crate::auth::cli::KeysCommand),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
     /// Create the PostgreSQL database if missing and apply `migrations/` (needs `DATABASE_URL`,

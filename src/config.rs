@@ -27,6 +27,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Parquet snapshots: concurrency and schedules.
     pub exports: crate::exports::ExportsConfig,
+    /// `[auth]`: API keys, roles and tenants on HTTP.
+    pub auth: crate::auth::AuthConfig,
     /// `[object_store]`: retries and timeouts of S3 requests (exports, snapshot tables).
     pub object_store: crate::exports::ObjectStoreConfig,
     /// Logging.
@@ -255,6 +257,9 @@ impl Config {
             value: e.value,
             message: e.message,
         })?;
+        if let Some(v) = get("AUTH_MODE") {
+            self.auth.mode = parse("AUTH_MODE", v)?;
+        }
         if let Some(v) = get("OBJECT_STORE_MAX_RETRIES") {
             self.object_store.max_retries = parse("OBJECT_STORE_MAX_RETRIES", v)?;
         }
@@ -335,8 +340,15 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `analytics-hub config`).
+    /// The configuration as TOML, secrets masked (`analytics-hub config`).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string_pretty(self)
+        let mut shown = self.clone();
+        for user in &mut shown.pgwire.users {
+            user.password = "***".into();
+        }
+        shown.postgres.url = shown.postgres.url.as_deref().map(crate::redact::url);
+        shown.cache.redis_url = shown.cache.redis_url.as_deref().map(crate::redact::url);
+        toml::to_string_pretty(&shown)
     }
 }
 
@@ -457,6 +469,8 @@ mod tests {
             "PGWIRE_ENABLED" => "false",
             "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
             "CACHE_ENABLED" => "false",
+            "AUTH_MODE" => "required",
+            "OBJECT_STORE_MAX_RETRIES" => "7",
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",
             n if n.ends_with("PORT") => "4321",
             n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL"]
@@ -467,6 +481,19 @@ mod tests {
             }
             _ => "sample-value",
         }
+    }
+
+    #[test]
+    fn printed_configuration_masks_secrets() {
+        let mut c = Config::default();
+        c.pgwire.set_user("grafana".into(), "wire-s3cret".into());
+        c.postgres.url = Some("postgres://hub:pg-s3cret@db/hub".into());
+        c.cache.redis_url = Some("redis://:redis-s3cret@cache:6379".into());
+        let text = c.to_toml().expect("toml");
+        for secret in ["wire-s3cret", "pg-s3cret", "redis-s3cret"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        assert!(text.contains("grafana") && text.contains("postgres://hub:***@db/hub"), "{text}");
     }
 
     /// Every env name in the `env` column of the configuration tables (docs/configuration.md,

@@ -7,6 +7,7 @@
 //! over the PostgreSQL wire protocol, [`app`] wires it all.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pgwire;
 pub mod query;
+pub mod redact;
 pub mod resilience;
 pub mod sinks;
 pub mod sources;

@@ -136,6 +136,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Keys(command) => match llm_analytics_hub::auth::cli::run(command, &config.storage.data_dir) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Config => match config.to_toml() {
             Ok(text) => {
                 print!("{text}");

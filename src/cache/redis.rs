@@ -74,7 +74,7 @@ impl RedisCache {
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(100)),
             )?;
-            (Conn::Single(manager), redact(&url))
+            (Conn::Single(manager), crate::redact::url(&url))
         };
         Ok(Self {
             conn,
@@ -181,18 +181,6 @@ async fn query<C: ConnectionLike + Send, T: redis::FromRedisValue>(
     cmd.query_async(conn).await
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[async_trait]
 impl ResultCache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
@@ -255,17 +243,5 @@ impl ResultCache for RedisCache {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(redact("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
-        assert_eq!(redact("redis://hub:s3cret@cache"), "redis://hub:***@cache");
-        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
     }
 }

@@ -22,6 +22,8 @@ pub enum RejectKind {
     InvalidValue,
     /// `schema_version` has a major version this build does not understand.
     UnsupportedSchemaVersion,
+    /// `payload.tenant` names another tenant than the credential's.
+    TenantMismatch,
 }
 
 impl RejectKind {
@@ -35,6 +37,7 @@ impl RejectKind {
             Self::PayloadNotObject => "payload_not_object",
             Self::InvalidValue => "invalid_value",
             Self::UnsupportedSchemaVersion => "unsupported_schema_version",
+            Self::TenantMismatch => "tenant_mismatch",
         }
     }
 }

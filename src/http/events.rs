@@ -19,7 +19,8 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::{ApiError, body_rejection};
-use crate::cache::{Answer, CacheKey, CacheStatus, Scope};
+use crate::auth::Principal;
+use crate::cache::{Answer, CacheKey, CacheStatus};
 use crate::event::schema::col as c;
 use crate::event::time::{now_micros, rfc3339, timestamp_lit};
 use crate::event::{BodyError, EVENTS_TABLE, Rejection};
@@ -44,10 +45,15 @@ fn body_error(e: BodyError) -> ApiError {
 }
 
 /// Runs a body through the ingestion pipeline and answers with what it accepted and rejected.
-async fn accept(state: &AppState, body: Bytes, shape: BodyShape) -> Result<Response, ApiError> {
+async fn accept(
+    state: &AppState,
+    body: Bytes,
+    shape: BodyShape,
+    tenant: Option<&str>,
+) -> Result<Response, ApiError> {
     let out = state
         .pipeline
-        .accept_body(body, shape, now_micros())
+        .accept_body(body, shape, now_micros(), tenant)
         .await
         .map_err(|e| match e {
             PipelineError::Body(e) => body_error(e),
@@ -70,19 +76,23 @@ async fn accept(state: &AppState, body: Bytes, shape: BodyShape) -> Result<Respo
 /// `POST /api/v1/events`: one event as a JSON object.
 pub async fn post_one(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
-    accept(&state, body, BodyShape::Single).await
+    accept(&state, body, BodyShape::Single, principal.tenant.as_deref()).await
 }
 
 /// `POST /api/v1/events/batch`: a JSON array or NDJSON.
 pub async fn post_batch(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
     let body = body.map_err(|r| body_rejection(&r, state.max_body_bytes))?;
-    accept(&state, body, BodyShape::Batch).await
+    accept(&state, body, BodyShape::Batch, principal.tenant.as_deref()).await
 }
 
 /// Filters of `GET /api/v1/events`.
@@ -197,8 +207,10 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
 /// `GET /api/v1/events`: newest first, filtered, paged with an opaque cursor.
 pub async fn list(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -239,7 +251,7 @@ pub async fn list(
     }
     let mut df = state
         .engine
-        .context()
+        .context_for(principal.tenant.as_deref())
         .table(EVENTS_TABLE)
         .await
         .map_err(ApiError::internal)?;
@@ -258,7 +270,7 @@ pub async fn list(
             "GET /api/v1/events",
             &format!("{p:?}"),
             &[EVENTS_TABLE],
-            &Scope::default(),
+            &super::auth::scope(&principal),
         )
     });
     let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
@@ -298,14 +310,19 @@ fn with_cache_header(mut response: Response, status: Option<CacheStatus>) -> Res
 }
 
 /// `GET /api/v1/events/{id}`.
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("event id must be a UUID: {e}")))?
         .hyphenated()
         .to_string();
     let df = state
         .engine
-        .context()
+        .context_for(principal.tenant.as_deref())
         .table(EVENTS_TABLE)
         .await
         .and_then(|df| df.filter(col(c::EVENT_ID).eq(lit(id.clone()))))
@@ -314,7 +331,7 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> R
     let key = state.cache.as_ref().and_then(|cache| {
         cache
             .keys()
-            .for_route("GET /api/v1/events/{id}", &id, &[EVENTS_TABLE], &Scope::default())
+            .for_route("GET /api/v1/events/{id}", &id, &[EVENTS_TABLE], &super::auth::scope(&principal))
     });
     let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
     let mut events = views(&answer.batches)?;

@@ -1,5 +1,6 @@
 //! The HTTP API (axum).
 
+mod auth;
 mod cq;
 mod error;
 mod events;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub engine: QueryEngine,
     /// Parquet snapshot jobs.
     pub exports: crate::exports::Exports,
+    /// Who a request is (API keys) and whether it must say.
+    pub auth: crate::auth::Authenticator,
     /// Snapshot locations readable as `snapshots.<name>`.
     pub snapshots: crate::exports::snapshots::Snapshots,
     /// Result cache, when enabled.
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") });
     api.layer(DefaultBodyLimit::max(state.max_body_bytes)).with_state(state)

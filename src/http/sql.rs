@@ -13,7 +13,8 @@ use super::AppState;
 use super::error::ApiError;
 use std::time::Instant;
 
-use crate::cache::{Answer, CacheStatus, Scope};
+use crate::auth::{Access, Authenticator, Principal};
+use crate::cache::{Answer, CacheStatus};
 use crate::query::format::{self, ColumnInfo, ResultFormat};
 
 /// Request body.
@@ -83,11 +84,14 @@ fn quarantine_warning(state: &AppState) -> Option<HeaderValue> {
 /// Runs the statement and encodes the result in the format the `Accept` header asks for.
 pub async fn run(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     if let Some(create) = crate::stream::create::parse_create(&req.sql) {
+        Authenticator::authorize(&principal, Access::Admin)?;
         let create = create.map_err(ApiError::from)?;
         return super::cq::create_from_sql(&state, create).await;
     }
@@ -97,14 +101,15 @@ pub async fn run(
     state.engine.check(&req.sql).map_err(|e| counted(&state, e.into()))?;
     let engine = state.engine.clone();
     let sql = req.sql.clone();
-    let run = async move { engine.run(&sql, max_rows).await.map(Answer::from) };
+    let tenant = principal.tenant.clone();
+    let run = async move { engine.run(&sql, max_rows, tenant.as_deref()).await.map(Answer::from) };
     let key = state.cache.as_ref().and_then(|cache| {
         let session = state.engine.context().state();
         let statement = crate::cache::key::parse_one(&req.sql, &session)?;
         let variant = format!("sql;max_rows={max_rows:?}");
         cache
             .keys()
-            .for_statement(&statement, &session, &Scope::default(), &variant)
+            .for_statement(&statement, &session, &super::auth::scope(&principal), &variant)
             .ok()
     });
     let (result, cache_status) = crate::cache::answer(state.cache.as_deref(), key.as_ref(), run)

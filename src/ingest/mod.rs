@@ -2,6 +2,7 @@
 //! ([`StoreIngest`]); in cluster mode a Kafka producer takes its place behind [`Ingest`].
 
 pub mod pipeline;
+pub mod tenant;
 
 use std::sync::Arc;
 

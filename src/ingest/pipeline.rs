@@ -81,12 +81,14 @@ impl Pipeline {
     }
 
     /// Decodes `body` (a batch on a blocking thread; a single event inline, it is small) and
-    /// hands the accepted events on. Returns once they are durable.
+    /// hands the accepted events on. Returns once they are durable. With a `tenant` (a
+    /// tenant-bound credential), the events are that tenant's ([`super::tenant::confine`]).
     pub async fn accept_body(
         &self,
         body: Bytes,
         shape: BodyShape,
         ingest_time_us: i64,
+        tenant: Option<&str>,
     ) -> Result<Accepted, PipelineError> {
         let (body, decoded) = match shape {
             BodyShape::Single => {
@@ -101,7 +103,11 @@ impl Pipeline {
                 .await?
             }
         };
-        Ok(self.accept_decoded(&body, shape, decoded?).await?)
+        let mut decoded = decoded?;
+        if let Some(t) = tenant {
+            decoded = super::tenant::confine(decoded, t, self.ingest.wants_raw()).map_err(BodyError::Arrow)?;
+        }
+        Ok(self.accept_decoded(&body, shape, decoded).await?)
     }
 
     /// Counts a decoded body and makes its accepted events durable.

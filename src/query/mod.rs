@@ -6,6 +6,7 @@ pub mod executor;
 pub mod format;
 pub mod guard;
 pub mod memory;
+pub mod tenant;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,8 +199,38 @@ impl QueryEngine {
         Ok(())
     }
 
-    /// Checks, plans and runs `sql`, keeping at most `max_rows` rows.
-    pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
+    /// The session as `tenant` sees it: only its rows of the tables with a `tenant` column,
+    /// and no other table (see [`tenant`]); the whole session without one.
+    pub fn context_for(&self, tenant: Option<&str>) -> SessionContext {
+        match tenant {
+            None => self.ctx.clone(),
+            Some(t) => SessionContext::new_with_state(self.state_for(Some(t))),
+        }
+    }
+
+    fn state_for(&self, tenant: Option<&str>) -> datafusion::execution::SessionState {
+        let state = self.ctx.state();
+        match tenant {
+            None => state,
+            Some(t) => {
+                let (catalog, schema) = {
+                    let options = state.config().options();
+                    (options.catalog.default_catalog.clone(), options.catalog.default_schema.clone())
+                };
+                let list = Arc::new(tenant::TenantCatalogList::new(
+                    Arc::clone(state.catalog_list()),
+                    &catalog,
+                    &schema,
+                    t,
+                ));
+                SessionStateBuilder::new_from_existing(state).with_catalog_list(list).build()
+            }
+        }
+    }
+
+    /// Checks, plans and runs `sql`, keeping at most `max_rows` rows; with a `tenant`, over that
+    /// tenant's rows only.
+    pub async fn run(&self, sql: &str, max_rows: Option<usize>, tenant: Option<&str>) -> Result<QueryResult, QueryError> {
         self.check(sql)?;
         let started = Instant::now();
         let _slot = tokio::time::timeout(self.limits.queue_timeout, self.limits.slots.acquire())
@@ -210,7 +241,7 @@ impl QueryEngine {
             })?
             .map_err(|_| QueryError::Internal("the query slots are closed".into()))?;
         let runtime = memory::per_query_runtime(&self.ctx.runtime_env(), self.limits.memory_limit_bytes);
-        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+        let state = SessionStateBuilder::new_from_existing(self.state_for(tenant))
             .with_runtime_env(runtime)
             .build();
         let ctx = SessionContext::new_with_state(state);

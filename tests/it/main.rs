@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod api;
+mod auth;
 mod cache;
 mod cq;
 mod disk_faults;

@@ -1,0 +1,121 @@
+//! `analytics-hub keys create|list|revoke`: API keys in the data directory's key file. The
+//! running service picks changes up within a second.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::keys::KeyFileStore;
+use super::{AuthError, Role};
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once (only its hash is stored).
+    Create(CreateArgs),
+    /// List the keys (names, roles, tenants, expiry; never the keys).
+    List(DirArgs),
+    /// Revoke a key by name.
+    Revoke {
+        /// The key's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+}
+
+/// Where the key file is.
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// Data directory of the Hub (default: `storage.data_dir` of the configuration).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `keys create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Unique name (shown in logs and the audit trail).
+    #[arg(long)]
+    pub name: String,
+    /// `read` (SQL, GET routes), `ingest` (POST events) or `admin` (everything).
+    #[arg(long)]
+    pub role: Role,
+    /// Bind the key to a tenant: it reads and writes that tenant's rows only.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Lifetime, e.g. `90d`, `12h`, `30m` (default: no expiry).
+    #[arg(long, value_parser = parse_duration)]
+    pub expires: Option<Duration>,
+    #[command(flatten)]
+    pub dir: DirArgs,
+}
+
+/// `90d`, `12h`, `30m`, `45s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{text}`: expected a number and a unit (s, m, h, d)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}`: out of range"))
+}
+
+fn rfc3339(us: i64) -> String {
+    crate::event::time::rfc3339(us)
+}
+
+/// Runs a `keys` subcommand; `default_dir` is the configured data directory.
+pub fn run(command: KeysCommand, default_dir: &std::path::Path) -> Result<String, AuthError> {
+    let store = |dir: &DirArgs| KeyFileStore::in_data_dir(dir.data_dir.as_deref().unwrap_or(default_dir));
+    let now = crate::event::time::now_micros();
+    match command {
+        KeysCommand::Create(args) => {
+            let (key, record) =
+                store(&args.dir).create(&args.name, args.role, args.tenant.as_deref(), args.expires, now)?;
+            let mut out = format!("{key}\n");
+            out.push_str(&format!(
+                "# key `{}` (role {}{}{}) — shown once; send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`\n",
+                record.name,
+                record.role,
+                record.tenant.as_deref().map(|t| format!(", tenant {t}")).unwrap_or_default(),
+                record.expires_us.map(|e| format!(", expires {}", rfc3339(e))).unwrap_or_default(),
+            ));
+            Ok(out)
+        }
+        KeysCommand::List(dir) => {
+            let mut out = String::from("name\trole\ttenant\tcreated\texpires\tstate\n");
+            for k in store(&dir).list()? {
+                let state = match (k.revoked_us, k.expires_us) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\t{state}\n",
+                    k.name,
+                    k.role,
+                    k.tenant.as_deref().unwrap_or("-"),
+                    rfc3339(k.created_us),
+                    k.expires_us.map_or_else(|| "never".to_string(), rfc3339),
+                ));
+            }
+            Ok(out)
+        }
+        KeysCommand::Revoke { name, dir } => {
+            let record = store(&dir).revoke(&name, now)?;
+            Ok(format!("revoked `{}`; the running service refuses it within a second\n", record.name))
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Authentication, roles and tenant isolation against the real binary: keys made by the CLI
+//! while the service runs, every role on every route group, and a tenant's key trying many
+//! SQL shapes to reach another tenant's rows.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{BIN, Hub, HubOptions, wait_for};
+
+/// `analytics-hub keys ...` on `data`; returns stdout (panics on failure).
+fn keys(data: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("analytics-hub keys");
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates a key, returns it.
+fn create_key(data: &Path, name: &str, role: &str, tenant: Option<&str>) -> String {
+    let mut args = vec!["create", "--name", name, "--role", role];
+    if let Some(t) = tenant {
+        args.extend(["--tenant", t]);
+    }
+    let out = keys(data, &args);
+    out.lines().next().expect("the key").trim().to_string()
+}
+
+async fn hub_requiring_keys(dir: &Path) -> (Hub, std::path::PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            env: vec![("AUTH_MODE".into(), "required".into())],
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    (hub, data)
+}
+
+/// A request with `key` (as a bearer token), returning status and JSON body (`null` if none).
+async fn call(hub: &Hub, method: &str, path: &str, key: Option<&str>, body: Option<String>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = hub.client.request(method, hub.url(path));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn sql(hub: &Hub, key: &str, statement: &str) -> (u16, Value) {
+    call(hub, "POST", "/api/v1/sql", Some(key), Some(json!({ "sql": statement }).to_string())).await
+}
+
+fn event(i: usize, tenant: Option<&str>) -> Value {
+    let mut payload = json!({
+        "provider": "openai", "model": if i % 4 < 2 { "gpt-4o" } else { "gpt-4o-mini" },
+        "latency_ms": 100 + i, "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.01,
+        "status": "ok",
+    });
+    if let Some(t) = tenant {
+        payload["tenant"] = json!(t);
+    }
+    json!({
+        "event_id": format!("00000000-0000-4000-8000-{i:012x}"),
+        "timestamp": format!("2026-11-20T00:{:02}:00Z", i % 60),
+        "source_module": "llm-observatory",
+        "event_type": "telemetry",
+        "payload": payload,
+    })
+}
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_on_every_route_group_and_keys_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, data) = hub_requiring_keys(dir.path()).await;
+    let admin = create_key(&data, "ops", "admin", None);
+    let reader = create_key(&data, "dash", "read", None);
+    let ingester = create_key(&data, "collector", "ingest", None);
+
+    // Public: health and readiness; everything else needs a key, and says how to send one.
+    assert_eq!(call(&hub, "GET", "/health", None, None).await.0, 200);
+    assert_eq!(call(&hub, "GET", "/ready", None, None).await.0, 200);
+    let (status, body) = call(&hub, "GET", "/api/v1/events", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")));
+    let unknown = call(&hub, "GET", "/api/v1/events", Some("lah_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), None).await;
+    let not_a_key = call(&hub, "GET", "/api/v1/events", Some("hunter2"), None).await;
+    assert_eq!((unknown.0, not_a_key.0), (401, 401));
+    assert_eq!(unknown.1, not_a_key.1, "an unknown key and garbage get the same answer");
+
+    let batch = ndjson(&[event(1, None), event(2, None)]);
+    let sql_body = json!({ "sql": "SELECT count(*) AS n FROM events" }).to_string();
+    let cq_body = json!({ "name": "per_model", "sql": crate::cq::PER_MODEL, "options": {} }).to_string();
+    let export_body = json!({ "table": "events", "destination": format!("file://{}/", dir.path().join("x").display()) }).to_string();
+    // (method, path, body, status for admin, read, ingest)
+    let cases: Vec<(&str, &str, Option<String>, [u16; 3])> = vec![
+        ("POST", "/api/v1/events/batch", Some(batch.clone()), [200, 403, 200]),
+        ("GET", "/api/v1/events", None, [200, 200, 403]),
+        ("POST", "/api/v1/sql", Some(sql_body.clone()), [200, 200, 403]),
+        ("GET", "/api/v1/continuous-queries", None, [200, 200, 403]),
+        ("GET", "/api/v1/ingest/status", None, [200, 200, 403]),
+        ("POST", "/api/v1/continuous-queries", Some(cq_body), [201, 403, 403]),
+        ("GET", "/api/v1/exports", None, [200, 403, 403]),
+        ("POST", "/api/v1/exports", Some(export_body), [202, 403, 403]),
+        ("GET", "/api/v1/snapshots", None, [200, 403, 403]),
+    ];
+    for (method, path, body, expected) in cases {
+        // Refusals first, so the admin's side effects (a created query) do not change them.
+        for (key, want, role) in [(&reader, expected[1], "read"), (&ingester, expected[2], "ingest"), (&admin, expected[0], "admin")] {
+            let (status, answer) = call(&hub, method, path, Some(key), body.clone()).await;
+            assert_eq!(status, want, "{role}: {method} {path}: {answer}");
+            if status == 403 {
+                assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+                assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(role)), "{answer}");
+            }
+        }
+    }
+    // CREATE CONTINUOUS QUERY through the SQL route is an admin action too.
+    let (status, _) = sql(&hub, &reader, &format!("CREATE CONTINUOUS QUERY q2 AS {}", crate::cq::PER_MODEL)).await;
+    assert_eq!(status, 403);
+    // X-API-Key works as well as a bearer token.
+    let r = hub
+        .client
+        .get(hub.url("/api/v1/events"))
+        .header("x-api-key", &reader)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+
+    // Revoked with the service running: refused within about a second.
+    assert!(keys(&data, &["revoke", "--name", "dash"]).contains("revoked"));
+    wait_for("the revocation to take effect", Duration::from_secs(10), async || {
+        (call(&hub, "GET", "/api/v1/events", Some(&reader), None).await.0 == 401).then_some(())
+    })
+    .await;
+    let listed = keys(&data, &["list"]);
+    assert!(listed.contains("dash\tread\t-\t") && listed.contains("\trevoked"), "{listed}");
+    assert!(!listed.contains(&admin), "keys are never listed");
+    // An expiring key works until its time and not after.
+    let brief = keys(&data, &["create", "--name", "brief", "--role", "read", "--expires", "2s"]);
+    let brief = brief.lines().next().expect("key").to_string();
+    wait_for("the new key to be seen", Duration::from_secs(10), async || {
+        (call(&hub, "GET", "/api/v1/events", Some(&brief), None).await.0 == 200).then_some(())
+    })
+    .await;
+    wait_for("the key to expire", Duration::from_secs(10), async || {
+        (call(&hub, "GET", "/api/v1/events", Some(&brief), None).await.0 == 401).then_some(())
+    })
+    .await;
+    // Admin keys are not tenant-bound; bad input is refused by the CLI, naming it.
+    let refused = std::process::Command::new(BIN)
+        .args(["keys", "create", "--name", "t-admin", "--role", "admin", "--tenant", "acme", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("keys");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin keys"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_key_sees_and_writes_only_its_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, data) = hub_requiring_keys(dir.path()).await;
+    let admin = create_key(&data, "ops", "admin", None);
+    let acme_read = create_key(&data, "acme-dash", "read", Some("acme"));
+    let acme_ingest = create_key(&data, "acme-app", "ingest", Some("acme"));
+
+    // 40 events: even ones globex's (posted by the admin), odd ones acme's (by acme's key,
+    // half of them without a tenant: stamped).
+    let globex: Vec<Value> = (0..40).step_by(2).map(|i| event(i, Some("globex"))).collect();
+    let (status, body) = call(&hub, "POST", "/api/v1/events/batch", Some(&admin), Some(ndjson(&globex))).await;
+    assert_eq!(status, 200, "{body}");
+    let acme: Vec<Value> = (1..40)
+        .step_by(2)
+        .map(|i| event(i, (i % 4 == 1).then_some("acme")))
+        .collect();
+    let (status, body) = call(&hub, "POST", "/api/v1/events/batch", Some(&acme_ingest), Some(ndjson(&acme))).await;
+    assert_eq!(status, 200, "{body}");
+    // Writing into another tenant is refused per event, naming the field.
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/events/batch",
+        Some(&acme_ingest),
+        Some(ndjson(&[event(100, Some("globex")), event(101, Some("acme"))])),
+    )
+    .await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["rejected"][0]["index"], 0);
+    assert_eq!(body["rejected"][0]["error_type"], "tenant_mismatch");
+    assert!(body["rejected"][0]["reason"].as_str().is_some_and(|r| r.contains("payload.tenant")));
+
+    let (_, all) = sql(&hub, &admin, "SELECT tenant, count(*) AS n FROM events GROUP BY tenant ORDER BY tenant").await;
+    assert_eq!(all["rows"], json!([{"tenant": "acme", "n": 21}, {"tenant": "globex", "n": 20}]), "{all}");
+
+    // Every shape sees acme's rows only: the distinct tenants of what it returns, and counts.
+    let only_acme = [
+        "SELECT DISTINCT tenant FROM events",
+        "SELECT DISTINCT tenant FROM events WHERE tenant = 'globex' OR tenant = 'acme'",
+        "SELECT DISTINCT e.tenant FROM events e JOIN events f ON e.event_id = f.event_id",
+        "SELECT DISTINCT tenant FROM (SELECT * FROM events) AS s",
+        "WITH x AS (SELECT tenant FROM events) SELECT DISTINCT tenant FROM x",
+        "SELECT DISTINCT tenant FROM (SELECT tenant FROM events UNION ALL SELECT tenant FROM events) AS u",
+        "SELECT DISTINCT tenant FROM (SELECT tenant, row_number() OVER (PARTITION BY tenant ORDER BY timestamp) AS r FROM events) AS w",
+        "SELECT DISTINCT tenant FROM events WHERE event_id IN (SELECT event_id FROM events)",
+        "SELECT DISTINCT (SELECT max(tenant) FROM events) AS tenant FROM events",
+        "SELECT DISTINCT tenant FROM events WHERE EXISTS (SELECT 1 FROM events AS g WHERE g.tenant = 'globex')",
+        "SELECT DISTINCT tenant FROM datafusion.public.events",
+        "SELECT DISTINCT tenant FROM public.events",
+        "SELECT DISTINCT tenant FROM events LIMIT 5",
+        "SELECT DISTINCT tenant FROM events CROSS JOIN (SELECT count(*) AS c FROM events) AS k",
+    ];
+    for statement in only_acme {
+        let (status, answer) = sql(&hub, &acme_read, statement).await;
+        assert_eq!(status, 200, "{statement}: {answer}");
+        let rows = answer["rows"].as_array().expect("rows");
+        assert!(
+            rows.iter().all(|r| r["tenant"] == "acme"),
+            "{statement}: {answer}"
+        );
+    }
+    let counts = [
+        ("SELECT count(*) AS n FROM events", 21),
+        ("SELECT count(*) AS n FROM events WHERE tenant = 'globex'", 0),
+        ("SELECT count(*) AS n FROM events WHERE tenant IS NULL", 0),
+        ("SELECT count(*) AS n FROM events WHERE event_id = '00000000-0000-4000-8000-000000000000'", 0),
+        ("SELECT count(*) AS n FROM (SELECT event_id FROM events UNION SELECT event_id FROM events) AS u", 21),
+        ("SELECT count(*) AS n FROM events e LEFT JOIN events f ON f.tenant = 'globex'", 21),
+        ("SELECT count(DISTINCT model) AS n FROM events", 2),
+    ];
+    for (statement, want) in counts {
+        let (status, answer) = sql(&hub, &acme_read, statement).await;
+        assert_eq!(status, 200, "{statement}: {answer}");
+        assert_eq!(answer["rows"][0]["n"], want, "{statement}: {answer}");
+    }
+    // Tables without a tenant column (the shipped rollups) do not exist for a tenant, in SQL
+    // or in the catalog views.
+    let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) FROM llm_provider_model_1m").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("llm_provider_model_1m"), "{answer}");
+    let (_, tables) = sql(&hub, &acme_read, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema NOT IN ('information_schema')").await;
+    let names: Vec<&str> = tables["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["table_name"].as_str())
+        .collect();
+    assert!(names.contains(&"events"), "{tables}");
+    assert!(!names.iter().any(|n| n.starts_with("llm_provider_model")), "{tables}");
+    let (_, admin_tables) = sql(&hub, &admin, "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'llm_provider_model_1m'").await;
+    assert_eq!(admin_tables["rows"][0]["n"], 1, "the admin sees every table");
+    // late_events has no tenant column yet: not visible to a tenant.
+    let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) AS n FROM late_events").await;
+    assert_eq!(status, 400, "{answer}");
+
+    // The REST reads too: the list, and a globex event by id is not found.
+    let (_, list) = call(&hub, "GET", "/api/v1/events?limit=1000", Some(&acme_read), None).await;
+    let events = list["events"].as_array().expect("events");
+    assert_eq!(events.len(), 21, "{list}");
+    assert!(events.iter().all(|e| e["payload"]["tenant"] == "acme" || e["payload"].get("tenant").is_none()));
+    let globex_id = "00000000-0000-4000-8000-000000000000";
+    assert_eq!(call(&hub, "GET", &format!("/api/v1/events/{globex_id}"), Some(&admin), None).await.0, 200);
+    assert_eq!(call(&hub, "GET", &format!("/api/v1/events/{globex_id}"), Some(&acme_read), None).await.0, 404);
+
+    // The result cache never hands one tenant's answer to another: the admin's answer is
+    // cached first, then the tenant asks the same.
+    let statement = "SELECT count(*) AS n FROM events WHERE latency_ms >= 0";
+    for _ in 0..2 {
+        assert_eq!(sql(&hub, &admin, statement).await.1["rows"][0]["n"], 41);
+    }
+    for _ in 0..2 {
+        assert_eq!(sql(&hub, &acme_read, statement).await.1["rows"][0]["n"], 21);
+    }
+}
