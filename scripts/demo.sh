@@ -17,4 +17,6 @@ fi
 # Demo account of the wire endpoint (loopback only); set your own to override.
 export PGWIRE_USER="${PGWIRE_USER:-hub}" PGWIRE_PASSWORD="${PGWIRE_PASSWORD:-hub}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/llm-analytics-hub-target}"
+echo "On loopback the API is open. Serving another address needs keys (docs/security.md):" >&2
+echo "  $CARGO_TARGET_DIR/release/analytics-hub keys create --name ops --role admin" >&2
 exec cargo run --release --locked --bin analytics-hub -- serve --demo "$@"

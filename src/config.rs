@@ -493,7 +493,10 @@ mod tests {
         for secret in ["wire-s3cret", "pg-s3cret", "redis-s3cret"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
-        assert!(text.contains("grafana") && text.contains("postgres://hub:***@db/hub"), "{text}");
+        assert!(
+            text.contains("grafana") && text.contains("postgres://hub:***@db/hub"),
+            "{text}"
+        );
     }
 
     /// Every env name in the `env` column of the configuration tables (docs/configuration.md,

@@ -58,7 +58,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("`{text}`: expected a number and a unit (s, m, h, d)"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number and a unit (s, m, h, d)"))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -115,7 +117,10 @@ pub fn run(command: KeysCommand, default_dir: &std::path::Path) -> Result<String
         }
         KeysCommand::Revoke { name, dir } => {
             let record = store(&dir).revoke(&name, now)?;
-            Ok(format!("revoked `{}`; the running service refuses it within a second\n", record.name))
+            Ok(format!(
+                "revoked `{}`; the running service refuses it within a second\n",
+                record.name
+            ))
         }
     }
 }

@@ -51,14 +51,18 @@ struct KeyFile {
 }
 
 fn hash_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A valid tenant name: 1–64 of letters, digits, `_`, `-`, `.`.
 pub fn valid_tenant(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 64
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The key file, read and written by the CLI.
@@ -134,7 +138,12 @@ impl KeyFileStore {
         expires_in: Option<Duration>,
         now_us: i64,
     ) -> Result<(String, KeyRecord), AuthError> {
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
             return Err(AuthError::InvalidRequest(format!(
                 "key name `{name}`: use 1–64 letters, digits, `_`, `-` or `.`"
             )));
@@ -159,7 +168,10 @@ impl KeyFileStore {
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| AuthError::Random(e.to_string()))?;
-        let key = format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        let key = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
         let record = KeyRecord {
             name: name.to_string(),
             role,
@@ -233,11 +245,8 @@ impl KeyRing {
         }
         let file = self.file.read()?;
         let by_hash = file.keys.into_iter().map(|k| (k.sha256.clone(), k)).collect();
-        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Loaded {
-            by_hash,
-            modified,
-            len,
-        });
+        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Loaded { by_hash, modified, len });
         Ok(())
     }
 
@@ -271,7 +280,10 @@ impl KeyRing {
         }
         self.refresh(now);
         let loaded = self.snapshot();
-        let record = loaded.by_hash.get(&hash_hex(key)).ok_or(AuthError::InvalidCredentials)?;
+        let record = loaded
+            .by_hash
+            .get(&hash_hex(key))
+            .ok_or(AuthError::InvalidCredentials)?;
         if record.revoked_us.is_some() || record.expires_us.is_some_and(|e| e <= now_us) {
             return Err(AuthError::InvalidCredentials);
         }
@@ -292,18 +304,36 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = KeyFileStore::in_data_dir(dir.path());
         let (key, record) = store
-            .create("dash", Role::Read, Some("acme"), Some(Duration::from_secs(60)), 1_000_000)
+            .create(
+                "dash",
+                Role::Read,
+                Some("acme"),
+                Some(Duration::from_secs(60)),
+                1_000_000,
+            )
             .expect("create");
         assert!(key.starts_with(PREFIX) && key.len() == PREFIX.len() + 43, "{key}");
-        assert!(!std::fs::read_to_string(store.path()).expect("file").contains(&key), "only the hash is stored");
+        assert!(
+            !std::fs::read_to_string(store.path()).expect("file").contains(&key),
+            "only the hash is stored"
+        );
         assert_eq!(record.expires_us, Some(61_000_000));
         let ring = KeyRing::open(store.clone()).expect("ring");
         let t0 = Instant::now();
         let p = ring.verify(&key, t0, 2_000_000).expect("valid");
         assert_eq!((p.role, p.tenant.as_deref()), (Role::Read, Some("acme")));
-        assert!(matches!(ring.verify(&key, t0, 61_000_000), Err(AuthError::InvalidCredentials)), "expired");
-        assert!(matches!(ring.verify("lah_nope", t0, 2_000_000), Err(AuthError::InvalidCredentials)));
-        assert!(store.create("dash", Role::Admin, None, None, 3).is_err(), "names are unique");
+        assert!(
+            matches!(ring.verify(&key, t0, 61_000_000), Err(AuthError::InvalidCredentials)),
+            "expired"
+        );
+        assert!(matches!(
+            ring.verify("lah_nope", t0, 2_000_000),
+            Err(AuthError::InvalidCredentials)
+        ));
+        assert!(
+            store.create("dash", Role::Admin, None, None, 3).is_err(),
+            "names are unique"
+        );
         store.revoke("dash", 5).expect("revoke");
         // Seen after the recheck interval, not before.
         assert!(ring.verify(&key, t0 + Duration::from_millis(10), 6).is_ok());

@@ -51,10 +51,9 @@ pub enum AuthError {
 impl Classify for AuthError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::MissingCredentials
-            | Self::InvalidCredentials
-            | Self::Forbidden { .. }
-            | Self::InvalidRequest(_) => ErrorClass::User,
+            Self::MissingCredentials | Self::InvalidCredentials | Self::Forbidden { .. } | Self::InvalidRequest(_) => {
+                ErrorClass::User
+            }
             Self::KeyFile { .. } | Self::Random(_) => ErrorClass::Internal,
         }
     }
@@ -104,7 +103,9 @@ impl Authenticator {
         };
         let keys = keys::KeyRing::open(key_file)?;
         if required && keys.is_empty() {
-            tracing::warn!("authentication is required and no API key exists yet: create one with `analytics-hub keys create --name admin --role admin`");
+            tracing::warn!(
+                "authentication is required and no API key exists yet: create one with `analytics-hub keys create --name admin --role admin`"
+            );
         }
         if !required && let Some(first) = public_listeners.first() {
             tracing::warn!(listener = %first, "authentication is off on a non-loopback address (auth.mode = \"off\")");

@@ -45,12 +45,7 @@ fn body_error(e: BodyError) -> ApiError {
 }
 
 /// Runs a body through the ingestion pipeline and answers with what it accepted and rejected.
-async fn accept(
-    state: &AppState,
-    body: Bytes,
-    shape: BodyShape,
-    tenant: Option<&str>,
-) -> Result<Response, ApiError> {
+async fn accept(state: &AppState, body: Bytes, shape: BodyShape, tenant: Option<&str>) -> Result<Response, ApiError> {
     let out = state
         .pipeline
         .accept_body(body, shape, now_micros(), tenant)
@@ -329,9 +324,12 @@ pub async fn get_one(
         .and_then(|df| df.limit(0, Some(1)))
         .map_err(ApiError::internal)?;
     let key = state.cache.as_ref().and_then(|cache| {
-        cache
-            .keys()
-            .for_route("GET /api/v1/events/{id}", &id, &[EVENTS_TABLE], &super::auth::scope(&principal))
+        cache.keys().for_route(
+            "GET /api/v1/events/{id}",
+            &id,
+            &[EVENTS_TABLE],
+            &super::auth::scope(&principal),
+        )
     });
     let (answer, cache_status) = cached(&state, key.as_ref(), df).await?;
     let mut events = views(&answer.batches)?;

@@ -98,12 +98,19 @@ mod tests {
         let tenants = tenants.as_string::<i32>();
         assert!((0..3).all(|i| tenants.value(i) == "acme"));
         let at: Vec<(usize, RejectKind)> = out.rejected.iter().map(|r| (r.index, r.error_type)).collect();
-        assert_eq!(at, vec![(1, RejectKind::MalformedJson), (3, RejectKind::TenantMismatch)]);
+        assert_eq!(
+            at,
+            vec![(1, RejectKind::MalformedJson), (3, RejectKind::TenantMismatch)]
+        );
         assert!(out.rejected[1].reason.contains("globex"), "{}", out.rejected[1].reason);
 
         let decoded = decode_batch_body(body.as_bytes(), 0).expect("decoded");
         let strict = confine(decoded, "acme", true).expect("confined");
         let at: Vec<usize> = strict.rejected.iter().map(|r| r.index).collect();
-        assert_eq!(at, vec![1, 2, 3, 4], "without payload.tenant, refused when forwarded raw");
+        assert_eq!(
+            at,
+            vec![1, 2, 3, 4],
+            "without payload.tenant, refused when forwarded raw"
+        );
     }
 }

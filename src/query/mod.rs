@@ -215,7 +215,10 @@ impl QueryEngine {
             Some(t) => {
                 let (catalog, schema) = {
                     let options = state.config().options();
-                    (options.catalog.default_catalog.clone(), options.catalog.default_schema.clone())
+                    (
+                        options.catalog.default_catalog.clone(),
+                        options.catalog.default_schema.clone(),
+                    )
                 };
                 let list = Arc::new(tenant::TenantCatalogList::new(
                     Arc::clone(state.catalog_list()),
@@ -223,14 +226,21 @@ impl QueryEngine {
                     &schema,
                     t,
                 ));
-                SessionStateBuilder::new_from_existing(state).with_catalog_list(list).build()
+                SessionStateBuilder::new_from_existing(state)
+                    .with_catalog_list(list)
+                    .build()
             }
         }
     }
 
     /// Checks, plans and runs `sql`, keeping at most `max_rows` rows; with a `tenant`, over that
     /// tenant's rows only.
-    pub async fn run(&self, sql: &str, max_rows: Option<usize>, tenant: Option<&str>) -> Result<QueryResult, QueryError> {
+    pub async fn run(
+        &self,
+        sql: &str,
+        max_rows: Option<usize>,
+        tenant: Option<&str>,
+    ) -> Result<QueryResult, QueryError> {
         self.check(sql)?;
         let started = Instant::now();
         let _slot = tokio::time::timeout(self.limits.queue_timeout, self.limits.slots.acquire())

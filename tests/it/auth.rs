@@ -67,7 +67,14 @@ async fn call(hub: &Hub, method: &str, path: &str, key: Option<&str>, body: Opti
 }
 
 async fn sql(hub: &Hub, key: &str, statement: &str) -> (u16, Value) {
-    call(hub, "POST", "/api/v1/sql", Some(key), Some(json!({ "sql": statement }).to_string())).await
+    call(
+        hub,
+        "POST",
+        "/api/v1/sql",
+        Some(key),
+        Some(json!({ "sql": statement }).to_string()),
+    )
+    .await
 }
 
 fn event(i: usize, tenant: Option<&str>) -> Value {
@@ -106,8 +113,19 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
     let (status, body) = call(&hub, "GET", "/api/v1/events", None, None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "unauthorized");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")));
-    let unknown = call(&hub, "GET", "/api/v1/events", Some("lah_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), None).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Authorization: Bearer"))
+    );
+    let unknown = call(
+        &hub,
+        "GET",
+        "/api/v1/events",
+        Some("lah_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        None,
+    )
+    .await;
     let not_a_key = call(&hub, "GET", "/api/v1/events", Some("hunter2"), None).await;
     assert_eq!((unknown.0, not_a_key.0), (401, 401));
     assert_eq!(unknown.1, not_a_key.1, "an unknown key and garbage get the same answer");
@@ -115,7 +133,8 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
     let batch = ndjson(&[event(1, None), event(2, None)]);
     let sql_body = json!({ "sql": "SELECT count(*) AS n FROM events" }).to_string();
     let cq_body = json!({ "name": "per_model", "sql": crate::cq::PER_MODEL, "options": {} }).to_string();
-    let export_body = json!({ "table": "events", "destination": format!("file://{}/", dir.path().join("x").display()) }).to_string();
+    let export_body =
+        json!({ "table": "events", "destination": format!("file://{}/", dir.path().join("x").display()) }).to_string();
     // (method, path, body, status for admin, read, ingest)
     let cases: Vec<(&str, &str, Option<String>, [u16; 3])> = vec![
         ("POST", "/api/v1/events/batch", Some(batch.clone()), [200, 403, 200]),
@@ -130,17 +149,29 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
     ];
     for (method, path, body, expected) in cases {
         // Refusals first, so the admin's side effects (a created query) do not change them.
-        for (key, want, role) in [(&reader, expected[1], "read"), (&ingester, expected[2], "ingest"), (&admin, expected[0], "admin")] {
+        for (key, want, role) in [
+            (&reader, expected[1], "read"),
+            (&ingester, expected[2], "ingest"),
+            (&admin, expected[0], "admin"),
+        ] {
             let (status, answer) = call(&hub, method, path, Some(key), body.clone()).await;
             assert_eq!(status, want, "{role}: {method} {path}: {answer}");
             if status == 403 {
                 assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
-                assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(role)), "{answer}");
+                assert!(
+                    answer["error"]["message"].as_str().is_some_and(|m| m.contains(role)),
+                    "{answer}"
+                );
             }
         }
     }
     // CREATE CONTINUOUS QUERY through the SQL route is an admin action too.
-    let (status, _) = sql(&hub, &reader, &format!("CREATE CONTINUOUS QUERY q2 AS {}", crate::cq::PER_MODEL)).await;
+    let (status, _) = sql(
+        &hub,
+        &reader,
+        &format!("CREATE CONTINUOUS QUERY q2 AS {}", crate::cq::PER_MODEL),
+    )
+    .await;
     assert_eq!(status, 403);
     // X-API-Key works as well as a bearer token.
     let r = hub
@@ -159,10 +190,16 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
     })
     .await;
     let listed = keys(&data, &["list"]);
-    assert!(listed.contains("dash\tread\t-\t") && listed.contains("\trevoked"), "{listed}");
+    assert!(
+        listed.contains("dash\tread\t-\t") && listed.contains("\trevoked"),
+        "{listed}"
+    );
     assert!(!listed.contains(&admin), "keys are never listed");
     // An expiring key works until its time and not after.
-    let brief = keys(&data, &["create", "--name", "brief", "--role", "read", "--expires", "2s"]);
+    let brief = keys(
+        &data,
+        &["create", "--name", "brief", "--role", "read", "--expires", "2s"],
+    );
     let brief = brief.lines().next().expect("key").to_string();
     wait_for("the new key to be seen", Duration::from_secs(10), async || {
         (call(&hub, "GET", "/api/v1/events", Some(&brief), None).await.0 == 200).then_some(())
@@ -174,7 +211,17 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
     .await;
     // Admin keys are not tenant-bound; bad input is refused by the CLI, naming it.
     let refused = std::process::Command::new(BIN)
-        .args(["keys", "create", "--name", "t-admin", "--role", "admin", "--tenant", "acme", "--data-dir"])
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "t-admin",
+            "--role",
+            "admin",
+            "--tenant",
+            "acme",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("keys");
@@ -190,16 +237,42 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     let acme_read = create_key(&data, "acme-dash", "read", Some("acme"));
     let acme_ingest = create_key(&data, "acme-app", "ingest", Some("acme"));
 
+    // A rollup grouped by tenant: each tenant reads its own rows of it.
+    let per_tenant = "SELECT window_start, window_end, tenant, model, count(*) AS n FROM events GROUP BY tumble(timestamp, INTERVAL '1 minute'), tenant, model";
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/continuous-queries",
+        Some(&admin),
+        Some(json!({ "name": "tenant_model_1m", "sql": per_tenant, "options": {} }).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
     // 40 events: even ones globex's (posted by the admin), odd ones acme's (by acme's key,
     // half of them without a tenant: stamped).
     let globex: Vec<Value> = (0..40).step_by(2).map(|i| event(i, Some("globex"))).collect();
-    let (status, body) = call(&hub, "POST", "/api/v1/events/batch", Some(&admin), Some(ndjson(&globex))).await;
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/events/batch",
+        Some(&admin),
+        Some(ndjson(&globex)),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let acme: Vec<Value> = (1..40)
         .step_by(2)
         .map(|i| event(i, (i % 4 == 1).then_some("acme")))
         .collect();
-    let (status, body) = call(&hub, "POST", "/api/v1/events/batch", Some(&acme_ingest), Some(ndjson(&acme))).await;
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/events/batch",
+        Some(&acme_ingest),
+        Some(ndjson(&acme)),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     // Writing into another tenant is refused per event, naming the field.
     let (status, body) = call(
@@ -213,10 +286,23 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     assert_eq!(status, 207, "{body}");
     assert_eq!(body["rejected"][0]["index"], 0);
     assert_eq!(body["rejected"][0]["error_type"], "tenant_mismatch");
-    assert!(body["rejected"][0]["reason"].as_str().is_some_and(|r| r.contains("payload.tenant")));
+    assert!(
+        body["rejected"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("payload.tenant"))
+    );
 
-    let (_, all) = sql(&hub, &admin, "SELECT tenant, count(*) AS n FROM events GROUP BY tenant ORDER BY tenant").await;
-    assert_eq!(all["rows"], json!([{"tenant": "acme", "n": 21}, {"tenant": "globex", "n": 20}]), "{all}");
+    let (_, all) = sql(
+        &hub,
+        &admin,
+        "SELECT tenant, count(*) AS n FROM events GROUP BY tenant ORDER BY tenant",
+    )
+    .await;
+    assert_eq!(
+        all["rows"],
+        json!([{"tenant": "acme", "n": 21}, {"tenant": "globex", "n": 20}]),
+        "{all}"
+    );
 
     // Every shape sees acme's rows only: the distinct tenants of what it returns, and counts.
     let only_acme = [
@@ -239,18 +325,24 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         let (status, answer) = sql(&hub, &acme_read, statement).await;
         assert_eq!(status, 200, "{statement}: {answer}");
         let rows = answer["rows"].as_array().expect("rows");
-        assert!(
-            rows.iter().all(|r| r["tenant"] == "acme"),
-            "{statement}: {answer}"
-        );
+        assert!(rows.iter().all(|r| r["tenant"] == "acme"), "{statement}: {answer}");
     }
     let counts = [
         ("SELECT count(*) AS n FROM events", 21),
         ("SELECT count(*) AS n FROM events WHERE tenant = 'globex'", 0),
         ("SELECT count(*) AS n FROM events WHERE tenant IS NULL", 0),
-        ("SELECT count(*) AS n FROM events WHERE event_id = '00000000-0000-4000-8000-000000000000'", 0),
-        ("SELECT count(*) AS n FROM (SELECT event_id FROM events UNION SELECT event_id FROM events) AS u", 21),
-        ("SELECT count(*) AS n FROM events e LEFT JOIN events f ON f.tenant = 'globex'", 21),
+        (
+            "SELECT count(*) AS n FROM events WHERE event_id = '00000000-0000-4000-8000-000000000000'",
+            0,
+        ),
+        (
+            "SELECT count(*) AS n FROM (SELECT event_id FROM events UNION SELECT event_id FROM events) AS u",
+            21,
+        ),
+        (
+            "SELECT count(*) AS n FROM events e LEFT JOIN events f ON f.tenant = 'globex'",
+            21,
+        ),
         ("SELECT count(DISTINCT model) AS n FROM events", 2),
     ];
     for (statement, want) in counts {
@@ -258,6 +350,25 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         assert_eq!(status, 200, "{statement}: {answer}");
         assert_eq!(answer["rows"][0]["n"], want, "{statement}: {answer}");
     }
+    wait_for(
+        "the per-tenant rollup of both tenants",
+        Duration::from_secs(30),
+        async || {
+            let (_, answer) = sql(&hub, &admin, "SELECT count(DISTINCT tenant) AS n FROM tenant_model_1m").await;
+            (answer["rows"][0]["n"] == 2).then_some(())
+        },
+    )
+    .await;
+    let (_, rollup) = sql(
+        &hub,
+        &acme_read,
+        "SELECT tenant, count(*) AS windows FROM tenant_model_1m GROUP BY tenant",
+    )
+    .await;
+    let rows = rollup["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{rollup}");
+    assert_eq!(rows[0]["tenant"], "acme", "{rollup}");
+
     // Tables without a tenant column (the shipped rollups) do not exist for a tenant, in SQL
     // or in the catalog views.
     let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) FROM llm_provider_model_1m").await;
@@ -270,9 +381,17 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         .iter()
         .filter_map(|r| r["table_name"].as_str())
         .collect();
-    assert!(names.contains(&"events"), "{tables}");
+    assert!(
+        names.contains(&"events") && names.contains(&"tenant_model_1m"),
+        "{tables}"
+    );
     assert!(!names.iter().any(|n| n.starts_with("llm_provider_model")), "{tables}");
-    let (_, admin_tables) = sql(&hub, &admin, "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'llm_provider_model_1m'").await;
+    let (_, admin_tables) = sql(
+        &hub,
+        &admin,
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'llm_provider_model_1m'",
+    )
+    .await;
     assert_eq!(admin_tables["rows"][0]["n"], 1, "the admin sees every table");
     // late_events has no tenant column yet: not visible to a tenant.
     let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) AS n FROM late_events").await;
@@ -282,10 +401,30 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     let (_, list) = call(&hub, "GET", "/api/v1/events?limit=1000", Some(&acme_read), None).await;
     let events = list["events"].as_array().expect("events");
     assert_eq!(events.len(), 21, "{list}");
-    assert!(events.iter().all(|e| e["payload"]["tenant"] == "acme" || e["payload"].get("tenant").is_none()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["payload"]["tenant"] == "acme" || e["payload"].get("tenant").is_none())
+    );
     let globex_id = "00000000-0000-4000-8000-000000000000";
-    assert_eq!(call(&hub, "GET", &format!("/api/v1/events/{globex_id}"), Some(&admin), None).await.0, 200);
-    assert_eq!(call(&hub, "GET", &format!("/api/v1/events/{globex_id}"), Some(&acme_read), None).await.0, 404);
+    assert_eq!(
+        call(&hub, "GET", &format!("/api/v1/events/{globex_id}"), Some(&admin), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &hub,
+            "GET",
+            &format!("/api/v1/events/{globex_id}"),
+            Some(&acme_read),
+            None
+        )
+        .await
+        .0,
+        404
+    );
 
     // The result cache never hands one tenant's answer to another: the admin's answer is
     // cached first, then the tenant asks the same.

@@ -107,7 +107,11 @@ async fn grafana_setup_and_metadata_queries() {
             .await
             .expect("schemata"),
     );
-    assert_eq!(schemas, vec![vec![Some("public".to_string())]]);
+    // `snapshots`: Parquet snapshot locations registered as tables (docs/exports.md).
+    assert_eq!(
+        schemas,
+        vec![vec![Some("public".to_string())], vec![Some("snapshots".to_string())]]
+    );
     let tables = simple_rows(&client.simple_query(&table_list_query()).await.expect("table list"));
     let names: Vec<&str> = tables.iter().filter_map(|r| r[0].as_deref()).collect();
     assert!(names.contains(&"events"), "{names:?}");
