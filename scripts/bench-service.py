@@ -24,6 +24,7 @@ Generates N events to a file, then prints, in one run on this machine:
 """
 import argparse
 import http.client
+import itertools
 import json
 import os
 import queue
@@ -47,6 +48,7 @@ ap.add_argument("--wrk-seconds", type=int, default=15)
 ap.add_argument("--live", type=int, default=130, help="seconds of live traffic (330 to see a 5m window)")
 ap.add_argument("--hub-config", help="TOML file passed to serve --config (e.g. to compare settings)")
 ap.add_argument("--only", choices=["batch", "export"], help="run only the HTTP batch phase (then the export)")
+ap.add_argument("--input", help="NDJSON file of --events events to use instead of generating one")
 args = ap.parse_args()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -294,11 +296,50 @@ def live_freshness(hub, template):
 DUCKDB_COPY = """
 import duckdb, resource, sys, time
 src, dst = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
-duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}/**/*.parquet', hive_partitioning = true)) TO '{dst}' "
-           "(FORMAT parquet, PARTITION_BY (date, model), COMPRESSION zstd)")
+con.execute(f"COPY (SELECT * FROM read_parquet('{src}/**/*.parquet', hive_partitioning = true)) TO '{dst}' "
+            "(FORMAT parquet, PARTITION_BY (date, model), COMPRESSION zstd)")
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, duckdb.__version__)
 """
+
+
+def stream_ingest(hub, path):
+    """Posts the file as NDJSON bodies of BODY lines from CLIENTS threads, reading it as it goes
+    (10M events do not fit in this script's memory as one list)."""
+    lock = threading.Lock()
+    sent = [0]
+    errors = []
+    f = open(path, "rb")
+
+    def next_body():
+        with lock:
+            lines = list(itertools.islice(f, args.body))
+            sent[0] += len(lines)
+        return b"".join(lines) if lines else None
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=300)
+        while not errors:
+            body = next_body()
+            if body is None:
+                return
+            status, data = hub.request("POST", "/api/v1/events/batch", body, "application/x-ndjson", conn)
+            if status != 200:
+                errors.append((status, data[:200]))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    f.close()
+    if errors:
+        raise SystemExit(f"batch ingest failed: {errors[0]}")
+    return sent[0] / elapsed, elapsed
 
 
 def export_phase(hub, rows):
@@ -326,17 +367,20 @@ def export_phase(hub, rows):
     print(f"  Hub RSS before {before:.0f} MB, peak during the export {hub.peak_rss_mb():.0f} MB "
           f"(+{hub.peak_rss_mb() - before:.0f} MB)")
     peer = subprocess.run([sys.executable, "-c", DUCKDB_COPY, out, tempfile.mkdtemp(prefix="hub-bench-duck-") + "/x"],
-                          check=True, capture_output=True, text=True).stdout.split()
+                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1].split()
     secs, rss, version = float(peer[0]), float(peer[1]), peer[2]
     print(f"DuckDB {version} COPY ... PARTITION_BY of the same rows: {rows / secs:12,.0f} rows/s ({secs:.1f} s), "
           f"peak RSS {rss:.0f} MB")
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="hub-bench-input-")
-    path = os.path.join(work, "events.ndjson")
-    with open(path, "wb") as f:
-        subprocess.run([args.bin, "generate", "--count", str(args.events)], check=True, stdout=f)
+    if args.input:
+        path = args.input
+    else:
+        work = tempfile.mkdtemp(prefix="hub-bench-input-")
+        path = os.path.join(work, "events.ndjson")
+        with open(path, "wb") as f:
+            subprocess.run([args.bin, "generate", "--count", str(args.events)], check=True, stdout=f)
     with open(path, "rb") as f:
         template = f.readline().decode()
     size = os.path.getsize(path)
@@ -346,8 +390,9 @@ def main():
     if args.only == "export":
         hub = Hub()
         try:
-            rate, elapsed = batch_ingest(hub, path)
+            rate, elapsed = stream_ingest(hub, path)
             print(f"serve, HTTP batch ingest, acknowledged:  {rate:12,.0f} events/s ({elapsed:.1f} s)")
+            print(f"  peak RSS after {args.events} events: {hub.peak_rss_mb():.0f} MB")
             export_phase(hub, args.events)
         finally:
             hub.stop()

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes the shipped rollup queries in queries/.
 
-Two families (per provider/model, per source_module/event_type), windows 1m ... 1 month.
+Three families: per provider/model and per source_module/event_type (windows 1m ... 1 month),
+and per tenant/provider/model (1m and 1h: what a tenant's dashboard needs; every shipped raw
+rollup costs ingest throughput, so the tenant family stays short).
 The 1-minute query reads raw events; every coarser window reads the next finer rollup and
 merges its partial states (counts, sums, sums of squares, min/max, DDSketch latency sketches),
 so no coarse rollup re-reads raw events. Run: python3 scripts/gen-rollup-queries.py
@@ -19,11 +21,15 @@ WINDOWS = [  # (suffix, interval, source suffix)
     ("1w", "7 days", "1d"),
     ("1mo", "1 month", "1d"),
 ]
+TENANT_WINDOWS = [("1m", "1 minute", None), ("1h", "1 hour", "1m")]
 FAMILIES = [
     ("llm_provider_model", ["provider", "model"], "model IS NOT NULL",
-     "LLM calls per provider and model"),
+     "LLM calls per provider and model", WINDOWS),
     ("llm_module_type", ["source_module", "event_type"], None,
-     "all events per source module and event type"),
+     "all events per source module and event type", WINDOWS),
+    # Tenant-bound keys read only tables with a `tenant` column (docs/security.md).
+    ("llm_tenant_model", ["tenant", "provider", "model"], "model IS NOT NULL AND tenant IS NOT NULL",
+     "LLM calls per tenant, provider and model", TENANT_WINDOWS),
 ]
 
 RAW = """\
@@ -82,8 +88,8 @@ FROM {source}
 GROUP BY tumble(window_start, INTERVAL '{interval}'), {keys};
 """
 
-for family, keys, where, title in FAMILIES:
-    for suffix, interval, source in WINDOWS:
+for family, keys, where, title, windows in FAMILIES:
+    for suffix, interval, source in windows:
         name = f"{family}_{suffix}"
         args = dict(name=name, keys=", ".join(keys), interval=interval, title=title[0].upper() + title[1:],
                     where=f"\nWHERE {where}" if where else "", source=f"{family}_{source}" if source else None)

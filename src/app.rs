@@ -51,6 +51,9 @@ pub enum AppError {
     /// Authentication could not be set up (unreadable key file).
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The HTTPS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Binding or serving HTTP failed.
     #[error("http server on {addr}: {source}")]
     Http {
@@ -163,6 +166,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         exports,
         snapshots,
         auth,
+        limits: Arc::new(crate::http::limits::RateLimits::new(&config.http.rate_limit)),
+        access_log: config.http.access_log,
+        cors_allowed_origins: config.http.cors_allowed_origins.clone(),
         max_json_rows: config.query.max_json_rows,
         max_body_bytes: config.http.max_body_bytes,
         metrics: metrics.clone(),
@@ -226,10 +232,46 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     })?;
     tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, kafka = config.kafka.enabled(), "LLM Analytics Hub listening");
 
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| AppError::Http { addr, source })?;
+    let limits = Arc::clone(&state.limits);
+    let purge = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limits.purge();
+        }
+    });
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::server_config(cert, key, &[b"http/1.1"])?;
+            let listener = listener.into_std().map_err(|source| AppError::Http {
+                addr: addr.clone(),
+                source,
+            })?;
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopping.graceful_shutdown(Some(Duration::from_secs(30)));
+            });
+            tracing::info!(%bound, "HTTPS on the HTTP port");
+            axum_server::tls_rustls::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(|source| AppError::Http { addr, source })?;
+        }
+        (None, None) => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|source| AppError::Http { addr, source })?,
+        _ => {
+            return Err(AppError::Tls(crate::tls::TlsError {
+                what: "http".into(),
+                message: "set both http.tls_cert and http.tls_key (HTTP_TLS_CERT, HTTP_TLS_KEY)".into(),
+            }));
+        }
+    }
 
     tracing::info!("shutting down: stopping background tasks and flushing storage");
     let _ = shutdown_tx.send(true);
@@ -243,6 +285,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         let _ = task.await;
     }
     let _ = maintenance.await;
+    purge.abort();
     // A scheduled snapshot in progress is abandoned (its temporary files are never visible;
     // the period is exported again after the restart).
     schedules.abort();

@@ -74,6 +74,17 @@ pub struct HttpConfig {
     pub port: u16,
     /// Largest accepted request body in bytes (env `MAX_BODY_BYTES`); larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Origins browsers may call the API from (env `CORS_ALLOWED_ORIGINS`, comma-separated);
+    /// none by default.
+    pub cors_allowed_origins: Vec<String>,
+    /// One log line per request (target `access`: method, path, status, ms, caller, request id).
+    pub access_log: bool,
+    /// Requests per second per caller.
+    pub rate_limit: crate::http::limits::RateLimitConfig,
+    /// PEM certificate chain: with `tls_key`, the port serves HTTPS only (env `HTTP_TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (env `HTTP_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -82,6 +93,11 @@ impl Default for HttpConfig {
             host: "127.0.0.1".into(),
             port: 3000,
             max_body_bytes: 16 * 1024 * 1024,
+            cors_allowed_origins: Vec::new(),
+            access_log: true,
+            rate_limit: crate::http::limits::RateLimitConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -257,8 +273,37 @@ impl Config {
             value: e.value,
             message: e.message,
         })?;
+        if let Some(v) = get("HTTP_TLS_CERT") {
+            self.http.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("HTTP_TLS_KEY") {
+            self.http.tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CORS_ALLOWED_ORIGINS") {
+            self.http.cors_allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("RATE_LIMIT_INGEST_PER_SEC") {
+            self.http.rate_limit.ingest_per_sec = parse("RATE_LIMIT_INGEST_PER_SEC", v)?;
+        }
+        if let Some(v) = get("RATE_LIMIT_QUERY_PER_SEC") {
+            self.http.rate_limit.query_per_sec = parse("RATE_LIMIT_QUERY_PER_SEC", v)?;
+        }
         if let Some(v) = get("AUTH_MODE") {
             self.auth.mode = parse("AUTH_MODE", v)?;
+        }
+        if let Some(v) = get("AUTH_JWT_SECRET") {
+            self.auth.jwt.hs256_secret = Some(v);
+        }
+        if let Some(v) = get("AUTH_JWT_ISSUER") {
+            self.auth.jwt.issuer = Some(v);
+        }
+        if let Some(v) = get("AUTH_JWT_AUDIENCE") {
+            self.auth.jwt.audience = Some(v);
         }
         if let Some(v) = get("OBJECT_STORE_MAX_RETRIES") {
             self.object_store.max_retries = parse("OBJECT_STORE_MAX_RETRIES", v)?;
@@ -348,6 +393,9 @@ impl Config {
         }
         shown.postgres.url = shown.postgres.url.as_deref().map(crate::redact::url);
         shown.cache.redis_url = shown.cache.redis_url.as_deref().map(crate::redact::url);
+        if shown.auth.jwt.hs256_secret.is_some() {
+            shown.auth.jwt.hs256_secret = Some("***".into());
+        }
         toml::to_string_pretty(&shown)
     }
 }
@@ -470,10 +518,11 @@ mod tests {
             "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
             "CACHE_ENABLED" => "false",
             "AUTH_MODE" => "required",
+            "CORS_ALLOWED_ORIGINS" => "https://grafana.example",
             "OBJECT_STORE_MAX_RETRIES" => "7",
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",
             n if n.ends_with("PORT") => "4321",
-            n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL"]
+            n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL", "_PER_SEC"]
                 .iter()
                 .any(|s| n.ends_with(s)) =>
             {
@@ -489,8 +538,9 @@ mod tests {
         c.pgwire.set_user("grafana".into(), "wire-s3cret".into());
         c.postgres.url = Some("postgres://hub:pg-s3cret@db/hub".into());
         c.cache.redis_url = Some("redis://:redis-s3cret@cache:6379".into());
+        c.auth.jwt.hs256_secret = Some("jwt-s3cret".into());
         let text = c.to_toml().expect("toml");
-        for secret in ["wire-s3cret", "pg-s3cret", "redis-s3cret"] {
+        for secret in ["wire-s3cret", "pg-s3cret", "redis-s3cret", "jwt-s3cret"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
         assert!(

@@ -28,3 +28,4 @@ pub mod sinks;
 pub mod sources;
 pub mod storage;
 pub mod stream;
+pub mod tls;

@@ -36,6 +36,8 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Serve `/metrics` without credentials (for Prometheus scrapers on a private network).
     pub metrics_public: bool,
+    /// JWT bearer tokens (`[auth.jwt]`).
+    pub jwt: super::jwt::JwtConfig,
 }
 
 impl Default for AuthConfig {
@@ -43,6 +45,7 @@ impl Default for AuthConfig {
         Self {
             mode: AuthMode::Auto,
             metrics_public: true,
+            jwt: super::jwt::JwtConfig::default(),
         }
     }
 }

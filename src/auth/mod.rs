@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod jwt;
 pub mod keys;
 pub mod principal;
 
@@ -74,6 +75,7 @@ pub struct Authenticator {
     required: bool,
     metrics_public: bool,
     keys: keys::KeyRing,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     clock: Arc<dyn crate::clock::Clock>,
     wall: WallClock,
 }
@@ -102,7 +104,12 @@ impl Authenticator {
             AuthMode::Auto => !public_listeners.is_empty(),
         };
         let keys = keys::KeyRing::open(key_file)?;
-        if required && keys.is_empty() {
+        let jwt = if config.jwt.enabled() {
+            Some(Arc::new(jwt::JwtVerifier::new(&config.jwt)?))
+        } else {
+            None
+        };
+        if required && keys.is_empty() && jwt.is_none() {
             tracing::warn!(
                 "authentication is required and no API key exists yet: create one with `analytics-hub keys create --name admin --role admin`"
             );
@@ -114,6 +121,7 @@ impl Authenticator {
             required,
             metrics_public: config.metrics_public,
             keys,
+            jwt,
             clock,
             wall,
         })
@@ -132,7 +140,11 @@ impl Authenticator {
     /// The principal of a presented key (`None`: none presented).
     pub fn authenticate(&self, key: Option<&str>) -> Result<Principal, AuthError> {
         match key {
-            Some(k) => self.keys.verify(k, self.clock.now(), (self.wall)()),
+            Some(k) if k.starts_with(keys::PREFIX) => self.keys.verify(k, self.clock.now(), (self.wall)()),
+            Some(token) => match &self.jwt {
+                Some(jwt) => jwt.verify(token),
+                None => Err(AuthError::InvalidCredentials),
+            },
             None if self.required => Err(AuthError::MissingCredentials),
             None => Ok(Principal::anonymous()),
         }

@@ -75,10 +75,35 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     };
     if let Err(e) = Authenticator::authorize(&principal, access) {
         tracing::info!(key = %principal.name, role = %principal.role, path = %request.uri().path(), "refused: role lacks the right");
-        return ApiError::from(e).into_response();
+        let mut response = ApiError::from(e).into_response();
+        response.extensions_mut().insert(principal);
+        return response;
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    // The budget is the key's; without authentication, the client address's.
+    let caller = if state.auth.required() {
+        format!("key:{}", principal.name)
+    } else {
+        request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "ip:unknown".to_string(), |c| format!("ip:{}", c.0.ip()))
+    };
+    if let Err(wait) = state.limits.check(access, &caller) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("rate limit of `{caller}` reached; retry in {secs} s"),
+        )
+        .retry_after(secs.max(1))
+        .into_response();
+        response.extensions_mut().insert(principal);
+        return response;
+    }
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(principal);
+    response
 }
 
 /// The caller [`guard`] found (anonymous admin for the public routes, where it sets none).

@@ -6,7 +6,9 @@ mod error;
 mod events;
 mod exports;
 mod health;
+pub mod limits;
 mod observe;
+mod requests;
 mod snapshots;
 mod sql;
 
@@ -39,6 +41,12 @@ pub struct AppState {
     pub exports: crate::exports::Exports,
     /// Who a request is (API keys) and whether it must say.
     pub auth: crate::auth::Authenticator,
+    /// Rate limits per caller.
+    pub limits: Arc<limits::RateLimits>,
+    /// One `access` log line per request.
+    pub access_log: bool,
+    /// Origins allowed by CORS.
+    pub cors_allowed_origins: Vec<String>,
     /// Snapshot locations readable as `snapshots.<name>`.
     pub snapshots: crate::exports::snapshots::Snapshots,
     /// Result cache, when enabled.
@@ -85,5 +93,47 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") });
-    api.layer(DefaultBodyLimit::max(state.max_body_bytes)).with_state(state)
+    let api = api
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), requests::track));
+    let api = match cors(&state.cors_allowed_origins) {
+        Some(layer) => api.layer(layer),
+        None => api,
+    };
+    api.with_state(state)
+}
+
+/// CORS for the configured origins (none: no CORS headers, browsers on other origins refused).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignored CORS origin: not a valid header value");
+                None
+            }
+        })
+        .collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static(requests::REQUEST_ID),
+            ])
+            .expose_headers([
+                HeaderName::from_static(requests::REQUEST_ID),
+                HeaderName::from_static("x-cache"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }

@@ -90,15 +90,36 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     let principal = super::auth::principal(principal);
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    let started = Instant::now();
+    let result = answer(&state, &principal, &headers, &req).await;
+    // The audit trail: who ran what, when (the log line's time), and how it ended.
+    tracing::info!(
+        target: "audit",
+        caller = %principal.name,
+        tenant = principal.tenant.as_deref().unwrap_or("-"),
+        status = result.as_ref().map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16()),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        sql = %req.sql,
+        "sql"
+    );
+    result
+}
+
+async fn answer(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    req: &SqlRequest,
+) -> Result<Response, ApiError> {
     if let Some(create) = crate::stream::create::parse_create(&req.sql) {
-        Authenticator::authorize(&principal, Access::Admin)?;
+        Authenticator::authorize(principal, Access::Admin)?;
         let create = create.map_err(ApiError::from)?;
-        return super::cq::create_from_sql(&state, create).await;
+        return super::cq::create_from_sql(state, create).await;
     }
     let fmt = ResultFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let max_rows = (fmt == ResultFormat::Json).then_some(state.max_json_rows);
     let started = Instant::now();
-    state.engine.check(&req.sql).map_err(|e| counted(&state, e.into()))?;
+    state.engine.check(&req.sql).map_err(|e| counted(state, e.into()))?;
     let engine = state.engine.clone();
     let sql = req.sql.clone();
     let tenant = principal.tenant.clone();
@@ -109,12 +130,12 @@ pub async fn run(
         let variant = format!("sql;max_rows={max_rows:?}");
         cache
             .keys()
-            .for_statement(&statement, &session, &super::auth::scope(&principal), &variant)
+            .for_statement(&statement, &session, &super::auth::scope(principal), &variant)
             .ok()
     });
     let (result, cache_status) = crate::cache::answer(state.cache.as_deref(), key.as_ref(), run)
         .await
-        .map_err(|e| counted(&state, e.into()))?;
+        .map_err(|e| counted(state, e.into()))?;
     let outcome = if cache_status == Some(CacheStatus::Hit) {
         "cache_hit"
     } else {
@@ -144,7 +165,7 @@ pub async fn run(
     if body.len() > state.engine.max_result_bytes() {
         // Refused before the first byte: the result is encoded in full before it is sent.
         let err = crate::query::QueryError::ResultTooLarge(state.engine.max_result_bytes());
-        return Err(counted(&state, err.into()));
+        return Err(counted(state, err.into()));
     }
     let body = Bytes::from(body);
     let mut response = ([(header::CONTENT_TYPE, fmt.content_type())], body).into_response();
@@ -156,7 +177,7 @@ pub async fn run(
     if let Some(status) = cache_status {
         h.insert("x-cache", HeaderValue::from_static(status.header()));
     }
-    if let Some(warning) = quarantine_warning(&state) {
+    if let Some(warning) = quarantine_warning(state) {
         h.insert("x-hub-warning", warning);
     }
     Ok(response)

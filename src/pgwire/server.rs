@@ -16,7 +16,6 @@ use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandl
 use pgwire::error::PgWireError;
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::process_socket;
-use pgwire::tokio::tokio_rustls::rustls;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -165,28 +164,11 @@ pub struct WireServer {
 
 /// Loads the PEM certificate chain and key into a TLS acceptor.
 fn tls_acceptor(config: &PgwireConfig) -> Result<Option<TlsAcceptor>, PgwireError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let tls_err = |what: &str, e: &dyn std::fmt::Display| PgwireError::Tls(format!("{what}: {e}"));
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls_err(&cert.display().to_string(), &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(&cert.display().to_string(), &e))?;
-    if certs.is_empty() {
-        return Err(PgwireError::Tls(format!("{}: no certificate", cert.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(&key.display().to_string(), &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("protocol versions", &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err("certificate/key", &e))?;
-    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+    let server = crate::tls::server_config(cert, key, &[]).map_err(|e| PgwireError::Tls(e.to_string()))?;
+    Ok(Some(TlsAcceptor::from(server)))
 }
 
 impl WireServer {

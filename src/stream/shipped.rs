@@ -71,6 +71,14 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "llm_module_type_1mo",
         include_str!("../../queries/llm_module_type_1mo.sql"),
     ),
+    (
+        "llm_tenant_model_1m",
+        include_str!("../../queries/llm_tenant_model_1m.sql"),
+    ),
+    (
+        "llm_tenant_model_1h",
+        include_str!("../../queries/llm_tenant_model_1h.sql"),
+    ),
 ];
 
 /// `(name, select)` of every shipped query.

@@ -385,6 +385,10 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         names.contains(&"events") && names.contains(&"tenant_model_1m"),
         "{tables}"
     );
+    assert!(
+        names.contains(&"llm_tenant_model_1m") && names.contains(&"llm_tenant_model_1h"),
+        "the shipped per-tenant rollups: {tables}"
+    );
     assert!(!names.iter().any(|n| n.starts_with("llm_provider_model")), "{tables}");
     let (_, admin_tables) = sql(
         &hub,
@@ -435,4 +439,357 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     for _ in 0..2 {
         assert_eq!(sql(&hub, &acme_read, statement).await.1["rows"][0]["n"], 21);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_cors_request_ids_and_the_audit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            env: vec![
+                ("RATE_LIMIT_QUERY_PER_SEC".into(), "1".into()),
+                ("CORS_ALLOWED_ORIGINS".into(), "https://dash.example".into()),
+            ],
+            ..HubOptions::default()
+        },
+    )
+    .await;
+
+    // One query a second per client address: the second at once is refused with Retry-After,
+    // ingest has its own budget, and the budget comes back.
+    let statement = "SELECT count(*) AS n FROM events";
+    assert_eq!(hub.sql(statement).await.0, 200);
+    let r = hub
+        .client
+        .post(hub.url("/api/v1/sql"))
+        .json(&json!({ "sql": statement }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers().get("retry-after").is_some_and(|v| v == "1"),
+        "{:?}",
+        r.headers()
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ip:127.0.0.1")),
+        "{body}"
+    );
+    assert_eq!(
+        hub.post_ndjson(ndjson(&[event(1, None)])).await.0,
+        200,
+        "ingest has its own budget"
+    );
+    wait_for("the query budget to refill", Duration::from_secs(10), async || {
+        (hub.sql(statement).await.0 == 200).then_some(())
+    })
+    .await;
+
+    // Request ids: the client's is echoed, otherwise one is made up; both reach the logs.
+    let r = hub
+        .client
+        .get(hub.url("/health"))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.headers()["x-request-id"], "trace-abc-123");
+    let r = hub.client.get(hub.url("/health")).send().await.expect("health");
+    let made = r.headers()["x-request-id"].to_str().expect("ascii").to_string();
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+
+    // CORS: the configured origin gets a preflight answer, another origin does not.
+    let preflight = |origin: &'static str| {
+        hub.client
+            .request(reqwest::Method::OPTIONS, hub.url("/api/v1/sql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let ok = preflight("https://dash.example").await.expect("preflight");
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://dash.example");
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        other.headers()
+    );
+
+    // The audit trail names the caller and the statement; the access log every request.
+    let log = hub.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit") && l.contains("SELECT count(*) AS n FROM events") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("access") && l.contains("trace-abc-123")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("access") && l.contains("status=429")),
+        "{log}"
+    );
+}
+
+/// `openssl` with `args`, in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_bearer_tokens_hs256_rs256_es256_and_every_defect_refused() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys_dir = dir.path();
+    openssl(keys_dir, &["genrsa", "-out", "rsa.pem", "2048"]);
+    openssl(keys_dir, &["rsa", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub.pem"]);
+    openssl(
+        keys_dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.sec1.pem",
+        ],
+    );
+    openssl(
+        keys_dir,
+        &["pkcs8", "-topk8", "-nocrypt", "-in", "ec.sec1.pem", "-out", "ec.pem"],
+    );
+    openssl(keys_dir, &["ec", "-in", "ec.pem", "-pubout", "-out", "ec.pub.pem"]);
+    let secret = "a-shared-secret-of-more-than-32-bytes!";
+    let toml = format!(
+        "[auth]\nmode = \"required\"\n[auth.jwt]\nhs256_secret = \"{secret}\"\npublic_key_files = [\"{}\", \"{}\"]\nissuer = \"https://idp.example\"\naudience = \"llm-analytics-hub\"\nrole_claim = \"hub_role\"\ntenant_claim = \"org\"\n",
+        keys_dir.join("rsa.pub.pem").display(),
+        keys_dir.join("ec.pub.pem").display()
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            config_toml: Some(toml),
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let printed = std::process::Command::new(BIN)
+        .args(["--config"])
+        .arg(data.with_extension("toml"))
+        .arg("config")
+        .output()
+        .expect("config");
+    assert!(
+        !String::from_utf8_lossy(&printed.stdout).contains(secret),
+        "the secret is never printed"
+    );
+
+    let now = chrono::Utc::now().timestamp();
+    let claims = |role: &str, org: Option<&str>, exp: i64| {
+        let mut c = json!({"sub": "svc", "hub_role": role, "iss": "https://idp.example", "aud": "llm-analytics-hub", "exp": exp});
+        if let Some(o) = org {
+            c["org"] = json!(o);
+        }
+        c
+    };
+    let hs = |c: &Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            c,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("hs256")
+    };
+    let rsa = std::fs::read(keys_dir.join("rsa.pem")).expect("rsa");
+    let rs = |c: &Value| {
+        encode(
+            &Header::new(Algorithm::RS256),
+            c,
+            &EncodingKey::from_rsa_pem(&rsa).expect("rsa key"),
+        )
+        .expect("rs256")
+    };
+    let ec = std::fs::read(keys_dir.join("ec.pem")).expect("ec");
+    let es = |c: &Value| {
+        encode(
+            &Header::new(Algorithm::ES256),
+            c,
+            &EncodingKey::from_ec_pem(&ec).expect("ec key"),
+        )
+        .expect("es256")
+    };
+
+    // Admin (HS256) posts events of two tenants; a tenant's RS256 token reads its own.
+    let admin = hs(&claims("admin", None, now + 600));
+    let events: Vec<Value> = (0..10)
+        .map(|i| event(i, Some(if i < 4 { "acme" } else { "globex" })))
+        .collect();
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/events/batch",
+        Some(&admin),
+        Some(ndjson(&events)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let acme = rs(&claims("read", Some("acme"), now + 600));
+    let (status, answer) = sql(&hub, &acme, "SELECT count(*) AS n FROM events").await;
+    assert_eq!((status, &answer["rows"][0]["n"]), (200, &json!(4)), "{answer}");
+    let ingest = es(&claims("ingest", None, now + 600));
+    assert_eq!(
+        sql(&hub, &ingest, "SELECT 1").await.0,
+        403,
+        "an ingest token cannot query"
+    );
+    assert_eq!(
+        call(
+            &hub,
+            "POST",
+            "/api/v1/events/batch",
+            Some(&ingest),
+            Some(ndjson(&[event(20, None)]))
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Every defect: 401, the same answer for each.
+    let mut wrong_issuer = claims("read", None, now + 600);
+    wrong_issuer["iss"] = json!("https://evil.example");
+    let mut tampered = rs(&claims("read", Some("acme"), now + 600));
+    let flipped = if tampered.ends_with('A') { 'B' } else { 'A' };
+    tampered.pop();
+    tampered.push(flipped);
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(claims("admin", None, now + 600))
+    );
+    let other_secret = encode(
+        &Header::new(Algorithm::HS256),
+        &claims("admin", None, now + 600),
+        &EncodingKey::from_secret(b"another-secret-of-more-than-32-bytes"),
+    )
+    .expect("hs256");
+    for (what, token) in [
+        ("expired", hs(&claims("read", None, now - 3600))),
+        ("wrong issuer", hs(&wrong_issuer)),
+        ("tampered", tampered),
+        ("alg none", none),
+        ("another key", other_secret),
+        ("a role the Hub does not know", hs(&claims("root", None, now + 600))),
+    ] {
+        let (status, body) = call(&hub, "GET", "/api/v1/events", Some(&token), None).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["error"]["message"], "invalid credentials", "{what}");
+    }
+}
+
+/// `curl` against the Hub with `args`; (exit success, stdout).
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_on_the_http_port_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+    );
+    let port = crate::harness::free_port();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("HTTP_TLS_CERT", dir.path().join("cert.pem"))
+        .env("HTTP_TLS_KEY", dir.path().join("key.pem"))
+        .env("PGWIRE_ENABLED", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let cert = dir.path().join("cert.pem");
+    let cert = cert.to_str().expect("utf8");
+    let url = format!("https://127.0.0.1:{port}/ready");
+    wait_for("HTTPS to answer", Duration::from_secs(60), async || {
+        assert!(child.try_wait().expect("child").is_none(), "the Hub exited");
+        let (ok, body) = curl(&["--cacert", cert, &url]);
+        (ok && body.contains(r#""status":"ready""#)).then_some(body)
+    })
+    .await;
+    let _stop = Stop(child);
+    // The certificate is verified (no -k) and plain HTTP is not served on that port.
+    let (ok, body) = curl(&[
+        "--cacert",
+        cert,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"sql": "SELECT 1 AS one"}"#,
+        &format!("https://127.0.0.1:{port}/api/v1/sql"),
+    ]);
+    assert!(ok && body.contains(r#""one":1"#), "{body}");
+    let (ok, _) = curl(&[&format!("http://127.0.0.1:{port}/health")]);
+    assert!(!ok, "plain HTTP on the HTTPS port fails");
 }

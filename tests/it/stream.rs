@@ -251,8 +251,9 @@ async fn shipped_rollups_run_by_default() {
     let hub = Hub::start(&dir.path().join("data")).await;
     let list = cq::list(&hub).await;
     let names: Vec<&str> = list.iter().filter_map(|q| q["name"].as_str()).collect();
-    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
     assert!(names.contains(&"llm_provider_model_1mo") && names.contains(&"llm_module_type_1w"));
+    assert!(names.contains(&"llm_tenant_model_1m") && names.contains(&"llm_tenant_model_1h"));
     let lines: Vec<String> = (0..50)
         .map(|i| event(i, &format!("2026-01-01T00:00:{:02}Z", i), "m"))
         .collect();
