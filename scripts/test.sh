@@ -23,8 +23,9 @@ apt_install() {
 
 # Build dependencies (C toolchain for zstd/parquet, pkg-config; cmake and curl headers for the
 # bundled librdkafka).
+# openssl and curl: the auth tests make keys and certificates and call HTTPS with curl.
 apt_install build-essential pkg-config cmake libcurl4-openssl-dev python3 python3-pip \
-  postgresql-client openssl
+  postgresql-client openssl curl
 # redis-server and redis-cli for the cache tests (each starts private servers and a 6-node
 # Redis Cluster on free loopback ports; the shared Redis on 6379 is never touched).
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then

@@ -235,7 +235,13 @@ impl KeyRing {
         Ok(ring)
     }
 
-    fn reload(&self) -> Result<(), AuthError> {
+    /// The key file.
+    pub fn file(&self) -> &KeyFileStore {
+        &self.file
+    }
+
+    /// Re-reads the file now if it changed (after a change made through this process).
+    pub fn reload(&self) -> Result<(), AuthError> {
         let meta = std::fs::metadata(self.file.path()).ok();
         let modified = meta.as_ref().and_then(|m| m.modified().ok());
         let len = meta.as_ref().map_or(0, std::fs::Metadata::len);

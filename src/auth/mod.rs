@@ -150,6 +150,31 @@ impl Authenticator {
         }
     }
 
+    /// Creates a key (through the API); it works at once.
+    pub fn create_key(
+        &self,
+        name: &str,
+        role: Role,
+        tenant: Option<&str>,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<(String, keys::KeyRecord), AuthError> {
+        let created = self.keys.file().create(name, role, tenant, expires_in, (self.wall)())?;
+        self.keys.reload()?;
+        Ok(created)
+    }
+
+    /// Every key record (never the keys).
+    pub fn list_keys(&self) -> Result<Vec<keys::KeyRecord>, AuthError> {
+        self.keys.file().list()
+    }
+
+    /// Revokes a key (through the API); it is refused at once.
+    pub fn revoke_key(&self, name: &str) -> Result<keys::KeyRecord, AuthError> {
+        let revoked = self.keys.file().revoke(name, (self.wall)())?;
+        self.keys.reload()?;
+        Ok(revoked)
+    }
+
     /// Checks that `principal` may do `access`.
     pub fn authorize(principal: &Principal, access: Access) -> Result<(), AuthError> {
         if principal.role.allows(access) {

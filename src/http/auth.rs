@@ -35,7 +35,8 @@ pub fn access_of(method: &Method, path: &str, metrics_public: bool) -> Option<Ac
     if path == "/api/v1/events" || path == "/api/v1/events/batch" {
         return Some(if write { Access::Ingest } else { Access::Read });
     }
-    if path.starts_with("/api/v1/exports") || path.starts_with("/api/v1/snapshots") {
+    if path.starts_with("/api/v1/exports") || path.starts_with("/api/v1/snapshots") || path.starts_with("/api/v1/keys")
+    {
         return Some(Access::Admin);
     }
     if path.starts_with("/api/v1/continuous-queries") && write {
@@ -141,6 +142,8 @@ mod tests {
             (Method::GET, "/api/v1/exports", Some(Access::Admin)),
             (Method::POST, "/api/v1/snapshots", Some(Access::Admin)),
             (Method::GET, "/api/v1/ingest/status", Some(Access::Read)),
+            (Method::GET, "/api/v1/keys", Some(Access::Admin)),
+            (Method::DELETE, "/api/v1/keys/x", Some(Access::Admin)),
         ];
         for (method, path, want) in cases {
             assert_eq!(access_of(&method, path, true), want, "{method} {path}");

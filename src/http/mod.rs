@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod exports;
 mod health;
+mod keys;
 pub mod limits;
 mod observe;
 mod requests;
@@ -83,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/exports/{id}", get(exports::get_one).delete(exports::cancel))
         .route("/api/v1/snapshots", post(snapshots::register).get(snapshots::list))
         .route("/api/v1/snapshots/{name}", axum::routing::delete(snapshots::deregister))
+        .route("/api/v1/keys", post(keys::create).get(keys::list))
+        .route("/api/v1/keys/{name}", axum::routing::delete(keys::revoke))
         .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
         .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))
         .route("/api/v1/continuous-queries/{name}/pause", post(cq::pause))

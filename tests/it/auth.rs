@@ -146,6 +146,7 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
         ("GET", "/api/v1/exports", None, [200, 403, 403]),
         ("POST", "/api/v1/exports", Some(export_body), [202, 403, 403]),
         ("GET", "/api/v1/snapshots", None, [200, 403, 403]),
+        ("GET", "/api/v1/keys", None, [200, 403, 403]),
     ];
     for (method, path, body, expected) in cases {
         // Refusals first, so the admin's side effects (a created query) do not change them.
@@ -182,6 +183,50 @@ async fn every_role_on_every_route_group_and_keys_from_the_cli() {
         .await
         .expect("request");
     assert_eq!(r.status(), 200);
+
+    // Admins manage keys over HTTP too: a key made there works at once, and stops at once.
+    let (status, made) = call(
+        &hub,
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "api-made", "role": "read", "tenant": "acme", "expires_in_secs": 3600}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let api_key = made["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        (made["role"].as_str(), made["tenant"].as_str()),
+        (Some("read"), Some("acme"))
+    );
+    assert_eq!(call(&hub, "GET", "/api/v1/events", Some(&api_key), None).await.0, 200);
+    let (_, listed) = call(&hub, "GET", "/api/v1/keys", Some(&admin), None).await;
+    assert!(
+        !listed.to_string().contains(&api_key) && !listed.to_string().contains("sha256"),
+        "{listed}"
+    );
+    assert_eq!(
+        call(&hub, "DELETE", "/api/v1/keys/api-made", Some(&admin), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(call(&hub, "GET", "/api/v1/events", Some(&api_key), None).await.0, 401);
+    assert_eq!(
+        call(&hub, "DELETE", "/api/v1/keys/api-made", Some(&admin), None)
+            .await
+            .0,
+        404
+    );
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "x", "role": "admin", "tenant": "acme"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
 
     // Revoked with the service running: refused within about a second.
     assert!(keys(&data, &["revoke", "--name", "dash"]).contains("revoked"));
