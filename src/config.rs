@@ -481,7 +481,8 @@ mod tests {
             c.pgwire.users,
             vec![PgwireUser {
                 name: "a".into(),
-                password: "c".into()
+                password: "c".into(),
+                tenant: None,
             }]
         );
         let err = c

@@ -17,12 +17,10 @@ pub enum Role {
 impl Role {
     /// Whether this role may perform `access`.
     pub fn allows(self, access: Access) -> bool {
-        match (self, access) {
-            (Self::Admin, _) => true,
-            (Self::Read, Access::Read) => true,
-            (Self::Ingest, Access::Ingest) => true,
-            _ => false,
-        }
+        matches!(
+            (self, access),
+            (Self::Admin, _) | (Self::Read, Access::Read) | (Self::Ingest, Access::Ingest)
+        )
     }
 
     /// Lower-case name.

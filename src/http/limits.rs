@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Access;
 
 /// The `[http.rate_limit]` section (0: no limit).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Event-posting requests per second per caller (env `RATE_LIMIT_INGEST_PER_SEC`).
@@ -23,16 +23,6 @@ pub struct RateLimitConfig {
     pub query_per_sec: u32,
     /// Requests a caller may send at once above the rate (default: one second's worth).
     pub burst: u32,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            ingest_per_sec: 0,
-            query_per_sec: 0,
-            burst: 0,
-        }
-    }
 }
 
 fn limiter(per_sec: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<String>> {

@@ -198,6 +198,7 @@ mod tests {
             users: vec![PgwireUser {
                 name: "hub".into(),
                 password: "secret".into(),
+                tenant: None,
             }],
             ..PgwireConfig::default()
         })

@@ -28,15 +28,30 @@ const TABLES: [&str; 4] = ["tables", "columns", "schemata", "views"];
 
 /// Builds the wire session from the HTTP session `http`.
 pub fn wire_context(http: &SessionContext) -> Result<SessionContext> {
+    wire_context_for(http, None)
+}
+
+/// [`wire_context`] as `tenant` sees it: only the default schema, confined to its rows
+/// ([`crate::query::tenant`]), so pg_catalog and information_schema list only what it can read.
+pub fn wire_context_for(http: &SessionContext, tenant: Option<&str>) -> Result<SessionContext> {
     let state = http.state();
     let default_catalog = state.config().options().catalog.default_catalog.clone();
+    let default_schema = state.config().options().catalog.default_schema.clone();
     let shared = http
         .catalog(&default_catalog)
         .ok_or_else(|| DataFusionError::Plan(format!("no catalog {default_catalog}")))?;
     let catalog = Arc::new(MemoryCatalogProvider::new());
     for name in shared.schema_names() {
         if let Some(schema) = shared.schema(&name) {
-            catalog.register_schema(&name, schema)?;
+            match tenant {
+                None => {
+                    catalog.register_schema(&name, schema)?;
+                }
+                Some(t) if name == default_schema => {
+                    catalog.register_schema(&name, crate::query::tenant::confine_schema(schema, t))?;
+                }
+                Some(_) => {}
+            }
         }
     }
     let catalogs = Arc::new(MemoryCatalogProviderList::new());

@@ -57,6 +57,10 @@ pub struct PgwireUser {
     pub name: String,
     /// Password, in clear (hashed per connection for SCRAM/MD5; keep the file private).
     pub password: String,
+    /// Tenant the login is bound to: it sees only that tenant's rows and the tables with a
+    /// `tenant` column (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Authentication method of the wire endpoint.
@@ -99,7 +103,11 @@ impl PgwireConfig {
     /// Adds `name` with `password`, replacing an account of the same name.
     pub fn set_user(&mut self, name: String, password: String) {
         self.users.retain(|u| u.name != name);
-        self.users.push(PgwireUser { name, password });
+        self.users.push(PgwireUser {
+            name,
+            password,
+            tenant: None,
+        });
     }
 
     /// Checks rules serde cannot express.

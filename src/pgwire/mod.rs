@@ -36,4 +36,7 @@ pub enum PgwireError {
     /// The Postgres-flavoured session could not be built.
     #[error("pgwire session: {0}")]
     Session(datafusion::error::DataFusionError),
+    /// The `[pgwire]` section is unusable.
+    #[error("pgwire: {0}")]
+    Config(String),
 }

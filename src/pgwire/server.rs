@@ -183,19 +183,48 @@ impl WireServer {
     ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
-        let mut hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(ReadOnlyHook),
-            Arc::new(CursorStatementHook),
-            Arc::new(SetShowHook),
-            Arc::new(TransactionStatementHook),
-        ];
         // Last: only plain queries that passed the read-only gate reach the cache.
         let wire_cache = cache.map(|c| Arc::new(super::cache::WireCache::new(c, max_result_bytes)));
-        if let Some(c) = &wire_cache {
-            hooks.push(Arc::clone(c) as Arc<dyn QueryHook>);
+        let hooks = {
+            let wire_cache = wire_cache.clone();
+            move || {
+                let mut hooks: Vec<Arc<dyn QueryHook>> = vec![
+                    Arc::new(ReadOnlyHook),
+                    Arc::new(CursorStatementHook),
+                    Arc::new(SetShowHook),
+                    Arc::new(TransactionStatementHook),
+                ];
+                if let Some(c) = &wire_cache {
+                    hooks.push(Arc::clone(c) as Arc<dyn QueryHook>);
+                }
+                hooks
+            }
+        };
+        let mut tenant_of_user = std::collections::HashMap::new();
+        for user in &config.users {
+            if let Some(t) = &user.tenant {
+                if !crate::auth::keys::valid_tenant(t) {
+                    return Err(PgwireError::Config(format!(
+                        "pgwire user `{}`: tenant `{t}`: use 1–64 letters, digits, `_`, `-` or `.`",
+                        user.name
+                    )));
+                }
+                tenant_of_user.insert(user.name.clone(), t.clone());
+            }
         }
+        let http_ctx = http.clone();
+        let tenant_hooks = hooks.clone();
+        let make: super::service::TenantSessionFactory = Box::new(move |tenant: &str| {
+            let ctx = Arc::new(super::catalog::wire_context_for(&http_ctx, Some(tenant))?);
+            Ok(Arc::new(DfSessionService::new_with_hooks(ctx, tenant_hooks())))
+        });
+        let sessions = Arc::new(super::service::Sessions::new(
+            Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks())),
+            tenant_of_user,
+            make,
+        ));
         let service = Arc::new(HubService::new(
-            Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks)),
+            sessions,
             complexity,
             max_result_bytes,
             wire_cache.map(|c| (c, Arc::clone(&ctx))),

@@ -250,29 +250,81 @@ fn refuse_too_complex(sql: &str, limits: &ComplexityLimits) -> PgWireResult<()> 
     crate::query::complexity::check(sql, limits).map_err(|e| sql_error(SQLSTATE_TOO_COMPLEX, e.to_string()))
 }
 
+/// Builds the datafusion-postgres service of one tenant.
+pub type TenantSessionFactory =
+    Box<dyn Fn(&str) -> Result<Arc<DfSessionService>, datafusion::error::DataFusionError> + Send + Sync>;
+
+/// datafusion-postgres services: one over the whole catalog, and one per tenant (built on its
+/// first login) over that tenant's view of it ([`super::catalog::wire_context_for`]). A login
+/// bound to a tenant is parsed, planned and run in its tenant's service only, so a statement's
+/// plan never holds a table outside that view.
+pub struct Sessions {
+    whole: Arc<DfSessionService>,
+    tenant_of_user: std::collections::HashMap<String, String>,
+    by_tenant: std::sync::Mutex<std::collections::HashMap<String, Arc<DfSessionService>>>,
+    make: TenantSessionFactory,
+}
+
+impl Sessions {
+    /// `whole` for unbound logins; `tenant_of_user` maps bound logins; `make` builds a tenant's.
+    pub fn new(
+        whole: Arc<DfSessionService>,
+        tenant_of_user: std::collections::HashMap<String, String>,
+        make: TenantSessionFactory,
+    ) -> Self {
+        Self {
+            whole,
+            tenant_of_user,
+            by_tenant: std::sync::Mutex::new(std::collections::HashMap::new()),
+            make,
+        }
+    }
+
+    /// The tenant the client's login is bound to.
+    pub fn tenant_of<C: ClientInfo + ?Sized>(&self, client: &C) -> Option<&str> {
+        let user = client.metadata().get(pgwire::api::METADATA_USER)?;
+        self.tenant_of_user.get(user).map(String::as_str)
+    }
+
+    /// The service the client's statements run in.
+    fn for_client<C: ClientInfo + ?Sized>(&self, client: &C) -> PgWireResult<Arc<DfSessionService>> {
+        let Some(tenant) = self.tenant_of(client) else {
+            return Ok(Arc::clone(&self.whole));
+        };
+        let mut by_tenant = self.by_tenant.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = by_tenant.get(tenant) {
+            return Ok(Arc::clone(s));
+        }
+        let made = (self.make)(tenant).map_err(|e| sql_error("XX000", format!("tenant session: {e}")))?;
+        by_tenant.insert(tenant.to_string(), Arc::clone(&made));
+        Ok(made)
+    }
+}
+
 /// The session service the listener uses.
 pub struct HubService {
-    inner: Arc<DfSessionService>,
+    sessions: Arc<Sessions>,
     parser: Arc<HubParser>,
     max_result_bytes: usize,
-    /// The result cache for extended-protocol portals, with the session it plans in.
+    /// The result cache for extended-protocol portals, with the session it plans in (logins
+    /// without a tenant; a tenant's portals are answered by its own session).
     cache: Option<(Arc<super::cache::WireCache>, Arc<datafusion::prelude::SessionContext>)>,
 }
 
 impl HubService {
-    /// Wraps datafusion-postgres' service.
+    /// Wraps datafusion-postgres' services.
     pub fn new(
-        inner: Arc<DfSessionService>,
+        sessions: Arc<Sessions>,
         complexity: ComplexityLimits,
         max_result_bytes: usize,
         cache: Option<(Arc<super::cache::WireCache>, Arc<datafusion::prelude::SessionContext>)>,
     ) -> Self {
         let parser = Arc::new(HubParser {
-            inner: inner.query_parser(),
+            sessions: Arc::clone(&sessions),
             complexity,
         });
         Self {
-            inner,
+            sessions,
             parser,
             max_result_bytes,
             cache,
@@ -294,8 +346,9 @@ impl SimpleQueryHandler for HubService {
         let login = client.metadata().get(pgwire::api::METADATA_USER).cloned();
         let query = rewrite(query, login.as_deref());
         let timeout = statement_timeout(client);
+        let session = self.sessions.for_client(client)?;
         let mut out = Vec::new();
-        for response in SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await? {
+        for response in SimpleQueryHandler::do_query(session.as_ref(), client, &query).await? {
             out.push(first_row_now(response, timeout, self.max_result_bytes).await?);
         }
         Ok(out)
@@ -325,7 +378,9 @@ impl ExtendedQueryHandler for HubService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let session = self.sessions.for_client(client)?;
         if let Some((cache, ctx)) = &self.cache
+            && self.sessions.tenant_of(client).is_none()
             && let (_, Some((statement, plan))) = &portal.statement.statement
         {
             let variant = super::cache::extended_variant(portal);
@@ -345,14 +400,14 @@ impl ExtendedQueryHandler for HubService {
                 return first_row_now(response?, statement_timeout(client), self.max_result_bytes).await;
             }
         }
-        let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
+        let response = ExtendedQueryHandler::do_query(session.as_ref(), client, portal, max_rows).await?;
         first_row_now(response, statement_timeout(client), self.max_result_bytes).await
     }
 }
 
-/// datafusion-postgres' parser behind the rewrite.
+/// datafusion-postgres' parser (the client's session's) behind the rewrite.
 pub struct HubParser {
-    inner: Arc<datafusion_postgres::Parser>,
+    sessions: Arc<Sessions>,
     complexity: ComplexityLimits,
 }
 
@@ -370,11 +425,13 @@ impl QueryParser for HubParser {
             sql,
             client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str),
         );
-        self.inner.parse_sql(client, &sql, types).await
+        let session = self.sessions.for_client(client)?;
+        session.query_parser().parse_sql(client, &sql, types).await
     }
 
+    // The two below read only the parsed statement and its plan, whichever session made them.
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        self.inner.get_parameter_types(stmt)
+        self.sessions.whole.query_parser().get_parameter_types(stmt)
     }
 
     fn get_result_schema(
@@ -382,7 +439,10 @@ impl QueryParser for HubParser {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.inner.get_result_schema(stmt, column_format)
+        self.sessions
+            .whole
+            .query_parser()
+            .get_result_schema(stmt, column_format)
     }
 }
 

@@ -83,6 +83,14 @@ impl CatalogProvider for TenantCatalog {
     }
 }
 
+/// `inner` (a schema) as `tenant` sees it: only its tables with a `tenant` column, filtered.
+pub fn confine_schema(inner: Arc<dyn SchemaProvider>, tenant: &str) -> Arc<dyn SchemaProvider> {
+    Arc::new(TenantSchema {
+        inner,
+        tenant: Arc::from(tenant),
+    })
+}
+
 #[derive(Debug)]
 struct TenantSchema {
     inner: Arc<dyn SchemaProvider>,

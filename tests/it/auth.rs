@@ -838,3 +838,85 @@ async fn https_on_the_http_port_with_a_self_signed_certificate() {
     let (ok, _) = curl(&[&format!("http://127.0.0.1:{port}/health")]);
     assert!(!ok, "plain HTTP on the HTTPS port fails");
 }
+
+/// A wire login bound to a tenant (`[[pgwire.users]] tenant`): simple and extended protocol,
+/// catalog views and pg_catalog all see that tenant only; an unbound login sees everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wire_login_bound_to_a_tenant_sees_only_its_rows() {
+    use crate::pgwire::{connect_to, query_i64, simple_rows};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let port = crate::harness::free_port();
+    let toml = format!(
+        "[pgwire]\nport = {port}\n[[pgwire.users]]\nname = \"ops\"\npassword = \"ops-pass\"\n[[pgwire.users]]\nname = \"acme\"\npassword = \"acme-pass\"\ntenant = \"acme\"\n"
+    );
+    // The harness turns the wire endpoint off unless the environment turns it on.
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            config_toml: Some(toml),
+            env: vec![("PGWIRE_ENABLED".into(), "true".into())],
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let events: Vec<Value> = (0..10)
+        .map(|i| event(i, Some(if i < 3 { "acme" } else { "globex" })))
+        .collect();
+    assert_eq!(hub.post_ndjson(ndjson(&events)).await.0, 200);
+    let conn = |user: &str, password: &str| {
+        format!("host=127.0.0.1 port={port} user={user} password={password} dbname=hub sslmode=disable")
+    };
+    let ops = connect_to(&conn("ops", "ops-pass")).await.expect("ops");
+    let acme = connect_to(&conn("acme", "acme-pass")).await.expect("acme");
+
+    let count = "SELECT count(*) FROM events";
+    assert_eq!(query_i64(&ops, count, &[]).await, 10);
+    assert_eq!(query_i64(&acme, count, &[]).await, 3, "extended protocol");
+    let simple = simple_rows(&acme.simple_query(count).await.expect("simple"));
+    assert_eq!(simple, vec![vec![Some("3".to_string())]], "simple protocol");
+    // A parameter naming another tenant finds nothing; subqueries and joins stay inside.
+    let other: String = "globex".into();
+    assert_eq!(
+        query_i64(&acme, "SELECT count(*) FROM events WHERE tenant = $1", &[&other]).await,
+        0
+    );
+    for statement in [
+        "SELECT count(*) FROM events e JOIN events f ON e.event_id = f.event_id",
+        "SELECT count(*) FROM (SELECT tenant FROM events UNION ALL SELECT tenant FROM events WHERE tenant <> 'acme') AS u",
+        "SELECT count(*) FROM events WHERE event_id IN (SELECT event_id FROM events)",
+    ] {
+        assert_eq!(query_i64(&acme, statement, &[]).await, 3, "{statement}");
+    }
+    // The catalog a BI tool reads lists what the tenant can read, and the rollups by tenant.
+    let tables = simple_rows(
+        &acme
+            .simple_query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .await
+            .expect("tables"),
+    );
+    let names: Vec<String> = tables.into_iter().filter_map(|r| r[0].clone()).collect();
+    assert!(
+        names.contains(&"events".to_string()) && names.contains(&"llm_tenant_model_1m".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("llm_provider_model")), "{names:?}");
+    let hidden = acme.simple_query("SELECT count(*) FROM llm_provider_model_1m").await;
+    assert!(
+        hidden.is_err(),
+        "a table without a tenant column does not exist for the tenant"
+    );
+    let pg_class = simple_rows(
+        &acme
+            .simple_query("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'llm_provider_model_1m'")
+            .await
+            .expect("pg_class"),
+    );
+    assert_eq!(pg_class, vec![vec![Some("0".to_string())]]);
+    assert_eq!(
+        query_i64(&ops, count, &[]).await,
+        10,
+        "the unbound login still sees every tenant"
+    );
+}
