@@ -360,17 +360,28 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         "SELECT DISTINCT tenant FROM (SELECT tenant, row_number() OVER (PARTITION BY tenant ORDER BY timestamp) AS r FROM events) AS w",
         "SELECT DISTINCT tenant FROM events WHERE event_id IN (SELECT event_id FROM events)",
         "SELECT DISTINCT (SELECT max(tenant) FROM events) AS tenant FROM events",
-        "SELECT DISTINCT tenant FROM events WHERE EXISTS (SELECT 1 FROM events AS g WHERE g.tenant = 'globex')",
+        "SELECT DISTINCT tenant FROM events WHERE EXISTS (SELECT 1 FROM events AS g WHERE g.tenant = 'acme')",
         "SELECT DISTINCT tenant FROM datafusion.public.events",
         "SELECT DISTINCT tenant FROM public.events",
         "SELECT DISTINCT tenant FROM events LIMIT 5",
         "SELECT DISTINCT tenant FROM events CROSS JOIN (SELECT count(*) AS c FROM events) AS k",
+        "SELECT DISTINCT tenant FROM events WHERE model IN (SELECT model FROM events)",
+        "SELECT tenant FROM events GROUP BY tenant HAVING count(*) > 0",
+        "SELECT DISTINCT t AS tenant FROM (SELECT tenant AS t FROM events ORDER BY timestamp DESC LIMIT 100) AS x",
+        "SELECT DISTINCT first_value(tenant) OVER (ORDER BY timestamp) AS tenant FROM events",
+        "SELECT DISTINCT tenant FROM events INTERSECT SELECT DISTINCT tenant FROM events",
+        "SELECT DISTINCT tenant FROM events EXCEPT SELECT 'nobody'",
+        "SELECT DISTINCT tenant FROM events WHERE tenant = (SELECT min(tenant) FROM events)",
+        "SELECT DISTINCT e.tenant FROM events e LEFT JOIN llm_tenant_model_1m r ON r.tenant = e.tenant",
     ];
     for statement in only_acme {
         let (status, answer) = sql(&hub, &acme_read, statement).await;
         assert_eq!(status, 200, "{statement}: {answer}");
         let rows = answer["rows"].as_array().expect("rows");
-        assert!(rows.iter().all(|r| r["tenant"] == "acme"), "{statement}: {answer}");
+        assert!(
+            !rows.is_empty() && rows.iter().all(|r| r["tenant"] == "acme"),
+            "{statement}: {answer}"
+        );
     }
     let counts = [
         ("SELECT count(*) AS n FROM events", 21),
@@ -389,6 +400,21 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
             21,
         ),
         ("SELECT count(DISTINCT model) AS n FROM events", 2),
+        ("SELECT count(*) AS n FROM events WHERE tenant LIKE '%'", 21),
+        (
+            "SELECT count(*) AS n FROM events WHERE EXISTS (SELECT 1 FROM events AS g WHERE g.tenant = 'globex')",
+            0,
+        ),
+        ("SELECT count(*) AS n FROM (SELECT * FROM events LIMIT 1000) AS s", 21),
+        ("SELECT count(*) AS n FROM events WHERE tenant <> 'acme'", 0),
+        (
+            "SELECT CAST(sum(CASE WHEN tenant = 'globex' THEN 1 ELSE 0 END) AS BIGINT) AS n FROM events",
+            0,
+        ),
+        (
+            "SELECT count(*) AS n FROM events WHERE event_id NOT IN (SELECT event_id FROM events)",
+            0,
+        ),
     ];
     for (statement, want) in counts {
         let (status, answer) = sql(&hub, &acme_read, statement).await;
