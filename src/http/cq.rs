@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::Principal;
 use crate::stream::catalog::OptionsInput;
+use crate::stream::query::CqStatus;
 use crate::stream::{CqError, StreamHandle};
 
 /// Body of `POST /api/v1/continuous-queries`.
@@ -69,14 +71,36 @@ pub async fn create_from_sql(
 }
 
 /// Lists every query with its status.
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let queries = handle(&state)?.list().await?;
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
+    let queries = readable(&state, &principal, handle(&state)?.list().await?);
     Ok(Json(serde_json::json!({ "continuous_queries": queries })).into_response())
 }
 
+/// The queries whose output `principal` can read: all of them, or for a tenant-bound caller
+/// those with a `tenant` column (the others do not exist for it, as in SQL).
+fn readable(state: &AppState, principal: &Principal, queries: Vec<CqStatus>) -> Vec<CqStatus> {
+    let Some(tenant) = principal.tenant.as_deref() else {
+        return queries;
+    };
+    let view = state.engine.context_for(Some(tenant));
+    queries
+        .into_iter()
+        .filter(|q| view.table_exist(q.name.as_str()).unwrap_or(false))
+        .collect()
+}
+
 /// One query's status.
-pub async fn get_one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let queries = handle(&state)?.list().await?;
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = super::auth::principal(principal);
+    let queries = readable(&state, &principal, handle(&state)?.list().await?);
     match queries.into_iter().find(|q| q.name == name) {
         Some(q) => Ok(Json(q).into_response()),
         None => Err(CqError::NotFound(name).into()),

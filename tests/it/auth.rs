@@ -472,6 +472,41 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) AS n FROM late_events").await;
     assert_eq!(status, 400, "{answer}");
 
+    // The query list shows a tenant only the queries whose output it can read.
+    let (_, listed) = call(&hub, "GET", "/api/v1/continuous-queries", Some(&acme_read), None).await;
+    let names: Vec<&str> = listed["continuous_queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"tenant_model_1m") && names.contains(&"llm_tenant_model_1h"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("llm_provider_model")), "{names:?}");
+    let hidden = call(
+        &hub,
+        "GET",
+        "/api/v1/continuous-queries/llm_provider_model_1m",
+        Some(&acme_read),
+        None,
+    )
+    .await;
+    assert_eq!(hidden.0, 404);
+    assert_eq!(
+        call(
+            &hub,
+            "GET",
+            "/api/v1/continuous-queries/llm_provider_model_1m",
+            Some(&admin),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
     // The REST reads too: the list, and a globex event by id is not found.
     let (_, list) = call(&hub, "GET", "/api/v1/events?limit=1000", Some(&acme_read), None).await;
     let events = list["events"].as_array().expect("events");
