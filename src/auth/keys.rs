@@ -99,34 +99,12 @@ impl KeyFileStore {
     }
 
     fn write(&self, file: &KeyFile) -> Result<(), AuthError> {
-        let io = |source| AuthError::KeyFile {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let body = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            #[cfg(unix)]
-            let mut f = {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io)?
-            };
-            #[cfg(not(unix))]
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&body).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        crate::storage::json_file::write(&self.path, file, crate::storage::json_file::Access::OwnerOnly).map_err(
+            |source| AuthError::KeyFile {
+                path: self.path.clone(),
+                source,
+            },
+        )
     }
 
     /// Creates a key; returns it (shown once) and its record.

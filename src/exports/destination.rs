@@ -53,12 +53,16 @@ pub struct Destination {
 impl Destination {
     /// `prefix/relative`.
     pub fn path(&self, relative: &str) -> Path {
-        let mut p = self.prefix.clone();
-        for part in relative.split('/').filter(|s| !s.is_empty()) {
-            p = p.join(part);
-        }
-        p
+        join(&self.prefix, relative)
     }
+}
+
+/// `base` followed by the `/`-separated parts of `relative` (empty parts skipped).
+pub fn join(base: &Path, relative: &str) -> Path {
+    relative
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .fold(base.clone(), |p, part| p.join(part))
 }
 
 /// Opens `url`: `file:///absolute/dir/` (created if missing) or `s3://bucket/prefix/`
@@ -105,13 +109,9 @@ pub fn open(url: &str, config: &ObjectStoreConfig) -> Result<Destination, Export
             )
             .build()
             .map_err(|e| ExportError::Destination(format!("S3 bucket `{bucket}`: {e}")))?;
-        let mut path = Path::default();
-        for part in prefix.split('/').filter(|s| !s.is_empty()) {
-            path = path.join(part);
-        }
         return Ok(Destination {
             store: Arc::new(store),
-            prefix: path,
+            prefix: join(&Path::default(), prefix),
             local_dir: None,
         });
     }

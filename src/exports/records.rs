@@ -27,15 +27,7 @@ impl Records {
     /// Writes `status` (temp file + rename; a failure is logged, the export goes on).
     pub fn save(&self, status: &ExportStatus) {
         let Some(path) = self.path(&status.id) else { return };
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(status).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = crate::storage::json_file::write(&path, status, crate::storage::json_file::Access::Default) {
             tracing::warn!(export = %status.id, path = %path.display(), error = %e, "could not save the export's record");
         }
     }

@@ -118,12 +118,7 @@ fn load(path: &PathBuf) -> BTreeMap<String, i64> {
 }
 
 fn save(path: &PathBuf, state: &BTreeMap<String, i64>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state).unwrap_or_default())?;
-    std::fs::rename(tmp, path)
+    crate::storage::json_file::write(path, state, crate::storage::json_file::Access::Default)
 }
 
 /// Runs the schedules until `shutdown`; `now_us` is the wall clock (injected for tests).

@@ -128,8 +128,7 @@ impl Snapshots {
     }
 
     async fn attach(&self, r: &Registration) -> Result<SnapshotInfo, ExportError> {
-        let table = SnapshotTable::open(&self.ctx, &r.location, &self.store).await?;
-        let (files, rows, manifests) = table.summary().await?;
+        let (table, summary) = SnapshotTable::open(&self.ctx, &r.location, &self.store).await?;
         let partition_by = table.partition_by().to_vec();
         self.schema
             .register_table(r.name.clone(), Arc::new(table))
@@ -138,9 +137,9 @@ impl Snapshots {
             registration: r.clone(),
             table: format!("{SCHEMA}.{}", r.name),
             partition_by,
-            manifests,
-            files,
-            rows,
+            manifests: summary.manifests,
+            files: summary.files,
+            rows: summary.rows,
         })
     }
 
@@ -211,13 +210,7 @@ impl Snapshots {
     fn save(&self) -> Result<(), ExportError> {
         let Some(path) = &self.path else { return Ok(()) };
         let all: Vec<Registration> = self.lock().values().cloned().collect();
-        let body = serde_json::to_vec_pretty(&all).map_err(|e| ExportError::Encode(e.to_string()))?;
-        let io = |e: std::io::Error| ExportError::Destination(format!("saving {}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, body).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::storage::json_file::write(path, &all, crate::storage::json_file::Access::Default)
+            .map_err(|e| ExportError::Destination(format!("saving {}: {e}", path.display())))
     }
 }

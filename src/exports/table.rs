@@ -27,11 +27,9 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::destination::{self, Destination, ObjectStoreConfig};
+use super::destination::{self, Destination, ObjectStoreConfig, join};
+use super::writer::NULL_PARTITION;
 use super::{ExportError, MANIFEST, Manifest};
-
-/// Hive's name for a null partition value (as the writer names it).
-const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// A committed file to read.
 struct Listed {
@@ -52,8 +50,13 @@ pub struct SnapshotTable {
 
 impl SnapshotTable {
     /// Opens `location` (a `file://` or `s3://` URL), registering its store with `ctx` and
-    /// reading the schema from the newest manifest's first file.
-    pub async fn open(ctx: &SessionContext, location: &str, config: &ObjectStoreConfig) -> Result<Self, ExportError> {
+    /// reading the schema from the newest manifest's first file; also returns what the
+    /// manifests it read list.
+    pub async fn open(
+        ctx: &SessionContext,
+        location: &str,
+        config: &ObjectStoreConfig,
+    ) -> Result<(Self, Summary), ExportError> {
         let dest = destination::open_existing(location, config)?;
         let store_url = destination::store_url(location)?;
         if location.starts_with("s3://") {
@@ -62,6 +65,11 @@ impl SnapshotTable {
                 .register_object_store(store_url.as_ref(), Arc::clone(&dest.store));
         }
         let mut manifests = manifests(&dest).await?;
+        let summary = Summary {
+            manifests: manifests.len(),
+            files: manifests.iter().map(|(_, m)| m.files.len()).sum(),
+            rows: manifests.iter().map(|(_, m)| m.total_rows).sum(),
+        };
         // Newest last: the schema of the latest snapshot is the table's (older files missing a
         // column read it as null).
         manifests.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
@@ -89,13 +97,14 @@ impl SnapshotTable {
             .map_err(|e| ExportError::Encode(format!("reading the schema of {path}: {e}")))?;
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields(&partition_by));
-        Ok(Self {
+        let table = Self {
             dest,
             store_url,
             schema: Arc::new(Schema::new(fields)),
             file_schema,
             partition_by,
-        })
+        };
+        Ok((table, summary))
     }
 
     /// Partition columns (hive directories), in the order of the path.
@@ -125,14 +134,17 @@ impl SnapshotTable {
         }
         Ok(out)
     }
+}
 
-    /// Committed files and rows (for the registration's answer).
-    pub async fn summary(&self) -> Result<(usize, u64, usize), ExportError> {
-        let manifests = manifests(&self.dest).await?;
-        let files = manifests.iter().map(|(_, m)| m.files.len()).sum();
-        let rows = manifests.iter().map(|(_, m)| m.total_rows).sum();
-        Ok((files, rows, manifests.len()))
-    }
+/// What a location's manifests list.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// Manifests (one per export or scheduled period).
+    pub manifests: usize,
+    /// Files they list.
+    pub files: usize,
+    /// Rows they list.
+    pub rows: u64,
 }
 
 fn partition_fields(names: &[String]) -> Vec<FieldRef> {
@@ -150,14 +162,6 @@ fn partition_columns(manifest: &Manifest) -> Vec<String> {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
-}
-
-fn join(base: &Path, relative: &str) -> Path {
-    let mut p = base.clone();
-    for part in relative.split('/').filter(|s| !s.is_empty()) {
-        p = p.join(part);
-    }
-    p
 }
 
 /// The manifest at the location and those one directory below, each with its directory.

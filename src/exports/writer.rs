@@ -40,8 +40,8 @@ const MAX_BUFFERED_BYTES: usize = 8 << 20;
 /// Bytes buffered per file before an upload part is sent (S3's smallest part is 5 MiB).
 const UPLOAD_PART_BYTES: usize = 5 << 20;
 
-/// Hive's name for a null partition value.
-const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+/// Hive's name for a null partition value (the snapshot tables read it back as null).
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// Rows and bytes written so far (read by the status route while the export runs).
 #[derive(Debug, Default)]

@@ -4,6 +4,7 @@
 //! data directory). Cluster-mode stores plug in behind the same [`EventStore`] trait.
 
 pub mod health;
+pub mod json_file;
 pub mod local;
 pub mod versions;
 
