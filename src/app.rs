@@ -64,8 +64,67 @@ pub enum AppError {
     },
 }
 
+/// Where API keys live: PostgreSQL (`hub_api_keys`) when configured (`auth.key_store = auto`
+/// with `postgres.url`, or `postgres`), else the key file of `data_dir`. With PostgreSQL the
+/// table is created by the migrations (applied here when `migrate_on_start`) and the keys of an
+/// existing key file are copied in once, so an upgrade keeps working keys.
+pub async fn key_store(
+    config: &Config,
+    data_dir: &std::path::Path,
+) -> Result<crate::auth::keys::KeyStore, crate::auth::AuthError> {
+    use crate::auth::keys::{KeyFileStore, KeyStore};
+    use crate::auth::{AuthError, KeyStoreKind};
+    let file = KeyFileStore::in_data_dir(data_dir);
+    let url = match (config.auth.key_store, config.postgres.url.as_deref()) {
+        (KeyStoreKind::File, _) | (KeyStoreKind::Auto, None) => return Ok(KeyStore::File(file)),
+        (KeyStoreKind::Postgres, None) => {
+            return Err(AuthError::InvalidRequest(
+                "auth.key_store = \"postgres\" needs postgres.url (or DATABASE_URL)".into(),
+            ));
+        }
+        (_, Some(url)) => url,
+    };
+    let db = crate::auth::keys_pg::PgKeyStore::connect_lazy(url)?;
+    if config.postgres.migrate_on_start {
+        let migrated = async {
+            if config.postgres.create_database {
+                crate::sinks::postgres::migrate::create_database(url).await?;
+            }
+            crate::sinks::postgres::migrate::run(db.pool()).await
+        };
+        if let Err(e) = migrated.await {
+            tracing::warn!(error = %e, "API keys: migrations not applied yet (PostgreSQL unreachable?); keys are read once it is");
+        }
+    }
+    let local = file.list()?;
+    if !local.is_empty() {
+        match db.import(&local).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(keys = n, from = %file.path().display(), "API keys copied from the key file into PostgreSQL")
+            }
+            Err(e) => tracing::warn!(error = %e, "API keys of the key file not copied into PostgreSQL yet"),
+        }
+    }
+    Ok(KeyStore::Postgres(db))
+}
+
+/// API keys (not JWTs) as wire passwords.
+fn wire_key_verifier(auth: crate::auth::Authenticator) -> crate::pgwire::auth::KeyVerifier {
+    Arc::new(move |key: &str| {
+        if key.starts_with(crate::auth::keys::PREFIX) {
+            auth.authenticate(Some(key))
+        } else {
+            Err(crate::auth::AuthError::InvalidCredentials)
+        }
+    })
+}
+
 /// The authenticator: required when a listener binds a non-loopback address (`auth.mode = auto`).
-fn build_auth(config: &Config) -> Result<crate::auth::Authenticator, crate::auth::AuthError> {
+fn build_auth(
+    config: &Config,
+    key_store: crate::auth::keys::KeyStore,
+) -> Result<crate::auth::Authenticator, crate::auth::AuthError> {
     let mut public = Vec::new();
     if !crate::auth::is_loopback(&config.http.host) {
         public.push(format!("http {}:{}", config.http.host, config.http.port));
@@ -75,7 +134,7 @@ fn build_auth(config: &Config) -> Result<crate::auth::Authenticator, crate::auth
     }
     crate::auth::Authenticator::new(
         &config.auth,
-        crate::auth::keys::KeyFileStore::in_data_dir(&config.storage.data_dir),
+        key_store,
         &public,
         crate::clock::system(),
         Arc::new(crate::event::time::now_micros),
@@ -89,7 +148,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         tracing::warn!(variables = ?unsupported, "cluster-mode settings are not supported by this build yet; running standalone");
     }
     let metrics = Metrics::new()?;
-    let auth = build_auth(&config)?;
+    let auth = build_auth(&config, key_store(&config, &config.storage.data_dir).await?)?;
+    if let Err(e) = auth.keys().reload_now().await {
+        tracing::warn!(error = %e, "API keys not read yet; retrying every second");
+    }
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
@@ -181,6 +243,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
+    tokio::spawn(state.auth.keys().clone().watch(shutdown_rx.clone()));
     let schedules = tokio::spawn(crate::exports::schedule::run(
         state.exports.clone(),
         state.snapshots.clone(),
@@ -202,6 +265,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             state.engine.complexity(),
             state.engine.max_result_bytes(),
             state.cache.clone(),
+            Some(wire_key_verifier(state.auth.clone())),
         )
         .await?;
         let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {

@@ -296,6 +296,9 @@ impl Config {
         if let Some(v) = get("AUTH_MODE") {
             self.auth.mode = parse("AUTH_MODE", v)?;
         }
+        if let Some(v) = get("AUTH_KEY_STORE") {
+            self.auth.key_store = parse("AUTH_KEY_STORE", v)?;
+        }
         if let Some(v) = get("AUTH_JWT_SECRET") {
             self.auth.jwt.hs256_secret = Some(v);
         }
@@ -341,6 +344,9 @@ impl Config {
         }
         if let Some(v) = get("PGWIRE_AUTH") {
             self.pgwire.auth = parse("PGWIRE_AUTH", v)?;
+        }
+        if let Some(v) = get("PGWIRE_API_KEYS") {
+            self.pgwire.api_keys = parse("PGWIRE_API_KEYS", v)?;
         }
         if let Some(v) = get("PGWIRE_ALLOW_TRUST") {
             self.pgwire.allow_trust = parse("PGWIRE_ALLOW_TRUST", v)?;
@@ -457,9 +463,12 @@ mod tests {
     fn pgwire_settings_from_file_and_env() {
         let c = Config::default();
         assert!(
-            c.pgwire.enabled && !c.pgwire.active(),
-            "enabled, but idle without users"
+            c.pgwire.enabled && c.pgwire.api_keys && c.pgwire.active(),
+            "enabled: API keys can log in without configured users"
         );
+        let mut no_keys = c.clone();
+        no_keys.pgwire.api_keys = false;
+        assert!(!no_keys.pgwire.active(), "idle without users or API keys");
         assert_eq!(c.pgwire.port, 5433);
         let mut c = Config::from_toml(
             "[pgwire]\nport = 6543\nauth = \"md5\"\n[[pgwire.users]]\nname = \"a\"\npassword = \"b\"\n",
@@ -515,10 +524,11 @@ mod tests {
             "LOG_FORMAT" => "json",
             "KAFKA_START_OFFSET" => "latest",
             "PGWIRE_AUTH" => "md5",
-            "PGWIRE_ENABLED" => "false",
+            "PGWIRE_ENABLED" | "PGWIRE_API_KEYS" => "false",
             "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
             "CACHE_ENABLED" => "false",
             "AUTH_MODE" => "required",
+            "AUTH_KEY_STORE" => "file",
             "CORS_ALLOWED_ORIGINS" => "https://grafana.example",
             "OBJECT_STORE_MAX_RETRIES" => "7",
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",

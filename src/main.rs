@@ -136,7 +136,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Keys(command) => match llm_analytics_hub::auth::cli::run(command, &config.storage.data_dir) {
+        Command::Keys(command) => match runtime.block_on(async {
+            let dir = command.data_dir().unwrap_or(&config.storage.data_dir).to_path_buf();
+            let store = llm_analytics_hub::app::key_store(&config, &dir).await?;
+            llm_analytics_hub::auth::cli::run(command, &store).await
+        }) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

@@ -1,12 +1,12 @@
-//! `analytics-hub keys create|list|revoke`: API keys in the data directory's key file. The
-//! running service picks changes up within a second.
+//! `analytics-hub keys create|list|revoke`: API keys in the data directory's key file, or in
+//! PostgreSQL when configured. The running services pick changes up within a second.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::keys::KeyFileStore;
+use super::keys::KeyStore;
 use super::{AuthError, Role};
 
 /// `keys` subcommands.
@@ -26,10 +26,21 @@ pub enum KeysCommand {
     },
 }
 
+impl KeysCommand {
+    /// The `--data-dir` given, if any.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Create(a) => a.dir.data_dir.as_deref(),
+            Self::List(d) | Self::Revoke { dir: d, .. } => d.data_dir.as_deref(),
+        }
+    }
+}
+
 /// Where the key file is.
 #[derive(Debug, Args)]
 pub struct DirArgs {
-    /// Data directory of the Hub (default: `storage.data_dir` of the configuration).
+    /// Data directory of the Hub (default: `storage.data_dir` of the configuration); not used
+    /// when keys are kept in PostgreSQL.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -78,27 +89,28 @@ fn rfc3339(us: i64) -> String {
     crate::event::time::rfc3339(us)
 }
 
-/// Runs a `keys` subcommand; `default_dir` is the configured data directory.
-pub fn run(command: KeysCommand, default_dir: &std::path::Path) -> Result<String, AuthError> {
-    let store = |dir: &DirArgs| KeyFileStore::in_data_dir(dir.data_dir.as_deref().unwrap_or(default_dir));
+/// Runs a `keys` subcommand against `store`.
+pub async fn run(command: KeysCommand, store: &KeyStore) -> Result<String, AuthError> {
     let now = crate::event::time::now_micros();
     match command {
         KeysCommand::Create(args) => {
-            let (key, record) =
-                store(&args.dir).create(&args.name, args.role, args.tenant.as_deref(), args.expires, now)?;
+            let (key, record) = store
+                .create(&args.name, args.role, args.tenant.as_deref(), args.expires, now)
+                .await?;
             let mut out = format!("{key}\n");
             out.push_str(&format!(
-                "# key `{}` (role {}{}{}) — shown once; send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`\n",
+                "# key `{}` (role {}{}{}) in {} — shown once; send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`\n",
                 record.name,
                 record.role,
                 record.tenant.as_deref().map(|t| format!(", tenant {t}")).unwrap_or_default(),
                 record.expires_us.map(|e| format!(", expires {}", rfc3339(e))).unwrap_or_default(),
+                store.describe(),
             ));
             Ok(out)
         }
-        KeysCommand::List(dir) => {
+        KeysCommand::List(_) => {
             let mut out = String::from("name\trole\ttenant\tcreated\texpires\tstate\n");
-            for k in store(&dir).list()? {
+            for k in store.list().await? {
                 let state = match (k.revoked_us, k.expires_us) {
                     (Some(_), _) => "revoked",
                     (None, Some(e)) if e <= now => "expired",
@@ -115,10 +127,10 @@ pub fn run(command: KeysCommand, default_dir: &std::path::Path) -> Result<String
             }
             Ok(out)
         }
-        KeysCommand::Revoke { name, dir } => {
-            let record = store(&dir).revoke(&name, now)?;
+        KeysCommand::Revoke { name, .. } => {
+            let record = store.revoke(&name, now).await?;
             Ok(format!(
-                "revoked `{}`; the running service refuses it within a second\n",
+                "revoked `{}`; running services refuse it within a second\n",
                 record.name
             ))
         }

@@ -65,6 +65,105 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// A new key for `name` (checked: name, tenant, role) and its record; not yet stored.
+pub fn new_key(
+    name: &str,
+    role: Role,
+    tenant: Option<&str>,
+    expires_in: Option<Duration>,
+    now_us: i64,
+) -> Result<(String, KeyRecord), AuthError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(AuthError::InvalidRequest(format!(
+            "key name `{name}`: use 1–64 letters, digits, `_`, `-` or `.`"
+        )));
+    }
+    if role == Role::Admin && tenant.is_some() {
+        return Err(AuthError::InvalidRequest(
+            "admin keys act on every tenant (continuous queries, exports); bind `read` or `ingest` keys to a tenant"
+                .into(),
+        ));
+    }
+    if let Some(t) = tenant
+        && !valid_tenant(t)
+    {
+        return Err(AuthError::InvalidRequest(format!(
+            "tenant `{t}`: use 1–64 letters, digits, `_`, `-` or `.`"
+        )));
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| AuthError::Random(e.to_string()))?;
+    let key = format!(
+        "{PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let record = KeyRecord {
+        name: name.to_string(),
+        role,
+        tenant: tenant.map(str::to_string),
+        sha256: hash_hex(&key),
+        created_us: now_us,
+        expires_us: expires_in.map(|d| now_us.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
+        revoked_us: None,
+    };
+    Ok((key, record))
+}
+
+/// Where keys are kept.
+#[derive(Debug, Clone)]
+pub enum KeyStore {
+    /// `<data dir>/auth/keys.json` (standalone).
+    File(KeyFileStore),
+    /// The `hub_api_keys` table (shared by every instance).
+    Postgres(super::keys_pg::PgKeyStore),
+}
+
+impl KeyStore {
+    /// Creates a key; returns it (shown once) and its record.
+    pub async fn create(
+        &self,
+        name: &str,
+        role: Role,
+        tenant: Option<&str>,
+        expires_in: Option<Duration>,
+        now_us: i64,
+    ) -> Result<(String, KeyRecord), AuthError> {
+        match self {
+            Self::File(f) => f.create(name, role, tenant, expires_in, now_us),
+            Self::Postgres(p) => p.create(name, role, tenant, expires_in, now_us).await,
+        }
+    }
+
+    /// Every key record.
+    pub async fn list(&self) -> Result<Vec<KeyRecord>, AuthError> {
+        match self {
+            Self::File(f) => f.list(),
+            Self::Postgres(p) => p.list().await,
+        }
+    }
+
+    /// Revokes the active key named `name`.
+    pub async fn revoke(&self, name: &str, now_us: i64) -> Result<KeyRecord, AuthError> {
+        match self {
+            Self::File(f) => f.revoke(name, now_us),
+            Self::Postgres(p) => p.revoke(name, now_us).await,
+        }
+    }
+
+    /// Where the keys are, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(f) => format!("the key file {}", f.path().display()),
+            Self::Postgres(_) => "PostgreSQL table hub_api_keys".to_string(),
+        }
+    }
+}
+
 /// The key file, read and written by the CLI.
 #[derive(Debug, Clone)]
 pub struct KeyFileStore {
@@ -116,49 +215,13 @@ impl KeyFileStore {
         expires_in: Option<Duration>,
         now_us: i64,
     ) -> Result<(String, KeyRecord), AuthError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            return Err(AuthError::InvalidRequest(format!(
-                "key name `{name}`: use 1–64 letters, digits, `_`, `-` or `.`"
-            )));
-        }
-        if role == Role::Admin && tenant.is_some() {
-            return Err(AuthError::InvalidRequest(
-                "admin keys act on every tenant (continuous queries, exports); bind `read` or `ingest` keys to a tenant".into(),
-            ));
-        }
-        if let Some(t) = tenant
-            && !valid_tenant(t)
-        {
-            return Err(AuthError::InvalidRequest(format!(
-                "tenant `{t}`: use 1–64 letters, digits, `_`, `-` or `.`"
-            )));
-        }
+        let (key, record) = new_key(name, role, tenant, expires_in, now_us)?;
         let mut file = self.read()?;
         if file.keys.iter().any(|k| k.name == name && k.revoked_us.is_none()) {
             return Err(AuthError::InvalidRequest(format!(
                 "a key named `{name}` exists; revoke it first or pick another name"
             )));
         }
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| AuthError::Random(e.to_string()))?;
-        let key = format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-        );
-        let record = KeyRecord {
-            name: name.to_string(),
-            role,
-            tenant: tenant.map(str::to_string),
-            sha256: hash_hex(&key),
-            created_us: now_us,
-            expires_us: expires_in.map(|d| now_us.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
-            revoked_us: None,
-        };
         file.keys.retain(|k| k.name != name);
         file.keys.push(record.clone());
         self.write(&file)?;
@@ -192,45 +255,91 @@ struct Loaded {
     len: u64,
 }
 
-/// The keys as the running service sees them: re-read at most once a second when the file
-/// changed (a key created or revoked by the CLI counts within about a second).
+/// The keys as the running service sees them. From a key file: re-read at most once a second
+/// when the file changed (a key created or revoked by the CLI counts within about a second).
+/// From PostgreSQL: re-read every second by [`KeyRing::watch`]; while the database is down the
+/// last set read stays in force.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
-    file: KeyFileStore,
+    store: KeyStore,
     loaded: Arc<RwLock<Arc<Loaded>>>,
     checked: Arc<Mutex<Option<Instant>>>,
 }
 
 impl KeyRing {
-    /// Loads `file` now.
-    pub fn open(file: KeyFileStore) -> Result<Self, AuthError> {
+    /// A ring over `store`; a key file is read now, a database by [`KeyRing::reload_now`].
+    pub fn open(store: KeyStore) -> Result<Self, AuthError> {
         let ring = Self {
-            file,
+            store,
             loaded: Arc::new(RwLock::new(Arc::new(Loaded::default()))),
             checked: Arc::new(Mutex::new(None)),
         };
-        ring.reload()?;
+        if let KeyStore::File(file) = &ring.store {
+            ring.reload_file(file)?;
+        }
         Ok(ring)
     }
 
-    /// The key file.
-    pub fn file(&self) -> &KeyFileStore {
-        &self.file
+    /// Where the keys are kept.
+    pub fn store(&self) -> &KeyStore {
+        &self.store
     }
 
-    /// Re-reads the file now if it changed (after a change made through this process).
-    pub fn reload(&self) -> Result<(), AuthError> {
-        let meta = std::fs::metadata(self.file.path()).ok();
+    /// Re-reads the keys now (after a change made through this process).
+    pub async fn reload_now(&self) -> Result<(), AuthError> {
+        match &self.store {
+            KeyStore::File(file) => self.reload_file(file),
+            KeyStore::Postgres(db) => {
+                let records = db.list().await?;
+                self.replace(records, None, 0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-reads the table every second until `shutdown` (a key file needs no watcher).
+    pub async fn watch(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if !matches!(self.store, KeyStore::Postgres(_)) {
+            return;
+        }
+        let mut failing = false;
+        let mut tick = tokio::time::interval(RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.reload_now().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("API keys read from PostgreSQL again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "API keys not re-read from PostgreSQL; the last set read stays in force");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn replace(&self, records: Vec<KeyRecord>, modified: Option<SystemTime>, len: u64) {
+        let by_hash = records.into_iter().map(|k| (k.sha256.clone(), k)).collect();
+        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Loaded { by_hash, modified, len });
+    }
+
+    fn reload_file(&self, file: &KeyFileStore) -> Result<(), AuthError> {
+        let meta = std::fs::metadata(file.path()).ok();
         let modified = meta.as_ref().and_then(|m| m.modified().ok());
         let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
         let current = self.snapshot();
         if current.modified == modified && current.len == len && modified.is_some() {
             return Ok(());
         }
-        let file = self.file.read()?;
-        let by_hash = file.keys.into_iter().map(|k| (k.sha256.clone(), k)).collect();
-        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(Loaded { by_hash, modified, len });
+        self.replace(file.list()?, modified, len);
         Ok(())
     }
 
@@ -238,8 +347,11 @@ impl KeyRing {
         Arc::clone(&self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Re-reads the file if a second has passed since the last look.
+    /// Re-reads the key file if a second has passed since the last look.
     fn refresh(&self, now: Instant) {
+        let KeyStore::File(file) = &self.store else {
+            return;
+        };
         {
             let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if checked.is_some_and(|t| now.saturating_duration_since(t) < RECHECK) {
@@ -247,7 +359,7 @@ impl KeyRing {
             }
             *checked = Some(now);
         }
-        if let Err(e) = self.reload() {
+        if let Err(e) = self.reload_file(file) {
             tracing::error!(error = %e, "API keys not re-read; the previous set stays in force");
         }
     }
@@ -302,7 +414,7 @@ mod tests {
             "only the hash is stored"
         );
         assert_eq!(record.expires_us, Some(61_000_000));
-        let ring = KeyRing::open(store.clone()).expect("ring");
+        let ring = KeyRing::open(KeyStore::File(store.clone())).expect("ring");
         let t0 = Instant::now();
         let p = ring.verify(&key, t0, 2_000_000).expect("valid");
         assert_eq!((p.role, p.tenant.as_deref()), (Role::Read, Some("acme")));

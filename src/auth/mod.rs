@@ -6,12 +6,13 @@ pub mod cli;
 pub mod config;
 pub mod jwt;
 pub mod keys;
+pub mod keys_pg;
 pub mod principal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use config::{AuthConfig, AuthMode};
+pub use config::{AuthConfig, AuthMode, KeyStoreKind};
 pub use principal::{Access, Principal, Role};
 
 use crate::error::{Classify, ErrorClass};
@@ -44,6 +45,9 @@ pub enum AuthError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The key table in PostgreSQL cannot be read or written.
+    #[error("API keys in PostgreSQL: {0}")]
+    KeyDatabase(#[source] sqlx::Error),
     /// The system's random source failed.
     #[error("random source: {0}")]
     Random(String),
@@ -55,6 +59,7 @@ impl Classify for AuthError {
             Self::MissingCredentials | Self::InvalidCredentials | Self::Forbidden { .. } | Self::InvalidRequest(_) => {
                 ErrorClass::User
             }
+            Self::KeyDatabase(_) => ErrorClass::External,
             Self::KeyFile { .. } | Self::Random(_) => ErrorClass::Internal,
         }
     }
@@ -93,7 +98,7 @@ impl Authenticator {
     /// address (with `mode = auto` they make authentication required).
     pub fn new(
         config: &AuthConfig,
-        key_file: keys::KeyFileStore,
+        key_store: keys::KeyStore,
         public_listeners: &[String],
         clock: Arc<dyn crate::clock::Clock>,
         wall: WallClock,
@@ -103,7 +108,7 @@ impl Authenticator {
             AuthMode::Off => false,
             AuthMode::Auto => !public_listeners.is_empty(),
         };
-        let keys = keys::KeyRing::open(key_file)?;
+        let keys = keys::KeyRing::open(key_store)?;
         let jwt = if config.jwt.enabled() {
             Some(Arc::new(jwt::JwtVerifier::new(&config.jwt)?))
         } else {
@@ -150,28 +155,40 @@ impl Authenticator {
         }
     }
 
-    /// Creates a key (through the API); it works at once.
-    pub fn create_key(
+    /// The keys (the service runs [`keys::KeyRing::watch`] on them).
+    pub fn keys(&self) -> &keys::KeyRing {
+        &self.keys
+    }
+
+    /// Creates a key (through the API); it works at once on this instance, within a second on
+    /// the others.
+    pub async fn create_key(
         &self,
         name: &str,
         role: Role,
         tenant: Option<&str>,
-        expires_in: Option<std::time::Duration>,
+        expires_in: std::time::Duration,
     ) -> Result<(String, keys::KeyRecord), AuthError> {
-        let created = self.keys.file().create(name, role, tenant, expires_in, (self.wall)())?;
-        self.keys.reload()?;
+        let expires_in = (!expires_in.is_zero()).then_some(expires_in);
+        let created = self
+            .keys
+            .store()
+            .create(name, role, tenant, expires_in, (self.wall)())
+            .await?;
+        self.keys.reload_now().await?;
         Ok(created)
     }
 
     /// Every key record (never the keys).
-    pub fn list_keys(&self) -> Result<Vec<keys::KeyRecord>, AuthError> {
-        self.keys.file().list()
+    pub async fn list_keys(&self) -> Result<Vec<keys::KeyRecord>, AuthError> {
+        self.keys.store().list().await
     }
 
-    /// Revokes a key (through the API); it is refused at once.
-    pub fn revoke_key(&self, name: &str) -> Result<keys::KeyRecord, AuthError> {
-        let revoked = self.keys.file().revoke(name, (self.wall)())?;
-        self.keys.reload()?;
+    /// Revokes a key (through the API); it is refused at once on this instance, within a
+    /// second on the others.
+    pub async fn revoke_key(&self, name: &str) -> Result<keys::KeyRecord, AuthError> {
+        let revoked = self.keys.store().revoke(name, (self.wall)()).await?;
+        self.keys.reload_now().await?;
         Ok(revoked)
     }
 

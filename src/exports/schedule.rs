@@ -117,7 +117,7 @@ fn load(path: &PathBuf) -> BTreeMap<String, i64> {
         .unwrap_or_default()
 }
 
-fn save(path: &PathBuf, state: &BTreeMap<String, i64>) -> std::io::Result<()> {
+fn save(path: &std::path::Path, state: &BTreeMap<String, i64>) -> std::io::Result<()> {
     crate::storage::json_file::write(path, state, crate::storage::json_file::Access::Default)
 }
 

@@ -56,13 +56,11 @@ pub async fn create(
     body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
-    let expires = req
-        .expires_in_secs
-        .filter(|s| *s > 0)
-        .map(std::time::Duration::from_secs);
+    let expires = std::time::Duration::from_secs(req.expires_in_secs.unwrap_or(0));
     let (key, record) = state
         .auth
-        .create_key(&req.name, req.role, req.tenant.as_deref(), expires)?;
+        .create_key(&req.name, req.role, req.tenant.as_deref(), expires)
+        .await?;
     let mut view = serde_json::to_value(KeyView::from(record)).map_err(ApiError::internal)?;
     view["key"] = serde_json::Value::String(key);
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -70,13 +68,13 @@ pub async fn create(
 
 /// `GET /api/v1/keys`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let keys: Vec<KeyView> = state.auth.list_keys()?.into_iter().map(KeyView::from).collect();
+    let keys: Vec<KeyView> = state.auth.list_keys().await?.into_iter().map(KeyView::from).collect();
     Ok(Json(serde_json::json!({ "keys": keys })).into_response())
 }
 
 /// `DELETE /api/v1/keys/{name}`: revokes it.
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    match state.auth.revoke_key(&name) {
+    match state.auth.revoke_key(&name).await {
         Ok(record) => Ok(Json(KeyView::from(record)).into_response()),
         Err(AuthError::InvalidRequest(m)) => Err(ApiError::not_found(m)),
         Err(e) => Err(e.into()),

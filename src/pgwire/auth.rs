@@ -1,24 +1,37 @@
 //! Who may connect: users and passwords from `[pgwire]`, checked with SCRAM-SHA-256, MD5 or a
 //! cleartext password by pgwire's own startup handlers, or no check at all when `trust` is
-//! explicitly allowed.
+//! explicitly allowed. A login whose user is not configured may present an API key as its
+//! password (the user name is the key's name): only the key's SHA-256 is stored, so the key
+//! travels as a cleartext password, accepted over TLS or from a loopback client only.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::md5pass::{Md5PasswordAuthStartupHandler, hash_md5_password};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{SCRAM_ITERATIONS, ScramAuth, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
-use pgwire::api::{ClientInfo, ConnectionManager};
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, METADATA_USER, PgWireConnectionState,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::config::{PgwireAuth, PgwireConfig};
+
+/// Checks an API key presented as a password: the key's principal, or why not.
+pub type KeyVerifier = Arc<dyn Fn(&str) -> Result<crate::auth::Principal, crate::auth::AuthError> + Send + Sync>;
+
+/// Connection metadata naming the tenant of an API-key login (never taken from the client:
+/// startup parameters of that name are removed).
+pub const METADATA_KEY_TENANT: &str = "hub.api_key_tenant";
 
 /// The server version clients see (`server_version`); Grafana and drivers read it.
 pub const SERVER_VERSION: &str = "16.6";
@@ -110,9 +123,9 @@ impl NoopStartupHandler for TrustStartup {
     }
 }
 
-/// The startup (authentication) handler of one connection. SCRAM keeps per-connection state,
-/// so one is built for every connection.
-pub enum Startup {
+/// The configured method's handler of one connection. SCRAM keeps per-connection state, so
+/// one is built for every connection.
+enum Method {
     /// SCRAM-SHA-256.
     Scram(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
     /// MD5 challenge-response.
@@ -123,32 +136,154 @@ pub enum Startup {
     Trust(TrustStartup),
 }
 
+/// The startup (authentication) handler of one connection: the configured method for
+/// configured users, an API key as a cleartext password for the others (when keys are on).
+pub struct Startup {
+    method: Method,
+    users: UserStore,
+    keys: Option<KeyVerifier>,
+    manager: Arc<ConnectionManager>,
+    key_login: std::sync::atomic::AtomicBool,
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
+}
+
 impl Startup {
     /// The handler for one new connection; logins register with `manager` so cancel requests
-    /// find their connection.
-    pub fn for_connection(users: &UserStore, manager: &Arc<ConnectionManager>) -> Self {
+    /// find their connection. `keys` lets users that are not configured log in with an API key.
+    pub fn for_connection(users: &UserStore, manager: &Arc<ConnectionManager>, keys: Option<KeyVerifier>) -> Self {
         let params = Arc::new(server_parameters());
-        match users.method {
+        let method = match users.method {
             PgwireAuth::ScramSha256 => {
                 let mut scram = ScramAuth::new(Arc::new(users.clone()));
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Self::Scram(Box::new(
+                Method::Scram(Box::new(
                     SASLAuthStartupHandler::new(params)
                         .with_scram(scram)
                         .with_connection_manager(Arc::clone(manager)),
                 ))
             }
-            PgwireAuth::Md5 => Self::Md5(Box::new(
+            PgwireAuth::Md5 => Method::Md5(Box::new(
                 Md5PasswordAuthStartupHandler::new(Arc::new(users.clone()), params)
                     .with_connection_manager(Arc::clone(manager)),
             )),
-            PgwireAuth::Password => Self::Cleartext(Box::new(
+            PgwireAuth::Password => Method::Cleartext(Box::new(
                 CleartextPasswordAuthStartupHandler::new(users.clone(), server_parameters())
                     .with_connection_manager(Arc::clone(manager)),
             )),
-            PgwireAuth::Trust => Self::Trust(TrustStartup {
+            PgwireAuth::Trust => Method::Trust(TrustStartup {
                 manager: Arc::clone(manager),
             }),
+        };
+        Self {
+            keys: keys.filter(|_| users.method != PgwireAuth::Trust),
+            method,
+            users: users.clone(),
+            manager: Arc::clone(manager),
+            key_login: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    async fn configured<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match &self.method {
+            Method::Scram(h) => h.on_startup(client, message).await,
+            Method::Md5(h) => h.on_startup(client, message).await,
+            Method::Cleartext(h) => h.on_startup(client, message).await,
+            Method::Trust(h) => h.on_startup(client, message).await,
+        }
+    }
+
+    /// The password message of an API-key login.
+    async fn key_password<C>(
+        &self,
+        client: &mut C,
+        keys: &KeyVerifier,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::PasswordMessageFamily(pwd) = message else {
+            return Ok(());
+        };
+        let password = pwd.into_password()?.password;
+        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
+        if !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+            return Err(fatal(
+                "28000",
+                "an API key is sent as a cleartext password: connect with TLS (sslmode=require)".into(),
+            ));
+        }
+        let principal = match keys(&password) {
+            Ok(p) if p.name == user => p,
+            _ => return Err(PgWireError::InvalidPassword(user)),
+        };
+        if !principal.role.allows(crate::auth::Access::Read) {
+            return Err(fatal(
+                "28000",
+                format!(
+                    "the `{}` role may not run SQL; it needs `read` or `admin`",
+                    principal.role
+                ),
+            ));
+        }
+        if let Some(t) = &principal.tenant {
+            client.metadata_mut().insert(METADATA_KEY_TENANT.to_string(), t.clone());
+        }
+        let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.manager.register(pid, secret);
+        client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+        client.session_extensions().insert::<ConnectionGuard>(guard);
+        tracing::info!(user, tenant = principal.tenant.as_deref(), client = %client.socket_addr(), "pgwire: API-key login");
+        pgwire::api::auth::finish_authentication(client, &server_parameters()).await
+    }
+
+    async fn on_startup_inner<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use std::sync::atomic::Ordering;
+        match (&self.keys, message) {
+            (Some(keys), message) if self.key_login.load(Ordering::Acquire) => {
+                self.key_password(client, keys, message).await
+            }
+            (Some(_), PgWireFrontendMessage::Startup(startup))
+                if !startup
+                    .parameters
+                    .get(METADATA_USER)
+                    .is_some_and(|u| self.users.knows(u)) =>
+            {
+                pgwire::api::auth::protocol_negotiation(client, &startup).await?;
+                pgwire::api::auth::save_startup_parameters_to_metadata(client, &startup);
+                client.metadata_mut().remove(METADATA_KEY_TENANT);
+                self.key_login.store(true, Ordering::Release);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword))
+                    .await?;
+                Ok(())
+            }
+            (_, message) => {
+                let startup = matches!(message, PgWireFrontendMessage::Startup(_));
+                let result = self.configured(client, message).await;
+                if startup {
+                    // A client may not name its own tenant.
+                    client.metadata_mut().remove(METADATA_KEY_TENANT);
+                }
+                result
+            }
         }
     }
 }
@@ -161,26 +296,14 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let result = match self {
-            Self::Scram(h) => h.on_startup(client, message).await,
-            Self::Md5(h) => h.on_startup(client, message).await,
-            Self::Cleartext(h) => h.on_startup(client, message).await,
-            Self::Trust(h) => h.on_startup(client, message).await,
-        };
-        result.map_err(|e| {
-            let user = client
-                .metadata()
-                .get(pgwire::api::METADATA_USER)
-                .cloned()
-                .unwrap_or_default();
+        self.on_startup_inner(client, message).await.map_err(|e| {
+            let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
             tracing::info!(user, client = %client.socket_addr(), error = %e, "pgwire: login failed");
             match e {
                 // Postgres' wording, with the user name (pgwire leaves it empty for SCRAM)
-                PgWireError::InvalidPassword(_) => PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "FATAL".into(),
-                    "28P01".into(),
-                    format!("password authentication failed for user \"{user}\""),
-                ))),
+                PgWireError::InvalidPassword(_) => {
+                    fatal("28P01", format!("password authentication failed for user \"{user}\""))
+                }
                 other => other,
             }
         })

@@ -31,6 +31,11 @@ pub struct PgwireConfig {
     pub tls_key: Option<PathBuf>,
     /// Most concurrent connections; more are refused (`0` = no limit).
     pub max_connections: usize,
+    /// Let a user that is not in `users` log in with an API key as its password (user name =
+    /// the key's name; role `read` or `admin`; a tenant-bound key sees its tenant's rows). The
+    /// key is sent as a cleartext password, so only over TLS or from loopback (env
+    /// `PGWIRE_API_KEYS`).
+    pub api_keys: bool,
 }
 
 impl Default for PgwireConfig {
@@ -45,6 +50,7 @@ impl Default for PgwireConfig {
             tls_cert: None,
             tls_key: None,
             max_connections: 256,
+            api_keys: true,
         }
     }
 }
@@ -95,9 +101,10 @@ impl std::str::FromStr for PgwireAuth {
 }
 
 impl PgwireConfig {
-    /// Whether the listener should run: enabled, and someone can log in.
+    /// Whether the listener should run: enabled, and someone can log in (a configured user,
+    /// anyone with `trust`, or API keys).
     pub fn active(&self) -> bool {
-        self.enabled && (!self.users.is_empty() || self.auth == PgwireAuth::Trust)
+        self.enabled && (!self.users.is_empty() || self.auth == PgwireAuth::Trust || self.api_keys)
     }
 
     /// Adds `name` with `password`, replacing an account of the same name.

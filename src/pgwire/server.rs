@@ -30,6 +30,7 @@ use super::service::{HubService, STATEMENT_TIMEOUT_KEY};
 struct Shared {
     service: Arc<HubService>,
     users: UserStore,
+    keys: Option<super::auth::KeyVerifier>,
     manager: Arc<ConnectionManager>,
     cancel: Arc<DefaultCancelHandler>,
     statement_timeout: Duration,
@@ -180,6 +181,7 @@ impl WireServer {
         complexity: crate::query::complexity::ComplexityLimits,
         max_result_bytes: usize,
         cache: Option<Arc<crate::cache::QueryCache>>,
+        keys: Option<super::auth::KeyVerifier>,
     ) -> Result<Self, PgwireError> {
         let tls = tls_acceptor(config)?;
         let ctx = Arc::new(wire_context(http).map_err(PgwireError::Session)?);
@@ -237,6 +239,7 @@ impl WireServer {
         let shared = Arc::new(Shared {
             service,
             users: UserStore::new(config),
+            keys: keys.filter(|_| config.api_keys),
             cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(&manager))),
             manager,
             statement_timeout,
@@ -288,7 +291,7 @@ impl WireServer {
             };
             let handlers = ConnectionHandlers {
                 startup: Arc::new(TimeoutStartup {
-                    inner: Startup::for_connection(&self.shared.users, &self.shared.manager),
+                    inner: Startup::for_connection(&self.shared.users, &self.shared.manager, self.shared.keys.clone()),
                     timeout_ms: self.shared.statement_timeout.as_millis().to_string(),
                 }),
                 shared: Arc::clone(&self.shared),

@@ -280,8 +280,11 @@ impl Sessions {
         }
     }
 
-    /// The tenant the client's login is bound to.
-    pub fn tenant_of<C: ClientInfo + ?Sized>(&self, client: &C) -> Option<&str> {
+    /// The tenant the client's login is bound to (an API key's, or a configured user's).
+    pub fn tenant_of<'a, C: ClientInfo + ?Sized>(&'a self, client: &'a C) -> Option<&'a str> {
+        if let Some(t) = client.metadata().get(super::auth::METADATA_KEY_TENANT) {
+            return Some(t);
+        }
         let user = client.metadata().get(pgwire::api::METADATA_USER)?;
         self.tenant_of_user.get(user).map(String::as_str)
     }

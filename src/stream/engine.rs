@@ -223,14 +223,7 @@ impl StreamEngine {
         shipped: &[(String, String)],
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(StreamHandle, tokio::task::JoinHandle<()>), CqError> {
-        let late = LocalStore::open_table(
-            deps.dir.join("_late_events"),
-            late::schema(),
-            Some("event_time".into()),
-            deps.storage.clone(),
-            None,
-            deps.storage_health.clone(),
-        )?;
+        let late = late::open(&deps.dir, deps.storage.clone(), deps.storage_health.clone()).await?;
         deps.query_ctx
             .register_table(LATE_EVENTS_TABLE, late.table_provider())
             .map_err(CqError::internal)?;

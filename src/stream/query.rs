@@ -136,6 +136,8 @@ pub struct CqRuntime {
     windows: Windows,
     time_idx: usize,
     id_idx: Option<usize>,
+    /// The input's `tenant` column, copied into `late_events`.
+    tenant_idx: Option<usize>,
     /// Input columns this query reads (see [`CqRuntime::input_columns`]).
     input_columns: Vec<String>,
     max_event_us: Option<i64>,
@@ -237,7 +239,14 @@ impl CqRuntime {
             _ => Windows::Fixed(FixedWindows::new(spec, updating)),
         };
         Ok(Self {
-            id_idx: input_schema.index_of("event_id").ok(),
+            id_idx: input_schema
+                .index_of("event_id")
+                .ok()
+                .filter(|&i| input_schema.field(i).data_type() == &DataType::Utf8),
+            tenant_idx: input_schema
+                .index_of(crate::query::tenant::TENANT_COLUMN)
+                .ok()
+                .filter(|&i| input_schema.field(i).data_type() == &DataType::Utf8),
             input_columns,
             def,
             source: rewritten.source,
@@ -366,6 +375,7 @@ impl CqRuntime {
             .map_err(CqError::internal)?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
         let ids = self.id_idx.map(|i| batch.column(i).as_string::<i32>().clone());
+        let tenants = self.tenant_idx.map(|i| batch.column(i).as_string::<i32>().clone());
         let mut keep = Vec::with_capacity(times.len());
         let mut late = Vec::new();
         let mut max_kept: Option<i64> = None;
@@ -384,6 +394,9 @@ impl CqRuntime {
                         .as_ref()
                         .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                     event_time: ts,
+                    tenant: tenants
+                        .as_ref()
+                        .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                     window_end: match self.spec {
                         WindowSpec::Session { gap_us } => ts.saturating_add(gap_us),
                         _ => earliest_end,

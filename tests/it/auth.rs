@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Hub, HubOptions, wait_for};
+use crate::harness::{BIN, Hub, HubOptions, wait_for, wait_until};
 
 /// `analytics-hub keys ...` on `data`; returns stdout (panics on failure).
 fn keys(data: &Path, args: &[&str]) -> String {
@@ -16,6 +16,24 @@ fn keys(data: &Path, args: &[&str]) -> String {
         .args(args)
         .arg("--data-dir")
         .arg(data)
+        .output()
+        .expect("analytics-hub keys");
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `keys` with extra environment (e.g. `DATABASE_URL`).
+fn keys_env(data: &Path, args: &[&str], env: &[(String, String)]) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("analytics-hub keys");
     assert!(
@@ -468,9 +486,6 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     )
     .await;
     assert_eq!(admin_tables["rows"][0]["n"], 1, "the admin sees every table");
-    // late_events has no tenant column yet: not visible to a tenant.
-    let (status, answer) = sql(&hub, &acme_read, "SELECT count(*) AS n FROM late_events").await;
-    assert_eq!(status, 400, "{answer}");
 
     // The query list shows a tenant only the queries whose output it can read.
     let (_, listed) = call(&hub, "GET", "/api/v1/continuous-queries", Some(&acme_read), None).await;
@@ -545,6 +560,58 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
     for _ in 0..2 {
         assert_eq!(sql(&hub, &acme_read, statement).await.1["rows"][0]["n"], 21);
     }
+
+    // Late events carry their event's tenant: each tenant sees its own, an admin both.
+    let late = |i: usize, tenant: &str| {
+        let mut e = event(i, Some(tenant));
+        e["timestamp"] = json!("2026-11-19T23:00:00Z");
+        e
+    };
+    let (status, body) = call(
+        &hub,
+        "POST",
+        "/api/v1/events/batch",
+        Some(&admin),
+        Some(ndjson(&[late(200, "globex"), late(201, "acme")])),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // (acme's odd-minute events above were late too: posted after globex's moved the watermark.)
+    let late_of = "SELECT tenant, event_id FROM late_events WHERE query = 'tenant_model_1m' \
+                   AND event_id IN ('00000000-0000-4000-8000-0000000000c8', '00000000-0000-4000-8000-0000000000c9') \
+                   ORDER BY tenant";
+    let seen = wait_for("both late events in late_events", Duration::from_secs(30), async || {
+        let (_, answer) = sql(&hub, &admin, late_of).await;
+        (answer["rows"].as_array().is_some_and(|r| r.len() == 2)).then_some(answer)
+    })
+    .await;
+    assert_eq!(
+        seen["rows"],
+        json!([
+            {"tenant": "acme", "event_id": "00000000-0000-4000-8000-0000000000c9"},
+            {"tenant": "globex", "event_id": "00000000-0000-4000-8000-0000000000c8"},
+        ])
+    );
+    let (status, answer) = sql(&hub, &acme_read, late_of).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rows"],
+        json!([{"tenant": "acme", "event_id": "00000000-0000-4000-8000-0000000000c9"}])
+    );
+    let globex_late = "SELECT count(*) AS n FROM late_events WHERE query = 'tenant_model_1m' AND (tenant = 'globex' OR tenant IS NULL)";
+    assert_eq!(sql(&hub, &admin, globex_late).await.1["rows"][0]["n"], 1);
+    let (_, answer) = sql(&hub, &acme_read, globex_late).await;
+    assert_eq!(answer["rows"][0]["n"], 0, "{answer}");
+    let (_, answer) = sql(
+        &hub,
+        &acme_read,
+        "SELECT count(*) AS n FROM late_events WHERE query = 'tenant_model_1m'",
+    )
+    .await;
+    assert_eq!(
+        answer["rows"][0]["n"], 19,
+        "acme's 18 odd-minute events and its late one: {answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -980,4 +1047,167 @@ async fn a_wire_login_bound_to_a_tenant_sees_only_its_rows() {
         10,
         "the unbound login still sees every tenant"
     );
+
+    // API keys as passwords (user = the key's name; loopback, so no TLS needed): a tenant's key
+    // sees its rows, an admin key every row.
+    // (A key created by the CLI counts within a second.)
+    let login = async |user: &str, key: &str| {
+        wait_for("the new key accepted", Duration::from_secs(10), async || {
+            connect_to(&conn(user, key)).await.ok()
+        })
+        .await
+    };
+    let grafana_key = create_key(&data, "acme-grafana", "read", Some("acme"));
+    let by_key = login("acme-grafana", &grafana_key).await;
+    assert_eq!(query_i64(&by_key, count, &[]).await, 3);
+    assert_eq!(
+        query_i64(&by_key, "SELECT count(*) FROM late_events", &[]).await,
+        0,
+        "late_events has a tenant column: the tenant reads it"
+    );
+    let admin_key = create_key(&data, "ops-key", "admin", None);
+    let by_admin = login("ops-key", &admin_key).await;
+    assert_eq!(query_i64(&by_admin, count, &[]).await, 10);
+    // The key under another name, a made-up key, an ingest key, a revoked key: refused.
+    for (user, password, says) in [
+        (
+            "someone",
+            grafana_key.as_str(),
+            "password authentication failed for user \"someone\"",
+        ),
+        ("acme-grafana", "lah_not-a-key", "password authentication failed"),
+        ("acme-grafana", "acme-pass", "password authentication failed"),
+    ] {
+        let e = connect_to(&conn(user, password)).await.expect_err(user);
+        let e = e.as_db_error().map(|d| format!("{} {}", d.code().code(), d.message()));
+        assert!(
+            e.as_ref().is_some_and(|m| m.contains(says) && m.starts_with("28P01")),
+            "{user}: {e:?}"
+        );
+    }
+    let ingest_key = create_key(&data, "acme-app", "ingest", Some("acme"));
+    let e = wait_for("the ingest key known", Duration::from_secs(10), async || {
+        let e = connect_to(&conn("acme-app", &ingest_key))
+            .await
+            .expect_err("ingest key");
+        let e = e
+            .as_db_error()
+            .map(|d| format!("{} {}", d.code().code(), d.message()))?;
+        e.contains("may not run SQL").then_some(e)
+    })
+    .await;
+    assert!(e.starts_with("28000"), "{e}");
+    keys(&data, &["revoke", "--name", "acme-grafana"]);
+    wait_until("the revoked key refused", Duration::from_secs(10), async || {
+        connect_to(&conn("acme-grafana", &grafana_key)).await.is_err()
+    })
+    .await;
+    // A configured user still logs in with its password.
+    assert_eq!(query_i64(&acme, count, &[]).await, 3);
+}
+
+/// With `[postgres]` configured, keys live in `hub_api_keys`: a key file's keys are copied in
+/// at start, a key created by the CLI works on two instances at once, and one revoked over
+/// HTTP on one instance is refused by the other within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_in_postgres_are_shared_by_every_instance() {
+    let db = crate::pg::TestDb::create("keys").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_data).expect("a");
+    std::fs::create_dir_all(&b_data).expect("b");
+    // A key made before PostgreSQL was configured (in a's key file).
+    let old_key = create_key(&a_data, "from-file", "read", None);
+    let env = vec![
+        ("AUTH_MODE".to_string(), "required".to_string()),
+        ("DATABASE_URL".to_string(), db.url.clone()),
+    ];
+    let a = Hub::start_with(
+        &a_data,
+        HubOptions {
+            env: env.clone(),
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let b = Hub::start_with(
+        &b_data,
+        HubOptions {
+            env: env.clone(),
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let listed = keys_env(&b_data, &["list"], &env);
+    assert!(
+        listed.contains("from-file\tread"),
+        "the file's key was copied in: {listed}"
+    );
+    let admin = keys_env(&b_data, &["create", "--name", "ops", "--role", "admin"], &env);
+    assert!(admin.contains("PostgreSQL table hub_api_keys"), "{admin}");
+    let admin = admin.lines().next().expect("key").trim().to_string();
+    for hub in [&a, &b] {
+        wait_until("the key works on both instances", Duration::from_secs(10), async || {
+            call(hub, "GET", "/api/v1/keys", Some(&admin), None).await.0 == 200
+        })
+        .await;
+        assert_eq!(
+            sql(hub, &old_key, "SELECT 1 AS one").await.0,
+            200,
+            "the copied key works"
+        );
+    }
+    // Created over HTTP on a, used on b; revoked on a, refused on b.
+    let (status, created) = call(
+        &a,
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "dash", "role": "read", "tenant": "acme"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let dash = created["key"].as_str().expect("key").to_string();
+    wait_until("b accepts the new key", Duration::from_secs(10), async || {
+        sql(&b, &dash, "SELECT count(*) AS n FROM events").await.0 == 200
+    })
+    .await;
+    let (status, dup) = call(
+        &b,
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "dash", "role": "read"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "names are unique across instances: {dup}");
+    assert_eq!(call(&a, "DELETE", "/api/v1/keys/dash", Some(&admin), None).await.0, 200);
+    assert_eq!(
+        sql(&a, &dash, "SELECT 1 AS one").await.0,
+        401,
+        "refused at once where revoked"
+    );
+    wait_until("b refuses the revoked key", Duration::from_secs(10), async || {
+        sql(&b, &dash, "SELECT 1 AS one").await.0 == 401
+    })
+    .await;
+    let (_, listed) = call(&b, "GET", "/api/v1/keys", Some(&admin), None).await;
+    let dash_row = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "dash")
+        .cloned()
+        .expect("dash listed");
+    assert!(dash_row["revoked_at"].is_string(), "{dash_row}");
+    // Nothing secret in the table: only hashes.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("connect");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM hub_api_keys")
+        .fetch_all(&mut conn)
+        .await
+        .expect("rows");
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|h| h.len() == 64 && !h.contains("lah_")));
 }
