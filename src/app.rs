@@ -152,6 +152,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     if let Err(e) = auth.keys().reload_now().await {
         tracing::warn!(error = %e, "API keys not read yet; retrying every second");
     }
+    if let Some(jwt) = auth.jwt()
+        && let Err(e) = jwt.fetch_jwks().await
+    {
+        tracing::warn!(error = %e, "JWKS not fetched yet; tokens signed by the provider are refused until it is");
+    }
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
     let store: Arc<dyn EventStore> = Arc::new(local.clone());
@@ -244,6 +249,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
     tokio::spawn(state.auth.keys().clone().watch(shutdown_rx.clone()));
+    if let Some(jwt) = state.auth.jwt() {
+        tokio::spawn(Arc::clone(jwt).watch(shutdown_rx.clone()));
+    }
     let schedules = tokio::spawn(crate::exports::schedule::run(
         state.exports.clone(),
         state.snapshots.clone(),

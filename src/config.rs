@@ -302,6 +302,9 @@ impl Config {
         if let Some(v) = get("AUTH_JWT_SECRET") {
             self.auth.jwt.hs256_secret = Some(v);
         }
+        if let Some(v) = get("AUTH_JWT_JWKS_URL") {
+            self.auth.jwt.jwks_url = Some(v);
+        }
         if let Some(v) = get("AUTH_JWT_ISSUER") {
             self.auth.jwt.issuer = Some(v);
         }
@@ -532,6 +535,7 @@ mod tests {
             "CORS_ALLOWED_ORIGINS" => "https://grafana.example",
             "OBJECT_STORE_MAX_RETRIES" => "7",
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",
+            "AUTH_JWT_JWKS_URL" => "https://idp.example/.well-known/jwks.json",
             n if n.ends_with("PORT") => "4321",
             n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL", "_PER_SEC"]
                 .iter()

@@ -1,9 +1,13 @@
 //! JWT bearer tokens from an identity provider: HS256 with a shared secret, RS256/ES256 with
-//! PEM public keys or a JWKS file; issuer and audience checked when configured, `exp` always
+//! PEM public keys, a JWKS file or a JWKS URL (fetched at start, re-fetched every
+//! `jwks_refresh_secs` and early when a token names an unknown `kid`, so a provider's key
+//! rotation needs no restart); issuer and audience checked when configured, `exp` always
 //! required; the role and tenant read from configurable claims. `alg: none` and every
 //! algorithm without a configured key are refused.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
@@ -22,6 +26,14 @@ pub struct JwtConfig {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document (`{"keys": [...]}`) with the provider's public keys, matched by `kid`.
     pub jwks_file: Option<PathBuf>,
+    /// The provider's JWKS endpoint (e.g. `https://idp.example/.well-known/jwks.json`; env
+    /// `AUTH_JWT_JWKS_URL`), fetched at start and every `jwks_refresh_secs`.
+    pub jwks_url: Option<String>,
+    /// Seconds between JWKS fetches (a token with an unknown `kid` fetches early, at most once
+    /// per `jwks_min_refresh_secs`).
+    pub jwks_refresh_secs: u64,
+    /// Shortest time between two JWKS fetches, seconds.
+    pub jwks_min_refresh_secs: u64,
     /// Required `iss` (env `AUTH_JWT_ISSUER`).
     pub issuer: Option<String>,
     /// Required `aud` (env `AUTH_JWT_AUDIENCE`).
@@ -40,6 +52,9 @@ impl Default for JwtConfig {
             hs256_secret: None,
             public_key_files: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 10,
             issuer: None,
             audience: None,
             role_claim: "role".into(),
@@ -52,7 +67,10 @@ impl Default for JwtConfig {
 impl JwtConfig {
     /// Whether any key is configured.
     pub fn enabled(&self) -> bool {
-        self.hs256_secret.is_some() || !self.public_key_files.is_empty() || self.jwks_file.is_some()
+        self.hs256_secret.is_some()
+            || !self.public_key_files.is_empty()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
     }
 }
 
@@ -65,6 +83,10 @@ struct Key {
 /// Verifies tokens against the configured keys.
 pub struct JwtVerifier {
     keys: Vec<Key>,
+    /// The keys last fetched from `jwks_url`.
+    fetched: RwLock<Arc<Vec<Key>>>,
+    /// Set when a token named a `kid` no key has: the watcher fetches early.
+    unknown_kid: tokio::sync::Notify,
     config: JwtConfig,
 }
 
@@ -78,6 +100,28 @@ impl std::fmt::Debug for JwtVerifier {
 
 fn config_error(what: &str, detail: impl std::fmt::Display) -> AuthError {
     AuthError::InvalidRequest(format!("auth.jwt: {what}: {detail}"))
+}
+
+/// Largest JWKS document fetched.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// The RS256/ES256 keys of a JWKS document (others skipped with a warning).
+fn jwks_keys(text: &[u8]) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Some(alg) = jwk_algorithm(jwk.common.key_algorithm, &jwk.algorithm) else {
+            tracing::warn!(kid = ?jwk.common.key_id, "JWKS key skipped: only RS256 and ES256 (P-256) are accepted");
+            continue;
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 fn jwk_algorithm(alg: Option<KeyAlgorithm>, params: &AlgorithmParameters) -> Option<Algorithm> {
@@ -119,36 +163,114 @@ impl JwtVerifier {
         }
         if let Some(path) = &config.jwks_file {
             let text = std::fs::read(path).map_err(|e| config_error(&path.display().to_string(), e))?;
-            let set: JwkSet =
-                serde_json::from_slice(&text).map_err(|e| config_error(&path.display().to_string(), e))?;
-            for jwk in &set.keys {
-                let Some(alg) = jwk_algorithm(jwk.common.key_algorithm, &jwk.algorithm) else {
-                    tracing::warn!(kid = ?jwk.common.key_id, "JWKS key skipped: only RS256 and ES256 (P-256) are accepted");
-                    continue;
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| config_error("jwks key", e))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
+            keys.extend(jwks_keys(&text).map_err(|e| config_error(&path.display().to_string(), e))?);
+        }
+        if let Some(url) = &config.jwks_url {
+            let parsed = reqwest::Url::parse(url).map_err(|e| config_error("jwks_url", e))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return Err(config_error("jwks_url", "use an https:// URL"));
             }
         }
         Ok(Self {
             keys,
+            fetched: RwLock::new(Arc::new(Vec::new())),
+            unknown_kid: tokio::sync::Notify::new(),
             config: config.clone(),
         })
+    }
+
+    /// Fetches `jwks_url` now and replaces the fetched keys (none configured: nothing to do).
+    /// Returns how many keys it holds.
+    pub async fn fetch_jwks(&self) -> Result<usize, AuthError> {
+        let Some(url) = &self.config.jwks_url else {
+            return Ok(0);
+        };
+        let fail = |e: &dyn std::fmt::Display| AuthError::Jwks(format!("{url}: {e}"));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| fail(&e))?;
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| fail(&e))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(&e))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_JWKS_BYTES {
+                return Err(fail(&format!("larger than {MAX_JWKS_BYTES} bytes")));
+            }
+        }
+        let keys = jwks_keys(&body).map_err(|e| fail(&e))?;
+        let n = keys.len();
+        *self.fetched.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        Ok(n)
+    }
+
+    /// Re-fetches `jwks_url` every `jwks_refresh_secs` (every `jwks_min_refresh_secs` while
+    /// fetches fail, and early after a token with an unknown `kid`) until `shutdown`.
+    pub async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.config.jwks_url.is_none() {
+            return;
+        }
+        let min = Duration::from_secs(self.config.jwks_min_refresh_secs.max(1));
+        let every = Duration::from_secs(self.config.jwks_refresh_secs.max(1)).max(min);
+        let mut failing = self.fetched_len() == 0;
+        loop {
+            let wait = if failing { min } else { every };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.unknown_kid.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.fetch_jwks().await {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!(keys = n, "JWKS fetched");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "JWKS not re-fetched; the last keys fetched stay in force");
+                    }
+                    failing = true;
+                }
+            }
+            // At most one fetch per `min`, however many unknown kids arrive.
+            tokio::select! {
+                _ = tokio::time::sleep(min) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn fetched_len(&self) -> usize {
+        self.fetched
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// The principal a valid token names.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::InvalidCredentials)?;
-        let key = self
+        let fetched = Arc::clone(&self.fetched.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let Some(key) = self
             .keys
             .iter()
+            .chain(fetched.iter())
             .filter(|k| k.alg == header.alg)
             .find(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
-            .ok_or(AuthError::InvalidCredentials)?;
+        else {
+            if header.kid.is_some() && self.config.jwks_url.is_some() {
+                // Perhaps the provider rotated its keys: fetch early (rate-limited).
+                self.unknown_kid.notify_one();
+            }
+            return Err(AuthError::InvalidCredentials);
+        };
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.config.leeway_secs;
         let mut required = vec!["exp"];

@@ -48,6 +48,9 @@ pub enum AuthError {
     /// The key table in PostgreSQL cannot be read or written.
     #[error("API keys in PostgreSQL: {0}")]
     KeyDatabase(#[source] sqlx::Error),
+    /// The JWKS URL could not be fetched or read.
+    #[error("JWKS: {0}")]
+    Jwks(String),
     /// The system's random source failed.
     #[error("random source: {0}")]
     Random(String),
@@ -59,7 +62,7 @@ impl Classify for AuthError {
             Self::MissingCredentials | Self::InvalidCredentials | Self::Forbidden { .. } | Self::InvalidRequest(_) => {
                 ErrorClass::User
             }
-            Self::KeyDatabase(_) => ErrorClass::External,
+            Self::KeyDatabase(_) | Self::Jwks(_) => ErrorClass::External,
             Self::KeyFile { .. } | Self::Random(_) => ErrorClass::Internal,
         }
     }
@@ -153,6 +156,11 @@ impl Authenticator {
             None if self.required => Err(AuthError::MissingCredentials),
             None => Ok(Principal::anonymous()),
         }
+    }
+
+    /// The JWT verifier, if JWTs are configured (the service runs its JWKS watcher).
+    pub fn jwt(&self) -> Option<&Arc<jwt::JwtVerifier>> {
+        self.jwt.as_ref()
     }
 
     /// The keys (the service runs [`keys::KeyRing::watch`] on them).

@@ -23,7 +23,7 @@ impl From<AuthError> for ApiError {
                 tracing::error!(error = %e, "API key request failed");
                 Self::unavailable("the key database (PostgreSQL) is unavailable; retry later", 5)
             }
-            AuthError::KeyFile { .. } | AuthError::Random(_) => Self::internal(e),
+            AuthError::KeyFile { .. } | AuthError::Random(_) | AuthError::Jwks(_) => Self::internal(e),
         }
     }
 }

@@ -1211,3 +1211,148 @@ async fn keys_in_postgres_are_shared_by_every_instance() {
     assert_eq!(stored.len(), 3);
     assert!(stored.iter().all(|h| h.len() == 64 && !h.contains("lah_")));
 }
+
+/// A child process ended (by its own PID) when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The JWK of an RSA public key (`kid`, RS256), from its PEM via `openssl`.
+fn rsa_jwk(dir: &Path, pem: &str, kid: &str) -> Value {
+    use base64::Engine;
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(["rsa", "-pubin", "-in", pem, "-modulus", "-noout"])
+        .output()
+        .expect("openssl rsa -modulus");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.trim().trim_start_matches("Modulus=");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    json!({
+        "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+        "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes), "e": "AQAB",
+    })
+}
+
+/// A JWKS URL: fetched at start, re-fetched when a token names an unknown `kid` (the
+/// provider rotated its keys), and its last keys kept while the provider is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_from_a_url_follows_key_rotation_and_survives_the_provider_going_away() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys_dir = dir.path();
+    for name in ["one", "two"] {
+        openssl(keys_dir, &["genrsa", "-out", &format!("{name}.pem"), "2048"]);
+        openssl(
+            keys_dir,
+            &[
+                "rsa",
+                "-in",
+                &format!("{name}.pem"),
+                "-pubout",
+                "-out",
+                &format!("{name}.pub.pem"),
+            ],
+        );
+    }
+    let www = keys_dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let publish = |jwks: Value| {
+        let tmp = www.join("jwks.json.tmp");
+        std::fs::write(&tmp, jwks.to_string()).expect("write jwks");
+        std::fs::rename(&tmp, www.join("jwks.json")).expect("publish jwks");
+    };
+    publish(json!({"keys": [rsa_jwk(keys_dir, "one.pub.pem", "k1")]}));
+    let port = crate::harness::free_port();
+    let idp = Child(
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    let url = format!("http://127.0.0.1:{port}/jwks.json");
+    wait_until("the JWKS server", Duration::from_secs(20), async || {
+        reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let toml = format!(
+        "[auth]\nmode = \"required\"\n[auth.jwt]\njwks_url = \"{url}\"\njwks_refresh_secs = 3600\njwks_min_refresh_secs = 1\n"
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            config_toml: Some(toml),
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let token = |pem: &str, kid: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let key = std::fs::read(keys_dir.join(pem)).expect("pem");
+        encode(
+            &header,
+            &json!({"sub": "svc", "role": "read", "exp": exp}),
+            &EncodingKey::from_rsa_pem(&key).expect("rsa"),
+        )
+        .expect("token")
+    };
+    let k1 = token("one.pem", "k1");
+    let k2 = token("two.pem", "k2");
+    let query = "SELECT 1 AS one";
+    assert_eq!(sql(&hub, &k1, query).await.0, 200, "k1 fetched at start");
+    assert_eq!(sql(&hub, &k2, query).await.0, 401, "k2 not published yet");
+
+    // The provider rotates to k2: a k2 token makes the Hub fetch early; k1 is then gone.
+    publish(json!({"keys": [rsa_jwk(keys_dir, "two.pub.pem", "k2")]}));
+    wait_until("k2 accepted after the rotation", Duration::from_secs(15), async || {
+        sql(&hub, &k2, query).await.0 == 200
+    })
+    .await;
+    assert_eq!(sql(&hub, &k1, query).await.0, 401, "k1 was rotated out");
+    // A k2 token signed by the wrong key (k1's) under k2's kid: refused.
+    let mut forged = Header::new(Algorithm::RS256);
+    forged.kid = Some("k2".into());
+    let forged = encode(
+        &forged,
+        &json!({"sub": "svc", "role": "admin", "exp": exp}),
+        &EncodingKey::from_rsa_pem(&std::fs::read(keys_dir.join("one.pem")).expect("pem")).expect("rsa"),
+    )
+    .expect("forged");
+    assert_eq!(sql(&hub, &forged, query).await.0, 401);
+
+    // The provider goes away: an unknown kid makes the Hub try (and fail) to fetch; the keys
+    // it has stay in force.
+    drop(idp);
+    assert_eq!(sql(&hub, &token("one.pem", "k3"), query).await.0, 401);
+    wait_until("the failed fetch logged", Duration::from_secs(15), async || {
+        hub.log_text().contains("JWKS not re-fetched")
+    })
+    .await;
+    assert_eq!(
+        sql(&hub, &k2, query).await.0,
+        200,
+        "the last keys fetched stay in force"
+    );
+}
