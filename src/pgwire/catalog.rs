@@ -61,10 +61,13 @@ pub fn wire_context_for(http: &SessionContext, tenant: Option<&str>) -> Result<S
     // DataFusion's own information_schema (Arrow type names) is replaced by ours below.
     config.options_mut().catalog.information_schema = false;
     config.options_mut().catalog.create_default_catalog_and_schema = false;
-    let wire_state = SessionStateBuilder::new_from_existing(state)
+    let mut builder = SessionStateBuilder::new_from_existing(state)
         .with_config(config)
-        .with_catalog_list(catalogs.clone())
-        .build();
+        .with_catalog_list(catalogs.clone());
+    if tenant.is_some() {
+        builder = builder.with_analyzer_rule(Arc::new(crate::query::tenant::RefuseAnalyze));
+    }
+    let wire_state = builder.build();
     let ctx = SessionContext::new_with_state(wire_state);
     catalog.register_schema(
         INFORMATION_SCHEMA,

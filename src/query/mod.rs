@@ -228,6 +228,7 @@ impl QueryEngine {
                 ));
                 SessionStateBuilder::new_from_existing(state)
                     .with_catalog_list(list)
+                    .with_analyzer_rule(Arc::new(tenant::RefuseAnalyze))
                     .build()
             }
         }

@@ -19,6 +19,31 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use futures::FutureExt;
 
+/// Refuses `EXPLAIN ANALYZE` in a tenant's session: its metrics (a filter's selectivity, the
+/// rows a scan produced) count every tenant's rows. Plain `EXPLAIN` shows the plan only.
+#[derive(Debug)]
+pub struct RefuseAnalyze;
+
+impl datafusion::optimizer::AnalyzerRule for RefuseAnalyze {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::TreeNode;
+        if plan.exists(|p| Ok(matches!(p, datafusion::logical_expr::LogicalPlan::Analyze(_))))? {
+            return datafusion::common::plan_err!(
+                "EXPLAIN ANALYZE is not available to a tenant-bound login (its metrics count every tenant's rows); use EXPLAIN"
+            );
+        }
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "refuse_explain_analyze_for_tenants"
+    }
+}
+
 /// The column that says whose a row is.
 pub const TENANT_COLUMN: &str = "tenant";
 

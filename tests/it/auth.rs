@@ -439,6 +439,33 @@ async fn a_tenant_key_sees_and_writes_only_its_tenant() {
         assert_eq!(status, 200, "{statement}: {answer}");
         assert_eq!(answer["rows"][0]["n"], want, "{statement}: {answer}");
     }
+    // EXPLAIN shows the tenant's filter under the plan; EXPLAIN ANALYZE (whose metrics count
+    // every tenant's rows) is refused for a tenant, allowed for the admin.
+    let (status, answer) = sql(&hub, &acme_read, "EXPLAIN SELECT * FROM events WHERE tenant = 'globex'").await;
+    assert_eq!(status, 200, "{answer}");
+    let physical = answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["plan_type"] == "physical_plan")
+        .expect("physical plan")["plan"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    assert!(
+        physical.contains("tenant@") && physical.contains("= acme"),
+        "{physical}"
+    );
+    let (status, answer) = sql(&hub, &acme_read, "EXPLAIN ANALYZE SELECT count(*) FROM events").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.to_string().contains("EXPLAIN ANALYZE is not available"),
+        "{answer}"
+    );
+    assert_eq!(
+        sql(&hub, &admin, "EXPLAIN ANALYZE SELECT count(*) FROM events").await.0,
+        200
+    );
     wait_for(
         "the per-tenant rollup of both tenants",
         Duration::from_secs(30),
@@ -1017,6 +1044,14 @@ async fn a_wire_login_bound_to_a_tenant_sees_only_its_rows() {
     ] {
         assert_eq!(query_i64(&acme, statement, &[]).await, 3, "{statement}");
     }
+    let analyze = acme.simple_query("EXPLAIN ANALYZE SELECT count(*) FROM events").await;
+    let e = analyze.expect_err("EXPLAIN ANALYZE refused for a tenant login");
+    assert!(format!("{e:?}").contains("EXPLAIN ANALYZE is not available"), "{e:?}");
+    assert!(
+        ops.simple_query("EXPLAIN ANALYZE SELECT count(*) FROM events")
+            .await
+            .is_ok()
+    );
     // The catalog a BI tool reads lists what the tenant can read, and the rollups by tenant.
     let tables = simple_rows(
         &acme
