@@ -146,6 +146,11 @@ pub struct Startup {
     key_login: std::sync::atomic::AtomicBool,
 }
 
+/// An API key travels as a cleartext password: only over TLS or from the same machine.
+fn key_login_allowed(secure: bool, peer: std::net::SocketAddr) -> bool {
+    secure || peer.ip().is_loopback()
+}
+
 fn fatal(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
 }
@@ -217,7 +222,7 @@ impl Startup {
         };
         let password = pwd.into_password()?.password;
         let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
-        if !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+        if !key_login_allowed(client.is_secure(), client.socket_addr()) {
             return Err(fatal(
                 "28000",
                 "an API key is sent as a cleartext password: connect with TLS (sslmode=require)".into(),
@@ -348,6 +353,15 @@ mod tests {
             p.password(),
             gen_salted_password("secret", &salt, SCRAM_ITERATIONS).as_slice()
         );
+    }
+
+    #[test]
+    fn api_keys_travel_only_over_tls_or_loopback() {
+        let addr = |a: &str| a.parse::<std::net::SocketAddr>().expect("addr");
+        assert!(key_login_allowed(false, addr("127.0.0.1:5000")));
+        assert!(key_login_allowed(false, addr("[::1]:5000")));
+        assert!(!key_login_allowed(false, addr("10.0.0.7:5000")));
+        assert!(key_login_allowed(true, addr("10.0.0.7:5000")));
     }
 
     #[tokio::test]

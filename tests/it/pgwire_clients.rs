@@ -184,6 +184,38 @@ async fn tls_and_md5_logins() {
     ));
     assert!(out.contains("SSL connection"), "{out}");
     assert!(out.ends_with("120"), "{out}");
+    // An API key as the password (user = the key's name), over TLS, with psql.
+    let created = Command::new(BIN)
+        .args(["keys", "create", "--name", "bi-tool", "--role", "read", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("keys create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let api_key = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .next()
+        .expect("key")
+        .trim()
+        .to_string();
+    let by_key = |sslmode: &str| {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=bi-tool dbname=hub sslmode={sslmode}",
+                w.port
+            ))
+            .args(["-c", "\\conninfo", "-c", "SELECT count(*) FROM events"])
+            .env("PGPASSWORD", &api_key)
+            .output()
+            .expect("psql")
+    };
+    // (a key made by the CLI counts within a second)
+    let out = crate::harness::wait_for("the API-key login", std::time::Duration::from_secs(10), async || {
+        let o = by_key("require");
+        o.status.success().then(|| stdout(&o))
+    })
+    .await;
+    assert!(out.contains("SSL connection") && out.ends_with("120"), "{out}");
     // plain connections are still accepted, and MD5 with tokio-postgres works
     let out = stdout(&psql(w.port, PASSWORD, "disable", &["-c", "SELECT 1"]));
     assert_eq!(out, "1");
