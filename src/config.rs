@@ -256,6 +256,9 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("STORAGE_MAX_MEMORY_BYTES") {
+            self.storage.max_memory_bytes = parse("STORAGE_MAX_MEMORY_BYTES", v)?;
+        }
         if let Some(v) = get("DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
         }

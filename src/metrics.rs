@@ -45,6 +45,10 @@ pub struct Metrics {
     pub wal_commit_group_batches: Histogram,
     /// Events held in memory by the local store.
     pub storage_rows_in_memory: IntGauge,
+    /// Bytes of events held in memory (not yet in Parquet).
+    pub storage_bytes_in_memory: IntGauge,
+    /// Appends that waited for the Parquet flush to free memory.
+    pub storage_backpressure_waits_total: IntCounter,
     /// Parquet files of the local store.
     pub storage_parquet_files: IntGauge,
     /// Failed storage writes (WAL appends, Parquet flushes, refusals below the free-space
@@ -130,6 +134,14 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
+        let storage_bytes_in_memory = IntGauge::new(
+            "storage_bytes_in_memory",
+            "Bytes (Arrow) of events held in memory, not yet in Parquet",
+        )?;
+        let storage_backpressure_waits_total = IntCounter::new(
+            "storage_backpressure_waits_total",
+            "Appends that waited for the Parquet flush to free memory (storage.max_memory_bytes)",
+        )?;
         let storage_parquet_files = IntGauge::new("storage_parquet_files", "Parquet files in the local store")?;
         let storage_write_errors_total = IntCounterVec::new(
             Opts::new("storage_write_errors_total", "Failed storage writes by kind"),
@@ -213,6 +225,8 @@ impl Metrics {
         registry.register(Box::new(wal_append_seconds.clone()))?;
         registry.register(Box::new(wal_commit_group_batches.clone()))?;
         registry.register(Box::new(storage_rows_in_memory.clone()))?;
+        registry.register(Box::new(storage_bytes_in_memory.clone()))?;
+        registry.register(Box::new(storage_backpressure_waits_total.clone()))?;
         registry.register(Box::new(storage_parquet_files.clone()))?;
         registry.register(Box::new(storage_write_errors_total.clone()))?;
         registry.register(Box::new(storage_quarantined_files_total.clone()))?;
@@ -229,6 +243,8 @@ impl Metrics {
             wal_append_seconds,
             wal_commit_group_batches,
             storage_rows_in_memory,
+            storage_bytes_in_memory,
+            storage_backpressure_waits_total,
             storage_parquet_files,
             storage_write_errors_total,
             storage_quarantined_files_total,

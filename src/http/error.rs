@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::error::{Classify, ErrorClass};
 use crate::ingest::IngestError;
 use crate::query::{GuardError, QueryError};
+use crate::storage::StorageError;
 use crate::storage::health::FaultKind;
 
 /// An error answered to an HTTP client.
@@ -107,6 +108,15 @@ impl From<QueryError> for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
+        if let IngestError::Storage(StorageError::MemoryFull { .. }) = &e {
+            tracing::warn!(error = %crate::error::chain(&e), "ingest refused: the flush is behind");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "memory_full",
+                "events arrive faster than the data disk takes them (storage.max_memory_bytes reached); nothing was accepted, retry later",
+            )
+            .retry_after(1);
+        }
         if let IngestError::Storage(storage) = &e
             && let Some(kind) = storage.fault_kind()
         {

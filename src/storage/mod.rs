@@ -43,6 +43,17 @@ pub enum StorageError {
     /// The store is shutting down and accepts no more writes.
     #[error("store is closed")]
     Closed,
+    /// More events wait in memory for their Parquet flush than `storage.max_memory_bytes`, and
+    /// the flush did not catch up in time: the write was refused before it started.
+    #[error(
+        "{bytes} bytes of events wait in memory for their Parquet flush (storage.max_memory_bytes = {max}); the disk is not keeping up"
+    )]
+    MemoryFull {
+        /// Bytes held.
+        bytes: usize,
+        /// The budget.
+        max: usize,
+    },
     /// Free space is below `storage.min_free_bytes`: the write was refused before it started.
     #[error("only {free} bytes free on the file system of {}, below storage.min_free_bytes = {min}", dir.display())]
     LowSpace {
@@ -88,6 +99,10 @@ impl StorageError {
             },
             Self::SchemaMismatch => Self::SchemaMismatch,
             Self::Closed => Self::Closed,
+            Self::MemoryFull { bytes, max } => Self::MemoryFull {
+                bytes: *bytes,
+                max: *max,
+            },
             Self::LowSpace { dir, free, min } => Self::LowSpace {
                 dir: dir.clone(),
                 free: *free,
@@ -109,7 +124,7 @@ impl StorageError {
 impl Classify for StorageError {
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Io { .. } | Self::Closed | Self::LowSpace { .. } => ErrorClass::External,
+            Self::Io { .. } | Self::Closed | Self::LowSpace { .. } | Self::MemoryFull { .. } => ErrorClass::External,
             Self::Format { .. } | Self::SchemaMismatch => ErrorClass::Internal,
         }
     }

@@ -52,6 +52,12 @@ pub struct LocalStoreConfig {
     pub segment_max_bytes: usize,
     /// Rotate the active WAL segment to Parquet once it is this many seconds old.
     pub segment_max_age_secs: u64,
+    /// Events held in memory (the active segment and rotated ones waiting for their Parquet
+    /// flush) at most this many bytes (Arrow), at least 2 × `segment_max_bytes`. Beyond it an
+    /// append waits for the flush (backpressure: ingest slows to what the disk takes) and, if
+    /// the flush does not catch up within 30 s, fails with 503 `memory_full` (env
+    /// `STORAGE_MAX_MEMORY_BYTES`).
+    pub max_memory_bytes: usize,
     /// `fdatasync` the WAL before acknowledging a write. Turning this off survives a crash of
     /// the process but not of the machine.
     pub fsync: bool,
@@ -69,6 +75,7 @@ impl Default for LocalStoreConfig {
             segment_max_rows: 500_000,
             segment_max_bytes: 256 << 20,
             segment_max_age_secs: 300,
+            max_memory_bytes: 512 << 20,
             fsync: true,
             min_free_bytes: 64 << 20,
             warn_free_bytes: 1 << 30,
@@ -171,9 +178,25 @@ pub(crate) struct Shared {
     epoch: u64,
     /// Commits made visible since the store opened (bumped under the `inner` lock).
     appends: std::sync::atomic::AtomicU64,
+    /// Signalled after each segment written to Parquet (appends waiting for memory wake up).
+    flushed: tokio::sync::Notify,
+    /// Asks the maintenance task to rotate and flush now (a segment is full, or appends wait).
+    maintain_now: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// Bytes of events held in memory (every segment not yet in Parquet).
+    fn memory_bytes(&self) -> usize {
+        self.lock().segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// The memory budget of [`LocalStoreConfig::max_memory_bytes`].
+    fn memory_budget(&self) -> usize {
+        self.config
+            .max_memory_bytes
+            .max(self.config.segment_max_bytes.saturating_mul(2))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated in a way that
         // matters more than stopping service, so recover the guard.
@@ -263,7 +286,15 @@ impl Shared {
             }
             // Still under `inner`: a snapshot taken after this sees the rows and the new version.
             self.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
+            let full = inner
+                .segments
+                .last()
+                .is_some_and(|a| a.rows >= self.config.segment_max_rows || a.bytes >= self.config.segment_max_bytes);
             drop(inner);
+            if full {
+                // Rotate now, not at the next tick: a segment stays near its size bound.
+                self.maintain_now.notify_one();
+            }
             Ok(staged)
         }));
         if let Some(metrics) = &self.metrics {
@@ -482,6 +513,8 @@ impl LocalStore {
             health,
             epoch: uuid::Uuid::new_v4().as_u64_pair().0,
             appends: std::sync::atomic::AtomicU64::new(0),
+            flushed: tokio::sync::Notify::new(),
+            maintain_now: tokio::sync::Notify::new(),
         });
         let (committer, pending) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -498,7 +531,11 @@ impl LocalStore {
         let Some(metrics) = &self.shared.metrics else { return };
         let inner = self.shared.lock();
         let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
+        let bytes: usize = inner.segments.iter().map(|s| s.bytes).sum();
         metrics.storage_rows_in_memory.set(rows as i64);
+        metrics
+            .storage_bytes_in_memory
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         metrics.storage_parquet_files.set(inner.files.len() as i64);
     }
 
@@ -578,6 +615,7 @@ impl LocalStore {
                     inner.files.push(path);
                 }
             }
+            self.shared.flushed.notify_waiters();
             let wal_path = wal::segment_path(&self.shared.dir, seq);
             std::fs::remove_file(&wal_path).map_err(StorageError::io(format!("removing {}", wal_path.display())))?;
             flushed += 1;
@@ -589,7 +627,9 @@ impl LocalStore {
     /// One maintenance step: rotate if due, flush what was rotated.
     pub async fn maintain(&self) -> Result<(), StorageError> {
         self.shared.try_recover();
-        self.rotate_if_due(false)?;
+        // Over the memory budget the active segment goes to Parquet too, whatever its size.
+        let over_budget = self.shared.memory_bytes() > self.shared.memory_budget();
+        self.rotate_if_due(over_budget)?;
         let flushed = self.flush_rotated().await?;
         if flushed > 0 {
             tracing::debug!(flushed, "flushed WAL segments to Parquet");
@@ -597,16 +637,49 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Runs [`Self::maintain`] every second until `shutdown` fires.
+    /// Runs [`Self::maintain`] every second, and at once when a segment is full or appends wait
+    /// for memory, until `shutdown` fires.
     pub async fn run_maintenance(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.shared.maintain_now.notified() => {}
                 _ = shutdown.changed() => break,
             }
             if let Err(e) = self.maintain().await {
                 tracing::error!(error = %e, "storage maintenance failed; will retry");
+            }
+        }
+    }
+}
+
+/// How long an append waits for the flush to free memory before it fails.
+const MEMORY_WAIT: Duration = Duration::from_secs(30);
+
+impl LocalStore {
+    /// Backpressure: while the events in memory exceed the budget, waits for the flush to
+    /// write some to Parquet (at most `wait`).
+    async fn wait_for_memory(&self, wait: Duration) -> Result<(), StorageError> {
+        let budget = self.shared.memory_budget();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waited = false;
+        loop {
+            let flushed = self.shared.flushed.notified();
+            tokio::pin!(flushed);
+            // Registered before the check: a flush between the check and the wait is not missed.
+            flushed.as_mut().enable();
+            let bytes = self.shared.memory_bytes();
+            if bytes <= budget {
+                if waited && let Some(m) = &self.shared.metrics {
+                    m.storage_backpressure_waits_total.inc();
+                }
+                return Ok(());
+            }
+            waited = true;
+            self.shared.maintain_now.notify_one();
+            if tokio::time::timeout_at(deadline, flushed).await.is_err() {
+                return Err(StorageError::MemoryFull { bytes, max: budget });
             }
         }
     }
@@ -623,6 +696,7 @@ impl EventStore for LocalStore {
         }
         let rows = batch.num_rows();
         let started = Instant::now();
+        self.wait_for_memory(MEMORY_WAIT).await?;
         let (done, committed) = tokio::sync::oneshot::channel();
         self.committer
             .send(PendingAppend { batch, done })

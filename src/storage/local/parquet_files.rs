@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::compute::{SortColumn, SortOptions, concat, interleave_record_batch, lexsort_to_indices};
 use datafusion::arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -39,27 +40,17 @@ pub fn write_segment(
     sort_column: Option<&str>,
     batches: &[RecordBatch],
 ) -> Result<PathBuf, StorageError> {
-    let all = concat_batches(schema, batches).map_err(StorageError::format("concatenating segment"))?;
-    let sorted = match sort_column.and_then(|c| schema.index_of(c).ok()) {
-        Some(index) => {
-            let indices = lexsort_to_indices(
-                &[SortColumn {
-                    values: all.column(index).clone(),
-                    options: Some(SortOptions::default()),
-                }],
-                None,
-            )
-            .map_err(StorageError::format("sorting segment"))?;
-            take_record_batch(&all, &indices).map_err(StorageError::format("sorting segment"))?
-        }
-        None => all,
-    };
+    let order = sort_order(schema, sort_column, batches)?;
+    let sources: Vec<&RecordBatch> = batches.iter().collect();
+    let chunks = order
+        .chunks(ROW_GROUP_ROWS)
+        .map(|chunk| interleave_record_batch(&sources, chunk).map_err(StorageError::format("sorting segment")));
 
     let final_path = file_path(dir, seq);
     let tmp_path = final_path.with_extension("parquet.tmp");
     let sum_path = checksum_path(&final_path);
     let sum_tmp = sum_path.with_extension("crc32.tmp");
-    let written = write_file(&tmp_path, schema, &sorted).and_then(|sum| {
+    let written = write_file(&tmp_path, schema, chunks).and_then(|sum| {
         std::fs::write(&sum_tmp, sum.to_line())
             .and_then(|()| File::open(&sum_tmp)?.sync_all())
             .map_err(StorageError::io(format!("writing {}", sum_tmp.display())))?;
@@ -83,8 +74,42 @@ pub fn write_segment(
     Ok(final_path)
 }
 
-/// Writes `batch` to `path` as Parquet, synced; returns the file's checksum.
-fn write_file(path: &Path, schema: &SchemaRef, batch: &RecordBatch) -> Result<Checksum, StorageError> {
+/// The segment's rows as (batch, row) pairs in `sort_column` order (as they are without one).
+/// Only the sort column is concatenated: the file is then written a row group at a time, so a
+/// flush holds one row group beyond the segment instead of two sorted copies of it.
+fn sort_order(
+    schema: &SchemaRef,
+    sort_column: Option<&str>,
+    batches: &[RecordBatch],
+) -> Result<Vec<(usize, usize)>, StorageError> {
+    let positions = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)));
+    let Some(index) = sort_column.and_then(|c| schema.index_of(c).ok()) else {
+        return Ok(positions.collect());
+    };
+    let columns: Vec<&dyn Array> = batches.iter().map(|b| b.column(index).as_ref()).collect();
+    let keys: ArrayRef = concat(&columns).map_err(StorageError::format("sorting segment"))?;
+    let indices = lexsort_to_indices(
+        &[SortColumn {
+            values: keys,
+            options: Some(SortOptions::default()),
+        }],
+        None,
+    )
+    .map_err(StorageError::format("sorting segment"))?;
+    let flat: Vec<(usize, usize)> = positions.collect();
+    Ok(indices.values().iter().map(|&i| flat[i as usize]).collect())
+}
+
+/// Writes `chunks` to `path` as Parquet (one row group per chunk at most), synced; returns the
+/// file's checksum.
+fn write_file(
+    path: &Path,
+    schema: &SchemaRef,
+    chunks: impl Iterator<Item = Result<RecordBatch, StorageError>>,
+) -> Result<Checksum, StorageError> {
     let file = File::create(path).map_err(StorageError::io(format!("creating {}", path.display())))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -104,14 +129,17 @@ fn write_file(path: &Path, schema: &SchemaRef, batch: &RecordBatch) -> Result<Ch
             .as_ref()
             .map(|e| std::io::Error::new(e.kind(), e.to_string()))
     };
-    if let Err(e) = writer.write(batch) {
-        return Err(io_error(&writer).map_or_else(
-            || StorageError::format("writing Parquet")(e),
-            |source| StorageError::Io {
-                context: format!("writing {}", path.display()),
-                source,
-            },
-        ));
+    for chunk in chunks {
+        let chunk = chunk?;
+        if let Err(e) = writer.write(&chunk) {
+            return Err(io_error(&writer).map_or_else(
+                || StorageError::format("writing Parquet")(e),
+                |source| StorageError::Io {
+                    context: format!("writing {}", path.display()),
+                    source,
+                },
+            ));
+        }
     }
     let hashing = match writer.into_inner() {
         Ok(h) => h,

@@ -187,3 +187,77 @@ async fn rejects_batches_with_another_schema() {
     .expect("batch");
     assert!(matches!(store.append(other).await, Err(StorageError::SchemaMismatch)));
 }
+
+/// Events in memory are bounded by bytes: an append over `max_memory_bytes` waits (and asks
+/// the maintenance task to flush) until the flush frees memory, then goes through.
+#[tokio::test]
+async fn appends_over_the_memory_budget_wait_for_the_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = batch(1, 200);
+    let size = first.get_array_memory_size();
+    let store = LocalStore::open(
+        LocalStoreConfig {
+            segment_max_bytes: size,
+            max_memory_bytes: 2 * size,
+            ..config(dir.path())
+        },
+        Metrics::new().expect("metrics"),
+        StorageHealth::default(),
+    )
+    .expect("open");
+    // Three batches: over the budget (nothing flushes: no maintenance task runs here).
+    for seed in 1..=3 {
+        store.append(batch(seed, 200)).await.expect("under the budget");
+    }
+    assert!(store.shared.memory_bytes() > store.shared.memory_budget());
+    // Full segments asked for maintenance already; drop that request, so the next one is the
+    // waiting append's.
+    let _ = futures::FutureExt::now_or_never(store.shared.maintain_now.notified());
+    let asked = store.shared.maintain_now.notified();
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(batch(4, 200)).await }
+    });
+    asked.await;
+    assert!(!waiting.is_finished(), "the append waits for memory");
+    assert_eq!(count(&store, "").await, 600, "the waiting append is not visible");
+    store.maintain().await.expect("rotate and flush");
+    waiting
+        .await
+        .expect("task")
+        .expect("the append goes through after the flush");
+    assert_eq!(count(&store, "").await, 800);
+    assert!(store.shared.memory_bytes() <= store.shared.memory_budget());
+}
+
+/// A flush that does not catch up fails the append after the wait, with a reason (503 over
+/// HTTP), instead of holding it forever or growing memory.
+#[tokio::test]
+async fn waiting_for_memory_gives_up_with_a_reason_when_the_flush_never_frees_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = batch(1, 100);
+    let size = first.get_array_memory_size();
+    let store = LocalStore::open(
+        LocalStoreConfig {
+            segment_max_bytes: size,
+            max_memory_bytes: 2 * size,
+            ..config(dir.path())
+        },
+        Metrics::new().expect("metrics"),
+        StorageHealth::default(),
+    )
+    .expect("open");
+    for seed in 1..=3 {
+        store.append(batch(seed, 100)).await.expect("under the budget");
+    }
+    // (`append` waits MEMORY_WAIT = 30 s; the same wait, bounded at 200 ms here.)
+    let wait = Duration::from_millis(200);
+    let started = Instant::now();
+    let err = store.wait_for_memory(wait).await.expect_err("no flush ran");
+    assert!(started.elapsed() >= wait);
+    assert!(matches!(err, StorageError::MemoryFull { .. }), "{err}");
+    assert!(err.to_string().contains("storage.max_memory_bytes"), "{err}");
+    assert_eq!(count(&store, "").await, 300);
+    store.maintain().await.expect("flush");
+    store.wait_for_memory(wait).await.expect("memory freed");
+}
