@@ -91,6 +91,26 @@ if ! "$PY" -c 'import psycopg' >/dev/null 2>&1; then
 fi
 export PYTHON="$PY"
 
+# Offline checks of deploy/ (tests/it/deploy.rs): kubernetes-validate (PyPI) for the manifests,
+# docker-compose 1.29 (PyPI, validates without an engine) for the compose file. docker-compose
+# 1.29 needs PyYAML 5.4, which builds only with Cython < 3: it gets a virtualenv of its own.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "installing kubernetes-validate (pip)"
+  "$PY" -m pip install --quiet kubernetes-validate 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+DC_VENV=/var/tmp/hub-docker-compose-venv
+if [ ! -x "$DC_VENV/bin/docker-compose" ]; then
+  log "installing docker-compose 1.29 into $DC_VENV (pip)"
+  apt_install python3-venv
+  rm -rf "$DC_VENV"
+  "$PY" -m venv "$DC_VENV"
+  "$DC_VENV/bin/pip" install --quiet "cython<3" wheel setuptools
+  "$DC_VENV/bin/pip" install --quiet --no-build-isolation "pyyaml==5.4.1"
+  "$DC_VENV/bin/pip" install --quiet "docker-compose==1.29.2"
+fi
+export DOCKER_COMPOSE="$DC_VENV/bin/docker-compose"
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -7,9 +7,18 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::generate::GeneratorConfig;
 
+/// `--version`: the release, the git commit, and the components built in.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("HUB_GIT_HASH"),
+    "; components: http, pgwire, kafka, postgres-sink, redis-cache, object-store, datafusion ",
+    "55)"
+);
+
 /// LLM Analytics Hub: streaming SQL analytics for LLM telemetry.
 #[derive(Debug, Parser)]
-#[command(name = "analytics-hub", version, about)]
+#[command(name = "analytics-hub", version = VERSION, about)]
 pub struct Cli {
     /// TOML configuration file (see `analytics-hub config` for every key).
     #[arg(long, global = true, env = "HUB_CONFIG")]

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod cache;
 mod cq;
+mod deploy;
 mod disk_faults;
 mod docs;
 mod durability;
