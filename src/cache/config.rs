@@ -95,29 +95,9 @@ where
 }
 
 impl CacheConfig {
-    /// Applies the seed's environment variables, read through `get`.
+    /// Applies the environment variables that build the Redis URL (`REDIS_URL`, or `REDIS_HOST`
+    /// and `REDIS_PORT`); the single-key ones are in `config::env::ENV_KEYS`.
     pub fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), EnvError> {
-        if let Some(v) = get("CACHE_ENABLED") {
-            self.enabled = parse("CACHE_ENABLED", v)?;
-        }
-        if let Some(v) = get("CACHE_METRICS_TTL") {
-            self.metrics_ttl_secs = parse("CACHE_METRICS_TTL", v)?;
-        }
-        if let Some(v) = get("CACHE_EVENTS_TTL") {
-            self.events_ttl_secs = parse("CACHE_EVENTS_TTL", v)?;
-        }
-        if let Some(v) = get("CACHE_PREDICTIONS_TTL") {
-            self.predictions_ttl_secs = parse("CACHE_PREDICTIONS_TTL", v)?;
-        }
-        if let Some(v) = get("CACHE_MAX_ENTRY_BYTES") {
-            self.max_entry_bytes = parse("CACHE_MAX_ENTRY_BYTES", v)?;
-        }
-        if let Some(v) = get("CACHE_KEY_PREFIX") {
-            self.key_prefix = v;
-        }
-        if let Some(v) = get("REDIS_TIMEOUT_MS") {
-            self.redis_timeout_ms = parse("REDIS_TIMEOUT_MS", v)?;
-        }
         if let Some(url) = get("REDIS_URL").filter(|u| !u.is_empty()) {
             self.redis_url = Some(url);
         } else if let Some(host) = get("REDIS_HOST").filter(|h| !h.is_empty()) {
@@ -125,17 +105,6 @@ impl CacheConfig {
             self.redis_url = Some(format!("redis://{host}:{port}"));
         } else if let Some(port) = get("REDIS_PORT") {
             self.redis_url = Some(format!("redis://127.0.0.1:{}", parse::<u16>("REDIS_PORT", port)?));
-        }
-        if let Some(v) = get("REDIS_CLUSTER") {
-            self.redis_cluster = parse("REDIS_CLUSTER", v)?;
-        }
-        if let Some(v) = get("REDIS_NODES") {
-            self.redis_nodes = v
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(String::from)
-                .collect();
         }
         Ok(())
     }
@@ -179,21 +148,33 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_string())
         };
-        let mut c = CacheConfig::default();
-        c.apply_env(&env(&[("REDIS_HOST", "cache.internal"), ("CACHE_METRICS_TTL", "30")]))
-            .expect("valid");
+        // Through the whole configuration: the single-key names live in config::env.
+        let cache_of = |pairs: &'static [(&'static str, &'static str)]| {
+            let mut c = crate::config::Config::default();
+            c.apply_env(env(pairs)).map(|()| c.cache)
+        };
+        let c = cache_of(&[("REDIS_HOST", "cache.internal"), ("CACHE_METRICS_TTL", "30")]).expect("valid");
         assert_eq!(c.redis_url.as_deref(), Some("redis://cache.internal:6379"));
         assert_eq!(c.metrics_ttl_secs, 30);
-        let mut c = CacheConfig::default();
-        c.apply_env(&env(&[("REDIS_CLUSTER", "true"), ("REDIS_NODES", "a:7000, b:7001,")]))
-            .expect("valid");
+        let c = cache_of(&[("REDIS_CLUSTER", "true"), ("REDIS_NODES", "a:7000, b:7001,")]).expect("valid");
         assert_eq!(c.cluster_nodes(), vec!["redis://a:7000", "redis://b:7001"]);
         assert!(c.uses_redis());
         c.validate().expect("valid");
+        let err = cache_of(&[("CACHE_EVENTS_TTL", "soon")]).expect_err("not a number");
+        assert!(
+            matches!(
+                err,
+                crate::config::ConfigError::Env {
+                    name: "CACHE_EVENTS_TTL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = CacheConfig::default()
-            .apply_env(&env(&[("CACHE_EVENTS_TTL", "soon")]))
-            .expect_err("not a number");
-        assert_eq!(err.name, "CACHE_EVENTS_TTL");
+            .apply_env(&env(&[("REDIS_PORT", "sixty")]))
+            .expect_err("not a port");
+        assert_eq!(err.name, "REDIS_PORT");
         let cluster_without_nodes = CacheConfig {
             redis_cluster: true,
             ..CacheConfig::default()

@@ -2,6 +2,8 @@
 //! file (`--config`), environment variables (the seed's names), command-line flags.
 //! Unknown keys in the file are rejected.
 
+pub mod env;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -219,144 +221,16 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Applies the environment variables the seed defined, read through `get`.
+    /// Applies the environment variables (read through `get`): the single-key ones of
+    /// [`env::ENV_KEYS`], then the ones that build a value from several.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                name,
-                value,
-                message: e.to_string(),
-            })
-        }
-        if let Some(v) = get("HOST") {
-            self.http.host = v;
-        }
-        if let Some(v) = get("PORT") {
-            self.http.port = parse("PORT", v)?;
-        }
-        if let Some(v) = get("MAX_BODY_BYTES") {
-            self.http.max_body_bytes = parse("MAX_BODY_BYTES", v)?;
-        }
-        if let Some(v) = get("LOG_LEVEL") {
-            self.log.level = v;
-        }
-        if let Some(v) = get("LOG_FORMAT") {
-            self.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "LOG_FORMAT",
-                        value: v,
-                        message: "expected `text` or `json`".into(),
-                    });
-                }
-            };
-        }
-        if let Some(v) = get("STORAGE_MAX_MEMORY_BYTES") {
-            self.storage.max_memory_bytes = parse("STORAGE_MAX_MEMORY_BYTES", v)?;
-        }
-        if let Some(v) = get("DATA_DIR") {
-            self.storage.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("QUERY_TIMEOUT_SECS") {
-            self.query.timeout_secs = parse("QUERY_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = get("QUERY_MEMORY_LIMIT") {
-            self.query.memory_limit_bytes = parse("QUERY_MEMORY_LIMIT", v)?;
-        }
-        if let Some(v) = get("QUERY_MAX_CONCURRENT") {
-            self.query.max_concurrent = parse("QUERY_MAX_CONCURRENT", v)?;
-        }
+        env::apply(self, &get)?;
         self.cache.apply_env(&get).map_err(|e| ConfigError::Env {
             name: e.name,
             value: e.value,
             message: e.message,
         })?;
-        if let Some(v) = get("HTTP_TLS_CERT") {
-            self.http.tls_cert = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("HTTP_TLS_KEY") {
-            self.http.tls_key = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("CORS_ALLOWED_ORIGINS") {
-            self.http.cors_allowed_origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(String::from)
-                .collect();
-        }
-        if let Some(v) = get("RATE_LIMIT_INGEST_PER_SEC") {
-            self.http.rate_limit.ingest_per_sec = parse("RATE_LIMIT_INGEST_PER_SEC", v)?;
-        }
-        if let Some(v) = get("RATE_LIMIT_QUERY_PER_SEC") {
-            self.http.rate_limit.query_per_sec = parse("RATE_LIMIT_QUERY_PER_SEC", v)?;
-        }
-        if let Some(v) = get("AUTH_MODE") {
-            self.auth.mode = parse("AUTH_MODE", v)?;
-        }
-        if let Some(v) = get("AUTH_KEY_STORE") {
-            self.auth.key_store = parse("AUTH_KEY_STORE", v)?;
-        }
-        if let Some(v) = get("AUTH_JWT_SECRET") {
-            self.auth.jwt.hs256_secret = Some(v);
-        }
-        if let Some(v) = get("AUTH_JWT_JWKS_URL") {
-            self.auth.jwt.jwks_url = Some(v);
-        }
-        if let Some(v) = get("AUTH_JWT_ISSUER") {
-            self.auth.jwt.issuer = Some(v);
-        }
-        if let Some(v) = get("AUTH_JWT_AUDIENCE") {
-            self.auth.jwt.audience = Some(v);
-        }
-        if let Some(v) = get("OBJECT_STORE_MAX_RETRIES") {
-            self.object_store.max_retries = parse("OBJECT_STORE_MAX_RETRIES", v)?;
-        }
-        if let Some(v) = get("OBJECT_STORE_RETRY_TIMEOUT_SECS") {
-            self.object_store.retry_timeout_secs = parse("OBJECT_STORE_RETRY_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = get("KAFKA_BROKERS") {
-            self.kafka.brokers = Some(v);
-        }
-        if let Some(v) = get("KAFKA_TOPIC") {
-            self.kafka.topic = v;
-        }
-        if let Some(v) = get("KAFKA_GROUP_ID") {
-            self.kafka.group_id = v;
-        }
-        if let Some(v) = get("KAFKA_DLQ_TOPIC") {
-            self.kafka.dlq_topic = Some(v);
-        }
-        if let Some(v) = get("KAFKA_START_OFFSET") {
-            self.kafka.start_offset = parse("KAFKA_START_OFFSET", v)?;
-        }
-        if let Some(v) = get("KAFKA_SESSION_TIMEOUT_MS") {
-            self.kafka.session_timeout_ms = parse("KAFKA_SESSION_TIMEOUT_MS", v)?;
-        }
         self.postgres.apply_env(&get);
-        if let Some(v) = get("PGWIRE_ENABLED") {
-            self.pgwire.enabled = parse("PGWIRE_ENABLED", v)?;
-        }
-        if let Some(v) = get("PGWIRE_HOST") {
-            self.pgwire.host = v;
-        }
-        if let Some(v) = get("PGWIRE_PORT") {
-            self.pgwire.port = parse("PGWIRE_PORT", v)?;
-        }
-        if let Some(v) = get("PGWIRE_AUTH") {
-            self.pgwire.auth = parse("PGWIRE_AUTH", v)?;
-        }
-        if let Some(v) = get("PGWIRE_API_KEYS") {
-            self.pgwire.api_keys = parse("PGWIRE_API_KEYS", v)?;
-        }
-        if let Some(v) = get("PGWIRE_ALLOW_TRUST") {
-            self.pgwire.allow_trust = parse("PGWIRE_ALLOW_TRUST", v)?;
-        }
         match (get("PGWIRE_USER"), get("PGWIRE_PASSWORD")) {
             (Some(user), Some(password)) => self.pgwire.set_user(user, password),
             (None, None) => {}
@@ -374,12 +248,6 @@ impl Config {
                     message: "set PGWIRE_USER too".into(),
                 });
             }
-        }
-        if let Some(v) = get("PGWIRE_TLS_CERT") {
-            self.pgwire.tls_cert = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("PGWIRE_TLS_KEY") {
-            self.pgwire.tls_key = Some(PathBuf::from(v));
         }
         Ok(())
     }
