@@ -94,9 +94,13 @@ pub async fn run(command: KeysCommand, store: &KeyStore) -> Result<String, AuthE
     let now = crate::event::time::now_micros();
     match command {
         KeysCommand::Create(args) => {
-            let (key, record) = store
-                .create(&args.name, args.role, args.tenant.as_deref(), args.expires, now)
-                .await?;
+            let spec = super::keys::KeySpec {
+                name: &args.name,
+                role: args.role,
+                tenant: args.tenant.as_deref(),
+                expires_in: args.expires,
+            };
+            let (key, record) = store.create(spec, now).await?;
             let mut out = format!("{key}\n");
             out.push_str(&format!(
                 "# key `{}` (role {}{}{}) in {} — shown once; send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`\n",

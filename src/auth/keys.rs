@@ -65,14 +65,27 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// A new key for `name` (checked: name, tenant, role) and its record; not yet stored.
-pub fn new_key(
-    name: &str,
-    role: Role,
-    tenant: Option<&str>,
-    expires_in: Option<Duration>,
-    now_us: i64,
-) -> Result<(String, KeyRecord), AuthError> {
+/// What a new key is to be.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec<'a> {
+    /// Unique name among active keys.
+    pub name: &'a str,
+    /// Role.
+    pub role: Role,
+    /// Tenant it is bound to.
+    pub tenant: Option<&'a str>,
+    /// Lifetime (none: no expiry).
+    pub expires_in: Option<Duration>,
+}
+
+/// A new key for `spec` (checked: name, tenant, role) and its record; not yet stored.
+pub fn new_key(spec: KeySpec<'_>, now_us: i64) -> Result<(String, KeyRecord), AuthError> {
+    let KeySpec {
+        name,
+        role,
+        tenant,
+        expires_in,
+    } = spec;
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -125,17 +138,10 @@ pub enum KeyStore {
 
 impl KeyStore {
     /// Creates a key; returns it (shown once) and its record.
-    pub async fn create(
-        &self,
-        name: &str,
-        role: Role,
-        tenant: Option<&str>,
-        expires_in: Option<Duration>,
-        now_us: i64,
-    ) -> Result<(String, KeyRecord), AuthError> {
+    pub async fn create(&self, spec: KeySpec<'_>, now_us: i64) -> Result<(String, KeyRecord), AuthError> {
         match self {
-            Self::File(f) => f.create(name, role, tenant, expires_in, now_us),
-            Self::Postgres(p) => p.create(name, role, tenant, expires_in, now_us).await,
+            Self::File(f) => f.create(spec, now_us),
+            Self::Postgres(p) => p.create(spec, now_us).await,
         }
     }
 
@@ -207,15 +213,9 @@ impl KeyFileStore {
     }
 
     /// Creates a key; returns it (shown once) and its record.
-    pub fn create(
-        &self,
-        name: &str,
-        role: Role,
-        tenant: Option<&str>,
-        expires_in: Option<Duration>,
-        now_us: i64,
-    ) -> Result<(String, KeyRecord), AuthError> {
-        let (key, record) = new_key(name, role, tenant, expires_in, now_us)?;
+    pub fn create(&self, spec: KeySpec<'_>, now_us: i64) -> Result<(String, KeyRecord), AuthError> {
+        let (key, record) = new_key(spec, now_us)?;
+        let name = spec.name;
         let mut file = self.read()?;
         if file.keys.iter().any(|k| k.name == name && k.revoked_us.is_none()) {
             return Err(AuthError::InvalidRequest(format!(
@@ -399,15 +399,13 @@ mod tests {
     fn created_keys_verify_until_revoked_or_expired() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = KeyFileStore::in_data_dir(dir.path());
-        let (key, record) = store
-            .create(
-                "dash",
-                Role::Read,
-                Some("acme"),
-                Some(Duration::from_secs(60)),
-                1_000_000,
-            )
-            .expect("create");
+        let spec = |role| KeySpec {
+            name: "dash",
+            role,
+            tenant: Some("acme"),
+            expires_in: Some(Duration::from_secs(60)),
+        };
+        let (key, record) = store.create(spec(Role::Read), 1_000_000).expect("create");
         assert!(key.starts_with(PREFIX) && key.len() == PREFIX.len() + 43, "{key}");
         assert!(
             !std::fs::read_to_string(store.path()).expect("file").contains(&key),
@@ -426,10 +424,7 @@ mod tests {
             ring.verify("lah_nope", t0, 2_000_000),
             Err(AuthError::InvalidCredentials)
         ));
-        assert!(
-            store.create("dash", Role::Admin, None, None, 3).is_err(),
-            "names are unique"
-        );
+        assert!(store.create(spec(Role::Read), 3).is_err(), "names are unique");
         store.revoke("dash", 5).expect("revoke");
         // Seen after the recheck interval, not before.
         assert!(ring.verify(&key, t0 + Duration::from_millis(10), 6).is_ok());

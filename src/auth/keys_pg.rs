@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use super::AuthError;
-use super::keys::{KeyRecord, new_key};
+use super::keys::{KeyRecord, KeySpec, new_key};
 use super::principal::Role;
 
 /// The `hub_api_keys` table.
@@ -64,34 +64,42 @@ impl PgKeyStore {
     }
 
     /// Creates a key; returns it (shown once) and its record.
-    pub async fn create(
-        &self,
-        name: &str,
-        role: Role,
-        tenant: Option<&str>,
-        expires_in: Option<Duration>,
-        now_us: i64,
-    ) -> Result<(String, KeyRecord), AuthError> {
-        let (key, r) = new_key(name, role, tenant, expires_in, now_us)?;
-        let inserted = sqlx::query(
-            "INSERT INTO hub_api_keys (sha256, name, role, tenant, created_us, expires_us, revoked_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
-        )
-        .bind(&r.sha256)
-        .bind(&r.name)
-        .bind(r.role.as_str())
-        .bind(&r.tenant)
-        .bind(r.created_us)
-        .bind(r.expires_us)
-        .execute(&self.pool)
-        .await;
-        match inserted {
-            Ok(_) => Ok((key, r)),
-            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23505") => Err(AuthError::InvalidRequest(
-                format!("a key named `{name}` exists; revoke it first or pick another name"),
-            )),
-            Err(e) => Err(AuthError::KeyDatabase(e)),
+    pub async fn create(&self, spec: KeySpec<'_>, now_us: i64) -> Result<(String, KeyRecord), AuthError> {
+        let (key, record) = new_key(spec, now_us)?;
+        match self.insert(&record, false).await {
+            Ok(_) => Ok((key, record)),
+            Err(AuthError::KeyDatabase(sqlx::Error::Database(d))) if d.code().as_deref() == Some("23505") => {
+                Err(AuthError::InvalidRequest(format!(
+                    "a key named `{}` exists; revoke it first or pick another name",
+                    spec.name
+                )))
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Stores `r`; with `skip_existing`, a key (hash) or active name already there is left
+    /// alone. Returns the rows added.
+    async fn insert(&self, r: &KeyRecord, skip_existing: bool) -> Result<u64, AuthError> {
+        let sql = if skip_existing {
+            "INSERT INTO hub_api_keys (sha256, name, role, tenant, created_us, expires_us, revoked_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+        } else {
+            "INSERT INTO hub_api_keys (sha256, name, role, tenant, created_us, expires_us, revoked_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        };
+        let done = sqlx::query(sql)
+            .bind(&r.sha256)
+            .bind(&r.name)
+            .bind(r.role.as_str())
+            .bind(&r.tenant)
+            .bind(r.created_us)
+            .bind(r.expires_us)
+            .bind(r.revoked_us)
+            .execute(&self.pool)
+            .await
+            .map_err(AuthError::KeyDatabase)?;
+        Ok(done.rows_affected())
     }
 
     /// Revokes the active key named `name`.
@@ -115,21 +123,7 @@ impl PgKeyStore {
     pub async fn import(&self, records: &[KeyRecord]) -> Result<u64, AuthError> {
         let mut added = 0;
         for r in records {
-            let done = sqlx::query(
-                "INSERT INTO hub_api_keys (sha256, name, role, tenant, created_us, expires_us, revoked_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(&r.sha256)
-            .bind(&r.name)
-            .bind(r.role.as_str())
-            .bind(&r.tenant)
-            .bind(r.created_us)
-            .bind(r.expires_us)
-            .bind(r.revoked_us)
-            .execute(&self.pool)
-            .await
-            .map_err(AuthError::KeyDatabase)?;
-            added += done.rows_affected();
+            added += self.insert(r, true).await?;
         }
         Ok(added)
     }

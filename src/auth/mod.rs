@@ -178,11 +178,13 @@ impl Authenticator {
         expires_in: std::time::Duration,
     ) -> Result<(String, keys::KeyRecord), AuthError> {
         let expires_in = (!expires_in.is_zero()).then_some(expires_in);
-        let created = self
-            .keys
-            .store()
-            .create(name, role, tenant, expires_in, (self.wall)())
-            .await?;
+        let spec = keys::KeySpec {
+            name,
+            role,
+            tenant,
+            expires_in,
+        };
+        let created = self.keys.store().create(spec, (self.wall)()).await?;
         self.keys.reload_now().await?;
         Ok(created)
     }

@@ -54,6 +54,21 @@ fn create_key(data: &Path, name: &str, role: &str, tenant: Option<&str>) -> Stri
     out.lines().next().expect("the key").trim().to_string()
 }
 
+/// The Hub on `dir/data` with `toml` as its configuration file.
+async fn hub_with_config(dir: &Path, toml: String) -> (Hub, std::path::PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            config_toml: Some(toml),
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    (hub, data)
+}
+
 async fn hub_requiring_keys(dir: &Path) -> (Hub, std::path::PathBuf) {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
@@ -785,16 +800,7 @@ async fn jwt_bearer_tokens_hs256_rs256_es256_and_every_defect_refused() {
         keys_dir.join("rsa.pub.pem").display(),
         keys_dir.join("ec.pub.pem").display()
     );
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let hub = Hub::start_with(
-        &data,
-        HubOptions {
-            config_toml: Some(toml),
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let (hub, data) = hub_with_config(dir.path(), toml).await;
     let printed = std::process::Command::new(BIN)
         .args(["--config"])
         .arg(data.with_extension("toml"))
@@ -1331,16 +1337,7 @@ async fn jwks_from_a_url_follows_key_rotation_and_survives_the_provider_going_aw
     let toml = format!(
         "[auth]\nmode = \"required\"\n[auth.jwt]\njwks_url = \"{url}\"\njwks_refresh_secs = 3600\njwks_min_refresh_secs = 1\n"
     );
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let hub = Hub::start_with(
-        &data,
-        HubOptions {
-            config_toml: Some(toml),
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let (hub, _data) = hub_with_config(dir.path(), toml).await;
     let exp = chrono::Utc::now().timestamp() + 600;
     let token = |pem: &str, kid: &str| {
         let mut header = Header::new(Algorithm::RS256);

@@ -188,27 +188,32 @@ async fn rejects_batches_with_another_schema() {
     assert!(matches!(store.append(other).await, Err(StorageError::SchemaMismatch)));
 }
 
-/// Events in memory are bounded by bytes: an append over `max_memory_bytes` waits (and asks
-/// the maintenance task to flush) until the flush frees memory, then goes through.
-#[tokio::test]
-async fn appends_over_the_memory_budget_wait_for_the_flush() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let first = batch(1, 200);
-    let size = first.get_array_memory_size();
+/// A store whose segments hold one batch of `rows` events and whose memory budget is two such
+/// batches, with three appended: over the budget (nothing flushes: no maintenance task runs).
+async fn over_the_memory_budget(dir: &std::path::Path, rows: usize) -> LocalStore {
+    let size = batch(1, rows).get_array_memory_size();
     let store = LocalStore::open(
         LocalStoreConfig {
             segment_max_bytes: size,
             max_memory_bytes: 2 * size,
-            ..config(dir.path())
+            ..config(dir)
         },
         Metrics::new().expect("metrics"),
         StorageHealth::default(),
     )
     .expect("open");
-    // Three batches: over the budget (nothing flushes: no maintenance task runs here).
     for seed in 1..=3 {
-        store.append(batch(seed, 200)).await.expect("under the budget");
+        store.append(batch(seed, rows)).await.expect("under the budget");
     }
+    store
+}
+
+/// Events in memory are bounded by bytes: an append over `max_memory_bytes` waits (and asks
+/// the maintenance task to flush) until the flush frees memory, then goes through.
+#[tokio::test]
+async fn appends_over_the_memory_budget_wait_for_the_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = over_the_memory_budget(dir.path(), 200).await;
     assert!(store.shared.memory_bytes() > store.shared.memory_budget());
     // Full segments asked for maintenance already; drop that request, so the next one is the
     // waiting append's.
@@ -235,21 +240,7 @@ async fn appends_over_the_memory_budget_wait_for_the_flush() {
 #[tokio::test]
 async fn waiting_for_memory_gives_up_with_a_reason_when_the_flush_never_frees_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = batch(1, 100);
-    let size = first.get_array_memory_size();
-    let store = LocalStore::open(
-        LocalStoreConfig {
-            segment_max_bytes: size,
-            max_memory_bytes: 2 * size,
-            ..config(dir.path())
-        },
-        Metrics::new().expect("metrics"),
-        StorageHealth::default(),
-    )
-    .expect("open");
-    for seed in 1..=3 {
-        store.append(batch(seed, 100)).await.expect("under the budget");
-    }
+    let store = over_the_memory_budget(dir.path(), 100).await;
     // (`append` waits MEMORY_WAIT = 30 s; the same wait, bounded at 200 ms here.)
     let wait = Duration::from_millis(200);
     let started = Instant::now();
