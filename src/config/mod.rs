@@ -366,12 +366,25 @@ mod tests {
                 name: "a".into(),
                 password: "c".into(),
                 tenant: None,
+                role: crate::auth::Role::Read,
             }]
         );
         let err = c
             .apply_env(|n| (n == "PGWIRE_USER").then(|| "x".to_string()))
             .expect_err("user without password");
         assert!(err.to_string().contains("PGWIRE_PASSWORD"));
+        let roles = |toml: &str| Config::from_toml(toml).expect("parses").validate();
+        assert!(
+            roles("[[pgwire.users]]\nname = \"etl\"\npassword = \"p\"\nrole = \"ingest\"\n")
+                .expect_err("ingest cannot run SQL")
+                .contains("ingest")
+        );
+        assert!(
+            roles("[[pgwire.users]]\nname = \"a\"\npassword = \"p\"\nrole = \"admin\"\ntenant = \"acme\"\n")
+                .expect_err("admin is never bound")
+                .contains("admin")
+        );
+        roles("[[pgwire.users]]\nname = \"ops\"\npassword = \"p\"\nrole = \"admin\"\n").expect("admin login");
         c.pgwire.auth = PgwireAuth::Trust;
         assert!(
             c.validate()

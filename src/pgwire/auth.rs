@@ -327,6 +327,7 @@ mod tests {
                 name: "hub".into(),
                 password: "secret".into(),
                 tenant: None,
+                role: crate::auth::Role::Read,
             }],
             ..PgwireConfig::default()
         })

@@ -67,6 +67,14 @@ pub struct PgwireUser {
     /// `tenant` column (docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Role, as for API keys: `read` (default) or `admin` — alike on the wire, which is
+    /// read-only for every login; `ingest` cannot run SQL and is refused.
+    #[serde(default = "read_role")]
+    pub role: crate::auth::Role,
+}
+
+fn read_role() -> crate::auth::Role {
+    crate::auth::Role::Read
 }
 
 /// Authentication method of the wire endpoint.
@@ -114,6 +122,7 @@ impl PgwireConfig {
             name,
             password,
             tenant: None,
+            role: read_role(),
         });
     }
 
@@ -127,6 +136,20 @@ impl PgwireConfig {
         }
         if self.users.iter().any(|u| u.name.is_empty()) {
             return Err("pgwire.users: a user name is empty".into());
+        }
+        for u in &self.users {
+            if u.role == crate::auth::Role::Ingest {
+                return Err(format!(
+                    "pgwire user `{}`: role `ingest` cannot run SQL; use `read` or `admin`",
+                    u.name
+                ));
+            }
+            if u.role == crate::auth::Role::Admin && u.tenant.is_some() {
+                return Err(format!(
+                    "pgwire user `{}`: an admin login acts on every tenant; bind `read` logins to a tenant",
+                    u.name
+                ));
+            }
         }
         Ok(())
     }
