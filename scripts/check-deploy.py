@@ -119,7 +119,7 @@ def main():
     args = ap.parse_args()
 
     base = resources(os.path.join(K8S, "base"))
-    data = resources(os.path.join(K8S, "data"))
+    data = resources(os.path.join(K8S, "stateful"))
     validate(sorted({p for p, _ in base + data}))
 
     # Overlays: every patch applies, the results validate.
