@@ -113,37 +113,15 @@ fn get<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
 pub fn apply(config: &mut Config, read: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     let error = |name: &'static str, value: String, message: String| ConfigError::Env { name, value, message };
     let mut root = Value::try_from(&*config).map_err(|e| error("(all)", String::new(), e.to_string()))?;
-    let mut changed = false;
     for &(name, path) in ENV_KEYS {
         let Some(text) = read(name) else { continue };
         let value = typed(get(&root, path), &text).map_err(|m| error(name, text.clone(), m))?;
-        let before = root.clone();
         set(&mut root, path, value);
         // Checked one variable at a time, so a value the key does not take names its variable.
-        if let Err(e) = root.clone().try_into::<Config>() {
-            // An unset option is absent from the TOML: a number or a flag may be what it takes.
-            let retried = [
-                text.trim().parse::<i64>().ok().map(Value::Integer),
-                text.trim().parse::<bool>().ok().map(Value::Boolean),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|v| {
-                let mut attempt = before.clone();
-                set(&mut attempt, path, v.clone());
-                attempt.try_into::<Config>().is_ok()
-            });
-            match retried {
-                Some(v) if get(&before, path).is_none() => set(&mut root, path, v),
-                _ => return Err(error(name, text, e.message().to_string())),
-            }
-        }
-        changed = true;
-    }
-    if changed {
         *config = root
+            .clone()
             .try_into()
-            .map_err(|e: toml::de::Error| error("(all)", String::new(), e.message().to_string()))?;
+            .map_err(|e: toml::de::Error| error(name, text, e.message().to_string()))?;
     }
     Ok(())
 }

@@ -158,6 +158,14 @@ pub struct CqRuntime {
     follows_input_watermark: bool,
 }
 
+/// The index of `name` in `schema` when it is a `Utf8` column (read as text for `late_events`).
+fn text_column(schema: &SchemaRef, name: &str) -> Option<usize> {
+    schema
+        .index_of(name)
+        .ok()
+        .filter(|&i| schema.field(i).data_type() == &DataType::Utf8)
+}
+
 impl CqRuntime {
     /// Rewrites and plans `def` over input batches with `input_schema` (the schema of
     /// `source`, which the caller resolves from the rewritten SQL via [`source_of`]).
@@ -239,14 +247,8 @@ impl CqRuntime {
             _ => Windows::Fixed(FixedWindows::new(spec, updating)),
         };
         Ok(Self {
-            id_idx: input_schema
-                .index_of("event_id")
-                .ok()
-                .filter(|&i| input_schema.field(i).data_type() == &DataType::Utf8),
-            tenant_idx: input_schema
-                .index_of(crate::query::tenant::TENANT_COLUMN)
-                .ok()
-                .filter(|&i| input_schema.field(i).data_type() == &DataType::Utf8),
+            id_idx: text_column(input_schema, "event_id"),
+            tenant_idx: text_column(input_schema, crate::query::tenant::TENANT_COLUMN),
             input_columns,
             def,
             source: rewritten.source,
@@ -374,8 +376,10 @@ impl CqRuntime {
         let times = datafusion::arrow::compute::cast(batch.column(self.time_idx), &timestamp_type())
             .map_err(CqError::internal)?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
-        let ids = self.id_idx.map(|i| batch.column(i).as_string::<i32>().clone());
-        let tenants = self.tenant_idx.map(|i| batch.column(i).as_string::<i32>().clone());
+        let text = |idx: Option<usize>, row: usize| {
+            let a = batch.column(idx?).as_string::<i32>();
+            (!a.is_null(row)).then(|| a.value(row).to_string())
+        };
         let mut keep = Vec::with_capacity(times.len());
         let mut late = Vec::new();
         let mut max_kept: Option<i64> = None;
@@ -390,13 +394,9 @@ impl CqRuntime {
             let is_late = !suppressed && self.watermark_us.is_some_and(|w| earliest_end <= w);
             if is_late && !replay {
                 late.push(LateEvent {
-                    event_id: ids
-                        .as_ref()
-                        .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                    event_id: text(self.id_idx, i),
                     event_time: ts,
-                    tenant: tenants
-                        .as_ref()
-                        .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                    tenant: text(self.tenant_idx, i),
                     window_end: match self.spec {
                         WindowSpec::Session { gap_us } => ts.saturating_add(gap_us),
                         _ => earliest_end,

@@ -132,6 +132,11 @@ impl Segment {
         }
     }
 
+    /// Whether the segment reached its row or byte bound (rotation is due, age aside).
+    fn is_full(&self, config: &LocalStoreConfig) -> bool {
+        self.rows >= config.segment_max_rows || self.bytes >= config.segment_max_bytes
+    }
+
     fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
         self.blocks.iter().chain(self.pending.iter())
     }
@@ -144,6 +149,13 @@ struct Inner {
     /// Flushed Parquet files, oldest first.
     files: Vec<PathBuf>,
     next_seq: u64,
+}
+
+impl Inner {
+    /// Bytes of events held in memory (every segment not yet in Parquet).
+    fn memory_bytes(&self) -> usize {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
 }
 
 /// A consistent view of the store for one query.
@@ -187,7 +199,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Bytes of events held in memory (every segment not yet in Parquet).
     fn memory_bytes(&self) -> usize {
-        self.lock().segments.iter().map(|s| s.bytes).sum()
+        self.lock().memory_bytes()
     }
 
     /// The memory budget of [`LocalStoreConfig::max_memory_bytes`].
@@ -286,10 +298,7 @@ impl Shared {
             }
             // Still under `inner`: a snapshot taken after this sees the rows and the new version.
             self.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
-            let full = inner
-                .segments
-                .last()
-                .is_some_and(|a| a.rows >= self.config.segment_max_rows || a.bytes >= self.config.segment_max_bytes);
+            let full = inner.segments.last().is_some_and(|a| a.is_full(&self.config));
             drop(inner);
             if full {
                 // Rotate now, not at the next tick: a segment stays near its size bound.
@@ -531,11 +540,10 @@ impl LocalStore {
         let Some(metrics) = &self.shared.metrics else { return };
         let inner = self.shared.lock();
         let rows: usize = inner.segments.iter().map(|s| s.rows).sum();
-        let bytes: usize = inner.segments.iter().map(|s| s.bytes).sum();
         metrics.storage_rows_in_memory.set(rows as i64);
         metrics
             .storage_bytes_in_memory
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(inner.memory_bytes()).unwrap_or(i64::MAX));
         metrics.storage_parquet_files.set(inner.files.len() as i64);
     }
 
@@ -551,8 +559,7 @@ impl LocalStore {
             };
             active.rows > 0
                 && (force
-                    || active.rows >= shared.config.segment_max_rows
-                    || active.bytes >= shared.config.segment_max_bytes
+                    || active.is_full(&shared.config)
                     || active.opened.elapsed() >= Duration::from_secs(shared.config.segment_max_age_secs))
         };
         if !due {
