@@ -1,5 +1,6 @@
 //! Build information for `analytics-hub --version`: the git commit the binary was built from
-//! (`HUB_GIT_HASH` from the environment when there is no .git, as in a container build).
+//! (`HUB_GIT_HASH` from the environment when there is no .git, as in a container build) and the
+//! optional components compiled in (`HUB_FEATURES`, from cargo's `CARGO_FEATURE_*`).
 
 use std::process::Command;
 
@@ -21,4 +22,10 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=HUB_GIT_HASH={hash}");
+    let features: Vec<&str> = ["kafka", "postgres", "pgwire"]
+        .into_iter()
+        .filter(|f| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .collect();
+    let features = if features.is_empty() { "none".to_string() } else { features.join(", ") };
+    println!("cargo:rustc-env=HUB_FEATURES={features}");
 }

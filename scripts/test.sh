@@ -120,5 +120,14 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/llm-analytics-hub-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The binary without the optional components (cargo features kafka, postgres, pgwire), for
+# deploy::a_build_without_optional_features_serves_http_and_refuses_what_it_lacks. Built first:
+# the test build below puts the full binary back at target/debug/analytics-hub.
+log "cargo build --no-default-features (the lean binary)"
+cargo build --locked --no-default-features --bin analytics-hub
+mkdir -p "$CARGO_TARGET_DIR/lean"
+cp "$CARGO_TARGET_DIR/debug/analytics-hub" "$CARGO_TARGET_DIR/lean/analytics-hub"
+export HUB_LEAN_BIN="$CARGO_TARGET_DIR/lean/analytics-hub"
+
 log "cargo test --workspace (target dir: $CARGO_TARGET_DIR)"
 cargo test --workspace --all-targets --locked "$@"

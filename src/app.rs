@@ -10,7 +10,6 @@ use crate::http::{AppState, router};
 use crate::ingest::{BodyShape, Ingest, Pipeline, StoreIngest};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
-use crate::sources::kafka::producer::KafkaIngest;
 use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
 use crate::storage::versions::TableVersions;
@@ -43,6 +42,7 @@ pub enum AppError {
     #[error("source: {0}")]
     Source(#[from] crate::sources::SourceError),
     /// The Postgres-wire endpoint could not start.
+    #[cfg(feature = "pgwire")]
     #[error(transparent)]
     Pgwire(#[from] crate::pgwire::PgwireError),
     /// The snapshot tables could not be set up.
@@ -84,10 +84,20 @@ pub async fn key_store(
         }
         (_, Some(url)) => url,
     };
+    postgres_key_store(url, &config.postgres, file).await
+}
+
+/// The `hub_api_keys` table, migrated when `migrate_on_start`, with the key file's keys copied in.
+#[cfg(feature = "postgres")]
+async fn postgres_key_store(
+    url: &str,
+    postgres: &crate::sinks::postgres::PostgresConfig,
+    file: crate::auth::keys::KeyFileStore,
+) -> Result<crate::auth::keys::KeyStore, crate::auth::AuthError> {
     let db = crate::auth::keys_pg::PgKeyStore::connect_lazy(url)?;
-    if config.postgres.migrate_on_start {
+    if postgres.migrate_on_start {
         let migrated = async {
-            if config.postgres.create_database {
+            if postgres.create_database {
                 crate::sinks::postgres::migrate::create_database(url).await?;
             }
             crate::sinks::postgres::migrate::run(db.pool()).await
@@ -106,10 +116,68 @@ pub async fn key_store(
             Err(e) => tracing::warn!(error = %e, "API keys of the key file not copied into PostgreSQL yet"),
         }
     }
-    Ok(KeyStore::Postgres(db))
+    Ok(crate::auth::keys::KeyStore::Postgres(db))
+}
+
+/// Refused earlier by the configuration check (`auth.key_store = "postgres"` or `postgres.url`
+/// in a build without the `postgres` feature).
+#[cfg(not(feature = "postgres"))]
+async fn postgres_key_store(
+    _url: &str,
+    _postgres: &crate::sinks::postgres::PostgresConfig,
+    _file: crate::auth::keys::KeyFileStore,
+) -> Result<crate::auth::keys::KeyStore, crate::auth::AuthError> {
+    Err(crate::auth::AuthError::InvalidRequest(
+        "API keys in PostgreSQL need the `postgres` cargo feature".into(),
+    ))
+}
+
+
+/// The Postgres wire endpoint, when configured (`[pgwire]`).
+#[cfg(feature = "pgwire")]
+async fn start_wire(
+    config: &Config,
+    state: &AppState,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AppError> {
+    if !config.pgwire.active() {
+        if config.pgwire.enabled {
+            tracing::info!(
+                "Postgres wire endpoint off: no [pgwire] users configured (set PGWIRE_USER and PGWIRE_PASSWORD)"
+            );
+        }
+        return Ok(None);
+    }
+    let server = crate::pgwire::WireServer::bind(
+        &config.pgwire,
+        state.engine.context(),
+        Duration::from_secs(config.query.timeout_secs.max(1)),
+        state.engine.complexity(),
+        state.engine.max_result_bytes(),
+        state.cache.clone(),
+        Some(wire_key_verifier(state.auth.clone())),
+    )
+    .await?;
+    let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {
+        addr: format!("{}:{}", config.pgwire.host, config.pgwire.port),
+        source,
+    })?;
+    tracing::info!(%bound, auth = ?config.pgwire.auth, tls = server.tls(), users = config.pgwire.users.len(), "Postgres wire endpoint listening");
+    Ok(Some(tokio::spawn(server.run(shutdown))))
+}
+
+/// This build has no wire endpoint (`pgwire.enabled` is refused by the configuration check).
+#[cfg(not(feature = "pgwire"))]
+async fn start_wire(
+    _config: &Config,
+    _state: &AppState,
+    _shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AppError> {
+    Ok(None)
 }
 
 /// API keys (not JWTs) as wire passwords.
+#[cfg(feature = "pgwire")]
 fn wire_key_verifier(auth: crate::auth::Authenticator) -> crate::pgwire::auth::KeyVerifier {
     Arc::new(move |key: &str| {
         if key.starts_with(crate::auth::keys::PREFIX) {
@@ -118,6 +186,20 @@ fn wire_key_verifier(auth: crate::auth::Authenticator) -> crate::pgwire::auth::K
             Err(crate::auth::AuthError::InvalidCredentials)
         }
     })
+}
+
+/// HTTP events produced to Kafka (`kafka.produce_http`) instead of stored here.
+#[cfg(feature = "kafka")]
+fn kafka_ingest(config: &crate::sources::kafka::KafkaConfig) -> Result<Arc<dyn Ingest>, AppError> {
+    let ingest = crate::sources::kafka::producer::KafkaIngest::from_config(config)
+        .map_err(crate::sources::SourceError::Config)?;
+    Ok(Arc::new(ingest))
+}
+
+/// Refused by the configuration check (brokers set in a build without the `kafka` feature).
+#[cfg(not(feature = "kafka"))]
+fn kafka_ingest(_config: &crate::sources::kafka::KafkaConfig) -> Result<Arc<dyn Ingest>, AppError> {
+    Err(crate::sources::SourceError::Config("this build has no Kafka support (cargo feature `kafka`)".into()).into())
 }
 
 /// The authenticator: required when a listener binds a non-loopback address (`auth.mode = auto`).
@@ -191,7 +273,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
-        Arc::new(KafkaIngest::from_config(&config.kafka).map_err(crate::sources::SourceError::Config)?)
+        kafka_ingest(&config.kafka)?
     } else {
         Arc::new(local_ingest.with_sink(sink.clone()))
     };
@@ -265,31 +347,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         .enabled
         .then(|| tokio::spawn(run_demo(pipeline.clone(), config.demo.clone(), shutdown_rx.clone())));
 
-    let pgwire = if config.pgwire.active() {
-        let server = crate::pgwire::WireServer::bind(
-            &config.pgwire,
-            state.engine.context(),
-            Duration::from_secs(config.query.timeout_secs.max(1)),
-            state.engine.complexity(),
-            state.engine.max_result_bytes(),
-            state.cache.clone(),
-            Some(wire_key_verifier(state.auth.clone())),
-        )
-        .await?;
-        let bound = server.local_addr().map_err(|source| crate::pgwire::PgwireError::Bind {
-            addr: format!("{}:{}", config.pgwire.host, config.pgwire.port),
-            source,
-        })?;
-        tracing::info!(%bound, auth = ?config.pgwire.auth, tls = server.tls(), users = config.pgwire.users.len(), "Postgres wire endpoint listening");
-        Some(tokio::spawn(server.run(shutdown_rx.clone())))
-    } else {
-        if config.pgwire.enabled {
-            tracing::info!(
-                "Postgres wire endpoint off: no [pgwire] users configured (set PGWIRE_USER and PGWIRE_PASSWORD)"
-            );
-        }
-        None
-    };
+    let pgwire = start_wire(&config, &state, shutdown_rx.clone()).await?;
 
     let addr = format!("{}:{}", config.http.host, config.http.port);
     let listener = tokio::net::TcpListener::bind(&addr)

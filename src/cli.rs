@@ -7,13 +7,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::generate::GeneratorConfig;
 
-/// `--version`: the release, the git commit, and the components built in.
+/// `--version`: the release, the git commit, the optional components built in (cargo features
+/// `kafka`, `postgres`, `pgwire`) and those always present.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
     env!("HUB_GIT_HASH"),
-    "; components: http, pgwire, kafka, postgres-sink, redis-cache, object-store, datafusion ",
-    "55)"
+    "; features: ",
+    env!("HUB_FEATURES"),
+    "; always: http, storage, continuous queries, redis-cache, object-store; datafusion 55)"
 );
 
 /// LLM Analytics Hub: streaming SQL analytics for LLM telemetry.

@@ -53,5 +53,16 @@ mod tests {
         assert_eq!(chain(&storage), "appending: disk on fire");
         let ingest = crate::ingest::IngestError::Sink(crate::sinks::SinkError::Unavailable("timeout".into()));
         assert_eq!(chain(&ingest), "rollup database: database unavailable: timeout");
+        // A database error keeps the driver's error as its source.
+        let db = crate::sinks::SinkError::Database {
+            transient: true,
+            sqlstate: Some("57P01".into()),
+            source: Box::new(std::io::Error::other("terminating connection")),
+        };
+        assert!(std::error::Error::source(&db).is_some());
+        assert_eq!(
+            chain(&crate::ingest::IngestError::Sink(db)),
+            "rollup database: database unavailable (SQLSTATE 57P01): terminating connection"
+        );
     }
 }

@@ -20,7 +20,15 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+#[cfg(feature = "pgwire")]
 pub mod pgwire;
+/// Without the `pgwire` feature only the `[pgwire]` section is built (off by default), so a
+/// configuration file keeps parsing; [`config::Config::validate`] refuses `enabled = true`.
+#[cfg(not(feature = "pgwire"))]
+pub mod pgwire {
+    #[path = "config.rs"]
+    pub mod config;
+}
 pub mod query;
 pub mod redact;
 pub mod resilience;

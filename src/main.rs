@@ -26,6 +26,14 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A subcommand of a component this binary was built without.
+#[cfg(not(all(feature = "kafka", feature = "postgres")))]
+fn not_built(command: &str, feature: &str) -> ExitCode {
+    fail(format!(
+        "`{command}` needs the `{feature}` cargo feature, which this build leaves out (see `analytics-hub --version`)"
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match Config::load(cli.config.as_deref()) {
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        #[cfg(feature = "kafka")]
         Command::Bench(BenchCommand::Kafka {
             brokers,
             topic,
@@ -99,6 +108,8 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        #[cfg(not(feature = "kafka"))]
+        Command::Bench(BenchCommand::Kafka { .. }) => not_built("bench kafka", "kafka"),
         Command::Bench(BenchCommand::Rollup {
             input,
             batch_rows,
@@ -126,6 +137,9 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        #[cfg(not(feature = "postgres"))]
+        Command::Migrate => not_built("migrate", "postgres"),
+        #[cfg(feature = "postgres")]
         Command::Migrate => {
             init_logging(&config);
             match runtime.block_on(llm_analytics_hub::sinks::postgres::migrate::command(&config.postgres)) {

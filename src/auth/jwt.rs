@@ -87,6 +87,8 @@ pub struct JwtVerifier {
     fetched: RwLock<Arc<Vec<Key>>>,
     /// Set when a token named a `kid` no key has: the watcher fetches early.
     unknown_kid: tokio::sync::Notify,
+    /// The client of `jwks_url` fetches (one connection pool for every refresh).
+    http: reqwest::Client,
     config: JwtConfig,
 }
 
@@ -106,15 +108,41 @@ fn config_error(what: &str, detail: impl std::fmt::Display) -> AuthError {
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// The RS256/ES256 keys of a JWKS document (others skipped with a warning).
-fn jwks_keys(text: &[u8]) -> Result<Vec<Key>, String> {
-    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+/// Why a JWKS (file or URL) gave no keys.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The request failed (connection, timeout, HTTP status).
+    #[error("fetch failed: {0}")]
+    Fetch(#[source] reqwest::Error),
+    /// The document is larger than the Hub reads.
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+    /// Not a JSON Web Key Set.
+    #[error("not a JWKS document: {0}")]
+    Document(#[source] serde_json::Error),
+    /// A key of the set cannot be used.
+    #[error("key {kid:?}: {source}")]
+    Key {
+        /// The key's id.
+        kid: Option<String>,
+        /// Cause.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+fn jwks_keys(text: &[u8]) -> Result<Vec<Key>, JwksError> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(JwksError::Document)?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let Some(alg) = jwk_algorithm(jwk.common.key_algorithm, &jwk.algorithm) else {
             tracing::warn!(kid = ?jwk.common.key_id, "JWKS key skipped: only RS256 and ES256 (P-256) are accepted");
             continue;
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|source| JwksError::Key {
+            kid: jwk.common.key_id.clone(),
+            source,
+        })?;
         keys.push(Key {
             kid: jwk.common.key_id.clone(),
             alg,
@@ -171,10 +199,15 @@ impl JwtVerifier {
                 return Err(config_error("jwks_url", "use an https:// URL"));
             }
         }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| config_error("jwks_url", e))?;
         Ok(Self {
             keys,
             fetched: RwLock::new(Arc::new(Vec::new())),
             unknown_kid: tokio::sync::Notify::new(),
+            http,
             config: config.clone(),
         })
     }
@@ -185,25 +218,25 @@ impl JwtVerifier {
         let Some(url) = &self.config.jwks_url else {
             return Ok(0);
         };
-        let fail = |e: &dyn std::fmt::Display| AuthError::Jwks(format!("{url}: {e}"));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| fail(&e))?;
-        let mut response = client
+        let fail = |source: JwksError| AuthError::Jwks {
+            url: url.clone(),
+            source,
+        };
+        let mut response = self
+            .http
             .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(JwksError::Fetch(e)))?;
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(&e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(JwksError::Fetch(e)))? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_JWKS_BYTES {
-                return Err(fail(&format!("larger than {MAX_JWKS_BYTES} bytes")));
+                return Err(fail(JwksError::TooLarge(MAX_JWKS_BYTES)));
             }
         }
-        let keys = jwks_keys(&body).map_err(|e| fail(&e))?;
+        let keys = jwks_keys(&body).map_err(fail)?;
         let n = keys.len();
         *self.fetched.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
         Ok(n)

@@ -133,6 +133,7 @@ pub enum KeyStore {
     /// `<data dir>/auth/keys.json` (standalone).
     File(KeyFileStore),
     /// The `hub_api_keys` table (shared by every instance).
+    #[cfg(feature = "postgres")]
     Postgres(super::keys_pg::PgKeyStore),
 }
 
@@ -141,6 +142,7 @@ impl KeyStore {
     pub async fn create(&self, spec: KeySpec<'_>, now_us: i64) -> Result<(String, KeyRecord), AuthError> {
         match self {
             Self::File(f) => f.create(spec, now_us),
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.create(spec, now_us).await,
         }
     }
@@ -149,6 +151,7 @@ impl KeyStore {
     pub async fn list(&self) -> Result<Vec<KeyRecord>, AuthError> {
         match self {
             Self::File(f) => f.list(),
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.list().await,
         }
     }
@@ -157,7 +160,17 @@ impl KeyStore {
     pub async fn revoke(&self, name: &str, now_us: i64) -> Result<KeyRecord, AuthError> {
         match self {
             Self::File(f) => f.revoke(name, now_us),
+            #[cfg(feature = "postgres")]
             Self::Postgres(p) => p.revoke(name, now_us).await,
+        }
+    }
+
+    /// The key file, when keys are kept in one.
+    pub fn file(&self) -> Option<&KeyFileStore> {
+        match self {
+            Self::File(f) => Some(f),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => None,
         }
     }
 
@@ -165,6 +178,7 @@ impl KeyStore {
     pub fn describe(&self) -> String {
         match self {
             Self::File(f) => format!("the key file {}", f.path().display()),
+            #[cfg(feature = "postgres")]
             Self::Postgres(_) => "PostgreSQL table hub_api_keys".to_string(),
         }
     }
@@ -274,7 +288,7 @@ impl KeyRing {
             loaded: Arc::new(RwLock::new(Arc::new(Loaded::default()))),
             checked: Arc::new(Mutex::new(None)),
         };
-        if let KeyStore::File(file) = &ring.store {
+        if let Some(file) = ring.store.file() {
             ring.reload_file(file)?;
         }
         Ok(ring)
@@ -289,6 +303,7 @@ impl KeyRing {
     pub async fn reload_now(&self) -> Result<(), AuthError> {
         match &self.store {
             KeyStore::File(file) => self.reload_file(file),
+            #[cfg(feature = "postgres")]
             KeyStore::Postgres(db) => {
                 let records = db.list().await?;
                 self.replace(records, None, 0);
@@ -299,7 +314,7 @@ impl KeyRing {
 
     /// Re-reads the table every second until `shutdown` (a key file needs no watcher).
     pub async fn watch(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        if !matches!(self.store, KeyStore::Postgres(_)) {
+        if matches!(self.store, KeyStore::File(_)) {
             return;
         }
         let mut failing = false;
@@ -349,7 +364,7 @@ impl KeyRing {
 
     /// Re-reads the key file if a second has passed since the last look.
     fn refresh(&self, now: Instant) {
-        let KeyStore::File(file) = &self.store else {
+        let Some(file) = self.store.file() else {
             return;
         };
         {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod jwt;
 pub mod keys;
+#[cfg(feature = "postgres")]
 pub mod keys_pg;
 pub mod principal;
 
@@ -46,11 +47,18 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// The key table in PostgreSQL cannot be read or written.
+    #[cfg(feature = "postgres")]
     #[error("API keys in PostgreSQL: {0}")]
     KeyDatabase(#[source] sqlx::Error),
     /// The JWKS URL could not be fetched or read.
-    #[error("JWKS: {0}")]
-    Jwks(String),
+    #[error("JWKS {url}: {source}")]
+    Jwks {
+        /// The configured `auth.jwt.jwks_url`.
+        url: String,
+        /// Cause.
+        #[source]
+        source: jwt::JwksError,
+    },
     /// The system's random source failed.
     #[error("random source: {0}")]
     Random(String),
@@ -62,7 +70,9 @@ impl Classify for AuthError {
             Self::MissingCredentials | Self::InvalidCredentials | Self::Forbidden { .. } | Self::InvalidRequest(_) => {
                 ErrorClass::User
             }
-            Self::KeyDatabase(_) | Self::Jwks(_) => ErrorClass::External,
+            #[cfg(feature = "postgres")]
+            Self::KeyDatabase(_) => ErrorClass::External,
+            Self::Jwks { .. } => ErrorClass::External,
             Self::KeyFile { .. } | Self::Random(_) => ErrorClass::Internal,
         }
     }

@@ -254,9 +254,34 @@ impl Config {
 
     /// Checks rules that span fields or that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_built()?;
         self.kafka.validate()?;
         self.cache.validate()?;
         self.pgwire.validate()
+    }
+
+    /// Refuses a configuration that needs a component this binary was built without (cargo
+    /// features `kafka`, `postgres`, `pgwire`), naming the setting and the feature.
+    fn check_built(&self) -> Result<(), String> {
+        let missing = |setting: &str, feature: &str| {
+            format!(
+                "{setting} is set, but this build has no {feature} support (built without the `{feature}` cargo feature; \
+                 `analytics-hub --version` lists the features; rebuild with `--features {feature}` or unset it)"
+            )
+        };
+        if !cfg!(feature = "kafka") && self.kafka.enabled() {
+            return Err(missing("kafka.brokers (KAFKA_BROKERS)", "kafka"));
+        }
+        if !cfg!(feature = "postgres") && self.postgres.enabled() {
+            return Err(missing("postgres.url (DATABASE_URL, DB_HOST)", "postgres"));
+        }
+        if !cfg!(feature = "postgres") && self.auth.key_store == crate::auth::KeyStoreKind::Postgres {
+            return Err(missing("auth.key_store = \"postgres\" (AUTH_KEY_STORE)", "postgres"));
+        }
+        if !cfg!(feature = "pgwire") && self.pgwire.enabled {
+            return Err(missing("pgwire.enabled (PGWIRE_ENABLED)", "pgwire"));
+        }
+        Ok(())
     }
 
     /// Names of set environment variables that belong to features this build does not have.

@@ -19,11 +19,12 @@ impl From<AuthError> for ApiError {
             }
             AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
             AuthError::InvalidRequest(_) => Self::bad_request("invalid_request", e.to_string()),
+            #[cfg(feature = "postgres")]
             AuthError::KeyDatabase(_) => {
                 tracing::error!(error = %e, "API key request failed");
                 Self::unavailable("the key database (PostgreSQL) is unavailable; retry later", 5)
             }
-            AuthError::KeyFile { .. } | AuthError::Random(_) | AuthError::Jwks(_) => Self::internal(e),
+            AuthError::KeyFile { .. } | AuthError::Random(_) | AuthError::Jwks { .. } => Self::internal(e),
         }
     }
 }

@@ -28,6 +28,7 @@ pub enum IngestError {
     #[error("rollup database: {0}")]
     Sink(#[source] crate::sinks::SinkError),
     /// The Kafka broker did not acknowledge the events in time (HTTP → Kafka); retry later.
+    #[cfg(feature = "kafka")]
     #[error("the Kafka broker did not acknowledge the events")]
     Produce(#[source] rdkafka::error::KafkaError),
     /// A broken invariant in the Hub.
@@ -40,6 +41,7 @@ impl Classify for IngestError {
         match self {
             Self::Storage(e) => e.class(),
             Self::Sink(e) => e.class(),
+            #[cfg(feature = "kafka")]
             Self::Produce(_) => ErrorClass::External,
             Self::Internal(_) => ErrorClass::Internal,
         }

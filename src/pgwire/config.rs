@@ -41,7 +41,8 @@ pub struct PgwireConfig {
 impl Default for PgwireConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            // Off in builds without the endpoint (cargo feature `pgwire`).
+            enabled: cfg!(feature = "pgwire"),
             host: "127.0.0.1".into(),
             port: 5433,
             auth: PgwireAuth::ScramSha256,

@@ -6,7 +6,16 @@
 //! durable in one step, so a source that resumes from the sink's positions counts every event
 //! exactly once.
 
+#[cfg(feature = "postgres")]
 pub mod postgres;
+/// Without the `postgres` feature only the `[postgres]` section is built, so a configuration
+/// file keeps parsing; [`crate::config::Config::validate`] refuses one that sets a URL.
+#[cfg(not(feature = "postgres"))]
+pub mod postgres {
+    #[path = "config.rs"]
+    pub mod config;
+    pub use config::PostgresConfig;
+}
 
 use std::sync::Arc;
 
@@ -25,6 +34,9 @@ pub struct SourcePosition {
     pub topic: String,
     /// Partition.
     pub partition: i32,
+    /// Offset of the batch's first record of this partition: the write is refused as stale
+    /// when it lies before the stored next offset (those records were counted already).
+    pub first: i64,
     /// Offset after the batch's last record of this partition.
     pub next: i64,
 }
@@ -49,9 +61,22 @@ pub struct DeadLetter {
 /// Errors of sinks.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The database is unreachable, failing, or the circuit breaker is open; retry later.
+    /// The circuit breaker is open (the database failed repeatedly); retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database answered with an error or could not be reached; `transient` errors
+    /// (connection, pool timeout, SQLSTATE classes 08/53/57, serialization and lock failures)
+    /// are worth retrying, the rest are bugs.
+    #[error("{}{}: {source}", if *.transient { "database unavailable" } else { "database error" }, .sqlstate.as_ref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Database {
+        /// Retry later.
+        transient: bool,
+        /// The server's error code, when it answered.
+        sqlstate: Option<String>,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Another instance advanced a partition's stored offset: this instance's view of it is
     /// stale and must be re-read before writing again.
     #[error("stale source position: {0}")]
@@ -68,6 +93,8 @@ impl Classify for SinkError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Unavailable(_) | Self::Fenced(_) => ErrorClass::External,
+            Self::Database { transient: true, .. } => ErrorClass::External,
+            Self::Database { transient: false, .. } => ErrorClass::Internal,
             Self::Config(_) => ErrorClass::User,
             Self::Internal(_) => ErrorClass::Internal,
         }
@@ -76,7 +103,15 @@ impl Classify for SinkError {
     /// A fenced write is the database's answer, not its failure: retrying the same stale
     /// position cannot succeed (the source rewinds instead).
     fn retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        self.is_unavailable()
+    }
+}
+
+impl SinkError {
+    /// The database cannot take writes now (breaker open or a transient failure): what the
+    /// circuit breaker counts and retries wait out.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Database { transient: true, .. })
     }
 }
 
@@ -124,6 +159,15 @@ pub async fn build(
     if !config.enabled() {
         return Ok(None);
     }
-    let sink = postgres::PostgresSink::connect(config, group, queries, metrics.clone()).await?;
-    Ok(Some(Arc::new(sink)))
+    #[cfg(feature = "postgres")]
+    {
+        let sink = postgres::PostgresSink::connect(config, group, queries, metrics.clone()).await?;
+        Ok(Some(Arc::new(sink)))
+    }
+    // Refused earlier by the configuration check; kept so no path runs without its sink silently.
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (group, queries, metrics);
+        Err(SinkError::Config("this build has no PostgreSQL support (cargo feature `postgres`)".into()))
+    }
 }

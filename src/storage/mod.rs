@@ -30,11 +30,21 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// Encoding or decoding Arrow/Parquet data failed.
-    #[error("{context}: {message}")]
+    #[error("{context}: {source}")]
     Format {
         /// What the store was doing.
         context: String,
-        /// The underlying error, rendered.
+        /// The underlying error (shared, so a failed group commit can hand it to every waiter).
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write the store cannot take, or data it wrote that does not read back (no underlying
+    /// error: the store found it).
+    #[error("{context}: {message}")]
+    Invalid {
+        /// What the store was doing.
+        context: String,
+        /// What is wrong.
         message: String,
     },
     /// The batch does not have the `events` schema (a bug in the caller).
@@ -72,11 +82,13 @@ impl StorageError {
         move |source| Self::Io { context, source }
     }
 
-    pub(crate) fn format<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> Self {
+    pub(crate) fn format<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
         let context = context.into();
         move |e| Self::Format {
             context,
-            message: e.to_string(),
+            source: std::sync::Arc::new(e),
         }
     }
 }
@@ -93,7 +105,11 @@ impl StorageError {
                     None => std::io::Error::new(source.kind(), source.to_string()),
                 },
             },
-            Self::Format { context, message } => Self::Format {
+            Self::Format { context, source } => Self::Format {
+                context: context.clone(),
+                source: std::sync::Arc::clone(source),
+            },
+            Self::Invalid { context, message } => Self::Invalid {
                 context: context.clone(),
                 message: message.clone(),
             },
@@ -125,7 +141,7 @@ impl Classify for StorageError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Io { .. } | Self::Closed | Self::LowSpace { .. } | Self::MemoryFull { .. } => ErrorClass::External,
-            Self::Format { .. } | Self::SchemaMismatch => ErrorClass::Internal,
+            Self::Format { .. } | Self::Invalid { .. } | Self::SchemaMismatch => ErrorClass::Internal,
         }
     }
 }

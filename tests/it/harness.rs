@@ -32,6 +32,8 @@ pub struct HubOptions {
     pub env: Vec<(String, String)>,
     /// Extra `serve` flags.
     pub args: Vec<String>,
+    /// Another build of the binary (default: this workspace's `analytics-hub`).
+    pub bin: Option<PathBuf>,
 }
 
 impl Hub {
@@ -62,7 +64,7 @@ impl Hub {
     pub async fn start_unready(data_dir: &Path, opts: HubOptions) -> Self {
         let port = free_port();
         let log = data_dir.with_extension(format!("{port}.log"));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(opts.bin.as_deref().unwrap_or(Path::new(BIN)));
         if let Some(toml) = &opts.config_toml {
             let path = data_dir.with_extension("toml");
             std::fs::write(&path, toml).expect("write config");

@@ -161,7 +161,7 @@ pub fn kafka_opts(broker: &Broker, topic: &str, group: &str, extra_toml: &str) -
             ("KAFKA_GROUP_ID".into(), group.into()),
             ("KAFKA_SESSION_TIMEOUT_MS".into(), "6000".into()),
         ],
-        args: Vec::new(),
+        ..HubOptions::default()
     }
 }
 
@@ -414,7 +414,7 @@ async fn broker_down_answers_503_with_retry_after() {
                 .into(),
         ),
         env: vec![("KAFKA_BROKERS".into(), dead)],
-        args: Vec::new(),
+        ..HubOptions::default()
     };
     let hub = Hub::start_with(&dir.path().join("data"), opts).await;
     let started = Instant::now();

@@ -42,10 +42,11 @@ fn lines(seed: u64, n: usize) -> Vec<Vec<u8>> {
     generated(seed, n, 0.0).into_iter().map(String::into_bytes).collect()
 }
 
-fn pos(partition: i32, next: i64) -> Vec<SourcePosition> {
+fn pos(partition: i32, first: i64, next: i64) -> Vec<SourcePosition> {
     vec![SourcePosition {
         topic: "t".into(),
         partition,
+        first,
         next,
     }]
 }
@@ -61,13 +62,13 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
     let (l1, l2, l3) = (lines(91, 1_000), lines(92, 1_000), lines(93, 1_000));
     let batch = |l: &[Vec<u8>]| decode_batch_body(&l.join(&b'\n'), 0).expect("decode").batch;
 
-    a.write(&batch(&l1), &[], &pos(0, 1_000)).await.expect("a writes first");
+    a.write(&batch(&l1), &[], &pos(0, 0, 1_000)).await.expect("a writes first");
     let mut conn = db.connect().await;
     let after_a = stored(&mut conn, "pm_1m").await;
     assert_same("after a", &after_a, &oracle(&l1, 1).await);
 
     // b still believes there is no row: refused, and nothing of its batch is written.
-    let refused = b.write(&batch(&l2), &[], &pos(0, 1_000)).await;
+    let refused = b.write(&batch(&l2), &[], &pos(0, 0, 1_000)).await;
     assert!(matches!(refused, Err(SinkError::Fenced(_))), "{refused:?}");
     assert_eq!(
         stored(&mut conn, "pm_1m").await,
@@ -77,13 +78,21 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
 
     // After re-reading the stored offset b continues from a's progress ...
     assert_eq!(b.load_positions(&parts).await.expect("reload"), vec![Some(1_000)]);
-    b.write(&batch(&l2), &[], &pos(0, 2_000)).await.expect("b continues");
+    b.write(&batch(&l2), &[], &pos(0, 1_000, 2_000)).await.expect("b continues");
     // ... and now a is the stale one.
-    let stale = a.write(&batch(&l3), &[], &pos(0, 3_000)).await;
+    let stale = a.write(&batch(&l3), &[], &pos(0, 2_000, 3_000)).await;
     assert!(matches!(stale, Err(SinkError::Fenced(_))), "{stale:?}");
     // A partition an instance never loaded is refused too.
-    let unowned = a.write(&batch(&l3), &[], &pos(1, 10)).await;
+    let unowned = a.write(&batch(&l3), &[], &pos(1, 0, 10)).await;
     assert!(matches!(unowned, Err(SinkError::Fenced(_))), "{unowned:?}");
+    // A batch consumed before a rebalance and written after its instance re-read the offsets:
+    // the compare-and-set matches (a expects 2,000), but its records 1,500.. were counted by b.
+    assert_eq!(a.load_positions(&parts).await.expect("reload"), vec![Some(2_000)]);
+    let overlapping = a.write(&batch(&l3), &[], &pos(0, 1_500, 2_500)).await;
+    assert!(
+        matches!(&overlapping, Err(SinkError::Fenced(m)) if m.contains("starts at offset 1500, before the stored offset 2000")),
+        "{overlapping:?}"
+    );
 
     let both: Vec<Vec<u8>> = l1.iter().chain(&l2).cloned().collect();
     assert_same("a then b", &stored(&mut conn, "pm_1m").await, &oracle(&both, 1).await);
@@ -109,7 +118,10 @@ async fn the_circuit_breaker_opens_on_an_unreachable_database() {
     assert!(s.ready());
     for _ in 0..3 {
         let r = s.write(&batch, &[], &[]).await;
-        assert!(matches!(r, Err(SinkError::Unavailable(_))), "{r:?}");
+        assert!(
+            matches!(&r, Err(SinkError::Database { transient: true, .. })),
+            "a refused connection is a transient database error: {r:?}"
+        );
     }
     assert!(!s.ready(), "open after 3 failures");
     assert_eq!(s.status()["circuit_breaker"], "open");

@@ -293,11 +293,17 @@ async fn two_instances_with_a_rebalance_count_every_event_once() {
     .await;
     // B joins mid-stream: the group rebalances; B learns the queries from the shared registry.
     let b = Hub::start_with(&dir.path().join("b"), opts.clone()).await;
-    // A fixed wait, knowingly: releasing the lock as soon as B reports its assignment (a
-    // condition wait) produced a double count under full-suite load once (session 8, pm_1m
-    // 782 vs 511 requests); the interleaving is recorded in the closing note of #19 for
-    // investigation. Until it is understood the test keeps the timing it has passed with.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Release A's blocked writes as soon as B has its partitions. This is the interleaving that
+    // once counted records twice (pm_1m 782 vs 511 requests): A's queued pre-rebalance batches
+    // commit after B (and A, re-assigned) read the stored offsets, so A's re-consumed batch
+    // overlapped them; the sink now refuses a batch that starts before the stored offset.
+    wait_until("b assigned partitions", Duration::from_secs(120), async || {
+        b.get_json("/api/v1/ingest/status").await["sources"][0]["assigned_partitions"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
     sqlx::query("COMMIT")
         .execute(&mut locker)
         .await

@@ -13,7 +13,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn run(pool: &PgPool) -> Result<(), SinkError> {
     MIGRATOR.run(pool).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(inner) => classify_db(inner),
-        other => SinkError::Unavailable(format!("migrations: {other}")),
+        other => SinkError::Database {
+            transient: true,
+            sqlstate: None,
+            source: Box::new(other),
+        },
     })
 }
 

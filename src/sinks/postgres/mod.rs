@@ -36,7 +36,7 @@ use crate::stream::catalog::CqDefinition;
 const WRITE_LOCK: i64 = 0x4c4c_4d48_5542; // "LLMHUB"
 
 /// Classifies a database error: connection-level and transient server errors are
-/// [`SinkError::Unavailable`] (retry), the rest are bugs ([`SinkError::Internal`]).
+/// transient (retry), the rest are bugs; the error itself is kept as the source.
 pub fn classify_db(e: sqlx::Error) -> SinkError {
     match &e {
         sqlx::Error::Database(d) => {
@@ -47,10 +47,10 @@ pub fn classify_db(e: sqlx::Error) -> SinkError {
                 || code == "40001"
                 || code == "40P01"
                 || code == "55P03";
-            if transient {
-                SinkError::Unavailable(format!("{d} (SQLSTATE {code})"))
-            } else {
-                SinkError::Internal(format!("{d} (SQLSTATE {code})"))
+            SinkError::Database {
+                transient,
+                sqlstate: Some(code),
+                source: Box::new(e),
             }
         }
         sqlx::Error::Io(_)
@@ -58,8 +58,16 @@ pub fn classify_db(e: sqlx::Error) -> SinkError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => SinkError::Unavailable(e.to_string()),
-        _ => SinkError::Internal(e.to_string()),
+        | sqlx::Error::Protocol(_) => SinkError::Database {
+            transient: true,
+            sqlstate: None,
+            source: Box::new(e),
+        },
+        _ => SinkError::Database {
+            transient: false,
+            sqlstate: None,
+            source: Box::new(e),
+        },
     }
 }
 
@@ -205,9 +213,13 @@ impl PostgresSink {
             table.settle(applied.is_ok());
         }
         applied?;
+        // Only partitions still owned: a write that finishes after a rebalance made this
+        // instance forget a partition must not bring its stale offset back.
         let mut map = self.expected();
         for p in positions {
-            map.insert((p.topic.clone(), p.partition), Some(p.next));
+            if let Some(e) = map.get_mut(&(p.topic.clone(), p.partition)) {
+                *e = Some(p.next);
+            }
         }
         Ok(())
     }
@@ -235,7 +247,7 @@ impl RollupSink for PostgresSink {
                 let r = self.write_txn(batch, dead_letters, positions).await;
                 self.observe("write_txn", started);
                 match &r {
-                    Err(SinkError::Unavailable(_)) => self.breaker.failure(),
+                    Err(e) if e.is_unavailable() => self.breaker.failure(),
                     _ => self.breaker.success(),
                 }
                 r
@@ -244,7 +256,7 @@ impl RollupSink for PostgresSink {
         self.metrics.db_circuit_breaker_state.set(self.breaker.state().gauge());
         let result = match &outcome {
             Ok(()) => "ok",
-            Err(SinkError::Unavailable(_)) => "unavailable",
+            Err(e) if e.is_unavailable() => "unavailable",
             Err(SinkError::Fenced(_)) => "fenced",
             Err(_) => "error",
         };

@@ -35,7 +35,9 @@ pub async fn load(pool: &PgPool, group: &str, partitions: &[(String, i32)]) -> R
 
 /// Compare-and-set of one partition's next offset: succeeds only when the stored value is still
 /// `expected` (None = no row yet), so an instance that lost the partition cannot overwrite
-/// what the new owner wrote.
+/// what the new owner wrote, and only when the batch starts at or after it, so records counted
+/// once are never counted again (a batch queued before a rebalance and written after this
+/// instance re-read the offsets would otherwise pass the compare-and-set).
 pub async fn advance(
     conn: &mut PgConnection,
     group: &str,
@@ -43,6 +45,14 @@ pub async fn advance(
     expected: Option<i64>,
     instance: &str,
 ) -> Result<(), SinkError> {
+    if let Some(stored) = expected
+        && pos.first < stored
+    {
+        return Err(SinkError::Fenced(format!(
+            "{}/{}: the batch starts at offset {}, before the stored offset {stored} (already counted)",
+            pos.topic, pos.partition, pos.first
+        )));
+    }
     let updated = match expected {
         Some(expected) => sqlx::query(
             "UPDATE hub_kafka_offsets SET next_offset = $4, updated_by = $5, updated_at = now()

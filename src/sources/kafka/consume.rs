@@ -48,6 +48,21 @@ pub struct RawBatch {
     started: Instant,
 }
 
+/// The records of one partition in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSpan {
+    /// Topic index (into the batch's topics).
+    pub topic: usize,
+    /// Partition.
+    pub partition: i32,
+    /// The lowest offset.
+    pub first: i64,
+    /// The offset after the highest.
+    pub next: i64,
+    /// Records.
+    pub count: u64,
+}
+
 impl RawBatch {
     fn new(topics: Arc<[String]>, epoch: u64) -> Self {
         Self {
@@ -69,16 +84,23 @@ impl RawBatch {
         self.records.get(i).and_then(|r| r.key.clone()).map(|k| &self.buf[k])
     }
 
-    /// Per (topic index, partition): the next offset after the batch's last record and the count.
-    pub fn progress(&self) -> Vec<(usize, i32, i64, u64)> {
-        let mut out: Vec<(usize, i32, i64, u64)> = Vec::new();
+    /// Per (topic index, partition): the offsets the batch covers and how many records.
+    pub fn progress(&self) -> Vec<PartitionSpan> {
+        let mut out: Vec<PartitionSpan> = Vec::new();
         for r in &self.records {
-            match out.iter_mut().find(|(t, p, _, _)| *t == r.topic && *p == r.partition) {
-                Some(e) => {
-                    e.2 = e.2.max(r.offset + 1);
-                    e.3 += 1;
+            match out.iter_mut().find(|s| s.topic == r.topic && s.partition == r.partition) {
+                Some(s) => {
+                    s.first = s.first.min(r.offset);
+                    s.next = s.next.max(r.offset + 1);
+                    s.count += 1;
                 }
-                None => out.push((r.topic, r.partition, r.offset + 1, 1)),
+                None => out.push(PartitionSpan {
+                    topic: r.topic,
+                    partition: r.partition,
+                    first: r.offset,
+                    next: r.offset + 1,
+                    count: 1,
+                }),
             }
         }
         out
@@ -317,9 +339,9 @@ fn rewind(consumer: &BaseConsumer<HubContext>, shared: &Shared, topics: &Arc<[St
 }
 
 fn mark_sent(shared: &Shared, batch: &RawBatch) {
-    for (topic, partition, next, n) in batch.progress() {
-        if let Some(name) = batch.topics.get(topic) {
-            shared.tracker.sent(name, partition, next, n);
+    for span in batch.progress() {
+        if let Some(name) = batch.topics.get(span.topic) {
+            shared.tracker.sent(name, span.partition, span.next, span.count);
         }
     }
 }

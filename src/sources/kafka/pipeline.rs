@@ -136,7 +136,8 @@ impl Pipeline {
                 }
             }
         }
-        for (topic, partition, next, n) in batch.progress() {
+        for span in batch.progress() {
+            let (topic, partition, next, n) = (span.topic, span.partition, span.next, span.count);
             let Some(name) = batch.topics.get(topic) else { continue };
             let dead = out
                 .rejected
@@ -169,11 +170,12 @@ async fn write_sink(
     let positions: Vec<SourcePosition> = batch
         .progress()
         .into_iter()
-        .filter_map(|(t, partition, next, _)| {
-            batch.topics.get(t).map(|topic| SourcePosition {
+        .filter_map(|span| {
+            batch.topics.get(span.topic).map(|topic| SourcePosition {
                 topic: topic.clone(),
-                partition,
-                next,
+                partition: span.partition,
+                first: span.first,
+                next: span.next,
             })
         })
         .collect();

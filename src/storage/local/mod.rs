@@ -602,10 +602,7 @@ impl LocalStore {
                 .map(Some)
             })
             .await
-            .map_err(|e| StorageError::Format {
-                context: "flush task".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(StorageError::format("flush task"))?;
             let path = match path {
                 Ok(p) => p,
                 Err(e) => {

@@ -100,7 +100,7 @@ impl SegmentFile for RealFile {
 }
 
 fn frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
-    let len = u32::try_from(payload.len()).map_err(|_| StorageError::Format {
+    let len = u32::try_from(payload.len()).map_err(|_| StorageError::Invalid {
         context: "appending to WAL".into(),
         message: format!("a batch of {} bytes is too large for one WAL record", payload.len()),
     })?;
@@ -206,7 +206,7 @@ impl WalWriter {
     /// that cannot be encoded leaves the records staged before it untouched.
     pub fn stage(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
         if self.sealed {
-            return Err(StorageError::Format {
+            return Err(StorageError::Invalid {
                 context: "appending to WAL".into(),
                 message: format!("segment {} is sealed after a failed write", self.seq),
             });
@@ -333,7 +333,7 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
     };
     let schema_payload = all.slice_with_length(schema_range.start, schema_range.len());
     let Some(mut decoder) = schema_decoder(&schema_payload) else {
-        return Err(StorageError::Format {
+        return Err(StorageError::Invalid {
             context: format!("replaying {}", path.display()),
             message: "the WAL schema record does not decode".into(),
         });
