@@ -1,5 +1,7 @@
 //! Error classification shared by every layer: who caused it and whether retrying may help.
 
+use std::sync::Arc;
+
 /// Who is responsible for an error. Decides the HTTP status family and the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -36,6 +38,79 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = cause.source();
     }
     out
+}
+
+/// What a one-field error variant says: a message, the error it came from, or both
+/// (`message: error`). The error is kept as the `source`, so [`chain`] and the
+/// logs see it, and shared, so the variant stays `Clone`. For variants that take both plain
+/// messages and errors ([`crate::stream::CqError::Internal`],
+/// [`crate::exports::ExportError::Destination`], ...).
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ErrorDetail {
+    /// A message with no underlying error.
+    pub fn message(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `source`, said as is.
+    pub fn of(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::context("", source)
+    }
+
+    /// `source`, said after what was being done (`context: source`).
+    pub fn context(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// An already boxed `source` (e.g. `ParquetError::External`), after `context` when it is
+    /// not empty.
+    pub fn boxed(context: impl Into<String>, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        Self {
+            message: context.into(),
+            source: Some(Arc::from(source)),
+        }
+    }
+}
+
+impl From<String> for ErrorDetail {
+    fn from(message: String) -> Self {
+        Self::message(message)
+    }
+}
+
+impl From<&str> for ErrorDetail {
+    fn from(message: &str) -> Self {
+        Self::message(message)
+    }
+}
+
+impl std::fmt::Display for ErrorDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            None => f.write_str(&self.message),
+            Some(source) if self.message.is_empty() => write!(f, "{source}"),
+            Some(source) => write!(f, "{}: {source}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ErrorDetail {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 #[cfg(test)]

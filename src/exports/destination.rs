@@ -74,10 +74,10 @@ pub fn open(url: &str, config: &ObjectStoreConfig) -> Result<Destination, Export
                 "destination `{url}`: a file destination needs an absolute path (file:///dir/)"
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| ExportError::Destination(format!("creating {dir}: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| ExportError::destination(format!("creating {dir}"), e))?;
         // Empty directories left by removed temporary files are removed too.
         let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| ExportError::Destination(format!("opening {dir}: {e}")))?
+            .map_err(|e| ExportError::destination(format!("opening {dir}"), e))?
             .with_automatic_cleanup(true);
         return Ok(Destination {
             store: Arc::new(store),
@@ -108,7 +108,7 @@ pub fn open(url: &str, config: &ObjectStoreConfig) -> Result<Destination, Export
                 format!("{}s", config.request_timeout_secs.max(1)),
             )
             .build()
-            .map_err(|e| ExportError::Destination(format!("S3 bucket `{bucket}`: {e}")))?;
+            .map_err(|e| ExportError::destination(format!("S3 bucket `{bucket}`"), e))?;
         return Ok(Destination {
             store: Arc::new(store),
             prefix: join(&Path::default(), prefix),

@@ -30,6 +30,7 @@ pub use schedule::ExportsConfig;
 use writer::{FileEntry, Progress};
 
 use crate::error::{Classify, ErrorClass};
+use crate::error::ErrorDetail;
 use crate::query::QueryEngine;
 use crate::storage::versions::TableVersions;
 
@@ -45,15 +46,17 @@ pub enum ExportError {
     /// The request is wrong (user's to fix).
     #[error("{0}")]
     Invalid(String),
-    /// The destination cannot be written (missing bucket, credentials, permissions, disk).
+    /// The destination cannot be written (missing bucket, credentials, permissions, disk); the
+    /// store's error, when there is one, is the source.
     #[error("destination: {0}")]
-    Destination(String),
-    /// The query failed while running.
-    #[error("query: {0}")]
-    Query(String),
-    /// Encoding Parquet failed.
+    Destination(#[source] ErrorDetail),
+    /// The query failed while running. The user sees DataFusion's message; its error is kept
+    /// as the source.
+    #[error("query: {}", .0.find_root().message())]
+    Query(#[source] Arc<datafusion::error::DataFusionError>),
+    /// Encoding Parquet failed; the encoder's error, when there is one, is the source.
     #[error("parquet: {0}")]
-    Encode(String),
+    Encode(#[source] ErrorDetail),
     /// No export with that id.
     #[error("no export {0}")]
     NotFound(String),
@@ -64,23 +67,33 @@ pub enum ExportError {
 
 impl ExportError {
     fn arrow(e: datafusion::arrow::error::ArrowError) -> Self {
-        Self::Encode(e.to_string())
+        Self::Encode(ErrorDetail::of(e))
     }
 
     fn parquet(e: parquet::errors::ParquetError) -> Self {
         // Writes to the store surface as Parquet I/O errors: name the destination's cause.
         match e {
-            parquet::errors::ParquetError::External(inner) => Self::Destination(inner.to_string()),
-            other => Self::Encode(other.to_string()),
+            parquet::errors::ParquetError::External(inner) => Self::Destination(ErrorDetail::boxed("", inner)),
+            other => Self::Encode(ErrorDetail::of(other)),
         }
     }
 
     fn query(e: datafusion::error::DataFusionError) -> Self {
-        Self::Query(e.find_root().message().to_string())
+        Self::Query(Arc::new(e))
     }
 
     fn store(what: &str, e: object_store::Error) -> Self {
-        Self::Destination(format!("{what}: {e}"))
+        Self::Destination(ErrorDetail::context(what, e))
+    }
+
+    /// [`ExportError::Destination`]: `e` after what was being done.
+    fn destination(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Destination(ErrorDetail::context(what, e))
+    }
+
+    /// [`ExportError::Encode`]: `e` after what was being done.
+    fn encode(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Encode(ErrorDetail::context(what, e))
     }
 }
 
@@ -364,7 +377,7 @@ impl Exports {
                 job.status.manifest = Some(manifest);
             }
             Err(e) => {
-                tracing::warn!(export = id, error = %e, "export failed");
+                tracing::warn!(export = id, error = %crate::error::chain(&e), "export failed");
                 job.status.status = ExportState::Failed;
                 job.status.error = Some(e.to_string());
             }
@@ -512,10 +525,42 @@ async fn commit(
         total_bytes: files.iter().map(|f| f.bytes).sum(),
         files,
     };
-    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Encode(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Encode(ErrorDetail::of(e)))?;
     dest.store
         .put(&manifest_path, PutPayload::from(body))
         .await
         .map_err(|e| ExportError::store("writing the manifest", e))?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::error::Error as _;
+
+    use datafusion::error::DataFusionError;
+
+    use super::*;
+    use crate::error::chain;
+
+    #[test]
+    fn export_errors_keep_their_cause() {
+        let e = ExportError::destination("creating /exports", std::io::Error::other("permission denied"));
+        assert_eq!(e.to_string(), "destination: creating /exports: permission denied");
+        assert!(e.source().and_then(|d| d.source()).is_some());
+        assert_eq!(chain(&e), "destination: creating /exports: permission denied");
+        assert_eq!(e.class(), ErrorClass::External);
+        // Statuses clone their error: the clone keeps the cause.
+        assert_eq!(chain(&e.clone()), chain(&e));
+        // The user sees the root message of a failed query; the log sees the rest.
+        let query = ExportError::query(DataFusionError::Context(
+            "reading events".into(),
+            Box::new(DataFusionError::Execution("division by zero".into())),
+        ));
+        assert_eq!(query.to_string(), "query: division by zero");
+        assert!(chain(&query).contains("reading events"), "{}", chain(&query));
+        assert_eq!(query.class(), ErrorClass::User);
+        // A message-only error is unchanged.
+        let cancelled = ExportError::Destination("cancelled".into());
+        assert_eq!(chain(&cancelled), "destination: cancelled");
+    }
 }

@@ -197,7 +197,7 @@ impl Exports {
         match status.status {
             ExportState::Succeeded => Ok(()),
             _ => Err(super::ExportError::Destination(
-                status.error.unwrap_or_else(|| "cancelled".into()),
+                status.error.unwrap_or_else(|| "cancelled".into()).into(),
             )),
         }
     }

@@ -82,10 +82,10 @@ impl Snapshots {
         let catalog_name = ctx.state().config().options().catalog.default_catalog.clone();
         let catalog = ctx
             .catalog(&catalog_name)
-            .ok_or_else(|| ExportError::Encode(format!("no default catalog `{catalog_name}`")))?;
+            .ok_or_else(|| ExportError::Encode(format!("no default catalog `{catalog_name}`").into()))?;
         catalog
             .register_schema(SCHEMA, Arc::clone(&schema) as Arc<dyn SchemaProvider>)
-            .map_err(|e| ExportError::Encode(format!("registering the `{SCHEMA}` schema: {e}")))?;
+            .map_err(|e| ExportError::encode(format!("registering the `{SCHEMA}` schema"), e))?;
         Ok(Self {
             ctx: ctx.clone(),
             schema,
@@ -132,7 +132,7 @@ impl Snapshots {
         let partition_by = table.partition_by().to_vec();
         self.schema
             .register_table(r.name.clone(), Arc::new(table))
-            .map_err(|e| ExportError::Encode(format!("registering snapshots.{}: {e}", r.name)))?;
+            .map_err(|e| ExportError::encode(format!("registering snapshots.{}", r.name), e))?;
         Ok(SnapshotInfo {
             registration: r.clone(),
             table: format!("{SCHEMA}.{}", r.name),
@@ -211,6 +211,6 @@ impl Snapshots {
         let Some(path) = &self.path else { return Ok(()) };
         let all: Vec<Registration> = self.lock().values().cloned().collect();
         crate::storage::json_file::write(path, &all, crate::storage::json_file::Access::Default)
-            .map_err(|e| ExportError::Destination(format!("saving {}: {e}", path.display())))
+            .map_err(|e| ExportError::destination(format!("saving {}", path.display()), e))
     }
 }

@@ -94,7 +94,7 @@ impl SnapshotTable {
         let file_schema = ParquetFormat::default()
             .infer_schema(&state, &dest.store, &[meta])
             .await
-            .map_err(|e| ExportError::Encode(format!("reading the schema of {path}: {e}")))?;
+            .map_err(|e| ExportError::encode(format!("reading the schema of {path}"), e))?;
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields(&partition_by));
         let table = Self {

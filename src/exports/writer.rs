@@ -231,7 +231,7 @@ pub async fn write_all(
         let row_keys = keys(&batch, &plan.partition_by)?;
         let mut groups: Vec<(Vec<String>, Vec<u32>)> = Vec::new();
         for (i, key) in row_keys.into_iter().enumerate() {
-            let row = u32::try_from(i).map_err(|_| ExportError::Encode("batch too large".into()))?;
+            let row = u32::try_from(i).map_err(|e| ExportError::encode("batch too large", e))?;
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, rows)) => rows.push(row),
                 None => groups.push((key, vec![row])),

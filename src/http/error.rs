@@ -101,7 +101,7 @@ impl From<QueryError> for ApiError {
             QueryError::Busy { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", e.to_string()).retry_after(1)
             }
-            QueryError::Internal(_) => Self::internal(e),
+            QueryError::Internal { .. } => Self::internal(e),
         }
     }
 }

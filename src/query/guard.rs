@@ -3,17 +3,19 @@
 //! refused before DataFusion plans it.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
+use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{ObjectName, Query, SetExpr, Statement as SqlStatement, visit_relations};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 /// Why a statement may not run.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
-    /// The text does not parse.
+    /// The text does not parse (the parser's error is the source).
     #[error("SQL parse error: {0}")]
-    Parse(String),
+    Parse(#[source] Arc<DataFusionError>),
     /// No statement at all.
     #[error("no SQL statement given")]
     Empty,
@@ -30,6 +32,23 @@ pub enum GuardError {
     #[error("reading files or URLs is not allowed ({0}); query the Hub's tables instead")]
     FileAccess(String),
 }
+
+/// Two parse errors are equal when they say the same (the parser's error is not comparable).
+impl PartialEq for GuardError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Parse(a), Self::Parse(b)) => a.to_string() == b.to_string(),
+            (Self::Empty, Self::Empty) => true,
+            (Self::Multiple(a), Self::Multiple(b)) => a == b,
+            (Self::Refused(a), Self::Refused(b))
+            | (Self::TooComplex(a), Self::TooComplex(b))
+            | (Self::FileAccess(a), Self::FileAccess(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for GuardError {}
 
 /// Whether a table name is really a path or URL (`'/etc/passwd'`, `'s3://b/x.parquet'`).
 fn looks_like_location(name: &ObjectName) -> bool {
@@ -122,7 +141,7 @@ pub fn statement_kind(text: &str) -> String {
 /// Checks that `sql` is a single read-only statement.
 pub fn check_read_only(sql: &str) -> Result<(), GuardError> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(|e| GuardError::Parse(e.strip_backtrace()))?;
+        .map_err(|e| GuardError::Parse(Arc::new(e)))?;
     match statements.len() {
         0 => Err(GuardError::Empty),
         1 => {
@@ -203,7 +222,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_multiple() {
-        assert!(matches!(check_read_only("SELEC 1"), Err(GuardError::Parse(_))));
+        let parse = check_read_only("SELEC 1");
+        assert!(matches!(parse, Err(GuardError::Parse(_))));
+        // The parser's error is kept as the source.
+        assert!(parse.err().as_ref().and_then(std::error::Error::source).is_some());
         assert_eq!(check_read_only("  "), Err(GuardError::Empty));
         assert_eq!(check_read_only("SELECT 1; SELECT 2"), Err(GuardError::Multiple(2)));
     }

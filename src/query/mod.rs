@@ -39,9 +39,10 @@ pub enum QueryError {
     /// The query ran longer than the configured timeout.
     #[error("query exceeded the {0:?} timeout")]
     Timeout(Duration),
-    /// Not enough memory or another resource.
-    #[error("query ran out of resources: {0}")]
-    Resources(String),
+    /// Not enough memory or another resource. The user sees DataFusion's message; its error is
+    /// kept as the source.
+    #[error("query ran out of resources: {}", .0.find_root().message())]
+    Resources(#[source] Arc<DataFusionError>),
     /// Every query slot stayed busy for the whole queue timeout.
     #[error("{running} queries are running (query.max_concurrent) and none finished within {waited:?}; retry later")]
     Busy {
@@ -54,8 +55,14 @@ pub enum QueryError {
     #[error("the result exceeds query.max_result_bytes = {0} bytes; add a LIMIT, select fewer columns or aggregate")]
     ResultTooLarge(usize),
     /// Failure inside the engine or its storage; details are logged, not returned.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {context}: {source}")]
+    Internal {
+        /// What was being done.
+        context: String,
+        /// The underlying error (shared: the error is `Clone`).
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Classify for QueryError {
@@ -65,7 +72,7 @@ impl Classify for QueryError {
                 ErrorClass::User
             }
             Self::Busy { .. } => ErrorClass::External,
-            Self::Internal(_) => ErrorClass::Internal,
+            Self::Internal { .. } => ErrorClass::Internal,
         }
     }
 }
@@ -80,11 +87,22 @@ impl From<DataFusionError> for QueryError {
             | DataFusionError::NotImplemented(_)
             | DataFusionError::Execution(_)
             | DataFusionError::ArrowError(..) => Self::Invalid(root.message().to_string()),
-            DataFusionError::ResourcesExhausted(m) => Self::Resources(m.clone()),
-            _ => Self::Internal(e.strip_backtrace()),
+            DataFusionError::ResourcesExhausted(_) => Self::Resources(Arc::new(e)),
+            _ => Self::internal("query engine", e),
         }
     }
 }
+
+impl QueryError {
+    /// An [`QueryError::Internal`]: `source` said after what was being done.
+    fn internal(context: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal {
+            context: context.to_string(),
+            source: Arc::new(source),
+        }
+    }
+}
+
 
 /// The result of one query.
 #[derive(Debug)]
@@ -250,7 +268,7 @@ impl QueryEngine {
                 running: self.limits.max_concurrent,
                 waited: self.limits.queue_timeout,
             })?
-            .map_err(|_| QueryError::Internal("the query slots are closed".into()))?;
+            .map_err(|e| QueryError::internal("the query slots are closed", e))?;
         let runtime = memory::per_query_runtime(&self.ctx.runtime_env(), self.limits.memory_limit_bytes);
         let state = SessionStateBuilder::new_from_existing(self.state_for(tenant))
             .with_runtime_env(runtime)
@@ -269,7 +287,7 @@ impl QueryEngine {
         // On timeout the task is aborted: the plan's streams and the tasks DataFusion spawned
         // for it are dropped at their next yield and their memory reservations released.
         let (schema, batches, row_count, truncated) = match tokio::time::timeout(self.timeout, &mut task).await {
-            Ok(joined) => joined.map_err(|e| QueryError::Internal(format!("query task: {e}")))??,
+            Ok(joined) => joined.map_err(|e| QueryError::internal("query task", e))??,
             Err(_) => {
                 task.abort();
                 return Err(QueryError::Timeout(self.timeout));
@@ -320,4 +338,53 @@ pub async fn collect_limited(
         batches.push(batch);
     }
     Ok((schema, batches, rows, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::error::chain;
+
+    #[test]
+    fn internal_errors_keep_their_cause() {
+        let e = QueryError::internal("query task", std::io::Error::other("task 7 panicked"));
+        assert!(e.source().is_some());
+        assert_eq!(e.to_string(), "internal error: query task: task 7 panicked");
+        // The cause is printed inline: the chain does not repeat it.
+        assert_eq!(chain(&e), "internal error: query task: task 7 panicked");
+        assert_eq!(e.class(), ErrorClass::Internal);
+        // One failed run is shared by the queries that waited for it: a clone keeps the cause.
+        assert_eq!(chain(&e.clone()), chain(&e));
+        let df = QueryError::from(DataFusionError::Internal("no plan".into()));
+        assert!(matches!(df, QueryError::Internal { .. }), "{df:?}");
+        assert!(df.source().is_some());
+    }
+
+    #[test]
+    fn resources_say_datafusions_message_and_keep_its_error() {
+        let e = QueryError::from(DataFusionError::Context(
+            "collecting".into(),
+            Box::new(DataFusionError::ResourcesExhausted("Failed to allocate 1 MB".into())),
+        ));
+        assert_eq!(e.to_string(), "query ran out of resources: Failed to allocate 1 MB");
+        assert_eq!(e.class(), ErrorClass::User);
+        // The log sees the frames the message leaves out.
+        assert!(chain(&e).contains("collecting"), "{}", chain(&e));
+    }
+
+    #[test]
+    fn an_error_detail_says_its_message_its_cause_or_both() {
+        let message = crate::error::ErrorDetail::message("window kind changed");
+        assert_eq!(message.to_string(), "window kind changed");
+        assert!(message.source().is_none());
+        let of = crate::error::ErrorDetail::of(std::io::Error::other("disk on fire"));
+        assert_eq!(of.to_string(), "disk on fire");
+        let both = crate::error::ErrorDetail::context("writing x", std::io::Error::other("disk on fire"));
+        assert_eq!(both.to_string(), "writing x: disk on fire");
+        let cause = both.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(cause.map(ToString::to_string).as_deref(), Some("disk on fire"));
+        assert_eq!(chain(&both), "writing x: disk on fire");
+    }
 }

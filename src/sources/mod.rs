@@ -28,15 +28,24 @@ pub enum SourceError {
     #[error("{0}")]
     Config(String),
     /// The source failed while running.
+    #[error("{context}: {source}")]
+    Runtime {
+        /// What the source was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The source stopped while running, with no underlying error to report (the log says why).
     #[error("{0}")]
-    Runtime(String),
+    Halted(String),
 }
 
 impl Classify for SourceError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Config(_) => ErrorClass::User,
-            Self::Runtime(_) => ErrorClass::External,
+            Self::Runtime { .. } | Self::Halted(_) => ErrorClass::External,
         }
     }
 }

@@ -375,7 +375,7 @@ impl StreamEngine {
         }
         let up = self
             .index(&q.rt.source)
-            .ok_or_else(|| CqError::Internal("missing upstream".into()))?;
+            .ok_or_else(|| CqError::bug("missing upstream"))?;
         output::final_rows(&self.queries[up].rt, &self.queries[up].output, horizon_from).await
     }
 
@@ -640,7 +640,7 @@ impl StreamEngine {
         let dir = self.deps.dir.join(&def.name);
         if dir.exists() {
             // Leftover of a query deleted while the process died: start clean.
-            std::fs::remove_dir_all(&dir).map_err(|e| CqError::internal(format!("removing {}: {e}", dir.display())))?;
+            std::fs::remove_dir_all(&dir).map_err(CqError::internal_in(format!("removing {}", dir.display())))?;
         }
         self.open_query(def).await?;
         self.save()?;
@@ -648,7 +648,7 @@ impl StreamEngine {
             .queries
             .last()
             .map(|q| q.rt.status())
-            .ok_or_else(|| CqError::internal("vanished"))?;
+            .ok_or_else(|| CqError::bug("vanished"))?;
         tracing::info!(query = %status.name, window = %status.window, source = %status.source, "continuous query registered");
         Ok(status)
     }
@@ -667,7 +667,7 @@ impl StreamEngine {
         self.deps.versions.remove(name);
         drop(removed);
         let dir = self.deps.dir.join(name);
-        std::fs::remove_dir_all(&dir).map_err(|e| CqError::internal(format!("removing {}: {e}", dir.display())))?;
+        std::fs::remove_dir_all(&dir).map_err(CqError::internal_in(format!("removing {}", dir.display())))?;
         tracing::info!(query = %name, "continuous query deleted");
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod shipped;
 pub mod window;
 
 use crate::error::{Classify, ErrorClass};
+use crate::error::ErrorDetail;
 use datafusion::error::DataFusionError;
 
 pub use engine::{StreamEngine, StreamHandle};
@@ -43,33 +44,48 @@ pub enum CqError {
     NotFound(String),
     /// Execution failed on some micro-batch.
     #[error("execution failed: {0}")]
-    Execution(String),
+    Execution(#[source] DataFusionError),
     /// Storage of outputs, late events or definitions failed.
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
     /// The engine task is gone (shutting down).
     #[error("the streaming engine is not running")]
     Stopped,
-    /// A bug.
+    /// A bug: a broken invariant (a message) or an operation that should not fail (its error is
+    /// the source).
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] ErrorDetail),
 }
 
 impl CqError {
-    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
-        Self::Internal(e.to_string())
+    /// An operation that should not fail did (`e` is the source).
+    pub(crate) fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(ErrorDetail::of(e))
+    }
+
+    /// [`CqError::internal`] after what was being done (`context: e`).
+    pub(crate) fn internal_in<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let context = context.into();
+        move |e| Self::Internal(ErrorDetail::context(context, e))
+    }
+
+    /// A broken invariant, with no underlying error.
+    pub(crate) fn bug(message: impl Into<String>) -> Self {
+        Self::Internal(ErrorDetail::message(message))
     }
 
     /// Planning errors are the user's (unknown column, bad type, unknown function).
     pub(crate) fn from_planning(e: DataFusionError) -> Self {
         match e.find_root() {
-            DataFusionError::Internal(_) => Self::Internal(e.strip_backtrace()),
+            DataFusionError::Internal(_) => Self::internal(e),
             root => Self::Invalid(root.message().to_string()),
         }
     }
 
     pub(crate) fn from_execution(e: DataFusionError) -> Self {
-        Self::Execution(e.strip_backtrace())
+        Self::Execution(e)
     }
 }
 
@@ -80,6 +96,32 @@ impl Classify for CqError {
             Self::Storage(_) | Self::Stopped => ErrorClass::External,
             Self::Execution(_) | Self::Internal(_) => ErrorClass::Internal,
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn internal_errors_keep_their_cause() {
+        let e = CqError::internal_in("renaming /cq/checkpoint.tmp")(std::io::Error::other("disk on fire"));
+        assert_eq!(e.to_string(), "internal error: renaming /cq/checkpoint.tmp: disk on fire");
+        let cause = e.source().and_then(|d| d.source()).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert!(cause.is_some(), "{e:?}");
+        // The cause is printed inline: the chain does not repeat it.
+        assert_eq!(crate::error::chain(&e), "internal error: renaming /cq/checkpoint.tmp: disk on fire");
+        assert_eq!(e.class(), ErrorClass::Internal);
+        // A broken invariant has no cause.
+        let bug = CqError::bug("window kind changed");
+        assert_eq!(crate::error::chain(&bug), "internal error: window kind changed");
+        assert!(bug.source().and_then(|d| d.source()).is_none());
+        // Execution keeps DataFusion's error.
+        let exec = CqError::from_execution(DataFusionError::Execution("division by zero".into()));
+        assert_eq!(exec.to_string(), "execution failed: Execution error: division by zero");
+        assert!(exec.source().is_some());
     }
 }
 

@@ -60,8 +60,8 @@ pub fn write_checkpoint(dir: &Path, checkpoint: &SessionCheckpoint) -> Result<()
     let path = checkpoint_path(dir);
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(checkpoint).map_err(CqError::internal)?;
-    std::fs::write(&tmp, bytes).map_err(|e| CqError::internal(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| CqError::internal(format!("renaming {}: {e}", tmp.display())))
+    std::fs::write(&tmp, bytes).map_err(CqError::internal_in(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(CqError::internal_in(format!("renaming {}", tmp.display())))
 }
 
 /// SQL over `versions` keeping the latest version of each key; `columns` are selected and

@@ -83,16 +83,16 @@ fn parts_of(a: &AggregateExec) -> Parts {
 /// The partial aggregation's parts, whether DataFusion planned one `Single` aggregate or a
 /// `Partial` + `Final` pair.
 fn split(top_agg: &Arc<dyn ExecutionPlan>) -> Result<Parts, CqError> {
-    let agg = as_agg(top_agg).ok_or_else(|| CqError::Internal("not an aggregate".into()))?;
+    let agg = as_agg(top_agg).ok_or_else(|| CqError::bug("not an aggregate"))?;
     match agg.mode() {
         AggregateMode::Single | AggregateMode::SinglePartitioned => Ok(parts_of(agg)),
         AggregateMode::Final | AggregateMode::FinalPartitioned => {
             let partial = find_agg(agg.input())
-                .ok_or_else(|| CqError::Internal("final aggregate without a partial one".into()))?;
-            let p = as_agg(&partial).ok_or_else(|| CqError::Internal("not an aggregate".into()))?;
+                .ok_or_else(|| CqError::bug("final aggregate without a partial one"))?;
+            let p = as_agg(&partial).ok_or_else(|| CqError::bug("not an aggregate"))?;
             Ok(parts_of(p))
         }
-        other => Err(CqError::Internal(format!("unexpected top aggregate mode {other:?}"))),
+        other => Err(CqError::bug(format!("unexpected top aggregate mode {other:?}"))),
     }
 }
 
@@ -142,13 +142,13 @@ impl CqPlan {
         let state_schema = partial.schema();
         let window_start_idx = state_schema
             .index_of("window_start")
-            .map_err(|_| CqError::Internal("window_start is not a state column".into()))?;
+            .map_err(|_| CqError::bug("window_start is not a state column"))?;
         let window_end_idx = state_schema
             .index_of("window_end")
-            .map_err(|_| CqError::Internal("window_end is not a state column".into()))?;
+            .map_err(|_| CqError::bug("window_end is not a state column"))?;
         let group_len = group_by.expr().len();
         if window_start_idx >= group_len || window_end_idx >= group_len {
-            return Err(CqError::Internal("window columns are not group columns".into()));
+            return Err(CqError::bug("window columns are not group columns"));
         }
         let output_schema = top.schema();
         Ok(Self {

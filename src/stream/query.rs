@@ -231,7 +231,7 @@ impl CqRuntime {
                     plan.state_index_of("min", "__cq_ts"),
                     plan.state_index_of("max", "__cq_ts"),
                 ) else {
-                    return Err(CqError::Internal(format!(
+                    return Err(CqError::bug(format!(
                         "session bounds ({SESSION_FIRST}, {SESSION_LAST}) not found among the aggregates"
                     )));
                 };
@@ -497,7 +497,7 @@ impl CqRuntime {
             let mut retract = match (settling, &mut self.windows) {
                 (Settling::Fixed(w), Windows::Fixed(f)) => f.settle(w, &produced),
                 (Settling::Session(s), Windows::Session(sw)) => sw.settle(s, &produced),
-                _ => return Err(CqError::Internal("window kind changed".into())),
+                _ => return Err(CqError::bug("window kind changed")),
             };
             retract.sort_unstable();
             retract.dedup();

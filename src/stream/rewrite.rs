@@ -327,16 +327,16 @@ pub fn rewrite(select_sql: &str, source_columns: &[String], keys: bool) -> Resul
     };
     let wrapper = format!("SELECT * FROM ({inner}) AS {}", Ident::with_quote('"', &alias));
     let mut parsed = DFParser::parse_sql_with_dialect(&wrapper, &GenericDialect {})
-        .map_err(|e| CqError::Internal(format!("window rewrite: {e}")))?;
+        .map_err(CqError::internal_in("window rewrite"))?;
     let relation = match parsed.pop_front() {
         Some(Statement::Statement(s)) => match *s {
             SqlStatement::Query(q) => match *q.body {
                 SetExpr::Select(mut sel) if !sel.from.is_empty() => sel.from.remove(0).relation,
-                _ => return Err(CqError::Internal("window rewrite produced no FROM".into())),
+                _ => return Err(CqError::bug("window rewrite produced no FROM")),
             },
-            _ => return Err(CqError::Internal("window rewrite produced no query".into())),
+            _ => return Err(CqError::bug("window rewrite produced no query")),
         },
-        _ => return Err(CqError::Internal("window rewrite produced no statement".into())),
+        _ => return Err(CqError::bug("window rewrite produced no statement")),
     };
     select.from[0].relation = relation;
     Ok(Rewritten {

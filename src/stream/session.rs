@@ -73,7 +73,7 @@ fn times(batch: &RecordBatch, idx: usize) -> Result<TimestampMicrosecondArray, C
         .column(idx)
         .as_primitive_opt::<TimestampMicrosecondType>()
         .cloned()
-        .ok_or_else(|| CqError::Internal("session bounds are not timestamps".into()))
+        .ok_or_else(|| CqError::bug("session bounds are not timestamps"))
 }
 
 fn constant(value: i64, rows: usize) -> ArrayRef {
@@ -116,7 +116,7 @@ impl SessionWindows {
         let lasts = times(state, self.cols.last)?;
         for (i, key) in keys.into_iter().enumerate() {
             if firsts.is_null(i) || lasts.is_null(i) {
-                return Err(CqError::Internal("session bucket without event times".into()));
+                return Err(CqError::bug("session bucket without event times"));
             }
             self.merge(key, firsts.value(i), lasts.value(i), state.slice(i, 1));
         }
@@ -195,7 +195,7 @@ impl SessionWindows {
             for (i, key) in keys.into_iter().enumerate() {
                 let first = starts.value(i);
                 let Some(s) = self.sessions.get_mut(&key).and_then(|m| m.get_mut(&first)) else {
-                    return Err(CqError::Internal("compacted state of an unknown session".into()));
+                    return Err(CqError::bug("compacted state of an unknown session"));
                 };
                 if replaced.insert((key, first)) {
                     s.batches.clear();

@@ -220,7 +220,10 @@ impl Source for KafkaSource {
                     drop(consumer);
                     let _ = done_tx.send(());
                 })
-                .map_err(|e| SourceError::Runtime(format!("cannot start the consumer thread: {e}")))?
+                .map_err(|e| SourceError::Runtime {
+                    context: "cannot start the consumer thread".into(),
+                    source: Box::new(e),
+                })?
         };
         status.running.store(true, Ordering::Relaxed);
         tracing::info!(brokers = %status.brokers, topics = ?status.topics, group = %status.group_id, "kafka source started");
@@ -246,7 +249,7 @@ impl Source for KafkaSource {
         }
         drop(thread);
         if pipeline_failed {
-            return Err(SourceError::Runtime(
+            return Err(SourceError::Halted(
                 "the kafka pipeline stopped; consumption halted (see the log)".into(),
             ));
         }
