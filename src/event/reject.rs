@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// The validation rule an event broke. The snake_case name is the `error_type` label of
 /// `events_errors_total` and the `error_type` field of HTTP rejection entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectKind {
     /// The bytes are not valid JSON.
@@ -43,7 +43,7 @@ impl RejectKind {
 }
 
 /// One rejected event of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     /// 0-based position of the event in the request (array element or non-blank NDJSON line).
     pub index: usize,

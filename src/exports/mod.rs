@@ -108,7 +108,7 @@ impl Classify for ExportError {
 }
 
 /// What a finished export wrote (also stored as `_manifest.json`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     /// Export id.
     pub export_id: String,
@@ -131,7 +131,7 @@ pub struct Manifest {
 }
 
 /// State of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportState {
     /// Writing.
@@ -145,7 +145,7 @@ pub enum ExportState {
 }
 
 /// An export as the API shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ExportStatus {
     /// Id.
     pub id: String,

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::ExportError;
 
 /// Body of `POST /api/v1/exports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"table": "events", "start": "2026-12-01T00:00:00Z", "end": "2026-12-02T00:00:00Z", "destination": "file:///var/lib/llm-analytics-hub/exports/", "partition_by": ["date", "model"]}))]
 pub struct ExportRequest {
     /// `events`, `late_events` or a continuous query's output table (with `start`/`end`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

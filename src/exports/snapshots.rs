@@ -21,7 +21,8 @@ pub const SCHEMA: &str = "snapshots";
 const MAX_NAME: usize = 63;
 
 /// A registration as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(example = json!({"name": "events_daily", "location": "s3://telemetry/hub/daily/"}))]
 pub struct Registration {
     /// Table name inside `snapshots`.
     pub name: String,
@@ -30,7 +31,7 @@ pub struct Registration {
 }
 
 /// A registered table with what its manifests say.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     /// Name and location.
     #[serde(flatten)]

@@ -55,7 +55,7 @@ pub struct Progress {
 }
 
 /// One written file, as the manifest lists it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FileEntry {
     /// Path relative to the destination.
     pub path: String,

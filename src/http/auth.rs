@@ -32,7 +32,7 @@ impl From<AuthError> for ApiError {
 /// What a route needs (`None`: public).
 pub fn access_of(method: &Method, path: &str, metrics_public: bool) -> Option<Access> {
     match path {
-        "/health" | "/ready" => return None,
+        "/health" | "/ready" | "/openapi.json" => return None,
         "/metrics" => return (!metrics_public).then_some(Access::Read),
         _ => {}
     }

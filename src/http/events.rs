@@ -27,8 +27,9 @@ use crate::event::{BodyError, EVENTS_TABLE, Rejection};
 use crate::ingest::{BodyShape, PipelineError};
 
 /// Answer to an ingest request.
-#[derive(Debug, Serialize)]
-struct IngestResponse {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"accepted": 2, "rejected_count": 1, "rejected": [{"index": 1, "error_type": "invalid_timestamp", "reason": "`timestamp` is not RFC 3339: premature end of input"}]}))]
+pub struct IngestResponse {
     /// Events stored.
     accepted: usize,
     /// Events rejected.
@@ -69,6 +70,23 @@ async fn accept(state: &AppState, body: Bytes, shape: BodyShape, tenant: Option<
 }
 
 /// `POST /api/v1/events`: one event as a JSON object.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "Ingest one event",
+    description = "One event as a JSON object. 200 once it is durable; 400 with the reason when it is rejected. Needs the `ingest` role.",
+    request_body(content = super::openapi::EventIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored (durable)", body = IngestResponse),
+        (status = 400, description = "Rejected, or not JSON", body = super::openapi::IngestRefused),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "The role may not ingest", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than `http.max_body_bytes`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Storage cannot take writes now (disk or memory full, database down); see `Retry-After`", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn post_one(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -80,6 +98,27 @@ pub async fn post_one(
 }
 
 /// `POST /api/v1/events/batch`: a JSON array or NDJSON.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/batch",
+    tag = "events",
+    summary = "Ingest a batch of events",
+    description = "A JSON array of events, or NDJSON (one event per line). Each event is validated on its own: 200 when all are stored, 207 when some are rejected (each with its index and reason), 400 when none is. Needs the `ingest` role.",
+    request_body(content(
+        (Vec<super::openapi::EventIn> = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "All stored (durable)", body = IngestResponse),
+        (status = 207, description = "Some stored, some rejected", body = IngestResponse),
+        (status = 400, description = "None stored, or the body is not an array/NDJSON", body = super::openapi::IngestRefused),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "The role may not ingest", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than `http.max_body_bytes`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Storage cannot take writes now; see `Retry-After`", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn post_batch(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -91,17 +130,22 @@ pub async fn post_batch(
 }
 
 /// Filters of `GET /api/v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Inclusive lower bound on `timestamp` (RFC 3339).
     start_time: Option<String>,
     /// Exclusive upper bound on `timestamp` (RFC 3339).
     end_time: Option<String>,
+    /// Only events of this `source_module`.
     source_module: Option<String>,
+    /// Only events of this `event_type`.
     event_type: Option<String>,
+    /// Only events of this severity (`debug`, `info`, `warning`, `error`, `critical`).
     severity: Option<String>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -111,8 +155,8 @@ const MAX_PAGE: usize = 1000;
 
 /// One stored event as returned by the API: the envelope, the payload as sent, and when the
 /// Hub received it.
-#[derive(Debug, Serialize)]
-struct EventView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventView {
     event_id: String,
     timestamp: String,
     ingest_time: String,
@@ -123,8 +167,21 @@ struct EventView {
     environment: Option<String>,
     correlation_id: Option<String>,
     parent_event_id: Option<String>,
+    /// The event's tags, as sent.
+    #[schema(value_type = Option<Object>)]
     tags: Option<Box<RawValue>>,
+    /// The payload, as sent.
+    #[schema(value_type = Object)]
     payload: Box<RawValue>,
+}
+
+/// One page of `GET /api/v1/events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    /// Newest first.
+    events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
@@ -200,6 +257,21 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
 }
 
 /// `GET /api/v1/events`: newest first, filtered, paged with an opaque cursor.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "List events",
+    description = "Newest first, filtered by time range, module, type and severity, paged with an opaque cursor. A tenant-bound key sees its tenant's events only. Needs the `read` role.",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 400, description = "A parameter is invalid (named in the message)", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "The role may not read", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -281,7 +353,7 @@ pub async fn list(
         None
     };
     Ok(with_cache_header(
-        Json(serde_json::json!({ "events": events, "next_cursor": next_cursor })).into_response(),
+        Json(EventsPage { events, next_cursor }).into_response(),
         cache_status,
     ))
 }
@@ -305,6 +377,21 @@ fn with_cache_header(mut response: Response, status: Option<CacheStatus>) -> Res
 }
 
 /// `GET /api/v1/events/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    summary = "One event by id",
+    params(("id" = String, Path, description = "The event's UUID", format = Uuid)),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 400, description = "`id` is not a UUID", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "The role may not read", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such event (for this tenant)", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Principal>>,

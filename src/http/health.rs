@@ -11,6 +11,15 @@ use super::error::ApiError;
 use crate::storage::ComponentStatus;
 
 /// `GET /health`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness",
+    security(()),
+    responses((status = 200, description = "The process is up", body = Object,
+        example = json!({"status": "ok", "version": "0.1.0", "uptime_secs": 42})))
+)]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     Json(json!({
         "status": "ok",
@@ -20,6 +29,19 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /ready`: every component can serve; 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    summary = "Readiness of every component",
+    security(()),
+    responses(
+        (status = 200, description = "Every component can serve (a degraded cache is listed, not fatal)", body = Object,
+            example = json!({"status": "ready", "degraded": [], "components": [{"name": "storage", "kind": "local", "ready": true, "detail": {}}]})),
+        (status = 503, description = "A component cannot serve", body = Object,
+            example = json!({"status": "not_ready", "degraded": [], "components": [{"name": "postgres", "kind": "sink", "ready": false, "detail": {"circuit_breaker": "open"}}]})),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut components = vec![state.store.status(), state.storage_health.status()];
     // A failing cache never makes the Hub unready: queries are answered without it.
@@ -102,6 +124,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /api/v1/ingest/status`: where events come from and how far consumption is.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ingest/status",
+    tag = "operations",
+    summary = "Ingestion: mode, sources (Kafka partitions, lag), sink, storage",
+    responses(
+        (status = 200, description = "Where events come from and how far consumption is", body = Object,
+            example = json!({"mode": "standalone", "http_ingest": "local_store", "sources": [], "sink": null, "storage": {}})),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "The role may not read", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
     let sources: Vec<serde_json::Value> = state.sources.iter().map(|s| s.status()).collect();
     Json(json!({
@@ -114,6 +148,17 @@ pub async fn ingest_status(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Needs the `read` role unless `auth.metrics_public`.",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.metrics.render().map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))

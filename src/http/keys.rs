@@ -13,8 +13,9 @@ use crate::auth::keys::KeyRecord;
 use crate::auth::{AuthError, Role};
 
 /// `POST /api/v1/keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "grafana", "role": "read", "expires_in_secs": 7776000}))]
 pub struct CreateKey {
     name: String,
     role: Role,
@@ -26,8 +27,8 @@ pub struct CreateKey {
 }
 
 /// A key as listed (never the key or its hash).
-#[derive(Debug, Serialize)]
-struct KeyView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyView {
     name: String,
     role: Role,
     tenant: Option<String>,
@@ -51,6 +52,23 @@ impl From<KeyRecord> for KeyView {
 }
 
 /// `POST /api/v1/keys`: 201 with the key, shown this once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = "keys",
+    summary = "Create an API key (shown once)",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The key (only its hash is kept)", body = super::openapi::KeyCreated),
+        (status = 400, description = "Invalid name, role or tenant, or the name is taken", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
+        (status = 422, description = "JSON that does not match the body's schema (wrong type, unknown or missing field)", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     body: Result<Json<CreateKey>, JsonRejection>,
@@ -61,18 +79,48 @@ pub async fn create(
         .auth
         .create_key(&req.name, req.role, req.tenant.as_deref(), expires)
         .await?;
-    let mut view = serde_json::to_value(KeyView::from(record)).map_err(ApiError::internal)?;
-    view["key"] = serde_json::Value::String(key);
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let created = super::openapi::KeyCreated {
+        view: KeyView::from(record),
+        key,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 /// `GET /api/v1/keys`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "keys",
+    summary = "List API keys (never the keys themselves)",
+    responses(
+        (status = 200, description = "Every key, revoked ones included", body = super::openapi::KeyList),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let keys: Vec<KeyView> = state.auth.list_keys().await?.into_iter().map(KeyView::from).collect();
-    Ok(Json(serde_json::json!({ "keys": keys })).into_response())
+    Ok(Json(super::openapi::KeyList { keys }).into_response())
 }
 
 /// `DELETE /api/v1/keys/{name}`: revokes it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{name}",
+    tag = "keys",
+    summary = "Revoke an API key (effective at once)",
+    params(("name" = String, Path, description = "The key's name")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
+        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        (status = 404, description = "No active key of that name", body = super::openapi::ErrorBody),
+        (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     match state.auth.revoke_key(&name).await {
         Ok(record) => Ok(Json(KeyView::from(record)).into_response()),

@@ -9,6 +9,7 @@ mod health;
 mod keys;
 pub mod limits;
 mod observe;
+pub mod openapi;
 mod requests;
 mod snapshots;
 mod sql;
@@ -18,7 +19,9 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -72,27 +75,40 @@ pub struct AppState {
     pub storage_health: crate::storage::health::StorageHealth,
 }
 
+/// Every route with its OpenAPI operation (`#[utoipa::path]` on the handler): registering a
+/// handler here documents it.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::post_one, events::list))
+        .routes(routes!(events::post_batch))
+        .routes(routes!(events::get_one))
+        .routes(routes!(health::ingest_status))
+        .routes(routes!(sql::run))
+        .routes(routes!(exports::create, exports::list))
+        .routes(routes!(exports::get_one, exports::cancel))
+        .routes(routes!(snapshots::register, snapshots::list))
+        .routes(routes!(snapshots::deregister))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(cq::create, cq::list))
+        .routes(routes!(cq::get_one, cq::delete))
+        .routes(routes!(cq::pause))
+        .routes(routes!(cq::resume))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// The OpenAPI document of every route (`/openapi.json`).
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
 /// Builds the router with every route and middleware.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/events", post(events::post_one).get(events::list))
-        .route("/api/v1/events/batch", post(events::post_batch))
-        .route("/api/v1/events/{id}", get(events::get_one))
-        .route("/api/v1/ingest/status", get(health::ingest_status))
-        .route("/api/v1/sql", post(sql::run))
-        .route("/api/v1/exports", post(exports::create).get(exports::list))
-        .route("/api/v1/exports/{id}", get(exports::get_one).delete(exports::cancel))
-        .route("/api/v1/snapshots", post(snapshots::register).get(snapshots::list))
-        .route("/api/v1/snapshots/{name}", axum::routing::delete(snapshots::deregister))
-        .route("/api/v1/keys", post(keys::create).get(keys::list))
-        .route("/api/v1/keys/{name}", axum::routing::delete(keys::revoke))
-        .route("/api/v1/continuous-queries", post(cq::create).get(cq::list))
-        .route("/api/v1/continuous-queries/{name}", get(cq::get_one).delete(cq::delete))
-        .route("/api/v1/continuous-queries/{name}/pause", post(cq::pause))
-        .route("/api/v1/continuous-queries/{name}/resume", post(cq::resume))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+    let (api, _) = api_routes().split_for_parts();
+    let api = api
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") });
@@ -103,7 +119,8 @@ pub fn router(state: AppState) -> Router {
         Some(layer) => api.layer(layer),
         None => api,
     };
-    api.with_state(state)
+    // Swagger UI is static (embedded assets) and public.
+    api.with_state(state).merge(openapi::documentation())
 }
 
 /// CORS for the configured origins (none: no CORS headers, browsers on other origins refused).

@@ -18,20 +18,27 @@ use crate::cache::{Answer, CacheStatus};
 use crate::query::format::{self, ColumnInfo, ResultFormat};
 
 /// Request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"sql": "SELECT model, count(*) AS requests, approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95 FROM events GROUP BY model"}))]
 pub struct SqlRequest {
     /// One read-only statement.
     sql: String,
 }
 
 /// JSON response body.
-#[derive(Debug, Serialize)]
-struct SqlResponse {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SqlResponse {
+    /// Name, Arrow type and nullability of each column.
     columns: Vec<ColumnInfo>,
+    /// One object per row, keyed by column name.
+    #[schema(value_type = Vec<Object>)]
     rows: Box<RawValue>,
+    /// Rows returned.
     row_count: usize,
+    /// More rows than `query.max_json_rows` matched (ask for CSV or Arrow for all).
     truncated: bool,
+    /// Planning and execution time.
     execution_time_ms: f64,
 }
 
@@ -82,6 +89,30 @@ fn quarantine_warning(state: &AppState) -> Option<HeaderValue> {
 }
 
 /// Runs the statement and encodes the result in the format the `Accept` header asks for.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sql",
+    tag = "sql",
+    summary = "Run one read-only SQL statement",
+    description = "SELECT, WITH, EXPLAIN, SHOW or DESCRIBE over `events`, `late_events`, the continuous queries' tables and `snapshots.*` (and `CREATE CONTINUOUS QUERY` for admins). The `Accept` header picks JSON (default), CSV or an Arrow IPC stream. Bounded by `query.timeout_secs`, memory and result-size limits. Needs the `read` role.",
+    request_body = SqlRequest,
+    responses(
+        (status = 200, description = "The result", content(
+            (SqlResponse = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+        )),
+        (status = 201, description = "A continuous query was registered (`CREATE CONTINUOUS QUERY`)", body = crate::stream::query::CqStatus),
+        (status = 400, description = "Not valid SQL, unknown table or column, or a body that is not `{\"sql\": ...}`", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a read-only statement, file access, or the role may not", body = super::openapi::ErrorBody),
+        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than `http.max_body_bytes`", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
+        (status = 422, description = "Memory or result-size limit reached, too complex, or JSON that is not `{\"sql\": string}`", body = super::openapi::ErrorBody),
+        (status = 429, description = "Too many concurrent queries or rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn run(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Principal>>,

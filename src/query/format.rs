@@ -49,7 +49,7 @@ impl ResultFormat {
 }
 
 /// A column in the JSON result header.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ColumnInfo {
     /// Column name.
     pub name: String,

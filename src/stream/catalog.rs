@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::StorageError;
 
 /// When results of a window are emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EmitMode {
     /// Once, when the watermark passes the window end.
@@ -37,7 +37,7 @@ pub const MIN_EMIT_INTERVAL_MS: u64 = 100;
 pub const MAX_EMIT_INTERVAL_MS: u64 = 86_400_000;
 
 /// Per-query options.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CqOptions {
     /// Events up to this many ms behind the newest event time still count in their window.
@@ -69,7 +69,7 @@ impl Default for CqOptions {
 
 /// Options as a client gives them (HTTP `options` object, SQL `WITH (...)`), before
 /// validation: unset fields take their defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptionsInput {
     /// See [`CqOptions::allowed_lateness_ms`].

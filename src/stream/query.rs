@@ -72,7 +72,7 @@ impl Preparer {
 }
 
 /// Status of a query as shown by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CqStatus {
     /// Name (and output table).
     pub name: String,
