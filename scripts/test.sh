@@ -99,6 +99,12 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   "$PY" -m pip install --quiet kubernetes-validate 2>/dev/null \
     || "$PY" -m pip install --quiet --break-system-packages kubernetes-validate
 fi
+# schemathesis (PyPI) fuzzes the live binary against its OpenAPI document (tests/it/openapi.rs).
+if ! command -v schemathesis >/dev/null 2>&1; then
+  log "installing schemathesis (pip)"
+  "$PY" -m pip install --quiet schemathesis 2>/dev/null \
+    || "$PY" -m pip install --quiet --break-system-packages schemathesis
+fi
 DC_VENV=/var/tmp/hub-docker-compose-venv
 if [ ! -x "$DC_VENV/bin/docker-compose" ]; then
   log "installing docker-compose 1.29 into $DC_VENV (pip)"

@@ -180,6 +180,16 @@ pub fn documentation() -> axum::Router {
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("LLM Analytics Hub API"),
     })
+    // The page links its assets relative to the request path: `/documentation/` would ask for
+    // `/documentation//swagger-ui.css`.
+    .layer(axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if request.uri().path() == "/documentation/" {
+                return axum::response::Redirect::permanent("/documentation").into_response();
+            }
+            next.run(request).await
+        },
+    ))
 }
 
 #[cfg(test)]

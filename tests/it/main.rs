@@ -16,6 +16,7 @@ mod harness;
 mod hostile;
 mod ingest;
 mod kafka;
+mod openapi;
 mod pg;
 mod pg_fencing;
 mod pg_sink;
