@@ -86,7 +86,7 @@ pub enum SinkError {
     Config(String),
     /// A bug.
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(#[source] crate::error::ErrorDetail),
 }
 
 impl Classify for SinkError {

@@ -116,8 +116,8 @@ pub enum PgArray {
     Bytes(Vec<Option<Vec<u8>>>),
 }
 
-fn cast_err(e: impl std::fmt::Display) -> SinkError {
-    SinkError::Internal(format!("column conversion: {e}"))
+fn cast_err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::Internal(crate::error::ErrorDetail::context("column conversion", e))
 }
 
 /// Converts an Arrow column to the array bound for `kind`.
@@ -158,7 +158,7 @@ pub fn bind<'q>(
 /// Reads column `index` of `rows` (selected with [`PgKind::select_expr`]) as an Arrow array of
 /// type `target`.
 pub fn read_column(rows: &[PgRow], index: usize, kind: PgKind, target: &DataType) -> Result<ArrayRef, SinkError> {
-    let get = |e: sqlx::Error| SinkError::Internal(format!("reading stored state: {e}"));
+    let get = |e: sqlx::Error| SinkError::Internal(crate::error::ErrorDetail::context("reading stored state", e));
     let wire: ArrayRef = match kind {
         PgKind::Int => Arc::new(
             rows.iter()

@@ -66,8 +66,8 @@ fn config_err(name: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError::Config(format!("continuous query `{name}` cannot be stored in PostgreSQL: {e}"))
 }
 
-fn internal(e: impl std::fmt::Display) -> SinkError {
-    SinkError::Internal(e.to_string())
+fn internal(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::Internal(crate::error::ErrorDetail::of(e))
 }
 
 fn db(e: sqlx::Error) -> SinkError {
@@ -117,11 +117,11 @@ impl RollupTable {
             .chain((0..plan.group_len).filter(|i| *i != plan.window_start_idx && *i != plan.window_end_idx))
             .collect();
         if key_state.len() != key_out.len() {
-            return Err(SinkError::Internal(format!(
+            return Err(SinkError::Internal(crate::error::ErrorDetail::message(format!(
                 "`{name}`: {} state keys but {} output keys",
                 key_state.len(),
                 key_out.len()
-            )));
+            ))));
         }
         let key_types: Vec<DataType> = key_state
             .iter()
@@ -261,7 +261,7 @@ impl RollupTable {
             .column(self.plan.window_start_idx)
             .as_any()
             .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
-            .ok_or_else(|| SinkError::Internal("window_start is not a µs timestamp".into()))?;
+            .ok_or_else(|| SinkError::Internal(crate::error::ErrorDetail::message("window_start is not a µs timestamp")))?;
         let mut months: Vec<i64> = starts.iter().flatten().map(month_of).collect();
         months.sort_unstable();
         months.dedup();
@@ -271,7 +271,7 @@ impl RollupTable {
         };
         for month in missing {
             let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(month)
-                .ok_or_else(|| SinkError::Internal(format!("window start {month} out of range")))?;
+                .ok_or_else(|| SinkError::Internal(crate::error::ErrorDetail::message(format!("window start {month} out of range"))))?;
             sqlx::query("SELECT hub_ensure_partition($1, $2)")
                 .bind(&self.name)
                 .bind(at)
