@@ -63,10 +63,8 @@ fn handle(state: &AppState) -> Result<&StreamHandle, ApiError> {
         (status = 400, description = "Invalid query, options or body, or a duplicate name", body = super::openapi::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
         (status = 422, description = "JSON that does not match the body's schema (wrong type, unknown or missing field)", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "Continuous queries are disabled", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn create(
@@ -98,10 +96,8 @@ pub async fn create_from_sql(
     description = "Every query with its watermark, open windows, rows in and out, late events and last error. A tenant-bound key sees those it can read.",
     responses(
         (status = 200, description = "Every query", body = super::openapi::CqList),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "Continuous queries are disabled", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn list(
@@ -138,11 +134,9 @@ fn readable(state: &AppState, principal: &Principal, queries: Vec<CqStatus>) -> 
     params(("name" = String, Path, description = "The continuous query's name (its output table)")),
     responses(
         (status = 200, description = "Its status", body = crate::stream::query::CqStatus),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 400, description = "Not a valid query name", body = super::openapi::ErrorBody),
         (status = 404, description = "No such query", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn get_one(
@@ -167,11 +161,9 @@ pub async fn get_one(
     params(("name" = String, Path, description = "The continuous query's name (its output table)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 400, description = "Not a valid query name", body = super::openapi::ErrorBody),
         (status = 404, description = "No such query", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -188,11 +180,9 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
     params(("name" = String, Path, description = "The continuous query's name (its output table)")),
     responses(
         (status = 200, description = "Its status", body = crate::stream::query::CqStatus),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 400, description = "Not a valid query name", body = super::openapi::ErrorBody),
         (status = 404, description = "No such query", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -208,11 +198,9 @@ pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> R
     params(("name" = String, Path, description = "The continuous query's name (its output table)")),
     responses(
         (status = 200, description = "Its status", body = crate::stream::query::CqStatus),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 400, description = "Not a valid query name", body = super::openapi::ErrorBody),
         (status = 404, description = "No such query", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -80,11 +80,9 @@ async fn accept(state: &AppState, body: Bytes, shape: BodyShape, tenant: Option<
     responses(
         (status = 200, description = "Stored (durable)", body = IngestResponse),
         (status = 400, description = "Rejected, or not JSON", body = super::openapi::IngestRefused),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not ingest", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than `http.max_body_bytes`", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 503, description = "Storage cannot take writes now (disk or memory full, database down); see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn post_one(
@@ -112,11 +110,9 @@ pub async fn post_one(
         (status = 200, description = "All stored (durable)", body = IngestResponse),
         (status = 207, description = "Some stored, some rejected", body = IngestResponse),
         (status = 400, description = "None stored, or the body is not an array/NDJSON", body = super::openapi::IngestRefused),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not ingest", body = super::openapi::ErrorBody),
         (status = 413, description = "Body larger than `http.max_body_bytes`", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 503, description = "Storage cannot take writes now; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn post_batch(
@@ -267,9 +263,7 @@ fn views(batches: &[RecordBatch]) -> Result<Vec<EventView>, ApiError> {
     responses(
         (status = 200, description = "One page", body = EventsPage),
         (status = 400, description = "A parameter is invalid (named in the message)", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not read", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn list(
@@ -386,10 +380,8 @@ fn with_cache_header(mut response: Response, status: Option<CacheStatus>) -> Res
     responses(
         (status = 200, description = "The event", body = EventView),
         (status = 400, description = "`id` is not a UUID", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "The role may not read", body = super::openapi::ErrorBody),
         (status = 404, description = "No such event (for this tenant)", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn get_one(

@@ -38,9 +38,7 @@ impl From<ExportError> for ApiError {
         (status = 400, description = "Invalid request or destination", body = super::openapi::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
         (status = 422, description = "JSON that does not match the body's schema (wrong type, unknown or missing field)", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn create(
@@ -61,9 +59,7 @@ pub async fn create(
     summary = "List exports",
     responses(
         (status = 200, description = "Every export of this instance, newest first", body = super::openapi::ExportList),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Response {
@@ -82,10 +78,8 @@ pub async fn list(State(state): State<AppState>) -> Response {
     params(("id" = String, Path, description = "The export's id")),
     responses(
         (status = 200, description = "Its status", body = crate::exports::ExportStatus),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such export", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -101,10 +95,8 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> R
     params(("id" = String, Path, description = "The export's id")),
     responses(
         (status = 200, description = "Its status after the cancel", body = crate::exports::ExportStatus),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such export", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

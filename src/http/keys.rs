@@ -63,10 +63,8 @@ impl From<KeyRecord> for KeyView {
         (status = 400, description = "Invalid name, role or tenant, or the name is taken", body = super::openapi::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
         (status = 422, description = "JSON that does not match the body's schema (wrong type, unknown or missing field)", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn create(
@@ -94,10 +92,8 @@ pub async fn create(
     summary = "List API keys (never the keys themselves)",
     responses(
         (status = 200, description = "Every key, revoked ones included", body = super::openapi::KeyList),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -114,11 +110,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     params(("name" = String, Path, description = "The key's name")),
     responses(
         (status = 200, description = "The revoked key", body = KeyView),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "No active key of that name", body = super::openapi::ErrorBody),
         (status = 503, description = "The key database (PostgreSQL) is unavailable", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn revoke(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

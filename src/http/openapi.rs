@@ -114,6 +114,20 @@ pub struct KeyCreated {
     pub key: String,
 }
 
+/// What every authenticated route may answer besides its own responses.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No or invalid credentials (`WWW-Authenticate: Bearer`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The caller's role may not do this (the message names the role needed).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Over the caller's rate limit; see `Retry-After`.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+}
+
 /// Bearer keys / JWTs and the `X-API-Key` header, as the auth middleware accepts them.
 struct Security;
 

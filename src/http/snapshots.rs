@@ -23,9 +23,7 @@ use crate::exports::snapshots::Registration;
         (status = 400, description = "Invalid name or location, or no manifest there", body = super::openapi::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = super::openapi::ErrorBody),
         (status = 422, description = "JSON that does not match the body's schema (wrong type, unknown or missing field)", body = super::openapi::ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn register(
@@ -45,9 +43,7 @@ pub async fn register(
     summary = "List snapshot tables",
     responses(
         (status = 200, description = "Every registered snapshot table", body = super::openapi::SnapshotList),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Response {
@@ -66,10 +62,8 @@ pub async fn list(State(state): State<AppState>) -> Response {
     params(("name" = String, Path, description = "The table's name in `snapshots`")),
     responses(
         (status = 204, description = "Dropped"),
-        (status = 401, description = "No or invalid credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "Needs the `admin` role", body = super::openapi::ErrorBody),
-        (status = 429, description = "Rate limited; see `Retry-After`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such table", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors,
     )
 )]
 pub async fn deregister(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
