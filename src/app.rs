@@ -132,7 +132,6 @@ async fn postgres_key_store(
     ))
 }
 
-
 /// The Postgres wire endpoint, when configured (`[pgwire]`).
 #[cfg(feature = "pgwire")]
 async fn start_wire(

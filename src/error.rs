@@ -107,9 +107,7 @@ impl std::fmt::Display for ErrorDetail {
 
 impl std::error::Error for ErrorDetail {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -29,8 +29,8 @@ pub use request::ExportRequest;
 pub use schedule::ExportsConfig;
 use writer::{FileEntry, Progress};
 
-use crate::error::{Classify, ErrorClass};
 use crate::error::ErrorDetail;
+use crate::error::{Classify, ErrorClass};
 use crate::query::QueryEngine;
 use crate::storage::versions::TableVersions;
 

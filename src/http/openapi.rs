@@ -229,8 +229,19 @@ mod tests {
         // Every route of the router (26 operations): routes!() adds the handler and its
         // operation together, so this counts both.
         assert_eq!(operations, 26, "{:?}", paths.keys().collect::<Vec<_>>());
-        for schema in ["EventIn", "IngestResponse", "SqlRequest", "SqlResponse", "CqStatus", "ExportRequest", "ErrorBody"] {
-            assert!(json["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+        for schema in [
+            "EventIn",
+            "IngestResponse",
+            "SqlRequest",
+            "SqlResponse",
+            "CqStatus",
+            "ExportRequest",
+            "ErrorBody",
+        ] {
+            assert!(
+                json["components"]["schemas"][schema].is_object(),
+                "schema {schema} missing"
+            );
         }
     }
 }

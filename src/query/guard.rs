@@ -140,8 +140,8 @@ pub fn statement_kind(text: &str) -> String {
 
 /// Checks that `sql` is a single read-only statement.
 pub fn check_read_only(sql: &str) -> Result<(), GuardError> {
-    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(|e| GuardError::Parse(Arc::new(e)))?;
+    let statements =
+        DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| GuardError::Parse(Arc::new(e)))?;
     match statements.len() {
         0 => Err(GuardError::Empty),
         1 => {

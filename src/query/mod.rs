@@ -103,7 +103,6 @@ impl QueryError {
     }
 }
 
-
 /// The result of one query.
 #[derive(Debug)]
 pub struct QueryResult {

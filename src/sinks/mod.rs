@@ -67,7 +67,7 @@ pub enum SinkError {
     /// The database answered with an error or could not be reached; `transient` errors
     /// (connection, pool timeout, SQLSTATE classes 08/53/57, serialization and lock failures)
     /// are worth retrying, the rest are bugs.
-    #[error("{}{}: {source}", if *.transient { "database unavailable" } else { "database error" }, .sqlstate.as_ref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    #[error("{}: {source}", database_label(*.transient, .sqlstate.as_deref()))]
     Database {
         /// Retry later.
         transient: bool,
@@ -104,6 +104,19 @@ impl Classify for SinkError {
     /// position cannot succeed (the source rewinds instead).
     fn retryable(&self) -> bool {
         self.is_unavailable()
+    }
+}
+
+/// `database unavailable (SQLSTATE 57P01)` / `database error`: how [`SinkError::Database`] opens.
+fn database_label(transient: bool, sqlstate: Option<&str>) -> String {
+    let what = if transient {
+        "database unavailable"
+    } else {
+        "database error"
+    };
+    match sqlstate {
+        Some(code) => format!("{what} (SQLSTATE {code})"),
+        None => what.to_string(),
     }
 }
 
@@ -168,6 +181,8 @@ pub async fn build(
     #[cfg(not(feature = "postgres"))]
     {
         let _ = (group, queries, metrics);
-        Err(SinkError::Config("this build has no PostgreSQL support (cargo feature `postgres`)".into()))
+        Err(SinkError::Config(
+            "this build has no PostgreSQL support (cargo feature `postgres`)".into(),
+        ))
     }
 }

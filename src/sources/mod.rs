@@ -119,5 +119,7 @@ async fn build_kafka(
     _sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     _metrics: &Metrics,
 ) -> Result<Vec<Box<dyn Source>>, SourceError> {
-    Err(SourceError::Config("this build has no Kafka support (cargo feature `kafka`)".into()))
+    Err(SourceError::Config(
+        "this build has no Kafka support (cargo feature `kafka`)".into(),
+    ))
 }

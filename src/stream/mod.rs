@@ -24,8 +24,8 @@ pub mod session;
 pub mod shipped;
 pub mod window;
 
-use crate::error::{Classify, ErrorClass};
 use crate::error::ErrorDetail;
+use crate::error::{Classify, ErrorClass};
 use datafusion::error::DataFusionError;
 
 pub use engine::{StreamEngine, StreamHandle};
@@ -108,11 +108,20 @@ mod error_tests {
     #[test]
     fn internal_errors_keep_their_cause() {
         let e = CqError::internal_in("renaming /cq/checkpoint.tmp")(std::io::Error::other("disk on fire"));
-        assert_eq!(e.to_string(), "internal error: renaming /cq/checkpoint.tmp: disk on fire");
-        let cause = e.source().and_then(|d| d.source()).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            e.to_string(),
+            "internal error: renaming /cq/checkpoint.tmp: disk on fire"
+        );
+        let cause = e
+            .source()
+            .and_then(|d| d.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
         assert!(cause.is_some(), "{e:?}");
         // The cause is printed inline: the chain does not repeat it.
-        assert_eq!(crate::error::chain(&e), "internal error: renaming /cq/checkpoint.tmp: disk on fire");
+        assert_eq!(
+            crate::error::chain(&e),
+            "internal error: renaming /cq/checkpoint.tmp: disk on fire"
+        );
         assert_eq!(e.class(), ErrorClass::Internal);
         // A broken invariant has no cause.
         let bug = CqError::bug("window kind changed");

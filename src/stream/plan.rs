@@ -87,8 +87,7 @@ fn split(top_agg: &Arc<dyn ExecutionPlan>) -> Result<Parts, CqError> {
     match agg.mode() {
         AggregateMode::Single | AggregateMode::SinglePartitioned => Ok(parts_of(agg)),
         AggregateMode::Final | AggregateMode::FinalPartitioned => {
-            let partial = find_agg(agg.input())
-                .ok_or_else(|| CqError::bug("final aggregate without a partial one"))?;
+            let partial = find_agg(agg.input()).ok_or_else(|| CqError::bug("final aggregate without a partial one"))?;
             let p = as_agg(&partial).ok_or_else(|| CqError::bug("not an aggregate"))?;
             Ok(parts_of(p))
         }

@@ -83,7 +83,10 @@ async fn a_build_without_optional_features_serves_http_and_refuses_what_it_lacks
     use crate::harness::{Hub, HubOptions};
     let Some(lean) = lean_binary() else { return };
     let version = |bin: &std::path::Path| {
-        let out = std::process::Command::new(bin).arg("--version").output().expect("--version");
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .expect("--version");
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -120,10 +123,19 @@ async fn a_build_without_optional_features_serves_http_and_refuses_what_it_lacks
 
     // What it lacks is refused at start, naming the setting and the feature.
     let refused = [
-        (vec![("KAFKA_BROKERS", "127.0.0.1:9")], "kafka.brokers (KAFKA_BROKERS) is set, but this build has no kafka support"),
-        (vec![("DATABASE_URL", "postgres://127.0.0.1:9/x")], "built without the `postgres` cargo feature"),
+        (
+            vec![("KAFKA_BROKERS", "127.0.0.1:9")],
+            "kafka.brokers (KAFKA_BROKERS) is set, but this build has no kafka support",
+        ),
+        (
+            vec![("DATABASE_URL", "postgres://127.0.0.1:9/x")],
+            "built without the `postgres` cargo feature",
+        ),
         (vec![("AUTH_KEY_STORE", "postgres")], "auth.key_store = \"postgres\""),
-        (vec![("PGWIRE_ENABLED", "true")], "built without the `pgwire` cargo feature"),
+        (
+            vec![("PGWIRE_ENABLED", "true")],
+            "built without the `pgwire` cargo feature",
+        ),
     ];
     for (env, message) in refused {
         let (ok, stderr) = run_to_exit(&lean, dir.path(), &["serve"], &env);
@@ -131,7 +143,13 @@ async fn a_build_without_optional_features_serves_http_and_refuses_what_it_lacks
         assert!(stderr.contains(message), "{env:?}: {stderr}");
     }
     let (ok, stderr) = run_to_exit(&lean, dir.path(), &["migrate"], &[]);
-    assert!(!ok && stderr.contains("`migrate` needs the `postgres` cargo feature"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("`migrate` needs the `postgres` cargo feature"),
+        "{stderr}"
+    );
     let (ok, stderr) = run_to_exit(&lean, dir.path(), &["bench", "kafka", "--brokers", "127.0.0.1:9"], &[]);
-    assert!(!ok && stderr.contains("`bench kafka` needs the `kafka` cargo feature"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("`bench kafka` needs the `kafka` cargo feature"),
+        "{stderr}"
+    );
 }

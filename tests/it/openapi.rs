@@ -17,13 +17,23 @@ async fn the_api_document_matches_what_the_binary_answers() {
     let page = hub.get("/documentation").await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("html");
-    assert!(html.contains("/documentation/swagger-ui-bundle.js") && html.contains("'/openapi.json'"), "{html}");
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets: {html}");
+    assert!(
+        html.contains("/documentation/swagger-ui-bundle.js") && html.contains("'/openapi.json'"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets: {html}"
+    );
     let bundle = hub.get("/documentation/swagger-ui-bundle.js").await;
     assert_eq!(bundle.status(), 200);
     assert!(bundle.bytes().await.expect("bundle").len() > 1_000_000);
     let slash = hub.get("/documentation/").await;
-    assert_eq!(slash.url().path(), "/documentation", "redirected to the page whose links resolve");
+    assert_eq!(
+        slash.url().path(),
+        "/documentation",
+        "redirected to the page whose links resolve"
+    );
 
     // schemathesis (PyPI; scripts/test.sh installs it): examples and fuzzing of every operation
     // except POST /api/v1/exports (it writes files wherever the fuzzer points it).
@@ -35,7 +45,16 @@ async fn the_api_document_matches_what_the_binary_answers() {
             "--checks",
             "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
         ])
-        .args(["--phases", "examples,fuzzing", "-n", "15", "--seed", "7", "--workers", "2"])
+        .args([
+            "--phases",
+            "examples,fuzzing",
+            "-n",
+            "15",
+            "--seed",
+            "7",
+            "--workers",
+            "2",
+        ])
         .args(["--max-time", "75", "--exclude-path", "/api/v1/exports"])
         .env("NO_COLOR", "1")
         .output()

@@ -62,7 +62,9 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
     let (l1, l2, l3) = (lines(91, 1_000), lines(92, 1_000), lines(93, 1_000));
     let batch = |l: &[Vec<u8>]| decode_batch_body(&l.join(&b'\n'), 0).expect("decode").batch;
 
-    a.write(&batch(&l1), &[], &pos(0, 0, 1_000)).await.expect("a writes first");
+    a.write(&batch(&l1), &[], &pos(0, 0, 1_000))
+        .await
+        .expect("a writes first");
     let mut conn = db.connect().await;
     let after_a = stored(&mut conn, "pm_1m").await;
     assert_same("after a", &after_a, &oracle(&l1, 1).await);
@@ -78,7 +80,9 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
 
     // After re-reading the stored offset b continues from a's progress ...
     assert_eq!(b.load_positions(&parts).await.expect("reload"), vec![Some(1_000)]);
-    b.write(&batch(&l2), &[], &pos(0, 1_000, 2_000)).await.expect("b continues");
+    b.write(&batch(&l2), &[], &pos(0, 1_000, 2_000))
+        .await
+        .expect("b continues");
     // ... and now a is the stale one.
     let stale = a.write(&batch(&l3), &[], &pos(0, 2_000, 3_000)).await;
     assert!(matches!(stale, Err(SinkError::Fenced(_))), "{stale:?}");

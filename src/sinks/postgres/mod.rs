@@ -38,7 +38,7 @@ const WRITE_LOCK: i64 = 0x4c4c_4d48_5542; // "LLMHUB"
 /// Classifies a database error: connection-level and transient server errors are
 /// transient (retry), the rest are bugs; the error itself is kept as the source.
 pub fn classify_db(e: sqlx::Error) -> SinkError {
-    match &e {
+    let (transient, sqlstate) = match &e {
         sqlx::Error::Database(d) => {
             let code = d.code().map(|c| c.to_string()).unwrap_or_default();
             let transient = code.starts_with("08")
@@ -47,27 +47,20 @@ pub fn classify_db(e: sqlx::Error) -> SinkError {
                 || code == "40001"
                 || code == "40P01"
                 || code == "55P03";
-            SinkError::Database {
-                transient,
-                sqlstate: Some(code),
-                source: Box::new(e),
-            }
+            (transient, Some(code))
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => SinkError::Database {
-            transient: true,
-            sqlstate: None,
-            source: Box::new(e),
-        },
-        _ => SinkError::Database {
-            transient: false,
-            sqlstate: None,
-            source: Box::new(e),
-        },
+        | sqlx::Error::Protocol(_) => (true, None),
+        _ => (false, None),
+    };
+    SinkError::Database {
+        transient,
+        sqlstate,
+        source: Box::new(e),
     }
 }
 

@@ -261,7 +261,9 @@ impl RollupTable {
             .column(self.plan.window_start_idx)
             .as_any()
             .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
-            .ok_or_else(|| SinkError::Internal(crate::error::ErrorDetail::message("window_start is not a µs timestamp")))?;
+            .ok_or_else(|| {
+                SinkError::Internal(crate::error::ErrorDetail::message("window_start is not a µs timestamp"))
+            })?;
         let mut months: Vec<i64> = starts.iter().flatten().map(month_of).collect();
         months.sort_unstable();
         months.dedup();
@@ -270,8 +272,11 @@ impl RollupTable {
             months.into_iter().filter(|m| !known.contains(m)).collect()
         };
         for month in missing {
-            let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(month)
-                .ok_or_else(|| SinkError::Internal(crate::error::ErrorDetail::message(format!("window start {month} out of range"))))?;
+            let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(month).ok_or_else(|| {
+                SinkError::Internal(crate::error::ErrorDetail::message(format!(
+                    "window start {month} out of range"
+                )))
+            })?;
             sqlx::query("SELECT hub_ensure_partition($1, $2)")
                 .bind(&self.name)
                 .bind(at)

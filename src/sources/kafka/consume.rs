@@ -88,7 +88,10 @@ impl RawBatch {
     pub fn progress(&self) -> Vec<PartitionSpan> {
         let mut out: Vec<PartitionSpan> = Vec::new();
         for r in &self.records {
-            match out.iter_mut().find(|s| s.topic == r.topic && s.partition == r.partition) {
+            match out
+                .iter_mut()
+                .find(|s| s.topic == r.topic && s.partition == r.partition)
+            {
                 Some(s) => {
                     s.first = s.first.min(r.offset);
                     s.next = s.next.max(r.offset + 1);
