@@ -247,6 +247,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
     let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
+    let live = crate::live::LiveFeed::with_metrics(config.live.clone(), metrics.registry())?;
+    live.declare(crate::live::EVENTS_TOPIC, crate::event::events_schema());
     let (stream, stream_task) = if config.stream.enabled {
         let deps = EngineDeps {
             dir: config.storage.data_dir.join("cq"),
@@ -257,6 +259,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             metrics: metrics.clone(),
             published: published_tx,
             versions: versions.clone(),
+            live: live.clone(),
         };
         let shipped = if config.stream.shipped_queries {
             shipped_queries()?
@@ -268,7 +271,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         (None, None)
     };
-    let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone());
+    let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()).with_live(live.clone());
     let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
@@ -326,6 +329,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         sink,
         ingest_mode: if config.kafka.enabled() { "kafka" } else { "standalone" },
         storage_health,
+        live,
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));

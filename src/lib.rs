@@ -19,6 +19,7 @@ pub mod exports;
 pub mod generate;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 #[cfg(feature = "pgwire")]
 pub mod pgwire;

@@ -45,6 +45,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// PostgreSQL wire-protocol endpoint (psql, Grafana).
     pub pgwire: PgwireConfig,
+    /// Live feeds (`GET /api/v1/stream`): history kept for resuming clients, per-client buffers.
+    pub live: crate::live::LiveConfig,
 }
 
 /// The `[stream]` section.

@@ -13,6 +13,7 @@ pub mod openapi;
 mod requests;
 mod snapshots;
 mod sql;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub ingest_mode: &'static str,
     /// Storage faults and quarantined files of every local store.
     pub storage_health: crate::storage::health::StorageHealth,
+    /// Live feeds of events, continuous-query rows and alerts.
+    pub live: crate::live::LiveFeed,
 }
 
 /// Every route with its OpenAPI operation (`#[utoipa::path]` on the handler): registering a
@@ -94,6 +97,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cq::get_one, cq::delete))
         .routes(routes!(cq::pause))
         .routes(routes!(cq::resume))
+        .routes(routes!(stream::follow))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

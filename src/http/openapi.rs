@@ -168,6 +168,7 @@ with the role the route names; `/health`, `/ready`, `/openapi.json` and `/docume
         (name = "continuous-queries", description = "Windowed queries kept up to date as events arrive"),
         (name = "exports", description = "Parquet snapshots and snapshot tables"),
         (name = "keys", description = "API keys (admin)"),
+        (name = "stream", description = "Live feeds over WebSocket and Server-Sent Events"),
         (name = "operations", description = "Health, readiness, status, metrics, this document"),
     )
 )]
@@ -226,9 +227,9 @@ mod tests {
                 }
             }
         }
-        // Every route of the router (26 operations): routes!() adds the handler and its
+        // Every route of the router (27 operations): routes!() adds the handler and its
         // operation together, so this counts both.
-        assert_eq!(operations, 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 27, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "EventIn",
             "IngestResponse",

@@ -68,6 +68,7 @@ pub struct StoreIngest {
     metrics: Metrics,
     stream: Option<crate::stream::StreamHandle>,
     sink: Option<Arc<dyn crate::sinks::RollupSink>>,
+    live: Option<crate::live::LiveFeed>,
 }
 
 impl StoreIngest {
@@ -79,7 +80,14 @@ impl StoreIngest {
             metrics,
             stream,
             sink: None,
+            live: None,
         }
+    }
+
+    /// Also publishes every stored batch to the live `events` topic.
+    pub fn with_live(mut self, live: crate::live::LiveFeed) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Also writes the rollups of every batch to `sink` (standalone with PostgreSQL: the sink
@@ -101,6 +109,7 @@ impl StoreIngest {
             metrics: self.metrics.clone(),
             stream: self.stream.clone(),
             sink: None,
+            live: self.live.clone(),
         }
     }
 }
@@ -121,6 +130,9 @@ impl Ingest for StoreIngest {
         };
         appended?;
         count_processed(&self.metrics, &stored);
+        if let Some(live) = &self.live {
+            live.publish(crate::live::EVENTS_TOPIC, &stored);
+        }
         if let Some(stream) = &self.stream {
             // Durable already; the engine catches up from the store after a restart if this fails.
             if let Err(e) = stream.push_prepared(stored, ahead).await {

@@ -51,6 +51,8 @@ pub struct EngineDeps {
     /// Where the output tables (and `late_events`) are registered with their stores, for the
     /// data versions result caches key on.
     pub versions: crate::storage::versions::TableVersions,
+    /// Where emitted rows are published live (topic `cq:<name>`).
+    pub live: crate::live::LiveFeed,
 }
 
 impl std::fmt::Debug for EngineDeps {
@@ -198,6 +200,17 @@ pub struct StreamEngine {
     late_unwritten: Vec<RecordBatch>,
     /// Publishes the preparers of the queries over raw events to [`StreamHandle::prepare`].
     preparers: tokio::sync::watch::Sender<Arc<Vec<(QueryId, Preparer)>>>,
+}
+
+/// Columns of an output store a live subscriber sees: all but the hidden key columns.
+fn live_columns(schema: &SchemaRef) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with(super::rewrite::HIDDEN_PREFIX))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Appends `pending` then `batches` to `store` in order, stopping at the first failure; what
@@ -352,6 +365,12 @@ impl StreamEngine {
             .register_table(rt.def.name.as_str(), table)
             .map_err(CqError::internal)?;
         self.deps.versions.register(&rt.def.name, Arc::new(output.clone()));
+        let live_columns = live_columns(&rt.store_schema());
+        if let Ok(schema) = rt.store_schema().project(&live_columns) {
+            self.deps
+                .live
+                .declare(&crate::live::query_topic(&rt.def.name), Arc::new(schema));
+        }
         self.queries.push(Running {
             rt,
             output,
@@ -451,6 +470,15 @@ impl StreamEngine {
                 .cq_rows_emitted_total
                 .with_label_values(&[&name])
                 .inc_by(batch.num_rows() as u64);
+        }
+        // Live subscribers see rows as they are emitted (before the store has them: a row held
+        // back by a storage failure is still shown once; the table gets it when storage recovers).
+        let topic = crate::live::query_topic(&name);
+        for batch in outputs {
+            match batch.project(&live_columns(&batch.schema())) {
+                Ok(visible) => self.deps.live.publish(&topic, &visible),
+                Err(e) => tracing::warn!(query = %name, error = %e, "emitted rows not published live"),
+            }
         }
         let had_unwritten = !q.unwritten.is_empty();
         match append_in_order(&q.output, &mut q.unwritten, outputs).await {
@@ -665,6 +693,7 @@ impl StreamEngine {
         self.save()?;
         self.deps.query_ctx.deregister_table(name).map_err(CqError::internal)?;
         self.deps.versions.remove(name);
+        self.deps.live.remove(&crate::live::query_topic(name));
         drop(removed);
         let dir = self.deps.dir.join(name);
         std::fs::remove_dir_all(&dir).map_err(CqError::internal_in(format!("removing {}", dir.display())))?;

@@ -16,6 +16,7 @@ mod harness;
 mod hostile;
 mod ingest;
 mod kafka;
+mod live;
 mod openapi;
 mod pg;
 mod pg_fencing;
