@@ -32,6 +32,9 @@ pub enum AppError {
     /// Continuous queries could not be started.
     #[error("continuous queries: {0}")]
     Stream(#[from] crate::stream::CqError),
+    /// The alert engine could not start (unreadable rules or transition log).
+    #[error("alerts: {0}")]
+    Alerts(#[from] crate::alerts::AlertsError),
     /// The result cache's configuration is unusable (e.g. a malformed Redis URL).
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
@@ -271,6 +274,17 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         (None, None)
     };
+    let alerts = if stream.is_some() && config.alerts.enabled {
+        let deps = crate::alerts::AlertsDeps {
+            dir: config.storage.data_dir.join("alerts"),
+            engine: engine.clone(),
+            live: live.clone(),
+            config: config.alerts.clone(),
+        };
+        Some(crate::alerts::Alerts::start(deps, shutdown_rx.clone()).await?)
+    } else {
+        None
+    };
     let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()).with_live(live.clone());
     let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
@@ -330,6 +344,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         ingest_mode: if config.kafka.enabled() { "kafka" } else { "standalone" },
         storage_health,
         live,
+        alerts,
     };
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));

@@ -6,6 +6,7 @@
 //! [`query`] runs read-only SQL, [`http`] serves the API, [`pgwire`] serves the same tables
 //! over the PostgreSQL wire protocol, [`app`] wires it all.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod bench;

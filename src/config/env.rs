@@ -57,6 +57,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGWIRE_ALLOW_TRUST", "pgwire.allow_trust"),
     ("PGWIRE_TLS_CERT", "pgwire.tls_cert"),
     ("PGWIRE_TLS_KEY", "pgwire.tls_key"),
+    ("LIVE_CLIENT_BUFFER_CHUNKS", "live.client_buffer_chunks"),
+    ("LIVE_MAX_SUBSCRIBERS", "live.max_subscribers"),
+    ("ALERTS_ENABLED", "alerts.enabled"),
+    ("ALERTS_WEBHOOK_SECRET", "alerts.webhook_secret"),
 ];
 
 /// The value of `text` as the type `current` has (a key absent from the TOML, an unset

@@ -2,6 +2,7 @@
 //! file (`--config`), environment variables (the seed's names), command-line flags.
 //! Unknown keys in the file are rejected.
 
+pub mod duration;
 pub mod env;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ pub struct Config {
     pub pgwire: PgwireConfig,
     /// Live feeds (`GET /api/v1/stream`): history kept for resuming clients, per-client buffers.
     pub live: crate::live::LiveConfig,
+    /// Alert rules and webhook notifications.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// The `[stream]` section.
@@ -259,6 +262,7 @@ impl Config {
         self.check_built()?;
         self.kafka.validate()?;
         self.cache.validate()?;
+        self.live.validate()?;
         self.pgwire.validate()
     }
 
@@ -440,7 +444,8 @@ mod tests {
             "PGWIRE_AUTH" => "md5",
             "PGWIRE_ENABLED" | "PGWIRE_API_KEYS" => "false",
             "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
-            "CACHE_ENABLED" => "false",
+            "CACHE_ENABLED" | "ALERTS_ENABLED" => "false",
+            "LIVE_CLIENT_BUFFER_CHUNKS" | "LIVE_MAX_SUBSCRIBERS" => "77",
             "AUTH_MODE" => "required",
             "AUTH_KEY_STORE" => "file",
             "CORS_ALLOWED_ORIGINS" => "https://grafana.example",

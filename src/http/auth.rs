@@ -44,7 +44,7 @@ pub fn access_of(method: &Method, path: &str, metrics_public: bool) -> Option<Ac
     {
         return Some(Access::Admin);
     }
-    if path.starts_with("/api/v1/continuous-queries") && write {
+    if (path.starts_with("/api/v1/continuous-queries") || path.starts_with("/api/v1/alerts")) && write {
         return Some(Access::Admin);
     }
     // SQL (POST, read-only statements; CREATE CONTINUOUS QUERY is checked by its handler) and

@@ -1,5 +1,6 @@
 //! The HTTP API (axum).
 
+mod alerts;
 mod auth;
 mod cq;
 mod error;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub storage_health: crate::storage::health::StorageHealth,
     /// Live feeds of events, continuous-query rows and alerts.
     pub live: crate::live::LiveFeed,
+    /// Alert rules and states, when continuous queries and alerts are enabled.
+    pub alerts: Option<crate::alerts::Alerts>,
 }
 
 /// Every route with its OpenAPI operation (`#[utoipa::path]` on the handler): registering a
@@ -98,6 +101,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cq::pause))
         .routes(routes!(cq::resume))
         .routes(routes!(stream::follow))
+        .routes(routes!(alerts::create_rule, alerts::list_rules))
+        .routes(routes!(alerts::delete_rule))
+        .routes(routes!(alerts::current))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

@@ -169,6 +169,7 @@ with the role the route names; `/health`, `/ready`, `/openapi.json` and `/docume
         (name = "exports", description = "Parquet snapshots and snapshot tables"),
         (name = "keys", description = "API keys (admin)"),
         (name = "stream", description = "Live feeds over WebSocket and Server-Sent Events"),
+        (name = "alerts", description = "Alert rules, current alerts and webhook notifications"),
         (name = "operations", description = "Health, readiness, status, metrics, this document"),
     )
 )]
@@ -227,9 +228,9 @@ mod tests {
                 }
             }
         }
-        // Every route of the router (27 operations): routes!() adds the handler and its
+        // Every route of the router (31 operations): routes!() adds the handler and its
         // operation together, so this counts both.
-        assert_eq!(operations, 27, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 31, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "EventIn",
             "IngestResponse",
