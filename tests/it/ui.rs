@@ -2,7 +2,7 @@
 //! WebDriver HTTP protocol through `chromedriver`. The page loads its own assets only, lists the
 //! shipped continuous queries and the stored events, and events posted after it loaded arrive
 //! over the live stream, are plotted, and keep arriving (without gaps or duplicates) after the
-//! stream drops and resumes.
+//! stream drops and resumes. With keys required, the page asks for one and keeps it.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cq::event;
-use crate::harness::{Hub, free_port, wait_for, wait_until};
+use crate::harness::{BIN, Hub, HubOptions, free_port, wait_for, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -135,6 +135,43 @@ impl Browser {
             .script(&format!("return document.getElementById('{id}').textContent"))
             .await;
         text.as_str().unwrap_or_else(|| panic!("#{id}: {text}")).to_string()
+    }
+
+    /// Types `text` into the element matching `css` (as a user would, key by key).
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    /// Clicks the element matching `css`.
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// The WebDriver reference of the element matching `css` (W3C: under a fixed key).
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{css}: {found}"))
+            .to_string()
     }
 
     /// `#live-count`: rows received over the stream.
@@ -346,4 +383,104 @@ async fn the_live_view_lists_events_and_queries_and_charts_the_stream_in_a_real_
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     drop(browser);
+}
+
+/// `analytics-hub keys create` on `data`; returns the key.
+fn create_key(data: &Path, name: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--name", name, "--role", role, "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("analytics-hub keys create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("the key")
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let hub = Hub::start_with(
+        &data,
+        HubOptions {
+            env: vec![("AUTH_MODE".into(), "required".into())],
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let reader = create_key(&data, "dashboard", "read");
+    let ingester = create_key(&data, "collector", "ingest");
+
+    let Some(browser) = Browser::start(dir.path()).await else {
+        return;
+    };
+    // The page is public; the API is not.
+    browser.goto(&hub.url("/ui")).await;
+    wait_until("the page to ask for a key", WAIT, async || {
+        browser.stream_state().await == "unauthorized"
+    })
+    .await;
+    assert_eq!(
+        browser.script("return document.getElementById('error').hidden").await,
+        false
+    );
+    assert!(browser.event_ids().await.is_empty());
+    // The only errors are the refused calls.
+    let errors = browser.console_errors().await;
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["message"].as_str().is_some_and(|m| m.contains("401"))),
+        "{errors:#?}"
+    );
+
+    // A key with the read role, typed in and saved: everything loads and the stream opens.
+    browser.type_into("#api-key", &reader).await;
+    browser.click("#key-form button").await;
+    wait_until("the stream to be live with the key", WAIT, async || {
+        browser.stream_state().await == "live"
+    })
+    .await;
+    wait_until("the continuous-query table", WAIT, async || {
+        browser.text("cq-body").await.contains("llm_provider_model_1m")
+    })
+    .await;
+    let r = hub
+        .client
+        .post(hub.url("/api/v1/events/batch"))
+        .bearer_auth(&ingester)
+        .header("content-type", "application/x-ndjson")
+        .body(events(1..=3, 0, "m-auth"))
+        .send()
+        .await
+        .expect("POST events");
+    assert_eq!(r.status(), 200);
+    wait_until("3 rows over the stream", WAIT, async || browser.live_count().await == 3).await;
+    wait_until("the events table", WAIT, async || browser.event_ids().await.len() == 3).await;
+
+    // The key is kept: a reload opens the stream without asking again.
+    browser.goto(&hub.url("/ui")).await;
+    wait_until("the stream to be live after a reload", WAIT, async || {
+        browser.stream_state().await == "live"
+    })
+    .await;
+    let kept = browser.script("return document.getElementById('api-key').value").await;
+    assert_eq!(kept.as_str(), Some(reader.as_str()));
+    wait_until("the events table after a reload", WAIT, async || {
+        browser.event_ids().await.len() == 3
+    })
+    .await;
+    assert_eq!(
+        browser.script("return document.getElementById('error').hidden").await,
+        true
+    );
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors after the key was saved: {errors:#?}");
 }
