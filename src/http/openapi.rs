@@ -157,7 +157,7 @@ impl Modify for Security {
         description = "Streaming SQL analytics for LLM telemetry. Events in (single, batch, NDJSON), SQL out \
 (JSON, CSV, Arrow), continuous queries over event-time windows, Parquet snapshots, API keys. \
 With `auth.mode = required` every `/api/v1` route needs a key (`Authorization: Bearer` or `X-API-Key`) \
-with the role the route names; `/health`, `/ready`, `/openapi.json` and `/documentation` are public.",
+with the role the route names; `/health`, `/ready`, `/openapi.json`, `/documentation` and the live view `/ui` are public.",
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),

@@ -28,3 +28,4 @@ mod pgwire_grafana;
 mod sql;
 mod stream;
 mod stream_modes;
+mod ui;
