@@ -1,5 +1,6 @@
 //! The HTTP API (axum).
 
+mod analytics;
 mod auth;
 mod cq;
 mod error;
@@ -8,9 +9,11 @@ mod exports;
 mod health;
 mod keys;
 pub mod limits;
+mod metrics_api;
 mod observe;
 pub mod openapi;
 mod requests;
+mod series;
 mod snapshots;
 mod sql;
 
@@ -94,6 +97,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cq::get_one, cq::delete))
         .routes(routes!(cq::pause))
         .routes(routes!(cq::resume))
+        .routes(routes!(metrics_api::list))
+        .routes(routes!(metrics_api::latest))
+        .routes(routes!(metrics_api::timeseries))
+        .routes(routes!(analytics::anomalies::anomalies))
+        .routes(routes!(analytics::correlations::correlations))
+        .routes(routes!(analytics::traces::trace))
+        .routes(routes!(analytics::predictions::predictions))
+        .routes(routes!(analytics::predictions::predict))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

@@ -166,6 +166,8 @@ with the role the route names; `/health`, `/ready`, `/openapi.json` and `/docume
         (name = "events", description = "Ingest and read raw events"),
         (name = "sql", description = "Read-only SQL over every table"),
         (name = "continuous-queries", description = "Windowed queries kept up to date as events arrive"),
+        (name = "metrics", description = "The continuous queries' rollup tables as metric families: latest values and time series"),
+        (name = "analytics", description = "Anomalies, correlations, trace chains and forecasts over the metrics (the SQL functions of docs/functions.md)"),
         (name = "exports", description = "Parquet snapshots and snapshot tables"),
         (name = "keys", description = "API keys (admin)"),
         (name = "operations", description = "Health, readiness, status, metrics, this document"),
@@ -226,9 +228,9 @@ mod tests {
                 }
             }
         }
-        // Every route of the router (26 operations): routes!() adds the handler and its
+        // Every route of the router (34 operations): routes!() adds the handler and its
         // operation together, so this counts both.
-        assert_eq!(operations, 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 34, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "EventIn",
             "IngestResponse",
@@ -237,6 +239,11 @@ mod tests {
             "CqStatus",
             "ExportRequest",
             "ErrorBody",
+            "MetricsList",
+            "Timeseries",
+            "Anomalies",
+            "Predictions",
+            "PredictRequest",
         ] {
             assert!(
                 json["components"]["schemas"][schema].is_object(),

@@ -3,6 +3,7 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod analytics_api;
 mod api;
 mod auth;
 mod cache;
