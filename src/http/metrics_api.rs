@@ -303,6 +303,7 @@ pub struct TimeseriesParams {
     /// `1m`, `5m`, `15m`, `1h`, `6h`, `1d`, `1w` or `1mo`. Default: the named table's window,
     /// else the family's finest. A window the family has no table for is merged from the
     /// coarsest finer table that tiles it.
+    #[param(pattern = "^(1m|5m|15m|1h|6h|1d|1w|1mo)$")]
     window: Option<String>,
     /// Inclusive start of `window_start` (RFC 3339). Default: `end` − 100 windows. When
     /// merging, floored to the window.

@@ -26,6 +26,7 @@ pub struct AnomalyParams {
     #[param(example = "llm_provider_model.p95_latency_ms")]
     metric: String,
     /// Window of the series (as for timeseries; merged from a finer table when needed).
+    #[param(pattern = "^(1m|5m|15m|1h|6h|1d|1w|1mo)$")]
     window: Option<String>,
     /// Inclusive start (RFC 3339). Default: `end` − 100 windows.
     #[param(format = DateTime)]
@@ -34,19 +35,21 @@ pub struct AnomalyParams {
     #[param(format = DateTime)]
     end: Option<String>,
     /// `|score|` at which a value is an anomaly, 0 < t ≤ 1000 (default 3).
-    #[param(value_type = Option<f64>)]
+    #[param(value_type = Option<f64>, exclusive_minimum = 0, maximum = 1000)]
     threshold: Option<String>,
     /// `zscore` (`anomaly`: mean and standard deviation of the baseline, default), `robust`
     /// (`anomaly_robust`: median and MAD) or `seasonal` (`anomaly_seasonal`, needs `period`).
+    #[param(pattern = "^(zscore|robust|seasonal)$")]
     method: Option<String>,
     /// Season length in windows for `method=seasonal`, 2..=5000.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 2, maximum = 5000)]
     period: Option<String>,
     /// Trailing baseline in windows for `zscore`/`robust`, 2..=10000 (default 60): `ROWS
     /// BETWEEN n PRECEDING AND 1 PRECEDING`.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 2, maximum = 10000)]
     baseline_windows: Option<String>,
     /// Lowest severity returned: `low` (default), `medium`, `high` or `critical`.
+    #[param(pattern = "^(low|medium|high|critical)$")]
     severity: Option<String>,
     /// Group columns (comma list; default all of the table's; empty: totals). Each group is
     /// its own series (`PARTITION BY`).

@@ -28,9 +28,10 @@ pub struct CorrelationParams {
     #[param(example = "llm_provider_model.p95_latency_ms")]
     metric_b: String,
     /// Largest lag tried by `xcorr`, in windows, 0..=1000 (default 10).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 1000)]
     max_lag: Option<String>,
     /// Window of both series (default: `metric_a`'s table's, else its family's finest).
+    #[param(pattern = "^(1m|5m|15m|1h|6h|1d|1w|1mo)$")]
     window: Option<String>,
     /// Inclusive start (RFC 3339). Default: `end` − 100 windows.
     #[param(format = DateTime)]

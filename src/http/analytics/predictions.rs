@@ -123,6 +123,7 @@ pub struct PredictionParams {
     #[param(example = "llm_provider_model.requests")]
     metric: String,
     /// Window of the series (as for timeseries).
+    #[param(pattern = "^(1m|5m|15m|1h|6h|1d|1w|1mo)$")]
     window: Option<String>,
     /// Inclusive start of the history (RFC 3339). Default: `end` − 100 windows.
     #[param(format = DateTime)]
@@ -131,12 +132,13 @@ pub struct PredictionParams {
     #[param(format = DateTime)]
     end: Option<String>,
     /// Steps (windows) ahead, 1..=1000 (default 10).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     horizon: Option<String>,
     /// `auto` (default), `ets` or `mstl:P[,P2...]`.
+    #[param(pattern = "^(auto|ets|mstl:[0-9]+(,[0-9]+)*)$")]
     method: Option<String>,
     /// Prediction-interval coverage, 0 < level < 1 (default 0.95).
-    #[param(value_type = Option<f64>)]
+    #[param(value_type = Option<f64>, exclusive_minimum = 0, exclusive_maximum = 1)]
     level: Option<String>,
     /// Group columns (comma list; default all of the table's; empty: totals). One forecast
     /// per group.
@@ -254,12 +256,16 @@ pub struct Point {
 }))]
 pub struct PredictRequest {
     /// 10 to 10,000 points, in any order (ordered by `ts`; evenly spaced gives meaningful steps).
+    #[schema(min_items = 10, max_items = 10000)]
     pub points: Vec<Point>,
     /// Steps ahead, 1..=1000 (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub horizon: Option<i64>,
     /// `auto` (default), `ets` or `mstl:P[,P2...]`.
+    #[schema(pattern = "^(auto|ets|mstl:[0-9]+(,[0-9]+)*)$")]
     pub method: Option<String>,
     /// Prediction-interval coverage, 0 < level < 1 (default 0.95).
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     pub level: Option<f64>,
 }
 

@@ -104,7 +104,7 @@ pub fn check_id(id: &str) -> Result<(), ParamError> {
     tag = "analytics",
     summary = "Causal chain of a trace",
     description = "Walks the events of the trace from its roots (`parent_event_id` null) to their descendants through `parent_event_id` with `WITH RECURSIVE` (docs/functions.md#causal-chains-with-with-recursive), at most 64 levels deep, and summarises the chain: depth, duration, errors and the root cause (the deepest failing event). At most 1,000 events are returned. A tenant-bound key sees its tenant's events only. Needs the `read` role.",
-    params(("correlation_id" = String, Path, description = "The trace id (`correlation_id` of its events)")),
+    params(("correlation_id" = String, Path, description = "The trace id (`correlation_id` of its events)", min_length = 1, max_length = 256)),
     responses(
         (status = 200, description = "The chain", body = Trace),
         (status = 400, description = "Not a valid correlation id", body = super::super::openapi::ErrorBody),
