@@ -234,9 +234,9 @@ pub enum ColumnKind {
     Measure,
     /// A binary sketch (merged, never returned).
     Sketch,
-    /// Anything else flat (text, booleans, dates): a group column.
+    /// Text, booleans, dates and other timestamps: a group column.
     Group,
-    /// Nested values (lists, structs, maps): neither measured nor grouped by.
+    /// Anything else (lists, structs, intervals, ...): neither measured nor grouped by.
     Other,
 }
 
@@ -253,8 +253,15 @@ pub fn column_kind(name: &str, data_type: &DataType) -> ColumnKind {
             ColumnKind::Sketch
         }
         DataType::Dictionary(_, value) => column_kind(name, value),
-        t if t.is_nested() => ColumnKind::Other,
-        _ => ColumnKind::Group,
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Boolean
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Timestamp(..) => ColumnKind::Group,
+        // Nested values, intervals, durations, ...: neither measured nor grouped by.
+        _ => ColumnKind::Other,
     }
 }
 
@@ -934,6 +941,14 @@ mod tests {
         assert_eq!(merge_rule(table, "weird_score"), None, "unknown: not merged");
         assert_eq!(merge_rule(table, "latency_sketch"), None, "sketches are not fields");
         assert_eq!(merge_rule(table, "model"), None);
+        assert_eq!(
+            column_kind(
+                "d",
+                &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::DayTime)
+            ),
+            ColumnKind::Other
+        );
+        assert_eq!(column_kind("tenant", &DataType::Utf8View), ColumnKind::Group);
     }
 
     fn params<'p>(window: Option<&'p str>, group_by: Option<&'p str>, fields: Option<&str>) -> SeriesParams<'p> {
