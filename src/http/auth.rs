@@ -149,6 +149,18 @@ mod tests {
             (Method::GET, "/api/v1/ingest/status", Some(Access::Read)),
             (Method::GET, "/api/v1/keys", Some(Access::Admin)),
             (Method::DELETE, "/api/v1/keys/x", Some(Access::Admin)),
+            (Method::GET, "/api/v1/metrics", Some(Access::Read)),
+            (Method::GET, "/api/v1/metrics/llm_provider_model", Some(Access::Read)),
+            (
+                Method::GET,
+                "/api/v1/metrics/llm_provider_model/timeseries",
+                Some(Access::Read),
+            ),
+            (Method::GET, "/api/v1/analytics/anomalies", Some(Access::Read)),
+            (Method::GET, "/api/v1/analytics/correlations", Some(Access::Read)),
+            (Method::GET, "/api/v1/analytics/traces/abc", Some(Access::Read)),
+            (Method::GET, "/api/v1/analytics/predictions", Some(Access::Read)),
+            (Method::POST, "/api/v1/analytics/predict", Some(Access::Read)),
         ];
         for (method, path, want) in cases {
             assert_eq!(access_of(&method, path, true), want, "{method} {path}");

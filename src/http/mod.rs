@@ -1,6 +1,7 @@
 //! The HTTP API (axum).
 
 mod alerts;
+mod analytics;
 mod auth;
 mod cq;
 mod error;
@@ -9,9 +10,11 @@ mod exports;
 mod health;
 mod keys;
 pub mod limits;
+mod metrics_api;
 mod observe;
 pub mod openapi;
 mod requests;
+mod series;
 mod snapshots;
 mod sql;
 mod stream;
@@ -105,6 +108,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::create_rule, alerts::list_rules))
         .routes(routes!(alerts::delete_rule))
         .routes(routes!(alerts::current))
+        .routes(routes!(metrics_api::list))
+        .routes(routes!(metrics_api::latest))
+        .routes(routes!(metrics_api::timeseries))
+        .routes(routes!(analytics::anomalies::anomalies))
+        .routes(routes!(analytics::correlations::correlations))
+        .routes(routes!(analytics::traces::trace))
+        .routes(routes!(analytics::predictions::predictions))
+        .routes(routes!(analytics::predictions::predict))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

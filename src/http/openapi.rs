@@ -166,6 +166,8 @@ with the role the route names; `/health`, `/ready`, `/openapi.json`, `/documenta
         (name = "events", description = "Ingest and read raw events"),
         (name = "sql", description = "Read-only SQL over every table"),
         (name = "continuous-queries", description = "Windowed queries kept up to date as events arrive"),
+        (name = "metrics", description = "The continuous queries' rollup tables as metric families: latest values and time series"),
+        (name = "analytics", description = "Anomalies, correlations, trace chains and forecasts over the metrics (the SQL functions of docs/functions.md)"),
         (name = "exports", description = "Parquet snapshots and snapshot tables"),
         (name = "keys", description = "API keys (admin)"),
         (name = "stream", description = "Live feeds over WebSocket and Server-Sent Events"),
@@ -228,9 +230,9 @@ mod tests {
                 }
             }
         }
-        // Every route of the router (31 operations): routes!() adds the handler and its
+        // Every route of the router (39 operations): routes!() adds the handler and its
         // operation together, so this counts both.
-        assert_eq!(operations, 31, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 39, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "EventIn",
             "IngestResponse",
@@ -239,6 +241,11 @@ mod tests {
             "CqStatus",
             "ExportRequest",
             "ErrorBody",
+            "MetricsList",
+            "Timeseries",
+            "Anomalies",
+            "Predictions",
+            "PredictRequest",
         ] {
             assert!(
                 json["components"]["schemas"][schema].is_object(),

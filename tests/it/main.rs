@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod alerts;
+mod analytics_api;
 mod api;
 mod auth;
 mod cache;
