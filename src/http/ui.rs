@@ -51,6 +51,8 @@ pub fn router() -> Router {
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
         )
         .route("/ui/favicon.svg", get(|| async { asset("image/svg+xml", FAVICON_SVG) }))
+        // Pages without a <link rel="icon"> (Swagger UI) make browsers ask for /favicon.ico.
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", FAVICON_SVG) }))
 }
 
 #[cfg(test)]

@@ -452,6 +452,15 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
         browser.text("cq-body").await.contains("llm_provider_model_1m")
     })
     .await;
+    // A poll sent just before the key was saved may still have answered 401; from the first
+    // data loaded with the key on, nothing may fail. (Reading the log empties it.)
+    let before_key = browser.console_errors().await;
+    assert!(
+        before_key
+            .iter()
+            .all(|e| e["message"].as_str().is_some_and(|m| m.contains("401"))),
+        "{before_key:#?}"
+    );
     let r = hub
         .client
         .post(hub.url("/api/v1/events/batch"))
@@ -483,4 +492,42 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     );
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors after the key was saved: {errors:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_documentation_renders_every_operation_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(&dir.path().join("data")).await;
+    let doc = hub.get_json("/openapi.json").await;
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|p| p.as_object().expect("path item").len())
+        .sum();
+    assert!(operations >= 39, "{operations}");
+    let Some(browser) = Browser::start(dir.path()).await else {
+        return;
+    };
+    browser.goto(&hub.url("/documentation")).await;
+    // Swagger UI loads the document from this origin and draws one block per operation.
+    let drawn = wait_for("Swagger UI to draw every operation", WAIT, async || {
+        let n = browser
+            .script("return document.querySelectorAll('.opblock').length")
+            .await
+            .as_u64()
+            .unwrap_or(0) as usize;
+        (n == operations).then_some(n)
+    })
+    .await;
+    assert_eq!(drawn, operations);
+    let title = browser
+        .script("return document.querySelector('.info .title') && document.querySelector('.info .title').textContent")
+        .await;
+    assert!(
+        title.as_str().is_some_and(|t| t.starts_with("LLM Analytics Hub")),
+        "{title}"
+    );
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
 }

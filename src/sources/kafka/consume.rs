@@ -189,10 +189,14 @@ pub fn run(
             }
             continue;
         }
-        // Hand the pending batch on; while the queue is full keep partitions paused.
+        // Hand the pending batch on; while the queue is full keep partitions paused. Its records
+        // count as sent only once the pipeline has them: a revoke waits for what the pipeline
+        // holds, never for a batch still here (that one drops the revoked partitions instead).
         if let Some(batch) = pending.take() {
+            let spans = batch.progress();
+            let names = Arc::clone(&batch.topics);
             match tx.try_send(batch) {
-                Ok(()) => {}
+                Ok(()) => mark_sent(shared, &names, &spans),
                 Err(mpsc::error::TrySendError::Full(batch)) => {
                     if paused.is_none() {
                         paused = pause(consumer, paused_gauge);
@@ -263,7 +267,6 @@ pub fn run(
         if pending.is_none() && (full || due) {
             let epoch = shared.epoch.load(Ordering::Acquire);
             let batch = std::mem::replace(&mut current, RawBatch::new(Arc::clone(&topics), epoch));
-            mark_sent(shared, &batch);
             pending = Some(batch);
         }
         if last_commit.elapsed() >= limits.commit_interval {
@@ -273,10 +276,11 @@ pub fn run(
     }
     // Shutdown: hand on what was consumed, let the pipeline make it durable, commit it.
     if !closed && let Some(batch) = pending.take() {
+        mark_sent(shared, &batch.topics, &batch.progress());
         closed = tx.blocking_send(batch).is_err();
     }
     if !closed && !current.records.is_empty() {
-        mark_sent(shared, &current);
+        mark_sent(shared, &current.topics, &current.progress());
         closed = tx.blocking_send(current).is_err();
     }
     let drained = if closed {
@@ -341,9 +345,9 @@ fn rewind(consumer: &BaseConsumer<HubContext>, shared: &Shared, topics: &Arc<[St
     RawBatch::new(Arc::clone(topics), epoch)
 }
 
-fn mark_sent(shared: &Shared, batch: &RawBatch) {
-    for span in batch.progress() {
-        if let Some(name) = batch.topics.get(span.topic) {
+fn mark_sent(shared: &Shared, topics: &[String], spans: &[PartitionSpan]) {
+    for span in spans {
+        if let Some(name) = topics.get(span.topic) {
             shared.tracker.sent(name, span.partition, span.next, span.count);
         }
     }
