@@ -129,9 +129,7 @@ pub struct WindowInfo {
     description = "Continuous queries whose names share a prefix and end in a window suffix (`_1m`, `_5m`, `_15m`, `_1h`, `_6h`, `_1d`, `_1w`, `_1mo`) form a family; a query without one is a family of one. For each: its tables, columns, group columns, numeric fields and the latest `window_end`. A tenant-bound key sees the tables it can read. Needs the `read` role.",
     responses(
         (status = 200, description = "Every family", body = MetricsList),
-        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::openapi::ErrorBody),
-        (status = 422, description = "Memory or result-size limit reached", body = super::openapi::ErrorBody),
-        (status = 503, description = "The continuous-query engine is stopping", body = super::openapi::ErrorBody),
+        super::openapi::QueryErrors,
         super::openapi::AuthErrors,
     )
 )]
@@ -232,9 +230,7 @@ pub struct LatestValues {
         (status = 200, description = "The latest window's rows", body = LatestValues),
         (status = 400, description = "The table has no window columns", body = super::openapi::ErrorBody),
         (status = 404, description = "No such family or table", body = super::openapi::ErrorBody),
-        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::openapi::ErrorBody),
-        (status = 422, description = "Memory or result-size limit reached", body = super::openapi::ErrorBody),
-        (status = 503, description = "The continuous-query engine is stopping", body = super::openapi::ErrorBody),
+        super::openapi::QueryErrors,
         super::openapi::AuthErrors,
     )
 )]
@@ -364,9 +360,7 @@ pub struct Timeseries {
         (status = 200, description = "The points", body = Timeseries),
         (status = 400, description = "A parameter is invalid (named in the message)", body = super::openapi::ErrorBody),
         (status = 404, description = "No such family or table", body = super::openapi::ErrorBody),
-        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::openapi::ErrorBody),
-        (status = 422, description = "Memory or result-size limit reached", body = super::openapi::ErrorBody),
-        (status = 503, description = "The continuous-query engine is stopping", body = super::openapi::ErrorBody),
+        super::openapi::QueryErrors,
         super::openapi::AuthErrors,
     )
 )]

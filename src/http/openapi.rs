@@ -128,6 +128,20 @@ pub enum AuthErrors {
     RateLimited(ErrorBody),
 }
 
+/// What a read route that runs SQL over the rollups may answer besides its own responses.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum QueryErrors {
+    /// Took longer than `query.timeout_secs`.
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// Memory or result-size limit reached.
+    #[response(status = 422)]
+    Resources(ErrorBody),
+    /// The continuous-query engine is stopping.
+    #[response(status = 503)]
+    Stopping(ErrorBody),
+}
+
 /// Bearer keys / JWTs and the `X-API-Key` header, as the auth middleware accepts them.
 struct Security;
 

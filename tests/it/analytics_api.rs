@@ -3,13 +3,13 @@
 //! `/api/v1/sql`, coarser windows merged from finer rows equal the shipped coarser tables,
 //! parameter problems are 400s naming the parameter, and a tenant's key sees its rows only.
 
-use std::path::Path;
 use std::time::Duration;
 
 use llm_analytics_hub::generate::{Generator, GeneratorConfig};
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Hub, HubOptions, wait_until};
+use crate::auth::create_key;
+use crate::harness::{Hub, HubOptions, wait_until};
 
 /// 2026-01-01T00:00:00Z, µs.
 const START_US: i64 = 1_767_225_600_000_000;
@@ -474,27 +474,6 @@ async fn metrics_and_analytics_answer_as_their_sql() {
         body["error"]["message"].as_str().unwrap_or_default().contains("[3].ts"),
         "{body}"
     );
-}
-
-/// `keys create` on the data directory of a running Hub; returns the key.
-fn create_key(data: &Path, name: &str, role: &str, tenant: Option<&str>) -> String {
-    let mut args = vec!["keys", "create", "--name", name, "--role", role];
-    if let Some(t) = tenant {
-        args.extend(["--tenant", t]);
-    }
-    let out = std::process::Command::new(BIN)
-        .args(&args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("analytics-hub keys");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .expect("the key")
-        .trim()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

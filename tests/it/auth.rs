@@ -45,7 +45,7 @@ fn keys_env(data: &Path, args: &[&str], env: &[(String, String)]) -> String {
 }
 
 /// Creates a key, returns it.
-fn create_key(data: &Path, name: &str, role: &str, tenant: Option<&str>) -> String {
+pub fn create_key(data: &Path, name: &str, role: &str, tenant: Option<&str>) -> String {
     let mut args = vec!["create", "--name", name, "--role", role];
     if let Some(t) = tenant {
         args.extend(["--tenant", t]);

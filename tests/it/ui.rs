@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cq::event;
-use crate::harness::{BIN, Hub, HubOptions, free_port, wait_for, wait_until};
+use crate::harness::{Hub, HubOptions, free_port, wait_for, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -385,22 +385,6 @@ async fn the_live_view_lists_events_and_queries_and_charts_the_stream_in_a_real_
     drop(browser);
 }
 
-/// `analytics-hub keys create` on `data`; returns the key.
-fn create_key(data: &Path, name: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["keys", "create", "--name", name, "--role", role, "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("analytics-hub keys create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .expect("the key")
-        .trim()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -414,8 +398,8 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
         },
     )
     .await;
-    let reader = create_key(&data, "dashboard", "read");
-    let ingester = create_key(&data, "collector", "ingest");
+    let reader = crate::auth::create_key(&data, "dashboard", "read", None);
+    let ingester = crate::auth::create_key(&data, "collector", "ingest", None);
 
     let Some(browser) = Browser::start(dir.path()).await else {
         return;

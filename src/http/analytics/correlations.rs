@@ -103,9 +103,7 @@ pub fn sql(a: &Series<'_>, fa: &str, b: &Series<'_>, fb: &str, max_lag: i64) -> 
     responses(
         (status = 200, description = "The coefficients", body = Correlation),
         (status = 400, description = "A parameter is invalid (named in the message)", body = super::super::openapi::ErrorBody),
-        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::super::openapi::ErrorBody),
-        (status = 422, description = "Memory or result-size limit reached", body = super::super::openapi::ErrorBody),
-        (status = 503, description = "The continuous-query engine is stopping", body = super::super::openapi::ErrorBody),
+        super::super::openapi::QueryErrors,
         super::super::openapi::AuthErrors,
     )
 )]

@@ -187,9 +187,7 @@ pub struct Predictions {
     responses(
         (status = 200, description = "The forecast", body = Predictions),
         (status = 400, description = "A parameter is invalid (named in the message), or the model cannot be fitted", body = super::super::openapi::ErrorBody),
-        (status = 408, description = "Took longer than `query.timeout_secs`", body = super::super::openapi::ErrorBody),
-        (status = 422, description = "Memory or result-size limit reached", body = super::super::openapi::ErrorBody),
-        (status = 503, description = "The continuous-query engine is stopping", body = super::super::openapi::ErrorBody),
+        super::super::openapi::QueryErrors,
         super::super::openapi::AuthErrors,
     )
 )]
