@@ -50,6 +50,8 @@ struct Loaded {
     source: String,
     group_by: Vec<String>,
     has_final: bool,
+    /// The source and columns were found (else it is resolved again on every tick).
+    resolved: bool,
     last_error: Option<String>,
 }
 
@@ -316,6 +318,7 @@ fn unresolved(checked: CheckedRule, error: String) -> Loaded {
         group_by: checked.rule.group_by.clone(),
         checked,
         has_final: false,
+        resolved: false,
         last_error: Some(error),
     }
 }
@@ -460,21 +463,19 @@ impl Core {
             source,
             group_by,
             checked,
+            resolved: true,
             last_error: None,
         })
     }
 
     async fn retry_unresolved(&mut self) {
         for i in 0..self.rules.len() {
-            if self.rules[i].last_error.is_some() && self.rules[i].source.is_empty()
-                || self.rules[i]
-                    .last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("is not a continuous query"))
-            {
+            // The source was missing at start (a continuous query registered later).
+            if !self.rules[i].resolved {
                 let checked = self.rules[i].checked.clone();
-                if let Ok(loaded) = self.resolve(checked).await {
-                    self.rules[i] = loaded;
+                match self.resolve(checked).await {
+                    Ok(loaded) => self.rules[i] = loaded,
+                    Err((_, e)) => self.rules[i].last_error = Some(e),
                 }
             }
         }
@@ -485,8 +486,8 @@ impl Core {
         let sources: HashSet<String> = self
             .rules
             .iter()
+            .filter(|r| r.resolved)
             .map(|r| r.source.clone())
-            .filter(|s| !s.is_empty())
             .collect();
         self.watchers
             .retain(|s, task| sources.contains(s) && !task.is_finished());
@@ -534,10 +535,7 @@ impl Core {
     async fn evaluate_source(&mut self, source: Option<&str>) {
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
-            if rule.source.is_empty() || source.is_some_and(|s| s != rule.source) {
-                continue;
-            }
-            if rule.last_error.is_some() && rule.source.is_empty() {
+            if !rule.resolved || source.is_some_and(|s| s != rule.source) {
                 continue;
             }
             let name = rule.checked.rule.name.clone();

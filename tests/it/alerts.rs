@@ -433,3 +433,36 @@ async fn budgets_fire_once_per_threshold_and_period_and_query_rules_follow_their
     assert_eq!(resolved[0]["n"], 3);
     assert_eq!(receiver.all().len(), 4);
 }
+
+#[tokio::test]
+async fn a_rule_whose_source_is_gone_says_why_and_resumes_when_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let receiver = Receiver::start(0, false).await;
+    let mut hub = Hub::start_with(&data, opts(vec![])).await;
+    cq::register_ok(&hub, "lat_1m", LATENCY, json!({})).await;
+    let (s, body) = create_rule(&hub, spike_rule(&receiver.url)).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(cq::delete(&hub, "lat_1m").await, 204);
+    assert!(hub.terminate().success());
+    // Restarted without its source: the rule is kept and says what it waits for.
+    let hub = Hub::start_with(&data, opts(vec![])).await;
+    let rules = hub.get_json("/api/v1/alerts/rules").await;
+    let error = rules["rules"][0]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("`lat_1m` is not a continuous query"), "{rules}");
+    // The query is back: the rule resolves on its own and alerts again.
+    cq::register_ok(&hub, "lat_1m", LATENCY, json!({})).await;
+    wait_until("the rule to resolve its source", Duration::from_secs(30), async || {
+        hub.get_json("/api/v1/alerts/rules").await["rules"][0]["last_error"].is_null()
+    })
+    .await;
+    hub.post_ok(minutes(0, 14, Some(12))).await;
+    hub.post_ok(call(99_999, "2024-05-01T10:20:00Z", "m-b", 100.0)).await;
+    let delivered = wait_for("the firing", Duration::from_secs(60), async || {
+        let d = receiver.delivered();
+        (d.len() >= 2).then_some(d)
+    })
+    .await;
+    assert_eq!(delivered[0]["state"], "firing");
+    assert_eq!(delivered[0]["group"], json!({"model": "m-a"}));
+}
