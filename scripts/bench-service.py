@@ -14,6 +14,8 @@ Generates N events to a file, then prints, in one run on this machine:
      visible in SQL;
   6. live freshness (LIVE seconds of live-timestamped traffic): wall-clock delay between a
      1m / 5m window's end and its row appearing (the allowed lateness, 5 s, is part of it).
+  `--stream-clients K` (issue #20): K `GET /api/v1/stream?topic=events` clients read every row
+     during the ingest phases; prints the rows each received (the cost of the live feed).
   `--only export` (issue #18): the batch ingest, then a Parquet snapshot of every event
      (partitioned by date and model) through `POST /api/v1/exports`, rows/s and the Hub's peak
      RSS during the export (VmHWM reset just before it), next to DuckDB writing the same rows
@@ -46,7 +48,10 @@ ap.add_argument("--clients", type=int, default=2)
 ap.add_argument("--wrk-seconds", type=int, default=15)
 ap.add_argument("--live", type=int, default=130, help="seconds of live traffic (330 to see a 5m window)")
 ap.add_argument("--hub-config", help="TOML file passed to serve --config (e.g. to compare settings)")
-ap.add_argument("--only", choices=["batch", "export"], help="run only the HTTP batch phase (then the export)")
+ap.add_argument("--only", choices=["batch", "export", "ingest"],
+                help="run only the HTTP batch phase (then the export); ingest: batch and single-event phases")
+ap.add_argument("--stream-clients", type=int, default=0,
+                help="Server-Sent Events clients following the events topic during the ingest phases (issue #20)")
 ap.add_argument("--input", help="NDJSON file of --events events to use instead of generating one")
 args = ap.parse_args()
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -149,6 +154,58 @@ def batch_ingest(hub, path):
     if stored != sent:
         raise SystemExit(f"stored {stored} of {sent} events")
     return sent / elapsed, elapsed
+
+
+class StreamClients:
+    """K Server-Sent Events clients reading the events topic, counting rows, until stopped."""
+
+    def __init__(self, hub, k):
+        self.counts = [0] * k
+        self.done = [False] * k
+        self.stop = False
+        self.conns = []
+        self.threads = []
+        for i in range(k):
+            c = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=600)
+            c.request("GET", "/api/v1/stream?topic=events")
+            r = c.getresponse()
+            if r.status != 200:
+                raise SystemExit(f"stream answered {r.status}")
+            self.conns.append(c)
+            t = threading.Thread(target=self.read, args=(i, r), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def read(self, i, response):
+        try:
+            while not self.stop:
+                line = response.readline()
+                if not line:
+                    return
+                if line.startswith(b"event: row"):
+                    self.counts[i] += 1
+                elif line.startswith(b"event: close"):
+                    print(f"  stream client {i} was cut off after {self.counts[i]:,} rows: "
+                          f"{response.readline()[:160]!r}")
+                    return
+        except OSError:
+            return
+        finally:
+            self.done[i] = True
+
+    def wait_for(self, total, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline and not all(d or c >= total for d, c in zip(self.done, self.counts)):
+            time.sleep(0.05)
+        return list(self.counts)
+
+    def close(self):
+        self.stop = True
+        for c in self.conns:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def single_events(hub, template):
@@ -375,18 +432,28 @@ def main():
     print(f"{duck_version} read_ndjson + rollup:        {duck:12,.0f} events/s")
 
     hub = Hub()
+    streams = StreamClients(hub, args.stream_clients) if args.stream_clients else None
     try:
         rate, elapsed = batch_ingest(hub, path)
         print(f"serve, HTTP batch ingest, acknowledged:  {rate:12,.0f} events/s ({elapsed:.1f} s; "
               f"{args.body} lines/body, {args.clients} clients, shipped rollups on)"
               f"  = {rate / bench:.2f}x bench, {rate / duck:.2f}x DuckDB")
         print(f"  peak RSS after {args.events} events: {hub.peak_rss_mb():.0f} MB")
+        if streams:
+            got = streams.wait_for(args.events)
+            print(f"  {len(got)} stream clients received {min(got):,}..{max(got):,} rows each")
         if args.only == "batch":
             return
         rps, p50, p99, non2xx, group = single_events(hub, template)
         print(f"single-event POST, wrk 32 conns {args.wrk_seconds} s:   {rps:10,.0f} req/s  p50 {p50:.2f} ms  "
               f"p99 {p99:.2f} ms  non-2xx {non2xx}  mean WAL group {group:.1f} requests/fdatasync")
+        if streams:
+            print(f"  stream clients received {min(streams.counts):,}..{max(streams.counts):,} rows each in all")
+        if args.only == "ingest":
+            return
     finally:
+        if streams:
+            streams.close()
         hub.stop()
 
     hub = Hub()

@@ -22,7 +22,7 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             history_rows: 10_000,
-            client_buffer_chunks: 256,
+            client_buffer_chunks: 64,
             max_subscribers: 256,
             send_timeout_secs: 10,
         }
