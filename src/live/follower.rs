@@ -121,7 +121,7 @@ impl Follower {
                         self.done = true;
                         self.permit.count_cut_off();
                         return Some(Frame::Closed(format!(
-                            "too slow: fell {n} chunks behind ({} are buffered per client); reconnect with after={} to get the rows still held",
+                            "too slow: more than the {} chunks buffered per client behind ({n} skipped); reconnect with after={} to get the rows still held",
                             self.buffer_chunks,
                             self.token()
                         )));
@@ -261,7 +261,10 @@ mod tests {
         }
         match slow.next().await {
             Some(Frame::Closed(reason)) => {
-                assert!(reason.starts_with("too slow: fell 3 chunks behind"), "{reason}");
+                assert!(
+                    reason.starts_with("too slow: more than the 2 chunks buffered per client behind (3 skipped)"),
+                    "{reason}"
+                );
                 assert!(reason.contains("after="), "{reason}");
             }
             other => panic!("expected the close, got {other:?}"),
