@@ -9,7 +9,7 @@ use llm_analytics_hub::generate::{Generator, GeneratorConfig};
 use serde_json::{Value, json};
 
 use crate::auth::create_key;
-use crate::harness::{Hub, HubOptions, wait_until};
+use crate::harness::{Hub, wait_until};
 
 /// 2026-01-01T00:00:00Z, µs.
 const START_US: i64 = 1_767_225_600_000_000;
@@ -479,16 +479,7 @@ async fn metrics_and_analytics_answer_as_their_sql() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_key_reads_only_its_rollups_and_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let hub = Hub::start_with(
-        &data,
-        HubOptions {
-            env: vec![("AUTH_MODE".into(), "required".into())],
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let (hub, data) = crate::auth::hub_requiring_keys(dir.path()).await;
     let admin = create_key(&data, "admin", "admin", None);
     let acme = create_key(&data, "acme-read", "read", Some("acme"));
     post_traffic(&hub, Some(&admin), &traffic(1200)).await;

@@ -69,7 +69,8 @@ async fn hub_with_config(dir: &Path, toml: String) -> (Hub, std::path::PathBuf) 
     (hub, data)
 }
 
-async fn hub_requiring_keys(dir: &Path) -> (Hub, std::path::PathBuf) {
+/// A Hub on `dir/data` with `AUTH_MODE=required`; returns it and its data directory.
+pub async fn hub_requiring_keys(dir: &Path) -> (Hub, std::path::PathBuf) {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
     let hub = Hub::start_with(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cq::event;
-use crate::harness::{Hub, HubOptions, free_port, wait_for, wait_until};
+use crate::harness::{Hub, free_port, wait_for, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -388,16 +388,7 @@ async fn the_live_view_lists_events_and_queries_and_charts_the_stream_in_a_real_
 #[tokio::test(flavor = "multi_thread")]
 async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let hub = Hub::start_with(
-        &data,
-        HubOptions {
-            env: vec![("AUTH_MODE".into(), "required".into())],
-            ..HubOptions::default()
-        },
-    )
-    .await;
+    let (hub, data) = crate::auth::hub_requiring_keys(dir.path()).await;
     let reader = crate::auth::create_key(&data, "dashboard", "read", None);
     let ingester = crate::auth::create_key(&data, "collector", "ingest", None);
 
