@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::cache::QueryCache;
 use crate::config::Config;
 use crate::generate::{Generator, GeneratorConfig};
-use crate::http::{AppState, router};
+use crate::http::{AppState, AppStateInner, router};
 use crate::ingest::{BodyShape, Ingest, Pipeline, StoreIngest};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
@@ -323,7 +323,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let cache = QueryCache::build(&config.cache, versions, metrics.registry())?;
     // HTTP and the demo traffic share one pipeline (the Kafka source runs its own steps 2–3).
     let pipeline = Pipeline::new(Arc::clone(&ingest), metrics.clone());
-    let state = AppState {
+    let state = AppState::new(AppStateInner {
         pipeline: pipeline.clone(),
         store: Arc::clone(&store),
         engine,
@@ -345,7 +345,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         storage_health,
         live,
         alerts,
-    };
+    });
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
     tokio::spawn(state.auth.keys().clone().watch(shutdown_rx.clone()));

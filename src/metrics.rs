@@ -21,9 +21,22 @@ struct LabelBudget {
     seen: std::sync::Mutex<std::collections::HashMap<&'static str, std::collections::HashSet<String>>>,
 }
 
-/// All metrics of the Hub. Cheap to clone.
+/// All metrics of the Hub. Cheap to clone: one reference count (a copy per field cost ~40
+/// atomic increments and as many decrements per request, 8 % of the single-event CPU).
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricsInner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricsInner;
+
+    fn deref(&self) -> &MetricsInner {
+        &self.0
+    }
+}
+
+/// The metrics behind [`Metrics`].
+#[derive(Debug)]
+pub struct MetricsInner {
     registry: Arc<Registry>,
     labels: Arc<LabelBudget>,
     /// Events durably accepted, by `source_module`, `event_type`.
@@ -231,7 +244,7 @@ impl Metrics {
         registry.register(Box::new(storage_write_errors_total.clone()))?;
         registry.register(Box::new(storage_quarantined_files_total.clone()))?;
         registry.register(Box::new(storage_free_bytes.clone()))?;
-        Ok(Self {
+        Ok(Self(Arc::new(MetricsInner {
             registry: Arc::new(registry),
             labels: Arc::default(),
             events_processed_total,
@@ -262,7 +275,7 @@ impl Metrics {
             db_query_duration_seconds,
             db_writes_total,
             db_circuit_breaker_state,
-        })
+        })))
     }
 
     /// The Prometheus text exposition of every metric.

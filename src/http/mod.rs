@@ -37,9 +37,29 @@ use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::storage::EventStore;
 
-/// Everything handlers need. Cheap to clone.
+/// Everything handlers need. Cheap to clone: axum clones the state for every extractor and
+/// layer of every request, so it is one reference count, not a copy of each field.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    /// Shares `inner` with every handler.
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct AppStateInner {
     /// Where accepted events go.
     /// Where posted events go.
     pub pipeline: Pipeline,

@@ -110,21 +110,37 @@ fn frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// A commit buffer grown past this by a large group is released afterwards.
-const RETAINED_RECORD_BYTES: usize = 8 << 20;
+/// Fills in the header of the record whose header starts at `start` of `buf` and whose
+/// payload is the rest of `buf`.
+fn seal_frame(buf: &mut [u8], start: usize) -> Result<(), StorageError> {
+    let (head, payload) = buf[start..].split_at_mut(RECORD_HEADER);
+    let len = u32::try_from(payload.len()).map_err(|_| StorageError::Invalid {
+        context: "appending to WAL".into(),
+        message: format!("a batch of {} bytes is too large for one WAL record", payload.len()),
+    })?;
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    Ok(())
+}
+
+/// A commit buffer grown past this by a large group is released afterwards (a group of two
+/// 10,000-event bodies is ~12 MB; releasing it after every commit cost a page fault per page
+/// of the next one).
+const RETAINED_RECORD_BYTES: usize = 32 << 20;
 
 /// The active segment being appended to.
 pub struct WalWriter {
     seq: u64,
     file: Box<dyn SegmentFile>,
+    /// Encodes batches straight into its buffer, which holds the records staged for the next
+    /// commit, framed (each batch is written once into memory, not encoded and then copied
+    /// into a frame: that copy was ~4 % of the batch-ingest CPU).
     encoder: StreamWriter<Vec<u8>>,
     /// Bytes of the file that hold acknowledged records (and the header).
     committed: u64,
     sync: bool,
     /// Set after a failed write or fsync: the segment takes no more records.
     sealed: bool,
-    /// Records staged for the next commit, framed.
-    record: Vec<u8>,
 }
 
 impl std::fmt::Debug for WalWriter {
@@ -186,7 +202,6 @@ impl WalWriter {
             committed: header.len() as u64,
             sync,
             sealed: false,
-            record: Vec::new(),
         })
     }
 
@@ -211,15 +226,16 @@ impl WalWriter {
                 message: format!("segment {} is sealed after a failed write", self.seq),
             });
         }
-        let staged = self.record.len();
+        let staged = self.encoder.get_ref().len();
+        // Room for the frame header, filled in once the payload is known.
+        self.encoder.get_mut().extend_from_slice(&[0; RECORD_HEADER]);
         let encoded = self
             .encoder
             .write(batch)
             .map_err(StorageError::format("encoding a batch for the WAL"))
-            .and_then(|()| frame(self.encoder.get_ref(), &mut self.record));
-        self.encoder.get_mut().clear();
+            .and_then(|()| seal_frame(self.encoder.get_mut(), staged));
         if encoded.is_err() {
-            self.record.truncate(staged);
+            self.encoder.get_mut().truncate(staged);
         }
         encoded
     }
@@ -228,17 +244,18 @@ impl WalWriter {
     /// (group commit). On failure none of them remains in the file (when the file system lets
     /// the writer cut them off) and the segment is sealed.
     pub fn commit(&mut self) -> Result<(), StorageError> {
-        if self.record.is_empty() {
+        if self.encoder.get_ref().is_empty() {
             return Ok(());
         }
         let written = self
             .file
-            .write_all(&self.record)
+            .write_all(self.encoder.get_ref())
             .and_then(|()| if self.sync { self.file.sync_data() } else { Ok(()) });
-        let len = self.record.len() as u64;
-        self.record.clear();
-        if self.record.capacity() > RETAINED_RECORD_BYTES {
-            self.record = Vec::new();
+        let staged = self.encoder.get_mut();
+        let len = staged.len() as u64;
+        staged.clear();
+        if staged.capacity() > RETAINED_RECORD_BYTES {
+            *staged = Vec::new();
         }
         match written {
             Ok(()) => {
