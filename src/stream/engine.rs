@@ -291,8 +291,8 @@ impl StreamEngine {
         engine.publish();
         let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
         // The engine merges and finalizes on a thread and runtime of its own: its plan runs are
-        // CPU-bound polls, and on the service's two workers they held up every request queued
-        // behind them (the single-event p99). The OS scheduler now shares the cores.
+        // CPU-bound polls, and on the service's two workers they held up the requests queued on
+        // the same worker. The OS scheduler now shares the cores between the two.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
