@@ -99,15 +99,12 @@ impl SegmentFile for RealFile {
     }
 }
 
+/// Appends `payload` to `out` as one record (header, then payload); on failure `out` is as it was.
 fn frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
-    let len = u32::try_from(payload.len()).map_err(|_| StorageError::Invalid {
-        context: "appending to WAL".into(),
-        message: format!("a batch of {} bytes is too large for one WAL record", payload.len()),
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
     out.extend_from_slice(payload);
-    Ok(())
+    seal_frame(out, start).inspect_err(|_| out.truncate(start))
 }
 
 /// Fills in the header of the record whose header starts at `start` of `buf` and whose
