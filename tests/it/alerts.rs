@@ -160,6 +160,17 @@ fn spike_rule(url: &str) -> Value {
     })
 }
 
+/// A Hub on `data` with the `lat_1m` query and the spike rule, notifying a receiver that
+/// refuses connections while `down`.
+async fn hub_with_spike_rule(data: &std::path::Path, down: bool) -> (Receiver, Hub) {
+    let receiver = Receiver::start(0, down).await;
+    let hub = Hub::start_with(data, opts(vec![])).await;
+    cq::register_ok(&hub, "lat_1m", LATENCY, json!({})).await;
+    let (s, body) = create_rule(&hub, spike_rule(&receiver.url)).await;
+    assert_eq!(s, 201, "{body}");
+    (receiver, hub)
+}
+
 #[tokio::test]
 async fn a_latency_spike_fires_once_and_resolves_once_with_signed_retried_notifications() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -284,11 +295,7 @@ async fn a_latency_spike_fires_once_and_resolves_once_with_signed_retried_notifi
 async fn a_restart_mid_alert_neither_resends_nor_loses_a_transition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let receiver = Receiver::start(0, true).await;
-    let mut hub = Hub::start_with(&data, opts(vec![])).await;
-    cq::register_ok(&hub, "lat_1m", LATENCY, json!({})).await;
-    let (s, body) = create_rule(&hub, spike_rule(&receiver.url)).await;
-    assert_eq!(s, 201, "{body}");
+    let (receiver, mut hub) = hub_with_spike_rule(&data, true).await;
     // Minutes 0..=12 with the spike in 12, and an event that closes minute 12 only.
     hub.post_ok(minutes(0, 13, Some(12))).await;
     hub.post_ok(call(99_999, "2024-05-01T10:13:10Z", "m-b", 100.0)).await;
@@ -438,11 +445,7 @@ async fn budgets_fire_once_per_threshold_and_period_and_query_rules_follow_their
 async fn a_rule_whose_source_is_gone_says_why_and_resumes_when_it_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let receiver = Receiver::start(0, false).await;
-    let mut hub = Hub::start_with(&data, opts(vec![])).await;
-    cq::register_ok(&hub, "lat_1m", LATENCY, json!({})).await;
-    let (s, body) = create_rule(&hub, spike_rule(&receiver.url)).await;
-    assert_eq!(s, 201, "{body}");
+    let (receiver, mut hub) = hub_with_spike_rule(&data, false).await;
     assert_eq!(cq::delete(&hub, "lat_1m").await, 204);
     assert!(hub.terminate().success());
     // Restarted without its source: the rule is kept and says what it waits for.
