@@ -35,6 +35,9 @@ pub enum AppError {
     /// The alert engine could not start (unreadable rules or transition log).
     #[error("alerts: {0}")]
     Alerts(#[from] crate::alerts::AlertsError),
+    /// Shared history could not start (catalog, object store).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The result cache's configuration is unusable (e.g. a malformed Redis URL).
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
@@ -243,11 +246,13 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     }
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
-    let store: Arc<dyn EventStore> = Arc::new(local.clone());
+    let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Every read path goes through `store`: in cluster mode the local store plus shared history.
+    let store = events_store(&config, &local_store, shutdown_rx.clone()).await?;
     let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
     let versions = TableVersions::new();
     versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
     let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
     let live = crate::live::LiveFeed::with_metrics(config.live.clone(), metrics.registry())?;
@@ -255,7 +260,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let (stream, stream_task) = if config.stream.enabled {
         let deps = EngineDeps {
             dir: config.storage.data_dir.join("cq"),
-            events: Arc::clone(&store),
+            // Continuous queries run over this instance's events (the Postgres sink merges
+            // every instance's rollups).
+            events: Arc::clone(&local_store),
             query_ctx: engine.context().clone(),
             storage: config.storage.clone(),
             storage_health: storage_health.clone(),
@@ -285,7 +292,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         None
     };
-    let local_ingest = StoreIngest::new(Arc::clone(&store), metrics.clone(), stream.clone()).with_live(live.clone());
+    let local_ingest =
+        StoreIngest::new(Arc::clone(&local_store), metrics.clone(), stream.clone()).with_live(live.clone());
     let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
@@ -444,6 +452,39 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     store.flush().await?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The `events` store the read paths use: the local one, or with `cluster.remote` the local one
+/// plus shared history.
+#[cfg(feature = "postgres")]
+async fn events_store(
+    config: &Config,
+    local: &Arc<dyn EventStore>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Arc<dyn EventStore>, AppError> {
+    if !config.cluster.enabled() {
+        return Ok(Arc::clone(local));
+    }
+    let deps = crate::cluster::ClusterDeps {
+        config: &config.cluster,
+        postgres: &config.postgres,
+        object_store: &config.object_store,
+        local: Arc::clone(local),
+        local_dir: config.storage.data_dir.join("events"),
+        data_dir: &config.storage.data_dir,
+        instance_id: config.postgres.instance(),
+    };
+    Ok(Arc::new(crate::cluster::ClusterStore::open(deps, shutdown).await?))
+}
+
+/// Without the `postgres` feature there is no catalog: `cluster.remote` is refused earlier.
+#[cfg(not(feature = "postgres"))]
+async fn events_store(
+    _config: &Config,
+    local: &Arc<dyn EventStore>,
+    _shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Arc<dyn EventStore>, AppError> {
+    Ok(Arc::clone(local))
 }
 
 async fn shutdown_signal() {

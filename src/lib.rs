@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod event;

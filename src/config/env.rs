@@ -43,6 +43,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("AUTH_JWT_AUDIENCE", "auth.jwt.audience"),
     ("OBJECT_STORE_MAX_RETRIES", "object_store.max_retries"),
     ("OBJECT_STORE_RETRY_TIMEOUT_SECS", "object_store.retry_timeout_secs"),
+    ("CLUSTER_REMOTE", "cluster.remote"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_TOPIC", "kafka.topic"),
     ("KAFKA_GROUP_ID", "kafka.group_id"),

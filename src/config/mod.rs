@@ -48,6 +48,8 @@ pub struct Config {
     pub pgwire: PgwireConfig,
     /// Live feeds (`GET /api/v1/stream`): history kept for resuming clients, per-client buffers.
     pub live: crate::live::LiveConfig,
+    /// `[cluster]`: shared history in object storage (issue #22, first increment).
+    pub cluster: crate::cluster::ClusterConfig,
     /// Alert rules and webhook notifications.
     pub alerts: crate::alerts::AlertsConfig,
 }
@@ -263,6 +265,7 @@ impl Config {
         self.kafka.validate()?;
         self.cache.validate()?;
         self.live.validate()?;
+        self.cluster.validate(self.postgres.enabled())?;
         self.pgwire.validate()
     }
 
@@ -283,6 +286,9 @@ impl Config {
         }
         if !cfg!(feature = "postgres") && self.auth.key_store == crate::auth::KeyStoreKind::Postgres {
             return Err(missing("auth.key_store = \"postgres\" (AUTH_KEY_STORE)", "postgres"));
+        }
+        if !cfg!(feature = "postgres") && self.cluster.enabled() {
+            return Err(missing("cluster.remote (CLUSTER_REMOTE)", "postgres"));
         }
         if !cfg!(feature = "pgwire") && self.pgwire.enabled {
             return Err(missing("pgwire.enabled (PGWIRE_ENABLED)", "pgwire"));

@@ -33,13 +33,13 @@ fn py(script: &str, args: &[&str]) -> String {
 }
 
 /// `moto_server` (PyPI moto[server]) on a free loopback port.
-struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
     port: u16,
 }
 
 impl S3Server {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
@@ -70,7 +70,7 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn create_bucket(&self, bucket: &str) {
+    pub(crate) async fn create_bucket(&self, bucket: &str) {
         let r = reqwest::Client::new()
             .put(format!("{}/{bucket}", self.endpoint()))
             .send()
@@ -79,7 +79,7 @@ impl S3Server {
         assert!(r.status().is_success(), "create bucket: {}", r.status());
     }
 
-    fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ACCESS_KEY_ID", "hub-test"),
             ("AWS_SECRET_ACCESS_KEY", "hub-test-secret"),

@@ -8,6 +8,7 @@ mod analytics_api;
 mod api;
 mod auth;
 mod cache;
+mod cluster;
 mod cq;
 mod deploy;
 mod disk_faults;

@@ -1,0 +1,21 @@
+-- Cluster mode (issue #22): the catalog of the Parquet files every instance has put in shared
+-- object storage (`cluster.remote`), so each instance lists the same set without scanning the
+-- bucket. Rows are only ever added (retention and compaction of shared history come later).
+CREATE TABLE IF NOT EXISTS hub_files (
+    -- Object key below `cluster.remote`.
+    path              text PRIMARY KEY,
+    -- `events` for now.
+    table_name        text NOT NULL,
+    -- The data directory the file came from (`<data_dir>/cluster/store-id`): an instance skips
+    -- its own files (it reads them locally) even after a restart under another name.
+    store_id          text NOT NULL,
+    -- The instance that wrote it (postgres.instance_id), for operators.
+    instance_id       text NOT NULL,
+    rows              bigint NOT NULL,
+    bytes             bigint NOT NULL,
+    -- Event-time bounds of the file (microseconds since the epoch, UTC), for pruning.
+    min_event_time_us bigint,
+    max_event_time_us bigint,
+    added_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS hub_files_by_store ON hub_files (table_name, store_id);

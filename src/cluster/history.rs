@@ -1,0 +1,241 @@
+//! Other instances' shipped files, as a table: the list comes from the catalog (refreshed by
+//! [`History::run_refresh`]), the bytes from shared object storage. A scan reads the list once,
+//! so it sees one consistent set; files whose event-time bounds miss a `timestamp` filter are
+//! skipped without being opened.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchemaBuilder;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use super::catalog::{Catalog, CatalogFile};
+use super::prune::TimeRange;
+use crate::exports::destination::join;
+
+#[derive(Debug, Default)]
+struct Listed {
+    files: Arc<Vec<CatalogFile>>,
+    /// Catalog count they were read at.
+    count: i64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    listed: RwLock<Listed>,
+    /// Bumped whenever the list changes (part of the `events` data version).
+    generation: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    schema: SchemaRef,
+    store_url: ObjectStoreUrl,
+    /// A store the session does not know by itself (a bucket), registered at scan time.
+    bucket: Option<Arc<dyn ObjectStore>>,
+    prefix: Path,
+}
+
+/// Other data directories' files in shared storage. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct History {
+    inner: Arc<Inner>,
+}
+
+impl History {
+    /// Files of `schema` under `prefix` of the store read as `store_url` (`bucket`: the store to
+    /// register for it, unless the session knows it already, as it knows `file://`).
+    pub fn new(
+        schema: SchemaRef,
+        store_url: ObjectStoreUrl,
+        bucket: Option<Arc<dyn ObjectStore>>,
+        prefix: Path,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                listed: RwLock::new(Listed::default()),
+                generation: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+                schema,
+                store_url,
+                bucket,
+                prefix,
+            }),
+        }
+    }
+
+    /// Changes of the list since the start.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The files now listed.
+    pub fn files(&self) -> Arc<Vec<CatalogFile>> {
+        Arc::clone(
+            &self
+                .inner
+                .listed
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .files,
+        )
+    }
+
+    /// The last refresh error, if the last refresh failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the catalog when it changed; `Ok(true)` when the list did.
+    pub async fn refresh(&self, catalog: &Catalog, table: &str, store_id: &str) -> Result<bool, super::ClusterError> {
+        let count = catalog.count_others(table, store_id).await?;
+        let known = self
+            .inner
+            .listed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .count;
+        if count == known {
+            return Ok(false);
+        }
+        let files = catalog.others(table, store_id).await?;
+        let count = files.len() as i64;
+        *self
+            .inner
+            .listed
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Listed {
+            files: Arc::new(files),
+            count,
+        };
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Refreshes every `every` until `shutdown`; errors are logged and kept for `/ready`.
+    pub async fn run_refresh(
+        self,
+        catalog: Catalog,
+        table: &'static str,
+        store_id: String,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let result = self.refresh(&catalog, table, &store_id).await;
+            let mut last = self
+                .inner
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match result {
+                Ok(changed) => {
+                    if changed {
+                        tracing::debug!(files = self.files().len(), "shared history changed");
+                    }
+                    *last = None;
+                }
+                Err(e) => {
+                    if last.is_none() {
+                        tracing::warn!(error = %e, "reading the cluster catalog failed; retrying");
+                    }
+                    *last = Some(crate::error::chain(&e));
+                }
+            }
+        }
+    }
+
+    /// The table over the listed files.
+    pub fn table(&self) -> Arc<dyn TableProvider> {
+        Arc::new(HistoryTable { history: self.clone() })
+    }
+}
+
+/// Other instances' files as a table.
+#[derive(Debug)]
+struct HistoryTable {
+    history: History,
+}
+
+#[async_trait]
+impl TableProvider for HistoryTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.history.inner.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Files and row groups are pruned with them; DataFusion re-applies them afterwards.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let inner = &self.history.inner;
+        let range = TimeRange::from_filters(filters);
+        let files: Vec<PartitionedFile> = self
+            .history
+            .files()
+            .iter()
+            .filter(|f| range.overlaps(f.min_event_time_us, f.max_event_time_us))
+            .map(|f| PartitionedFile::new(join(&inner.prefix, &f.path).to_string(), f.bytes.max(0) as u64))
+            .collect();
+        if files.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(inner.schema.project(p)?),
+                None => Arc::clone(&inner.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        if let Some(bucket) = &inner.bucket
+            && state.runtime_env().object_store(&inner.store_url).is_err()
+        {
+            state
+                .runtime_env()
+                .register_object_store(inner.store_url.as_ref(), Arc::clone(bucket));
+        }
+        let groups = state.config().target_partitions().max(1).min(files.len());
+        let mut grouped: Vec<Vec<PartitionedFile>> = (0..groups).map(|_| Vec::new()).collect();
+        for (i, f) in files.into_iter().enumerate() {
+            grouped[i % groups].push(f);
+        }
+        let format = ParquetFormat::default();
+        let source = format.file_source(TableSchemaBuilder::new(Arc::clone(&inner.schema)).build());
+        let config = FileScanConfigBuilder::new(inner.store_url.clone(), source)
+            .with_file_groups(grouped.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}

@@ -1,0 +1,199 @@
+//! Cluster mode, first increment (issue #22): **shared history**. Each instance uploads the
+//! Parquet segments its local store flushes to shared object storage (`cluster.remote`) and
+//! records them in a catalog in PostgreSQL; every instance's `events` table is its own local
+//! store unioned with the files *other* data directories recorded there. So SQL on any instance
+//! (HTTP, the wire endpoint, `GET /api/v1/events`, the result cache) answers over every event
+//! that any instance has flushed, plus its own recent ones.
+//!
+//! ```text
+//! ingest → local WAL/memory → events-<seq>.parquet ──(shipper)──▶ <remote>/events/<store-id>/…
+//!                                                         └──▶ hub_files (PostgreSQL)
+//! query  → local store ∪ files of hub_files whose store_id is not ours (refreshed each second)
+//! ```
+//!
+//! What a query sees (the bound): every event acknowledged on this instance, and every event
+//! acknowledged on another one whose segment has been rotated (`storage.segment_max_age_secs`,
+//! `segment_max_rows`, `segment_max_bytes`), flushed and shipped (`cluster.ship_interval_ms`),
+//! then noticed in the catalog (`cluster.catalog_refresh_ms`). Not yet: reading another
+//! instance's unflushed tail over the network, distributed execution, compaction and retention of
+//! shared history (see docs/cluster-design.md for the increments).
+//!
+//! Files are keyed by the *store id* (a random id kept in `<data_dir>/cluster/store-id`), not
+//! the instance name: an instance restarted under another name still skips its own files, and
+//! a data directory that is lost leaves its shipped history readable by everyone.
+
+#[cfg(feature = "postgres")]
+pub mod catalog;
+#[cfg(feature = "postgres")]
+pub mod history;
+pub mod prune;
+#[cfg(feature = "postgres")]
+pub mod shipper;
+#[cfg(feature = "postgres")]
+pub mod store;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Classify, ErrorClass};
+
+#[cfg(feature = "postgres")]
+pub use store::{ClusterDeps, ClusterStore};
+
+/// Table name of events in the catalog.
+pub const EVENTS: &str = "events";
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared object storage for history: `s3://bucket/prefix/` (credentials, region and
+    /// endpoint from the standard `AWS_*` environment) or `file:///shared/dir/`. Needs
+    /// `postgres.url` (the catalog). Unset = this instance answers over its own events only.
+    pub remote: Option<String>,
+    /// How often the shipper looks for newly flushed local files, in ms.
+    pub ship_interval_ms: u64,
+    /// How often the catalog is read for other instances' files, in ms.
+    pub catalog_refresh_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            remote: None,
+            ship_interval_ms: 1_000,
+            catalog_refresh_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether shared history is on.
+    pub fn enabled(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Checks what can be checked without connecting; `has_postgres`: whether `postgres.url`
+    /// is set (the catalog lives there).
+    pub fn validate(&self, has_postgres: bool) -> Result<(), String> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        if !(remote.starts_with("s3://") || remote.starts_with("file:///")) {
+            return Err(format!(
+                "cluster.remote (CLUSTER_REMOTE) `{remote}` must be s3://bucket/prefix/ or file:///absolute/dir/"
+            ));
+        }
+        if !has_postgres {
+            return Err(
+                "cluster.remote (CLUSTER_REMOTE) needs postgres.url (DATABASE_URL): the catalog of shared files lives there"
+                    .into(),
+            );
+        }
+        if self.ship_interval_ms == 0 || self.catalog_refresh_ms == 0 {
+            return Err("cluster.ship_interval_ms and cluster.catalog_refresh_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Errors of shared history.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The configuration cannot work.
+    #[error("cluster: {0}")]
+    Config(String),
+    /// The object store refused or did not answer.
+    #[error("shared storage: {what}: {source}")]
+    Remote {
+        /// What was being done.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The catalog database refused or did not answer.
+    #[cfg(feature = "postgres")]
+    #[error("cluster catalog: {0}")]
+    Catalog(#[source] crate::sinks::SinkError),
+    /// A local file could not be read.
+    #[error("reading {path}: {source}")]
+    Local {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ClusterError {
+    fn local<E: std::error::Error + Send + Sync + 'static>(path: &Path) -> impl FnOnce(E) -> Self + use<E> {
+        let path = path.display().to_string();
+        move |e| Self::Local {
+            path,
+            source: Box::new(e),
+        }
+    }
+}
+
+impl Classify for ClusterError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Config(_) => ErrorClass::User,
+            Self::Remote { .. } => ErrorClass::External,
+            #[cfg(feature = "postgres")]
+            Self::Catalog(e) => e.class(),
+            Self::Local { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
+/// The random id of the data directory `data_dir` (created on first use).
+pub fn store_id(data_dir: &Path) -> Result<String, ClusterError> {
+    let dir = data_dir.join("cluster");
+    let path = dir.join("store-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ClusterError::local(&path)(e)),
+    }
+    std::fs::create_dir_all(&dir).map_err(ClusterError::local(&dir))?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = dir.join("store-id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(ClusterError::local(&path))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = ClusterConfig::default();
+        assert!(c.validate(false).is_ok(), "off by default");
+        c.remote = Some("http://bucket".into());
+        assert!(c.validate(true).unwrap_err().contains("CLUSTER_REMOTE"));
+        c.remote = Some("s3://bucket/hub/".into());
+        assert!(c.validate(false).unwrap_err().contains("postgres.url"));
+        assert!(c.validate(true).is_ok());
+        c.catalog_refresh_ms = 0;
+        assert!(c.validate(true).is_err());
+    }
+
+    #[test]
+    fn the_store_id_survives_a_restart_and_differs_between_directories() {
+        let a = tempfile::tempdir().expect("tmp");
+        let b = tempfile::tempdir().expect("tmp");
+        let first = store_id(a.path()).expect("id");
+        assert_eq!(first.len(), 32);
+        assert_eq!(store_id(a.path()).expect("id"), first);
+        assert_ne!(store_id(b.path()).expect("id"), first);
+    }
+}

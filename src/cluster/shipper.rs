@@ -1,0 +1,253 @@
+//! Uploads the local store's flushed Parquet files to shared storage and records them in the
+//! catalog. It only reads the store's directory: a file is complete once it has its final name
+//! (the store writes `*.parquet.tmp` and renames), so the shipper needs no hook into the store.
+//!
+//! Order per file: upload (multipart), then record. A crash in between leaves an object nobody
+//! lists; the next start uploads it again under the same key and records it. The local file
+//! stays where it is: this instance keeps reading it locally.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::statistics::Statistics;
+use tokio::io::AsyncWriteExt;
+
+use super::catalog::{Catalog, CatalogFile};
+use super::{ClusterError, EVENTS};
+use crate::event::schema::col;
+use crate::exports::destination::{Destination, join};
+
+/// Upload parts of this size (S3's minimum is 5 MiB).
+const PART_BYTES: usize = 8 << 20;
+
+/// What the shipper has done, for `/ready`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ShipperStatus {
+    /// Files of this data directory in shared storage.
+    pub shipped_files: usize,
+    /// Files flushed locally and not shipped yet.
+    pub pending_files: usize,
+    /// The last error, when the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Ships one store directory.
+#[derive(Debug)]
+pub struct Shipper {
+    dir: PathBuf,
+    dest: Destination,
+    catalog: Catalog,
+    store_id: String,
+    instance_id: String,
+    /// File names already recorded.
+    shipped: HashSet<String>,
+    status: Arc<Mutex<ShipperStatus>>,
+}
+
+/// `events-<seq>.parquet` files in `dir`, by name.
+fn flushed_files(dir: &Path) -> Result<Vec<String>, ClusterError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ClusterError::local(dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(ClusterError::local(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("events-") && name.ends_with(".parquet") {
+            names.push(name.into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Rows and `timestamp` bounds of a Parquet file, from its footer.
+fn footer_stats(path: &Path) -> Result<(i64, Option<i64>, Option<i64>), ClusterError> {
+    let file = std::fs::File::open(path).map_err(ClusterError::local(path))?;
+    let reader = SerializedFileReader::new(file).map_err(ClusterError::local(path))?;
+    let meta = reader.metadata();
+    let rows = meta.file_metadata().num_rows();
+    let column = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == col::TIMESTAMP);
+    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
+    let mut complete = column.is_some();
+    for rg in meta.row_groups() {
+        let stats = column.and_then(|c| rg.column(c).statistics());
+        match stats {
+            Some(Statistics::Int64(s)) if s.min_opt().is_some() && s.max_opt().is_some() => {
+                let (min, max) = (*s.min_opt().unwrap_or(&i64::MIN), *s.max_opt().unwrap_or(&i64::MAX));
+                lo = Some(lo.map_or(min, |v| v.min(min)));
+                hi = Some(hi.map_or(max, |v| v.max(max)));
+            }
+            _ if rg.num_rows() == 0 => {}
+            _ => complete = false,
+        }
+    }
+    // Bounds missing for any row group = unknown for the file (never pruned).
+    Ok(if complete { (rows, lo, hi) } else { (rows, None, None) })
+}
+
+impl Shipper {
+    /// A shipper of `dir` (the store's `events` directory) to `dest`, starting from what the
+    /// catalog says `store_id` already recorded.
+    pub async fn new(
+        dir: PathBuf,
+        dest: Destination,
+        catalog: Catalog,
+        store_id: String,
+        instance_id: String,
+    ) -> Result<Self, ClusterError> {
+        let prefix = format!("{EVENTS}/{store_id}/");
+        let shipped = catalog
+            .recorded_by(EVENTS, &store_id)
+            .await?
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        Ok(Self {
+            dir,
+            dest,
+            catalog,
+            store_id,
+            instance_id,
+            shipped,
+            status: Arc::default(),
+        })
+    }
+
+    /// Shared view of the status.
+    pub fn status_handle(&self) -> Arc<Mutex<ShipperStatus>> {
+        Arc::clone(&self.status)
+    }
+
+    /// Ships every flushed file not shipped yet; returns how many it shipped.
+    pub async fn ship_new(&mut self) -> Result<usize, ClusterError> {
+        let names = flushed_files(&self.dir)?;
+        let pending: Vec<String> = names.into_iter().filter(|n| !self.shipped.contains(n)).collect();
+        let mut shipped = 0;
+        let mut result = Ok(());
+        for name in &pending {
+            if let Err(e) = self.ship(name).await {
+                result = Err(e);
+                break;
+            }
+            self.shipped.insert(name.clone());
+            shipped += 1;
+        }
+        let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.shipped_files = self.shipped.len();
+        status.pending_files = pending.len() - shipped;
+        status.last_error = result.as_ref().err().map(|e| crate::error::chain(e));
+        result.map(|()| shipped)
+    }
+
+    async fn ship(&self, name: &str) -> Result<(), ClusterError> {
+        let local = self.dir.join(name);
+        let stats_path = local.clone();
+        let (rows, lo, hi) = tokio::task::spawn_blocking(move || footer_stats(&stats_path))
+            .await
+            .map_err(ClusterError::local(&local))??;
+        let relative = format!("{EVENTS}/{}/{name}", self.store_id);
+        let key: ObjectPath = join(&self.dest.prefix, &relative);
+        let bytes = upload(&self.dest.store, &local, &key).await?;
+        let file = CatalogFile {
+            path: relative,
+            store_id: self.store_id.clone(),
+            rows,
+            bytes: bytes as i64,
+            min_event_time_us: lo,
+            max_event_time_us: hi,
+        };
+        self.catalog.record(EVENTS, &self.instance_id, &file).await?;
+        tracing::debug!(file = %name, rows, "shipped to shared storage");
+        Ok(())
+    }
+
+    /// Ships every `every` until `shutdown`, then once more (the store flushes on shutdown
+    /// before this returns only if the caller ships again: see `ClusterStore::flush`).
+    pub async fn run(
+        this: Arc<tokio::sync::Mutex<Self>>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match this.lock().await.ship_new().await {
+                Ok(_) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "shipping flushed files to shared storage failed; retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Streams `local` to `key`; returns its size.
+async fn upload(store: &Arc<dyn ObjectStore>, local: &Path, key: &ObjectPath) -> Result<u64, ClusterError> {
+    let mut file = tokio::fs::File::open(local).await.map_err(ClusterError::local(local))?;
+    let mut writer = BufWriter::with_capacity(Arc::clone(store), key.clone(), PART_BYTES);
+    let copied = tokio::io::copy(&mut file, &mut writer).await;
+    let finished = match copied {
+        Ok(n) => writer.shutdown().await.map(|()| n),
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
+    };
+    finished.map_err(|e| ClusterError::Remote {
+        what: format!("uploading {key}"),
+        source: object_store::Error::Generic {
+            store: "shared storage",
+            source: Box::new(e),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_complete_parquet_files_are_listed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for name in [
+            "events-000000000002.parquet",
+            "events-000000000001.parquet",
+            "events-000000000003.parquet.tmp",
+            "wal-000000000004.arrows",
+            "events-000000000001.crc32",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        assert_eq!(
+            flushed_files(dir.path()).expect("list"),
+            vec!["events-000000000001.parquet", "events-000000000002.parquet"]
+        );
+        assert!(
+            flushed_files(&dir.path().join("missing"))
+                .expect("missing dir")
+                .is_empty()
+        );
+    }
+}
