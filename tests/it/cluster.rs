@@ -123,6 +123,13 @@ async fn every_instance_answers_over_all_shipped_events() {
         60 + 10
     );
 
+    // The pruning is real: b's February files are not even opened for a January range.
+    let plan = |rows: Vec<Value>| rows.iter().map(|r| r.to_string()).collect::<String>();
+    let january = plan(a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp < '2026-01-15T00:00:00Z'").await);
+    let february = plan(a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp >= '2026-02-01T00:00:00Z'").await);
+    assert!(february.contains("history/events/"), "{february}");
+    assert!(!january.contains("history/events/"), "{january}");
+
     // The catalog lists each shipped file once, under the data directory it came from.
     let ready = a.get_json("/ready").await;
     let shared = &ready["components"][0]["detail"]["shared"];
