@@ -139,12 +139,23 @@ impl Shipper {
         let mut shipped = 0;
         let mut result = Ok(());
         for name in &pending {
-            if let Err(e) = self.ship(name).await {
-                result = Err(e);
-                break;
+            match self.ship(name).await {
+                Ok(()) => {
+                    self.shipped.insert(name.clone());
+                    shipped += 1;
+                }
+                // A file that cannot be read does not hold back the others (it is tried again
+                // next time and named in the status meanwhile).
+                Err(e @ ClusterError::Local { .. }) => {
+                    tracing::debug!(file = %name, error = %e, "a flushed file cannot be shipped");
+                    result = Err(e);
+                }
+                // The store or the catalog is unavailable: the rest would fail the same way.
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
-            self.shipped.insert(name.clone());
-            shipped += 1;
         }
         let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         status.shipped_files = self.shipped.len();
@@ -184,19 +195,21 @@ impl Shipper {
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
+        // Logged when it changes, not on every attempt.
+        let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
             match this.lock().await.ship_new().await {
-                Ok(_) => failing = false,
+                Ok(_) => last_error = None,
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "shipping flushed files to shared storage failed; retrying");
+                    let message = crate::error::chain(&e);
+                    if last_error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(error = %message, "shipping flushed files to shared storage failed; retrying");
                     }
-                    failing = true;
+                    last_error = Some(message);
                 }
             }
         }

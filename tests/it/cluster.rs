@@ -105,6 +105,11 @@ async fn every_instance_answers_over_all_shipped_events() {
     let a = start(dir_a.path(), "a", &db, &s3).await;
     let mut b = start(dir_b.path(), "b", &db, &s3).await;
 
+    // A file in a's store directory that is not Parquet: named in a's status, and it holds
+    // back none of a's real files.
+    let stray = "events-999999999999.parquet";
+    std::fs::write(dir_a.path().join("events").join(stray), b"not parquet").expect("stray file");
+
     let (of_a, of_b) = (events(1, JANUARY, 300), events(2, FEBRUARY, 200));
     a.post_ok(ndjson(&of_a)).await;
     b.post_ok(ndjson(&of_b)).await;
@@ -125,8 +130,14 @@ async fn every_instance_answers_over_all_shipped_events() {
 
     // The pruning is real: b's February files are not even opened for a January range.
     let plan = |rows: Vec<Value>| rows.iter().map(|r| r.to_string()).collect::<String>();
-    let january = plan(a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp < '2026-01-15T00:00:00Z'").await);
-    let february = plan(a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp >= '2026-02-01T00:00:00Z'").await);
+    let january = plan(
+        a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp < '2026-01-15T00:00:00Z'")
+            .await,
+    );
+    let february = plan(
+        a.rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp >= '2026-02-01T00:00:00Z'")
+            .await,
+    );
     assert!(february.contains("history/events/"), "{february}");
     assert!(!january.contains("history/events/"), "{january}");
 
@@ -137,7 +148,11 @@ async fn every_instance_answers_over_all_shipped_events() {
         shared["files_of_other_instances"].as_u64().expect("files") >= 1,
         "{ready}"
     );
-    assert_eq!(shared["shipper"]["pending_files"], 0, "{ready}");
+    assert_eq!(shared["shipper"]["pending_files"], 1, "{ready}");
+    let error = shared["shipper"]["last_error"]
+        .as_str()
+        .expect("the stray file's error");
+    assert!(error.contains(stray), "{error}");
     assert!(shared["catalog_error"].is_null(), "{ready}");
     let mut conn = db.connect().await;
     let (files, rows): (i64, i64) = sqlx::query_as("SELECT count(*), sum(rows)::bigint FROM hub_files")

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Shared history (issue #22, first increment), measured with two real instances on this machine.
+
+Instance W (writer) ingests N generated events over HTTP and ships its flushed Parquet files to
+the shared store (moto's S3 server, or a local directory with --remote file), recording them in
+a PostgreSQL catalog (a fresh database on 127.0.0.1:5432). Instance R (reader, empty data dir)
+then answers over W's events from shared storage. Prints, in one run:
+  1. ingest events/s on W (cluster mode on), and how long after the last acknowledgement every
+     file was shipped and visible to R;
+  2. per query, the median of RUNS executions (result cache off): W over its local files, R over
+     the shared files, and DuckDB over W's local Parquet files (the same bytes, the peer);
+  3. what the catalog holds (files, rows, bytes).
+
+  python3 scripts/bench-cluster.py [--bin PATH] [--events N] [--remote s3|file] [--runs K]
+"""
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+
+target = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/llm-analytics-hub-target")
+ap = argparse.ArgumentParser()
+ap.add_argument("--bin", default=os.path.join(target, "release", "analytics-hub"))
+ap.add_argument("--events", type=int, default=1_000_000)
+ap.add_argument("--body", type=int, default=10_000)
+ap.add_argument("--remote", choices=["s3", "file"], default="s3")
+ap.add_argument("--runs", type=int, default=5)
+ap.add_argument("--input", help="NDJSON file of --events events to use instead of generating one")
+args = ap.parse_args()
+
+QUERIES = {
+    "count": "SELECT count(*) AS n FROM events",
+    "per-model rollup": "SELECT model, count(*) AS n, sum(total_tokens) AS tokens, avg(latency_ms) AS latency "
+                        "FROM events GROUP BY model ORDER BY model",
+    "p99 by provider": "SELECT provider, approx_percentile_cont(latency_ms, 0.99) AS p99 FROM events "
+                       "GROUP BY provider ORDER BY provider",
+}
+DUCKDB = {
+    "count": "SELECT count(*) FROM read_parquet('{glob}')",
+    "per-model rollup": "SELECT model, count(*), sum(total_tokens), avg(latency_ms) FROM read_parquet('{glob}') "
+                        "GROUP BY model ORDER BY model",
+    "p99 by provider": "SELECT provider, approx_quantile(latency_ms, 0.99) FROM read_parquet('{glob}') "
+                       "GROUP BY provider ORDER BY provider",
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(what, check, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+class Hub:
+    def __init__(self, name, config):
+        self.data = tempfile.mkdtemp(prefix=f"hub-bench-cluster-{name}-")
+        self.port = free_port()
+        path = os.path.join(self.data, "hub.toml")
+        with open(path, "w") as f:
+            f.write(config)
+        env = dict(os.environ, PGWIRE_ENABLED="false", LOG_LEVEL="warn", CACHE_ENABLED="false", **S3_ENV)
+        self.proc = subprocess.Popen(
+            [args.bin, "--config", path, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--data-dir", self.data],
+            env=env, stderr=subprocess.DEVNULL)
+        wait(f"{name} to be ready", lambda: self.ready())
+
+    def ready(self):
+        try:
+            return self.request("GET", "/ready")[0] == 200
+        except OSError:
+            return False
+
+    def request(self, method, path, body=None, conn=None):
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        c.request(method, path, body=body, headers={"content-type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        return r.status, data
+
+    def sql(self, q):
+        status, data = self.request("POST", "/api/v1/sql", json.dumps({"sql": q}).encode())
+        if status != 200:
+            raise SystemExit(f"SQL answered {status}: {data[:300]!r}")
+        return json.loads(data)["rows"]
+
+    def shared(self):
+        _, data = self.request("GET", "/ready")
+        return json.loads(data)["components"][0]["detail"]["shared"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+
+def timed(f, runs):
+    times = []
+    out = None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def psql(db, sql):
+    return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-Atc", sql],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+S3_ENV = {}
+db = f"hub_bench_cluster_{free_port()}"
+psql("postgres", f"CREATE DATABASE {db}")
+moto = None
+cleanup = []
+try:
+    if args.remote == "s3":
+        port = free_port()
+        moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        S3_ENV.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+                      AWS_ALLOW_HTTP="true", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+
+        def bucket():
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("PUT", "/hub-bench")
+                return c.getresponse().status == 200
+            except OSError:
+                return False
+        wait("moto_server", bucket, 60)
+        remote = "s3://hub-bench/history/"
+    else:
+        remote = "file://" + tempfile.mkdtemp(prefix="hub-bench-shared-") + "/"
+
+    def config(name):
+        return (f'[storage]\nsegment_max_age_secs = 2\n[stream]\nenabled = false\n'
+                f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5432/{db}"\ninstance_id = "{name}"\n'
+                f'[cluster]\nremote = "{remote}"\n')
+
+    path = args.input
+    if not path:
+        path = os.path.join(tempfile.mkdtemp(prefix="hub-bench-cluster-"), "events.ndjson")
+        with open(path, "w") as f:
+            subprocess.run([args.bin, "generate", "--count", str(args.events)], check=True, stdout=f)
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    print(f"{len(lines):,} events, {os.path.getsize(path) / len(lines):.0f} B each; shared storage: "
+          f"{'moto S3 server' if args.remote == 's3' else 'local directory'}; {os.cpu_count()} cores")
+
+    w = Hub("writer", config("writer"))
+    cleanup.append(w)
+    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=600)
+    t0 = time.perf_counter()
+    for i in range(0, len(lines), args.body):
+        status, data = w.request("POST", "/api/v1/events", b"\n".join(lines[i:i + args.body]), conn)
+        if status not in (200, 207):
+            raise SystemExit(f"ingest answered {status}: {data[:200]!r}")
+    acked = time.perf_counter()
+    stored = w.sql("SELECT count(*) AS n FROM events")[0]["n"]
+    print(f"writer: {stored:,} events acknowledged at {stored / (acked - t0):,.0f} events/s "
+          "(cluster mode, continuous queries off)")
+    r = Hub("reader", config("reader"))
+    cleanup.append(r)
+    wait("the reader to see every event",
+         lambda: r.sql("SELECT count(*) AS n FROM events")[0]["n"] == stored, 600)
+    visible = time.perf_counter()
+    print(f"every event visible on the reader {visible - acked:.1f} s after the last acknowledgement "
+          f"(segment_max_age_secs = 2, ship and refresh every 1 s)")
+    files, rows, size = psql(db, "SELECT count(*), sum(rows), sum(bytes) FROM hub_files").split("|")
+    print(f"catalog: {files} files, {int(rows):,} rows, {int(size) / 1e6:.1f} MB "
+          f"({int(size) / int(rows):.0f} B/event in Parquet)")
+
+    import duckdb
+    glob = os.path.join(w.data, "events", "events-*.parquet")
+    con = duckdb.connect()
+    print(f"\nmedian of {args.runs} runs, seconds (result cache off):")
+    print(f"{'query':<20}{'writer, local':>16}{'reader, shared':>16}{'DuckDB, files':>16}")
+    for name, q in QUERIES.items():
+        local, a = timed(lambda: w.sql(q), args.runs)
+        shared, b = timed(lambda: r.sql(q), args.runs)
+        if name != "p99 by provider" and a != b:
+            raise SystemExit(f"{name}: writer and reader disagree: {a} vs {b}")
+        duck, _ = timed(lambda: con.execute(DUCKDB[name].format(glob=glob)).fetchall(), args.runs)
+        print(f"{name:<20}{local:>16.3f}{shared:>16.3f}{duck:>16.3f}")
+finally:
+    for h in cleanup:
+        h.stop()
+    if moto:
+        moto.terminate()
+        moto.wait()
+    psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
