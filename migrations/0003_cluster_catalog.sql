@@ -1,6 +1,7 @@
 -- Cluster mode (issue #22): the catalog of the Parquet files every instance has put in shared
 -- object storage (`cluster.remote`), so each instance lists the same set without scanning the
 -- bucket. Rows are only ever added (retention and compaction of shared history come later).
+-- Also the members: each instance's heartbeat, so the others can ask it for its recent events.
 CREATE TABLE IF NOT EXISTS hub_files (
     -- Object key below `cluster.remote`.
     path              text PRIMARY KEY,
@@ -19,3 +20,16 @@ CREATE TABLE IF NOT EXISTS hub_files (
     added_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS hub_files_by_store ON hub_files (table_name, store_id);
+
+-- One row per running instance (by data directory), upserted every second; rows older than
+-- cluster.member_timeout_ms are ignored, a clean shutdown deletes its own.
+CREATE TABLE IF NOT EXISTS hub_cluster_members (
+    store_id     text PRIMARY KEY,
+    instance_id  text NOT NULL,
+    -- Its HTTP API as the others reach it (cluster.advertise_url).
+    url          text NOT NULL,
+    -- Its events store's data version (result caches key on it).
+    epoch        bigint NOT NULL,
+    appends      bigint NOT NULL,
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);

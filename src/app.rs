@@ -249,7 +249,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Every read path goes through `store`: in cluster mode the local store plus shared history.
-    let store = events_store(&config, &local_store, shutdown_rx.clone()).await?;
+    let (store, cluster_tail) = events_store(&config, &local, shutdown_rx.clone()).await?;
     let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
     let versions = TableVersions::new();
     versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
@@ -353,6 +353,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         storage_health,
         live,
         alerts,
+        cluster_tail: cluster_tail.clone(),
     });
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
@@ -387,6 +388,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         source,
     })?;
     tracing::info!(%bound, data_dir = %config.storage.data_dir.display(), demo = config.demo.enabled, kafka = config.kafka.enabled(), "LLM Analytics Hub listening");
+    if let Some(tail) = &cluster_tail {
+        tail.advertise(advertise_url(&config, bound));
+    }
 
     let limits = Arc::clone(&state.limits);
     let purge = tokio::spawn(async move {
@@ -454,37 +458,66 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     Ok(())
 }
 
+type ClusterTail = Option<crate::cluster::tail::TailServer>;
+
 /// The `events` store the read paths use: the local one, or with `cluster.remote` the local one
-/// plus shared history.
+/// plus shared history and the other members' recent events (and what this instance serves of
+/// its own to them).
 #[cfg(feature = "postgres")]
 async fn events_store(
     config: &Config,
-    local: &Arc<dyn EventStore>,
+    local: &LocalStore,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<Arc<dyn EventStore>, AppError> {
+) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
     if !config.cluster.enabled() {
-        return Ok(Arc::clone(local));
+        return Ok((Arc::new(local.clone()), None));
     }
     let deps = crate::cluster::ClusterDeps {
         config: &config.cluster,
         postgres: &config.postgres,
         object_store: &config.object_store,
-        local: Arc::clone(local),
+        local: local.clone(),
         local_dir: config.storage.data_dir.join("events"),
         data_dir: &config.storage.data_dir,
         instance_id: config.postgres.instance(),
     };
-    Ok(Arc::new(crate::cluster::ClusterStore::open(deps, shutdown).await?))
+    let cluster = crate::cluster::ClusterStore::open(deps, shutdown).await?;
+    let tail = cluster.tail_server(config.cluster.max_tail_bytes);
+    Ok((Arc::new(cluster), Some(tail)))
 }
 
 /// Without the `postgres` feature there is no catalog: `cluster.remote` is refused earlier.
 #[cfg(not(feature = "postgres"))]
 async fn events_store(
     _config: &Config,
-    local: &Arc<dyn EventStore>,
+    local: &LocalStore,
     _shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<Arc<dyn EventStore>, AppError> {
-    Ok(Arc::clone(local))
+) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
+    Ok((Arc::new(local.clone()), None))
+}
+
+/// How the other members reach this instance: `cluster.advertise_url`, else the bound address
+/// (the host name for a wildcard bind).
+fn advertise_url(config: &Config, bound: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.cluster.advertise_url {
+        return url.clone();
+    }
+    let scheme = if config.http.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = if bound.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    } else {
+        match bound.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}", bound.port())
 }
 
 async fn shutdown_signal() {

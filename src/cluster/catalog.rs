@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use super::ClusterError;
+use super::tail::Member;
 use crate::sinks::postgres::{PostgresConfig, classify_db, migrate};
 
 /// One shared file.
@@ -128,5 +129,58 @@ impl Catalog {
                 },
             )
             .collect())
+    }
+
+    /// Says `member` (this instance) is alive, with its current data version.
+    pub async fn heartbeat(&self, member: &Member) -> Result<(), ClusterError> {
+        sqlx::query(
+            "INSERT INTO hub_cluster_members (store_id, instance_id, url, epoch, appends, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (store_id) DO UPDATE SET \
+             instance_id = EXCLUDED.instance_id, url = EXCLUDED.url, epoch = EXCLUDED.epoch, \
+             appends = EXCLUDED.appends, heartbeat_at = now()",
+        )
+        .bind(&member.store_id)
+        .bind(&member.instance_id)
+        .bind(&member.url)
+        .bind(member.epoch)
+        .bind(member.appends)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Members other than `store_id` whose last heartbeat (by the database's clock) is newer
+    /// than `timeout_ms`.
+    pub async fn alive(&self, store_id: &str, timeout_ms: u64) -> Result<Vec<Member>, ClusterError> {
+        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT store_id, instance_id, url, epoch, appends FROM hub_cluster_members \
+             WHERE store_id <> $1 AND heartbeat_at > now() - make_interval(secs => $2) ORDER BY store_id",
+        )
+        .bind(store_id)
+        .bind(timeout_ms as f64 / 1000.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(store_id, instance_id, url, epoch, appends)| Member {
+                store_id,
+                instance_id,
+                url,
+                epoch,
+                appends,
+            })
+            .collect())
+    }
+
+    /// This instance stops (clean shutdown): the others stop asking it at once.
+    pub async fn leave(&self, store_id: &str) -> Result<(), ClusterError> {
+        sqlx::query("DELETE FROM hub_cluster_members WHERE store_id = $1")
+            .bind(store_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 }

@@ -1,24 +1,22 @@
-//! Other instances' shipped files, as a table: the list comes from the catalog (refreshed by
-//! [`History::run_refresh`]), the bytes from shared object storage. A scan reads the list once,
-//! so it sees one consistent set; files whose event-time bounds miss a `timestamp` filter are
-//! skipped without being opened.
+//! Other instances' shipped files: the list comes from the catalog (refreshed by
+//! [`History::run_refresh`]), the bytes from shared object storage. A query takes the list
+//! once, so it sees one consistent set; files whose event-time bounds miss a `timestamp` filter
+//! are skipped without being opened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::Session;
 use datafusion::common::Result as DfResult;
-use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchemaBuilder;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use object_store::ObjectStore;
@@ -167,45 +165,19 @@ impl History {
         }
     }
 
-    /// The table over the listed files.
-    pub fn table(&self) -> Arc<dyn TableProvider> {
-        Arc::new(HistoryTable { history: self.clone() })
-    }
-}
-
-/// Other instances' files as a table.
-#[derive(Debug)]
-struct HistoryTable {
-    history: History,
-}
-
-#[async_trait]
-impl TableProvider for HistoryTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.history.inner.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Files and row groups are pruned with them; DataFusion re-applies them afterwards.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-
-    async fn scan(
+    /// A scan of `files` (taken from [`Self::files`] once per query, so the caller can ask the
+    /// owners for exactly what the list lacks).
+    pub async fn scan(
         &self,
         state: &dyn Session,
+        files: &[CatalogFile],
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let inner = &self.history.inner;
+        let inner = &self.inner;
         let range = TimeRange::from_filters(filters);
-        let files: Vec<PartitionedFile> = self
-            .history
-            .files()
+        let files: Vec<PartitionedFile> = files
             .iter()
             .filter(|f| range.overlaps(f.min_event_time_us, f.max_event_time_us))
             .map(|f| PartitionedFile::new(join(&inner.prefix, &f.path).to_string(), f.bytes.max(0) as u64))

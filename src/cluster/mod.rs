@@ -31,6 +31,7 @@ pub mod prune;
 pub mod shipper;
 #[cfg(feature = "postgres")]
 pub mod store;
+pub mod tail;
 
 use std::path::Path;
 
@@ -54,8 +55,24 @@ pub struct ClusterConfig {
     pub remote: Option<String>,
     /// How often the shipper looks for newly flushed local files, in ms.
     pub ship_interval_ms: u64,
-    /// How often the catalog is read for other instances' files, in ms.
+    /// How often the catalog is read for other instances' files and members, and this
+    /// instance's heartbeat written, in ms.
     pub catalog_refresh_ms: u64,
+    /// Shared by every instance (env `CLUSTER_SECRET`, at least 16 characters): instances read
+    /// each other's recent events with it (`POST /internal/v1/cluster/tail`). Required with
+    /// `remote`.
+    pub secret: Option<String>,
+    /// This instance's HTTP API as the others reach it (env `CLUSTER_ADVERTISE_URL`); default
+    /// `http://<http.host, or the host name when it is 0.0.0.0>:<bound port>`.
+    pub advertise_url: Option<String>,
+    /// A member whose heartbeat is older than this is not asked for its recent events, in ms.
+    pub member_timeout_ms: u64,
+    /// How long a query waits for a member's recent events, in ms; a member that does not
+    /// answer in time is left out of that answer (logged, counted in `/ready`).
+    pub tail_timeout_ms: u64,
+    /// Largest answer an instance gives for its recent events, in bytes (Arrow IPC); a larger
+    /// one fails the query with a message asking for a narrower time range.
+    pub max_tail_bytes: usize,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +81,11 @@ impl Default for ClusterConfig {
             remote: None,
             ship_interval_ms: 1_000,
             catalog_refresh_ms: 1_000,
+            secret: None,
+            advertise_url: None,
+            member_timeout_ms: 5_000,
+            tail_timeout_ms: 5_000,
+            max_tail_bytes: 256 << 20,
         }
     }
 }
@@ -90,6 +112,20 @@ impl ClusterConfig {
                 "cluster.remote (CLUSTER_REMOTE) needs postgres.url (DATABASE_URL): the catalog of shared files lives there"
                     .into(),
             );
+        }
+        if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
+            return Err(
+                "cluster.remote (CLUSTER_REMOTE) needs cluster.secret (CLUSTER_SECRET) of at least 16 characters: \
+                 instances read each other's recent events with it"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "cluster.advertise_url (CLUSTER_ADVERTISE_URL) `{url}` must be an http:// or https:// URL"
+            ));
         }
         if self.ship_interval_ms == 0 || self.catalog_refresh_ms == 0 {
             return Err("cluster.ship_interval_ms and cluster.catalog_refresh_ms must be at least 1".into());
@@ -182,6 +218,14 @@ mod tests {
         assert!(c.validate(true).unwrap_err().contains("CLUSTER_REMOTE"));
         c.remote = Some("s3://bucket/hub/".into());
         assert!(c.validate(false).unwrap_err().contains("postgres.url"));
+        assert!(c.validate(true).unwrap_err().contains("CLUSTER_SECRET"));
+        c.secret = Some("short".into());
+        assert!(c.validate(true).unwrap_err().contains("CLUSTER_SECRET"));
+        c.secret = Some("a-secret-of-24-characters".into());
+        assert!(c.validate(true).is_ok());
+        c.advertise_url = Some("10.0.0.1:3000".into());
+        assert!(c.validate(true).unwrap_err().contains("CLUSTER_ADVERTISE_URL"));
+        c.advertise_url = Some("http://10.0.0.1:3000".into());
         assert!(c.validate(true).is_ok());
         c.catalog_refresh_ms = 0;
         assert!(c.validate(true).is_err());

@@ -44,6 +44,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("OBJECT_STORE_MAX_RETRIES", "object_store.max_retries"),
     ("OBJECT_STORE_RETRY_TIMEOUT_SECS", "object_store.retry_timeout_secs"),
     ("CLUSTER_REMOTE", "cluster.remote"),
+    ("CLUSTER_SECRET", "cluster.secret"),
+    ("CLUSTER_ADVERTISE_URL", "cluster.advertise_url"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_TOPIC", "kafka.topic"),
     ("KAFKA_GROUP_ID", "kafka.group_id"),

@@ -310,6 +310,9 @@ impl Config {
         }
         shown.postgres.url = shown.postgres.url.as_deref().map(crate::redact::url);
         shown.cache.redis_url = shown.cache.redis_url.as_deref().map(crate::redact::url);
+        if shown.cluster.secret.is_some() {
+            shown.cluster.secret = Some("***".into());
+        }
         if shown.auth.jwt.hs256_secret.is_some() {
             shown.auth.jwt.hs256_secret = Some("***".into());
         }

@@ -3,6 +3,7 @@
 mod alerts;
 mod analytics;
 mod auth;
+mod cluster;
 mod cq;
 mod error;
 mod events;
@@ -103,6 +104,8 @@ pub struct AppStateInner {
     pub live: crate::live::LiveFeed,
     /// Alert rules and states, when continuous queries and alerts are enabled.
     pub alerts: Option<crate::alerts::Alerts>,
+    /// Cluster mode: what this instance serves of its recent events to the others.
+    pub cluster_tail: Option<crate::cluster::tail::TailServer>,
 }
 
 /// Every route with its OpenAPI operation (`#[utoipa::path]` on the handler): registering a
@@ -163,7 +166,8 @@ pub fn router(state: AppState) -> Router {
     };
     // Swagger UI and the live view are static (embedded assets) and public; the live view calls
     // the API from the browser with the user's key.
-    api.with_state(state)
+    api.with_state(state.clone())
+        .merge(cluster::router(state))
         .merge(openapi::documentation())
         .merge(ui::router())
 }

@@ -68,12 +68,13 @@ async fn per_model(hub: &Hub) -> BTreeMap<String, (i64, i64)> {
         .collect()
 }
 
-/// The sections that put an instance in the cluster (named `name` in the catalog).
-fn cluster_toml(name: &str, db: &TestDb) -> String {
+/// The sections that put an instance in the cluster (named `name` in the catalog), its
+/// segments flushed (and shipped) every `segment_secs`.
+fn cluster_toml(name: &str, db: &TestDb, segment_secs: u64) -> String {
     format!(
         r#"
 [storage]
-segment_max_age_secs = 1
+segment_max_age_secs = {segment_secs}
 [postgres]
 url = "{url}"
 instance_id = "{name}"
@@ -81,16 +82,21 @@ instance_id = "{name}"
 remote = "s3://hub-shared/history/"
 ship_interval_ms = 100
 catalog_refresh_ms = 100
+secret = "test-cluster-secret-0123"
 "#,
         url = db.url
     )
 }
 
 async fn start(dir: &Path, name: &str, db: &TestDb, s3: &S3Server) -> Hub {
+    start_flushing(dir, name, db, s3, 1).await
+}
+
+async fn start_flushing(dir: &Path, name: &str, db: &TestDb, s3: &S3Server, segment_secs: u64) -> Hub {
     Hub::start_with(
         dir,
         HubOptions {
-            config_toml: Some(cluster_toml(name, db)),
+            config_toml: Some(cluster_toml(name, db, segment_secs)),
             env: s3.env(),
             ..HubOptions::default()
         },
@@ -123,6 +129,14 @@ async fn every_instance_answers_over_all_shipped_events() {
     let want = oracle(&all);
     converge(&a, &want, "instance a to see b's events").await;
     converge(&b, &want, "instance b to see a's events").await;
+
+    // Once flushed and shipped, b's events are read from shared storage.
+    wait_shipped(&b, "b", 0).await;
+    wait_shipped(&a, "a", 1).await;
+    wait_until("a to list b's files", Duration::from_secs(30), async || {
+        shared(&a).await["files_of_other_instances"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
 
     // A time filter that excludes one instance's files still answers exactly (files pruned by
     // their recorded bounds, row groups by theirs).
@@ -195,7 +209,7 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
     let db = TestDb::create("cluster_kafka").await;
     let dir = tempfile::tempdir().expect("tmp");
     let opts = |name: &str| {
-        let mut o = kafka_opts(&broker, topic, "g-cluster", &cluster_toml(name, &db));
+        let mut o = kafka_opts(&broker, topic, "g-cluster", &cluster_toml(name, &db, 1));
         o.env.extend(s3.env());
         o
     };
@@ -230,18 +244,10 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
         converge(hub, &want, &format!("instance {name} to answer over the whole topic")).await;
         assert_eq!(hub.count("").await, 12_000, "{name}");
     }
-    // Each instance stored only its partitions' share.
-    let local = |dir: &Path| -> usize {
-        std::fs::read_dir(dir.join("events"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    for name in ["a", "b", "c"] {
-        assert!(local(&dir.path().join(name)) >= 1, "{name} flushed files of its own");
+    // Each instance's share reaches shared storage (nothing left in memory, nothing unshipped),
+    // so what c holds survives its kill -9 for the others.
+    for (name, hub) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_shipped(hub, name, 0).await;
     }
 
     // kill -9 c: a and b take its partitions; c's shipped share is still answered.
@@ -266,4 +272,120 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
         .await;
     assert_eq!(distinct[0]["n"], distinct[0]["total"], "no event twice: {distinct:?}");
     assert_eq!(distinct[0]["total"], 18_000);
+}
+
+/// `/ready`'s view of shared history.
+async fn shared(hub: &Hub) -> Value {
+    hub.get_json("/ready").await["components"][0]["detail"]["shared"].clone()
+}
+
+async fn members(hub: &Hub) -> Vec<String> {
+    shared(hub).await["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|x| x["instance"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Events acknowledged on one instance are in the very next answer of another, flushed or not:
+/// the reader asks the owner for what its list of shared files lacks.
+#[tokio::test]
+async fn recent_events_are_in_the_next_answer_of_every_instance() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("hub-shared").await;
+    let db = TestDb::create("cluster_tail").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    // Nothing is flushed for 5 minutes: every event below travels as a tail.
+    let a = start_flushing(dir_a.path(), "a", &db, &s3, 300).await;
+    let b = start_flushing(dir_b.path(), "b", &db, &s3, 300).await;
+    wait_until("each instance to list the other", Duration::from_secs(30), async || {
+        members(&a).await == ["b"] && members(&b).await == ["a"]
+    })
+    .await;
+    let of_a = events(4, JANUARY, 120);
+    a.post_ok(ndjson(&of_a)).await;
+    assert_eq!(per_model(&b).await, oracle(&of_a), "b's next answer has a's events");
+    let of_b = events(5, FEBRUARY, 80);
+    b.post_ok(ndjson(&of_b)).await;
+    let both: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+    assert_eq!(per_model(&a).await, oracle(&both));
+    assert_eq!(per_model(&b).await, oracle(&both));
+    // Filters and projections travel: only February, two columns.
+    assert_eq!(a.count("WHERE timestamp >= '2026-02-01T00:00:00Z'").await, 80);
+    let rows = b
+        .rows("SELECT event_id, model FROM events WHERE timestamp < '2026-01-01T00:00:10Z' ORDER BY event_id")
+        .await;
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert_eq!(rows[0]["event_id"], of_a[0]["event_id"]);
+    // A wrong secret is refused.
+    let refused = a
+        .client
+        .post(a.url("/internal/v1/cluster/tail"))
+        .header("x-hub-cluster-secret", "guess")
+        .body("{}")
+        .send()
+        .await
+        .expect("tail");
+    assert_eq!(refused.status(), 401);
+}
+
+/// Shipping races the queries: with segments flushed and shipped every second, every answer
+/// during 40 rounds of ingest counts each acknowledged event exactly once. A killed member's
+/// unshipped events are left out (counted in `/ready`) until it is back.
+#[tokio::test]
+async fn shipping_racing_queries_counts_every_event_once() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("hub-shared").await;
+    let db = TestDb::create("cluster_race").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let mut a = start(dir_a.path(), "a", &db, &s3).await;
+    let b = start(dir_b.path(), "b", &db, &s3).await;
+    wait_until("b to list a", Duration::from_secs(30), async || {
+        members(&b).await == ["a"]
+    })
+    .await;
+    let mut all = Vec::new();
+    for round in 0..40 {
+        let batch = events(100 + round, JANUARY + round as i64 * 3600, 50);
+        a.post_ok(ndjson(&batch)).await;
+        all.extend(batch);
+        assert_eq!(b.count("").await, all.len() as i64, "round {round}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let shipped = shared(&a).await["shipper"]["shipped_files"].as_u64().expect("shipped");
+    assert!(shipped >= 2, "segments were shipped while the queries ran: {shipped}");
+    // kill -9: b still answers at once (the dead member's tail is left out and counted).
+    let tail = events(999, FEBRUARY, 25);
+    a.post_ok(ndjson(&tail)).await;
+    all.extend(tail);
+    a.kill9();
+    let (status, _) = b.sql("SELECT count(*) FROM events").await;
+    assert_eq!(status, 200);
+    assert!(shared(&b).await["tail_errors"].as_u64().expect("tail errors") >= 1);
+    a = start(dir_a.path(), "a", &db, &s3).await;
+    wait_until("b to see every event again", Duration::from_secs(30), async || {
+        b.count("").await == all.len() as i64
+    })
+    .await;
+    assert_eq!(a.count("").await, all.len() as i64);
+}
+
+/// Waits until `hub` holds nothing in memory and has shipped every flushed file but `stray`
+/// unreadable ones.
+async fn wait_shipped(hub: &Hub, name: &str, stray: u64) {
+    wait_until(
+        &format!("{name} to ship what it holds"),
+        Duration::from_secs(60),
+        async || {
+            let ready = hub.get_json("/ready").await;
+            let detail = &ready["components"][0]["detail"];
+            detail["rows_in_memory"] == 0
+                && detail["shared"]["shipper"]["pending_files"] == stray
+                && detail["shared"]["shipper"]["shipped_files"].as_u64().unwrap_or(0) >= 1
+        },
+    )
+    .await;
 }

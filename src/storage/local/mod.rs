@@ -394,6 +394,17 @@ impl LocalStore {
         )
     }
 
+    /// The schema of what the store holds.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.shared.schema)
+    }
+
+    /// A consistent view of what the store holds now: the events in memory and the flushed
+    /// files (a rotating segment is in exactly one of the two).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
     /// Opens (or creates) a store of any schema in `dir` (used for continuous-query outputs and
     /// the late-events table). `sort_column` orders rows inside Parquet files.
     pub fn open_table(
