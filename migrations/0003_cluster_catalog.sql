@@ -1,7 +1,7 @@
 -- Cluster mode (issue #22): the catalog of the Parquet files every instance has put in shared
 -- object storage (`cluster.remote`), so each instance lists the same set without scanning the
--- bucket. Rows are only ever added (retention and compaction of shared history come later).
--- Also the members: each instance's heartbeat, so the others can ask it for its recent events.
+-- bucket, and the members: each instance's heartbeat, so the others can ask it for its recent
+-- events.
 CREATE TABLE IF NOT EXISTS hub_files (
     -- Object key below `cluster.remote`.
     path              text PRIMARY KEY,
@@ -17,9 +17,23 @@ CREATE TABLE IF NOT EXISTS hub_files (
     -- Event-time bounds of the file (microseconds since the epoch, UTC), for pruning.
     min_event_time_us bigint,
     max_event_time_us bigint,
-    added_at          timestamptz NOT NULL DEFAULT now()
+    -- 0: a flushed segment as its instance wrote it; 1: written by compaction.
+    level             smallint NOT NULL DEFAULT 0,
+    -- For a compacted file: the names of the flushed segments whose rows it holds.
+    covers            text[],
+    added_at          timestamptz NOT NULL DEFAULT now(),
+    -- Set when compaction replaced the file; the object and the row are deleted after a grace
+    -- longer than any query.
+    removed_at        timestamptz
 );
-CREATE INDEX IF NOT EXISTS hub_files_by_store ON hub_files (table_name, store_id);
+CREATE INDEX IF NOT EXISTS hub_files_by_store ON hub_files (table_name, store_id) WHERE removed_at IS NULL;
+
+-- Bumped by every change of the visible file set, so readers reload only when it moved.
+CREATE TABLE IF NOT EXISTS hub_catalog (
+    id         integer PRIMARY KEY CHECK (id = 1),
+    generation bigint NOT NULL
+);
+INSERT INTO hub_catalog (id, generation) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 
 -- One row per running instance (by data directory), upserted every second; rows older than
 -- cluster.member_timeout_ms are ignored, a clean shutdown deletes its own.

@@ -29,8 +29,8 @@ use crate::exports::destination::join;
 #[derive(Debug, Default)]
 struct Listed {
     files: Arc<Vec<CatalogFile>>,
-    /// Catalog count they were read at.
-    count: i64,
+    /// Catalog generation they were read at.
+    generation: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -102,25 +102,25 @@ impl History {
 
     /// Reads the catalog when it changed; `Ok(true)` when the list did.
     pub async fn refresh(&self, catalog: &Catalog, table: &str, store_id: &str) -> Result<bool, super::ClusterError> {
-        let count = catalog.count_others(table, store_id).await?;
+        let generation = catalog.generation().await?;
         let known = self
             .inner
             .listed
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .count;
-        if count == known {
+            .generation;
+        if known == Some(generation) {
             return Ok(false);
         }
+        // A change committed between the two reads is seen again at the next refresh.
         let files = catalog.others(table, store_id).await?;
-        let count = files.len() as i64;
         *self
             .inner
             .listed
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Listed {
             files: Arc::new(files),
-            count,
+            generation: Some(generation),
         };
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         Ok(true)

@@ -25,6 +25,8 @@
 #[cfg(feature = "postgres")]
 pub mod catalog;
 #[cfg(feature = "postgres")]
+pub mod compact;
+#[cfg(feature = "postgres")]
 pub mod history;
 pub mod prune;
 #[cfg(feature = "postgres")]
@@ -73,6 +75,18 @@ pub struct ClusterConfig {
     /// Largest answer an instance gives for its recent events, in bytes (Arrow IPC); a larger
     /// one fails the query with a message asking for a narrower time range.
     pub max_tail_bytes: usize,
+    /// How often the cluster's maintenance leader (one instance, by a PostgreSQL advisory lock)
+    /// compacts shared history, in ms; `0` = never.
+    pub compact_interval_ms: u64,
+    /// Shared files smaller than this are compacted.
+    pub compact_small_bytes: u64,
+    /// A data directory's small files are merged once there are this many.
+    pub compact_min_files: usize,
+    /// Bytes read by one merge at most (it runs in memory, about 10× this in Arrow).
+    pub compact_max_input_bytes: u64,
+    /// Replaced files are deleted from shared storage this long after the swap (longer than
+    /// any query), in seconds.
+    pub compact_grace_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -86,6 +100,11 @@ impl Default for ClusterConfig {
             member_timeout_ms: 5_000,
             tail_timeout_ms: 5_000,
             max_tail_bytes: 256 << 20,
+            compact_interval_ms: 60_000,
+            compact_small_bytes: 32 << 20,
+            compact_min_files: 8,
+            compact_max_input_bytes: 64 << 20,
+            compact_grace_secs: 600,
         }
     }
 }

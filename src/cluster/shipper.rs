@@ -109,13 +109,7 @@ impl Shipper {
         store_id: String,
         instance_id: String,
     ) -> Result<Self, ClusterError> {
-        let prefix = format!("{EVENTS}/{store_id}/");
-        let shipped = catalog
-            .recorded_by(EVENTS, &store_id)
-            .await?
-            .into_iter()
-            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
-            .collect();
+        let shipped = catalog.shipped_segments(EVENTS, &store_id).await?;
         Ok(Self {
             dir,
             dest,
@@ -180,6 +174,7 @@ impl Shipper {
             bytes: bytes as i64,
             min_event_time_us: lo,
             max_event_time_us: hi,
+            covers: Vec::new(),
         };
         self.catalog.record(EVENTS, &self.instance_id, &file).await?;
         tracing::debug!(file = %name, rows, "shipped to shared storage");

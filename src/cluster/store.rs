@@ -21,6 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
 use super::catalog::{Catalog, CatalogFile};
+use super::compact::{CompactSettings, Compactor};
 use super::history::History;
 use super::prune::TimeRange;
 use super::shipper::{Shipper, ShipperStatus};
@@ -107,6 +108,17 @@ impl ClusterStore {
         // through the `file://` store DataFusion registers itself.
         let bucket = remote.starts_with("s3://").then(|| Arc::clone(&dest.store));
         let history = History::new(deps.local.schema(), store_url, bucket, dest.prefix.clone());
+        if config.compact_interval_ms > 0 {
+            let settings = CompactSettings {
+                every: Duration::from_millis(config.compact_interval_ms),
+                small_bytes: config.compact_small_bytes,
+                min_files: config.compact_min_files,
+                max_input_bytes: config.compact_max_input_bytes,
+                grace: Duration::from_secs(config.compact_grace_secs),
+            };
+            let compactor = Compactor::new(catalog.clone(), &dest, deps.instance_id.clone(), settings);
+            tokio::spawn(compactor.run(shutdown.clone()));
+        }
         let mut shipper = Shipper::new(
             deps.local_dir,
             dest,
@@ -345,7 +357,7 @@ impl ClusterEventsTable {
         let m = &self.store.members;
         let alive = m.alive();
         let asks = alive.iter().map(|member| {
-            let prefix = format!("{EVENTS}/{}/", member.store_id);
+            // Compacted files name the segments they hold: the owner skips those too.
             let req = TailRequest {
                 store_id: member.store_id.clone(),
                 columns: columns.clone(),
@@ -353,7 +365,8 @@ impl ClusterEventsTable {
                 max_time_us: range.hi,
                 known_files: files
                     .iter()
-                    .filter_map(|f| f.path.strip_prefix(&prefix).map(str::to_string))
+                    .filter(|f| f.store_id == member.store_id)
+                    .flat_map(CatalogFile::segments)
                     .collect(),
             };
             async move { tail::fetch(&m.client, member, &m.secret, &req, m.tail_timeout).await }

@@ -3,7 +3,7 @@
 //! both instances' events once they are flushed and shipped; restarts and a kill -9 neither
 //! lose nor double-count anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,6 +71,11 @@ async fn per_model(hub: &Hub) -> BTreeMap<String, (i64, i64)> {
 /// The sections that put an instance in the cluster (named `name` in the catalog), its
 /// segments flushed (and shipped) every `segment_secs`.
 fn cluster_toml(name: &str, db: &TestDb, segment_secs: u64) -> String {
+    cluster_toml_with(name, db, segment_secs, "")
+}
+
+/// [`cluster_toml`] with more `[cluster]` keys.
+fn cluster_toml_with(name: &str, db: &TestDb, segment_secs: u64, cluster_keys: &str) -> String {
     format!(
         r#"
 [storage]
@@ -83,6 +88,7 @@ remote = "s3://hub-shared/history/"
 ship_interval_ms = 100
 catalog_refresh_ms = 100
 secret = "test-cluster-secret-0123"
+{cluster_keys}
 "#,
         url = db.url
     )
@@ -93,10 +99,14 @@ async fn start(dir: &Path, name: &str, db: &TestDb, s3: &S3Server) -> Hub {
 }
 
 async fn start_flushing(dir: &Path, name: &str, db: &TestDb, s3: &S3Server, segment_secs: u64) -> Hub {
+    start_toml(dir, cluster_toml(name, db, segment_secs), s3).await
+}
+
+async fn start_toml(dir: &Path, toml: String, s3: &S3Server) -> Hub {
     Hub::start_with(
         dir,
         HubOptions {
-            config_toml: Some(cluster_toml(name, db, segment_secs)),
+            config_toml: Some(toml),
             env: s3.env(),
             ..HubOptions::default()
         },
@@ -388,4 +398,116 @@ async fn wait_shipped(hub: &Hub, name: &str, stray: u64) {
         },
     )
     .await;
+}
+
+/// Shared objects under the bucket's `history/events/` prefix (S3 ListObjectsV2 on moto).
+async fn objects(s3: &S3Server) -> Vec<String> {
+    let xml = reqwest::get(format!(
+        "{}/hub-shared?list-type=2&prefix=history/events/",
+        s3.endpoint()
+    ))
+    .await
+    .expect("list")
+    .text()
+    .await
+    .expect("list body");
+    xml.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Compaction runs once for the cluster (whoever holds the lock): a directory's small files
+/// become one sorted file, the replaced objects are deleted, every answer stays exact, and the
+/// owner neither ships nor serves the merged segments again, across a restart too.
+#[tokio::test]
+async fn compaction_merges_small_files_once_for_the_cluster() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("hub-shared").await;
+    let db = TestDb::create("cluster_compact").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let keys = "compact_interval_ms = 200\ncompact_min_files = 3\ncompact_grace_secs = 0";
+    let a_toml = || cluster_toml_with("a", &db, 1, keys);
+    let mut a = start_toml(dir_a.path(), a_toml(), &s3).await;
+    let b = start_toml(dir_b.path(), cluster_toml_with("b", &db, 1, keys), &s3).await;
+    wait_until("b to list a", Duration::from_secs(30), async || {
+        members(&b).await == ["a"]
+    })
+    .await;
+
+    // Six rounds, each flushed and shipped as its own small file.
+    let mut all = Vec::new();
+    for round in 0..6u64 {
+        let batch = events(200 + round, JANUARY + round as i64 * 86_400, 40);
+        a.post_ok(ndjson(&batch)).await;
+        all.extend(batch);
+        wait_until("the round to be shipped", Duration::from_secs(30), async || {
+            shared(&a).await["shipper"]["shipped_files"].as_u64().unwrap_or(0) > round
+        })
+        .await;
+    }
+    wait_shipped(&a, "a", 0).await;
+    let want = oracle(&all);
+    let mut conn = db.connect().await;
+    let catalog = async |conn: &mut sqlx::PgConnection| -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE level = 1 AND removed_at IS NULL), \
+                    count(*) FILTER (WHERE level = 0 AND removed_at IS NULL), \
+                    count(*) FILTER (WHERE removed_at IS NOT NULL) FROM hub_files",
+        )
+        .fetch_one(conn)
+        .await
+        .expect("catalog")
+    };
+    // Settled: merged until fewer than compact_min_files small files are left, the replaced
+    // ones purged (grace 0).
+    wait_until(
+        "a's files to be compacted and the replaced ones purged",
+        Duration::from_secs(60),
+        async || {
+            let (compacted, flushed, replaced) = catalog(&mut conn).await;
+            compacted >= 1 && flushed < 3 && replaced == 0
+        },
+    )
+    .await;
+    let visible = async |conn: &mut sqlx::PgConnection| -> BTreeSet<String> {
+        sqlx::query_scalar::<_, String>("SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL")
+            .fetch_all(conn)
+            .await
+            .expect("visible")
+            .into_iter()
+            .collect()
+    };
+    let before = visible(&mut conn).await;
+    let leaders: Vec<String> = sqlx::query_scalar("SELECT DISTINCT instance_id FROM hub_files WHERE level = 1")
+        .fetch_all(&mut conn)
+        .await
+        .expect("leaders");
+    assert_eq!(leaders.len(), 1, "one instance compacts: {leaders:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT sum(rows)::bigint FROM hub_files WHERE removed_at IS NULL")
+        .fetch_one(&mut conn)
+        .await
+        .expect("rows");
+    assert_eq!(rows, all.len() as i64, "every row in exactly one visible file");
+    let stored: BTreeSet<String> = objects(&s3).await.into_iter().collect();
+    assert_eq!(stored, before, "the replaced objects are deleted");
+    assert_eq!(
+        per_model(&b).await,
+        want,
+        "b reads the compacted file and a's tail skips it"
+    );
+    assert_eq!(per_model(&a).await, want);
+
+    // Restarted, a ships none of the merged segments again.
+    a.terminate();
+    a = start_toml(dir_a.path(), a_toml(), &s3).await;
+    assert_eq!(shared(&a).await["shipper"]["pending_files"], 0);
+    assert_eq!(visible(&mut conn).await, before, "no flushed segment shipped again");
+    wait_until("b to list a again", Duration::from_secs(30), async || {
+        members(&b).await == ["a"]
+    })
+    .await;
+    assert_eq!(per_model(&b).await, want);
+    assert_eq!(per_model(&a).await, want);
 }
