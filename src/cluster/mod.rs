@@ -26,6 +26,7 @@
 pub mod catalog;
 #[cfg(feature = "postgres")]
 pub mod compact;
+pub mod file_cache;
 #[cfg(feature = "postgres")]
 pub mod history;
 pub mod prune;
@@ -87,6 +88,10 @@ pub struct ClusterConfig {
     /// Replaced files are deleted from shared storage this long after the swap (longer than
     /// any query), in seconds.
     pub compact_grace_secs: u64,
+    /// Local copies of other instances' files kept in `<data_dir>/cluster/cache/` (read through
+    /// on first use, least recently used evicted), in bytes; `0` = every scan reads the bucket.
+    /// Not used for a `file://` remote.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -105,6 +110,7 @@ impl Default for ClusterConfig {
             compact_min_files: 8,
             compact_max_input_bytes: 64 << 20,
             compact_grace_secs: 600,
+            cache_max_bytes: 4 << 30,
         }
     }
 }

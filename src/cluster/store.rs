@@ -22,6 +22,7 @@ use datafusion::physical_plan::union::UnionExec;
 
 use super::catalog::{Catalog, CatalogFile};
 use super::compact::{CompactSettings, Compactor};
+use super::file_cache::FileCache;
 use super::history::History;
 use super::prune::TimeRange;
 use super::shipper::{Shipper, ShipperStatus};
@@ -31,6 +32,7 @@ use crate::exports::destination::{self, ObjectStoreConfig};
 use crate::sinks::postgres::PostgresConfig;
 use crate::storage::local::LocalStore;
 use crate::storage::{ComponentStatus, DataVersion, EventStore, StorageError};
+use object_store::ObjectStore;
 
 /// Local events plus shared history plus the other members' tails.
 #[derive(Debug, Clone)]
@@ -106,7 +108,16 @@ impl ClusterStore {
         let (dest, store_url) = open_remote(&remote, deps.object_store)?;
         // A bucket is registered with the session at scan time; a local directory is read
         // through the `file://` store DataFusion registers itself.
-        let bucket = remote.starts_with("s3://").then(|| Arc::clone(&dest.store));
+        let bucket: Option<Arc<dyn ObjectStore>> = match (remote.starts_with("s3://"), config.cache_max_bytes) {
+            (false, _) => None,
+            (true, 0) => Some(Arc::clone(&dest.store)),
+            (true, max) => {
+                let dir = deps.data_dir.join("cluster").join("cache");
+                let cache =
+                    FileCache::new(Arc::clone(&dest.store), dir.clone(), max).map_err(ClusterError::local(&dir))?;
+                Some(Arc::new(cache))
+            }
+        };
         let history = History::new(deps.local.schema(), store_url, bucket, dest.prefix.clone());
         if config.compact_interval_ms > 0 {
             let settings = CompactSettings {

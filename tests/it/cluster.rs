@@ -171,6 +171,20 @@ async fn every_instance_answers_over_all_shipped_events() {
     assert!(february.contains("history/events/"), "{february}");
     assert!(!january.contains("history/events/"), "{january}");
 
+    // Reading b's files left local copies in a's cache (later scans read them from disk).
+    let cached = std::fs::read_dir(dir_a.path().join("cluster/cache/history/events"))
+        .expect("a's cache of shared files")
+        .filter_map(Result::ok)
+        .flat_map(|store| {
+            std::fs::read_dir(store.path())
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+        })
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
+    assert!(cached >= 1, "no cached copy of b's files");
+
     // The catalog lists each shipped file once, under the data directory it came from.
     let ready = a.get_json("/ready").await;
     let shared = &ready["components"][0]["detail"]["shared"];
