@@ -8,7 +8,9 @@ then answers over W's events from shared storage. Prints, in one run:
   1. ingest events/s on W (cluster mode on), and how long after the last acknowledgement every
      file was shipped and visible to R;
   2. per query, the median of RUNS executions (result cache off): W over its local files, R over
-     the shared files, and DuckDB over W's local Parquet files (the same bytes, the peer);
+     the shared files (its first run, which fills its file cache, then the median of the rest),
+     R2 over the shared files with its file cache off (every scan reads the bucket), and DuckDB
+     over W's local Parquet files (the same bytes, the peer);
   3. what the catalog holds (files, rows, bytes).
 
   python3 scripts/bench-cluster.py [--bin PATH] [--events N] [--remote s3|file] [--runs K]
@@ -149,10 +151,10 @@ try:
     else:
         remote = "file://" + tempfile.mkdtemp(prefix="hub-bench-shared-") + "/"
 
-    def config(name):
+    def config(name, extra=""):
         return (f'[storage]\nsegment_max_age_secs = 2\n[stream]\nenabled = false\n'
                 f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5432/{db}"\ninstance_id = "{name}"\n'
-                f'[cluster]\nremote = "{remote}"\n')
+                f'[cluster]\nremote = "{remote}"\nsecret = "bench-cluster-secret"\n{extra}')
 
     path = args.input
     if not path:
@@ -178,11 +180,20 @@ try:
           "(cluster mode, continuous queries off)")
     r = Hub("reader", config("reader"))
     cleanup.append(r)
-    wait("the reader to see every event",
-         lambda: r.sql("SELECT count(*) AS n FROM events")[0]["n"] == stored, 600)
+    r2 = Hub("reader-uncached", config("reader-uncached", "cache_max_bytes = 0\n"))
+    cleanup.append(r2)
+    # Every file shipped and listed: the readers' answers then come from shared storage only.
+    wait("the writer to ship everything",
+         lambda: w.shared()["shipper"]["pending_files"] == 0 and w.shared()["shipper"]["shipped_files"] > 0
+         and int(psql(db, "SELECT coalesce(sum(rows), 0) FROM hub_files WHERE removed_at IS NULL")) == stored, 600)
+    for reader in (r, r2):
+        wait("a reader to list every file",
+             lambda: reader.shared()["files_of_other_instances"] == int(psql(
+                 db, "SELECT count(*) FROM hub_files WHERE removed_at IS NULL")), 60)
     visible = time.perf_counter()
-    print(f"every event visible on the reader {visible - acked:.1f} s after the last acknowledgement "
-          f"(segment_max_age_secs = 2, ship and refresh every 1 s)")
+    print(f"every event shipped and listed {visible - acked:.1f} s after the last acknowledgement "
+          f"(segment_max_age_secs = 2, ship and refresh every 1 s; recent events are read from their "
+          f"owner before that)")
     files, rows, size = psql(db, "SELECT count(*), sum(rows), sum(bytes) FROM hub_files").split("|")
     print(f"catalog: {files} files, {int(rows):,} rows, {int(size) / 1e6:.1f} MB "
           f"({int(size) / int(rows):.0f} B/event in Parquet)")
@@ -191,14 +202,17 @@ try:
     glob = os.path.join(w.data, "events", "events-*.parquet")
     con = duckdb.connect()
     print(f"\nmedian of {args.runs} runs, seconds (result cache off):")
-    print(f"{'query':<20}{'writer, local':>16}{'reader, shared':>16}{'DuckDB, files':>16}")
+    print(f"{'query':<20}{'writer, local':>15}{'reader, 1st':>13}{'reader, cached':>16}"
+          f"{'reader, no cache':>18}{'DuckDB, files':>15}")
     for name, q in QUERIES.items():
         local, a = timed(lambda: w.sql(q), args.runs)
+        first, b = timed(lambda: r.sql(q), 1)
         shared, b = timed(lambda: r.sql(q), args.runs)
-        if name != "p99 by provider" and a != b:
-            raise SystemExit(f"{name}: writer and reader disagree: {a} vs {b}")
+        uncached, c = timed(lambda: r2.sql(q), args.runs)
+        if name != "p99 by provider" and not (a == b == c):
+            raise SystemExit(f"{name}: the instances disagree: {a} / {b} / {c}")
         duck, _ = timed(lambda: con.execute(DUCKDB[name].format(glob=glob)).fetchall(), args.runs)
-        print(f"{name:<20}{local:>16.3f}{shared:>16.3f}{duck:>16.3f}")
+        print(f"{name:<20}{local:>15.3f}{first:>13.3f}{shared:>16.3f}{uncached:>18.3f}{duck:>15.3f}")
 finally:
     for h in cleanup:
         h.stop()
