@@ -10,15 +10,11 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::Result as DfResult;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
-use datafusion::datasource::table_schema::TableSchemaBuilder;
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::empty::EmptyExec;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
@@ -182,32 +178,15 @@ impl History {
             .filter(|f| range.overlaps(f.min_event_time_us, f.max_event_time_us))
             .map(|f| PartitionedFile::new(join(&inner.prefix, &f.path).to_string(), f.bytes.max(0) as u64))
             .collect();
-        if files.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(inner.schema.project(p)?),
-                None => Arc::clone(&inner.schema),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
         if let Some(bucket) = &inner.bucket
+            && !files.is_empty()
             && state.runtime_env().object_store(&inner.store_url).is_err()
         {
             state
                 .runtime_env()
                 .register_object_store(inner.store_url.as_ref(), Arc::clone(bucket));
         }
-        let groups = state.config().target_partitions().max(1).min(files.len());
-        let mut grouped: Vec<Vec<PartitionedFile>> = (0..groups).map(|_| Vec::new()).collect();
-        for (i, f) in files.into_iter().enumerate() {
-            grouped[i % groups].push(f);
-        }
-        let format = ParquetFormat::default();
-        let source = format.file_source(TableSchemaBuilder::new(Arc::clone(&inner.schema)).build());
-        let config = FileScanConfigBuilder::new(inner.store_url.clone(), source)
-            .with_file_groups(grouped.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        format.create_physical_plan(state, config).await
+        let schema = TableSchema::from(Arc::clone(&inner.schema));
+        crate::query::file_scan::parquet_files(state, inner.store_url.clone(), schema, files, projection, limit).await
     }
 }

@@ -16,12 +16,10 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchemaBuilder;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -232,28 +230,13 @@ impl TableProvider for SnapshotTable {
             .files()
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        if files.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => Arc::clone(&self.schema),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
-        let groups = state.config().target_partitions().max(1).min(files.len());
-        let mut grouped: Vec<Vec<PartitionedFile>> = (0..groups).map(|_| Vec::new()).collect();
-        for (i, f) in files.into_iter().enumerate() {
-            grouped[i % groups]
-                .push(PartitionedFile::new(f.path.to_string(), f.bytes).with_partition_values(f.partition));
-        }
-        let table_schema = TableSchemaBuilder::new(Arc::clone(&self.file_schema))
+        let files = files
+            .into_iter()
+            .map(|f| PartitionedFile::new(f.path.to_string(), f.bytes).with_partition_values(f.partition))
+            .collect();
+        let schema = TableSchemaBuilder::new(Arc::clone(&self.file_schema))
             .with_table_partition_cols(partition_fields(&self.partition_by))
             .build();
-        let format = ParquetFormat::default();
-        let config = FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))
-            .with_file_groups(grouped.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        format.create_physical_plan(state, config).await
+        crate::query::file_scan::parquet_files(state, self.store_url.clone(), schema, files, projection, limit).await
     }
 }

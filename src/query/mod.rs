@@ -3,6 +3,7 @@
 pub mod complexity;
 mod config;
 pub mod executor;
+pub mod file_scan;
 pub mod format;
 pub mod guard;
 pub mod memory;

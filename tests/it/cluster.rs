@@ -118,12 +118,29 @@ async fn converge(hub: &Hub, want: &BTreeMap<String, (i64, i64)>, what: &str) {
     wait_until(what, Duration::from_secs(60), async || per_model(hub).await == *want).await;
 }
 
-#[tokio::test]
-async fn every_instance_answers_over_all_shipped_events() {
+/// What every test here starts from: moto's S3 server with the bucket, a fresh database, and
+/// two data directories.
+struct Setup {
+    s3: S3Server,
+    db: TestDb,
+    dir_a: tempfile::TempDir,
+    dir_b: tempfile::TempDir,
+}
+
+async fn setup(tag: &str) -> Setup {
     let s3 = S3Server::start().await;
     s3.create_bucket("hub-shared").await;
-    let db = TestDb::create("cluster").await;
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    Setup {
+        s3,
+        db: TestDb::create(tag).await,
+        dir_a: tempfile::tempdir().expect("tmp"),
+        dir_b: tempfile::tempdir().expect("tmp"),
+    }
+}
+
+#[tokio::test]
+async fn every_instance_answers_over_all_shipped_events() {
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster").await;
     let a = start(dir_a.path(), "a", &db, &s3).await;
     let mut b = start(dir_b.path(), "b", &db, &s3).await;
 
@@ -318,10 +335,7 @@ async fn members(hub: &Hub) -> Vec<String> {
 /// the reader asks the owner for what its list of shared files lacks.
 #[tokio::test]
 async fn recent_events_are_in_the_next_answer_of_every_instance() {
-    let s3 = S3Server::start().await;
-    s3.create_bucket("hub-shared").await;
-    let db = TestDb::create("cluster_tail").await;
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster_tail").await;
     // Nothing is flushed for 5 minutes: every event below travels as a tail.
     let a = start_flushing(dir_a.path(), "a", &db, &s3, 300).await;
     let b = start_flushing(dir_b.path(), "b", &db, &s3, 300).await;
@@ -361,10 +375,7 @@ async fn recent_events_are_in_the_next_answer_of_every_instance() {
 /// unshipped events are left out (counted in `/ready`) until it is back.
 #[tokio::test]
 async fn shipping_racing_queries_counts_every_event_once() {
-    let s3 = S3Server::start().await;
-    s3.create_bucket("hub-shared").await;
-    let db = TestDb::create("cluster_race").await;
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster_race").await;
     let mut a = start(dir_a.path(), "a", &db, &s3).await;
     let b = start(dir_b.path(), "b", &db, &s3).await;
     wait_until("b to list a", Duration::from_secs(30), async || {
@@ -437,10 +448,7 @@ async fn objects(s3: &S3Server) -> Vec<String> {
 /// owner neither ships nor serves the merged segments again, across a restart too.
 #[tokio::test]
 async fn compaction_merges_small_files_once_for_the_cluster() {
-    let s3 = S3Server::start().await;
-    s3.create_bucket("hub-shared").await;
-    let db = TestDb::create("cluster_compact").await;
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster_compact").await;
     let keys = "compact_interval_ms = 200\ncompact_min_files = 3\ncompact_grace_secs = 0";
     let a_toml = || cluster_toml_with("a", &db, 1, keys);
     let mut a = start_toml(dir_a.path(), a_toml(), &s3).await;
