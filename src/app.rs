@@ -249,7 +249,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Every read path goes through `store`: in cluster mode the local store plus shared history.
-    let (store, cluster_tail) = events_store(&config, &local, shutdown_rx.clone()).await?;
+    let (store, cluster_tail) = events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
     let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
     let versions = TableVersions::new();
     versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
@@ -467,6 +467,7 @@ type ClusterTail = Option<crate::cluster::tail::TailServer>;
 async fn events_store(
     config: &Config,
     local: &LocalStore,
+    metrics: &Metrics,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
     if !config.cluster.enabled() {
@@ -480,6 +481,7 @@ async fn events_store(
         local_dir: config.storage.data_dir.join("events"),
         data_dir: &config.storage.data_dir,
         instance_id: config.postgres.instance(),
+        metrics: metrics.clone(),
     };
     let cluster = crate::cluster::ClusterStore::open(deps, shutdown).await?;
     let tail = cluster.tail_server(config.cluster.max_tail_bytes);
@@ -491,6 +493,7 @@ async fn events_store(
 async fn events_store(
     _config: &Config,
     local: &LocalStore,
+    _metrics: &Metrics,
     _shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
     Ok((Arc::new(local.clone()), None))

@@ -91,6 +91,16 @@ pub struct MetricsInner {
     pub kafka_rebalances_total: IntCounter,
     /// 1 while the consumer has paused its partitions because downstream is busy.
     pub kafka_consumer_paused: IntGauge,
+    /// Cluster mode: flushed files uploaded to shared storage and recorded in the catalog.
+    pub cluster_files_shipped_total: IntCounter,
+    /// Cluster mode: failed shipping attempts (the file is tried again).
+    pub cluster_ship_errors_total: IntCounter,
+    /// Cluster mode: members whose recent events were left out of an answer.
+    pub cluster_tail_errors_total: IntCounter,
+    /// Cluster mode: other instances' files the catalog lists.
+    pub cluster_shared_files: IntGauge,
+    /// Cluster mode: other live members.
+    pub cluster_members: IntGauge,
     /// Database statement time by `query_type` (`write_txn`, `load_offsets`, `migrate`, ...).
     pub db_query_duration_seconds: HistogramVec,
     /// Sink transactions by `result` (`ok`, `unavailable`, `fenced`, `error`).
@@ -202,6 +212,20 @@ impl Metrics {
             IntCounter::new("kafka_rebalances_total", "Partition assignments and revocations")?;
         let kafka_consumer_paused =
             IntGauge::new("kafka_consumer_paused", "1 while partitions are paused (backpressure)")?;
+        let cluster_files_shipped_total = IntCounter::new(
+            "cluster_files_shipped_total",
+            "Flushed files uploaded to shared storage and recorded in the catalog",
+        )?;
+        let cluster_ship_errors_total = IntCounter::new(
+            "cluster_ship_errors_total",
+            "Failed attempts to ship a flushed file (tried again)",
+        )?;
+        let cluster_tail_errors_total = IntCounter::new(
+            "cluster_tail_errors_total",
+            "Members whose recent events were left out of an answer (no answer in time)",
+        )?;
+        let cluster_shared_files = IntGauge::new("cluster_shared_files", "Other instances' files the catalog lists")?;
+        let cluster_members = IntGauge::new("cluster_members", "Other live cluster members")?;
         let db_query_duration_seconds = HistogramVec::new(
             HistogramOpts::new("db_query_duration_seconds", "Database statement time").buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -226,6 +250,11 @@ impl Metrics {
         registry.register(Box::new(kafka_dlq_records_total.clone()))?;
         registry.register(Box::new(kafka_rebalances_total.clone()))?;
         registry.register(Box::new(kafka_consumer_paused.clone()))?;
+        registry.register(Box::new(cluster_files_shipped_total.clone()))?;
+        registry.register(Box::new(cluster_ship_errors_total.clone()))?;
+        registry.register(Box::new(cluster_tail_errors_total.clone()))?;
+        registry.register(Box::new(cluster_shared_files.clone()))?;
+        registry.register(Box::new(cluster_members.clone()))?;
         registry.register(Box::new(late_events_total.clone()))?;
         registry.register(Box::new(cq_rows_emitted_total.clone()))?;
         registry.register(Box::new(cq_watermark_seconds.clone()))?;
@@ -272,6 +301,11 @@ impl Metrics {
             kafka_dlq_records_total,
             kafka_rebalances_total,
             kafka_consumer_paused,
+            cluster_files_shipped_total,
+            cluster_ship_errors_total,
+            cluster_tail_errors_total,
+            cluster_shared_files,
+            cluster_members,
             db_query_duration_seconds,
             db_writes_total,
             db_circuit_breaker_state,

@@ -22,6 +22,7 @@ use super::catalog::{Catalog, CatalogFile};
 use super::{ClusterError, EVENTS};
 use crate::event::schema::col;
 use crate::exports::destination::{Destination, join};
+use crate::metrics::Metrics;
 
 /// Upload parts of this size (S3's minimum is 5 MiB).
 const PART_BYTES: usize = 8 << 20;
@@ -48,6 +49,7 @@ pub struct Shipper {
     /// File names already recorded.
     shipped: HashSet<String>,
     status: Arc<Mutex<ShipperStatus>>,
+    metrics: Metrics,
 }
 
 /// `events-<seq>.parquet` files in `dir`, by name.
@@ -108,6 +110,7 @@ impl Shipper {
         catalog: Catalog,
         store_id: String,
         instance_id: String,
+        metrics: Metrics,
     ) -> Result<Self, ClusterError> {
         let shipped = catalog.shipped_segments(EVENTS, &store_id).await?;
         Ok(Self {
@@ -118,6 +121,7 @@ impl Shipper {
             instance_id,
             shipped,
             status: Arc::default(),
+            metrics,
         })
     }
 
@@ -133,9 +137,14 @@ impl Shipper {
         let mut shipped = 0;
         let mut result = Ok(());
         for name in &pending {
-            match self.ship(name).await {
+            let attempt = self.ship(name).await;
+            if attempt.is_err() {
+                self.metrics.cluster_ship_errors_total.inc();
+            }
+            match attempt {
                 Ok(()) => {
                     self.shipped.insert(name.clone());
+                    self.metrics.cluster_files_shipped_total.inc();
                     shipped += 1;
                 }
                 // A file that cannot be read does not hold back the others (it is tried again

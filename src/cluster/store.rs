@@ -29,6 +29,7 @@ use super::shipper::{Shipper, ShipperStatus};
 use super::tail::{self, Member, TailError, TailRequest, TailServer};
 use super::{ClusterConfig, ClusterError, EVENTS};
 use crate::exports::destination::{self, ObjectStoreConfig};
+use crate::metrics::Metrics;
 use crate::sinks::postgres::PostgresConfig;
 use crate::storage::local::LocalStore;
 use crate::storage::{ComponentStatus, DataVersion, EventStore, StorageError};
@@ -59,6 +60,7 @@ struct Members {
     tail_errors: AtomicU64,
     last_tail_error: Mutex<Option<String>>,
     membership_error: Mutex<Option<String>>,
+    metrics: Metrics,
 }
 
 impl Members {
@@ -84,6 +86,8 @@ pub struct ClusterDeps<'a> {
     pub data_dir: &'a std::path::Path,
     /// This instance's name (for operators, in the catalog).
     pub instance_id: String,
+    /// Where `cluster_*` metrics are counted.
+    pub metrics: Metrics,
 }
 
 impl ClusterStore {
@@ -136,6 +140,7 @@ impl ClusterStore {
             catalog.clone(),
             store_id.clone(),
             deps.instance_id.clone(),
+            deps.metrics.clone(),
         )
         .await?;
         if let Err(e) = shipper.ship_new().await {
@@ -170,6 +175,7 @@ impl ClusterStore {
             tail_errors: AtomicU64::new(0),
             last_tail_error: Mutex::new(None),
             membership_error: Mutex::new(None),
+            metrics: deps.metrics,
         });
         let store = Self {
             local: deps.local,
@@ -231,12 +237,17 @@ impl ClusterStore {
                 catalog.alive(&members.store_id, timeout_ms).await
             };
             let result = beat.await;
+            members
+                .metrics
+                .cluster_shared_files
+                .set(self.history.files().len() as i64);
             let mut error = members
                 .membership_error
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match result {
                 Ok(alive) => {
+                    members.metrics.cluster_members.set(alive.len() as i64);
                     let mut current = members.alive.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if **current != alive {
                         tracing::info!(members = ?alive.iter().map(|m| m.instance_id.as_str()).collect::<Vec<_>>(), "cluster members changed");
@@ -390,6 +401,7 @@ impl ClusterEventsTable {
                 // Too large is the query's problem (narrow it), not the member's.
                 Err(e @ TailError::Peer { status, .. }) if status != Some(413) => {
                     m.tail_errors.fetch_add(1, Ordering::Relaxed);
+                    m.metrics.cluster_tail_errors_total.inc();
                     tracing::warn!(error = %e, "a member's recent events are left out of this answer");
                     *m.last_tail_error
                         .lock()

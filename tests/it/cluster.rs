@@ -392,6 +392,8 @@ async fn shipping_racing_queries_counts_every_event_once() {
     }
     let shipped = shared(&a).await["shipper"]["shipped_files"].as_u64().expect("shipped");
     assert!(shipped >= 2, "segments were shipped while the queries ran: {shipped}");
+    assert!(metric(&a, "cluster_files_shipped_total").await >= shipped as f64);
+    assert_eq!(metric(&b, "cluster_members").await, 1.0);
     // kill -9: b still answers at once (the dead member's tail is left out and counted).
     let tail = events(999, FEBRUARY, 25);
     a.post_ok(ndjson(&tail)).await;
@@ -400,6 +402,7 @@ async fn shipping_racing_queries_counts_every_event_once() {
     let (status, _) = b.sql("SELECT count(*) FROM events").await;
     assert_eq!(status, 200);
     assert!(shared(&b).await["tail_errors"].as_u64().expect("tail errors") >= 1);
+    assert!(metric(&b, "cluster_tail_errors_total").await >= 1.0);
     a = start(dir_a.path(), "a", &db, &s3).await;
     wait_until("b to see every event again", Duration::from_secs(30), async || {
         b.count("").await == all.len() as i64
@@ -532,4 +535,13 @@ async fn compaction_merges_small_files_once_for_the_cluster() {
     .await;
     assert_eq!(per_model(&b).await, want);
     assert_eq!(per_model(&a).await, want);
+}
+
+/// The value of an unlabelled metric of `/metrics`.
+async fn metric(hub: &Hub, name: &str) -> f64 {
+    let text = hub.metrics_text().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
