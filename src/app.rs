@@ -478,7 +478,6 @@ async fn events_store(
         postgres: &config.postgres,
         object_store: &config.object_store,
         local: local.clone(),
-        local_dir: config.storage.data_dir.join("events"),
         data_dir: &config.storage.data_dir,
         instance_id: config.postgres.instance(),
         metrics: metrics.clone(),
@@ -511,9 +510,7 @@ fn advertise_url(config: &Config, bound: std::net::SocketAddr) -> String {
         "http"
     };
     let host = if bound.ip().is_unspecified() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
+        crate::sinks::postgres::config::host_name().unwrap_or_else(|| "localhost".into())
     } else {
         match bound.ip() {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),

@@ -47,10 +47,6 @@ pub struct CompactSettings {
     pub grace: Duration,
 }
 
-fn remote(what: String) -> impl FnOnce(object_store::Error) -> ClusterError {
-    move |source| ClusterError::Remote { what, source }
-}
-
 fn merge_err(e: impl std::error::Error + Send + Sync + 'static) -> ClusterError {
     ClusterError::Local {
         path: "compaction".into(),
@@ -150,7 +146,7 @@ impl Compactor {
         for path in self.catalog.expired(self.settings.grace).await? {
             match self.store.delete(&join(&self.prefix, &path)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => self.catalog.forget(&path).await?,
-                Err(e) => return Err(remote(format!("deleting {path}"))(e)),
+                Err(e) => return Err(ClusterError::remote(format!("deleting {path}"))(e)),
             }
         }
         Ok(merged)
@@ -160,8 +156,16 @@ impl Compactor {
         let mut bytes = Vec::with_capacity(inputs.len());
         for f in inputs {
             let key = join(&self.prefix, &f.path);
-            let got = self.store.get(&key).await.map_err(remote(format!("reading {key}")))?;
-            bytes.push(got.bytes().await.map_err(remote(format!("reading {key}")))?);
+            let got = self
+                .store
+                .get(&key)
+                .await
+                .map_err(ClusterError::remote(format!("reading {key}")))?;
+            bytes.push(
+                got.bytes()
+                    .await
+                    .map_err(ClusterError::remote(format!("reading {key}")))?,
+            );
         }
         let (out, rows) = tokio::task::spawn_blocking(move || merge(bytes))
             .await
@@ -181,7 +185,7 @@ impl Compactor {
         self.store
             .put(&key, PutPayload::from(out))
             .await
-            .map_err(remote(format!("writing {key}")))?;
+            .map_err(ClusterError::remote(format!("writing {key}")))?;
         let bound = |pick: fn(&CatalogFile) -> Option<i64>, min: bool| -> Option<i64> {
             let all: Option<Vec<i64>> = inputs.iter().map(pick).collect();
             all.and_then(|v| if min { v.into_iter().min() } else { v.into_iter().max() })

@@ -190,6 +190,11 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    fn remote(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Remote { what, source }
+    }
+
     fn local<E: std::error::Error + Send + Sync + 'static>(path: &Path) -> impl FnOnce(E) -> Self + use<E> {
         let path = path.display().to_string();
         move |e| Self::Local {

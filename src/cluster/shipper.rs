@@ -232,12 +232,11 @@ async fn upload(store: &Arc<dyn ObjectStore>, local: &Path, key: &ObjectPath) ->
             Err(e)
         }
     };
-    finished.map_err(|e| ClusterError::Remote {
-        what: format!("uploading {key}"),
-        source: object_store::Error::Generic {
+    finished.map_err(|e| {
+        ClusterError::remote(format!("uploading {key}"))(object_store::Error::Generic {
             store: "shared storage",
             source: Box::new(e),
-        },
+        })
     })
 }
 

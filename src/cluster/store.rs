@@ -4,7 +4,6 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -57,7 +56,6 @@ struct Members {
     alive: RwLock<Arc<Vec<Member>>>,
     client: reqwest::Client,
     tail_timeout: Duration,
-    tail_errors: AtomicU64,
     last_tail_error: Mutex<Option<String>>,
     membership_error: Mutex<Option<String>>,
     metrics: Metrics,
@@ -80,8 +78,6 @@ pub struct ClusterDeps<'a> {
     pub object_store: &'a ObjectStoreConfig,
     /// The local events store.
     pub local: LocalStore,
-    /// Its directory (`<data_dir>/events`).
-    pub local_dir: std::path::PathBuf,
     /// The data directory (its store id).
     pub data_dir: &'a std::path::Path,
     /// This instance's name (for operators, in the catalog).
@@ -135,7 +131,7 @@ impl ClusterStore {
             tokio::spawn(compactor.run(shutdown.clone()));
         }
         let mut shipper = Shipper::new(
-            deps.local_dir,
+            deps.local.dir().to_path_buf(),
             dest,
             catalog.clone(),
             store_id.clone(),
@@ -172,7 +168,6 @@ impl ClusterStore {
             alive: RwLock::default(),
             client,
             tail_timeout: Duration::from_millis(config.tail_timeout_ms.max(1)),
-            tail_errors: AtomicU64::new(0),
             last_tail_error: Mutex::new(None),
             membership_error: Mutex::new(None),
             metrics: deps.metrics,
@@ -351,7 +346,7 @@ impl EventStore for ClusterStore {
                     "advertised_url": m.url.get(),
                     "members": m.alive().iter().map(|x| serde_json::json!({"instance": x.instance_id, "url": x.url})).collect::<Vec<_>>(),
                     "membership_error": lock(&m.membership_error),
-                    "tail_errors": m.tail_errors.load(Ordering::Relaxed),
+                    "tail_errors": m.metrics.cluster_tail_errors_total.get(),
                     "last_tail_error": lock(&m.last_tail_error),
                 }),
             );
@@ -400,7 +395,6 @@ impl ClusterEventsTable {
                 Ok(batches) => batches,
                 // Too large is the query's problem (narrow it), not the member's.
                 Err(e @ TailError::Peer { status, .. }) if status != Some(413) => {
-                    m.tail_errors.fetch_add(1, Ordering::Relaxed);
                     m.metrics.cluster_tail_errors_total.inc();
                     tracing::warn!(error = %e, "a member's recent events are left out of this answer");
                     *m.last_tail_error

@@ -90,11 +90,16 @@ impl PostgresConfig {
 
     /// This instance's name.
     pub fn instance(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host_name().unwrap_or_default(), std::process::id()))
     }
+}
+
+/// This machine's host name (`/etc/hostname`), if it has one.
+pub fn host_name() -> Option<String> {
+    let host = std::fs::read_to_string("/etc/hostname").ok()?;
+    Some(host.trim().to_string()).filter(|h| !h.is_empty())
 }
 
 /// Percent-encodes what may not appear in a URL's user info.

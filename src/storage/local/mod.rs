@@ -394,6 +394,11 @@ impl LocalStore {
         )
     }
 
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
     /// The schema of what the store holds.
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.shared.schema)
