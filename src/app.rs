@@ -249,8 +249,14 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Every read path goes through `store`: in cluster mode the local store plus shared history.
-    let (store, cluster_tail) = events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
-    let engine = QueryEngine::new(&store, &config.query, config.storage.data_dir.join("tmp").join("spill"))?;
+    let (store, cluster_tail, distributed) = events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
+    let engine = QueryEngine::new(
+        &store,
+        &config.query,
+        config.storage.data_dir.join("tmp").join("spill"),
+        |builder| distributed.plan(builder),
+    )?;
+    distributed.ready(&engine);
     let versions = TableVersions::new();
     versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
@@ -460,6 +466,30 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 
 type ClusterTail = Option<crate::cluster::tail::TailServer>;
 
+/// Distributed execution, when this build and configuration have it.
+#[derive(Debug, Default)]
+struct DistributedPart(#[cfg(feature = "postgres")] Option<crate::cluster::distributed::Distributed>);
+
+impl DistributedPart {
+    fn plan(
+        &self,
+        builder: datafusion::execution::SessionStateBuilder,
+    ) -> Result<datafusion::execution::SessionStateBuilder, datafusion::error::DataFusionError> {
+        #[cfg(feature = "postgres")]
+        if let Some(d) = &self.0 {
+            return d.plan(builder);
+        }
+        Ok(builder)
+    }
+
+    fn ready(&self, _engine: &QueryEngine) {
+        #[cfg(feature = "postgres")]
+        if let Some(d) = &self.0 {
+            d.ready(_engine.context().state());
+        }
+    }
+}
+
 /// The `events` store the read paths use: the local one, or with `cluster.remote` the local one
 /// plus shared history and the other members' recent events (and what this instance serves of
 /// its own to them).
@@ -469,9 +499,9 @@ async fn events_store(
     local: &LocalStore,
     metrics: &Metrics,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
+) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart), AppError> {
     if !config.cluster.enabled() {
-        return Ok((Arc::new(local.clone()), None));
+        return Ok((Arc::new(local.clone()), None, DistributedPart::default()));
     }
     let deps = crate::cluster::ClusterDeps {
         config: &config.cluster,
@@ -482,9 +512,32 @@ async fn events_store(
         instance_id: config.postgres.instance(),
         metrics: metrics.clone(),
     };
-    let cluster = crate::cluster::ClusterStore::open(deps, shutdown).await?;
+    let cluster = crate::cluster::ClusterStore::open(deps, shutdown.clone()).await?;
     let tail = cluster.tail_server(config.cluster.max_tail_bytes);
-    Ok((Arc::new(cluster), Some(tail)))
+    let mut distributed = DistributedPart::default();
+    if config.cluster.distributed {
+        let c = &config.cluster;
+        let host = advertised_host(config);
+        let listen = c
+            .worker_listen
+            .clone()
+            .unwrap_or_else(|| format!("{}:0", config.http.host));
+        let deps = crate::cluster::distributed::DistributedDeps {
+            listen: &listen,
+            advertise_url: c.worker_advertise_url.as_deref(),
+            host: &host,
+            secret: c.secret.as_deref().unwrap_or_default(),
+            bytes_per_partition: c.distributed_bytes_per_partition,
+            tails: cluster.tail_context(),
+            history: cluster.history(),
+            workers: cluster.workers(),
+            metrics: metrics.clone(),
+        };
+        let d = crate::cluster::distributed::Distributed::start(deps, shutdown).await?;
+        cluster.set_worker_url(d.url().clone());
+        distributed = DistributedPart(Some(d));
+    }
+    Ok((Arc::new(cluster), Some(tail), distributed))
 }
 
 /// Without the `postgres` feature there is no catalog: `cluster.remote` is refused earlier.
@@ -494,8 +547,30 @@ async fn events_store(
     local: &LocalStore,
     _metrics: &Metrics,
     _shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Arc<dyn EventStore>, ClusterTail), AppError> {
-    Ok((Arc::new(local.clone()), None))
+) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart), AppError> {
+    Ok((Arc::new(local.clone()), None, DistributedPart::default()))
+}
+
+/// The host the others reach this instance by: `cluster.advertise_url`'s, else `http.host`,
+/// else (a wildcard bind) the host name.
+#[cfg(feature = "postgres")]
+fn advertised_host(config: &Config) -> String {
+    if let Some(host) = config
+        .cluster
+        .advertise_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+    {
+        return host;
+    }
+    match config.http.host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => {
+            crate::sinks::postgres::config::host_name().unwrap_or_else(|| "localhost".into())
+        }
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => config.http.host.clone(),
+    }
 }
 
 /// How the other members reach this instance: `cluster.advertise_url`, else the bound address

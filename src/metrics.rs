@@ -97,7 +97,10 @@ pub struct MetricsInner {
     pub cluster_ship_errors_total: IntCounter,
     /// Cluster mode: members whose recent events were left out of an answer.
     pub cluster_tail_errors_total: IntCounter,
-    /// Cluster mode: other instances' files the catalog lists.
+    /// Cluster mode: stage tasks of distributed plans this instance ran as a worker (its own
+    /// included).
+    pub cluster_worker_tasks_total: IntCounter,
+    /// Cluster mode: every data directory's files the catalog lists.
     pub cluster_shared_files: IntGauge,
     /// Cluster mode: other live members.
     pub cluster_members: IntGauge,
@@ -224,7 +227,14 @@ impl Metrics {
             "cluster_tail_errors_total",
             "Members whose recent events were left out of an answer (no answer in time)",
         )?;
-        let cluster_shared_files = IntGauge::new("cluster_shared_files", "Other instances' files the catalog lists")?;
+        let cluster_worker_tasks_total = IntCounter::new(
+            "cluster_worker_tasks_total",
+            "Stage tasks of distributed plans run by this instance as a worker",
+        )?;
+        let cluster_shared_files = IntGauge::new(
+            "cluster_shared_files",
+            "Shared files the catalog lists (every instance's)",
+        )?;
         let cluster_members = IntGauge::new("cluster_members", "Other live cluster members")?;
         let db_query_duration_seconds = HistogramVec::new(
             HistogramOpts::new("db_query_duration_seconds", "Database statement time").buckets(vec![
@@ -253,6 +263,7 @@ impl Metrics {
         registry.register(Box::new(cluster_files_shipped_total.clone()))?;
         registry.register(Box::new(cluster_ship_errors_total.clone()))?;
         registry.register(Box::new(cluster_tail_errors_total.clone()))?;
+        registry.register(Box::new(cluster_worker_tasks_total.clone()))?;
         registry.register(Box::new(cluster_shared_files.clone()))?;
         registry.register(Box::new(cluster_members.clone()))?;
         registry.register(Box::new(late_events_total.clone()))?;
@@ -304,6 +315,7 @@ impl Metrics {
             cluster_files_shipped_total,
             cluster_ship_errors_total,
             cluster_tail_errors_total,
+            cluster_worker_tasks_total,
             cluster_shared_files,
             cluster_members,
             db_query_duration_seconds,

@@ -148,9 +148,9 @@ impl Catalog {
             .map_err(db)
     }
 
-    /// Every visible file of `table` recorded by other data directories, oldest first.
-    pub async fn others(&self, table: &str, store_id: &str) -> Result<Vec<CatalogFile>, ClusterError> {
-        self.visible(table, "store_id <> $2", store_id).await
+    /// Every visible file of `table`, of every data directory, oldest first.
+    pub async fn all(&self, table: &str) -> Result<Vec<CatalogFile>, ClusterError> {
+        self.visible(table, "$2 = ''", "").await
     }
 
     /// Visible files of `store_id` smaller than `small_bytes`, oldest first (compaction input).
@@ -255,16 +255,17 @@ impl Catalog {
     /// Says `member` (this instance) is alive, with its current data version.
     pub async fn heartbeat(&self, member: &Member) -> Result<(), ClusterError> {
         sqlx::query(
-            "INSERT INTO hub_cluster_members (store_id, instance_id, url, epoch, appends, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (store_id) DO UPDATE SET \
+            "INSERT INTO hub_cluster_members (store_id, instance_id, url, epoch, appends, worker_url, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (store_id) DO UPDATE SET \
              instance_id = EXCLUDED.instance_id, url = EXCLUDED.url, epoch = EXCLUDED.epoch, \
-             appends = EXCLUDED.appends, heartbeat_at = now()",
+             appends = EXCLUDED.appends, worker_url = EXCLUDED.worker_url, heartbeat_at = now()",
         )
         .bind(&member.store_id)
         .bind(&member.instance_id)
         .bind(&member.url)
         .bind(member.epoch)
         .bind(member.appends)
+        .bind(&member.worker_url)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -274,8 +275,8 @@ impl Catalog {
     /// Members other than `store_id` whose last heartbeat (by the database's clock) is newer
     /// than `timeout_ms`.
     pub async fn alive(&self, store_id: &str, timeout_ms: u64) -> Result<Vec<Member>, ClusterError> {
-        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT store_id, instance_id, url, epoch, appends FROM hub_cluster_members \
+        let rows: Vec<(String, String, String, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT store_id, instance_id, url, epoch, appends, worker_url FROM hub_cluster_members \
              WHERE store_id <> $1 AND heartbeat_at > now() - make_interval(secs => $2) ORDER BY store_id",
         )
         .bind(store_id)
@@ -285,12 +286,13 @@ impl Catalog {
         .map_err(db)?;
         Ok(rows
             .into_iter()
-            .map(|(store_id, instance_id, url, epoch, appends)| Member {
+            .map(|(store_id, instance_id, url, epoch, appends, worker_url)| Member {
                 store_id,
                 instance_id,
                 url,
                 epoch,
                 appends,
+                worker_url,
             })
             .collect())
     }

@@ -29,6 +29,9 @@ pub struct FileCache {
     dir: PathBuf,
     /// Cached objects by key, weighed in KiB.
     entries: moka::future::Cache<Path, u64>,
+    /// Objects below this prefix are this instance's own shipped files: read from its data
+    /// directory while they are there (no second copy), else through the cache.
+    own: Option<(Path, Arc<LocalFileSystem>)>,
 }
 
 impl std::fmt::Display for FileCache {
@@ -69,7 +72,29 @@ impl FileCache {
             local,
             dir,
             entries,
+            own: None,
         })
+    }
+
+    /// Objects `<prefix>/<name>` are read from `<dir>/<name>` while that file exists.
+    pub fn with_own_files(mut self, prefix: Path, dir: &std::path::Path) -> std::io::Result<Self> {
+        let fs = LocalFileSystem::new_with_prefix(dir).map_err(std::io::Error::other)?;
+        self.own = Some((prefix, Arc::new(fs)));
+        Ok(self)
+    }
+
+    /// The own file `location` stands for, read from the data directory, if it is still there.
+    async fn own_file(&self, location: &Path, options: &GetOptions) -> Option<Result<GetResult>> {
+        let (prefix, fs) = self.own.as_ref()?;
+        let mut rest = location.prefix_match(prefix)?;
+        let name = rest.next()?;
+        if rest.next().is_some() {
+            return None;
+        }
+        match fs.get_opts(&Path::from(name.as_ref()), options.clone()).await {
+            Err(object_store::Error::NotFound { .. }) => None,
+            other => Some(other),
+        }
     }
 
     /// Downloads `location` into the cache unless it is there (one download per key at a time).
@@ -128,6 +153,9 @@ impl ObjectStore for FileCache {
             || options.version.is_some();
         if conditional {
             return self.inner.get_opts(location, options).await;
+        }
+        if let Some(own) = self.own_file(location, &options).await {
+            return own;
         }
         self.ensure(location).await?;
         match self.local.get_opts(location, options.clone()).await {
@@ -193,6 +221,29 @@ mod tests {
         );
         let files = walk(&dir.path().join("cache"));
         assert!(files <= 2, "{files} files left");
+    }
+
+    #[tokio::test]
+    async fn own_files_are_read_from_the_data_directory_while_there() {
+        let inner = Arc::new(InMemory::new());
+        let data = tempfile::tempdir().expect("tmp");
+        let cache_dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(data.path().join("events-1.parquet"), [1u8; 100]).expect("write");
+        // The shipped copy differs, so the test can tell which one was read.
+        let own = Path::from("p/events/me/events-1.parquet");
+        let gone = Path::from("p/events/me/events-2.parquet");
+        inner.put(&own, PutPayload::from(vec![2u8; 100])).await.expect("put");
+        inner.put(&gone, PutPayload::from(vec![3u8; 50])).await.expect("put");
+        let cache = FileCache::new(inner.clone(), cache_dir.path().join("c"), 1 << 20)
+            .expect("cache")
+            .with_own_files(Path::from("p/events/me"), data.path())
+            .expect("own");
+        assert_eq!(cache.get_range(&own, 0..3).await.expect("own").as_ref(), &[1u8; 3]);
+        assert_eq!(cache.head(&own).await.expect("head").size, 100);
+        assert_eq!(walk(&cache_dir.path().join("c")), 0, "an own file is not copied");
+        // Compacted or deleted locally: read through the cache.
+        assert_eq!(cache.get_range(&gone, 0..2).await.expect("gone").as_ref(), &[3u8; 2]);
+        assert_eq!(walk(&cache_dir.path().join("c")), 1);
     }
 
     fn walk(dir: &std::path::Path) -> usize {

@@ -1,4 +1,4 @@
-//! Other instances' shipped files: the list comes from the catalog (refreshed by
+//! Every data directory's shipped files (this instance's own too): the list comes from the catalog (refreshed by
 //! [`History::run_refresh`]), the bytes from shared object storage. A query takes the list
 //! once, so it sees one consistent set; files whose event-time bounds miss a `timestamp` filter
 //! are skipped without being opened.
@@ -97,7 +97,7 @@ impl History {
     }
 
     /// Reads the catalog when it changed; `Ok(true)` when the list did.
-    pub async fn refresh(&self, catalog: &Catalog, table: &str, store_id: &str) -> Result<bool, super::ClusterError> {
+    pub async fn refresh(&self, catalog: &Catalog, table: &str) -> Result<bool, super::ClusterError> {
         let generation = catalog.generation().await?;
         let known = self
             .inner
@@ -109,7 +109,7 @@ impl History {
             return Ok(false);
         }
         // A change committed between the two reads is seen again at the next refresh.
-        let files = catalog.others(table, store_id).await?;
+        let files = catalog.all(table).await?;
         *self
             .inner
             .listed
@@ -127,7 +127,6 @@ impl History {
         self,
         catalog: Catalog,
         table: &'static str,
-        store_id: String,
         every: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -138,7 +137,7 @@ impl History {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let result = self.refresh(&catalog, table, &store_id).await;
+            let result = self.refresh(&catalog, table).await;
             let mut last = self
                 .inner
                 .last_error
@@ -161,6 +160,27 @@ impl History {
         }
     }
 
+    /// Whether `scan` reads only shared files (which any member can read).
+    pub fn holds(&self, scan: &datafusion::datasource::physical_plan::FileScanConfig) -> bool {
+        let inner = &self.inner;
+        scan.object_store_url == inner.store_url
+            && scan
+                .file_groups
+                .iter()
+                .flat_map(|g| g.files())
+                .all(|f| f.object_meta.location.prefix_matches(&inner.prefix))
+    }
+
+    /// Makes the bucket readable in `runtime` (a scan's, or a worker's session).
+    pub fn register_bucket(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+        let inner = &self.inner;
+        if let Some(bucket) = &inner.bucket
+            && runtime.object_store(&inner.store_url).is_err()
+        {
+            runtime.register_object_store(inner.store_url.as_ref(), Arc::clone(bucket));
+        }
+    }
+
     /// A scan of `files` (taken from [`Self::files`] once per query, so the caller can ask the
     /// owners for exactly what the list lacks).
     pub async fn scan(
@@ -178,13 +198,8 @@ impl History {
             .filter(|f| range.overlaps(f.min_event_time_us, f.max_event_time_us))
             .map(|f| PartitionedFile::new(join(&inner.prefix, &f.path).to_string(), f.bytes.max(0) as u64))
             .collect();
-        if let Some(bucket) = &inner.bucket
-            && !files.is_empty()
-            && state.runtime_env().object_store(&inner.store_url).is_err()
-        {
-            state
-                .runtime_env()
-                .register_object_store(inner.store_url.as_ref(), Arc::clone(bucket));
+        if !files.is_empty() {
+            self.register_bucket(state.runtime_env());
         }
         let schema = TableSchema::from(Arc::clone(&inner.schema));
         crate::query::file_scan::parquet_files(state, inner.store_url.clone(), schema, files, projection, limit).await

@@ -26,6 +26,8 @@
 pub mod catalog;
 #[cfg(feature = "postgres")]
 pub mod compact;
+#[cfg(feature = "postgres")]
+pub mod distributed;
 pub mod file_cache;
 #[cfg(feature = "postgres")]
 pub mod history;
@@ -35,6 +37,8 @@ pub mod shipper;
 #[cfg(feature = "postgres")]
 pub mod store;
 pub mod tail;
+#[cfg(feature = "postgres")]
+pub mod tail_exec;
 
 use std::path::Path;
 
@@ -92,6 +96,19 @@ pub struct ClusterConfig {
     /// on first use, least recently used evicted), in bytes; `0` = every scan reads the bucket.
     /// Not used for a `file://` remote.
     pub cache_max_bytes: u64,
+    /// Large scans are split across the members (env `CLUSTER_DISTRIBUTED`): every instance
+    /// coordinates the queries it is asked and runs the others' stage tasks as a worker.
+    pub distributed: bool,
+    /// Where this instance's worker (gRPC, guarded by `secret`) listens (env
+    /// `CLUSTER_WORKER_LISTEN`); default `<http.host>:0`, a free port, advertised in the
+    /// heartbeat.
+    pub worker_listen: Option<String>,
+    /// The worker as the others reach it (env `CLUSTER_WORKER_ADVERTISE_URL`); default
+    /// `http://<advertise_url's host>:<bound port>`.
+    pub worker_advertise_url: Option<String>,
+    /// A scan is split into one task per this many bytes of files (at most one task per
+    /// member); smaller queries run on the instance asked.
+    pub distributed_bytes_per_partition: usize,
 }
 
 impl Default for ClusterConfig {
@@ -111,6 +128,10 @@ impl Default for ClusterConfig {
             compact_max_input_bytes: 64 << 20,
             compact_grace_secs: 600,
             cache_max_bytes: 4 << 30,
+            distributed: true,
+            worker_listen: None,
+            worker_advertise_url: None,
+            distributed_bytes_per_partition: 16 << 20,
         }
     }
 }
@@ -151,6 +172,16 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.advertise_url (CLUSTER_ADVERTISE_URL) `{url}` must be an http:// or https:// URL"
             ));
+        }
+        if let Some(url) = &self.worker_advertise_url
+            && !url.starts_with("http://")
+        {
+            return Err(format!(
+                "cluster.worker_advertise_url (CLUSTER_WORKER_ADVERTISE_URL) `{url}` must be an http:// URL"
+            ));
+        }
+        if self.distributed_bytes_per_partition == 0 {
+            return Err("cluster.distributed_bytes_per_partition must be at least 1".into());
         }
         if self.ship_interval_ms == 0 || self.catalog_refresh_ms == 0 {
             return Err("cluster.ship_interval_ms and cluster.catalog_refresh_ms must be at least 1".into());

@@ -8,24 +8,24 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
 use super::catalog::{Catalog, CatalogFile};
 use super::compact::{CompactSettings, Compactor};
+use super::distributed::WorkerList;
 use super::file_cache::FileCache;
 use super::history::History;
 use super::prune::TimeRange;
 use super::shipper::{Shipper, ShipperStatus};
-use super::tail::{self, Member, TailError, TailRequest, TailServer};
+use super::tail::{Member, TailRequest, TailServer};
+use super::tail_exec::{TailContext, TailExec};
 use super::{ClusterConfig, ClusterError, EVENTS};
 use crate::exports::destination::{self, ObjectStoreConfig};
 use crate::metrics::Metrics;
@@ -43,6 +43,8 @@ pub struct ClusterStore {
     shipped: Arc<Mutex<ShipperStatus>>,
     members: Arc<Members>,
     remote: String,
+    /// Where distributed plans may send tasks (this instance first).
+    workers: WorkerList,
 }
 
 /// The other live members, and how asking them goes.
@@ -50,13 +52,12 @@ pub struct ClusterStore {
 struct Members {
     store_id: String,
     instance_id: String,
-    secret: String,
     /// Set once the HTTP listener is bound ([`TailServer::advertise`]); no heartbeat before.
     url: Arc<OnceLock<String>>,
+    /// This instance's distributed-execution worker, when it runs one.
+    worker_url: OnceLock<url::Url>,
     alive: RwLock<Arc<Vec<Member>>>,
-    client: reqwest::Client,
-    tail_timeout: Duration,
-    last_tail_error: Mutex<Option<String>>,
+    tails: Arc<TailContext>,
     membership_error: Mutex<Option<String>>,
     metrics: Metrics,
 }
@@ -113,8 +114,10 @@ impl ClusterStore {
             (true, 0) => Some(Arc::clone(&dest.store)),
             (true, max) => {
                 let dir = deps.data_dir.join("cluster").join("cache");
-                let cache =
-                    FileCache::new(Arc::clone(&dest.store), dir.clone(), max).map_err(ClusterError::local(&dir))?;
+                let own = crate::exports::destination::join(&dest.prefix, &format!("{EVENTS}/{store_id}"));
+                let cache = FileCache::new(Arc::clone(&dest.store), dir.clone(), max)
+                    .and_then(|c| c.with_own_files(own, deps.local.dir()))
+                    .map_err(ClusterError::local(&dir))?;
                 Some(Arc::new(cache))
             }
         };
@@ -142,7 +145,7 @@ impl ClusterStore {
         if let Err(e) = shipper.ship_new().await {
             tracing::warn!(error = %e, "shipping flushed files to shared storage failed; retrying");
         }
-        history.refresh(&catalog, EVENTS, &store_id).await?;
+        history.refresh(&catalog, EVENTS).await?;
         let shipped = shipper.status_handle();
         let shipper = Arc::new(tokio::sync::Mutex::new(shipper));
         let every = Duration::from_millis(config.catalog_refresh_ms);
@@ -154,21 +157,28 @@ impl ClusterStore {
         tokio::spawn(
             history
                 .clone()
-                .run_refresh(catalog.clone(), EVENTS, store_id.clone(), every, shutdown.clone()),
+                .run_refresh(catalog.clone(), EVENTS, every, shutdown.clone()),
         );
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.tail_timeout_ms.clamp(1, 2_000)))
             .build()
             .map_err(|e| ClusterError::Config(format!("HTTP client for the members: {e}")))?;
+        let tails = Arc::new(TailContext {
+            local: deps.local.clone(),
+            store_id: store_id.clone(),
+            secret,
+            client,
+            timeout: Duration::from_millis(config.tail_timeout_ms.max(1)),
+            metrics: deps.metrics.clone(),
+            last_error: Mutex::new(None),
+        });
         let members = Arc::new(Members {
             store_id: store_id.clone(),
             instance_id: deps.instance_id,
-            secret,
             url: Arc::default(),
+            worker_url: OnceLock::new(),
             alive: RwLock::default(),
-            client,
-            tail_timeout: Duration::from_millis(config.tail_timeout_ms.max(1)),
-            last_tail_error: Mutex::new(None),
+            tails,
             membership_error: Mutex::new(None),
             metrics: deps.metrics,
         });
@@ -179,6 +189,7 @@ impl ClusterStore {
             shipped,
             members,
             remote: remote.clone(),
+            workers: WorkerList::default(),
         };
         tokio::spawn(
             store
@@ -189,12 +200,35 @@ impl ClusterStore {
         Ok(store)
     }
 
+    /// What running a tail needs (for the distributed-execution worker's codec).
+    pub fn tail_context(&self) -> Arc<TailContext> {
+        Arc::clone(&self.members.tails)
+    }
+
+    /// The shared files.
+    pub fn history(&self) -> History {
+        self.history.clone()
+    }
+
+    /// The workers distributed plans may use, kept by the membership loop.
+    pub fn workers(&self) -> WorkerList {
+        self.workers.clone()
+    }
+
+    /// This instance runs a worker at `url`: it is in the list from now on and in the
+    /// heartbeat, so the others send it tasks.
+    pub fn set_worker_url(&self, url: url::Url) {
+        if self.members.worker_url.set(url.clone()).is_ok() {
+            self.workers.set(vec![url]);
+        }
+    }
+
     /// What the tail route serves (its `advertise` starts the heartbeats).
     pub fn tail_server(&self, max_bytes: usize) -> TailServer {
         TailServer {
             local: self.local.clone(),
             store_id: self.members.store_id.clone(),
-            secret: self.members.secret.clone(),
+            secret: self.members.tails.secret.clone(),
             max_bytes,
             advertised: Arc::clone(&self.members.url),
         }
@@ -226,6 +260,7 @@ impl ClusterStore {
                         url: url.clone(),
                         epoch: version.epoch as i64,
                         appends: version.appends as i64,
+                        worker_url: members.worker_url.get().map(|u| u.to_string()),
                     };
                     catalog.heartbeat(&me).await?;
                 }
@@ -243,9 +278,25 @@ impl ClusterStore {
             match result {
                 Ok(alive) => {
                     members.metrics.cluster_members.set(alive.len() as i64);
+                    if let Some(me) = members.worker_url.get() {
+                        let others = alive.iter().filter_map(|m| m.worker_url.as_deref()).filter_map(|u| {
+                            url::Url::parse(u)
+                                .map_err(|e| tracing::warn!(url = u, error = %e, "a member advertises an unusable worker URL"))
+                                .ok()
+                        });
+                        self.workers.set(std::iter::once(me.clone()).chain(others).collect());
+                    }
                     let mut current = members.alive.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if **current != alive {
+                    // Logged when who is in changes, not when their data versions do.
+                    let who = |m: &[Member]| {
+                        m.iter()
+                            .map(|m| (m.store_id.clone(), m.url.clone(), m.worker_url.clone()))
+                            .collect::<Vec<_>>()
+                    };
+                    if who(&current) != who(&alive) {
                         tracing::info!(members = ?alive.iter().map(|m| m.instance_id.as_str()).collect::<Vec<_>>(), "cluster members changed");
+                    }
+                    if **current != alive {
                         *current = Arc::new(alive);
                     }
                     *error = None;
@@ -334,20 +385,29 @@ impl EventStore for ClusterStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let m = &self.members;
+        let files = self.history.files();
         let lock = |x: &Mutex<Option<String>>| x.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if let Some(detail) = status.detail.as_object_mut() {
             detail.insert(
                 "shared".into(),
                 serde_json::json!({
                     "remote": crate::redact::url(&self.remote),
-                    "files_of_other_instances": self.history.files().len(),
+                    "shared_files": files.len(),
+                    "files_of_other_instances": files.iter().filter(|f| f.store_id != m.store_id).count(),
                     "catalog_error": self.history.last_error(),
                     "shipper": shipped,
                     "advertised_url": m.url.get(),
+                    "worker_url": m.worker_url.get().map(url::Url::as_str),
+                    "workers": datafusion_distributed::WorkerResolver::get_urls(&self.workers)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(url::Url::as_str)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
                     "members": m.alive().iter().map(|x| serde_json::json!({"instance": x.instance_id, "url": x.url})).collect::<Vec<_>>(),
                     "membership_error": lock(&m.membership_error),
                     "tail_errors": m.metrics.cluster_tail_errors_total.get(),
-                    "last_tail_error": lock(&m.last_tail_error),
+                    "last_tail_error": m.tails.last_error(),
                 }),
             );
         }
@@ -362,64 +422,46 @@ struct ClusterEventsTable {
 }
 
 impl ClusterEventsTable {
-    /// The members' tails for this scan, as plans of `schema` (projected); a member that does
-    /// not answer is left out (logged and counted), a tail too large fails the scan.
-    async fn tails(
+    /// One [`TailExec`] per member, this instance included: each holds what its member has
+    /// beyond `files` (the list this scan reads from shared storage).
+    fn tails(
         &self,
         files: &[CatalogFile],
-        schema: &SchemaRef,
-        columns: Option<Vec<String>>,
+        projection: Option<&Vec<usize>>,
         range: TimeRange,
     ) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
         let m = &self.store.members;
+        let schema = self.store.local.schema();
+        let columns: Option<Vec<String>> =
+            projection.map(|p| p.iter().map(|i| schema.field(*i).name().clone()).collect());
+        let me = Member {
+            store_id: m.store_id.clone(),
+            instance_id: m.instance_id.clone(),
+            url: m.url.get().cloned().unwrap_or_default(),
+            epoch: 0,
+            appends: 0,
+            worker_url: None,
+        };
         let alive = m.alive();
-        let asks = alive.iter().map(|member| {
-            // Compacted files name the segments they hold: the owner skips those too.
-            let req = TailRequest {
-                store_id: member.store_id.clone(),
-                columns: columns.clone(),
-                min_time_us: range.lo,
-                max_time_us: range.hi,
-                known_files: files
-                    .iter()
-                    .filter(|f| f.store_id == member.store_id)
-                    .flat_map(CatalogFile::segments)
-                    .collect(),
-            };
-            async move { tail::fetch(&m.client, member, &m.secret, &req, m.tail_timeout).await }
-        });
-        let answers = futures::future::join_all(asks).await;
-        let mut plans = Vec::with_capacity(answers.len());
-        for answer in answers {
-            let batches = match answer {
-                Ok(batches) => batches,
-                // Too large is the query's problem (narrow it), not the member's.
-                Err(e @ TailError::Peer { status, .. }) if status != Some(413) => {
-                    m.metrics.cluster_tail_errors_total.inc();
-                    tracing::warn!(error = %e, "a member's recent events are left out of this answer");
-                    *m.last_tail_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
-                    continue;
-                }
-                Err(e) => return Err(datafusion::error::DataFusionError::External(Box::new(e))),
-            };
-            let n = schema.fields().len();
-            let projected: Vec<RecordBatch> = batches
-                .into_iter()
-                .map(|b| {
-                    let columns = b.columns()[..n.min(b.num_columns())].to_vec();
-                    let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
-                    RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
-                })
-                .collect::<Result<_, _>>()?;
-            if projected.is_empty() {
-                continue;
-            }
-            let source = MemorySourceConfig::try_new(&[projected], Arc::clone(schema), None)?;
-            plans.push(DataSourceExec::from_data_source(source) as Arc<dyn ExecutionPlan>);
-        }
-        Ok(plans)
+        let members = std::iter::once(me).chain(alive.iter().cloned());
+        members
+            .map(|member| {
+                // Compacted files name the segments they hold: the owner skips those too.
+                let request = TailRequest {
+                    store_id: member.store_id.clone(),
+                    columns: columns.clone(),
+                    min_time_us: range.lo,
+                    max_time_us: range.hi,
+                    known_files: files
+                        .iter()
+                        .filter(|f| f.store_id == member.store_id)
+                        .flat_map(CatalogFile::segments)
+                        .collect(),
+                };
+                let tail = TailExec::new(member, request, projection.cloned(), Arc::clone(&m.tails))?;
+                Ok(Arc::new(tail) as Arc<dyn ExecutionPlan>)
+            })
+            .collect()
     }
 }
 
@@ -444,28 +486,16 @@ impl TableProvider for ClusterEventsTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let schema = self.schema();
-        let projected = match projection {
-            Some(p) => Arc::new(schema.project(p)?),
-            None => Arc::clone(&schema),
-        };
         // One list of shared files for the whole scan: read from shared storage, and told to
-        // the owners so their tails hold exactly the rest.
+        // every owner (this instance too) so their tails hold exactly the rest.
         let files = self.store.history.files();
-        let columns = projection.map(|p| p.iter().map(|i| schema.field(*i).name().clone()).collect());
-        let tails = self
-            .tails(&files, &projected, columns, TimeRange::from_filters(filters))
-            .await?;
         let mut inputs = vec![
-            EventStore::table_provider(&self.store.local)
-                .scan(state, projection, filters, limit)
-                .await?,
             self.store
                 .history
                 .scan(state, &files, projection, filters, limit)
                 .await?,
         ];
-        inputs.extend(tails);
+        inputs.extend(self.tails(&files, projection, TimeRange::from_filters(filters))?);
         UnionExec::try_new(inputs)
     }
 }

@@ -222,10 +222,16 @@ impl TailServer {
     /// Whether `given` is the cluster secret (compared as digests, in constant time for the
     /// digest's length).
     pub fn admits(&self, given: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        let (a, b) = (Sha256::digest(given), Sha256::digest(self.secret.as_bytes()));
-        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        secret_matches(given, &self.secret)
     }
+}
+
+/// Whether `given` is `secret` (compared as digests, in constant time for the digest's length);
+/// the tail route and the distributed-execution worker both check it.
+pub fn secret_matches(given: &[u8], secret: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given), Sha256::digest(secret.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Another instance, as its heartbeat row says.
@@ -241,6 +247,8 @@ pub struct Member {
     pub epoch: i64,
     /// See `epoch`.
     pub appends: i64,
+    /// Its distributed-execution worker, when it runs one.
+    pub worker_url: Option<String>,
 }
 
 /// The reader's side: asks `member` for its tail; returns the batches (columns as requested,

@@ -90,7 +90,7 @@ impl Follower {
             buffer_chunks,
             pending,
             done: false,
-            permit: permit,
+            permit,
         }
     }
 

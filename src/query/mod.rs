@@ -155,11 +155,12 @@ impl std::fmt::Debug for QueryEngine {
 impl QueryEngine {
     /// Builds the session: the `events` table, JSON functions and the Hub's UDF library, with
     /// the shared memory pool of ad-hoc queries; sorts and aggregations spill under
-    /// `spill_dir`.
+    /// `spill_dir`. `planner` adds to the session (cluster mode: the distributed planner).
     pub fn new(
         store: &Arc<dyn EventStore>,
         config: &QueryConfig,
         spill_dir: std::path::PathBuf,
+        planner: impl FnOnce(SessionStateBuilder) -> Result<SessionStateBuilder, DataFusionError>,
     ) -> Result<Self, DataFusionError> {
         let mut session = SessionConfig::new().with_information_schema(true);
         if config.target_partitions > 0 {
@@ -169,9 +170,7 @@ impl QueryEngine {
         let base = SessionContext::new_with_config_rt(session, runtime).state();
         let mut rules = base.physical_optimizers().to_vec();
         rules.push(Arc::new(executor::Cooperate));
-        let state = SessionStateBuilder::new_from_existing(base)
-            .with_physical_optimizer_rules(rules)
-            .build();
+        let state = planner(SessionStateBuilder::new_from_existing(base).with_physical_optimizer_rules(rules))?.build();
         let mut ctx = SessionContext::new_with_state(state);
         let executor = executor::QueryExecutor::new(config.target_partitions)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;

@@ -1,0 +1,268 @@
+//! One member's tail as a leaf of the query plan ([`TailExec`]): what that member holds beyond
+//! the shared files the scan reads, fetched when the plan runs (not while it is planned, so
+//! `EXPLAIN` asks nobody). Run on the member itself it reads its store directly; run anywhere
+//! else (another coordinator, or a worker of a distributed plan) it asks the member over HTTP
+//! ([`super::tail`]). The node carries only names and numbers, so it can be sent to a worker
+//! ([`super::distributed::TailCodec`]).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::Result as DfResult;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::tail::{self, Member, TailError, TailRequest};
+use crate::metrics::Metrics;
+use crate::storage::local::LocalStore;
+
+/// What running a tail needs in every process: this instance's own store (its tail is read
+/// directly) and how to ask the others.
+#[derive(Debug)]
+pub struct TailContext {
+    /// This instance's store.
+    pub local: LocalStore,
+    /// Its data directory's id.
+    pub store_id: String,
+    /// `cluster.secret`.
+    pub secret: String,
+    /// Asks the members.
+    pub client: reqwest::Client,
+    /// `cluster.tail_timeout_ms`.
+    pub timeout: Duration,
+    /// Counts `cluster_tail_errors_total`.
+    pub metrics: Metrics,
+    /// The last member that did not answer (for `/ready`).
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl TailContext {
+    /// The last tail error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The tail of one member for one scan.
+#[derive(Debug)]
+pub struct TailExec {
+    member: Member,
+    request: TailRequest,
+    /// Indices into the events schema (the scan's projection).
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    context: Arc<TailContext>,
+    properties: Arc<PlanProperties>,
+}
+
+impl TailExec {
+    /// The tail of `member` beyond `request.known_files`, projected like the scan.
+    pub fn new(
+        member: Member,
+        request: TailRequest,
+        projection: Option<Vec<usize>>,
+        context: Arc<TailContext>,
+    ) -> DfResult<Self> {
+        let full = context.local.schema();
+        let schema = match &projection {
+            Some(p) => Arc::new(full.project(p)?),
+            None => full,
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            member,
+            request,
+            projection,
+            schema,
+            context,
+            properties,
+        })
+    }
+
+    /// The member asked.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// What is asked.
+    pub fn request(&self) -> &TailRequest {
+        &self.request
+    }
+
+    /// The scan's projection.
+    pub fn projection(&self) -> Option<&Vec<usize>> {
+        self.projection.as_ref()
+    }
+
+    /// Whether this process owns the tail (reads it without the network).
+    fn is_local(&self) -> bool {
+        self.request.store_id == self.context.store_id
+    }
+
+    /// This instance's own tail: its in-memory events and the local files not in the scan's
+    /// list, scanned like the local `events` table (streamed, no size limit).
+    fn local_plan(&self) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let local = &self.context.local;
+        let full = local.schema();
+        let snapshot = local.snapshot();
+        let known: HashSet<&str> = self.request.known_files.iter().map(String::as_str).collect();
+        let memory = MemorySourceConfig::try_new(&[snapshot.batches], Arc::clone(&full), self.projection.clone())?;
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = vec![DataSourceExec::from_data_source(memory)];
+        let mut files = Vec::new();
+        for path in snapshot.files {
+            let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            if known.contains(name.as_ref()) {
+                continue;
+            }
+            // A file compacted away locally since the snapshot is read by nobody: fail loudly.
+            let size = std::fs::metadata(&path)
+                .map_err(|e| DataFusionError::Execution(format!("{}: {e}", path.display())))?
+                .len();
+            files.push(PartitionedFile::new(path.to_string_lossy().into_owned(), size));
+        }
+        if !files.is_empty() {
+            let format = ParquetFormat::default();
+            let config = FileScanConfigBuilder::new(
+                ObjectStoreUrl::local_filesystem(),
+                format.file_source(TableSchema::from(Arc::clone(&full))),
+            )
+            .with_file_groups(vec![FileGroup::new(files)])
+            .with_projection_indices(self.projection.clone())?
+            .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        UnionExec::try_new(inputs)
+    }
+
+    /// Another member's tail over HTTP; a member that does not answer is left out of this
+    /// answer (logged, counted), a tail too large fails the query (narrow it).
+    async fn fetch(&self) -> DfResult<Vec<RecordBatch>> {
+        let c = &self.context;
+        let batches = match tail::fetch(&c.client, &self.member, &c.secret, &self.request, c.timeout).await {
+            Ok(batches) => batches,
+            Err(e @ TailError::Peer { status, .. }) if status != Some(413) => {
+                c.metrics.cluster_tail_errors_total.inc();
+                tracing::warn!(error = %e, "a member's recent events are left out of this answer");
+                *c.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
+        };
+        // The answer holds the requested columns, then `timestamp` when it was not requested.
+        let n = self.schema.fields().len();
+        batches
+            .into_iter()
+            .map(|b| {
+                let columns = b.columns()[..n.min(b.num_columns())].to_vec();
+                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)
+                    .map_err(DataFusionError::from)
+            })
+            .collect()
+    }
+}
+
+impl DisplayAs for TailExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "TailExec: instance={}, known_files={}",
+            self.member.instance_id,
+            self.request.known_files.len()
+        )
+    }
+}
+
+impl ExecutionPlan for TailExec {
+    fn name(&self) -> &str {
+        "TailExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return Err(DataFusionError::Internal("TailExec has no children".into()));
+        }
+        Ok(self)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "TailExec has one partition, not {partition}"
+            )));
+        }
+        if self.is_local() {
+            return datafusion::physical_plan::execute_stream(self.local_plan()?, context);
+        }
+        let me = Self {
+            member: self.member.clone(),
+            request: self.request.clone(),
+            projection: self.projection.clone(),
+            schema: Arc::clone(&self.schema),
+            context: Arc::clone(&self.context),
+            properties: Arc::clone(&self.properties),
+        };
+        let stream = futures::stream::once(async move { me.fetch().await })
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
