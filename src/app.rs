@@ -533,8 +533,9 @@ async fn events_store(
             workers: cluster.workers(),
             metrics: metrics.clone(),
         };
+        let deps_secret = c.secret.as_deref().unwrap_or_default();
         let d = crate::cluster::distributed::Distributed::start(deps, shutdown).await?;
-        cluster.set_worker_url(d.url().clone());
+        cluster.set_worker_url(d.url().clone(), crate::cluster::distributed::worker_key(deps_secret));
         distributed = DistributedPart(Some(d));
     }
     Ok((Arc::new(cluster), Some(tail), distributed))

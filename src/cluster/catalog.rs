@@ -255,10 +255,11 @@ impl Catalog {
     /// Says `member` (this instance) is alive, with its current data version.
     pub async fn heartbeat(&self, member: &Member) -> Result<(), ClusterError> {
         sqlx::query(
-            "INSERT INTO hub_cluster_members (store_id, instance_id, url, epoch, appends, worker_url, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (store_id) DO UPDATE SET \
+            "INSERT INTO hub_cluster_members (store_id, instance_id, url, epoch, appends, worker_url, worker_key, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now()) ON CONFLICT (store_id) DO UPDATE SET \
              instance_id = EXCLUDED.instance_id, url = EXCLUDED.url, epoch = EXCLUDED.epoch, \
-             appends = EXCLUDED.appends, worker_url = EXCLUDED.worker_url, heartbeat_at = now()",
+             appends = EXCLUDED.appends, worker_url = EXCLUDED.worker_url, worker_key = EXCLUDED.worker_key, \
+             heartbeat_at = now()",
         )
         .bind(&member.store_id)
         .bind(&member.instance_id)
@@ -266,6 +267,7 @@ impl Catalog {
         .bind(member.epoch)
         .bind(member.appends)
         .bind(&member.worker_url)
+        .bind(&member.worker_key)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -275,8 +277,9 @@ impl Catalog {
     /// Members other than `store_id` whose last heartbeat (by the database's clock) is newer
     /// than `timeout_ms`.
     pub async fn alive(&self, store_id: &str, timeout_ms: u64) -> Result<Vec<Member>, ClusterError> {
-        let rows: Vec<(String, String, String, i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT store_id, instance_id, url, epoch, appends, worker_url FROM hub_cluster_members \
+        type Row = (String, String, String, i64, i64, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT store_id, instance_id, url, epoch, appends, worker_url, worker_key FROM hub_cluster_members \
              WHERE store_id <> $1 AND heartbeat_at > now() - make_interval(secs => $2) ORDER BY store_id",
         )
         .bind(store_id)
@@ -286,14 +289,17 @@ impl Catalog {
         .map_err(db)?;
         Ok(rows
             .into_iter()
-            .map(|(store_id, instance_id, url, epoch, appends, worker_url)| Member {
-                store_id,
-                instance_id,
-                url,
-                epoch,
-                appends,
-                worker_url,
-            })
+            .map(
+                |(store_id, instance_id, url, epoch, appends, worker_url, worker_key)| Member {
+                    store_id,
+                    instance_id,
+                    url,
+                    epoch,
+                    appends,
+                    worker_url,
+                    worker_key,
+                },
+            )
             .collect())
     }
 

@@ -54,8 +54,8 @@ struct Members {
     instance_id: String,
     /// Set once the HTTP listener is bound ([`TailServer::advertise`]); no heartbeat before.
     url: Arc<OnceLock<String>>,
-    /// This instance's distributed-execution worker, when it runs one.
-    worker_url: OnceLock<url::Url>,
+    /// This instance's distributed-execution worker and its key, when it runs one.
+    worker_url: OnceLock<(url::Url, String)>,
     alive: RwLock<Arc<Vec<Member>>>,
     tails: Arc<TailContext>,
     membership_error: Mutex<Option<String>>,
@@ -217,8 +217,8 @@ impl ClusterStore {
 
     /// This instance runs a worker at `url`: it is in the list from now on and in the
     /// heartbeat, so the others send it tasks.
-    pub fn set_worker_url(&self, url: url::Url) {
-        if self.members.worker_url.set(url.clone()).is_ok() {
+    pub fn set_worker_url(&self, url: url::Url, key: String) {
+        if self.members.worker_url.set((url.clone(), key)).is_ok() {
             self.workers.set(vec![url]);
         }
     }
@@ -260,7 +260,8 @@ impl ClusterStore {
                         url: url.clone(),
                         epoch: version.epoch as i64,
                         appends: version.appends as i64,
-                        worker_url: members.worker_url.get().map(|u| u.to_string()),
+                        worker_url: members.worker_url.get().map(|(u, _)| u.to_string()),
+                        worker_key: members.worker_url.get().map(|(_, k)| k.clone()),
                     };
                     catalog.heartbeat(&me).await?;
                 }
@@ -278,13 +279,9 @@ impl ClusterStore {
             match result {
                 Ok(alive) => {
                     members.metrics.cluster_members.set(alive.len() as i64);
-                    if let Some(me) = members.worker_url.get() {
-                        let others = alive.iter().filter_map(|m| m.worker_url.as_deref()).filter_map(|u| {
-                            url::Url::parse(u)
-                                .map_err(|e| tracing::warn!(url = u, error = %e, "a member advertises an unusable worker URL"))
-                                .ok()
-                        });
-                        self.workers.set(std::iter::once(me.clone()).chain(others).collect());
+                    if let Some((me, key)) = members.worker_url.get() {
+                        self.workers
+                            .set(std::iter::once(me.clone()).chain(workers_of(&alive, key)).collect());
                     }
                     let mut current = members.alive.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                     // Logged when who is in changes, not when their data versions do.
@@ -315,6 +312,24 @@ impl ClusterStore {
             tracing::warn!(error = %e, "leaving the cluster failed; the others stop asking after cluster.member_timeout_ms");
         }
     }
+}
+
+/// The workers among `alive` that take this instance's tasks: same key (secret and version),
+/// a usable URL. The others are logged each time the list is made.
+fn workers_of(alive: &[Member], key: &str) -> Vec<url::Url> {
+    alive
+        .iter()
+        .filter_map(|m| {
+            let url = m.worker_url.as_deref()?;
+            if m.worker_key.as_deref() != Some(key) {
+                tracing::debug!(instance = %m.instance_id, "a member runs another version or cluster.secret: it is sent no tasks");
+                return None;
+            }
+            url::Url::parse(url)
+                .map_err(|e| tracing::warn!(instance = %m.instance_id, url, error = %e, "a member advertises an unusable worker URL"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Opens `remote` for writing and returns the URL DataFusion reads it through. A `file://`
@@ -397,7 +412,7 @@ impl EventStore for ClusterStore {
                     "catalog_error": self.history.last_error(),
                     "shipper": shipped,
                     "advertised_url": m.url.get(),
-                    "worker_url": m.worker_url.get().map(url::Url::as_str),
+                    "worker_url": m.worker_url.get().map(|(u, _)| u.as_str()),
                     "workers": datafusion_distributed::WorkerResolver::get_urls(&self.workers)
                         .unwrap_or_default()
                         .iter()
@@ -441,6 +456,7 @@ impl ClusterEventsTable {
             epoch: 0,
             appends: 0,
             worker_url: None,
+            worker_key: None,
         };
         let alive = m.alive();
         let members = std::iter::once(me).chain(alive.iter().cloned());

@@ -249,6 +249,9 @@ pub struct Member {
     pub appends: i64,
     /// Its distributed-execution worker, when it runs one.
     pub worker_url: Option<String>,
+    /// Digest of its secret and version ([`crate::cluster::distributed::worker_key`]): only
+    /// workers with this instance's own are sent tasks.
+    pub worker_key: Option<String>,
 }
 
 /// The reader's side: asks `member` for its tail; returns the batches (columns as requested,

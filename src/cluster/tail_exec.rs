@@ -266,3 +266,159 @@ impl ExecutionPlan for TailExec {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::physical_plan::common::collect;
+    use datafusion_proto::physical_plan::{DefaultPhysicalProtoConverter, PhysicalExtensionCodec};
+
+    use super::*;
+    use crate::cluster::distributed::TailCodec;
+    use crate::event::decode_batch_body;
+    use crate::generate::{Generator, GeneratorConfig};
+    use crate::storage::EventStore;
+    use crate::storage::health::StorageHealth;
+    use crate::storage::local::LocalStoreConfig;
+
+    fn batch(seed: u64, n: usize) -> RecordBatch {
+        let mut g = Generator::new(GeneratorConfig {
+            seed,
+            ..GeneratorConfig::default()
+        });
+        let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
+        decode_batch_body(body.as_bytes(), 0).expect("decodes").batch
+    }
+
+    fn context(local: LocalStore, metrics: Metrics) -> Arc<TailContext> {
+        Arc::new(TailContext {
+            local,
+            store_id: "me".into(),
+            secret: "s".repeat(16),
+            client: reqwest::Client::new(),
+            timeout: Duration::from_millis(500),
+            metrics,
+            last_error: Mutex::new(None),
+        })
+    }
+
+    fn member(store_id: &str, url: &str) -> Member {
+        Member {
+            store_id: store_id.into(),
+            instance_id: store_id.into(),
+            url: url.into(),
+            epoch: 0,
+            appends: 0,
+            worker_url: None,
+            worker_key: None,
+        }
+    }
+
+    fn request(store_id: &str, known_files: Vec<String>) -> TailRequest {
+        TailRequest {
+            store_id: store_id.into(),
+            columns: None,
+            min_time_us: None,
+            max_time_us: None,
+            known_files,
+        }
+    }
+
+    async fn rows(plan: Arc<dyn ExecutionPlan>) -> usize {
+        let batches = collect(plan.execute(0, Arc::new(TaskContext::default())).expect("execute"))
+            .await
+            .expect("collect");
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[tokio::test]
+    async fn the_own_tail_is_memory_plus_the_files_the_scan_does_not_list_and_survives_the_codec() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Metrics::new().expect("metrics");
+        let config = LocalStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..LocalStoreConfig::default()
+        };
+        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
+        local.append(batch(1, 300)).await.expect("append");
+        local.flush().await.expect("flush");
+        local.append(batch(2, 40)).await.expect("append");
+        let flushed: Vec<String> = std::fs::read_dir(local.dir())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        assert_eq!(flushed.len(), 1, "{flushed:?}");
+        let ctx = context(local.clone(), metrics.clone());
+
+        let all = TailExec::new(member("me", ""), request("me", Vec::new()), None, Arc::clone(&ctx)).expect("tail");
+        assert_eq!(rows(Arc::new(all)).await, 340);
+        // The scan reads the flushed file from shared storage: the tail is the rest.
+        let model = local.schema().index_of("model").expect("model");
+        let rest = TailExec::new(
+            member("me", ""),
+            request("me", flushed.clone()),
+            Some(vec![model]),
+            Arc::clone(&ctx),
+        )
+        .expect("tail");
+        assert_eq!(rest.schema().fields().len(), 1);
+        assert_eq!(rows(Arc::new(rest)).await, 40);
+
+        // Through the codec (as to a worker): the same node, the same rows.
+        let codec = TailCodec::new(Arc::clone(&ctx));
+        let node: Arc<dyn ExecutionPlan> = Arc::new(
+            TailExec::new(
+                member("me", ""),
+                request("me", flushed),
+                Some(vec![model]),
+                Arc::clone(&ctx),
+            )
+            .expect("tail"),
+        );
+        let mut buf = Vec::new();
+        codec
+            .try_encode(Arc::clone(&node), &mut buf, &DefaultPhysicalProtoConverter {})
+            .expect("encode");
+        let decoded = codec
+            .try_decode(&buf, &[], &TaskContext::default(), &DefaultPhysicalProtoConverter {})
+            .expect("decode");
+        let back = decoded.downcast_ref::<TailExec>().expect("a TailExec");
+        assert_eq!(back.request(), rows_request(&node));
+        assert_eq!(back.projection(), Some(&vec![model]));
+        assert_eq!(back.schema(), node.schema());
+        assert_eq!(rows(decoded).await, 40);
+        assert!(
+            codec
+                .try_decode(b"{}", &[], &TaskContext::default(), &DefaultPhysicalProtoConverter {})
+                .is_err()
+        );
+    }
+
+    fn rows_request(node: &Arc<dyn ExecutionPlan>) -> &TailRequest {
+        node.downcast_ref::<TailExec>().expect("tail").request()
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_answer_is_left_out_and_counted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Metrics::new().expect("metrics");
+        let config = LocalStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..LocalStoreConfig::default()
+        };
+        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
+        let ctx = context(local, metrics.clone());
+        // Nothing listens on port 1.
+        let gone = TailExec::new(
+            member("other", "http://127.0.0.1:1"),
+            request("other", Vec::new()),
+            None,
+            Arc::clone(&ctx),
+        )
+        .expect("tail");
+        assert_eq!(rows(Arc::new(gone)).await, 0);
+        assert_eq!(metrics.cluster_tail_errors_total.get(), 1);
+        assert!(ctx.last_error().expect("recorded").contains("127.0.0.1:1"));
+    }
+}

@@ -57,6 +57,7 @@ impl PhysicalExtensionCodec for TailCodec {
             epoch: 0,
             appends: 0,
             worker_url: None,
+            worker_key: None,
         };
         Ok(Arc::new(TailExec::new(
             member,

@@ -43,6 +43,17 @@ use super::tail::SECRET_HEADER;
 use super::tail_exec::TailContext;
 use crate::metrics::Metrics;
 
+/// This build's worker key for `secret`: a digest of the secret and the versions a plan's
+/// encoding depends on. Members with another key are sent no tasks.
+pub fn worker_key(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!(
+        "{secret}\0{}\0datafusion-distributed 4.0.0",
+        env!("CARGO_PKG_VERSION")
+    ));
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The workers coordinators may send tasks to: this instance's and the live members'.
 /// Refreshed by the membership loop; read synchronously while planning.
 #[derive(Debug, Clone, Default)]
@@ -236,5 +247,75 @@ impl Distributed {
     /// The query engine is up: its session is what worker tasks run in.
     pub fn ready(&self, engine_state: SessionState) {
         let _ = self.template.set(engine_state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::object_store::ObjectStoreUrl;
+    use datafusion_distributed::{ChannelResolver, GetWorkerInfoRequest};
+
+    use super::*;
+    use crate::storage::health::StorageHealth;
+    use crate::storage::local::{LocalStore, LocalStoreConfig};
+
+    #[tokio::test]
+    async fn the_worker_answers_only_calls_carrying_the_cluster_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Metrics::new().expect("metrics");
+        let config = LocalStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..LocalStoreConfig::default()
+        };
+        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
+        let secret = "the-right-secret-0123";
+        let tails = Arc::new(TailContext {
+            local: local.clone(),
+            store_id: "me".into(),
+            secret: secret.into(),
+            client: reqwest::Client::new(),
+            timeout: std::time::Duration::from_secs(1),
+            metrics: metrics.clone(),
+            last_error: std::sync::Mutex::new(None),
+        });
+        let history = History::new(
+            local.schema(),
+            ObjectStoreUrl::parse("s3://bucket").expect("url"),
+            None,
+            object_store::path::Path::from("history"),
+        );
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let deps = DistributedDeps {
+            listen: "127.0.0.1:0",
+            advertise_url: None,
+            host: "127.0.0.1",
+            secret,
+            bytes_per_partition: 1 << 20,
+            tails,
+            history,
+            workers: WorkerList::default(),
+            metrics,
+        };
+        let worker = Distributed::start(deps, shutdown).await.expect("worker");
+        let url = worker.url().clone();
+        assert_eq!(url.host_str(), Some("127.0.0.1"));
+        let mut right = SecretChannels::new(secret)
+            .expect("channels")
+            .get_worker_client_for_url(&url)
+            .await
+            .expect("client");
+        right.get_worker_info(GetWorkerInfoRequest {}).await.expect("admitted");
+        let mut wrong = SecretChannels::new("another-secret-01234")
+            .expect("channels")
+            .get_worker_client_for_url(&url)
+            .await
+            .expect("client");
+        let Err(refused) = wrong.get_worker_info(GetWorkerInfoRequest {}).await else {
+            panic!("a call with another secret was admitted");
+        };
+        assert!(refused.to_string().contains(SECRET_HEADER), "{refused}");
+        // Keys differ by secret, and are stable for one.
+        assert_eq!(worker_key(secret), worker_key(secret));
+        assert_ne!(worker_key(secret), worker_key("another-secret-01234"));
     }
 }
