@@ -14,6 +14,14 @@ then answers over W's events from shared storage. Prints, in one run:
   3. what the catalog holds (files, rows, bytes).
 
   python3 scripts/bench-cluster.py [--bin PATH] [--events N] [--remote s3|file] [--runs K]
+
+With --scaling, distributed execution instead: one instance ingests the events and ships them;
+then the same queries are timed on it with 1, 2 and 3 instances in the cluster (the new ones
+join with empty data directories and take stage tasks as workers). Prints per query the median
+time and scan throughput, and how many stage tasks each instance ran; DuckDB over the same files
+in the same run is the peer.
+
+  python3 scripts/bench-cluster.py --scaling [--events N] [--runs K]
 """
 import argparse
 import http.client
@@ -33,6 +41,8 @@ ap.add_argument("--body", type=int, default=10_000)
 ap.add_argument("--remote", choices=["s3", "file"], default="s3")
 ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--input", help="NDJSON file of --events events to use instead of generating one")
+ap.add_argument("--scaling", action="store_true",
+                help="distributed execution: the same queries with 1, 2 and 3 instances in the cluster")
 ap.add_argument("--tail", action="store_true",
                 help="keep the writer's events in memory (no flush for an hour): the readers get them "
                      "from the writer at query time (recent data over HTTP)")
@@ -109,6 +119,13 @@ class Hub:
         _, data = self.request("GET", "/ready")
         return json.loads(data)["components"][0]["detail"]["shared"]
 
+    def worker_tasks(self):
+        _, data = self.request("GET", "/metrics")
+        for line in data.decode().splitlines():
+            if line.startswith("cluster_worker_tasks_total "):
+                return int(float(line.split()[1]))
+        return 0
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=120)
@@ -162,9 +179,12 @@ try:
     segment_age = 3600 if args.tail else 2
 
     def config(name, extra=""):
+        # Without --scaling each instance answers by itself (what is measured is reading shared
+        # storage, not splitting the work).
+        distributed = "" if args.scaling else "distributed = false\n"
         return (f'[storage]\nsegment_max_age_secs = {segment_age}\n[stream]\nenabled = false\n'
                 f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5432/{db}"\ninstance_id = "{name}"\n'
-                f'[cluster]\nremote = "{remote}"\nsecret = "bench-cluster-secret"\n{extra}')
+                f'[cluster]\nremote = "{remote}"\nsecret = "bench-cluster-secret"\n{distributed}{extra}')
 
     path = args.input
     if not path:
@@ -219,6 +239,39 @@ try:
     import duckdb
     glob = os.path.join(w.data, "events", "events-*.parquet")
     con = duckdb.connect()
+    if args.scaling:
+        r.stop()
+        r2.stop()
+        cleanup.clear()
+        cleanup.append(w)
+        hubs = [w]
+        print(f"\nthe writer coordinates; median of {args.runs} runs after one run that fills the new "
+              f"instances' file caches; seconds and million events scanned per second (result cache off):")
+        print(f"{'query':<20}{'instances':>10}{'seconds':>10}{'M events/s':>12}{'tasks per instance':>24}"
+              f"{'DuckDB':>9}")
+        expected = {}
+        for n in (1, 2, 3):
+            while len(hubs) < n:
+                h = Hub(f"worker{len(hubs)}", config(f"worker{len(hubs)}"))
+                cleanup.append(h)
+                hubs.append(h)
+            wait(f"{n} workers in the writer's list", lambda: len(w.shared()["workers"]) == n, 60)
+            for name, q in QUERIES.items():
+                w.sql(q)
+                before = [h.worker_tasks() for h in hubs]
+                secs, rows = timed(lambda: w.sql(q), args.runs)
+                tasks = [h.worker_tasks() - b for h, b in zip(hubs, before)]
+                if name != "p99 by provider":
+                    if name in expected and rounded(rows) != expected[name]:
+                        raise SystemExit(f"{name} with {n} instances differs: {rows} vs {expected[name]}")
+                    expected[name] = rounded(rows)
+                duck, _ = timed(lambda: con.execute(DUCKDB[name].format(glob=glob)).fetchall(), args.runs)
+                per_run = "/".join(f"{t / args.runs:g}" for t in tasks)
+                print(f"{name:<20}{n:>10}{secs:>10.3f}{stored / secs / 1e6:>12.1f}{per_run:>24}{duck:>9.3f}")
+        plan = "\n".join(row["plan"] for row in w.sql("EXPLAIN " + QUERIES["per-model rollup"])
+                         if row["plan_type"] == "physical_plan")
+        print("\nEXPLAIN of the per-model rollup with 3 instances:\n" + plan)
+        raise SystemExit(0)
     print(f"\nmedian of {args.runs} runs, seconds (result cache off):")
     print(f"{'query':<20}{'writer, local':>15}{'reader, 1st':>13}{'reader, cached':>16}"
           f"{'reader, no cache':>18}{'DuckDB, files':>15}")
