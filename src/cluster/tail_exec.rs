@@ -268,7 +268,7 @@ impl ExecutionPlan for TailExec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use datafusion::physical_plan::common::collect;
     use datafusion_proto::physical_plan::{DefaultPhysicalProtoConverter, PhysicalExtensionCodec};
 
@@ -289,16 +289,24 @@ mod tests {
         decode_batch_body(body.as_bytes(), 0).expect("decodes").batch
     }
 
-    fn context(local: LocalStore, metrics: Metrics) -> Arc<TailContext> {
-        Arc::new(TailContext {
-            local,
+    /// A store in `dir` and the tail context of an instance with store id `me` over it.
+    pub(crate) fn context(dir: &std::path::Path, secret: &str) -> (LocalStore, Metrics, Arc<TailContext>) {
+        let metrics = Metrics::new().expect("metrics");
+        let config = LocalStoreConfig {
+            data_dir: dir.to_path_buf(),
+            ..LocalStoreConfig::default()
+        };
+        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
+        let ctx = Arc::new(TailContext {
+            local: local.clone(),
             store_id: "me".into(),
-            secret: "s".repeat(16),
+            secret: secret.into(),
             client: reqwest::Client::new(),
             timeout: Duration::from_millis(500),
-            metrics,
+            metrics: metrics.clone(),
             last_error: Mutex::new(None),
-        })
+        });
+        (local, metrics, ctx)
     }
 
     fn member(store_id: &str, url: &str) -> Member {
@@ -333,12 +341,7 @@ mod tests {
     #[tokio::test]
     async fn the_own_tail_is_memory_plus_the_files_the_scan_does_not_list_and_survives_the_codec() {
         let dir = tempfile::tempdir().expect("tmp");
-        let metrics = Metrics::new().expect("metrics");
-        let config = LocalStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..LocalStoreConfig::default()
-        };
-        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
+        let (local, _, ctx) = context(dir.path(), "secret-0123456789");
         local.append(batch(1, 300)).await.expect("append");
         local.flush().await.expect("flush");
         local.append(batch(2, 40)).await.expect("append");
@@ -349,7 +352,6 @@ mod tests {
             .filter(|n| n.ends_with(".parquet"))
             .collect();
         assert_eq!(flushed.len(), 1, "{flushed:?}");
-        let ctx = context(local.clone(), metrics.clone());
 
         let all = TailExec::new(member("me", ""), request("me", Vec::new()), None, Arc::clone(&ctx)).expect("tail");
         assert_eq!(rows(Arc::new(all)).await, 340);
@@ -402,13 +404,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_does_not_answer_is_left_out_and_counted() {
         let dir = tempfile::tempdir().expect("tmp");
-        let metrics = Metrics::new().expect("metrics");
-        let config = LocalStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..LocalStoreConfig::default()
-        };
-        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
-        let ctx = context(local, metrics.clone());
+        let (_, metrics, ctx) = context(dir.path(), "secret-0123456789");
         // Nothing listens on port 1.
         let gone = TailExec::new(
             member("other", "http://127.0.0.1:1"),

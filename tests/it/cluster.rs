@@ -338,7 +338,26 @@ async fn scans_are_split_across_the_instances_and_agree_with_the_oracle() {
     let dir_c = tempfile::tempdir().expect("tmp");
     let keys = "distributed_bytes_per_partition = 2048\nmember_timeout_ms = 2000";
     let toml = |name: &str| cluster_toml_with(name, &db, 1, keys);
-    let a = start_toml(dir_a.path(), toml("a"), &s3).await;
+    // a also speaks the Postgres wire protocol: its queries take the same cluster-wide plans.
+    let wire_port = crate::harness::free_port();
+    let mut wire_env = s3.env();
+    for (k, v) in [
+        ("PGWIRE_ENABLED", "true".to_string()),
+        ("PGWIRE_PORT", wire_port.to_string()),
+        ("PGWIRE_USER", crate::pgwire::USER.to_string()),
+        ("PGWIRE_PASSWORD", crate::pgwire::PASSWORD.to_string()),
+    ] {
+        wire_env.push((k.to_string(), v));
+    }
+    let a = Hub::start_with(
+        dir_a.path(),
+        HubOptions {
+            config_toml: Some(toml("a")),
+            env: wire_env,
+            ..HubOptions::default()
+        },
+    )
+    .await;
     let b = start_toml(dir_b.path(), toml("b"), &s3).await;
     let mut c = start_toml(dir_c.path(), toml("c"), &s3).await;
 
@@ -368,16 +387,11 @@ async fn scans_are_split_across_the_instances_and_agree_with_the_oracle() {
 
     // The plan is split: stages, tasks on the three workers, partial aggregates below the
     // network shuffle.
-    let explain: String = a
-        .rows(&format!("EXPLAIN {PER_MODEL}"))
-        .await
-        .iter()
-        .map(|r| r["plan"].as_str().unwrap_or_default().to_string() + "\n")
-        .collect();
-    assert!(explain.contains("DistributedExec"), "{explain}");
-    assert!(explain.contains("Stage 1"), "{explain}");
-    assert!(explain.contains("tasks=3"), "{explain}");
-    assert!(explain.contains("TailExec"), "{explain}");
+    let split = explain(&a, PER_MODEL).await;
+    assert!(split.contains("DistributedExec"), "{split}");
+    assert!(split.contains("Stage 1"), "{split}");
+    assert!(split.contains("tasks=3"), "{split}");
+    assert!(split.contains("TailExec"), "{split}");
 
     // Exact counts and sums, and p99 within the sketch's 1 % relative error, on every instance.
     let p99_want = exact_p99_by_model(&all);
@@ -404,23 +418,40 @@ async fn scans_are_split_across_the_instances_and_agree_with_the_oracle() {
         let ran = worker_tasks(hub).await - before[i];
         assert!(ran >= 3, "{name} ran {ran} tasks over 3 instances' queries");
     }
+    // Over the wire endpoint (psql, Grafana): the same answer, and b and c did part of the work.
+    let before_wire = (worker_tasks(&b).await, worker_tasks(&c).await);
+    let wire = crate::pgwire::connect_to(&format!(
+        "host=127.0.0.1 port={wire_port} user={} password={} dbname=hub sslmode=disable",
+        crate::pgwire::USER,
+        crate::pgwire::PASSWORD
+    ))
+    .await
+    .expect("wire connection");
+    let over_wire: BTreeMap<String, (i64, i64)> = wire
+        .query(PER_MODEL, &[])
+        .await
+        .expect("per-model over the wire")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
+        .collect();
+    assert_eq!(over_wire, want);
+    assert!(worker_tasks(&b).await > before_wire.0 && worker_tasks(&c).await > before_wire.1);
+
     // Small queries stay where they are asked: a range no shared file overlaps is not
     // distributed (and the members' tails are read by a itself).
-    let small: String = a
-        .rows("EXPLAIN SELECT count(*) FROM events WHERE timestamp < '2025-06-01T00:00:00Z'")
-        .await
-        .iter()
-        .map(|r| r["plan"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let small = explain(
+        &a,
+        "SELECT count(*) FROM events WHERE timestamp < '2025-06-01T00:00:00Z'",
+    )
+    .await;
     assert!(!small.contains("DistributedExec"), "{small}");
     // Nor does a query reading this instance's own tables (a task elsewhere would read another
     // machine's disk), however large its scan of shared files.
-    let local: String = a
-        .rows("EXPLAIN SELECT count(*) FROM events WHERE model IN (SELECT model FROM llm_provider_model_1m)")
-        .await
-        .iter()
-        .map(|r| r["plan"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let local = explain(
+        &a,
+        "SELECT count(*) FROM events WHERE model IN (SELECT model FROM llm_provider_model_1m)",
+    )
+    .await;
     assert!(local.contains("history/events/"), "{local}");
     assert!(!local.contains("DistributedExec"), "{local}");
 
@@ -441,6 +472,15 @@ async fn scans_are_split_across_the_instances_and_agree_with_the_oracle() {
     c = start_toml(dir_c.path(), toml("c-restarted"), &s3).await;
     assert_eq!(per_model(&c).await, want);
     assert_eq!(c.count("").await, 2_250);
+}
+
+/// The plans `EXPLAIN sql` shows on `hub`, one after the other.
+async fn explain(hub: &Hub, sql: &str) -> String {
+    hub.rows(&format!("EXPLAIN {sql}"))
+        .await
+        .iter()
+        .map(|r| r["plan"].as_str().unwrap_or_default().to_string() + "\n")
+        .collect()
 }
 
 fn exact_p99_by_model(events: &[Value]) -> BTreeMap<String, f64> {

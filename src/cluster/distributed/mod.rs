@@ -256,28 +256,12 @@ mod tests {
     use datafusion_distributed::{ChannelResolver, GetWorkerInfoRequest};
 
     use super::*;
-    use crate::storage::health::StorageHealth;
-    use crate::storage::local::{LocalStore, LocalStoreConfig};
 
     #[tokio::test]
     async fn the_worker_answers_only_calls_carrying_the_cluster_secret() {
         let dir = tempfile::tempdir().expect("tmp");
-        let metrics = Metrics::new().expect("metrics");
-        let config = LocalStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..LocalStoreConfig::default()
-        };
-        let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
         let secret = "the-right-secret-0123";
-        let tails = Arc::new(TailContext {
-            local: local.clone(),
-            store_id: "me".into(),
-            secret: secret.into(),
-            client: reqwest::Client::new(),
-            timeout: std::time::Duration::from_secs(1),
-            metrics: metrics.clone(),
-            last_error: std::sync::Mutex::new(None),
-        });
+        let (local, metrics, tails) = crate::cluster::tail_exec::tests::context(dir.path(), secret);
         let history = History::new(
             local.schema(),
             ObjectStoreUrl::parse("s3://bucket").expect("url"),
