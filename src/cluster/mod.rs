@@ -221,6 +221,7 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    #[cfg(feature = "postgres")]
     fn remote(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> Self {
         let what = what.into();
         move |source| Self::Remote { what, source }
