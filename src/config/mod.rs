@@ -453,7 +453,7 @@ mod tests {
             "PGWIRE_AUTH" => "md5",
             "PGWIRE_ENABLED" | "PGWIRE_API_KEYS" => "false",
             "PGWIRE_ALLOW_TRUST" | "REDIS_CLUSTER" => "true",
-            "CACHE_ENABLED" | "ALERTS_ENABLED" => "false",
+            "CACHE_ENABLED" | "ALERTS_ENABLED" | "CLUSTER_DISTRIBUTED" => "false",
             "LIVE_CLIENT_BUFFER_CHUNKS" | "LIVE_MAX_SUBSCRIBERS" => "77",
             "AUTH_MODE" => "required",
             "AUTH_KEY_STORE" => "file",
