@@ -195,7 +195,9 @@ impl Distributed {
         let server = tonic::transport::Server::builder()
             .layer(tonic::service::InterceptorLayer::new(admit))
             .add_service(worker.clone().into_worker_server());
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // No Nagle: each task's answer is a few small HTTP/2 frames, and Nagle's wait for the
+        // peer's delayed ACK added ~40 ms per round trip (a distributed count took 0.09 s).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
