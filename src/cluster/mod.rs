@@ -1,22 +1,20 @@
-//! Cluster mode, first increment (issue #22): **shared history**. Each instance uploads the
-//! Parquet segments its local store flushes to shared object storage (`cluster.remote`) and
-//! records them in a catalog in PostgreSQL; every instance's `events` table is its own local
-//! store unioned with the files *other* data directories recorded there. So SQL on any instance
-//! (HTTP, the wire endpoint, `GET /api/v1/events`, the result cache) answers over every event
-//! that any instance has flushed, plus its own recent ones.
+//! Cluster mode (issue #22): **shared history**, **recent data everywhere** and **distributed
+//! execution**. Each instance uploads the Parquet segments its local store flushes to shared
+//! object storage (`cluster.remote`) and records them in a catalog in PostgreSQL; every
+//! instance's `events` table is every data directory's shipped files plus, per live member, what
+//! that member holds beyond them (its tail). So SQL on any instance (HTTP, the wire endpoint,
+//! `GET /api/v1/events`, the result cache) answers over every event any member acknowledged.
 //!
 //! ```text
 //! ingest → local WAL/memory → events-<seq>.parquet ──(shipper)──▶ <remote>/events/<store-id>/…
 //!                                                         └──▶ hub_files (PostgreSQL)
-//! query  → local store ∪ files of hub_files whose store_id is not ours (refreshed each second)
+//! query  → hub_files' list (refreshed each second) ∪ one TailExec per member
+//!          (large scans split across the members' workers: `distributed`)
 //! ```
 //!
-//! What a query sees (the bound): every event acknowledged on this instance, and every event
-//! acknowledged on another one whose segment has been rotated (`storage.segment_max_age_secs`,
-//! `segment_max_rows`, `segment_max_bytes`), flushed and shipped (`cluster.ship_interval_ms`),
-//! then noticed in the catalog (`cluster.catalog_refresh_ms`). Not yet: reading another
-//! instance's unflushed tail over the network, distributed execution, compaction and retention of
-//! shared history (see docs/cluster-design.md for the increments).
+//! What a query sees (the bound): every event acknowledged before it started on every member
+//! that answers (README "Scaling out"). Not yet: retention of shared history, a catalog
+//! without PostgreSQL, cluster-wide continuous-query tables (docs/cluster-design.md).
 //!
 //! Files are keyed by the *store id* (a random id kept in `<data_dir>/cluster/store-id`), not
 //! the instance name: an instance restarted under another name still skips its own files, and

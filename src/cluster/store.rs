@@ -1,6 +1,6 @@
 //! The `events` store every read path uses in cluster mode: appends go to the local store,
-//! scans read the local store, other instances' shipped files, and the other instances' recent
-//! events (their tails, asked over HTTP at scan time).
+//! scans read every data directory's shipped files and, per live member (this one included),
+//! what it holds beyond them ([`TailExec`], run when the plan runs).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
