@@ -533,9 +533,8 @@ async fn events_store(
             workers: cluster.workers(),
             metrics: metrics.clone(),
         };
-        let deps_secret = c.secret.as_deref().unwrap_or_default();
         let d = crate::cluster::distributed::Distributed::start(deps, shutdown).await?;
-        cluster.set_worker_url(d.url().clone(), crate::cluster::distributed::worker_key(deps_secret));
+        cluster.set_worker_url(d.url().clone(), d.key().to_string());
         distributed = DistributedPart(Some(d));
     }
     Ok((Arc::new(cluster), Some(tail), distributed))
@@ -566,11 +565,8 @@ fn advertised_host(config: &Config) -> String {
         return host;
     }
     match config.http.host.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => {
-            crate::sinks::postgres::config::host_name().unwrap_or_else(|| "localhost".into())
-        }
-        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        _ => config.http.host.clone(),
+        Ok(ip) => reachable_host(ip),
+        Err(_) => config.http.host.clone(),
     }
 }
 
@@ -585,15 +581,16 @@ fn advertise_url(config: &Config, bound: std::net::SocketAddr) -> String {
     } else {
         "http"
     };
-    let host = if bound.ip().is_unspecified() {
-        crate::sinks::postgres::config::host_name().unwrap_or_else(|| "localhost".into())
-    } else {
-        match bound.ip() {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        }
-    };
-    format!("{scheme}://{host}:{}", bound.port())
+    format!("{scheme}://{}:{}", reachable_host(bound.ip()), bound.port())
+}
+
+/// `ip` as the others reach it in a URL: the host name for a wildcard bind, IPv6 bracketed.
+fn reachable_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        ip if ip.is_unspecified() => crate::sinks::postgres::config::host_name().unwrap_or_else(|| "localhost".into()),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -153,13 +153,26 @@ fn read_file(path: &Path, schema: &SchemaRef, columns: &[usize]) -> Result<Vec<R
         .collect()
 }
 
+/// The owner's flushed files whose names the reader did not list (it reads those from shared
+/// storage): with its in-memory events, the owner's tail. Served over HTTP ([`serve`]) and read
+/// in process ([`super::tail_exec::TailExec`]) alike.
+pub fn unlisted(files: Vec<std::path::PathBuf>, known_files: &[String]) -> Vec<std::path::PathBuf> {
+    let known: HashSet<&str> = known_files.iter().map(String::as_str).collect();
+    files
+        .into_iter()
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            !known.contains(name.as_ref())
+        })
+        .collect()
+}
+
 /// The owner's side: the tail of `local` for `req`, as an Arrow IPC stream of at most
 /// `max_bytes` (blocking: reads files).
 pub fn serve(local: &LocalStore, req: &TailRequest, max_bytes: usize) -> Result<Vec<u8>, TailError> {
     let schema = local.schema();
     let columns = wanted(&schema, req)?;
     let projected = Arc::new(schema.project(&columns).map_err(read_err)?);
-    let known: HashSet<&str> = req.known_files.iter().map(String::as_str).collect();
     let snapshot = local.snapshot();
     let mut out = Vec::new();
     let mut writer = StreamWriter::try_new(&mut out, &projected).map_err(read_err)?;
@@ -176,14 +189,7 @@ pub fn serve(local: &LocalStore, req: &TailRequest, max_bytes: usize) -> Result<
             return Err(TailError::TooLarge { limit: max_bytes });
         }
     }
-    for path in snapshot.files {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if known.contains(name.as_str()) {
-            continue;
-        }
+    for path in unlisted(snapshot.files, &req.known_files) {
         for batch in read_file(&path, &schema, &columns)? {
             write(batch, &mut writer)?;
             if writer.get_ref().len() > max_bytes {

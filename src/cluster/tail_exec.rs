@@ -5,7 +5,6 @@
 //! ([`super::tail`]). The node carries only names and numbers, so it can be sent to a worker
 //! ([`super::distributed::TailCodec`]).
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,15 +134,10 @@ impl TailExec {
         let local = &self.context.local;
         let full = local.schema();
         let snapshot = local.snapshot();
-        let known: HashSet<&str> = self.request.known_files.iter().map(String::as_str).collect();
         let memory = MemorySourceConfig::try_new(&[snapshot.batches], Arc::clone(&full), self.projection.clone())?;
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = vec![DataSourceExec::from_data_source(memory)];
         let mut files = Vec::new();
-        for path in snapshot.files {
-            let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-            if known.contains(name.as_ref()) {
-                continue;
-            }
+        for path in tail::unlisted(snapshot.files, &self.request.known_files) {
             // A file compacted away locally since the snapshot is read by nobody: fail loudly.
             let size = std::fs::metadata(&path)
                 .map_err(|e| DataFusionError::Execution(format!("{}: {e}", path.display())))?

@@ -116,6 +116,8 @@ pub struct Distributed {
     bytes_per_partition: usize,
     template: Arc<OnceLock<SessionState>>,
     history: History,
+    /// [`worker_key`] of this instance's secret.
+    key: String,
 }
 
 impl std::fmt::Debug for Distributed {
@@ -216,12 +218,18 @@ impl Distributed {
             bytes_per_partition: deps.bytes_per_partition,
             template,
             history: deps.history,
+            key: worker_key(deps.secret),
         })
     }
 
     /// This worker as the others reach it.
     pub fn url(&self) -> &Url {
         &self.self_url
+    }
+
+    /// Its key: only members with the same one are sent this instance's tasks.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// `builder` with the distributed planner: scans larger than the configured bytes per
