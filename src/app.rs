@@ -228,6 +228,28 @@ fn build_auth(
     )
 }
 
+/// The replay filter of an events store whose Kafka batches are claimed in `sink`: a held
+/// batch counts only if its claim was committed. Waits for the database (the store cannot tell
+/// which of its batches count without it); gives up only on shutdown.
+async fn claimed_filter(
+    sink: &dyn crate::sinks::RollupSink,
+    store_id: &str,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<crate::storage::ReplayFilter, AppError> {
+    let claimed = crate::resilience::retry(
+        "reading the events store's claims",
+        crate::resilience::RetryPolicy::UNTIL_SUCCESS,
+        shutdown,
+        || sink.claims(store_id),
+    )
+    .await?;
+    tracing::info!(
+        claims = claimed.len(),
+        "events store replays only the Kafka batches the sink claimed"
+    );
+    Ok(Arc::new(move |_seq, tag| claimed.contains(&tag)))
+}
+
 /// Runs the standalone service until SIGINT/SIGTERM, then drains requests and flushes storage.
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let unsupported = Config::unsupported_env(|n| std::env::var(n).ok());
@@ -245,9 +267,25 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         tracing::warn!(error = %e, "JWKS not fetched yet; tokens signed by the provider are refused until it is");
     }
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
-    let local = LocalStore::open(config.storage.clone(), metrics.clone(), storage_health.clone())?;
-    let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
+    let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
+    // Kafka with the sink: the events table is exactly-once (batches held until claimed).
+    let claims_store = match (&sink, config.kafka.enabled()) {
+        (Some(_), true) => Some(crate::cluster::store_id(&config.storage.data_dir)?),
+        _ => None,
+    };
+    let replay_filter = match (&sink, &claims_store) {
+        (Some(sink), Some(store_id)) => Some(claimed_filter(sink.as_ref(), store_id, &shutdown_rx).await?),
+        _ => None,
+    };
+    let local = LocalStore::open_filtered(
+        config.storage.clone(),
+        metrics.clone(),
+        storage_health.clone(),
+        replay_filter,
+    )?;
+    let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     // Every read path goes through `store`: in cluster mode the local store plus shared history.
     let (store, cluster_tail, distributed) = events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
     let engine = QueryEngine::new(
@@ -259,8 +297,6 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     distributed.ready(&engine);
     let versions = TableVersions::new();
     versions.register(crate::event::EVENTS_TABLE, Arc::clone(&store));
-    let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
-    let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
     let live = crate::live::LiveFeed::with_metrics(config.live.clone(), metrics.registry())?;
     live.declare(crate::live::EVENTS_TOPIC, crate::event::events_schema());
     let (stream, stream_task) = if config.stream.enabled {
@@ -300,7 +336,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
     let local_ingest =
         StoreIngest::new(Arc::clone(&local_store), metrics.clone(), stream.clone()).with_live(live.clone());
-    let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink());
+    let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink().with_claims(claims_store));
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
         kafka_ingest(&config.kafka)?

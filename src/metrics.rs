@@ -58,6 +58,8 @@ pub struct MetricsInner {
     pub wal_commit_group_batches: Histogram,
     /// Events held in memory by the local store.
     pub storage_rows_in_memory: IntGauge,
+    /// Events durable but held out of queries until the sink's transaction claims them.
+    pub storage_rows_held: IntGauge,
     /// Bytes of events held in memory (not yet in Parquet).
     pub storage_bytes_in_memory: IntGauge,
     /// Appends that waited for the Parquet flush to free memory.
@@ -160,6 +162,10 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let storage_rows_in_memory = IntGauge::new("storage_rows_in_memory", "Events held in memory")?;
+        let storage_rows_held = IntGauge::new(
+            "storage_rows_held",
+            "Kafka events durable in the WAL but not visible yet: waiting for the sink transaction that claims them",
+        )?;
         let storage_bytes_in_memory = IntGauge::new(
             "storage_bytes_in_memory",
             "Bytes (Arrow) of events held in memory, not yet in Parquet",
@@ -278,6 +284,7 @@ impl Metrics {
         registry.register(Box::new(wal_append_seconds.clone()))?;
         registry.register(Box::new(wal_commit_group_batches.clone()))?;
         registry.register(Box::new(storage_rows_in_memory.clone()))?;
+        registry.register(Box::new(storage_rows_held.clone()))?;
         registry.register(Box::new(storage_bytes_in_memory.clone()))?;
         registry.register(Box::new(storage_backpressure_waits_total.clone()))?;
         registry.register(Box::new(storage_parquet_files.clone()))?;
@@ -296,6 +303,7 @@ impl Metrics {
             wal_append_seconds,
             wal_commit_group_batches,
             storage_rows_in_memory,
+            storage_rows_held,
             storage_bytes_in_memory,
             storage_backpressure_waits_total,
             storage_parquet_files,

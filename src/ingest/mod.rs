@@ -59,6 +59,44 @@ pub trait Ingest: Send + Sync + std::fmt::Debug {
     fn wants_raw(&self) -> bool {
         false
     }
+
+    /// The store this ingest holds batches in, named for the sink's claims (see
+    /// [`Self::hold`]); `None` when it cannot hold batches.
+    fn claims_store(&self) -> Option<&str> {
+        None
+    }
+
+    /// Makes `batch` durable but not visible, under `tag`: the Kafka source then claims it in
+    /// the sink's transaction and [`Self::publish`]es it, or [`Self::discard`]s it when the
+    /// claim was refused. After a crash the store keeps only claimed batches.
+    async fn hold(&self, batch: RecordBatch, tag: u64) -> Result<Held, IngestError> {
+        let _ = (batch, tag);
+        Err(IngestError::Internal("this ingest cannot hold batches".into()))
+    }
+
+    /// Makes a held batch visible and hands it on (continuous queries, live feed).
+    async fn publish(&self, held: Held) {
+        let _ = held;
+    }
+
+    /// Drops a held batch.
+    fn discard(&self, held: Held) {
+        let _ = held;
+    }
+
+    /// The oldest WAL segment of the store (claims of older ones can go).
+    fn oldest_wal_seq(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A batch held by [`Ingest::hold`].
+#[derive(Debug)]
+pub struct Held {
+    /// Where the store holds it.
+    pub at: crate::storage::HeldAppend,
+    batch: RecordBatch,
+    ahead: Vec<(crate::stream::engine::QueryId, crate::stream::query::Prepared)>,
 }
 
 /// Standalone ingest: straight into an [`EventStore`].
@@ -69,6 +107,8 @@ pub struct StoreIngest {
     stream: Option<crate::stream::StreamHandle>,
     sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     live: Option<crate::live::LiveFeed>,
+    /// The data directory's store id when batches are held for the sink's claims.
+    claims_store: Option<String>,
 }
 
 impl StoreIngest {
@@ -81,7 +121,15 @@ impl StoreIngest {
             stream,
             sink: None,
             live: None,
+            claims_store: None,
         }
+    }
+
+    /// Holds Kafka batches for the sink's claims, naming this store `store_id` (exactly-once
+    /// into the events table, see [`Ingest::hold`]).
+    pub fn with_claims(mut self, store_id: Option<String>) -> Self {
+        self.claims_store = store_id;
+        self
     }
 
     /// Also publishes every stored batch to the live `events` topic.
@@ -110,6 +158,7 @@ impl StoreIngest {
             stream: self.stream.clone(),
             sink: None,
             live: self.live.clone(),
+            claims_store: self.claims_store.clone(),
         }
     }
 }
@@ -118,7 +167,7 @@ impl StoreIngest {
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
         if let Some(sink) = &self.sink {
-            sink.write(&batch, &[], &[]).await.map_err(IngestError::Sink)?;
+            sink.write(&batch, &[], &[], None).await.map_err(IngestError::Sink)?;
         }
         let stored = batch.clone();
         // While the append waits for its group commit, this task computes the batch's partial
@@ -129,6 +178,52 @@ impl Ingest for StoreIngest {
             None => (self.store.append(batch).await, Vec::new()),
         };
         appended?;
+        self.hand_on(stored, ahead).await;
+        Ok(())
+    }
+
+    fn claims_store(&self) -> Option<&str> {
+        self.claims_store.as_deref()
+    }
+
+    async fn hold(&self, batch: RecordBatch, tag: u64) -> Result<Held, IngestError> {
+        let stored = batch.clone();
+        let (held, ahead) = match &self.stream {
+            Some(stream) => tokio::join!(self.store.append_held(batch, tag), stream.prepare(&stored)),
+            None => (self.store.append_held(batch, tag).await, Vec::new()),
+        };
+        Ok(Held {
+            at: held?,
+            batch: stored,
+            ahead,
+        })
+    }
+
+    async fn publish(&self, held: Held) {
+        if self.store.publish(&held.at) {
+            self.hand_on(held.batch, held.ahead).await;
+        } else {
+            tracing::error!(seq = held.at.seq, "a held batch to publish was not found in the store");
+        }
+    }
+
+    fn discard(&self, held: Held) {
+        self.store.discard(&held.at);
+    }
+
+    fn oldest_wal_seq(&self) -> Option<u64> {
+        self.store.oldest_wal_seq()
+    }
+}
+
+impl StoreIngest {
+    /// After a batch became visible: counts it and feeds the live topic and the continuous
+    /// queries.
+    async fn hand_on(
+        &self,
+        stored: RecordBatch,
+        ahead: Vec<(crate::stream::engine::QueryId, crate::stream::query::Prepared)>,
+    ) {
         count_processed(&self.metrics, &stored);
         if let Some(live) = &self.live {
             live.publish(crate::live::EVENTS_TOPIC, &stored);
@@ -139,7 +234,6 @@ impl Ingest for StoreIngest {
                 tracing::warn!(error = %e, "continuous queries did not receive a batch");
             }
         }
-        Ok(())
     }
 }
 

@@ -41,6 +41,18 @@ pub struct SourcePosition {
     pub next: i64,
 }
 
+/// Which events-store batch a sink write claims: written in the write's transaction, so after
+/// a crash the store keeps exactly the batches whose source positions the sink advanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventClaim {
+    /// The data directory's store id.
+    pub store_id: String,
+    /// The batch's tag in the WAL.
+    pub tag: u64,
+    /// The WAL segment it is in.
+    pub wal_seq: u64,
+}
+
 /// A record that could not be decoded, kept with its reason.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -141,7 +153,18 @@ pub trait RollupSink: Send + Sync + std::fmt::Debug {
         batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
+        claim: Option<&EventClaim>,
     ) -> Result<(), SinkError>;
+
+    /// The tags of `store_id`'s claimed batches (read before its store replays its WAL).
+    async fn claims(&self, store_id: &str) -> Result<std::collections::HashSet<u64>, SinkError>;
+
+    /// Whether `claim` was written (a write whose answer was lost may have committed).
+    async fn is_claimed(&self, claim: &EventClaim) -> Result<bool, SinkError>;
+
+    /// Deletes `store_id`'s claims of WAL segments before `oldest_seq` (flushed: no replay
+    /// needs them). Returns how many went.
+    async fn forget_claims(&self, store_id: &str, oldest_seq: u64) -> Result<u64, SinkError>;
 
     /// The stored next offsets of `partitions` of the consumer group (None = never written);
     /// later writes for these partitions must continue from exactly there.

@@ -178,11 +178,52 @@ impl std::fmt::Display for DataVersion {
 }
 
 /// A durable home for events, readable through DataFusion.
+/// A batch made durable but held out of queries (see [`EventStore::append_held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldAppend {
+    /// The WAL segment it is in.
+    pub seq: u64,
+    /// Its tag.
+    pub tag: u64,
+}
+
+/// Decides at replay whether a tagged batch of WAL segment `seq` counts: `(seq, tag) -> keep`.
+pub type ReplayFilter = std::sync::Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+
 #[async_trait]
 pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Stores a batch with the `events` schema. When this returns `Ok`, the events survive a
     /// crash of the process and are visible to queries.
     async fn append(&self, batch: RecordBatch) -> Result<(), StorageError>;
+
+    /// Makes `batch` durable like [`Self::append`] but keeps it out of queries (held under
+    /// `tag`, which is written to the WAL with it) until [`Self::publish`] or [`Self::discard`].
+    /// A store that cannot hold batches refuses.
+    async fn append_held(&self, batch: RecordBatch, tag: u64) -> Result<HeldAppend, StorageError> {
+        let _ = (batch, tag);
+        Err(StorageError::Invalid {
+            context: "holding a batch".into(),
+            message: "this store cannot hold batches".into(),
+        })
+    }
+
+    /// Makes a held batch visible; false when nothing is held under `held`.
+    fn publish(&self, held: &HeldAppend) -> bool {
+        let _ = held;
+        false
+    }
+
+    /// Drops a held batch (a replay leaves it out too, unless its tag was claimed); false when
+    /// nothing is held under `held`.
+    fn discard(&self, held: &HeldAppend) -> bool {
+        let _ = held;
+        false
+    }
+
+    /// The oldest WAL segment still on disk (claims of older segments are no longer needed).
+    fn oldest_wal_seq(&self) -> Option<u64> {
+        None
+    }
 
     /// Identifies what the store holds: a query answered at one version gives the same rows at
     /// the same version (result caches key on it).

@@ -90,6 +90,9 @@ impl Broker {
             .client()
             .set("linger.ms", "10")
             .set("message.timeout.ms", "30000")
+            // Keyless records go to a random partition each, not to one partition per batch
+            // (the sticky default left some partitions, and so some instances, without events).
+            .set("sticky.partitioning.linger.ms", "0")
             .create()
             .expect("producer");
         for chunk in payloads.chunks(5_000) {

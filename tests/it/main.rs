@@ -27,6 +27,7 @@ mod pg_sink;
 mod pgwire;
 mod pgwire_clients;
 mod pgwire_grafana;
+mod proxy;
 mod sql;
 mod stream;
 mod stream_modes;

@@ -62,7 +62,7 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
     let (l1, l2, l3) = (lines(91, 1_000), lines(92, 1_000), lines(93, 1_000));
     let batch = |l: &[Vec<u8>]| decode_batch_body(&l.join(&b'\n'), 0).expect("decode").batch;
 
-    a.write(&batch(&l1), &[], &pos(0, 0, 1_000))
+    a.write(&batch(&l1), &[], &pos(0, 0, 1_000), None)
         .await
         .expect("a writes first");
     let mut conn = db.connect().await;
@@ -70,7 +70,7 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
     assert_same("after a", &after_a, &oracle(&l1, 1).await);
 
     // b still believes there is no row: refused, and nothing of its batch is written.
-    let refused = b.write(&batch(&l2), &[], &pos(0, 0, 1_000)).await;
+    let refused = b.write(&batch(&l2), &[], &pos(0, 0, 1_000), None).await;
     assert!(matches!(refused, Err(SinkError::Fenced(_))), "{refused:?}");
     assert_eq!(
         stored(&mut conn, "pm_1m").await,
@@ -80,19 +80,19 @@ async fn a_stale_instance_cannot_overwrite_newer_offsets() {
 
     // After re-reading the stored offset b continues from a's progress ...
     assert_eq!(b.load_positions(&parts).await.expect("reload"), vec![Some(1_000)]);
-    b.write(&batch(&l2), &[], &pos(0, 1_000, 2_000))
+    b.write(&batch(&l2), &[], &pos(0, 1_000, 2_000), None)
         .await
         .expect("b continues");
     // ... and now a is the stale one.
-    let stale = a.write(&batch(&l3), &[], &pos(0, 2_000, 3_000)).await;
+    let stale = a.write(&batch(&l3), &[], &pos(0, 2_000, 3_000), None).await;
     assert!(matches!(stale, Err(SinkError::Fenced(_))), "{stale:?}");
     // A partition an instance never loaded is refused too.
-    let unowned = a.write(&batch(&l3), &[], &pos(1, 0, 10)).await;
+    let unowned = a.write(&batch(&l3), &[], &pos(1, 0, 10), None).await;
     assert!(matches!(unowned, Err(SinkError::Fenced(_))), "{unowned:?}");
     // A batch consumed before a rebalance and written after its instance re-read the offsets:
     // the compare-and-set matches (a expects 2,000), but its records 1,500.. were counted by b.
     assert_eq!(a.load_positions(&parts).await.expect("reload"), vec![Some(2_000)]);
-    let overlapping = a.write(&batch(&l3), &[], &pos(0, 1_500, 2_500)).await;
+    let overlapping = a.write(&batch(&l3), &[], &pos(0, 1_500, 2_500), None).await;
     assert!(
         matches!(&overlapping, Err(SinkError::Fenced(m)) if m.contains("starts at offset 1500, before the stored offset 2000")),
         "{overlapping:?}"
@@ -121,7 +121,7 @@ async fn the_circuit_breaker_opens_on_an_unreachable_database() {
     let batch = decode_batch_body(&lines(94, 10).join(&b'\n'), 0).expect("decode").batch;
     assert!(s.ready());
     for _ in 0..3 {
-        let r = s.write(&batch, &[], &[]).await;
+        let r = s.write(&batch, &[], &[], None).await;
         assert!(
             matches!(&r, Err(SinkError::Database { transient: true, .. })),
             "a refused connection is a transient database error: {r:?}"
@@ -130,7 +130,7 @@ async fn the_circuit_breaker_opens_on_an_unreachable_database() {
     assert!(!s.ready(), "open after 3 failures");
     assert_eq!(s.status()["circuit_breaker"], "open");
     let started = Instant::now();
-    let r = s.write(&batch, &[], &[]).await;
+    let r = s.write(&batch, &[], &[], None).await;
     assert!(
         matches!(&r, Err(SinkError::Unavailable(m)) if m.contains("circuit breaker open")),
         "{r:?}"

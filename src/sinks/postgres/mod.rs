@@ -3,6 +3,7 @@
 //! batch covers advanced in the same transaction ([`offsets`]). Writes go through a circuit
 //! breaker ([`CircuitBreaker`]) and are retried by the caller with its [`RetryPolicy`].
 
+mod claims;
 pub mod columns;
 pub mod config;
 pub mod migrate;
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 pub use config::PostgresConfig;
 
 use self::tables::Tables;
-use super::{DeadLetter, RollupSink, SinkError, SourcePosition};
+use super::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
 use crate::event::EVENTS_TABLE;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
@@ -158,6 +159,7 @@ impl PostgresSink {
         batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
+        claim: Option<&EventClaim>,
     ) -> Result<(), SinkError> {
         let mut tables = self.tables.lock().await;
         tables.prepare(&self.pool, &self.metrics).await?;
@@ -198,6 +200,9 @@ impl PostgresSink {
                 }
             }
             offsets::dead_letters(&mut tx, dead_letters).await?;
+            if let Some(claim) = claim {
+                claims::insert(&mut tx, claim).await?;
+            }
             tx.commit().await.map_err(classify_db)
         }
         .await;
@@ -229,6 +234,7 @@ impl RollupSink for PostgresSink {
         batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
+        claim: Option<&EventClaim>,
     ) -> Result<(), SinkError> {
         let outcome = match self.breaker.allow() {
             Err(left) => Err(SinkError::Unavailable(format!(
@@ -237,7 +243,7 @@ impl RollupSink for PostgresSink {
             ))),
             Ok(()) => {
                 let started = Instant::now();
-                let r = self.write_txn(batch, dead_letters, positions).await;
+                let r = self.write_txn(batch, dead_letters, positions, claim).await;
                 self.observe("write_txn", started);
                 match &r {
                     Err(e) if e.is_unavailable() => self.breaker.failure(),
@@ -278,6 +284,22 @@ impl RollupSink for PostgresSink {
             map.insert(p.clone(), *o);
         }
         Ok(stored)
+    }
+
+    async fn claims(&self, store_id: &str) -> Result<std::collections::HashSet<u64>, SinkError> {
+        {
+            let mut tables = self.tables.lock().await;
+            tables.migrate_if_needed(&self.pool, &self.metrics).await?;
+        }
+        claims::load(&self.pool, store_id).await
+    }
+
+    async fn is_claimed(&self, claim: &EventClaim) -> Result<bool, SinkError> {
+        claims::exists(&self.pool, claim).await
+    }
+
+    async fn forget_claims(&self, store_id: &str, oldest_seq: u64) -> Result<u64, SinkError> {
+        claims::forget(&self.pool, store_id, oldest_seq).await
     }
 
     fn forget_positions(&self, partitions: &[(String, i32)]) {

@@ -5,12 +5,14 @@
 //! updates and the offsets it covers are written in one transaction, and every partition
 //! assignment starts at the offsets stored there (see `crate::sinks`).
 //!
-//! Delivery guarantee into the local store: at-least-once. Offsets are committed only after the
-//! records they cover are durable (stored, or acknowledged on the dead-letter topic). A clean
-//! shutdown or rebalance first drains in-flight batches and commits synchronously, so nothing is
-//! consumed twice then; after a crash (kill -9) the records stored after the last commit (at
-//! most the in-flight batches, about `queue_batches` × `batch_max_records`) are consumed again
-//! and stored twice.
+//! Delivery guarantee into the local store: with the rollup sink exactly-once — each batch is
+//! stored held (durable, invisible), claimed in the sink's transaction with its offsets, then
+//! published; a replay keeps only claimed batches (`crate::storage::ReplayFilter`). Without a
+//! sink at-least-once: offsets are committed only after the records they cover are durable
+//! (stored, or acknowledged on the dead-letter topic). A clean shutdown or rebalance first
+//! drains in-flight batches and commits synchronously, so nothing is consumed twice then; after
+//! a crash (kill -9) the records stored after the last commit (at most the in-flight batches,
+//! about `queue_batches` × `batch_max_records`) are consumed again and stored twice.
 
 pub mod admin;
 pub mod bench;

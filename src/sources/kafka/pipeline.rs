@@ -14,7 +14,7 @@ use crate::event::{DecodedBatch, EventDecoder};
 use crate::ingest::{Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
 use crate::resilience::{RetryPolicy, retry};
-use crate::sinks::{DeadLetter, RollupSink, SinkError, SourcePosition};
+use crate::sinks::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
 
 /// What the pipeline needs.
 pub struct Pipeline {
@@ -26,6 +26,9 @@ pub struct Pipeline {
     /// Exactly-once mode: rollups and offsets are written here in one transaction.
     pub sink: Option<Arc<dyn RollupSink>>,
 }
+
+/// How often the claims of flushed WAL segments are deleted.
+const FORGET_CLAIMS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What storing one batch came to.
 enum Stored {
@@ -60,7 +63,12 @@ impl Pipeline {
             })
             .buffered(self.decode_threads);
         let mut decoded = std::pin::pin!(decoded);
+        let mut claims_forgotten = std::time::Instant::now();
         while let Some(joined) = decoded.next().await {
+            if claims_forgotten.elapsed() >= FORGET_CLAIMS_EVERY {
+                claims_forgotten = std::time::Instant::now();
+                self.forget_claims().await;
+            }
             let (batch, out) = match joined {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -90,6 +98,19 @@ impl Pipeline {
         }
     }
 
+    /// Deletes the claims of WAL segments the store has flushed (no replay reads them again).
+    async fn forget_claims(&self) {
+        let (Some(sink), Some(store_id), Some(oldest)) =
+            (&self.sink, self.ingest.claims_store(), self.ingest.oldest_wal_seq())
+        else {
+            return;
+        };
+        match sink.forget_claims(store_id, oldest).await {
+            Ok(n) => tracing::debug!(deleted = n, "claims of flushed WAL segments deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete old claims; will retry"),
+        }
+    }
+
     /// Dead-letters, stores, writes the sink, reports durable.
     async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> Stored {
         count_readers(&self.metrics, out.readers);
@@ -114,26 +135,67 @@ impl Pipeline {
                     .inc();
             }
         }
+        // With a sink and a store that can hold batches, the events are exactly-once too: the
+        // batch is made durable but held out of queries, claimed in the sink's transaction
+        // (with its offsets), and only then published. A crash before the claim leaves it
+        // unclaimed, so the store drops it at replay and the records are consumed again.
+        let claims_store = self.sink.as_ref().and(self.ingest.claims_store());
+        let mut held = None;
         if out.batch.num_rows() > 0 {
-            let stored = retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
-                self.ingest.ingest(out.batch.clone(), &[]).await
-            })
-            .await;
+            let stored = match claims_store {
+                Some(_) => {
+                    let tag = uuid::Uuid::new_v4().as_u64_pair().0;
+                    retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
+                        self.ingest.hold(out.batch.clone(), tag).await
+                    })
+                    .await
+                    .map(|h| held = Some(h))
+                }
+                None => {
+                    retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
+                        self.ingest.ingest(out.batch.clone(), &[]).await
+                    })
+                    .await
+                }
+            };
             if stored.is_err() {
                 return Stored::Stop;
             }
         }
         if let Some(sink) = &self.sink {
-            match write_sink(sink.as_ref(), batch, &out, shutdown).await {
+            let claim = match (claims_store, &held) {
+                (Some(store_id), Some(h)) => Some(EventClaim {
+                    store_id: store_id.to_string(),
+                    tag: h.at.tag,
+                    wal_seq: h.at.seq,
+                }),
+                _ => None,
+            };
+            match write_sink(sink.as_ref(), batch, &out, shutdown, claim.as_ref()).await {
                 Ok(()) => {}
                 Err(SinkError::Fenced(reason)) => {
                     tracing::warn!(%reason, "the sink refused a batch as stale; rewinding to its stored offsets");
+                    if let (Some(h), Some(claim)) = (held.take(), &claim) {
+                        // A write whose answer was lost may have committed before a retry was
+                        // refused: the claim says whether the batch counts.
+                        match sink.is_claimed(claim).await {
+                            Ok(true) => self.ingest.publish(h).await,
+                            Ok(false) => self.ingest.discard(h),
+                            // Unknown: stays held; a replay decides by the claim.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot tell whether a fenced batch was claimed; it stays held")
+                            }
+                        }
+                    }
                     return Stored::Rewind;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the rollup sink gave up; stopping the kafka pipeline");
                     return Stored::Stop;
                 }
+            }
+            if let Some(h) = held {
+                self.ingest.publish(h).await;
             }
         }
         for span in batch.progress() {
@@ -166,6 +228,7 @@ async fn write_sink(
     batch: &RawBatch,
     out: &DecodedBatch,
     shutdown: &watch::Receiver<bool>,
+    claim: Option<&EventClaim>,
 ) -> Result<(), SinkError> {
     let positions: Vec<SourcePosition> = batch
         .progress()
@@ -198,7 +261,7 @@ async fn write_sink(
         "rollup sink write (ingestion paused)",
         sink.retry_policy(),
         shutdown,
-        || sink.write(&out.batch, &letters, &positions),
+        || sink.write(&out.batch, &letters, &positions, claim),
     )
     .await
 }

@@ -26,7 +26,7 @@ use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 
 use super::health::{FaultKind, QuarantinedFile, StorageHealth};
-use super::{ComponentStatus, EventStore, StorageError};
+use super::{ComponentStatus, EventStore, HeldAppend, ReplayFilter, StorageError};
 use crate::event::events_schema;
 use crate::metrics::Metrics;
 use wal::{SegmentFs, WalWriter};
@@ -96,6 +96,9 @@ struct Segment {
     /// Arrow memory of the segment's batches.
     bytes: usize,
     opened: Instant,
+    /// Durable batches kept out of queries until their writer publishes or discards them
+    /// (by tag): a Kafka batch waits here for the sink's transaction that claims it.
+    held: Vec<(u64, RecordBatch)>,
 }
 
 impl Segment {
@@ -108,6 +111,7 @@ impl Segment {
             rows: 0,
             bytes: 0,
             opened: Instant::now(),
+            held: Vec::new(),
         }
     }
 
@@ -229,7 +233,7 @@ impl Shared {
         *wal = Some(new_wal);
         let mut inner = self.lock();
         // The segment of a sealed WAL may be empty (a failed first append): drop it.
-        if inner.segments.last().is_some_and(|s| s.rows == 0)
+        if inner.segments.last().is_some_and(|s| s.rows == 0 && s.held.is_empty())
             && let Some(empty) = inner.segments.pop()
         {
             let _ = std::fs::remove_file(wal::segment_path(&self.dir, empty.seq));
@@ -285,14 +289,21 @@ impl Shared {
             let mut wal = self.lock_wal();
             self.ensure_writable_segment(&mut wal)?;
             let writer = wal.as_mut().ok_or(StorageError::Closed)?;
-            let staged: Vec<Result<(), StorageError>> = group.iter().map(|p| writer.stage(&p.batch)).collect();
+            let seq = writer.seq();
+            let staged: Vec<Result<u64, StorageError>> = group
+                .iter()
+                .map(|p| writer.stage_tagged(&p.batch, p.hold).map(|()| seq))
+                .collect();
             writer.commit()?;
             // Still under the WAL lock: no rotation can slip between the sync and this push.
             let mut inner = self.lock();
             if let Some(active) = inner.segments.last_mut() {
                 for (p, s) in group.iter().zip(&staged) {
                     if s.is_ok() {
-                        active.push(&self.schema, p.batch.clone());
+                        match p.hold {
+                            Some(tag) => active.held.push((tag, p.batch.clone())),
+                            None => active.push(&self.schema, p.batch.clone()),
+                        }
                     }
                 }
             }
@@ -335,6 +346,40 @@ impl Shared {
         );
     }
 
+    /// Makes a held batch visible (`publish`) or drops it; false when no batch is held under
+    /// `held`. A dropped batch stays in its WAL segment until that is flushed, and a replay
+    /// drops it again (its tag was never claimed).
+    fn release(&self, held: &HeldAppend, publish: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(segment) = inner.segments.iter_mut().find(|s| s.seq == held.seq) else {
+            return false;
+        };
+        let Some(i) = segment.held.iter().position(|(tag, _)| *tag == held.tag) else {
+            return false;
+        };
+        let (_, batch) = segment.held.swap_remove(i);
+        if publish {
+            let rows = batch.num_rows();
+            segment.push(&self.schema, batch);
+            // Under `inner`, as for an append: a snapshot after this sees the rows and the version.
+            self.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
+            if let Some(metrics) = &self.metrics {
+                metrics.storage_rows_in_memory.add(rows as i64);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.storage_rows_held.set(
+                inner
+                    .segments
+                    .iter()
+                    .flat_map(|s| &s.held)
+                    .map(|(_, b)| b.num_rows() as i64)
+                    .sum(),
+            );
+        }
+        true
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         let inner = self.lock();
         Snapshot {
@@ -347,7 +392,10 @@ impl Shared {
 /// One append waiting for its group commit.
 struct PendingAppend {
     batch: RecordBatch,
-    done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+    /// Hold the batch under this tag (written to the WAL with it) instead of publishing it.
+    hold: Option<u64>,
+    /// Answered with the WAL segment the batch went to.
+    done: tokio::sync::oneshot::Sender<Result<u64, StorageError>>,
 }
 
 /// A group holds at most this many bytes of Arrow data (more waiting appends go to the next
@@ -423,6 +471,28 @@ impl LocalStore {
         Self::open_with_fs(dir, schema, sort_column, config, metrics, health, Arc::new(wal::RealFs))
     }
 
+    /// [`Self::open`] for a store whose tagged (held) batches count only where `filter` says
+    /// so: a batch written with a tag the filter refuses was never claimed by its writer's
+    /// sink transaction and is left out (its source records are consumed again).
+    pub fn open_filtered(
+        config: LocalStoreConfig,
+        metrics: Metrics,
+        health: StorageHealth,
+        filter: Option<ReplayFilter>,
+    ) -> Result<Self, StorageError> {
+        let dir = config.data_dir.join("events");
+        Self::open_inner(
+            dir,
+            events_schema(),
+            Some(crate::event::schema::col::TIMESTAMP.to_string()),
+            config,
+            Some(metrics),
+            health,
+            Arc::new(wal::RealFs),
+            filter,
+        )
+    }
+
     /// [`Self::open_table`] creating WAL files through `fs`.
     pub(crate) fn open_with_fs(
         dir: PathBuf,
@@ -432,6 +502,20 @@ impl LocalStore {
         metrics: Option<Metrics>,
         health: StorageHealth,
         fs: Arc<dyn SegmentFs>,
+    ) -> Result<Self, StorageError> {
+        Self::open_inner(dir, schema, sort_column, config, metrics, health, fs, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_inner(
+        dir: PathBuf,
+        schema: SchemaRef,
+        sort_column: Option<String>,
+        config: LocalStoreConfig,
+        metrics: Option<Metrics>,
+        health: StorageHealth,
+        fs: Arc<dyn SegmentFs>,
+        filter: Option<ReplayFilter>,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&dir).map_err(StorageError::io(format!("creating {}", dir.display())))?;
         remove_temp_files(&dir)?;
@@ -468,7 +552,21 @@ impl LocalStore {
                 std::fs::remove_file(&path).map_err(StorageError::io(format!("removing {}", path.display())))?;
                 continue;
             }
-            let replay = wal::replay(&path)?;
+            let mut replay = wal::replay(&path)?;
+            if let Some(filter) = &filter {
+                let (mut kept, mut dropped) = (Vec::new(), 0usize);
+                for (batch, tag) in std::mem::take(&mut replay.batches).into_iter().zip(&replay.tags) {
+                    match tag {
+                        Some(tag) if !filter(seq, *tag) => dropped += batch.num_rows(),
+                        _ => kept.push(batch),
+                    }
+                }
+                if dropped > 0 {
+                    tracing::info!(path = %path.display(), dropped_rows = dropped,
+                        "left out batches their writer's sink transaction never claimed (their records are consumed again)");
+                }
+                replay.batches = kept;
+            }
             let rows: usize = replay.batches.iter().map(RecordBatch::num_rows).sum();
             if replay.is_damaged() {
                 // Keep what could be read in a clean segment; the original goes to quarantine.
@@ -593,13 +691,11 @@ impl LocalStore {
             let todo = {
                 let inner = self.shared.lock();
                 let n = inner.segments.len();
-                if n <= 1 {
-                    None
-                } else {
-                    inner
-                        .segments
-                        .first()
-                        .map(|s| (s.seq, s.batches().cloned().collect::<Vec<_>>()))
+                match inner.segments.first() {
+                    // Held batches are neither in nor out yet: the segment waits for their
+                    // writer (one sink transaction), so the file holds exactly what counts.
+                    Some(s) if n > 1 && s.held.is_empty() => Some((s.seq, s.batches().cloned().collect::<Vec<_>>())),
+                    _ => None,
                 }
             };
             let Some((seq, batches)) = todo else { break };
@@ -705,12 +801,9 @@ impl LocalStore {
     }
 }
 
-#[async_trait]
-impl EventStore for LocalStore {
-    async fn append(&self, batch: RecordBatch) -> Result<(), StorageError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
+impl LocalStore {
+    /// Hands `batch` to the group commit; answers with the WAL segment it went to once durable.
+    async fn submit(&self, batch: RecordBatch, hold: Option<u64>) -> Result<u64, StorageError> {
         if batch.schema() != self.shared.schema {
             return Err(StorageError::SchemaMismatch);
         }
@@ -719,14 +812,44 @@ impl EventStore for LocalStore {
         self.wait_for_memory(MEMORY_WAIT).await?;
         let (done, committed) = tokio::sync::oneshot::channel();
         self.committer
-            .send(PendingAppend { batch, done })
+            .send(PendingAppend { batch, hold, done })
             .map_err(|_| StorageError::Closed)?;
-        committed.await.map_err(|_| StorageError::Closed)??;
+        let seq = committed.await.map_err(|_| StorageError::Closed)??;
         if let Some(metrics) = &self.shared.metrics {
             metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
-            metrics.storage_rows_in_memory.add(rows as i64);
+            match hold {
+                None => metrics.storage_rows_in_memory.add(rows as i64),
+                Some(_) => metrics.storage_rows_held.add(rows as i64),
+            }
         }
-        Ok(())
+        Ok(seq)
+    }
+}
+
+#[async_trait]
+impl EventStore for LocalStore {
+    async fn append(&self, batch: RecordBatch) -> Result<(), StorageError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.submit(batch, None).await.map(|_| ())
+    }
+
+    async fn append_held(&self, batch: RecordBatch, tag: u64) -> Result<HeldAppend, StorageError> {
+        let seq = self.submit(batch, Some(tag)).await?;
+        Ok(HeldAppend { seq, tag })
+    }
+
+    fn publish(&self, held: &HeldAppend) -> bool {
+        self.shared.release(held, true)
+    }
+
+    fn discard(&self, held: &HeldAppend) -> bool {
+        self.shared.release(held, false)
+    }
+
+    fn oldest_wal_seq(&self) -> Option<u64> {
+        self.shared.lock().segments.first().map(|s| s.seq)
     }
 
     fn data_version(&self) -> super::DataVersion {
@@ -874,3 +997,5 @@ mod tests;
 mod fault_tests;
 #[cfg(test)]
 mod group_commit_tests;
+#[cfg(test)]
+mod held_tests;

@@ -4,7 +4,11 @@
 //! segment := MAGIC record*
 //! record  := len: u32 LE | crc32: u32 LE | payload (len bytes)
 //! payload := one Arrow IPC stream message (the first record: the schema; then one batch each)
+//!          | tag: 0xFFFFFFFF "HTAG" u64 LE (names the batch record that follows it)
 //! ```
+//! A tag is written in the same commit as its batch. It lets the store's owner decide at
+//! replay whether a batch counts (a Kafka batch counts only if the sink's transaction claimed
+//! it, see `crate::storage::ReplayFilter`); a tag whose batch was torn off is ignored.
 //! Every record carries its own checksum, so replay tells a torn tail (a crash during a write
 //! that was never acknowledged) from damage in the middle (bit rot, a bad sector), and keeps
 //! every complete record after damage by resynchronising on the next record whose checksum
@@ -41,6 +45,21 @@ const RECORD_HEADER: usize = 8;
 /// Candidates tried when resynchronising after damage, so a large garbage region costs bounded
 /// time (each candidate is a length check and, rarely, a checksum).
 const MAX_RESYNC_CANDIDATES: usize = 64 << 20;
+
+/// Payload of a tag record: the IPC continuation marker (so the framing test holds), a
+/// metadata length no IPC message of a batch has, then the tag.
+const TAG_MARKER: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, b'H', b'T', b'A', b'G'];
+const TAG_PAYLOAD: usize = 16;
+
+/// The tag of a tag record's payload.
+fn tag_of(payload: &[u8]) -> Option<u64> {
+    if payload.len() != TAG_PAYLOAD || !payload.starts_with(&TAG_MARKER) {
+        return None;
+    }
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&payload[8..]);
+    Some(u64::from_le_bytes(tag))
+}
 
 /// Path of segment `seq` in `dir`.
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -214,6 +233,19 @@ impl WalWriter {
         self.commit()
     }
 
+    /// [`Self::stage`] preceded by a tag record when `tag` is set; a batch that cannot be
+    /// encoded takes its tag record with it.
+    pub fn stage_tagged(&mut self, batch: &RecordBatch, tag: Option<u64>) -> Result<(), StorageError> {
+        let Some(tag) = tag else { return self.stage(batch) };
+        if self.sealed {
+            return self.stage(batch);
+        }
+        let before = self.encoder.get_ref().len();
+        self.stage_tag(tag)?;
+        self.stage(batch)
+            .inspect_err(|_| self.encoder.get_mut().truncate(before))
+    }
+
     /// Encodes `batch` as one record of the next commit; nothing reaches the file yet. A batch
     /// that cannot be encoded leaves the records staged before it untouched.
     pub fn stage(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
@@ -235,6 +267,19 @@ impl WalWriter {
             self.encoder.get_mut().truncate(staged);
         }
         encoded
+    }
+
+    /// Stages a tag record naming the batch staged next (in the same commit).
+    fn stage_tag(&mut self, tag: u64) -> Result<(), StorageError> {
+        let mut payload = [0u8; TAG_PAYLOAD];
+        payload[..8].copy_from_slice(&TAG_MARKER);
+        payload[8..].copy_from_slice(&tag.to_le_bytes());
+        frame(&payload, self.encoder.get_mut())
+    }
+
+    /// The segment's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Writes every staged record with one write and makes them durable with one `fdatasync`
@@ -280,6 +325,8 @@ impl WalWriter {
 pub struct Replay {
     /// Every complete batch, in order.
     pub batches: Vec<RecordBatch>,
+    /// The tag written with each batch (same order as `batches`), if any.
+    pub tags: Vec<Option<u64>>,
     /// Unreadable bytes at the end (a torn, never acknowledged write, or a damaged last record).
     pub torn_tail_bytes: u64,
     /// Whether the tail held a record that was complete but failed its checksum (damage, not a
@@ -352,14 +399,24 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
             message: "the WAL schema record does not decode".into(),
         });
     };
+    let mut tag = None;
     while pos < bytes.len() {
+        if let Some((range, next)) = record_at(bytes, pos)
+            && let Some(t) = tag_of(&bytes[range.clone()])
+        {
+            tag = Some(t);
+            pos = next;
+            continue;
+        }
         if let Some((range, next)) = record_at(bytes, pos)
             && let Some(batch) = decode_batch(&mut decoder, all.slice_with_length(range.start, range.len()))
         {
             out.batches.push(batch);
+            out.tags.push(tag.take());
             pos = next;
             continue;
         }
+        tag = None;
         // Damage or a torn tail: look for the next record that holds.
         let resumed = (pos + 1..bytes.len()).take(MAX_RESYNC_CANDIDATES).find_map(|q| {
             let (range, next) = record_at(bytes, q)?;
@@ -371,6 +428,8 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
             Some((q, next, batch, fresh)) => {
                 out.damaged.push((pos as u64, (q - pos) as u64));
                 out.batches.push(batch);
+                // The tag before a damaged region is not trusted for the batch after it.
+                out.tags.push(None);
                 decoder = fresh;
                 pos = next;
             }
@@ -402,7 +461,10 @@ fn replay_legacy(path: &Path) -> Result<Replay, StorageError> {
     };
     for batch in reader {
         match batch {
-            Ok(b) => out.batches.push(b),
+            Ok(b) => {
+                out.batches.push(b);
+                out.tags.push(None);
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, recovered = out.batches.len(),
                     "legacy WAL segment has a torn tail; keeping the complete batches before it");
