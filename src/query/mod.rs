@@ -302,6 +302,21 @@ impl QueryEngine {
     }
 }
 
+/// Bytes of the rows of `batch` itself. Not `get_array_memory_size`: that counts a shared
+/// buffer whole for every batch sliced out of it (batches replayed from one WAL file share its
+/// buffer), so 1,000 one-row batches of a 3 MB file counted as 3 GB.
+fn result_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// Streams a DataFrame, stopping once `max_rows` rows are collected.
 pub async fn collect_limited(
     df: datafusion::dataframe::DataFrame,
@@ -316,7 +331,7 @@ pub async fn collect_limited(
     let mut truncated = false;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        bytes = bytes.saturating_add(batch.get_array_memory_size());
+        bytes = bytes.saturating_add(result_bytes(&batch));
         if let Some(max) = max_bytes
             && bytes > max
         {

@@ -10,9 +10,30 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_analytics-hub");
 
+/// A loopback port nothing listens on now, for a server started next. Taken below the
+/// kernel's ephemeral range (32768–60999 by default): a port the kernel handed out for `:0` was
+/// free again by the time the Hub bound it, and another process's outgoing connection or `:0`
+/// listener (a Hub's worker port) could take it in between ("Address already in use").
+/// Ports here are handed out by this counter only, each once per test process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Test processes running at once start at different places.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A running Hub. Killed (SIGKILL) on drop.

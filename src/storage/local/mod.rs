@@ -592,10 +592,7 @@ impl LocalStore {
                     "WAL segment ends in a torn (never acknowledged) write; keeping every complete record");
             }
             let mut segment = Segment::new(seq);
-            for batch in replay.batches {
-                if batch.schema() != schema {
-                    return Err(StorageError::SchemaMismatch);
-                }
+            for batch in compact_replayed(&schema, replay.batches)? {
                 replayed_rows += batch.num_rows();
                 segment.push(&schema, batch);
             }
@@ -891,6 +888,42 @@ impl EventStore for LocalStore {
             }),
         }
     }
+}
+
+/// Replayed batches copied into blocks of about [`COALESCE_ROWS`] rows: decoded, they are
+/// slices of the whole segment file's buffer, which each would keep alive and count in full
+/// (memory budget, result sizes).
+fn compact_replayed(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, StorageError> {
+    // `concat_batches` of one batch returns it as it is (a slice): copy that one by `take`.
+    let copy = |run: &[RecordBatch]| -> Result<RecordBatch, StorageError> {
+        let copied = match run {
+            [one] => datafusion::arrow::compute::take_record_batch(
+                one,
+                &datafusion::arrow::array::UInt32Array::from_iter_values(0..one.num_rows() as u32),
+            ),
+            many => concat_batches(schema, many),
+        };
+        copied.map_err(StorageError::format("compacting replayed batches"))
+    };
+    let mut out = Vec::new();
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    for batch in batches {
+        if batch.schema() != *schema {
+            return Err(StorageError::SchemaMismatch);
+        }
+        rows += batch.num_rows();
+        run.push(batch);
+        if rows >= COALESCE_ROWS {
+            out.push(copy(&run)?);
+            run.clear();
+            rows = 0;
+        }
+    }
+    if !run.is_empty() {
+        out.push(copy(&run)?);
+    }
+    Ok(out)
 }
 
 /// Lists `<prefix><seq><suffix>` files in `dir`, ascending by `seq`.
