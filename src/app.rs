@@ -399,6 +399,11 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     });
 
     let maintenance = tokio::spawn(local.clone().run_maintenance(shutdown_rx.clone()));
+    tokio::spawn(
+        local
+            .clone()
+            .run_retention(Arc::new(crate::event::time::now_micros), shutdown_rx.clone()),
+    );
     tokio::spawn(state.auth.keys().clone().watch(shutdown_rx.clone()));
     if let Some(jwt) = state.auth.jwt() {
         tokio::spawn(Arc::clone(jwt).watch(shutdown_rx.clone()));

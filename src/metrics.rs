@@ -64,6 +64,8 @@ pub struct MetricsInner {
     pub storage_bytes_in_memory: IntGauge,
     /// Appends that waited for the Parquet flush to free memory.
     pub storage_backpressure_waits_total: IntCounter,
+    /// Parquet files taken out of the store by retention.
+    pub storage_files_expired_total: IntCounter,
     /// Parquet files of the local store.
     pub storage_parquet_files: IntGauge,
     /// Failed storage writes (WAL appends, Parquet flushes, refusals below the free-space
@@ -169,6 +171,10 @@ impl Metrics {
         let storage_bytes_in_memory = IntGauge::new(
             "storage_bytes_in_memory",
             "Bytes (Arrow) of events held in memory, not yet in Parquet",
+        )?;
+        let storage_files_expired_total = IntCounter::new(
+            "storage_files_expired_total",
+            "Parquet files of events past storage.retention_days taken out of the store",
         )?;
         let storage_backpressure_waits_total = IntCounter::new(
             "storage_backpressure_waits_total",
@@ -286,6 +292,7 @@ impl Metrics {
         registry.register(Box::new(storage_rows_in_memory.clone()))?;
         registry.register(Box::new(storage_rows_held.clone()))?;
         registry.register(Box::new(storage_bytes_in_memory.clone()))?;
+        registry.register(Box::new(storage_files_expired_total.clone()))?;
         registry.register(Box::new(storage_backpressure_waits_total.clone()))?;
         registry.register(Box::new(storage_parquet_files.clone()))?;
         registry.register(Box::new(storage_write_errors_total.clone()))?;
@@ -305,6 +312,7 @@ impl Metrics {
             storage_rows_in_memory,
             storage_rows_held,
             storage_bytes_in_memory,
+            storage_files_expired_total,
             storage_backpressure_waits_total,
             storage_parquet_files,
             storage_write_errors_total,

@@ -219,6 +219,26 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Takes out of the visible set every file of `table` whose events are all older than
+    /// `cutoff_us` (retention); its object is deleted after the grace, like a replaced file's.
+    pub async fn expire_before(&self, table: &str, cutoff_us: i64) -> Result<u64, ClusterError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE hub_files SET removed_at = now()
+             WHERE table_name = $1 AND removed_at IS NULL AND max_event_time_us < $2",
+        )
+        .bind(table)
+        .bind(cutoff_us)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() > 0 {
+            sqlx::query(BUMP).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     /// Files replaced more than `grace` ago (their objects can go).
     pub async fn expired(&self, grace: std::time::Duration) -> Result<Vec<String>, ClusterError> {
         sqlx::query_scalar("SELECT path FROM hub_files WHERE removed_at < now() - make_interval(secs => $1)")

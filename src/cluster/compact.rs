@@ -45,6 +45,10 @@ pub struct CompactSettings {
     pub max_input_bytes: u64,
     /// Replaced objects are deleted this long after the swap.
     pub grace: Duration,
+    /// Files whose events are all older than this are taken out (zero: kept forever).
+    pub retention: Duration,
+    /// The clock retention compares event times with (µs since the epoch).
+    pub now_us: fn() -> i64,
 }
 
 fn merge_err(e: impl std::error::Error + Send + Sync + 'static) -> ClusterError {
@@ -141,6 +145,14 @@ impl Compactor {
             let inputs = pick(small, &self.settings);
             if !inputs.is_empty() && self.compact(&store_id, &inputs).await? {
                 merged += 1;
+            }
+        }
+        if !self.settings.retention.is_zero() {
+            let keep = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = (self.settings.now_us)().saturating_sub(keep);
+            let n = self.catalog.expire_before(EVENTS, cutoff).await?;
+            if n > 0 {
+                tracing::info!(files = n, "shared history past retention taken out");
             }
         }
         for path in self.catalog.expired(self.settings.grace).await? {
@@ -279,6 +291,8 @@ mod tests {
             min_files: 3,
             max_input_bytes: 25,
             grace: Duration::ZERO,
+            retention: Duration::ZERO,
+            now_us: crate::event::time::now_micros,
         };
         let names = |v: Vec<CatalogFile>| v.into_iter().map(|f| f.path).collect::<Vec<_>>();
         assert!(pick(vec![file("a", 1), file("b", 1)], &settings).is_empty(), "too few");

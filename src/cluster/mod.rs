@@ -13,7 +13,7 @@
 //! ```
 //!
 //! What a query sees (the bound): every event acknowledged before it started on every member
-//! that answers (README "Scaling out"). Not yet: retention of shared history, a catalog
+//! that answers (README "Scaling out"). Retention of shared history runs in the compaction leader's pass. Not yet: a catalog
 //! without PostgreSQL, cluster-wide continuous-query tables (docs/cluster-design.md).
 //!
 //! Files are keyed by the *store id* (a random id kept in `<data_dir>/cluster/store-id`), not

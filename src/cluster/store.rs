@@ -129,6 +129,8 @@ impl ClusterStore {
                 min_files: config.compact_min_files,
                 max_input_bytes: config.compact_max_input_bytes,
                 grace: Duration::from_secs(config.compact_grace_secs),
+                retention: deps.local.retention(),
+                now_us: crate::event::time::now_micros,
             };
             let compactor = Compactor::new(catalog.clone(), &dest, deps.instance_id.clone(), settings);
             tokio::spawn(compactor.run(shutdown.clone()));

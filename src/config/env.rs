@@ -23,6 +23,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG_FORMAT", "log.format"),
     ("DATA_DIR", "storage.data_dir"),
     ("STORAGE_MAX_MEMORY_BYTES", "storage.max_memory_bytes"),
+    ("STORAGE_RETENTION_DAYS", "storage.retention_days"),
     ("QUERY_TIMEOUT_SECS", "query.timeout_secs"),
     ("QUERY_MEMORY_LIMIT", "query.memory_limit_bytes"),
     ("QUERY_MAX_CONCURRENT", "query.max_concurrent"),

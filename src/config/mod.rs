@@ -462,9 +462,18 @@ mod tests {
             "DATABASE_URL" => "postgres://u:p@db.example:5432/d",
             "AUTH_JWT_JWKS_URL" => "https://idp.example/.well-known/jwks.json",
             n if n.ends_with("PORT") => "4321",
-            n if ["_SECS", "_MS", "_BYTES", "_LIMIT", "_CONCURRENT", "_TTL", "_PER_SEC"]
-                .iter()
-                .any(|s| n.ends_with(s)) =>
+            n if [
+                "_SECS",
+                "_MS",
+                "_BYTES",
+                "_LIMIT",
+                "_CONCURRENT",
+                "_TTL",
+                "_PER_SEC",
+                "_DAYS",
+            ]
+            .iter()
+            .any(|s| n.ends_with(s)) =>
             {
                 "12345"
             }

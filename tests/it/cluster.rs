@@ -849,3 +849,66 @@ async fn metric(hub: &Hub, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
+
+/// `storage.retention_days` in a cluster: shared history past it is taken out once (by the
+/// maintenance leader), its object deleted, and the owner's local copy leaves its tail, so every
+/// instance answers over the recent events only.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_takes_old_shared_history_out_for_the_whole_cluster() {
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster_retention").await;
+    let keys = "compact_interval_ms = 200\ncompact_grace_secs = 0";
+    let toml = |name: &str| {
+        cluster_toml_with(name, &db, 1, keys).replacen(
+            "[storage]\n",
+            "[storage]\nretention_days = 30\nretention_check_secs = 1\n",
+            1,
+        )
+    };
+    let a = start_toml(dir_a.path(), toml("a"), &s3).await;
+    let b = start_toml(dir_b.path(), toml("b"), &s3).await;
+    wait_until("b to list a", Duration::from_secs(30), async || {
+        members(&b).await == ["a"]
+    })
+    .await;
+
+    let now = chrono::Utc::now().timestamp();
+    let recent = events(301, now - 600, 90);
+    a.post_ok(ndjson(&recent)).await;
+    wait_until("the recent events to be shipped", Duration::from_secs(30), async || {
+        shared(&a).await["shipper"]["shipped_files"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    // January 2026: far past 30 days.
+    a.post_ok(ndjson(&events(302, JANUARY, 120))).await;
+    let want = oracle(&recent);
+    for (name, hub) in [("a", &a), ("b", &b)] {
+        converge(hub, &want, &format!("{name} to answer over the recent events only")).await;
+    }
+    let mut conn = db.connect().await;
+    let cutoff_us = (now - 30 * 86_400) * 1_000_000;
+    wait_until(
+        "the old file to leave the catalog and the bucket",
+        Duration::from_secs(60),
+        async || {
+            let old: i64 = sqlx::query_scalar("SELECT count(*) FROM hub_files WHERE max_event_time_us < $1")
+                .bind(cutoff_us)
+                .fetch_one(&mut conn)
+                .await
+                .expect("catalog");
+            let visible: BTreeSet<String> =
+                sqlx::query_scalar::<_, String>("SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL")
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("visible")
+                    .into_iter()
+                    .collect();
+            let stored: BTreeSet<String> = objects(&s3).await.into_iter().collect();
+            old == 0 && !visible.is_empty() && stored == visible
+        },
+    )
+    .await;
+    assert!(metric(&a, "storage_files_expired_total").await >= 1.0);
+    for hub in [&a, &b] {
+        assert_eq!(per_model(hub).await, want);
+    }
+}

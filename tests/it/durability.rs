@@ -137,3 +137,85 @@ async fn sigterm_flushes_and_exits_cleanly() {
     let hub = Hub::start(&data).await;
     assert_eq!(hub.count("").await, 300);
 }
+
+/// `storage.retention_days` on the real binary: a flushed file of January events (far past 30
+/// days) leaves the answers and then the disk; recent events stay; a restart does not bring the
+/// old ones back.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_takes_old_files_out_and_keeps_recent_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let opts = HubOptions {
+        config_toml: Some("[storage]\nsegment_max_age_secs = 1\nretention_check_secs = 1\n".into()),
+        env: vec![("STORAGE_RETENTION_DAYS".into(), "30".into())],
+        ..Default::default()
+    };
+    let hub = Hub::start_with(&data, opts.clone()).await;
+    // The generator's events start at 2026-01-01; the clock here is later than 2026-02-01.
+    let (status, _) = hub.post_ndjson(generated(51, 400, 0.0).join("\n")).await;
+    assert_eq!(status, 200);
+    let parquet_files = || {
+        std::fs::read_dir(data.join("events"))
+            .expect("events dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+            })
+            .count()
+    };
+    // Flushed alone, so its file holds only January events.
+    wait_for(
+        "the January events to be flushed",
+        Duration::from_secs(30),
+        async || (parquet_files() == 1).then_some(()),
+    )
+    .await;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    assert!(
+        now_us > 1_769_904_000_000_000,
+        "this test needs a clock past 2026-02-01"
+    );
+    let recent: Vec<String> = generated(52, 150, 0.0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            v["timestamp"] = serde_json::json!(llm_analytics_hub::event::time::rfc3339(
+                now_us - 60_000_000 + i as i64 * 1000
+            ));
+            v.to_string()
+        })
+        .collect();
+    let (status, body) = hub.post_ndjson(recent.join("\n")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        "the January file to be taken out",
+        Duration::from_secs(60),
+        async || (hub.count("").await == 150).then_some(()),
+    )
+    .await;
+    let expired = hub
+        .metrics_text()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("storage_files_expired_total ").map(str::to_string))
+        .expect("storage_files_expired_total");
+    assert_eq!(expired.trim(), "1");
+    // The file stays on disk for the 10-minute grace (a query may still read it); the recent
+    // events' file is flushed next to it.
+    wait_for("the recent events to be flushed", Duration::from_secs(30), async || {
+        (parquet_files() == 2).then_some(())
+    })
+    .await;
+    drop(hub);
+    let hub = Hub::start_with(&data, opts).await;
+    wait_for(
+        "retention to run after the restart",
+        Duration::from_secs(30),
+        async || (hub.count("").await == 150).then_some(()),
+    )
+    .await;
+}

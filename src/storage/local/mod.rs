@@ -66,6 +66,12 @@ pub struct LocalStoreConfig {
     pub min_free_bytes: u64,
     /// Below this much free space a warning is logged (once) and `/ready` shows it.
     pub warn_free_bytes: u64,
+    /// Events whose time is more than this many days in the past are deleted, a Parquet file
+    /// at a time once all its events are that old (0 = kept forever; env
+    /// `STORAGE_RETENTION_DAYS`). Events still in memory wait for their flush.
+    pub retention_days: u32,
+    /// How often retention looks for files to delete.
+    pub retention_check_secs: u64,
 }
 
 impl Default for LocalStoreConfig {
@@ -79,6 +85,8 @@ impl Default for LocalStoreConfig {
             fsync: true,
             min_free_bytes: 64 << 20,
             warn_free_bytes: 1 << 30,
+            retention_days: 0,
+            retention_check_secs: 60,
         }
     }
 }
@@ -153,6 +161,10 @@ struct Inner {
     /// Flushed Parquet files, oldest first.
     files: Vec<PathBuf>,
     next_seq: u64,
+    /// Latest event time (µs) of each flushed file, read from its footer once (retention).
+    newest: std::collections::HashMap<PathBuf, Option<i64>>,
+    /// Files retention took out of the list, deleted once no query can still read them.
+    expired: Vec<(PathBuf, Instant)>,
 }
 
 impl Inner {
@@ -447,6 +459,11 @@ impl LocalStore {
         &self.shared.dir
     }
 
+    /// How long events are kept (`retention_days`; zero: forever).
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.shared.config.retention_days) * 86_400)
+    }
+
     /// The schema of what the store holds.
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.shared.schema)
@@ -625,6 +642,8 @@ impl LocalStore {
                 segments,
                 files,
                 next_seq: next_seq + 1,
+                newest: std::collections::HashMap::new(),
+                expired: Vec::new(),
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             sort_column,
@@ -762,6 +781,109 @@ impl LocalStore {
             }
             if let Err(e) = self.maintain().await {
                 tracing::error!(error = %e, "storage maintenance failed; will retry");
+            }
+        }
+    }
+}
+
+/// How long a file retention took out of the store stays on disk: longer than any query that
+/// may have listed it runs.
+pub const EXPIRED_FILE_GRACE: Duration = Duration::from_secs(600);
+
+impl LocalStore {
+    /// Takes out of the store every flushed file whose events are all older than `cutoff_us`
+    /// (event time, µs) and deletes the files taken out more than `grace` ago. Returns how many
+    /// files were taken out. Files without time statistics are kept.
+    pub async fn expire_before(&self, cutoff_us: i64, grace: Duration) -> Result<usize, StorageError> {
+        let Some(column) = self.shared.sort_column.clone() else {
+            return Ok(0);
+        };
+        let unknown: Vec<PathBuf> = {
+            let inner = self.shared.lock();
+            inner
+                .files
+                .iter()
+                .filter(|f| !inner.newest.contains_key(*f))
+                .cloned()
+                .collect()
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            unknown
+                .into_iter()
+                .map(|f| {
+                    let newest = parquet_files::max_i64(&f, &column);
+                    (f, newest)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(StorageError::format("reading file statistics"))?;
+        let (taken, due) = {
+            let mut inner = self.shared.lock();
+            inner.newest.extend(read);
+            let old: Vec<PathBuf> = inner
+                .files
+                .iter()
+                .filter(|f| inner.newest.get(*f).copied().flatten().is_some_and(|t| t < cutoff_us))
+                .cloned()
+                .collect();
+            if !old.is_empty() {
+                inner.files.retain(|f| !old.contains(f));
+                for f in &old {
+                    inner.newest.remove(f);
+                }
+                let now = Instant::now();
+                inner.expired.extend(old.iter().map(|f| (f.clone(), now)));
+                // Under `inner`: a snapshot after this misses the files and sees the new version.
+                self.shared.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.expired)
+                .into_iter()
+                .partition(|(_, at)| at.elapsed() >= grace);
+            inner.expired = keep;
+            (old.len(), due)
+        };
+        for (path, _) in due {
+            for p in [parquet_files::checksum_path(&path), path.clone()] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(format!("removing {}", p.display()))(e)),
+                }
+            }
+            tracing::info!(path = %path.display(), "deleted a file past retention");
+        }
+        if taken > 0 {
+            if let Some(m) = &self.shared.metrics {
+                m.storage_files_expired_total.inc_by(taken as u64);
+            }
+            self.update_gauges();
+        }
+        Ok(taken)
+    }
+
+    /// Retention every `retention_check_secs` against the clock `now_us` (µs), until
+    /// `shutdown` fires; does nothing when `retention_days` is 0.
+    pub async fn run_retention(
+        self,
+        now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let days = self.shared.config.retention_days;
+        if days == 0 {
+            return;
+        }
+        let keep_us = i64::from(days) * 86_400 * 1_000_000;
+        let mut tick = tokio::time::interval(Duration::from_secs(self.shared.config.retention_check_secs.max(1)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            match self.expire_before(now_us() - keep_us, EXPIRED_FILE_GRACE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, retention_days = days, "events past retention taken out"),
+                Err(e) => tracing::warn!(error = %e, "retention failed; will retry"),
             }
         }
     }
@@ -1032,3 +1154,5 @@ mod fault_tests;
 mod group_commit_tests;
 #[cfg(test)]
 mod held_tests;
+#[cfg(test)]
+mod retention_tests;

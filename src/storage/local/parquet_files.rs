@@ -275,6 +275,36 @@ pub fn verify(path: &Path) -> Result<(), String> {
     }
 }
 
+/// The largest value of the Int64 (or timestamp) column `column` in the file, from its
+/// footer; `None` when a row group has no statistics for it.
+pub fn max_i64(path: &Path, column: &str) -> Option<i64> {
+    use parquet::file::reader::FileReader;
+    use parquet::file::statistics::Statistics;
+    let file = File::open(path).ok()?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).ok()?;
+    let meta = reader.metadata();
+    let index = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == column)?;
+    let mut max = None;
+    for rg in meta.row_groups() {
+        if rg.num_rows() == 0 {
+            continue;
+        }
+        match rg.column(index).statistics() {
+            Some(Statistics::Int64(s)) => {
+                let top = *s.max_opt()?;
+                max = Some(max.map_or(top, |m: i64| m.max(top)));
+            }
+            _ => return None,
+        }
+    }
+    max
+}
+
 /// Rows a Parquet file holds according to its footer, if the footer can be read.
 pub fn footer_rows(path: &Path) -> Option<u64> {
     let file = File::open(path).ok()?;
