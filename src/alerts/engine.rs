@@ -502,14 +502,10 @@ impl Core {
             let name = source.clone();
             let task = tokio::spawn(async move {
                 let mut sub = topic.subscribe(None);
-                loop {
-                    match sub.live.recv().await {
-                        // A lagging watcher loses nothing: the evaluation reads the table.
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = wake.try_send(name.clone());
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    }
+                // A lagging watcher loses nothing (the evaluation reads the table); a closed
+                // topic ends it.
+                while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) = sub.live.recv().await {
+                    let _ = wake.try_send(name.clone());
                 }
             });
             self.watchers.insert(source, task);

@@ -126,7 +126,21 @@ async fn start_toml(dir: &Path, toml: String, s3: &S3Server) -> Hub {
 }
 
 async fn converge(hub: &Hub, want: &BTreeMap<String, (i64, i64)>, what: &str) {
-    wait_until(what, Duration::from_secs(60), async || per_model(hub).await == *want).await;
+    let mut last = BTreeMap::new();
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            last = per_model(hub).await;
+            if last == *want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if done.is_err() {
+        let status = hub.get_json("/api/v1/ingest/status").await;
+        panic!("timed out after 60 s waiting for {what}: answer {last:?}, want {want:?}; ingest status: {status}");
+    }
 }
 
 /// What every test here starts from: moto's S3 server with the bucket, a fresh database, and

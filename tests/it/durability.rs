@@ -4,6 +4,17 @@ use std::time::Duration;
 
 use crate::harness::{Hub, HubOptions, generated, wait_for};
 
+/// Parquet files in a store's directory.
+fn parquet_files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("store dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        })
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_and_restart_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -16,15 +27,7 @@ async fn kill9_and_restart_keeps_every_acknowledged_event() {
     let mut hub = Hub::start_with(&data, opts.clone()).await;
     let lines = generated(31, 4000, 0.0);
     let mut acknowledged = 0;
-    let parquet_files = || {
-        std::fs::read_dir(data.join("events"))
-            .expect("dir")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
-            })
-            .count()
-    };
+    let parquet_files = || parquet_files_in(&data.join("events"));
     for (i, chunk) in lines.chunks(250).enumerate() {
         let (status, body) = hub.post_ndjson(chunk.join("\n")).await;
         assert_eq!(status, 200, "{body}");
@@ -154,15 +157,7 @@ async fn retention_takes_old_files_out_and_keeps_recent_events() {
     // The generator's events start at 2026-01-01; the clock here is later than 2026-02-01.
     let (status, _) = hub.post_ndjson(generated(51, 400, 0.0).join("\n")).await;
     assert_eq!(status, 200);
-    let parquet_files = || {
-        std::fs::read_dir(data.join("events"))
-            .expect("events dir")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
-            })
-            .count()
-    };
+    let parquet_files = || parquet_files_in(&data.join("events"));
     // Flushed alone, so its file holds only January events.
     wait_for(
         "the January events to be flushed",

@@ -11,7 +11,7 @@ use super::consume::RawBatch;
 use super::context::Shared;
 use super::dlq::DeadLetters;
 use crate::event::{DecodedBatch, EventDecoder};
-use crate::ingest::{Ingest, count_readers, count_rejected};
+use crate::ingest::{Held, Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
 use crate::resilience::{RetryPolicy, retry};
 use crate::sinks::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
@@ -111,6 +111,25 @@ impl Pipeline {
         }
     }
 
+    /// Decides a held batch whose sink write did not succeed: a write whose answer was lost may
+    /// have committed, so the claim says whether it counts. Never left held (its segment could
+    /// not be flushed); when the database cannot tell, it is dropped from memory, and a restart
+    /// replays it if it was claimed after all.
+    async fn settle(&self, sink: &dyn RollupSink, held: Held, claim: &EventClaim, shutdown: &watch::Receiver<bool>) {
+        let claimed = retry("checking a batch's claim", sink.retry_policy(), shutdown, || {
+            sink.is_claimed(claim)
+        })
+        .await;
+        match claimed {
+            Ok(true) => self.ingest.publish(held).await,
+            Ok(false) => self.ingest.discard(held),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell whether a batch was claimed; dropped from memory (a restart replays it if it was)");
+                self.ingest.discard(held);
+            }
+        }
+    }
+
     /// Dead-letters, stores, writes the sink, reports durable.
     async fn store(&self, batch: &RawBatch, out: DecodedBatch, shutdown: &watch::Receiver<bool>) -> Stored {
         count_readers(&self.metrics, out.readers);
@@ -176,21 +195,15 @@ impl Pipeline {
                 Err(SinkError::Fenced(reason)) => {
                     tracing::warn!(%reason, "the sink refused a batch as stale; rewinding to its stored offsets");
                     if let (Some(h), Some(claim)) = (held.take(), &claim) {
-                        // A write whose answer was lost may have committed before a retry was
-                        // refused: the claim says whether the batch counts.
-                        match sink.is_claimed(claim).await {
-                            Ok(true) => self.ingest.publish(h).await,
-                            Ok(false) => self.ingest.discard(h),
-                            // Unknown: stays held; a replay decides by the claim.
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot tell whether a fenced batch was claimed; it stays held")
-                            }
-                        }
+                        self.settle(sink.as_ref(), h, claim, shutdown).await;
                     }
                     return Stored::Rewind;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the rollup sink gave up; stopping the kafka pipeline");
+                    if let (Some(h), Some(claim)) = (held.take(), &claim) {
+                        self.settle(sink.as_ref(), h, claim, shutdown).await;
+                    }
                     return Stored::Stop;
                 }
             }

@@ -4,22 +4,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::prelude::SessionContext;
-
+use super::tests::{batch, count};
 use super::*;
-use crate::event::decode_batch_body;
-use crate::generate::{Generator, GeneratorConfig};
-
-fn batch(seed: u64, n: usize) -> RecordBatch {
-    let mut g = Generator::new(GeneratorConfig {
-        seed,
-        ..GeneratorConfig::default()
-    });
-    let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
-    decode_batch_body(body.as_bytes(), 0).expect("decodes").batch
-}
 
 fn open(dir: &std::path::Path, claimed: Option<&[u64]>) -> LocalStore {
     let config = LocalStoreConfig {
@@ -39,19 +25,6 @@ fn open(dir: &std::path::Path, claimed: Option<&[u64]>) -> LocalStore {
     .expect("open")
 }
 
-async fn count(store: &LocalStore) -> i64 {
-    let ctx = SessionContext::new();
-    ctx.register_table("events", store.table_provider()).expect("register");
-    let batches = ctx
-        .sql("SELECT count(*) FROM events")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
-    batches[0].column(0).as_primitive::<Int64Type>().value(0)
-}
-
 #[tokio::test]
 async fn a_held_batch_is_invisible_until_published_and_gone_when_discarded() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -59,13 +32,13 @@ async fn a_held_batch_is_invisible_until_published_and_gone_when_discarded() {
     store.append(batch(1, 100)).await.expect("append");
     let kept = store.append_held(batch(2, 40), 7).await.expect("hold");
     let dropped = store.append_held(batch(3, 30), 8).await.expect("hold");
-    assert_eq!(count(&store).await, 100, "held batches are not queried");
+    assert_eq!(count(&store, "").await, 100, "held batches are not queried");
     let version = store.data_version();
     assert!(store.publish(&kept));
-    assert_eq!(count(&store).await, 140);
+    assert_eq!(count(&store, "").await, 140);
     assert_ne!(store.data_version(), version, "publishing changes the data version");
     assert!(store.discard(&dropped));
-    assert_eq!(count(&store).await, 140);
+    assert_eq!(count(&store, "").await, 140);
     assert!(!store.publish(&dropped), "a discarded batch cannot be published");
     assert!(!store.publish(&kept), "a batch is published once");
 }
@@ -81,19 +54,19 @@ async fn replay_keeps_only_claimed_batches() {
     store.append_held(batch(3, 30), 12).await.expect("hold");
     // Claimed, but the crash came before it was published.
     store.append_held(batch(4, 20), 13).await.expect("hold");
-    assert_eq!(count(&store).await, 140);
+    assert_eq!(count(&store, "").await, 140);
     drop(store);
 
     let store = open(dir.path(), Some(&[11, 13]));
     assert_eq!(
-        count(&store).await,
+        count(&store, "").await,
         160,
         "untagged + claimed batches, not the unclaimed one"
     );
     drop(store);
     // Without a filter (the sink no longer configured) every durable batch counts.
     let store = open(dir.path(), None);
-    assert_eq!(count(&store).await, 190);
+    assert_eq!(count(&store, "").await, 190);
 }
 
 #[tokio::test]
@@ -117,11 +90,11 @@ async fn a_segment_with_an_undecided_batch_is_not_flushed_until_it_is_decided() 
         "flushed once decided"
     );
     assert!(store.oldest_wal_seq() > Some(held.seq));
-    assert_eq!(count(&store).await, 150);
+    assert_eq!(count(&store, "").await, 150);
     drop(store);
     // Flushed: the Parquet file holds it, no claim is needed any more.
     let store = open(dir.path(), Some(&[]));
-    assert_eq!(count(&store).await, 150);
+    assert_eq!(count(&store, "").await, 150);
 }
 
 #[test]
@@ -149,7 +122,7 @@ async fn replayed_batches_do_not_each_count_the_whole_segment_file() {
     let before = store.shared.memory_bytes();
     drop(store);
     let store = open(dir.path(), None);
-    assert_eq!(count(&store).await, 300);
+    assert_eq!(count(&store, "").await, 300);
     let after = store.shared.memory_bytes();
     // Decoded in place, each of the 300 batches was a slice of the ~300 KB file and counted
     // it whole (~90 MB).

@@ -443,15 +443,7 @@ impl LocalStore {
     /// Opens (or creates) the events store under `<data_dir>/events`, replaying any WAL
     /// segments.
     pub fn open(config: LocalStoreConfig, metrics: Metrics, health: StorageHealth) -> Result<Self, StorageError> {
-        let dir = config.data_dir.join("events");
-        Self::open_table(
-            dir,
-            events_schema(),
-            Some(crate::event::schema::col::TIMESTAMP.to_string()),
-            config,
-            Some(metrics),
-            health,
-        )
+        Self::open_filtered(config, metrics, health, None)
     }
 
     /// The store's directory.

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::prelude::SessionContext;
+use datafusion::arrow::array::RecordBatch;
 
+use super::tests::count;
 use super::*;
 use crate::event::decode_batch_body;
 use crate::generate::{Generator, GeneratorConfig};
@@ -24,19 +23,6 @@ fn batch_at(start_us: i64, n: usize) -> RecordBatch {
     });
     let body: String = (0..n).map(|_| g.next_event(None) + "\n").collect();
     decode_batch_body(body.as_bytes(), 0).expect("decodes").batch
-}
-
-async fn count(store: &LocalStore) -> i64 {
-    let ctx = SessionContext::new();
-    ctx.register_table("events", store.table_provider()).expect("register");
-    let batches = ctx
-        .sql("SELECT count(*) FROM events")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
-    batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
 fn parquet_files_in(dir: &std::path::Path) -> usize {
@@ -83,7 +69,7 @@ async fn files_past_the_cutoff_leave_queries_at_once_and_the_disk_after_the_grac
             .expect("expire"),
         1
     );
-    assert_eq!(count(&store).await, 350);
+    assert_eq!(count(&store, "").await, 350);
     assert_ne!(
         store.data_version(),
         version,
@@ -100,9 +86,9 @@ async fn files_past_the_cutoff_leave_queries_at_once_and_the_disk_after_the_grac
 
     // A restart does not bring it back; the events that were in memory are flushed and go too.
     let store = LocalStore::open(config, Metrics::new().expect("metrics"), StorageHealth::default()).expect("reopen");
-    assert_eq!(count(&store).await, 350);
+    assert_eq!(count(&store, "").await, 350);
     store.flush().await.expect("flush");
     assert_eq!(store.expire_before(cutoff, Duration::ZERO).await.expect("expire"), 1);
-    assert_eq!(count(&store).await, 300);
+    assert_eq!(count(&store, "").await, 300);
     assert_eq!(parquet_files_in(&events), 1);
 }

@@ -10,7 +10,7 @@ use super::*;
 use crate::event::decode_batch_body;
 use crate::generate::{Generator, GeneratorConfig};
 
-fn batch(seed: u64, n: usize) -> RecordBatch {
+pub(super) fn batch(seed: u64, n: usize) -> RecordBatch {
     let mut g = Generator::new(GeneratorConfig {
         seed,
         ..GeneratorConfig::default()
@@ -32,7 +32,7 @@ fn open(dir: &std::path::Path) -> LocalStore {
     LocalStore::open(config(dir), Metrics::new().expect("metrics"), StorageHealth::default()).expect("open")
 }
 
-async fn count(store: &LocalStore, sql_where: &str) -> i64 {
+pub(super) async fn count(store: &LocalStore, sql_where: &str) -> i64 {
     let ctx = SessionContext::new();
     ctx.register_table("events", store.table_provider()).expect("register");
     let df = ctx
