@@ -139,7 +139,12 @@ async fn converge(hub: &Hub, want: &BTreeMap<String, (i64, i64)>, what: &str) {
     .await;
     if done.is_err() {
         let status = hub.get_json("/api/v1/ingest/status").await;
-        panic!("timed out after 60 s waiting for {what}: answer {last:?}, want {want:?}; ingest status: {status}");
+        let ready = hub.get_json("/ready").await;
+        let total: i64 = last.values().map(|(n, _)| n).sum();
+        panic!(
+            "timed out after 60 s waiting for {what}: {total} events, answer {last:?}, want {want:?}; \
+             ingest status: {status}; ready: {ready}"
+        );
     }
 }
 
