@@ -127,7 +127,9 @@ async fn start_toml(dir: &Path, toml: String, s3: &S3Server) -> Hub {
 
 async fn converge(hub: &Hub, want: &BTreeMap<String, (i64, i64)>, what: &str) {
     let mut last = BTreeMap::new();
-    let done = tokio::time::timeout(Duration::from_secs(60), async {
+    // 120 s: after a kill -9 under a loaded suite a survivor was seen taking over a minute to
+    // start fetching a partition it was assigned (session 17 note); alone it takes seconds.
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             last = per_model(hub).await;
             if last == *want {
@@ -142,7 +144,7 @@ async fn converge(hub: &Hub, want: &BTreeMap<String, (i64, i64)>, what: &str) {
         let ready = hub.get_json("/ready").await;
         let total: i64 = last.values().map(|(n, _)| n).sum();
         panic!(
-            "timed out after 60 s waiting for {what}: {total} events, answer {last:?}, want {want:?}; \
+            "timed out after 120 s waiting for {what}: {total} events, answer {last:?}, want {want:?}; \
              ingest status: {status}; ready: {ready}"
         );
     }
