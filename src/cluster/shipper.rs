@@ -14,8 +14,6 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::file::statistics::Statistics;
 use tokio::io::AsyncWriteExt;
 
 use super::catalog::{Catalog, CatalogFile};
@@ -71,34 +69,11 @@ fn flushed_files(dir: &Path) -> Result<Vec<String>, ClusterError> {
     Ok(names)
 }
 
-/// Rows and `timestamp` bounds of a Parquet file, from its footer.
+/// Rows and `timestamp` bounds of a Parquet file, from its footer (unknown bounds: never pruned).
 fn footer_stats(path: &Path) -> Result<(i64, Option<i64>, Option<i64>), ClusterError> {
-    let file = std::fs::File::open(path).map_err(ClusterError::local(path))?;
-    let reader = SerializedFileReader::new(file).map_err(ClusterError::local(path))?;
-    let meta = reader.metadata();
-    let rows = meta.file_metadata().num_rows();
-    let column = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.name() == col::TIMESTAMP);
-    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
-    let mut complete = column.is_some();
-    for rg in meta.row_groups() {
-        let stats = column.and_then(|c| rg.column(c).statistics());
-        match stats {
-            Some(Statistics::Int64(s)) if s.min_opt().is_some() && s.max_opt().is_some() => {
-                let (min, max) = (*s.min_opt().unwrap_or(&i64::MIN), *s.max_opt().unwrap_or(&i64::MAX));
-                lo = Some(lo.map_or(min, |v| v.min(min)));
-                hi = Some(hi.map_or(max, |v| v.max(max)));
-            }
-            _ if rg.num_rows() == 0 => {}
-            _ => complete = false,
-        }
-    }
-    // Bounds missing for any row group = unknown for the file (never pruned).
-    Ok(if complete { (rows, lo, hi) } else { (rows, None, None) })
+    let (rows, bounds) =
+        crate::storage::local::footer_bounds(path, col::TIMESTAMP).map_err(ClusterError::local(path))?;
+    Ok((rows, bounds.map(|b| b.0), bounds.map(|b| b.1)))
 }
 
 impl Shipper {

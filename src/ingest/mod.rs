@@ -170,13 +170,7 @@ impl Ingest for StoreIngest {
             sink.write(&batch, &[], &[], None).await.map_err(IngestError::Sink)?;
         }
         let stored = batch.clone();
-        // While the append waits for its group commit, this task computes the batch's partial
-        // aggregates for the continuous queries (requests do so in parallel; the engine task
-        // only merges them).
-        let (appended, ahead) = match &self.stream {
-            Some(stream) => tokio::join!(self.store.append(batch), stream.prepare(&stored)),
-            None => (self.store.append(batch).await, Vec::new()),
-        };
+        let (appended, ahead) = self.while_preparing(&stored, self.store.append(batch)).await;
         appended?;
         self.hand_on(stored, ahead).await;
         Ok(())
@@ -188,10 +182,7 @@ impl Ingest for StoreIngest {
 
     async fn hold(&self, batch: RecordBatch, tag: u64) -> Result<Held, IngestError> {
         let stored = batch.clone();
-        let (held, ahead) = match &self.stream {
-            Some(stream) => tokio::join!(self.store.append_held(batch, tag), stream.prepare(&stored)),
-            None => (self.store.append_held(batch, tag).await, Vec::new()),
-        };
+        let (held, ahead) = self.while_preparing(&stored, self.store.append_held(batch, tag)).await;
         Ok(Held {
             at: held?,
             batch: stored,
@@ -217,6 +208,20 @@ impl Ingest for StoreIngest {
 }
 
 impl StoreIngest {
+    /// Runs `append` while this task computes the batch's partial aggregates for the continuous
+    /// queries (requests do so in parallel while their appends wait for the group commit; the
+    /// engine task only merges them).
+    async fn while_preparing<T>(
+        &self,
+        batch: &RecordBatch,
+        append: impl std::future::Future<Output = T>,
+    ) -> (T, Vec<(crate::stream::engine::QueryId, crate::stream::query::Prepared)>) {
+        match &self.stream {
+            Some(stream) => tokio::join!(append, stream.prepare(batch)),
+            None => (append.await, Vec::new()),
+        }
+    }
+
     /// After a batch became visible: counts it and feeds the live topic and the continuous
     /// queries.
     async fn hand_on(

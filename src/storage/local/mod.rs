@@ -14,6 +14,8 @@ mod parquet_files;
 mod table;
 pub(crate) mod wal;
 
+pub use parquet_files::footer_bounds;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -370,24 +372,17 @@ impl Shared {
             return false;
         };
         let (_, batch) = segment.held.swap_remove(i);
+        let rows = batch.num_rows() as i64;
         if publish {
-            let rows = batch.num_rows();
             segment.push(&self.schema, batch);
             // Under `inner`, as for an append: a snapshot after this sees the rows and the version.
             self.appends.fetch_add(1, std::sync::atomic::Ordering::Release);
-            if let Some(metrics) = &self.metrics {
-                metrics.storage_rows_in_memory.add(rows as i64);
-            }
         }
         if let Some(metrics) = &self.metrics {
-            metrics.storage_rows_held.set(
-                inner
-                    .segments
-                    .iter()
-                    .flat_map(|s| &s.held)
-                    .map(|(_, b)| b.num_rows() as i64)
-                    .sum(),
-            );
+            metrics.storage_rows_held.sub(rows);
+            if publish {
+                metrics.storage_rows_in_memory.add(rows);
+            }
         }
         true
     }
@@ -803,7 +798,7 @@ impl LocalStore {
             unknown
                 .into_iter()
                 .map(|f| {
-                    let newest = parquet_files::max_i64(&f, &column);
+                    let newest = footer_bounds(&f, &column).ok().and_then(|(_, b)| b).map(|(_, hi)| hi);
                     (f, newest)
                 })
                 .collect::<Vec<_>>()

@@ -275,34 +275,38 @@ pub fn verify(path: &Path) -> Result<(), String> {
     }
 }
 
-/// The largest value of the Int64 (or timestamp) column `column` in the file, from its
-/// footer; `None` when a row group has no statistics for it.
-pub fn max_i64(path: &Path, column: &str) -> Option<i64> {
+/// Rows of a Parquet file and the (min, max) of its Int64 (or timestamp) column `column`, from
+/// the footer. The bounds are `None` when the column is missing or a non-empty row group has no
+/// statistics for it (unknown bounds: never pruned, never expired).
+pub fn footer_bounds(path: &Path, column: &str) -> parquet::errors::Result<(i64, Option<(i64, i64)>)> {
     use parquet::file::reader::FileReader;
     use parquet::file::statistics::Statistics;
-    let file = File::open(path).ok()?;
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).ok()?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(File::open(path)?)?;
     let meta = reader.metadata();
-    let index = meta
+    let rows = meta.file_metadata().num_rows();
+    let Some(index) = meta
         .file_metadata()
         .schema_descr()
         .columns()
         .iter()
-        .position(|c| c.name() == column)?;
-    let mut max = None;
+        .position(|c| c.name() == column)
+    else {
+        return Ok((rows, None));
+    };
+    let mut bounds: Option<(i64, i64)> = None;
     for rg in meta.row_groups() {
         if rg.num_rows() == 0 {
             continue;
         }
-        match rg.column(index).statistics() {
-            Some(Statistics::Int64(s)) => {
-                let top = *s.max_opt()?;
-                max = Some(max.map_or(top, |m: i64| m.max(top)));
-            }
-            _ => return None,
-        }
+        let Some(Statistics::Int64(s)) = rg.column(index).statistics() else {
+            return Ok((rows, None));
+        };
+        let (Some(&min), Some(&max)) = (s.min_opt(), s.max_opt()) else {
+            return Ok((rows, None));
+        };
+        bounds = Some(bounds.map_or((min, max), |(lo, hi)| (lo.min(min), hi.max(max))));
     }
-    max
+    Ok((rows, bounds))
 }
 
 /// Rows a Parquet file holds according to its footer, if the footer can be read.
