@@ -173,6 +173,7 @@ impl ClusterStore {
             timeout: Duration::from_millis(config.tail_timeout_ms.max(1)),
             metrics: deps.metrics.clone(),
             last_error: Mutex::new(None),
+            failures: std::sync::atomic::AtomicU64::new(0),
         });
         let members = Arc::new(Members {
             store_id: store_id.clone(),
@@ -370,6 +371,14 @@ impl EventStore for ClusterStore {
         let members = self.members.alive();
         let mut epoch = DefaultHasher::new();
         local.epoch.hash(&mut epoch);
+        // An answer that left a member out is cached under the version it started with; the
+        // failure moves the version on, so the next identical query runs again instead of
+        // being served that partial answer until the data changes.
+        self.members
+            .tails
+            .failures
+            .load(std::sync::atomic::Ordering::Acquire)
+            .hash(&mut epoch);
         let mut appends = local.appends + self.history.generation();
         for m in members.iter() {
             (m.store_id.as_str(), m.epoch).hash(&mut epoch);

@@ -55,6 +55,9 @@ pub struct TailContext {
     pub metrics: Metrics,
     /// The last member that did not answer (for `/ready`).
     pub last_error: Mutex<Option<String>>,
+    /// Answers that left a member out, in this process: part of the events table's data
+    /// version, so a partial answer is never served again from the result cache.
+    pub failures: std::sync::atomic::AtomicU64,
 }
 
 impl TailContext {
@@ -166,6 +169,7 @@ impl TailExec {
             Ok(batches) => batches,
             Err(e @ TailError::Peer { status, .. }) if status != Some(413) => {
                 c.metrics.cluster_tail_errors_total.inc();
+                c.failures.fetch_add(1, std::sync::atomic::Ordering::Release);
                 tracing::warn!(error = %e, "a member's recent events are left out of this answer");
                 *c.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
                 return Ok(Vec::new());
@@ -299,6 +303,7 @@ pub(crate) mod tests {
             timeout: Duration::from_millis(500),
             metrics: metrics.clone(),
             last_error: Mutex::new(None),
+            failures: std::sync::atomic::AtomicU64::new(0),
         });
         (local, metrics, ctx)
     }

@@ -208,6 +208,10 @@ pub(crate) struct Shared {
     epoch: u64,
     /// Commits made visible since the store opened (bumped under the `inner` lock).
     appends: std::sync::atomic::AtomicU64,
+    /// Bytes of the last write group that failed for lack of space (0 after a write succeeds):
+    /// the store reports itself writable again only once that much is free, so a full disk
+    /// does not flap between refused and ready each time a failed write's bytes are truncated.
+    space_needed: std::sync::atomic::AtomicU64,
     /// Signalled after each segment written to Parquet (appends waiting for memory wake up).
     flushed: tokio::sync::Notify,
     /// Asks the maintenance task to rotate and flush now (a segment is full, or appends wait).
@@ -300,6 +304,7 @@ impl Shared {
     /// group (none of it was acknowledged, none of it stays in the file).
     fn commit_group(&self, group: Vec<PendingAppend>) {
         let outcome = self.report(self.check_free_space().and_then(|()| {
+            self.check_space_needed()?;
             let mut wal = self.lock_wal();
             self.ensure_writable_segment(&mut wal)?;
             let writer = wal.as_mut().ok_or(StorageError::Closed)?;
@@ -334,6 +339,19 @@ impl Shared {
         if let Some(metrics) = &self.metrics {
             metrics.wal_commit_group_batches.observe(group.len() as f64);
         }
+        match &outcome {
+            Ok(_) => self.space_needed.store(0, std::sync::atomic::Ordering::Release),
+            Err(e) if e.fault_kind() == Some(FaultKind::NoSpace) => {
+                let bytes: usize = group
+                    .iter()
+                    .flat_map(|p| p.batch.columns())
+                    .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                    .sum();
+                self.space_needed
+                    .store((bytes as u64).min(MAX_SPACE_NEEDED), std::sync::atomic::Ordering::Release);
+            }
+            Err(_) => {}
+        }
         match outcome {
             Ok(staged) => {
                 for (p, s) in group.into_iter().zip(staged) {
@@ -349,15 +367,33 @@ impl Shared {
     }
 
     /// While the store is failing: probes whether it can write again (free space above the
-    /// minimum and a fresh WAL segment created and synced).
+    /// minimum and above the write that last failed for lack of space, and a fresh WAL
+    /// segment created and synced).
     fn try_recover(&self) {
         if self.health.fault(&self.dir).is_none() {
             return;
         }
         let _ = self.report(
             self.check_free_space()
+                .and_then(|()| self.check_space_needed())
                 .and_then(|()| self.ensure_writable_segment(&mut self.lock_wal())),
         );
+    }
+
+    /// Refuses while less is free than the write that last failed for lack of space.
+    fn check_space_needed(&self) -> Result<(), StorageError> {
+        let needed = self.space_needed.load(std::sync::atomic::Ordering::Acquire);
+        if needed == 0 {
+            return Ok(());
+        }
+        match free_bytes(&self.dir) {
+            Some(free) if free < needed => Err(StorageError::LowSpace {
+                dir: self.dir.clone(),
+                free,
+                min: needed,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Makes a held batch visible (`publish`) or drops it; false when no batch is held under
@@ -404,6 +440,10 @@ struct PendingAppend {
     /// Answered with the WAL segment the batch went to.
     done: tokio::sync::oneshot::Sender<Result<u64, StorageError>>,
 }
+
+/// The free space a failed write can ask for before the store reports itself writable again
+/// (a larger write that failed does not keep smaller ones refused forever).
+const MAX_SPACE_NEEDED: u64 = 16 << 20;
 
 /// A group holds at most this many bytes of Arrow data (more waiting appends go to the next
 /// group), so one commit's write stays bounded.
@@ -639,6 +679,7 @@ impl LocalStore {
             health,
             epoch: uuid::Uuid::new_v4().as_u64_pair().0,
             appends: std::sync::atomic::AtomicU64::new(0),
+            space_needed: std::sync::atomic::AtomicU64::new(0),
             flushed: tokio::sync::Notify::new(),
             maintain_now: tokio::sync::Notify::new(),
         });
