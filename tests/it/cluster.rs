@@ -308,7 +308,10 @@ async fn an_answer_that_left_a_member_out_is_not_served_again_from_the_cache() {
     let partial = a.sql("SELECT count(*) AS n FROM events").await;
     signal("-CONT");
     assert_eq!(partial.0, 200, "{partial:?}");
-    assert_eq!(partial.1["rows"][0]["n"], 30, "b's events are left out while it is stopped: {partial:?}");
+    assert_eq!(
+        partial.1["rows"][0]["n"], 30,
+        "b's events are left out while it is stopped: {partial:?}"
+    );
     assert!(metric(&a, "cluster_tail_errors_total").await > errors);
     // The same statement again, nothing changed since: b answers now, and so must the query.
     assert_eq!(a.count("").await, 50);

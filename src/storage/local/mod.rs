@@ -347,8 +347,10 @@ impl Shared {
                     .flat_map(|p| p.batch.columns())
                     .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
                     .sum();
-                self.space_needed
-                    .store((bytes as u64).min(MAX_SPACE_NEEDED), std::sync::atomic::Ordering::Release);
+                self.space_needed.store(
+                    (bytes as u64).min(MAX_SPACE_NEEDED),
+                    std::sync::atomic::Ordering::Release,
+                );
             }
             Err(_) => {}
         }
