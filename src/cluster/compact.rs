@@ -227,7 +227,7 @@ impl Compactor {
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.settings.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lead: Option<sqlx::PgConnection> = None;
+        let mut lead: Option<super::catalog::Lease> = None;
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
@@ -235,8 +235,8 @@ impl Compactor {
                 _ = shutdown.changed() => return,
             }
             let result = async {
-                if let Some(conn) = lead.as_mut()
-                    && sqlx::query("SELECT 1").execute(&mut *conn).await.is_err()
+                if let Some(lease) = lead.as_mut()
+                    && !lease.holds().await
                 {
                     tracing::warn!("lost the cluster maintenance lock");
                     lead = None;

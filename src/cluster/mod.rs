@@ -70,7 +70,13 @@ pub struct ClusterConfig {
     /// This instance's HTTP API as the others reach it (env `CLUSTER_ADVERTISE_URL`); default
     /// `http://<http.host, or the host name when it is 0.0.0.0>:<bound port>`.
     pub advertise_url: Option<String>,
-    /// A member whose heartbeat is older than this is not asked for its recent events, in ms.
+    /// Without `postgres.url`: the members' HTTP addresses (env `CLUSTER_PEERS`,
+    /// comma-separated; this instance's own may be listed too). Each is asked every
+    /// `catalog_refresh_ms` who it is; those answering within `member_timeout_ms` are the
+    /// members. The catalog is then kept as manifest objects in `remote`.
+    pub peers: Vec<String>,
+    /// A member whose heartbeat is older than this (or, with `peers`, that does not answer
+    /// within it) is not asked for its recent events, in ms.
     pub member_timeout_ms: u64,
     /// How long a query waits for a member's recent events, in ms; a member that does not
     /// answer in time is left out of that answer (logged, counted in `/ready`).
@@ -117,6 +123,7 @@ impl Default for ClusterConfig {
             catalog_refresh_ms: 1_000,
             secret: None,
             advertise_url: None,
+            peers: Vec::new(),
             member_timeout_ms: 5_000,
             tail_timeout_ms: 5_000,
             max_tail_bytes: 256 << 20,
@@ -151,11 +158,21 @@ impl ClusterConfig {
                 "cluster.remote (CLUSTER_REMOTE) `{remote}` must be s3://bucket/prefix/ or file:///absolute/dir/"
             ));
         }
-        if !has_postgres {
+        if has_postgres && !self.peers.is_empty() {
             return Err(
-                "cluster.remote (CLUSTER_REMOTE) needs postgres.url (DATABASE_URL): the catalog of shared files lives there"
+                "cluster.peers (CLUSTER_PEERS) is for a cluster without postgres.url (DATABASE_URL): with a database \
+                 the members find each other by their heartbeat rows; unset one of them"
                     .into(),
             );
+        }
+        if let Some(peer) = self
+            .peers
+            .iter()
+            .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+        {
+            return Err(format!(
+                "cluster.peers (CLUSTER_PEERS): `{peer}` must be an http:// or https:// URL"
+            ));
         }
         if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
             return Err(
@@ -207,6 +224,15 @@ pub enum ClusterError {
     #[cfg(feature = "postgres")]
     #[error("cluster catalog: {0}")]
     Catalog(#[source] crate::sinks::SinkError),
+    /// A manifest of the catalog in shared storage is not one (or could not be encoded).
+    #[error("shared storage: manifest {path}: {source}")]
+    Manifest {
+        /// Its key.
+        path: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A local file could not be read.
     #[error("reading {path}: {source}")]
     Local {
@@ -238,7 +264,7 @@ impl Classify for ClusterError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Config(_) => ErrorClass::User,
-            Self::Remote { .. } => ErrorClass::External,
+            Self::Remote { .. } | Self::Manifest { .. } => ErrorClass::External,
             #[cfg(feature = "postgres")]
             Self::Catalog(e) => e.class(),
             Self::Local { .. } => ErrorClass::Internal,
@@ -277,7 +303,6 @@ mod tests {
         c.remote = Some("http://bucket".into());
         assert!(c.validate(true).unwrap_err().contains("CLUSTER_REMOTE"));
         c.remote = Some("s3://bucket/hub/".into());
-        assert!(c.validate(false).unwrap_err().contains("postgres.url"));
         assert!(c.validate(true).unwrap_err().contains("CLUSTER_SECRET"));
         c.secret = Some("short".into());
         assert!(c.validate(true).unwrap_err().contains("CLUSTER_SECRET"));
@@ -287,6 +312,14 @@ mod tests {
         assert!(c.validate(true).unwrap_err().contains("CLUSTER_ADVERTISE_URL"));
         c.advertise_url = Some("http://10.0.0.1:3000".into());
         assert!(c.validate(true).is_ok());
+        // Without a database the members are listed; with one, a list is a mistake.
+        assert!(c.validate(false).is_ok());
+        c.peers = vec!["http://h1:8080".into(), "h2:8080".into()];
+        assert!(c.validate(false).unwrap_err().contains("`h2:8080`"));
+        c.peers.pop();
+        assert!(c.validate(false).is_ok());
+        assert!(c.validate(true).unwrap_err().contains("CLUSTER_PEERS"));
+        c.peers.clear();
         c.catalog_refresh_ms = 0;
         assert!(c.validate(true).is_err());
     }

@@ -17,7 +17,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
-use super::catalog::{Catalog, CatalogFile};
+use super::catalog::{Catalog, CatalogFile, ManifestCatalog, Peers, PgCatalog};
 use super::compact::{CompactSettings, Compactor};
 use super::distributed::WorkerList;
 use super::file_cache::FileCache;
@@ -57,6 +57,8 @@ struct Members {
     /// This instance's distributed-execution worker and its key, when it runs one.
     worker_url: OnceLock<(url::Url, String)>,
     alive: RwLock<Arc<Vec<Member>>>,
+    /// What this instance last said of itself (its heartbeat): answered to `cluster.peers`.
+    announced: Arc<RwLock<Option<Member>>>,
     tails: Arc<TailContext>,
     membership_error: Mutex<Option<String>>,
     metrics: Metrics,
@@ -105,8 +107,21 @@ impl ClusterStore {
             .clone()
             .ok_or_else(|| ClusterError::Config("cluster.secret is not set".into()))?;
         let store_id = super::store_id(deps.data_dir)?;
-        let catalog = Catalog::connect(deps.postgres).await?;
         let (dest, store_url) = open_remote(&remote, deps.object_store)?;
+        let catalog = match deps.postgres.url {
+            Some(_) => Catalog::Postgres(PgCatalog::connect(deps.postgres).await?),
+            None => {
+                tracing::info!(peers = ?config.peers, "no postgres.url: the catalog is kept as manifest objects in shared storage, the members are cluster.peers");
+                Catalog::Manifest(
+                    Arc::new(ManifestCatalog::new(
+                        Arc::clone(&dest.store),
+                        dest.prefix.clone(),
+                        store_id.clone(),
+                    )),
+                    Peers::new(config.peers.clone(), secret.clone()),
+                )
+            }
+        };
         // A bucket is registered with the session at scan time; a local directory is read
         // through the `file://` store DataFusion registers itself.
         let bucket: Option<Arc<dyn ObjectStore>> = match (remote.starts_with("s3://"), config.cache_max_bytes) {
@@ -181,6 +196,7 @@ impl ClusterStore {
             url: Arc::default(),
             worker_url: OnceLock::new(),
             alive: RwLock::default(),
+            announced: Arc::default(),
             tails,
             membership_error: Mutex::new(None),
             metrics: deps.metrics,
@@ -234,6 +250,7 @@ impl ClusterStore {
             secret: self.members.tails.secret.clone(),
             max_bytes,
             advertised: Arc::clone(&self.members.url),
+            announced: Arc::clone(&self.members.announced),
         }
     }
 
@@ -266,6 +283,10 @@ impl ClusterStore {
                         worker_url: members.worker_url.get().map(|(u, _)| u.to_string()),
                         worker_key: members.worker_url.get().map(|(_, k)| k.clone()),
                     };
+                    *members
+                        .announced
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(me.clone());
                     catalog.heartbeat(&me).await?;
                 }
                 catalog.alive(&members.store_id, timeout_ms).await

@@ -215,6 +215,8 @@ pub struct TailServer {
     pub max_bytes: usize,
     /// This instance's address for the others, once its listener is bound.
     pub advertised: Arc<std::sync::OnceLock<String>>,
+    /// What this instance last said of itself (its heartbeat), for `cluster.peers`.
+    pub announced: Arc<std::sync::RwLock<Option<Member>>>,
 }
 
 impl TailServer {
@@ -223,6 +225,14 @@ impl TailServer {
         if self.advertised.set(url.clone()).is_ok() {
             tracing::info!(%url, "advertised to the cluster");
         }
+    }
+
+    /// This instance as its last heartbeat described it (none before the first).
+    pub fn member(&self) -> Option<Member> {
+        self.announced
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether `given` is the cluster secret (compared as digests, in constant time for the
@@ -240,8 +250,8 @@ pub fn secret_matches(given: &[u8], secret: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Another instance, as its heartbeat row says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Another instance, as its heartbeat row (or its answer to `cluster.peers`' question) says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Its data directory.
     pub store_id: String,

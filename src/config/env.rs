@@ -47,6 +47,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("CLUSTER_REMOTE", "cluster.remote"),
     ("CLUSTER_SECRET", "cluster.secret"),
     ("CLUSTER_ADVERTISE_URL", "cluster.advertise_url"),
+    ("CLUSTER_PEERS", "cluster.peers"),
     ("CLUSTER_DISTRIBUTED", "cluster.distributed"),
     ("CLUSTER_WORKER_LISTEN", "cluster.worker_listen"),
     ("CLUSTER_WORKER_ADVERTISE_URL", "cluster.worker_advertise_url"),

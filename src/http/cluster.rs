@@ -1,4 +1,5 @@
-//! The internal route instances read each other's recent events through (cluster mode). Not
+//! The internal routes instances read each other's recent events through, and (with
+//! `cluster.peers`) learn who the others are (cluster mode). Not
 //! part of the public API (not in `/openapi.json`, no API key): it is guarded by
 //! `cluster.secret` in the `x-hub-cluster-secret` header and answered only in cluster mode.
 
@@ -7,33 +8,62 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cluster::tail::{self, ARROW_STREAM, SECRET_HEADER, TAIL_PATH, TailError, TailRequest};
+use crate::cluster::catalog::peers::MEMBER_PATH;
+use crate::cluster::tail::{self, ARROW_STREAM, SECRET_HEADER, TAIL_PATH, TailError, TailRequest, TailServer};
 
 /// The route, present only when this instance is in a cluster.
 pub fn router(state: AppState) -> Router {
     match state.cluster_tail.is_some() {
-        true => Router::new().route(TAIL_PATH, post(tail)).with_state(state),
+        true => Router::new()
+            .route(TAIL_PATH, post(tail))
+            .route(MEMBER_PATH, get(member))
+            .with_state(state),
         false => Router::new(),
     }
 }
 
-async fn tail(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The cluster's server when `headers` carry its secret, else the error refusing them.
+fn admitted(state: &AppState, headers: &HeaderMap) -> Result<TailServer, ApiError> {
     let Some(server) = state.cluster_tail.clone() else {
-        return ApiError::not_found("not in a cluster").into_response();
+        return Err(ApiError::not_found("not in a cluster"));
     };
     let given = headers.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !server.admits(given) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             format!("missing or wrong {SECRET_HEADER} (cluster.secret)"),
-        )
-        .into_response();
+        ));
     }
+    Ok(server)
+}
+
+/// Who this instance is (data directory, address, data version, worker), for `cluster.peers`.
+async fn member(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let server = match admitted(&state, &headers) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
+    match server.member() {
+        Some(me) => axum::Json(me).into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "this instance has not joined the cluster yet",
+        )
+        .into_response(),
+    }
+}
+
+async fn tail(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let server = match admitted(&state, &headers) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
     let req: TailRequest = match serde_json::from_slice(&body) {
         Ok(req) => req,
         Err(e) => return ApiError::bad_request("invalid_request", format!("tail request: {e}")).into_response(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::exports::S3Server;
-use crate::harness::{Hub, HubOptions, generated, wait_until};
+use crate::harness::{Hub, HubOptions, free_port, generated, wait_until};
 use crate::kafka::{Broker, kafka_opts, status};
 use crate::pg::TestDb;
 use crate::proxy::StallProxy;
@@ -317,6 +317,119 @@ async fn an_answer_that_left_a_member_out_is_not_served_again_from_the_cache() {
     assert_eq!(a.count("").await, 50);
 }
 
+/// Without PostgreSQL: the catalog is kept as manifest objects in the bucket (one per data
+/// directory) and the members are the static `cluster.peers`. Each instance answers over both
+/// instances' events; a killed member drops out of the others' list within seconds and its
+/// shipped share is answered from shared storage; restarted, it rejoins.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_postgres_static_peers_and_manifests_make_the_cluster() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("hub-shared").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let (port_a, port_b) = (free_port(), free_port());
+    // No `postgres.url`: `[postgres]` only names the instance.
+    let toml = |name: &str| {
+        format!(
+            r#"
+[storage]
+segment_max_age_secs = 1
+[postgres]
+instance_id = "{name}"
+[cluster]
+remote = "s3://hub-shared/history/"
+ship_interval_ms = 100
+catalog_refresh_ms = 100
+member_timeout_ms = 1000
+secret = "test-cluster-secret-0123"
+peers = ["http://127.0.0.1:{port_a}", "http://127.0.0.1:{port_b}"]
+"#
+        )
+    };
+    let opts = |port: u16| HubOptions {
+        config_toml: Some(toml(if port == port_a { "a" } else { "b" })),
+        env: s3.env(),
+        port: Some(port),
+        ..HubOptions::default()
+    };
+    let a = Hub::start_with(dir_a.path(), opts(port_a)).await;
+    let mut b = Hub::start_with(dir_b.path(), opts(port_b)).await;
+    for (hub, other) in [(&a, "b"), (&b, "a")] {
+        wait_until("the peers to find each other", Duration::from_secs(30), async || {
+            members(hub).await == [other]
+        })
+        .await;
+    }
+
+    // The question the peers ask each other needs the cluster secret.
+    let member = |secret: &'static str| {
+        a.client
+            .get(a.url("/internal/v1/cluster/member"))
+            .header("x-hub-cluster-secret", secret)
+            .send()
+    };
+    assert_eq!(member("wrong-secret").await.expect("member").status(), 401);
+    let me: Value = member("test-cluster-secret-0123")
+        .await
+        .expect("member")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["instance_id"], "a");
+    assert_eq!(me["url"], format!("http://127.0.0.1:{port_a}"));
+
+    let (of_a, of_b) = (events(1, JANUARY, 300), events(2, FEBRUARY, 200));
+    a.post_ok(ndjson(&of_a)).await;
+    b.post_ok(ndjson(&of_b)).await;
+    let all: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+    let want = oracle(&all);
+    converge(&a, &want, "instance a to see b's events").await;
+    converge(&b, &want, "instance b to see a's events").await;
+
+    // Shipped: the files are in the bucket, listed by one manifest per data directory.
+    wait_shipped(&a, "a", 0).await;
+    wait_shipped(&b, "b", 0).await;
+    let manifests = objects_under(&s3, "history/_catalog/events/").await;
+    let store_id = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cluster/store-id"))
+            .expect("store id")
+            .trim()
+            .to_string()
+    };
+    let mut expected: Vec<String> = [store_id(dir_a.path()), store_id(dir_b.path())]
+        .iter()
+        .map(|id| format!("history/_catalog/events/{id}.json"))
+        .collect();
+    expected.sort();
+    assert_eq!(manifests, expected);
+    wait_until("a to list b's files", Duration::from_secs(30), async || {
+        shared(&a).await["files_of_other_instances"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert!(shared(&a).await["catalog_error"].is_null());
+
+    // kill -9 b: it stops answering, so it is out of a's members within seconds, and a
+    // answers over b's shipped share from shared storage alone.
+    b.kill9();
+    wait_until("a to drop b from its members", Duration::from_secs(30), async || {
+        members(&a).await.is_empty()
+    })
+    .await;
+    assert_eq!(per_model(&a).await, want);
+
+    // Restarted, b rejoins; its new events reach a through b's tail, then shared storage.
+    b = Hub::start_with(dir_b.path(), opts(port_b)).await;
+    wait_until("b to rejoin", Duration::from_secs(30), async || {
+        members(&a).await == ["b"]
+    })
+    .await;
+    let more = events(3, FEBRUARY + 3600, 30);
+    b.post_ok(ndjson(&more)).await;
+    let all: Vec<Value> = all.into_iter().chain(more).collect();
+    let want = oracle(&all);
+    converge(&a, &want, "instance a to see what b took after its restart").await;
+    converge(&b, &want, "the restarted instance to agree").await;
+}
+
 /// The issue's setting: three instances in one consumer group on a 6-partition topic (Tansu),
 /// history in S3 (moto), the catalog in PostgreSQL. Every instance answers over the whole
 /// topic; after a kill -9 the survivors take its partitions and still count every event once;
@@ -374,7 +487,16 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
     all.extend(second.iter().map(|l| serde_json::from_str::<Value>(l).expect("json")));
     let want = oracle(&all);
     for hub in hubs() {
-        converge(hub, &want, "the survivors to answer over every event after the kill").await;
+        let converged = tokio::time::timeout(Duration::from_secs(120), async {
+            while per_model(hub).await != want {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if converged.is_err() {
+            dump_cluster(&[("a", &a), ("b", &b)], &db, &dir.path().join("c")).await;
+            converge(hub, &want, "the survivors to answer over every event after the kill").await;
+        }
     }
     // Restarted, c reads its own files locally, the others' from S3: every event once.
     c = Hub::start_with(&dir.path().join("c"), opts("c-restarted")).await;
@@ -426,6 +548,62 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
     for hub in [&a, &b, &c] {
         assert_eq!(per_model(hub).await, want);
     }
+}
+
+/// Prints what each instance and the catalog hold (for a failed convergence).
+async fn dump_cluster(hubs: &[(&str, &Hub)], db: &TestDb, dead_dir: &Path) {
+    for (name, hub) in hubs {
+        let status = hub.get_json("/api/v1/ingest/status").await;
+        let shared = shared(hub).await;
+        let log: Vec<String> = hub
+            .log_text()
+            .lines()
+            .filter(|l| {
+                !l.contains("access")
+                    && !l.contains("audit")
+                    && !l.contains("registered")
+                    && !l.contains("store opened")
+            })
+            .map(str::to_string)
+            .collect();
+        eprintln!(
+            "== {name}: ingest {status}\n== {name}: shared {shared}\n== {name}: log\n{}",
+            log.join("\n")
+        );
+    }
+    let mut conn = db.connect().await;
+    let files: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT path, instance_id, rows FROM hub_files WHERE removed_at IS NULL ORDER BY path")
+            .fetch_all(&mut conn)
+            .await
+            .expect("catalog");
+    eprintln!("== catalog: {files:?}");
+    let offsets: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM hub_kafka_offsets ORDER BY 1, 2")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    eprintln!("== offsets: {offsets:?}");
+    let listing = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e.file_name().to_string_lossy(),
+                            e.metadata().map(|m| m.len()).unwrap_or(0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "== dead instance's events dir: {:?}; wal: {:?}",
+        listing(&dead_dir.join("events")),
+        listing(&dead_dir.join("events/wal"))
+    );
 }
 
 /// Waits until `hubs` share the topic's 6 partitions, each owning some.
@@ -778,9 +956,13 @@ async fn wait_shipped(hub: &Hub, name: &str, stray: u64) {
         loop {
             let ready = hub.get_json("/ready").await;
             let detail = &ready["components"][0]["detail"];
+            // `pending_files` is as of the shipper's last round: a segment flushed since is
+            // neither in memory nor pending yet, so every local file must be shipped too.
+            let shipped = detail["shared"]["shipper"]["shipped_files"].as_u64().unwrap_or(0);
             if detail["rows_in_memory"] == 0
                 && detail["shared"]["shipper"]["pending_files"] == stray
-                && detail["shared"]["shipper"]["shipped_files"].as_u64().unwrap_or(0) >= 1
+                && shipped >= 1
+                && shipped >= detail["parquet_files"].as_u64().unwrap_or(u64::MAX)
             {
                 return;
             }
@@ -798,15 +980,17 @@ async fn wait_shipped(hub: &Hub, name: &str, stray: u64) {
 
 /// Shared objects under the bucket's `history/events/` prefix (S3 ListObjectsV2 on moto).
 async fn objects(s3: &S3Server) -> Vec<String> {
-    let xml = reqwest::get(format!(
-        "{}/hub-shared?list-type=2&prefix=history/events/",
-        s3.endpoint()
-    ))
-    .await
-    .expect("list")
-    .text()
-    .await
-    .expect("list body");
+    objects_under(s3, "history/events/").await
+}
+
+/// Objects of the bucket under `prefix`.
+async fn objects_under(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let xml = reqwest::get(format!("{}/hub-shared?list-type=2&prefix={prefix}", s3.endpoint()))
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("list body");
     xml.split("<Key>")
         .skip(1)
         .filter_map(|k| k.split("</Key>").next())

@@ -55,6 +55,8 @@ pub struct HubOptions {
     pub args: Vec<String>,
     /// Another build of the binary (default: this workspace's `analytics-hub`).
     pub bin: Option<PathBuf>,
+    /// The HTTP port (default: a free one), for a test that must know it before the start.
+    pub port: Option<u16>,
 }
 
 impl Hub {
@@ -83,7 +85,7 @@ impl Hub {
 
     /// Starts a Hub and waits until it answers `/health` (it may not be ready).
     pub async fn start_unready(data_dir: &Path, opts: HubOptions) -> Self {
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let log = data_dir.with_extension(format!("{port}.log"));
         let mut cmd = Command::new(opts.bin.as_deref().unwrap_or(Path::new(BIN)));
         if let Some(toml) = &opts.config_toml {

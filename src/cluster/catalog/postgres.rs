@@ -1,4 +1,4 @@
-//! The catalog of shared files (`hub_files`, migration `0003`): which Parquet files are in
+//! The catalog of shared files in PostgreSQL (`hub_files`, migration `0003`): which Parquet files are in
 //! shared storage, from which data directory, with their row counts and event-time bounds. A
 //! file is visible to other instances once its row is committed (after its upload completed);
 //! every change of the visible set bumps `hub_catalog.generation` in the same transaction, so a
@@ -9,40 +9,10 @@ use std::collections::HashSet;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use super::ClusterError;
-use super::tail::Member;
+use super::CatalogFile;
+use crate::cluster::ClusterError;
+use crate::cluster::tail::Member;
 use crate::sinks::postgres::{PostgresConfig, classify_db, migrate};
-
-/// One shared file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogFile {
-    /// Object key below `cluster.remote`.
-    pub path: String,
-    /// Data directory it came from.
-    pub store_id: String,
-    /// Rows.
-    pub rows: i64,
-    /// Size in bytes.
-    pub bytes: i64,
-    /// Event-time bounds (µs), when the file has statistics.
-    pub min_event_time_us: Option<i64>,
-    /// See `min_event_time_us`.
-    pub max_event_time_us: Option<i64>,
-    /// For a compacted file, the flushed segments (file names) whose rows it holds; empty for a
-    /// flushed segment.
-    pub covers: Vec<String>,
-}
-
-impl CatalogFile {
-    /// The flushed segments (file names) whose rows this file holds.
-    pub fn segments(&self) -> Vec<String> {
-        if self.covers.is_empty() {
-            self.path.rsplit('/').next().map(str::to_string).into_iter().collect()
-        } else {
-            self.covers.clone()
-        }
-    }
-}
 
 type Row = (String, String, i64, i64, Option<i64>, Option<i64>, Option<Vec<String>>);
 
@@ -69,11 +39,11 @@ fn db(e: sqlx::Error) -> ClusterError {
 
 /// The catalog, in the database of `postgres.url`.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub struct PgCatalog {
     pool: PgPool,
 }
 
-impl Catalog {
+impl PgCatalog {
     /// Connects (creating the database and applying the migrations as `config` says).
     pub async fn connect(config: &PostgresConfig) -> Result<Self, ClusterError> {
         let url = config
