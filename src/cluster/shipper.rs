@@ -30,10 +30,34 @@ const PART_BYTES: usize = 8 << 20;
 pub struct ShipperStatus {
     /// Files of this data directory in shared storage.
     pub shipped_files: usize,
-    /// Files flushed locally and not shipped yet.
+    /// Files flushed locally and not shipped yet (as of the last round; `/ready` adds the
+    /// files flushed since, see [`ShipperStatus::pending_with`]).
     pub pending_files: usize,
     /// The last error, when the last attempt failed.
     pub last_error: Option<String>,
+    /// Names shipped, and names that failed, as of the last round.
+    #[serde(skip)]
+    shipped_names: Arc<HashSet<String>>,
+    #[serde(skip)]
+    failed_names: Vec<String>,
+}
+
+impl ShipperStatus {
+    /// This status with `pending_files` counted now: the files that failed in the last round
+    /// plus every file of `local` (the store's flushed files) not shipped, so a file flushed
+    /// since the last round is pending at once rather than invisible for up to a round.
+    pub fn pending_with(mut self, local: &[PathBuf]) -> Self {
+        let mut pending: HashSet<&str> = self.failed_names.iter().map(String::as_str).collect();
+        for path in local {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str())
+                && !self.shipped_names.contains(name)
+            {
+                pending.insert(name);
+            }
+        }
+        self.pending_files = pending.len();
+        self
+    }
 }
 
 /// Ships one store directory.
@@ -138,6 +162,10 @@ impl Shipper {
         let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         status.shipped_files = self.shipped.len();
         status.pending_files = pending.len() - shipped;
+        if shipped > 0 || status.shipped_names.len() != self.shipped.len() {
+            status.shipped_names = Arc::new(self.shipped.clone());
+        }
+        status.failed_names = pending.into_iter().filter(|n| !self.shipped.contains(n)).collect();
         status.last_error = result.as_ref().err().map(|e| crate::error::chain(e));
         result.map(|()| shipped)
     }
@@ -240,5 +268,28 @@ mod tests {
                 .expect("missing dir")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_file_flushed_since_the_last_round_is_pending_at_once() {
+        let status = ShipperStatus {
+            shipped_files: 1,
+            pending_files: 1,
+            last_error: Some("stray".into()),
+            shipped_names: Arc::new(["events-1.parquet".to_string()].into_iter().collect()),
+            failed_names: vec!["stray.parquet".into()],
+        };
+        let local = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| PathBuf::from("/d/events").join(n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            status.clone().pending_with(&local(&["events-1.parquet"])).pending_files,
+            1
+        );
+        let now = status.pending_with(&local(&["events-1.parquet", "events-2.parquet"]));
+        assert_eq!(now.pending_files, 2, "the stray file and the one flushed since");
     }
 }

@@ -430,7 +430,8 @@ impl EventStore for ClusterStore {
             .shipped
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .clone()
+            .pending_with(&self.local.snapshot().files);
         let m = &self.members;
         let files = self.history.files();
         let lock = |x: &Mutex<Option<String>>| x.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

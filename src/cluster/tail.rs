@@ -31,6 +31,8 @@ use crate::storage::local::LocalStore;
 pub const SECRET_HEADER: &str = "x-hub-cluster-secret";
 /// Route of the tail.
 pub const TAIL_PATH: &str = "/internal/v1/cluster/tail";
+/// Route a member answers with its [`Member`] description (asked by `cluster.peers`).
+pub const MEMBER_PATH: &str = "/internal/v1/cluster/member";
 /// Media type of the answer.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 

@@ -12,8 +12,9 @@ use axum::routing::{get, post};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cluster::catalog::peers::MEMBER_PATH;
-use crate::cluster::tail::{self, ARROW_STREAM, SECRET_HEADER, TAIL_PATH, TailError, TailRequest, TailServer};
+use crate::cluster::tail::{
+    self, ARROW_STREAM, MEMBER_PATH, SECRET_HEADER, TAIL_PATH, TailError, TailRequest, TailServer,
+};
 
 /// The route, present only when this instance is in a cluster.
 pub fn router(state: AppState) -> Router {

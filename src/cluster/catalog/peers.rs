@@ -7,10 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::tail::{Member, SECRET_HEADER};
-
-/// Route a member answers with its [`Member`] description.
-pub const MEMBER_PATH: &str = "/internal/v1/cluster/member";
+use crate::cluster::tail::{MEMBER_PATH, Member, SECRET_HEADER};
 
 /// The static member list and this instance's own description.
 #[derive(Debug, Clone)]
