@@ -185,13 +185,8 @@ async fn every_instance_answers_over_all_shipped_events() {
     let stray = "events-999999999999.parquet";
     std::fs::write(dir_a.path().join("events").join(stray), b"not parquet").expect("stray file");
 
-    let (of_a, of_b) = (events(1, JANUARY, 300), events(2, FEBRUARY, 200));
-    a.post_ok(ndjson(&of_a)).await;
-    b.post_ok(ndjson(&of_b)).await;
-    let all: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+    let all = post_to_both(&a, &b).await;
     let want = oracle(&all);
-    converge(&a, &want, "instance a to see b's events").await;
-    converge(&b, &want, "instance b to see a's events").await;
 
     // Once flushed and shipped, b's events are read from shared storage.
     wait_shipped(&b, "b", 0).await;
@@ -377,13 +372,8 @@ peers = ["http://127.0.0.1:{port_a}", "http://127.0.0.1:{port_b}"]
     assert_eq!(me["instance_id"], "a");
     assert_eq!(me["url"], format!("http://127.0.0.1:{port_a}"));
 
-    let (of_a, of_b) = (events(1, JANUARY, 300), events(2, FEBRUARY, 200));
-    a.post_ok(ndjson(&of_a)).await;
-    b.post_ok(ndjson(&of_b)).await;
-    let all: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+    let all = post_to_both(&a, &b).await;
     let want = oracle(&all);
-    converge(&a, &want, "instance a to see b's events").await;
-    converge(&b, &want, "instance b to see a's events").await;
 
     // Shipped: the files are in the bucket, listed by one manifest per data directory.
     wait_shipped(&a, "a", 0).await;
@@ -548,6 +538,19 @@ async fn three_kafka_instances_each_answer_over_the_whole_topic() {
     for hub in [&a, &b, &c] {
         assert_eq!(per_model(hub).await, want);
     }
+}
+
+/// Posts 300 January events to `a` and 200 February events to `b`, waits until each answers
+/// over all of them, and returns them.
+async fn post_to_both(a: &Hub, b: &Hub) -> Vec<Value> {
+    let (of_a, of_b) = (events(1, JANUARY, 300), events(2, FEBRUARY, 200));
+    a.post_ok(ndjson(&of_a)).await;
+    b.post_ok(ndjson(&of_b)).await;
+    let all: Vec<Value> = of_a.into_iter().chain(of_b).collect();
+    let want = oracle(&all);
+    converge(a, &want, "instance a to see b's events").await;
+    converge(b, &want, "instance b to see a's events").await;
+    all
 }
 
 /// Prints what each instance and the catalog hold (for a failed convergence).
