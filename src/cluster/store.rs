@@ -278,7 +278,20 @@ impl ClusterStore {
                         store_id: members.store_id.clone(),
                         instance_id: members.instance_id.clone(),
                         url: url.clone(),
-                        epoch: version.epoch as i64,
+                        // A member whose tail this process could not read while running a
+                        // distributed task for another instance changes its epoch, so that
+                        // coordinator's cached (partial) answer is not served again after
+                        // this heartbeat (its own failures it counts in its data version).
+                        epoch: {
+                            let mut h = DefaultHasher::new();
+                            version.epoch.hash(&mut h);
+                            members
+                                .tails
+                                .failures
+                                .load(std::sync::atomic::Ordering::Acquire)
+                                .hash(&mut h);
+                            h.finish() as i64
+                        },
                         appends: version.appends as i64,
                         worker_url: members.worker_url.get().map(|(u, _)| u.to_string()),
                         worker_key: members.worker_url.get().map(|(_, k)| k.clone()),
