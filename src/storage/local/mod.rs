@@ -347,9 +347,11 @@ impl Shared {
                     .flat_map(|p| p.batch.columns())
                     .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
                     .sum();
-                self.space_needed.store(
+                // The largest such write since the last success: a smaller one refused meanwhile
+                // does not lower the bar (or the store would flap again).
+                self.space_needed.fetch_max(
                     (bytes as u64).min(MAX_SPACE_NEEDED),
-                    std::sync::atomic::Ordering::Release,
+                    std::sync::atomic::Ordering::AcqRel,
                 );
             }
             Err(_) => {}
@@ -382,18 +384,20 @@ impl Shared {
         );
     }
 
-    /// Refuses while less is free than the write that last failed for lack of space.
+    /// Refuses while less is free than the write that last failed for lack of space; the
+    /// store stays in its `no_space` state meanwhile.
     fn check_space_needed(&self) -> Result<(), StorageError> {
         let needed = self.space_needed.load(std::sync::atomic::Ordering::Acquire);
         if needed == 0 {
             return Ok(());
         }
         match free_bytes(&self.dir) {
-            Some(free) if free < needed => Err(StorageError::LowSpace {
-                dir: self.dir.clone(),
-                free,
-                min: needed,
-            }),
+            Some(free) if free < needed => Err(StorageError::io(format!("writing to {}", self.dir.display()))(
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("{free} bytes free, the last write refused for lack of space needs {needed}"),
+                ),
+            )),
             _ => Ok(()),
         }
     }
