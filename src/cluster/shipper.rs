@@ -28,10 +28,11 @@ const PART_BYTES: usize = 8 << 20;
 /// What the shipper has done, for `/ready`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ShipperStatus {
-    /// Files of this data directory in shared storage.
+    /// Files of this data directory in shared storage (counted by
+    /// [`ShipperStatus::pending_with`]).
     pub shipped_files: usize,
-    /// Files flushed locally and not shipped yet (as of the last round; `/ready` adds the
-    /// files flushed since, see [`ShipperStatus::pending_with`]).
+    /// Files flushed locally and not shipped yet, the files flushed since the last round
+    /// included (counted by [`ShipperStatus::pending_with`]).
     pub pending_files: usize,
     /// The last error, when the last attempt failed.
     pub last_error: Option<String>,
@@ -43,9 +44,9 @@ pub struct ShipperStatus {
 }
 
 impl ShipperStatus {
-    /// This status with `pending_files` counted now: the files that failed in the last round
-    /// plus every file of `local` (the store's flushed files) not shipped, so a file flushed
-    /// since the last round is pending at once rather than invisible for up to a round.
+    /// This status with its counts made now: `pending_files` is the files that failed in the
+    /// last round plus every file of `local` (the store's flushed files) not shipped, so a file
+    /// flushed since the last round is pending at once rather than invisible for up to a round.
     pub fn pending_with(mut self, local: &[PathBuf]) -> Self {
         let mut pending: HashSet<&str> = self.failed_names.iter().map(String::as_str).collect();
         for path in local {
@@ -56,6 +57,7 @@ impl ShipperStatus {
             }
         }
         self.pending_files = pending.len();
+        self.shipped_files = self.shipped_names.len();
         self
     }
 }
@@ -160,8 +162,6 @@ impl Shipper {
             }
         }
         let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        status.shipped_files = self.shipped.len();
-        status.pending_files = pending.len() - shipped;
         if shipped > 0 || status.shipped_names.len() != self.shipped.len() {
             status.shipped_names = Arc::new(self.shipped.clone());
         }
