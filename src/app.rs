@@ -287,7 +287,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     )?;
     let local_store: Arc<dyn EventStore> = Arc::new(local.clone());
     // Every read path goes through `store`: in cluster mode the local store plus shared history.
-    let (store, cluster_tail, distributed) = events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
+    let (store, cluster_tail, distributed, shared_outputs) =
+        events_store(&config, &local, &metrics, shutdown_rx.clone()).await?;
     let engine = QueryEngine::new(
         &store,
         &config.query,
@@ -312,6 +313,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             published: published_tx,
             versions: versions.clone(),
             live: live.clone(),
+            shared: shared_outputs.clone(),
         };
         let shipped = if config.stream.shipped_queries {
             shipped_queries()?
@@ -506,6 +508,8 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 }
 
 type ClusterTail = Option<crate::cluster::tail::TailServer>;
+/// In a cluster: where continuous queries share their rows.
+type SharedOutputs = Option<Arc<dyn crate::stream::shared::SharedOutputs>>;
 
 /// Distributed execution, when this build and configuration have it.
 #[derive(Debug, Default)]
@@ -540,9 +544,9 @@ async fn events_store(
     local: &LocalStore,
     metrics: &Metrics,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart), AppError> {
+) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart, SharedOutputs), AppError> {
     if !config.cluster.enabled() {
-        return Ok((Arc::new(local.clone()), None, DistributedPart::default()));
+        return Ok((Arc::new(local.clone()), None, DistributedPart::default(), None));
     }
     let deps = crate::cluster::ClusterDeps {
         config: &config.cluster,
@@ -578,7 +582,8 @@ async fn events_store(
         cluster.set_worker_url(d.url().clone(), d.key().to_string());
         distributed = DistributedPart(Some(d));
     }
-    Ok((Arc::new(cluster), Some(tail), distributed))
+    let shared: Arc<dyn crate::stream::shared::SharedOutputs> = Arc::new(cluster.clone());
+    Ok((Arc::new(cluster), Some(tail), distributed, Some(shared)))
 }
 
 /// Without the `postgres` feature there is no catalog: `cluster.remote` is refused earlier.
@@ -588,8 +593,8 @@ async fn events_store(
     local: &LocalStore,
     _metrics: &Metrics,
     _shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart), AppError> {
-    Ok((Arc::new(local.clone()), None, DistributedPart::default()))
+) -> Result<(Arc<dyn EventStore>, ClusterTail, DistributedPart, SharedOutputs), AppError> {
+    Ok((Arc::new(local.clone()), None, DistributedPart::default(), None))
 }
 
 /// The host the others reach this instance by: `cluster.advertise_url`'s, else `http.host`,

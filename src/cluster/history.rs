@@ -87,6 +87,15 @@ impl History {
         )
     }
 
+    /// Keeps (or clears) the last refresh error, for `/ready`.
+    pub fn set_error(&self, error: Option<String>) {
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
     /// The last refresh error, if the last refresh failed.
     pub fn last_error(&self) -> Option<String> {
         self.inner
@@ -99,6 +108,17 @@ impl History {
     /// Reads the catalog when it changed; `Ok(true)` when the list did.
     pub async fn refresh(&self, catalog: &Catalog, table: &str) -> Result<bool, super::ClusterError> {
         let generation = catalog.generation().await?;
+        self.refresh_at(catalog, table, generation).await
+    }
+
+    /// [`Self::refresh`] with the catalog's generation already read (one read serves every
+    /// table refreshed in a round).
+    pub async fn refresh_at(
+        &self,
+        catalog: &Catalog,
+        table: &str,
+        generation: i64,
+    ) -> Result<bool, super::ClusterError> {
         let known = self
             .inner
             .listed
@@ -126,7 +146,7 @@ impl History {
     pub async fn run_refresh(
         self,
         catalog: Catalog,
-        table: &'static str,
+        table: String,
         every: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -137,7 +157,7 @@ impl History {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let result = self.refresh(&catalog, table).await;
+            let result = self.refresh(&catalog, &table).await;
             let mut last = self
                 .inner
                 .last_error

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! What a query sees (the bound): every event acknowledged before it started on every member
-//! that answers (README "Scaling out"). Retention of shared history runs in the compaction leader's pass. Not yet: a catalog
-//! without PostgreSQL, cluster-wide continuous-query tables (docs/cluster-design.md).
+//! that answers (README "Scaling out"). Retention of shared history runs in the compaction
+//! leader's pass. Continuous-query tables are shared the same way ([`tables`]) and merged when
+//! read ([`crate::stream::merge`]).
 //!
 //! Files are keyed by the *store id* (a random id kept in `<data_dir>/cluster/store-id`), not
 //! the instance name: an instance restarted under another name still skips its own files, and
@@ -34,6 +35,8 @@ pub mod prune;
 pub mod shipper;
 #[cfg(feature = "postgres")]
 pub mod store;
+#[cfg(feature = "postgres")]
+pub mod tables;
 pub mod tail;
 #[cfg(feature = "postgres")]
 pub mod tail_exec;

@@ -66,6 +66,10 @@ impl ShipperStatus {
 #[derive(Debug)]
 pub struct Shipper {
     dir: PathBuf,
+    /// The catalog's table (`events`, or a continuous query's), also the first part of keys.
+    table: String,
+    /// The column whose footer bounds are recorded (`timestamp`, `window_start`).
+    time_column: &'static str,
     dest: Destination,
     catalog: Catalog,
     store_id: String,
@@ -96,9 +100,8 @@ fn flushed_files(dir: &Path) -> Result<Vec<String>, ClusterError> {
 }
 
 /// Rows and `timestamp` bounds of a Parquet file, from its footer (unknown bounds: never pruned).
-fn footer_stats(path: &Path) -> Result<(i64, Option<i64>, Option<i64>), ClusterError> {
-    let (rows, bounds) =
-        crate::storage::local::footer_bounds(path, col::TIMESTAMP).map_err(ClusterError::local(path))?;
+fn footer_stats(path: &Path, column: &str) -> Result<(i64, Option<i64>, Option<i64>), ClusterError> {
+    let (rows, bounds) = crate::storage::local::footer_bounds(path, column).map_err(ClusterError::local(path))?;
     Ok((rows, bounds.map(|b| b.0), bounds.map(|b| b.1)))
 }
 
@@ -113,9 +116,36 @@ impl Shipper {
         instance_id: String,
         metrics: Metrics,
     ) -> Result<Self, ClusterError> {
-        let shipped = catalog.shipped_segments(EVENTS, &store_id).await?;
+        Self::for_table(
+            dir,
+            EVENTS.into(),
+            col::TIMESTAMP,
+            dest,
+            catalog,
+            store_id,
+            instance_id,
+            metrics,
+        )
+        .await
+    }
+
+    /// A shipper of the store in `dir` holding the catalog's `table` (see [`Self::new`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn for_table(
+        dir: PathBuf,
+        table: String,
+        time_column: &'static str,
+        dest: Destination,
+        catalog: Catalog,
+        store_id: String,
+        instance_id: String,
+        metrics: Metrics,
+    ) -> Result<Self, ClusterError> {
+        let shipped = catalog.shipped_segments(&table, &store_id).await?;
         Ok(Self {
             dir,
+            table,
+            time_column,
             dest,
             catalog,
             store_id,
@@ -173,10 +203,11 @@ impl Shipper {
     async fn ship(&self, name: &str) -> Result<(), ClusterError> {
         let local = self.dir.join(name);
         let stats_path = local.clone();
-        let (rows, lo, hi) = tokio::task::spawn_blocking(move || footer_stats(&stats_path))
+        let column = self.time_column;
+        let (rows, lo, hi) = tokio::task::spawn_blocking(move || footer_stats(&stats_path, column))
             .await
             .map_err(ClusterError::local(&local))??;
-        let relative = format!("{EVENTS}/{}/{name}", self.store_id);
+        let relative = format!("{}/{}/{name}", self.table, self.store_id);
         let key: ObjectPath = join(&self.dest.prefix, &relative);
         let bytes = upload(&self.dest.store, &local, &key).await?;
         let file = CatalogFile {
@@ -188,7 +219,7 @@ impl Shipper {
             max_event_time_us: hi,
             covers: Vec::new(),
         };
-        self.catalog.record(EVENTS, &self.instance_id, &file).await?;
+        self.catalog.record(&self.table, &self.instance_id, &file).await?;
         tracing::debug!(file = %name, rows, "shipped to shared storage");
         Ok(())
     }

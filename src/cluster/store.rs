@@ -24,7 +24,8 @@ use super::file_cache::FileCache;
 use super::history::History;
 use super::prune::TimeRange;
 use super::shipper::{Shipper, ShipperStatus};
-use super::tail::{Member, TailRequest, TailServer};
+use super::tables::{SharedTable, SharedTables, SharingDeps};
+use super::tail::{Member, TailRequest, TailServer, TailStores};
 use super::tail_exec::{TailContext, TailExec};
 use super::{ClusterConfig, ClusterError, EVENTS};
 use crate::exports::destination::{self, ObjectStoreConfig};
@@ -45,6 +46,8 @@ pub struct ClusterStore {
     remote: String,
     /// Where distributed plans may send tasks (this instance first).
     workers: WorkerList,
+    /// The continuous-query tables shared across the cluster.
+    tables: SharedTables,
 }
 
 /// The other live members, and how asking them goes.
@@ -136,7 +139,12 @@ impl ClusterStore {
                 Some(Arc::new(cache))
             }
         };
-        let history = History::new(deps.local.schema(), store_url, bucket, dest.prefix.clone());
+        let history = History::new(
+            deps.local.schema(),
+            store_url.clone(),
+            bucket.clone(),
+            dest.prefix.clone(),
+        );
         if config.compact_interval_ms > 0 {
             let settings = CompactSettings {
                 every: Duration::from_millis(config.compact_interval_ms),
@@ -150,6 +158,22 @@ impl ClusterStore {
             let compactor = Compactor::new(catalog.clone(), &dest, deps.instance_id.clone(), settings);
             tokio::spawn(compactor.run(shutdown.clone()));
         }
+        let stores = TailStores::new(deps.local.clone());
+        let tables = SharedTables::new(SharingDeps {
+            catalog: catalog.clone(),
+            dest: dest.clone(),
+            store_url,
+            bucket,
+            store_id: store_id.clone(),
+            instance_id: deps.instance_id.clone(),
+            metrics: deps.metrics.clone(),
+            stores: stores.clone(),
+        });
+        tokio::spawn(tables.clone().run(
+            Duration::from_millis(config.ship_interval_ms),
+            Duration::from_millis(config.catalog_refresh_ms),
+            shutdown.clone(),
+        ));
         let mut shipper = Shipper::new(
             deps.local.dir().to_path_buf(),
             dest,
@@ -174,14 +198,14 @@ impl ClusterStore {
         tokio::spawn(
             history
                 .clone()
-                .run_refresh(catalog.clone(), EVENTS, every, shutdown.clone()),
+                .run_refresh(catalog.clone(), EVENTS.to_string(), every, shutdown.clone()),
         );
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.tail_timeout_ms.clamp(1, 2_000)))
             .build()
             .map_err(|e| ClusterError::Config(format!("HTTP client for the members: {e}")))?;
         let tails = Arc::new(TailContext {
-            local: deps.local.clone(),
+            stores,
             store_id: store_id.clone(),
             secret,
             client,
@@ -209,6 +233,7 @@ impl ClusterStore {
             members,
             remote: remote.clone(),
             workers: WorkerList::default(),
+            tables,
         };
         tokio::spawn(
             store
@@ -245,7 +270,7 @@ impl ClusterStore {
     /// What the tail route serves (its `advertise` starts the heartbeats).
     pub fn tail_server(&self, max_bytes: usize) -> TailServer {
         TailServer {
-            local: self.local.clone(),
+            stores: self.members.tails.stores.clone(),
             store_id: self.members.store_id.clone(),
             secret: self.members.tails.secret.clone(),
             max_bytes,
@@ -292,7 +317,9 @@ impl ClusterStore {
                                 .hash(&mut h);
                             h.finish() as i64
                         },
-                        appends: version.appends as i64,
+                        // Its shared tables' rows too: the others' cached answers over
+                        // those tables go stale when they change.
+                        appends: (version.appends + self.tables.appends()) as i64,
                         worker_url: members.worker_url.get().map(|(u, _)| u.to_string()),
                         worker_key: members.worker_url.get().map(|(_, k)| k.clone()),
                     };
@@ -398,34 +425,17 @@ impl EventStore for ClusterStore {
     }
 
     fn data_version(&self) -> DataVersion {
-        // Every part only grows within an epoch, so the sum changes whenever one does; a member
-        // restarting (a new epoch) or joining or leaving changes the epoch. Peers' counters are
-        // as of their last heartbeat (≤ cluster.catalog_refresh_ms old).
-        let local = self.local.data_version();
-        let members = self.members.alive();
-        let mut epoch = DefaultHasher::new();
-        local.epoch.hash(&mut epoch);
-        // An answer that left a member out is cached under the version it started with; the
-        // failure moves the version on, so the next identical query runs again instead of
-        // being served that partial answer until the data changes.
-        self.members
-            .tails
-            .failures
-            .load(std::sync::atomic::Ordering::Acquire)
-            .hash(&mut epoch);
-        let mut appends = local.appends + self.history.generation();
-        for m in members.iter() {
-            (m.store_id.as_str(), m.epoch).hash(&mut epoch);
-            appends += m.appends.max(0) as u64;
-        }
-        DataVersion {
-            epoch: epoch.finish(),
-            appends,
-        }
+        self.version_of(self.local.data_version(), self.history.generation())
     }
 
     fn table_provider(&self) -> Arc<dyn TableProvider> {
-        Arc::new(ClusterEventsTable { store: self.clone() })
+        Arc::new(ClusterTable {
+            store: self.clone(),
+            table: EVENTS.to_string(),
+            history: self.history.clone(),
+            schema: self.local.schema(),
+            time_filters: true,
+        })
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
@@ -438,6 +448,40 @@ impl EventStore for ClusterStore {
     }
 
     fn status(&self) -> ComponentStatus {
+        self.status_now()
+    }
+}
+
+impl ClusterStore {
+    /// The data version of a table whose local part is at `local` and whose shared list has
+    /// changed `generation` times.
+    fn version_of(&self, local: DataVersion, generation: u64) -> DataVersion {
+        // Every part only grows within an epoch, so the sum changes whenever one does; a member
+        // restarting (a new epoch) or joining or leaving changes the epoch. Peers' counters are
+        // as of their last heartbeat (≤ cluster.catalog_refresh_ms old).
+        let members = self.members.alive();
+        let mut epoch = DefaultHasher::new();
+        local.epoch.hash(&mut epoch);
+        // An answer that left a member out is cached under the version it started with; the
+        // failure moves the version on, so the next identical query runs again instead of
+        // being served that partial answer until the data changes.
+        self.members
+            .tails
+            .failures
+            .load(std::sync::atomic::Ordering::Acquire)
+            .hash(&mut epoch);
+        let mut appends = local.appends + generation;
+        for m in members.iter() {
+            (m.store_id.as_str(), m.epoch).hash(&mut epoch);
+            appends += m.appends.max(0) as u64;
+        }
+        DataVersion {
+            epoch: epoch.finish(),
+            appends,
+        }
+    }
+
+    fn status_now(&self) -> ComponentStatus {
         let mut status = self.local.status();
         let shipped = self
             .shipped
@@ -469,6 +513,7 @@ impl EventStore for ClusterStore {
                     "membership_error": lock(&m.membership_error),
                     "tail_errors": m.metrics.cluster_tail_errors_total.get(),
                     "last_tail_error": m.tails.last_error(),
+                    "tables": self.tables.all().iter().map(|t| t.status()).collect::<Vec<_>>(),
                 }),
             );
         }
@@ -476,13 +521,76 @@ impl EventStore for ClusterStore {
     }
 }
 
-/// `events` in cluster mode.
+/// A shared continuous-query table's rows on every instance: what the engine merges.
 #[derive(Debug)]
-struct ClusterEventsTable {
-    store: ClusterStore,
+struct SharedTableStore {
+    cluster: ClusterStore,
+    table: Arc<SharedTable>,
 }
 
-impl ClusterEventsTable {
+#[async_trait]
+impl EventStore for SharedTableStore {
+    async fn append(&self, batch: RecordBatch) -> Result<(), StorageError> {
+        self.table.local.append(batch).await
+    }
+
+    fn data_version(&self) -> DataVersion {
+        self.cluster
+            .version_of(self.table.local.data_version(), self.table.history.generation())
+    }
+
+    fn table_provider(&self) -> Arc<dyn TableProvider> {
+        Arc::new(ClusterTable {
+            store: self.cluster.clone(),
+            table: self.table.key.clone(),
+            history: self.table.history.clone(),
+            schema: self.table.local.schema(),
+            time_filters: false,
+        })
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.table.local.flush().await
+    }
+
+    fn status(&self) -> ComponentStatus {
+        self.table.local.status()
+    }
+}
+
+#[async_trait]
+impl crate::stream::shared::SharedOutputs for ClusterStore {
+    async fn share(&self, name: &str, table: &str, store: &LocalStore) -> Result<Arc<dyn EventStore>, String> {
+        let table = self
+            .tables
+            .add(name, table, store)
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
+        Ok(Arc::new(SharedTableStore {
+            cluster: self.clone(),
+            table,
+        }))
+    }
+
+    fn unshare(&self, name: &str) {
+        self.tables.remove(name);
+    }
+}
+
+/// A table in cluster mode (`events`, or a shared continuous query's rows): every data
+/// directory's shipped files plus each member's tail.
+#[derive(Debug)]
+struct ClusterTable {
+    store: ClusterStore,
+    /// Its catalog name.
+    table: String,
+    history: History,
+    schema: SchemaRef,
+    /// Whether `timestamp` filters prune files and tails (events).
+    time_filters: bool,
+}
+
+impl ClusterTable {
     /// One [`TailExec`] per member, this instance included: each holds what its member has
     /// beyond `files` (the list this scan reads from shared storage).
     fn tails(
@@ -492,7 +600,7 @@ impl ClusterEventsTable {
         range: TimeRange,
     ) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
         let m = &self.store.members;
-        let schema = self.store.local.schema();
+        let schema = Arc::clone(&self.schema);
         let columns: Option<Vec<String>> =
             projection.map(|p| p.iter().map(|i| schema.field(*i).name().clone()).collect());
         let me = Member {
@@ -510,6 +618,7 @@ impl ClusterEventsTable {
             .map(|member| {
                 // Compacted files name the segments they hold: the owner skips those too.
                 let request = TailRequest {
+                    table: self.table.clone(),
                     store_id: member.store_id.clone(),
                     columns: columns.clone(),
                     min_time_us: range.lo,
@@ -528,9 +637,9 @@ impl ClusterEventsTable {
 }
 
 #[async_trait]
-impl TableProvider for ClusterEventsTable {
+impl TableProvider for ClusterTable {
     fn schema(&self) -> SchemaRef {
-        self.store.local.schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -550,13 +659,9 @@ impl TableProvider for ClusterEventsTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // One list of shared files for the whole scan: read from shared storage, and told to
         // every owner (this instance too) so their tails hold exactly the rest.
-        let files = self.store.history.files();
-        let mut inputs = vec![
-            self.store
-                .history
-                .scan(state, &files, projection, filters, limit)
-                .await?,
-        ];
+        let files = self.history.files();
+        let filters = if self.time_filters { filters } else { &[] };
+        let mut inputs = vec![self.history.scan(state, &files, projection, filters, limit).await?];
         inputs.extend(self.tails(&files, projection, TimeRange::from_filters(filters))?);
         UnionExec::try_new(inputs)
     }

@@ -40,6 +40,9 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TailRequest {
+    /// The table: `events`, or a cluster-wide continuous-query table's catalog name.
+    #[serde(default = "events_table")]
+    pub table: String,
     /// The owner's data directory the reader means (a restarted owner with another directory
     /// answers 409 rather than the wrong tail).
     pub store_id: String,
@@ -51,6 +54,70 @@ pub struct TailRequest {
     pub max_time_us: Option<i64>,
     /// The owner's flushed files the reader reads from shared storage (file names).
     pub known_files: Vec<String>,
+}
+
+fn events_table() -> String {
+    crate::cluster::EVENTS.to_string()
+}
+
+/// The column a tail of `table` is filtered on by time and always carries: `timestamp` for
+/// events; none for a continuous query's rows (they are few and asked for whole).
+fn time_column(table: &str) -> Option<&'static str> {
+    (table == crate::cluster::EVENTS).then_some(col::TIMESTAMP)
+}
+
+/// The local stores a member serves tails of: its events and its shared continuous-query
+/// tables, by catalog name. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TailStores {
+    events: LocalStore,
+    tables: Arc<std::sync::RwLock<std::collections::HashMap<String, LocalStore>>>,
+}
+
+impl TailStores {
+    /// The events store, and no shared table yet.
+    pub fn new(events: LocalStore) -> Self {
+        Self {
+            events,
+            tables: Arc::default(),
+        }
+    }
+
+    /// The events store.
+    pub fn events(&self) -> &LocalStore {
+        &self.events
+    }
+
+    /// The store of `table`, if this instance holds it.
+    pub fn get(&self, table: &str) -> Option<LocalStore> {
+        if table == crate::cluster::EVENTS {
+            return Some(self.events.clone());
+        }
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(table)
+            .cloned()
+    }
+
+    /// `table` is served from `store` from now on (`None`: no longer).
+    pub fn set(&self, table: &str, store: Option<LocalStore>) {
+        let mut tables = self.tables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match store {
+            Some(s) => tables.insert(table.to_string(), s),
+            None => tables.remove(table),
+        };
+    }
+
+    /// Every shared table's store (not events).
+    pub fn tables(&self) -> Vec<(String, LocalStore)> {
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 /// Why a tail could not be served or read.
@@ -90,11 +157,14 @@ fn read_err(e: impl std::fmt::Display) -> TailError {
 
 /// Keeps the rows of `batch` inside the request's time range.
 fn in_range(batch: RecordBatch, req: &TailRequest) -> Result<RecordBatch, TailError> {
+    let Some(time) = time_column(&req.table) else {
+        return Ok(batch);
+    };
     if req.min_time_us.is_none() && req.max_time_us.is_none() {
         return Ok(batch);
     }
     let Some(times) = batch
-        .column_by_name(col::TIMESTAMP)
+        .column_by_name(time)
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
     else {
         return Err(TailError::Read("the tail has no timestamp column".into()));
@@ -110,13 +180,13 @@ fn in_range(batch: RecordBatch, req: &TailRequest) -> Result<RecordBatch, TailEr
     filter_record_batch(&batch, &keep).map_err(read_err)
 }
 
-/// Indices in `schema` of the requested columns plus `timestamp`.
+/// Indices in `schema` of the requested columns plus the time column (`timestamp` for events).
 fn wanted(schema: &SchemaRef, req: &TailRequest) -> Result<Vec<usize>, TailError> {
     let Some(columns) = &req.columns else {
         return Ok((0..schema.fields().len()).collect());
     };
     let mut out = Vec::with_capacity(columns.len() + 1);
-    for name in columns.iter().map(String::as_str).chain([col::TIMESTAMP]) {
+    for name in columns.iter().map(String::as_str).chain(time_column(&req.table)) {
         let i = schema
             .index_of(name)
             .map_err(|_| TailError::Invalid(format!("unknown column `{name}`")))?;
@@ -207,8 +277,8 @@ pub fn serve(local: &LocalStore, req: &TailRequest, max_bytes: usize) -> Result<
 /// What the owner side of the tail route needs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TailServer {
-    /// This instance's store.
-    pub local: LocalStore,
+    /// This instance's stores.
+    pub stores: TailStores,
     /// Its data directory's id (requests for another are refused).
     pub store_id: String,
     /// `cluster.secret`.
@@ -315,6 +385,7 @@ mod tests {
 
     fn request(columns: Option<Vec<&str>>) -> TailRequest {
         TailRequest {
+            table: crate::cluster::EVENTS.into(),
             store_id: "s".into(),
             columns: columns.map(|c| c.into_iter().map(str::to_string).collect()),
             min_time_us: None,

@@ -41,8 +41,8 @@ use crate::storage::local::LocalStore;
 /// directly) and how to ask the others.
 #[derive(Debug)]
 pub struct TailContext {
-    /// This instance's store.
-    pub local: LocalStore,
+    /// This instance's stores (events and shared continuous-query tables).
+    pub stores: super::tail::TailStores,
     /// Its data directory's id.
     pub store_id: String,
     /// `cluster.secret`.
@@ -61,6 +61,16 @@ pub struct TailContext {
 }
 
 impl TailContext {
+    /// This process's store of `table` (a worker decoding another instance's plan has every
+    /// shared table the coordinator has, as both run the same queries).
+    pub fn store(&self, table: &str) -> DfResult<LocalStore> {
+        self.stores.get(table).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "this instance has no shared table `{table}` (is the continuous query registered here?)"
+            ))
+        })
+    }
+
     /// The last tail error, if any.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -90,7 +100,7 @@ impl TailExec {
         projection: Option<Vec<usize>>,
         context: Arc<TailContext>,
     ) -> DfResult<Self> {
-        let full = context.local.schema();
+        let full = context.store(&request.table)?.schema();
         let schema = match &projection {
             Some(p) => Arc::new(full.project(p)?),
             None => full,
@@ -134,7 +144,7 @@ impl TailExec {
     /// This instance's own tail: its in-memory events and the local files not in the scan's
     /// list, scanned like the local `events` table (streamed, no size limit).
     fn local_plan(&self) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let local = &self.context.local;
+        let local = self.context.store(&self.request.table)?;
         let full = local.schema();
         let snapshot = local.snapshot();
         let memory = MemorySourceConfig::try_new(&[snapshot.batches], Arc::clone(&full), self.projection.clone())?;
@@ -296,7 +306,7 @@ pub(crate) mod tests {
         };
         let local = LocalStore::open(config, metrics.clone(), StorageHealth::default()).expect("open");
         let ctx = Arc::new(TailContext {
-            local: local.clone(),
+            stores: crate::cluster::tail::TailStores::new(local.clone()),
             store_id: "me".into(),
             secret: secret.into(),
             client: reqwest::Client::new(),
@@ -322,6 +332,7 @@ pub(crate) mod tests {
 
     fn request(store_id: &str, known_files: Vec<String>) -> TailRequest {
         TailRequest {
+            table: crate::cluster::EVENTS.into(),
             store_id: store_id.into(),
             columns: None,
             min_time_us: None,

@@ -80,7 +80,15 @@ async fn tail(State(state): State<AppState>, headers: HeaderMap, body: Bytes) ->
         )
         .into_response();
     }
-    let served = tokio::task::spawn_blocking(move || tail::serve(&server.local, &req, server.max_bytes)).await;
+    let Some(store) = server.stores.get(&req.table) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_table",
+            format!("this instance shares no table `{}`", req.table),
+        )
+        .into_response();
+    };
+    let served = tokio::task::spawn_blocking(move || tail::serve(&store, &req, server.max_bytes)).await;
     match served {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response(),
         Ok(Err(e @ TailError::Invalid(_))) => ApiError::bad_request("invalid_request", e.to_string()).into_response(),

@@ -53,6 +53,8 @@ pub struct EngineDeps {
     pub versions: crate::storage::versions::TableVersions,
     /// Where emitted rows are published live (topic `cq:<name>`).
     pub live: crate::live::LiveFeed,
+    /// In a cluster: where output stores are shared, so tables hold every instance's rows.
+    pub shared: Option<Arc<dyn super::shared::SharedOutputs>>,
 }
 
 impl std::fmt::Debug for EngineDeps {
@@ -182,9 +184,21 @@ struct Running {
     /// Output rows whose write failed (disk full, read-only, EIO), in emission order; written
     /// before any newer row once the store takes writes again.
     unwritten: Vec<RecordBatch>,
+    /// In a cluster: `Ok` once the table holds every instance's rows, else why not.
+    scope: Option<Result<(), String>>,
 }
 
 impl Running {
+    fn status(&self) -> CqStatus {
+        let mut status = self.rt.status();
+        match &self.scope {
+            Some(Ok(())) => status.scope = "cluster",
+            Some(Err(why)) => status.scope_reason = Some(why.clone()),
+            None => {}
+        }
+        status
+    }
+
     fn dir(&self, root: &std::path::Path) -> PathBuf {
         root.join(&self.rt.def.name)
     }
@@ -388,7 +402,107 @@ impl StreamEngine {
             paused_at: None,
             paused_input: Vec::new(),
             unwritten: Vec::new(),
+            scope: None,
         });
+        self.share_outputs(self.queries.len() - 1).await;
+        Ok(())
+    }
+
+    /// In a cluster: makes query `i`'s table, and its upstream's, cluster-wide when `i`'s
+    /// SELECT merges them ([`super::merge`]); a table that cannot be keeps its reason.
+    async fn share_outputs(&mut self, i: usize) {
+        if self.deps.shared.is_none() {
+            return;
+        }
+        let state = self.deps.query_ctx.state();
+        let is_aggregate = |name: &str| state.aggregate_functions().contains_key(name);
+        let q = &self.queries[i];
+        let form = if q.rt.layout().updating() {
+            Err("updating rows are merged only within one instance".to_string())
+        } else {
+            super::merge::merge_form(&q.rt.def.sql, &is_aggregate)
+        };
+        let form = match form {
+            Ok(form) => form,
+            Err(why) => {
+                self.queries[i].scope = Some(Err(format!("its rows cannot be merged across instances: {why}")));
+                return;
+            }
+        };
+        let same_columns = |a: &datafusion::arrow::datatypes::SchemaRef,
+                            b: &datafusion::arrow::datatypes::SchemaRef| {
+            a.fields().len() == b.fields().len()
+                && a.fields()
+                    .iter()
+                    .zip(b.fields())
+                    .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        };
+        let up = self.index(&q.rt.source);
+        let mut targets = Vec::new();
+        // A level reading rows of its own columns merges itself with its own SELECT.
+        if let Some(up) = up
+            && same_columns(&self.queries[up].rt.output_schema(), &q.rt.output_schema())
+        {
+            targets.push(i);
+            let upstream = &self.queries[up];
+            if !matches!(upstream.scope, Some(Ok(())))
+                && !upstream.rt.layout().updating()
+                && !matches!(upstream.rt.spec(), WindowSpec::Session { .. })
+            {
+                targets.push(up);
+            }
+        } else {
+            self.queries[i].scope = Some(Err(
+                "no continuous query rolls it up (a query reading it with the same columns gives the merge)".into(),
+            ));
+        }
+        for t in targets {
+            let fits = form.fits(&self.queries[t].rt.def.sql);
+            let result = match fits {
+                Ok(()) => self.share_one(t, &form).await,
+                Err(why) => Err(format!("`{}` does not merge it: {why}", self.queries[i].rt.def.name)),
+            };
+            if let Err(why) = &result {
+                tracing::warn!(query = %self.queries[t].rt.def.name, reason = %why, "continuous query stays per instance");
+            }
+            self.queries[t].scope = Some(result);
+        }
+    }
+
+    /// Shares query `t`'s store and registers its table as the merge of every instance's rows.
+    async fn share_one(&mut self, t: usize, form: &super::merge::MergeForm) -> Result<(), String> {
+        let Some(shared) = self.deps.shared.clone() else {
+            return Err("not in a cluster".into());
+        };
+        let q = &self.queries[t];
+        let name = q.rt.def.name.clone();
+        // The catalog name changes with the definition: a query deleted and created again
+        // with other SQL never merges the old rows.
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            q.rt.def.sql.trim().hash(&mut h);
+            format!("cq.{name}.{:016x}", h.finish())
+        };
+        let store = shared.share(&name, &key, &q.output).await?;
+        let view = async {
+            let mut ctx = SessionContext::new();
+            crate::query::register_functions(&mut ctx)?;
+            ctx.register_table("cluster_rows", store.table_provider())?;
+            let sql = form.sql("cluster_rows");
+            let plan = ctx.sql(&sql).await?.into_unoptimized_plan();
+            Ok::<_, datafusion::error::DataFusionError>(datafusion::catalog::view::ViewTable::new(plan, Some(sql)))
+        }
+        .await
+        .map_err(|e| {
+            shared.unshare(&name);
+            format!("planning the merge failed: {}", e.strip_backtrace())
+        })?;
+        let ctx = &self.deps.query_ctx;
+        ctx.deregister_table(name.as_str()).map_err(|e| e.strip_backtrace())?;
+        ctx.register_table(name.as_str(), Arc::new(view))
+            .map_err(|e| e.strip_backtrace())?;
+        self.deps.versions.register(&name, store);
         Ok(())
     }
 
@@ -658,7 +772,7 @@ impl StreamEngine {
                 let _ = reply.send(result);
             }
             Command::List(reply) => {
-                let _ = reply.send(self.queries.iter().map(|q| q.rt.status()).collect());
+                let _ = reply.send(self.queries.iter().map(Running::status).collect());
             }
         }
     }
@@ -684,7 +798,7 @@ impl StreamEngine {
         let status = self
             .queries
             .last()
-            .map(|q| q.rt.status())
+            .map(Running::status)
             .ok_or_else(|| CqError::bug("vanished"))?;
         tracing::info!(query = %status.name, window = %status.window, source = %status.source, "continuous query registered");
         Ok(status)
@@ -702,6 +816,9 @@ impl StreamEngine {
         self.save()?;
         self.deps.query_ctx.deregister_table(name).map_err(CqError::internal)?;
         self.deps.versions.remove(name);
+        if let Some(shared) = &self.deps.shared {
+            shared.unshare(name);
+        }
         self.deps.live.remove(&crate::live::query_topic(name));
         drop(removed);
         let dir = self.deps.dir.join(name);

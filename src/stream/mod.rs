@@ -16,11 +16,13 @@ pub mod engine;
 pub mod fixed;
 pub mod keys;
 pub mod late;
+pub mod merge;
 pub mod output;
 pub mod plan;
 pub mod query;
 pub mod rewrite;
 pub mod session;
+pub mod shared;
 pub mod shipped;
 pub mod window;
 

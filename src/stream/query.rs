@@ -104,6 +104,11 @@ pub struct CqStatus {
     pub options: CqOptions,
     /// Output columns and types.
     pub columns: Vec<crate::query::format::ColumnInfo>,
+    /// `cluster`: the table holds every instance's rows, merged when read; `instance`: this
+    /// instance's own rows (standalone, or a query whose rows cannot be merged).
+    pub scope: &'static str,
+    /// In a cluster, why the table is this instance's own.
+    pub scope_reason: Option<String>,
 }
 
 /// Open windows: fixed (tumbling, hopping) or sessions.
@@ -658,6 +663,8 @@ impl CqRuntime {
             last_error: self.last_error.clone(),
             options: self.def.options.clone(),
             columns: crate::query::format::columns(&self.output_schema()),
+            scope: "instance",
+            scope_reason: None,
         }
     }
 

@@ -1162,3 +1162,170 @@ async fn retention_takes_old_shared_history_out_for_the_whole_cluster() {
         assert_eq!(per_model(hub).await, want);
     }
 }
+
+/// 2026-03-01T00:00:00Z: the continuous-query test's events.
+const MARCH: i64 = 1_772_323_200;
+
+/// `SELECT` of one window of a rollup: per model, (requests, input tokens, p99 latency).
+async fn rollup_rows(hub: &Hub, table: &str, window_start: i64) -> BTreeMap<String, (i64, i64, f64)> {
+    let start = chrono::DateTime::from_timestamp(window_start, 0)
+        .expect("ts")
+        .to_rfc3339();
+    let sql = format!(
+        "SELECT model, requests, input_tokens, p99_latency_ms FROM {table} \
+         WHERE window_start = TIMESTAMP '{start}' ORDER BY model"
+    );
+    hub.rows(&sql)
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().expect("model").to_string(),
+                (
+                    r["requests"].as_i64().expect("requests"),
+                    r["input_tokens"].as_i64().expect("input_tokens"),
+                    r["p99_latency_ms"].as_f64().expect("p99"),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `table`'s row of `window_start` on `hub` has, per model, the oracle's counts and
+/// token sums and a p99 within the sketch's 1 % of the exact one.
+async fn wait_rollup(hub: &Hub, what: &str, table: &str, window_start: i64, events: &[Value]) {
+    let in_window: Vec<Value> = events
+        .iter()
+        .filter(|e| {
+            let ts = chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().expect("ts")).expect("ts");
+            let t = ts.timestamp();
+            let size = if table.ends_with("_1m") { 60 } else { 3600 };
+            t >= window_start && t < window_start + size
+        })
+        .cloned()
+        .collect();
+    let counts = oracle(&in_window);
+    let p99 = exact_p99_by_model(&in_window);
+    let mut last = BTreeMap::new();
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            last = rollup_rows(hub, table, window_start).await;
+            let right = last.len() == counts.len()
+                && last.iter().all(|(model, (n, t, q))| {
+                    counts.get(model) == Some(&(*n, *t)) && (q - p99[model]).abs() <= 0.01 * p99[model] + 1e-9
+                });
+            if right {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "timed out waiting for {what}: {table} at {window_start} is {last:?}, want counts {counts:?} and p99 {p99:?}"
+    );
+}
+
+/// `/ready`'s shared-table entry of `query` on `hub`.
+async fn shared_table(hub: &Hub, query: &str) -> Value {
+    shared(hub).await["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["query"] == query)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The continuous-query tables are cluster-wide: two instances each aggregate their own events
+/// of the same minutes, and on either instance `llm_provider_model_1m` and `…_1h` hold the
+/// merge of both (counts and token sums exact, p99 from the merged sketches within 1 %). Each
+/// instance ships its rows like its events; after a kill -9 the survivor still answers with the
+/// dead instance's rows from shared storage.
+#[tokio::test]
+async fn continuous_query_tables_hold_every_instances_rows() {
+    let Setup { s3, db, dir_a, dir_b } = setup("cluster_cq").await;
+    let a = start(dir_a.path(), "a", &db, &s3).await;
+    let mut b = start(dir_b.path(), "b", &db, &s3).await;
+    // The same two minutes on both instances, 20 events per model and minute on each; then one
+    // event three hours later on each closes every window of the first hour there.
+    let (of_a, of_b) = (events(1, MARCH, 120), events(2, MARCH, 120));
+    a.post_ok(ndjson(&of_a)).await;
+    b.post_ok(ndjson(&of_b)).await;
+    a.post_ok(ndjson(&events(3, MARCH + 3 * 3600, 1))).await;
+    b.post_ok(ndjson(&events(4, MARCH + 3 * 3600, 1))).await;
+    let both: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+
+    for (name, hub) in [("a", &a), ("b", &b)] {
+        for (table, start) in [
+            ("llm_provider_model_1m", MARCH),
+            ("llm_provider_model_1m", MARCH + 60),
+            ("llm_provider_model_1h", MARCH),
+        ] {
+            wait_rollup(
+                hub,
+                &format!("{name} to merge both instances' rows"),
+                table,
+                start,
+                &both,
+            )
+            .await;
+        }
+        let queries = hub.get_json("/api/v1/continuous-queries").await;
+        let scope = |q: &str| {
+            queries["continuous_queries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == q)
+                .map(|x| x["scope"].clone())
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(scope("llm_provider_model_1m"), "cluster", "{queries}");
+        assert_eq!(scope("llm_provider_model_1mo"), "cluster", "{queries}");
+    }
+    // Each instance alone holds half of every count: the merge is what made them whole.
+    let own: i64 = b
+        .rows("SELECT count(*) AS n FROM llm_provider_model_1m WHERE window_start < TIMESTAMP '2026-03-01T00:02:00Z'")
+        .await[0]["n"]
+        .as_i64()
+        .expect("n");
+    assert_eq!(own, 6, "two minutes × three models, one merged row each");
+
+    // b's rows reach shared storage; after a kill -9 a answers with them from there.
+    wait_until("b to ship its 1m and 1h rows", Duration::from_secs(60), async || {
+        let mut done = true;
+        for q in ["llm_provider_model_1m", "llm_provider_model_1h"] {
+            let t = shared_table(&b, q).await;
+            done &= t["rows_in_memory"] == 0
+                && t["shipper"]["pending_files"] == 0
+                && t["shipper"]["shipped_files"].as_u64().unwrap_or(0) >= 1;
+        }
+        done
+    })
+    .await;
+    b.kill9();
+    wait_until("a to drop b from its members", Duration::from_secs(30), async || {
+        members(&a).await.is_empty()
+    })
+    .await;
+    wait_rollup(
+        &a,
+        "a to answer with b's shipped rows",
+        "llm_provider_model_1m",
+        MARCH,
+        &both,
+    )
+    .await;
+    wait_rollup(
+        &a,
+        "a to answer with b's shipped rows",
+        "llm_provider_model_1h",
+        MARCH,
+        &both,
+    )
+    .await;
+    let files = shared_table(&a, "llm_provider_model_1m").await;
+    assert!(files["shared_files"].as_u64().unwrap_or(0) >= 2, "{files}");
+}
