@@ -253,10 +253,11 @@ async fn every_instance_answers_over_all_shipped_events() {
     assert!(error.contains(stray), "{error}");
     assert!(shared["catalog_error"].is_null(), "{ready}");
     let mut conn = db.connect().await;
-    let (files, rows): (i64, i64) = sqlx::query_as("SELECT count(*), sum(rows)::bigint FROM hub_files")
-        .fetch_one(&mut conn)
-        .await
-        .expect("catalog");
+    let (files, rows): (i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(rows)::bigint FROM hub_files WHERE table_name = 'events'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("catalog");
     assert_eq!(rows, 500, "{files} files");
 
     // kill -9: b's shipped share is still answered by a, from shared storage.
@@ -747,11 +748,11 @@ async fn scans_are_split_across_the_instances_and_agree_with_the_oracle() {
     )
     .await;
     assert!(!small.contains("DistributedExec"), "{small}");
-    // Nor does a query reading this instance's own tables (a task elsewhere would read another
-    // machine's disk), however large its scan of shared files.
+    // Nor does a query reading this instance's own tables (`late_events`: a task elsewhere
+    // would read another machine's disk), however large its scan of shared files.
     let local = explain(
         &a,
-        "SELECT count(*) FROM events WHERE model IN (SELECT model FROM llm_provider_model_1m)",
+        "SELECT count(*) FROM events WHERE event_id IN (SELECT event_id FROM late_events)",
     )
     .await;
     assert!(local.contains("history/events/"), "{local}");
@@ -1033,7 +1034,7 @@ async fn compaction_merges_small_files_once_for_the_cluster() {
         sqlx::query_as(
             "SELECT count(*) FILTER (WHERE level = 1 AND removed_at IS NULL), \
                     count(*) FILTER (WHERE level = 0 AND removed_at IS NULL), \
-                    count(*) FILTER (WHERE removed_at IS NOT NULL) FROM hub_files",
+                    count(*) FILTER (WHERE removed_at IS NOT NULL) FROM hub_files WHERE table_name = 'events'",
         )
         .fetch_one(conn)
         .await
@@ -1051,23 +1052,28 @@ async fn compaction_merges_small_files_once_for_the_cluster() {
     )
     .await;
     let visible = async |conn: &mut sqlx::PgConnection| -> BTreeSet<String> {
-        sqlx::query_scalar::<_, String>("SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL")
-            .fetch_all(conn)
-            .await
-            .expect("visible")
-            .into_iter()
-            .collect()
+        sqlx::query_scalar::<_, String>(
+            "SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL AND table_name = 'events'",
+        )
+        .fetch_all(conn)
+        .await
+        .expect("visible")
+        .into_iter()
+        .collect()
     };
     let before = visible(&mut conn).await;
-    let leaders: Vec<String> = sqlx::query_scalar("SELECT DISTINCT instance_id FROM hub_files WHERE level = 1")
-        .fetch_all(&mut conn)
-        .await
-        .expect("leaders");
+    let leaders: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT instance_id FROM hub_files WHERE level = 1 AND table_name = 'events'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("leaders");
     assert_eq!(leaders.len(), 1, "one instance compacts: {leaders:?}");
-    let rows: i64 = sqlx::query_scalar("SELECT sum(rows)::bigint FROM hub_files WHERE removed_at IS NULL")
-        .fetch_one(&mut conn)
-        .await
-        .expect("rows");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT sum(rows)::bigint FROM hub_files WHERE removed_at IS NULL AND table_name = 'events'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("rows");
     assert_eq!(rows, all.len() as i64, "every row in exactly one visible file");
     let stored: BTreeSet<String> = objects(&s3).await.into_iter().collect();
     assert_eq!(stored, before, "the replaced objects are deleted");
@@ -1140,18 +1146,21 @@ async fn retention_takes_old_shared_history_out_for_the_whole_cluster() {
         "the old file to leave the catalog and the bucket",
         Duration::from_secs(60),
         async || {
-            let old: i64 = sqlx::query_scalar("SELECT count(*) FROM hub_files WHERE max_event_time_us < $1")
-                .bind(cutoff_us)
-                .fetch_one(&mut conn)
-                .await
-                .expect("catalog");
-            let visible: BTreeSet<String> =
-                sqlx::query_scalar::<_, String>("SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL")
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("visible")
-                    .into_iter()
-                    .collect();
+            let old: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM hub_files WHERE max_event_time_us < $1 AND table_name = 'events'",
+            )
+            .bind(cutoff_us)
+            .fetch_one(&mut conn)
+            .await
+            .expect("catalog");
+            let visible: BTreeSet<String> = sqlx::query_scalar::<_, String>(
+                "SELECT 'history/' || path FROM hub_files WHERE removed_at IS NULL AND table_name = 'events'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("visible")
+            .into_iter()
+            .collect();
             let stored: BTreeSet<String> = objects(&s3).await.into_iter().collect();
             old == 0 && !visible.is_empty() && stored == visible
         },
