@@ -3,6 +3,10 @@
 //! row groups with statistics, a bloom filter on `event_id`), swaps them in the catalog in one
 //! transaction, and deletes the replaced objects after a grace longer than any query.
 //!
+//! Events and every shared continuous-query table this instance knows ([`SharedTables`]) are
+//! maintained alike: events sorted by `timestamp` with the bloom filter, a query's rows by
+//! `window_start`.
+//!
 //! Files are merged only within one data directory: an instance reads its own rows locally and
 //! skips its directory's shared files, so a file mixing directories would be read twice or
 //! never. A compacted file lists the flushed segments it holds (`covers`), so the owner's
@@ -23,6 +27,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::catalog::{Catalog, CatalogFile};
+use super::tables::SharedTables;
 use super::{ClusterError, EVENTS};
 use crate::event::schema::col;
 use crate::exports::destination::{Destination, join};
@@ -76,8 +81,19 @@ fn pick(small: Vec<CatalogFile>, settings: &CompactSettings) -> Vec<CatalogFile>
     picked
 }
 
-/// Merges Parquet files (their bytes) into one, sorted by `timestamp`.
-fn merge(inputs: Vec<Bytes>) -> Result<(Vec<u8>, usize), ClusterError> {
+/// A table compaction maintains, and how its files are sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Maintained {
+    /// Catalog name.
+    table: String,
+    /// The column rows are sorted by.
+    sort: &'static str,
+    /// Whether the file gets a bloom filter on `event_id` (events).
+    bloom: bool,
+}
+
+/// Merges Parquet files (their bytes) into one, sorted by `t.sort`.
+fn merge(inputs: Vec<Bytes>, t: &Maintained) -> Result<(Vec<u8>, usize), ClusterError> {
     let mut batches: Vec<RecordBatch> = Vec::new();
     for bytes in inputs {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -94,16 +110,18 @@ fn merge(inputs: Vec<Bytes>) -> Result<(Vec<u8>, usize), ClusterError> {
     let all = concat_batches(&schema, &batches).map_err(merge_err)?;
     drop(batches);
     let times = all
-        .column_by_name(col::TIMESTAMP)
-        .ok_or_else(|| ClusterError::Config("compaction inputs have no timestamp column".into()))?;
+        .column_by_name(t.sort)
+        .ok_or_else(|| ClusterError::Config(format!("compaction inputs have no {} column", t.sort)))?;
     let order = sort_to_indices(times, None, None).map_err(merge_err)?;
     let sorted = take_record_batch(&all, &order).map_err(merge_err)?;
     drop(all);
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_column_bloom_filter_enabled(ColumnPath::from(col::EVENT_ID), true)
-        .build();
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    if t.bloom {
+        props = props.set_column_bloom_filter_enabled(ColumnPath::from(col::EVENT_ID), true);
+    }
+    let props = props.build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(merge_err)?;
     writer.write(&sorted).map_err(merge_err)?;
@@ -119,6 +137,8 @@ pub struct Compactor {
     prefix: ObjectPath,
     instance_id: String,
     settings: CompactSettings,
+    /// The shared continuous-query tables maintained with events.
+    tables: Option<SharedTables>,
 }
 
 impl Compactor {
@@ -130,29 +150,53 @@ impl Compactor {
             prefix: dest.prefix.clone(),
             instance_id,
             settings,
+            tables: None,
         }
+    }
+
+    /// Maintains `tables`' shared files too.
+    pub fn with_tables(mut self, tables: SharedTables) -> Self {
+        self.tables = Some(tables);
+        self
+    }
+
+    /// Events, then every shared table this instance knows (they run the same queries).
+    fn maintained(&self) -> Vec<Maintained> {
+        let events = Maintained {
+            table: EVENTS.to_string(),
+            sort: col::TIMESTAMP,
+            bloom: true,
+        };
+        let tables = self.tables.iter().flat_map(SharedTables::all).map(|t| Maintained {
+            table: t.key.clone(),
+            sort: super::tables::WINDOW_START,
+            bloom: false,
+        });
+        std::iter::once(events).chain(tables).collect()
     }
 
     /// One pass: one merge per data directory that has enough small files, then the deletion
     /// of objects replaced more than the grace ago. Returns the merges done.
     pub async fn pass(&self) -> Result<usize, ClusterError> {
         let mut merged = 0;
-        for store_id in self.catalog.stores(EVENTS).await? {
-            let small = self
-                .catalog
-                .small_files(EVENTS, &store_id, self.settings.small_bytes)
-                .await?;
-            let inputs = pick(small, &self.settings);
-            if !inputs.is_empty() && self.compact(&store_id, &inputs).await? {
-                merged += 1;
+        for t in self.maintained() {
+            for store_id in self.catalog.stores(&t.table).await? {
+                let small = self
+                    .catalog
+                    .small_files(&t.table, &store_id, self.settings.small_bytes)
+                    .await?;
+                let inputs = pick(small, &self.settings);
+                if !inputs.is_empty() && self.compact(&t, &store_id, &inputs).await? {
+                    merged += 1;
+                }
             }
-        }
-        if !self.settings.retention.is_zero() {
-            let keep = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
-            let cutoff = (self.settings.now_us)().saturating_sub(keep);
-            let n = self.catalog.expire_before(EVENTS, cutoff).await?;
-            if n > 0 {
-                tracing::info!(files = n, "shared history past retention taken out");
+            if !self.settings.retention.is_zero() {
+                let keep = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
+                let cutoff = (self.settings.now_us)().saturating_sub(keep);
+                let n = self.catalog.expire_before(&t.table, cutoff).await?;
+                if n > 0 {
+                    tracing::info!(table = %t.table, files = n, "shared history past retention taken out");
+                }
             }
         }
         for path in self.catalog.expired(self.settings.grace).await? {
@@ -164,7 +208,7 @@ impl Compactor {
         Ok(merged)
     }
 
-    async fn compact(&self, store_id: &str, inputs: &[CatalogFile]) -> Result<bool, ClusterError> {
+    async fn compact(&self, t: &Maintained, store_id: &str, inputs: &[CatalogFile]) -> Result<bool, ClusterError> {
         let mut bytes = Vec::with_capacity(inputs.len());
         for f in inputs {
             let key = join(&self.prefix, &f.path);
@@ -179,7 +223,8 @@ impl Compactor {
                     .map_err(ClusterError::remote(format!("reading {key}")))?,
             );
         }
-        let (out, rows) = tokio::task::spawn_blocking(move || merge(bytes))
+        let target = t.clone();
+        let (out, rows) = tokio::task::spawn_blocking(move || merge(bytes, &target))
             .await
             .map_err(merge_err)??;
         let expected: i64 = inputs.iter().map(|f| f.rows).sum();
@@ -189,7 +234,8 @@ impl Compactor {
             )));
         }
         let relative = format!(
-            "{EVENTS}/{store_id}/compacted-{}.parquet",
+            "{}/{store_id}/compacted-{}.parquet",
+            t.table,
             uuid::Uuid::new_v4().simple()
         );
         let key = join(&self.prefix, &relative);
@@ -212,8 +258,8 @@ impl Compactor {
             covers: inputs.iter().flat_map(CatalogFile::segments).collect(),
         };
         let paths: Vec<String> = inputs.iter().map(|f| f.path.clone()).collect();
-        if self.catalog.swap(EVENTS, &self.instance_id, &file, &paths).await? {
-            tracing::info!(store = %store_id, files = inputs.len(), rows, bytes = size, "compacted shared history");
+        if self.catalog.swap(&t.table, &self.instance_id, &file, &paths).await? {
+            tracing::info!(table = %t.table, store = %store_id, files = inputs.len(), rows, bytes = size, "compacted shared history");
             Ok(true)
         } else {
             // Another swap took an input first: this file is nobody's.

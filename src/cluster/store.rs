@@ -145,19 +145,6 @@ impl ClusterStore {
             bucket.clone(),
             dest.prefix.clone(),
         );
-        if config.compact_interval_ms > 0 {
-            let settings = CompactSettings {
-                every: Duration::from_millis(config.compact_interval_ms),
-                small_bytes: config.compact_small_bytes,
-                min_files: config.compact_min_files,
-                max_input_bytes: config.compact_max_input_bytes,
-                grace: Duration::from_secs(config.compact_grace_secs),
-                retention: deps.local.retention(),
-                now_us: crate::event::time::now_micros,
-            };
-            let compactor = Compactor::new(catalog.clone(), &dest, deps.instance_id.clone(), settings);
-            tokio::spawn(compactor.run(shutdown.clone()));
-        }
         let stores = TailStores::new(deps.local.clone());
         let tables = SharedTables::new(SharingDeps {
             catalog: catalog.clone(),
@@ -174,6 +161,20 @@ impl ClusterStore {
             Duration::from_millis(config.catalog_refresh_ms),
             shutdown.clone(),
         ));
+        if config.compact_interval_ms > 0 {
+            let settings = CompactSettings {
+                every: Duration::from_millis(config.compact_interval_ms),
+                small_bytes: config.compact_small_bytes,
+                min_files: config.compact_min_files,
+                max_input_bytes: config.compact_max_input_bytes,
+                grace: Duration::from_secs(config.compact_grace_secs),
+                retention: deps.local.retention(),
+                now_us: crate::event::time::now_micros,
+            };
+            let compactor =
+                Compactor::new(catalog.clone(), &dest, deps.instance_id.clone(), settings).with_tables(tables.clone());
+            tokio::spawn(compactor.run(shutdown.clone()));
+        }
         let mut shipper = Shipper::new(
             deps.local.dir().to_path_buf(),
             dest,

@@ -24,7 +24,7 @@ use crate::storage::EventStore;
 use crate::storage::local::LocalStore;
 
 /// The column of a continuous query's rows recorded as a shared file's time bounds.
-const WINDOW_START: &str = "window_start";
+pub const WINDOW_START: &str = "window_start";
 
 /// One shared query's output.
 #[derive(Debug)]

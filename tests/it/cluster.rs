@@ -1250,37 +1250,53 @@ async fn shared_table(hub: &Hub, query: &str) -> Value {
 /// The continuous-query tables are cluster-wide: two instances each aggregate their own events
 /// of the same minutes, and on either instance `llm_provider_model_1m` and `…_1h` hold the
 /// merge of both (counts and token sums exact, p99 from the merged sketches within 1 %). Each
-/// instance ships its rows like its events; after a kill -9 the survivor still answers with the
-/// dead instance's rows from shared storage.
+/// instance ships its rows like its events, and compaction merges their small files like the
+/// events'; after a kill -9 the survivor still answers with the dead instance's rows from
+/// shared storage.
 #[tokio::test]
 async fn continuous_query_tables_hold_every_instances_rows() {
     let Setup { s3, db, dir_a, dir_b } = setup("cluster_cq").await;
-    let a = start(dir_a.path(), "a", &db, &s3).await;
-    let mut b = start(dir_b.path(), "b", &db, &s3).await;
-    // The same two minutes on both instances, 20 events per model and minute on each; then one
-    // event three hours later on each closes every window of the first hour there.
+    let keys = "compact_interval_ms = 200\ncompact_min_files = 2\ncompact_grace_secs = 0";
+    let a = start_toml(dir_a.path(), cluster_toml_with("a", &db, 1, keys), &s3).await;
+    let mut b = start_toml(dir_b.path(), cluster_toml_with("b", &db, 1, keys), &s3).await;
+    // The same two minutes on both instances, 20 events per model and minute on each; one
+    // event at 00:30 on each closes those minutes there (round one), one three hours later
+    // closes the rest of the first hour (round two): two files of 1m rows per instance.
     let (of_a, of_b) = (events(1, MARCH, 120), events(2, MARCH, 120));
+    let closers = [events(3, MARCH + 1800, 1), events(4, MARCH + 1800, 1)];
     a.post_ok(ndjson(&of_a)).await;
     b.post_ok(ndjson(&of_b)).await;
-    a.post_ok(ndjson(&events(3, MARCH + 3 * 3600, 1))).await;
-    b.post_ok(ndjson(&events(4, MARCH + 3 * 3600, 1))).await;
-    let both: Vec<Value> = of_a.iter().chain(&of_b).cloned().collect();
+    a.post_ok(ndjson(&closers[0])).await;
+    b.post_ok(ndjson(&closers[1])).await;
+    for hub in [&a, &b] {
+        wait_until("the first 1m rows to be shipped", Duration::from_secs(60), async || {
+            shared_table(hub, "llm_provider_model_1m").await["shipper"]["shipped_files"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+        .await;
+    }
+    a.post_ok(ndjson(&events(5, MARCH + 3 * 3600, 1))).await;
+    b.post_ok(ndjson(&events(6, MARCH + 3 * 3600, 1))).await;
+    let both: Vec<Value> = of_a
+        .iter()
+        .chain(&of_b)
+        .chain(closers.iter().flatten())
+        .cloned()
+        .collect();
 
-    for (name, hub) in [("a", &a), ("b", &b)] {
+    let check = async |hub: &Hub, what: &str| {
         for (table, start) in [
             ("llm_provider_model_1m", MARCH),
             ("llm_provider_model_1m", MARCH + 60),
             ("llm_provider_model_1h", MARCH),
         ] {
-            wait_rollup(
-                hub,
-                &format!("{name} to merge both instances' rows"),
-                table,
-                start,
-                &both,
-            )
-            .await;
+            wait_rollup(hub, what, table, start, &both).await;
         }
+    };
+    for (name, hub) in [("a", &a), ("b", &b)] {
+        check(hub, &format!("{name} to merge both instances' rows")).await;
         let queries = hub.get_json("/api/v1/continuous-queries").await;
         let scope = |q: &str| {
             queries["continuous_queries"]
@@ -1294,13 +1310,33 @@ async fn continuous_query_tables_hold_every_instances_rows() {
         assert_eq!(scope("llm_provider_model_1m"), "cluster", "{queries}");
         assert_eq!(scope("llm_provider_model_1mo"), "cluster", "{queries}");
     }
-    // Each instance alone holds half of every count: the merge is what made them whole.
-    let own: i64 = b
+    // One row per window and model, not one per instance.
+    let rows: i64 = b
         .rows("SELECT count(*) AS n FROM llm_provider_model_1m WHERE window_start < TIMESTAMP '2026-03-01T00:02:00Z'")
         .await[0]["n"]
         .as_i64()
         .expect("n");
-    assert_eq!(own, 6, "two minutes × three models, one merged row each");
+    assert_eq!(rows, 6, "two minutes × three models");
+
+    // Each instance's two small files of 1m rows are compacted into one, once for the cluster,
+    // and the answers stay the same.
+    let mut conn = db.connect().await;
+    wait_until(
+        "the 1m rows' files to be compacted",
+        Duration::from_secs(60),
+        async || {
+            let compacted: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT store_id) FROM hub_files \
+             WHERE table_name LIKE 'cq.llm_provider_model_1m.%' AND level = 1 AND removed_at IS NULL",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("catalog");
+            compacted == 2
+        },
+    )
+    .await;
+    check(&a, "a to answer the same over compacted files").await;
 
     // b's rows reach shared storage; after a kill -9 a answers with them from there.
     wait_until("b to ship its 1m and 1h rows", Duration::from_secs(60), async || {
@@ -1319,22 +1355,5 @@ async fn continuous_query_tables_hold_every_instances_rows() {
         members(&a).await.is_empty()
     })
     .await;
-    wait_rollup(
-        &a,
-        "a to answer with b's shipped rows",
-        "llm_provider_model_1m",
-        MARCH,
-        &both,
-    )
-    .await;
-    wait_rollup(
-        &a,
-        "a to answer with b's shipped rows",
-        "llm_provider_model_1h",
-        MARCH,
-        &both,
-    )
-    .await;
-    let files = shared_table(&a, "llm_provider_model_1m").await;
-    assert!(files["shared_files"].as_u64().unwrap_or(0) >= 2, "{files}");
+    check(&a, "a to answer with b's shipped rows").await;
 }
