@@ -1,11 +1,11 @@
-//! Every data directory's shipped files (this instance's own too): the list comes from the catalog (refreshed by
-//! [`History::run_refresh`]), the bytes from shared object storage. A query takes the list
-//! once, so it sees one consistent set; files whose event-time bounds miss a `timestamp` filter
-//! are skipped without being opened.
+//! Every data directory's shipped files of one table (this instance's own too): the list comes
+//! from the catalog (refreshed by [`super::tables::SharedTables::run`], one round for every
+//! table), the bytes from shared object storage. A query takes the list once, so it sees one
+//! consistent set; files whose event-time bounds miss a `timestamp` filter are skipped without
+//! being opened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
@@ -140,44 +140,6 @@ impl History {
         };
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         Ok(true)
-    }
-
-    /// Refreshes every `every` until `shutdown`; errors are logged and kept for `/ready`.
-    pub async fn run_refresh(
-        self,
-        catalog: Catalog,
-        table: String,
-        every: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let result = self.refresh(&catalog, &table).await;
-            let mut last = self
-                .inner
-                .last_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match result {
-                Ok(changed) => {
-                    if changed {
-                        tracing::debug!(files = self.files().len(), "shared history changed");
-                    }
-                    *last = None;
-                }
-                Err(e) => {
-                    if last.is_none() {
-                        tracing::warn!(error = %e, "reading the cluster catalog failed; retrying");
-                    }
-                    *last = Some(crate::error::chain(&e));
-                }
-            }
-        }
     }
 
     /// Whether `scan` reads only shared files (which any member can read).

@@ -155,6 +155,7 @@ impl ClusterStore {
             instance_id: deps.instance_id.clone(),
             metrics: deps.metrics.clone(),
             stores: stores.clone(),
+            events: history.clone(),
         });
         tokio::spawn(tables.clone().run(
             Duration::from_millis(config.ship_interval_ms),
@@ -196,11 +197,6 @@ impl ClusterStore {
             Duration::from_millis(config.ship_interval_ms),
             shutdown.clone(),
         ));
-        tokio::spawn(
-            history
-                .clone()
-                .run_refresh(catalog.clone(), EVENTS.to_string(), every, shutdown.clone()),
-        );
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.tail_timeout_ms.clamp(1, 2_000)))
             .build()

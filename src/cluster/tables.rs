@@ -81,6 +81,8 @@ pub struct SharingDeps {
     pub metrics: Metrics,
     /// Where tails are served from (the tail route and in-process tails share it).
     pub stores: TailStores,
+    /// The events' shared files, refreshed in the same round.
+    pub events: History,
 }
 
 /// The shared tables of this instance. Cheap to clone.
@@ -184,27 +186,30 @@ impl SharedTables {
         }
     }
 
-    /// Rereads every table's list when the catalog changed.
+    /// Rereads the events' list and every table's when the catalog changed: one read of the
+    /// catalog's generation per round (one LIST without PostgreSQL) however many tables.
     async fn refresh(&self) {
         let catalog = &self.deps.catalog;
-        let generation = match catalog.generation().await {
-            Ok(g) => g,
-            Err(e) => {
-                let message = crate::error::chain(&e);
-                for t in self.all() {
-                    t.history.set_error(Some(message.clone()));
-                }
-                return;
+        let lists = std::iter::once((super::EVENTS.to_string(), self.deps.events.clone()))
+            .chain(self.all().iter().map(|t| (t.key.clone(), t.history.clone())))
+            .collect::<Vec<_>>();
+        let generation = catalog.generation().await;
+        for (table, history) in lists {
+            // Each list is reread only when the generation moved since it was read.
+            let result = match &generation {
+                Ok(g) => history.refresh_at(catalog, &table, *g).await,
+                Err(e) => Err(ClusterError::Config(crate::error::chain(e))),
+            };
+            let error = result.err().map(|e| crate::error::chain(&e));
+            if error.is_some() && history.last_error().is_none() && table == super::EVENTS {
+                tracing::warn!(error = ?error, "reading the cluster catalog failed; retrying");
             }
-        };
-        // Each list is reread only when the generation moved since it was read.
-        for t in self.all() {
-            let result = t.history.refresh_at(catalog, &t.key, generation).await;
-            t.history.set_error(result.err().map(|e| crate::error::chain(&e)));
+            history.set_error(error);
         }
     }
 
-    /// Ships every `ship_every` and refreshes every `refresh_every` until `shutdown`.
+    /// Ships every `ship_every` and refreshes (events too) every `refresh_every` until
+    /// `shutdown`.
     pub async fn run(
         self,
         ship_every: Duration,

@@ -106,6 +106,9 @@ pub struct ManifestCatalog {
     revision: AtomicI64,
     /// Others' manifests by object key.
     others: Mutex<HashMap<String, Cached>>,
+    /// The listing [`Self::generation`] last took: [`Self::all`] reads each table's manifests
+    /// from it, so a refresh round costs one LIST however many tables are shared.
+    last_listing: Mutex<Option<Arc<Vec<(String, String)>>>>,
     now_ms: fn() -> i64,
 }
 
@@ -127,6 +130,7 @@ impl ManifestCatalog {
             own: tokio::sync::Mutex::default(),
             revision: AtomicI64::new(0),
             others: Mutex::default(),
+            last_listing: Mutex::default(),
             now_ms,
         }
     }
@@ -251,9 +255,29 @@ impl ManifestCatalog {
     pub async fn generation(&self) -> Result<i64, ClusterError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.listing(None).await?.hash(&mut h);
+        let listing = Arc::new(self.listing(None).await?);
+        listing.hash(&mut h);
         self.revision.load(Ordering::Acquire).hash(&mut h);
+        *self
+            .last_listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listing);
         Ok(h.finish() as i64)
+    }
+
+    /// `table`'s manifests in the listing the last [`Self::generation`] took (listed now if
+    /// there is none yet).
+    async fn table_listing(&self, table: &str) -> Result<Vec<(String, String)>, ClusterError> {
+        let last = self
+            .last_listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(last) = last else {
+            return self.listing(Some(table)).await;
+        };
+        let dir = format!("{}/", join(&self.prefix, &format!("{MANIFESTS}/{table}")));
+        Ok(last.iter().filter(|(k, _)| k.starts_with(&dir)).cloned().collect())
     }
 
     /// Every visible file of `table`, of every data directory, oldest first.
@@ -262,7 +286,7 @@ impl ManifestCatalog {
         let own_key = self.key(table, &self.store_id).to_string();
         let dir = format!("{}/", join(&self.prefix, &format!("{MANIFESTS}/{table}")));
         let mut seen = HashMap::new();
-        for (key, version) in self.listing(Some(table)).await? {
+        for (key, version) in self.table_listing(table).await? {
             if key == own_key {
                 continue;
             }
