@@ -93,6 +93,8 @@ impl Manifest {
 
 /// Another directory's manifest as last read: its ETag and visible files.
 type Cached = (Option<String>, Arc<Vec<CatalogFile>>);
+/// A listing of manifests: (object key, ETag or modification time and size), sorted.
+type Listing = Vec<(String, String)>;
 
 /// The manifests of shared storage; this instance writes its own data directory's.
 #[derive(Debug)]
@@ -108,7 +110,7 @@ pub struct ManifestCatalog {
     others: Mutex<HashMap<String, Cached>>,
     /// The listing [`Self::generation`] last took: [`Self::all`] reads each table's manifests
     /// from it, so a refresh round costs one LIST however many tables are shared.
-    last_listing: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    last_listing: Mutex<Option<Arc<Listing>>>,
     now_ms: fn() -> i64,
 }
 
