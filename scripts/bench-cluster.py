@@ -22,6 +22,14 @@ time and scan throughput, and how many stage tasks each instance ran; DuckDB ove
 in the same run is the peer.
 
   python3 scripts/bench-cluster.py --scaling [--events N] [--runs K]
+
+With --cq, cluster-wide continuous-query tables: instances A and B (every shipped rollup
+running) each ingest every other body of the file; a standalone instance C (no cluster)
+ingests all of it. Once every window has closed (idle advance), the rollup tables are read on A
+(every instance's rows, merged when read) and on C (one instance that saw everything): the
+answers must agree, and the median times are printed side by side.
+
+  python3 scripts/bench-cluster.py --cq [--events N] [--runs K]
 """
 import argparse
 import http.client
@@ -46,7 +54,19 @@ ap.add_argument("--scaling", action="store_true",
 ap.add_argument("--tail", action="store_true",
                 help="keep the writer's events in memory (no flush for an hour): the readers get them "
                      "from the writer at query time (recent data over HTTP)")
+ap.add_argument("--cq", action="store_true",
+                help="cluster-wide continuous-query tables: two instances' merged rollups vs one instance's")
 args = ap.parse_args()
+
+CQ_QUERIES = {
+    "1m, last hour, per model": "SELECT window_start, model, requests, p99_latency_ms FROM llm_provider_model_1m "
+                                "WHERE window_start >= (SELECT max(window_start) FROM llm_provider_model_1m) "
+                                "- INTERVAL '1 hour' ORDER BY 1, 2",
+    "1m, totals per model": "SELECT model, sum(requests) AS requests, sum(input_tokens) AS tokens "
+                            "FROM llm_provider_model_1m GROUP BY model ORDER BY model",
+    "1h, every row": "SELECT window_start, provider, model, requests, errors, input_tokens, p99_latency_ms "
+                     "FROM llm_provider_model_1h ORDER BY 1, 2, 3",
+}
 
 QUERIES = {
     "count": "SELECT count(*) AS n FROM events",
@@ -182,9 +202,66 @@ try:
         # Without --scaling each instance answers by itself (what is measured is reading shared
         # storage, not splitting the work).
         distributed = "" if args.scaling else "distributed = false\n"
-        return (f'[storage]\nsegment_max_age_secs = {segment_age}\n[stream]\nenabled = false\n'
+        stream = "" if args.cq else "[stream]\nenabled = false\n"
+        return (f'[storage]\nsegment_max_age_secs = {segment_age}\n{stream}'
                 f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5432/{db}"\ninstance_id = "{name}"\n'
                 f'[cluster]\nremote = "{remote}"\nsecret = "bench-cluster-secret"\n{distributed}{extra}')
+
+    def closed(hub, rows):
+        """Whether every window of hub's 1h rollup has closed (its rows sum to `rows`)."""
+        got = hub.sql("SELECT coalesce(sum(requests), 0) AS n FROM llm_provider_model_1h")[0]["n"]
+        return got == rows
+
+    def cq_bench(lines):
+        a = Hub("a", config("a"))
+        cleanup.append(a)
+        b = Hub("b", config("b"))
+        cleanup.append(b)
+        c = Hub("standalone", f'[storage]\nsegment_max_age_secs = {segment_age}\n')
+        cleanup.append(c)
+        conns = {h: http.client.HTTPConnection("127.0.0.1", h.port, timeout=600) for h in (a, b, c)}
+        t0 = time.perf_counter()
+        for n, i in enumerate(range(0, len(lines), args.body)):
+            hub = (a, b)[n % 2]
+            body = b"\n".join(lines[i:i + args.body])
+            status, data = hub.request("POST", "/api/v1/events/batch", body, conns[hub], "application/x-ndjson")
+            if status not in (200, 207):
+                raise SystemExit(f"ingest answered {status}: {data[:200]!r}")
+        split = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(0, len(lines), args.body):
+            status, data = c.request("POST", "/api/v1/events/batch", b"\n".join(lines[i:i + args.body]),
+                                     conns[c], "application/x-ndjson")
+            if status not in (200, 207):
+                raise SystemExit(f"ingest answered {status}: {data[:200]!r}")
+        alone = time.perf_counter() - t0
+        print(f"ingest with every shipped rollup running: A+B {len(lines) / split:,.0f} events/s "
+              f"(one client alternating), standalone C {len(lines) / alone:,.0f} events/s")
+        llm = c.sql("SELECT count(*) AS n FROM events WHERE model IS NOT NULL")[0]["n"]
+        t0 = time.perf_counter()
+        for hub in (a, b, c):
+            wait("every window to close (idle advance)", lambda: closed(hub, llm), 600)
+        print(f"every 1h window closed and merged on A, B and C {time.perf_counter() - t0:.1f} s after "
+              f"the last acknowledgement ({llm:,} LLM calls)")
+        files, size = psql(db, "SELECT count(*), coalesce(sum(bytes), 0) FROM hub_files "
+                               "WHERE table_name LIKE 'cq.%' AND removed_at IS NULL").split("|")
+        print(f"shared continuous-query files in the catalog: {files}, {int(size) / 1e6:.2f} MB")
+        print(f"\nmedian of {args.runs} runs, seconds (result cache off); answers of A, B and C checked equal "
+              f"(counts and sums exact, p99 to 1 %):")
+        print(f"{'query':<28}{'rows':>7}{'A, cluster-wide':>17}{'C, standalone':>15}")
+        for name, q in CQ_QUERIES.items():
+            merged, rows_a = timed(lambda: a.sql(q), args.runs)
+            rows_b = b.sql(q)
+            single, rows_c = timed(lambda: c.sql(q), args.runs)
+            for x, y in ((rows_a, rows_c), (rows_b, rows_c)):
+                if len(x) != len(y) or any(
+                        (abs(u[k] - v[k]) > 0.01 * abs(v[k]) + 1e-9) if isinstance(v[k], float) else u[k] != v[k]
+                        for u, v in zip(x, y) for k in v):
+                    raise SystemExit(f"{name}: the cluster-wide table differs from the standalone one")
+            print(f"{name:<28}{len(rows_c):>7}{merged:>17.3f}{single:>15.3f}")
+        plan = "\n".join(row["plan"] for row in a.sql("EXPLAIN " + CQ_QUERIES["1m, totals per model"])
+                         if row["plan_type"] == "physical_plan")
+        print("\nEXPLAIN on A:\n" + plan)
 
     path = args.input
     if not path:
@@ -196,6 +273,9 @@ try:
     print(f"{len(lines):,} events, {os.path.getsize(path) / len(lines):.0f} B each; shared storage: "
           f"{'moto S3 server' if args.remote == 's3' else 'local directory'}; {os.cpu_count()} cores")
 
+    if args.cq:
+        cq_bench(lines)
+        raise SystemExit(0)
     w = Hub("writer", config("writer"))
     cleanup.append(w)
     conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=600)

@@ -36,6 +36,8 @@ struct Inner {
     generation: AtomicU64,
     last_error: Mutex<Option<String>>,
     schema: SchemaRef,
+    /// The column whose bounds the catalog records (`timestamp`, `window_start`).
+    time_column: &'static str,
     store_url: ObjectStoreUrl,
     /// A store the session does not know by itself (a bucket), registered at scan time.
     bucket: Option<Arc<dyn ObjectStore>>,
@@ -50,9 +52,11 @@ pub struct History {
 
 impl History {
     /// Files of `schema` under `prefix` of the store read as `store_url` (`bucket`: the store to
-    /// register for it, unless the session knows it already, as it knows `file://`).
+    /// register for it, unless the session knows it already, as it knows `file://`), their
+    /// bounds in the catalog those of `time_column`.
     pub fn new(
         schema: SchemaRef,
+        time_column: &'static str,
         store_url: ObjectStoreUrl,
         bucket: Option<Arc<dyn ObjectStore>>,
         prefix: Path,
@@ -63,6 +67,7 @@ impl History {
                 generation: AtomicU64::new(0),
                 last_error: Mutex::new(None),
                 schema,
+                time_column,
                 store_url,
                 bucket,
                 prefix,
@@ -174,7 +179,7 @@ impl History {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let inner = &self.inner;
-        let range = TimeRange::from_filters(filters);
+        let range = TimeRange::on(inner.time_column, filters);
         let files: Vec<PartitionedFile> = files
             .iter()
             .filter(|f| range.overlaps(f.min_event_time_us, f.max_event_time_us))

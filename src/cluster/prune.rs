@@ -27,18 +27,23 @@ fn micros(e: &Expr) -> Option<i64> {
     }
 }
 
-fn is_time(e: &Expr) -> bool {
-    matches!(e, Expr::Column(c) if c.name == col::TIMESTAMP)
+fn is_time(e: &Expr, column: &str) -> bool {
+    matches!(e, Expr::Column(c) if c.name == column)
 }
 
 impl TimeRange {
     /// The bounds the conjunction of `filters` implies (anything it cannot read is ignored,
     /// which only widens the range).
     pub fn from_filters(filters: &[Expr]) -> Self {
+        Self::on(col::TIMESTAMP, filters)
+    }
+
+    /// [`Self::from_filters`] on another time column (`window_start` of a continuous query's rows).
+    pub fn on(column: &str, filters: &[Expr]) -> Self {
         let mut range = Self::default();
         for filter in filters {
             for e in split_conjunction(filter) {
-                range.narrow(e);
+                range.narrow(e, column);
             }
         }
         range
@@ -52,15 +57,15 @@ impl TimeRange {
         self.hi = Some(self.hi.map_or(v, |hi| hi.min(v)));
     }
 
-    fn narrow(&mut self, e: &Expr) {
+    fn narrow(&mut self, e: &Expr, column: &str) {
         match e {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (op, v) = if is_time(left) {
+                let (op, v) = if is_time(left, column) {
                     match micros(right) {
                         Some(v) => (*op, v),
                         None => return,
                     }
-                } else if is_time(right) {
+                } else if is_time(right, column) {
                     match (micros(left), op.swap()) {
                         (Some(v), Some(op)) => (op, v),
                         _ => return,
@@ -83,7 +88,7 @@ impl TimeRange {
                 negated: false,
                 low,
                 high,
-            }) if is_time(expr) => {
+            }) if is_time(expr, column) => {
                 if let Some(v) = micros(low) {
                     self.at_least(v);
                 }
@@ -139,6 +144,12 @@ mod tests {
             t().gt(column("ingest_time")),
         ]);
         assert_eq!(r, TimeRange::default());
+        let w = || column("window_start");
+        assert_eq!(
+            TimeRange::on("window_start", &[w().gt_eq(ts(7)), t().lt(ts(9))]).lo,
+            Some(7)
+        );
+        assert_eq!(TimeRange::on("window_start", &[t().lt(ts(9))]), TimeRange::default());
     }
 
     #[test]

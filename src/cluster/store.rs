@@ -141,6 +141,7 @@ impl ClusterStore {
         };
         let history = History::new(
             deps.local.schema(),
+            crate::event::schema::col::TIMESTAMP,
             store_url.clone(),
             bucket.clone(),
             dest.prefix.clone(),
@@ -431,7 +432,7 @@ impl EventStore for ClusterStore {
             table: EVENTS.to_string(),
             history: self.history.clone(),
             schema: self.local.schema(),
-            time_filters: true,
+            tail_ranges: true,
         })
     }
 
@@ -542,7 +543,7 @@ impl EventStore for SharedTableStore {
             table: self.table.key.clone(),
             history: self.table.history.clone(),
             schema: self.table.local.schema(),
-            time_filters: false,
+            tail_ranges: false,
         })
     }
 
@@ -583,8 +584,9 @@ struct ClusterTable {
     table: String,
     history: History,
     schema: SchemaRef,
-    /// Whether `timestamp` filters prune files and tails (events).
-    time_filters: bool,
+    /// Whether tails are asked for the `timestamp` range of the filters (events; a continuous
+    /// query's tail is small and sent whole, its shared files pruned by `window_start`).
+    tail_ranges: bool,
 }
 
 impl ClusterTable {
@@ -657,9 +659,13 @@ impl TableProvider for ClusterTable {
         // One list of shared files for the whole scan: read from shared storage, and told to
         // every owner (this instance too) so their tails hold exactly the rest.
         let files = self.history.files();
-        let filters = if self.time_filters { filters } else { &[] };
         let mut inputs = vec![self.history.scan(state, &files, projection, filters, limit).await?];
-        inputs.extend(self.tails(&files, projection, TimeRange::from_filters(filters))?);
+        let range = if self.tail_ranges {
+            TimeRange::from_filters(filters)
+        } else {
+            TimeRange::default()
+        };
+        inputs.extend(self.tails(&files, projection, range)?);
         UnionExec::try_new(inputs)
     }
 }

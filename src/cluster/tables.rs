@@ -137,6 +137,7 @@ impl SharedTables {
         }
         let history = History::new(
             local.schema(),
+            WINDOW_START,
             d.store_url.clone(),
             d.bucket.clone(),
             d.dest.prefix.clone(),

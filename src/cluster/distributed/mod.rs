@@ -274,6 +274,7 @@ mod tests {
         let (local, metrics, tails) = crate::cluster::tail_exec::tests::context(dir.path(), secret);
         let history = History::new(
             local.schema(),
+            crate::event::schema::col::TIMESTAMP,
             ObjectStoreUrl::parse("s3://bucket").expect("url"),
             None,
             object_store::path::Path::from("history"),
