@@ -32,6 +32,7 @@ answers must agree, and the median times are printed side by side.
   python3 scripts/bench-cluster.py --cq [--events N] [--runs K]
 """
 import argparse
+import datetime
 import http.client
 import json
 import os
@@ -40,6 +41,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 
 target = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/llm-analytics-hub-target")
 ap = argparse.ArgumentParser()
@@ -238,9 +240,25 @@ try:
         print(f"ingest with every shipped rollup running: A+B {len(lines) / split:,.0f} events/s "
               f"(one client alternating), standalone C {len(lines) / alone:,.0f} events/s")
         llm = c.sql("SELECT count(*) AS n FROM events WHERE model IS NOT NULL")[0]["n"]
-        t0 = time.perf_counter()
+        # One event a day after the last on each instance closes every window of the file there
+        # (idle advance moves event time only as fast as the wall clock).
+        last = c.sql("SELECT max(timestamp) AS t FROM events")[0]["t"]
+        later = datetime.datetime.fromisoformat(last.replace("Z", "+00:00")) + datetime.timedelta(days=1)
         for hub in (a, b, c):
-            wait("every window to close (idle advance)", lambda: closed(hub, llm), 600)
+            closer = json.loads(lines[0])
+            closer["event_id"] = str(uuid.uuid4())
+            closer["timestamp"] = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+            status, data = hub.request("POST", "/api/v1/events", json.dumps(closer).encode())
+            if status != 200:
+                raise SystemExit(f"the closing event answered {status}: {data[:200]!r}")
+        t0 = time.perf_counter()
+        for name, hub in (("A", a), ("B", b), ("C", c)):
+            try:
+                wait("every window to close (idle advance)", lambda: closed(hub, llm), 120)
+            except SystemExit:
+                got = hub.sql("SELECT coalesce(sum(requests), 0) AS n FROM llm_provider_model_1h")[0]["n"]
+                _, status = hub.request("GET", "/api/v1/continuous-queries")
+                raise SystemExit(f"{name}: the 1h rows sum to {got}, not {llm}; {status[:3000]!r}")
         print(f"every 1h window closed and merged on A, B and C {time.perf_counter() - t0:.1f} s after "
               f"the last acknowledgement ({llm:,} LLM calls)")
         files, size = psql(db, "SELECT count(*), coalesce(sum(bytes), 0) FROM hub_files "
