@@ -16,9 +16,8 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use tokio::io::AsyncWriteExt;
 
+use super::ClusterError;
 use super::catalog::{Catalog, CatalogFile};
-use super::{ClusterError, EVENTS};
-use crate::event::schema::col;
 use crate::exports::destination::{Destination, join};
 use crate::metrics::Metrics;
 
@@ -60,6 +59,15 @@ impl ShipperStatus {
         self.shipped_files = self.shipped_names.len();
         self
     }
+}
+
+/// A store's shipper status as of now (see [`ShipperStatus::pending_with`]).
+pub fn status_now(status: &Mutex<ShipperStatus>, local: &crate::storage::local::LocalStore) -> ShipperStatus {
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .pending_with(&local.snapshot().files)
 }
 
 /// Ships one store directory.
@@ -106,32 +114,10 @@ fn footer_stats(path: &Path, column: &str) -> Result<(i64, Option<i64>, Option<i
 }
 
 impl Shipper {
-    /// A shipper of `dir` (the store's `events` directory) to `dest`, starting from what the
-    /// catalog says `store_id` already recorded.
-    pub async fn new(
-        dir: PathBuf,
-        dest: Destination,
-        catalog: Catalog,
-        store_id: String,
-        instance_id: String,
-        metrics: Metrics,
-    ) -> Result<Self, ClusterError> {
-        Self::for_table(
-            dir,
-            EVENTS.into(),
-            col::TIMESTAMP,
-            dest,
-            catalog,
-            store_id,
-            instance_id,
-            metrics,
-        )
-        .await
-    }
-
-    /// A shipper of the store in `dir` holding the catalog's `table` (see [`Self::new`]).
+    /// A shipper of the store in `dir` (holding the catalog's `table`, its files' bounds those
+    /// of `time_column`) to `dest`, starting from what the catalog says `store_id` recorded.
     #[allow(clippy::too_many_arguments)]
-    pub async fn for_table(
+    pub async fn new(
         dir: PathBuf,
         table: String,
         time_column: &'static str,

@@ -179,6 +179,8 @@ impl ClusterStore {
         }
         let mut shipper = Shipper::new(
             deps.local.dir().to_path_buf(),
+            EVENTS.to_string(),
+            crate::event::schema::col::TIMESTAMP,
             dest,
             catalog.clone(),
             store_id.clone(),
@@ -481,12 +483,7 @@ impl ClusterStore {
 
     fn status_now(&self) -> ComponentStatus {
         let mut status = self.local.status();
-        let shipped = self
-            .shipped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .pending_with(&self.local.snapshot().files);
+        let shipped = super::shipper::status_now(&self.shipped, &self.local);
         let m = &self.members;
         let files = self.history.files();
         let lock = |x: &Mutex<Option<String>>| x.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

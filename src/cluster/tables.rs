@@ -44,12 +44,7 @@ pub struct SharedTable {
 impl SharedTable {
     /// What `/ready` says of it.
     pub fn status(&self) -> serde_json::Value {
-        let shipper = self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .pending_with(&self.local.snapshot().files);
+        let shipper = super::shipper::status_now(&self.status, &self.local);
         let in_memory: usize = self.local.snapshot().batches.iter().map(|b| b.num_rows()).sum();
         serde_json::json!({
             "query": self.name,
@@ -121,7 +116,7 @@ impl SharedTables {
     /// flushed before, reads every instance's files once.
     pub async fn add(&self, name: &str, key: &str, local: &LocalStore) -> Result<Arc<SharedTable>, ClusterError> {
         let d = &self.deps;
-        let mut shipper = Shipper::for_table(
+        let mut shipper = Shipper::new(
             local.dir().to_path_buf(),
             key.to_string(),
             WINDOW_START,
