@@ -178,6 +178,7 @@ db = f"hub_bench_cluster_{free_port()}"
 psql("postgres", f"CREATE DATABASE {db}")
 moto = None
 cleanup = []
+cleanup_dbs = []
 try:
     if args.remote == "s3":
         port = free_port()
@@ -219,7 +220,12 @@ try:
         cleanup.append(a)
         b = Hub("b", config("b"))
         cleanup.append(b)
-        c = Hub("standalone", f'[storage]\nsegment_max_age_secs = {segment_age}\n')
+        # C runs the same PostgreSQL rollup sink as A and B (into a database of its own), so
+        # the ingest rates compare like with like.
+        psql("postgres", f"CREATE DATABASE {db}_c")
+        cleanup_dbs.append(f"{db}_c")
+        c = Hub("standalone", f'[storage]\nsegment_max_age_secs = {segment_age}\n'
+                              f'[postgres]\nurl = "postgres://postgres@127.0.0.1:5432/{db}_c"\ninstance_id = "c"\n')
         cleanup.append(c)
         conns = {h: http.client.HTTPConnection("127.0.0.1", h.port, timeout=600) for h in (a, b, c)}
         t0 = time.perf_counter()
@@ -237,8 +243,9 @@ try:
             if status not in (200, 207):
                 raise SystemExit(f"ingest answered {status}: {data[:200]!r}")
         alone = time.perf_counter() - t0
-        print(f"ingest with every shipped rollup running: A+B {len(lines) / split:,.0f} events/s "
-              f"(one client alternating), standalone C {len(lines) / alone:,.0f} events/s")
+        print(f"ingest with every shipped rollup running (and the PostgreSQL rollup sink on each): "
+              f"A+B {len(lines) / split:,.0f} events/s (one client alternating), standalone C "
+              f"{len(lines) / alone:,.0f} events/s")
         llm = c.sql("SELECT count(*) AS n FROM events WHERE model IS NOT NULL")[0]["n"]
         # One event a day after the last on each instance closes every window of the file there
         # (idle advance moves event time only as fast as the wall clock).
@@ -395,4 +402,5 @@ finally:
     if moto:
         moto.terminate()
         moto.wait()
-    psql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    for name in [db] + cleanup_dbs:
+        psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
