@@ -142,6 +142,11 @@ impl Shipper {
         })
     }
 
+    /// Whether the catalog lists files of this directory (or this shipper shipped some).
+    pub fn has_shipped(&self) -> bool {
+        !self.shipped.is_empty()
+    }
+
     /// Shared view of the status.
     pub fn status_handle(&self) -> Arc<Mutex<ShipperStatus>> {
         Arc::clone(&self.status)

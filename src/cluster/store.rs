@@ -555,10 +555,16 @@ impl EventStore for SharedTableStore {
 
 #[async_trait]
 impl crate::stream::shared::SharedOutputs for ClusterStore {
-    async fn share(&self, name: &str, table: &str, store: &LocalStore) -> Result<Arc<dyn EventStore>, String> {
+    async fn share(
+        &self,
+        name: &str,
+        table: &str,
+        store: &LocalStore,
+        fresh: bool,
+    ) -> Result<Arc<dyn EventStore>, String> {
         let table = self
             .tables
-            .add(name, table, store)
+            .add(name, table, store, fresh)
             .await
             .map_err(|e| crate::error::chain(&e))?;
         Ok(Arc::new(SharedTableStore {

@@ -113,8 +113,17 @@ impl SharedTables {
     }
 
     /// Starts sharing query `name`'s output `local` as catalog table `key`: ships what it
-    /// flushed before, reads every instance's files once.
-    pub async fn add(&self, name: &str, key: &str, local: &LocalStore) -> Result<Arc<SharedTable>, ClusterError> {
+    /// flushed before, reads every instance's files once. A `fresh` store (the query was just
+    /// registered) for which the catalog already lists files of this data directory is
+    /// refused: a query deleted and created again with the same SQL numbers its files from 0
+    /// again, and the old files listed under those names would shadow the new ones.
+    pub async fn add(
+        &self,
+        name: &str,
+        key: &str,
+        local: &LocalStore,
+        fresh: bool,
+    ) -> Result<Arc<SharedTable>, ClusterError> {
         let d = &self.deps;
         let mut shipper = Shipper::new(
             local.dir().to_path_buf(),
@@ -127,6 +136,13 @@ impl SharedTables {
             d.metrics.clone(),
         )
         .await?;
+        if fresh && shipper.has_shipped() {
+            return Err(ClusterError::Config(format!(
+                "`{name}` was created again with the SQL of a deleted query whose rows this instance \
+                 shipped (catalog table {key}); they would shadow the new rows, so its table stays \
+                 this instance's: delete it and create it under another name or with other SQL text"
+            )));
+        }
         if let Err(e) = shipper.ship_new().await {
             tracing::warn!(query = name, error = %e, "shipping a continuous query's flushed rows failed; retrying");
         }

@@ -186,6 +186,8 @@ struct Running {
     unwritten: Vec<RecordBatch>,
     /// In a cluster: `Ok` once the table holds every instance's rows, else why not.
     scope: Option<Result<(), String>>,
+    /// Registered in this process (not reopened after a restart): its store is new.
+    fresh: bool,
 }
 
 impl Running {
@@ -267,7 +269,7 @@ impl StreamEngine {
         let mut snapshots = Vec::new();
         for def in saved {
             let name = def.name.clone();
-            match engine.open_query(def).await {
+            match engine.open_query(def, false).await {
                 Ok(()) => {
                     let snapshot = engine.replay_input(engine.queries.len() - 1).await?;
                     snapshots.push(snapshot);
@@ -368,7 +370,7 @@ impl StreamEngine {
     }
 
     /// Plans `def`, opens its output store and exposes it as a table.
-    async fn open_query(&mut self, def: CqDefinition) -> Result<(), CqError> {
+    async fn open_query(&mut self, def: CqDefinition, fresh: bool) -> Result<(), CqError> {
         let source = source_of(&def.sql)?;
         let schema = self.source_schema(&source)?;
         let mut rt = CqRuntime::new(def, &schema).await?;
@@ -403,6 +405,7 @@ impl StreamEngine {
             paused_input: Vec::new(),
             unwritten: Vec::new(),
             scope: None,
+            fresh,
         });
         self.share_outputs(self.queries.len() - 1).await;
         Ok(())
@@ -484,7 +487,7 @@ impl StreamEngine {
             q.rt.def.sql.trim().hash(&mut h);
             format!("cq.{name}.{:016x}", h.finish())
         };
-        let store = shared.share(&name, &key, &q.output).await?;
+        let store = shared.share(&name, &key, &q.output, q.fresh).await?;
         let view = async {
             let mut ctx = SessionContext::new();
             crate::query::register_functions(&mut ctx)?;
@@ -793,7 +796,7 @@ impl StreamEngine {
             // Leftover of a query deleted while the process died: start clean.
             std::fs::remove_dir_all(&dir).map_err(CqError::internal_in(format!("removing {}", dir.display())))?;
         }
-        self.open_query(def).await?;
+        self.open_query(def, true).await?;
         self.save()?;
         let status = self
             .queries

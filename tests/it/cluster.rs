@@ -1256,7 +1256,9 @@ async fn shared_table(hub: &Hub, query: &str) -> Value {
 #[tokio::test]
 async fn continuous_query_tables_hold_every_instances_rows() {
     let Setup { s3, db, dir_a, dir_b } = setup("cluster_cq").await;
-    let keys = "compact_interval_ms = 200\ncompact_min_files = 2\ncompact_grace_secs = 0";
+    // Replaced files outlive any query here (a grace of 0 lets a query that listed them just
+    // before the swap find them deleted).
+    let keys = "compact_interval_ms = 200\ncompact_min_files = 2\ncompact_grace_secs = 60";
     let a = start_toml(dir_a.path(), cluster_toml_with("a", &db, 1, keys), &s3).await;
     let mut b = start_toml(dir_b.path(), cluster_toml_with("b", &db, 1, keys), &s3).await;
     // The same two minutes on both instances, 20 events per model and minute on each; one
@@ -1356,4 +1358,58 @@ async fn continuous_query_tables_hold_every_instances_rows() {
     })
     .await;
     check(&a, "a to answer with b's shipped rows").await;
+}
+
+/// A query deleted and created again with the same SQL would number its files from 0 again,
+/// under names the catalog still lists for its old rows: the Hub keeps such a table this
+/// instance's own (saying why) rather than let the old files shadow the new rows; under
+/// another name the same SQL is cluster-wide again.
+#[tokio::test]
+async fn a_query_created_again_with_the_sql_of_a_deleted_one_is_not_shadowed_by_its_old_files() {
+    use super::cq::{PER_MODEL, register_ok};
+    let Setup { s3, db, dir_a, .. } = setup("cluster_cq_again").await;
+    let toml = cluster_toml("a", &db, 1) + "\n[stream]\nshipped_queries = false\n";
+    let a = start_toml(dir_a.path(), toml, &s3).await;
+    let rollup = |base: &str| {
+        format!(
+            "SELECT window_start, window_end, model, sum(n) AS n, sum(tokens) AS tokens FROM {base} \
+             GROUP BY tumble(window_start, INTERVAL '5 minutes'), model"
+        )
+    };
+    let scope = async |name: &str| {
+        let q = a.get_json(&format!("/api/v1/continuous-queries/{name}")).await;
+        (
+            q["scope"].as_str().unwrap_or_default().to_string(),
+            q["scope_reason"].clone(),
+        )
+    };
+    register_ok(&a, "per_model", PER_MODEL, serde_json::json!({})).await;
+    register_ok(&a, "per_model_5m", &rollup("per_model"), serde_json::json!({})).await;
+    assert_eq!(scope("per_model").await.0, "cluster");
+    a.post_ok(ndjson(&events(7, MARCH, 120))).await;
+    a.post_ok(ndjson(&events(8, MARCH + 3600, 1))).await;
+    wait_until("per_model's rows to be shipped", Duration::from_secs(60), async || {
+        shared_table(&a, "per_model").await["shipper"]["shipped_files"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+
+    for name in ["per_model_5m", "per_model"] {
+        assert_eq!(
+            a.delete(&format!("/api/v1/continuous-queries/{name}")).await,
+            204,
+            "{name}"
+        );
+    }
+    register_ok(&a, "per_model", PER_MODEL, serde_json::json!({})).await;
+    register_ok(&a, "per_model_5m", &rollup("per_model"), serde_json::json!({})).await;
+    let (kind, why) = scope("per_model").await;
+    assert_eq!(kind, "instance", "{why}");
+    assert!(why.as_str().unwrap_or_default().contains("created again"), "{why}");
+
+    register_ok(&a, "per_model_v2", PER_MODEL, serde_json::json!({})).await;
+    register_ok(&a, "per_model_v2_5m", &rollup("per_model_v2"), serde_json::json!({})).await;
+    assert_eq!(scope("per_model_v2").await.0, "cluster");
 }
