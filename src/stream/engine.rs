@@ -480,12 +480,13 @@ impl StreamEngine {
         let q = &self.queries[t];
         let name = q.rt.def.name.clone();
         // The catalog name changes with the definition: a query deleted and created again
-        // with other SQL never merges the old rows.
+        // with other SQL never merges the old rows. SHA-256, not the std hasher: every
+        // instance, and every later version of the Hub, must name the table alike.
         let key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            q.rt.def.sql.trim().hash(&mut h);
-            format!("cq.{name}.{:016x}", h.finish())
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(q.rt.def.sql.trim().as_bytes());
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("cq.{name}.{hex}")
         };
         let store = shared.share(&name, &key, &q.output, q.fresh).await?;
         let view = async {
