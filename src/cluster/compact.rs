@@ -179,6 +179,10 @@ impl Compactor {
     /// of objects replaced more than the grace ago. Returns the merges done.
     pub async fn pass(&self) -> Result<usize, ClusterError> {
         let mut merged = 0;
+        let cutoff = (!self.settings.retention.is_zero()).then(|| {
+            let keep = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
+            (self.settings.now_us)().saturating_sub(keep)
+        });
         for t in self.maintained() {
             for store_id in self.catalog.stores(&t.table).await? {
                 let small = self
@@ -190,9 +194,7 @@ impl Compactor {
                     merged += 1;
                 }
             }
-            if !self.settings.retention.is_zero() {
-                let keep = i64::try_from(self.settings.retention.as_micros()).unwrap_or(i64::MAX);
-                let cutoff = (self.settings.now_us)().saturating_sub(keep);
+            if let Some(cutoff) = cutoff {
                 let n = self.catalog.expire_before(&t.table, cutoff).await?;
                 if n > 0 {
                     tracing::info!(table = %t.table, files = n, "shared history past retention taken out");

@@ -434,7 +434,6 @@ impl EventStore for ClusterStore {
             table: EVENTS.to_string(),
             history: self.history.clone(),
             schema: self.local.schema(),
-            tail_ranges: true,
         })
     }
 
@@ -540,7 +539,6 @@ impl EventStore for SharedTableStore {
             table: self.table.key.clone(),
             history: self.table.history.clone(),
             schema: self.table.local.schema(),
-            tail_ranges: false,
         })
     }
 
@@ -587,9 +585,6 @@ struct ClusterTable {
     table: String,
     history: History,
     schema: SchemaRef,
-    /// Whether tails are asked for the `timestamp` range of the filters (events; a continuous
-    /// query's tail is small and sent whole, its shared files pruned by `window_start`).
-    tail_ranges: bool,
 }
 
 impl ClusterTable {
@@ -663,11 +658,10 @@ impl TableProvider for ClusterTable {
         // every owner (this instance too) so their tails hold exactly the rest.
         let files = self.history.files();
         let mut inputs = vec![self.history.scan(state, &files, projection, filters, limit).await?];
-        let range = if self.tail_ranges {
-            TimeRange::from_filters(filters)
-        } else {
-            TimeRange::default()
-        };
+        // Tails are cut by time where the owner filters them (events); a continuous query's
+        // tail is small and sent whole, its shared files pruned by `window_start` above.
+        let range =
+            super::tail::time_column(&self.table).map_or_else(TimeRange::default, |c| TimeRange::on(c, filters));
         inputs.extend(self.tails(&files, projection, range)?);
         UnionExec::try_new(inputs)
     }

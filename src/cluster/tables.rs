@@ -213,8 +213,11 @@ impl SharedTables {
                 Err(e) => Err(ClusterError::Config(crate::error::chain(e))),
             };
             let error = result.err().map(|e| crate::error::chain(&e));
-            if error.is_some() && history.last_error().is_none() && table == super::EVENTS {
-                tracing::warn!(error = ?error, "reading the cluster catalog failed; retrying");
+            if let Some(e) = &error
+                && history.last_error().is_none()
+                && table == super::EVENTS
+            {
+                tracing::warn!(error = %e, "reading the cluster catalog failed; retrying");
             }
             history.set_error(error);
         }

@@ -62,7 +62,7 @@ fn events_table() -> String {
 
 /// The column a tail of `table` is filtered on by time and always carries: `timestamp` for
 /// events; none for a continuous query's rows (they are few and asked for whole).
-fn time_column(table: &str) -> Option<&'static str> {
+pub fn time_column(table: &str) -> Option<&'static str> {
     (table == crate::cluster::EVENTS).then_some(col::TIMESTAMP)
 }
 
@@ -81,11 +81,6 @@ impl TailStores {
             events,
             tables: Arc::default(),
         }
-    }
-
-    /// The events store.
-    pub fn events(&self) -> &LocalStore {
-        &self.events
     }
 
     /// The store of `table`, if this instance holds it.
@@ -107,16 +102,6 @@ impl TailStores {
             Some(s) => tables.insert(table.to_string(), s),
             None => tables.remove(table),
         };
-    }
-
-    /// Every shared table's store (not events).
-    pub fn tables(&self) -> Vec<(String, LocalStore)> {
-        self.tables
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 }
 
