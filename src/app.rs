@@ -269,10 +269,22 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let storage_health = crate::storage::health::StorageHealth::new(Some(metrics.clone()));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (published_tx, published_rx) = tokio::sync::watch::channel(Vec::new());
-    let sink = crate::sinks::build(&config.postgres, &config.kafka.group_id, published_rx, &metrics).await?;
+    let store_id = if config.postgres.enabled() {
+        crate::cluster::store_id(&config.storage.data_dir)?
+    } else {
+        String::new()
+    };
+    let sink = crate::sinks::build(
+        &config.postgres,
+        &config.kafka.group_id,
+        &store_id,
+        published_rx,
+        &metrics,
+    )
+    .await?;
     // Kafka with the sink: the events table is exactly-once (batches held until claimed).
     let claims_store = match (&sink, config.kafka.enabled()) {
-        (Some(_), true) => Some(crate::cluster::store_id(&config.storage.data_dir)?),
+        (Some(_), true) => Some(store_id.clone()),
         _ => None,
     };
     let replay_filter = match (&sink, &claims_store) {
@@ -304,7 +316,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         let deps = EngineDeps {
             dir: config.storage.data_dir.join("cq"),
             // Continuous queries run over this instance's events (the Postgres sink merges
-            // every instance's rollups).
+            // every instance's emitted windows).
             events: Arc::clone(&local_store),
             query_ctx: engine.context().clone(),
             storage: config.storage.clone(),
@@ -314,6 +326,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
             versions: versions.clone(),
             live: live.clone(),
             shared: shared_outputs.clone(),
+            state_sink: sink.clone().map(|s| s as Arc<dyn crate::stream::state_sink::StateSink>),
         };
         let shipped = if config.stream.shipped_queries {
             shipped_queries()?
@@ -336,14 +349,29 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         None
     };
+    // Rollup tables merge every instance's run of a query: run the queries other instances
+    // registered, before the sources consume anything, and follow the registry after.
+    let registry_task = match (&sink, &stream) {
+        (Some(sink), Some(stream)) => {
+            if let Err(e) = crate::sinks::registry::adopt(sink.as_ref(), stream, &Default::default()).await {
+                tracing::warn!(error = %e, "shared query registry not read at startup; retried every 10 s");
+            }
+            Some(crate::sinks::registry::follow(
+                Arc::clone(sink),
+                stream.clone(),
+                shutdown_rx.clone(),
+            ))
+        }
+        _ => None,
+    };
     let local_ingest =
         StoreIngest::new(Arc::clone(&local_store), metrics.clone(), stream.clone()).with_live(live.clone());
-    let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.without_sink().with_claims(claims_store));
+    let source_ingest: Arc<dyn Ingest> = Arc::new(local_ingest.clone().with_claims(claims_store));
     let sources = crate::sources::build(&config.kafka, source_ingest, sink.clone(), &metrics).await?;
     let ingest: Arc<dyn Ingest> = if config.kafka.enabled() && config.kafka.produce_http {
         kafka_ingest(&config.kafka)?
     } else {
-        Arc::new(local_ingest.with_sink(sink.clone()))
+        Arc::new(local_ingest)
     };
     let source_status: Vec<_> = sources.iter().map(|s| s.status()).collect();
     let source_tasks: Vec<_> = sources
@@ -491,6 +519,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         let _ = demo.await;
     }
     for task in source_tasks {
+        let _ = task.await;
+    }
+    if let Some(task) = registry_task {
         let _ = task.await;
     }
     let _ = maintenance.await;

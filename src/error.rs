@@ -124,8 +124,8 @@ mod tests {
         };
         // `StorageError::Io` prints its source inline: it is not repeated.
         assert_eq!(chain(&storage), "appending: disk on fire");
-        let ingest = crate::ingest::IngestError::Sink(crate::sinks::SinkError::Unavailable("timeout".into()));
-        assert_eq!(chain(&ingest), "rollup database: database unavailable: timeout");
+        let unavailable = crate::sinks::SinkError::Unavailable("timeout".into());
+        assert_eq!(chain(&unavailable), "database unavailable: timeout");
         // A database error keeps the driver's error as its source.
         let db = crate::sinks::SinkError::Database {
             transient: true,
@@ -134,8 +134,8 @@ mod tests {
         };
         assert!(std::error::Error::source(&db).is_some());
         assert_eq!(
-            chain(&crate::ingest::IngestError::Sink(db)),
-            "rollup database: database unavailable (SQLSTATE 57P01): terminating connection"
+            chain(&db),
+            "database unavailable (SQLSTATE 57P01): terminating connection"
         );
     }
 }

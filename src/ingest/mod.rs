@@ -23,10 +23,6 @@ pub enum IngestError {
     /// The store could not make the events durable; nothing was acknowledged.
     #[error("events could not be stored: {0}")]
     Storage(#[from] StorageError),
-    /// The rollup database refused or did not answer (standalone with PostgreSQL, written
-    /// before the store); nothing was acknowledged.
-    #[error("rollup database: {0}")]
-    Sink(#[source] crate::sinks::SinkError),
     /// The Kafka broker did not acknowledge the events in time (HTTP → Kafka); retry later.
     #[cfg(feature = "kafka")]
     #[error("the Kafka broker did not acknowledge the events")]
@@ -40,7 +36,6 @@ impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Storage(e) => e.class(),
-            Self::Sink(e) => e.class(),
             #[cfg(feature = "kafka")]
             Self::Produce(_) => ErrorClass::External,
             Self::Internal(_) => ErrorClass::Internal,
@@ -100,12 +95,11 @@ pub struct Held {
 }
 
 /// Standalone ingest: straight into an [`EventStore`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreIngest {
     store: Arc<dyn EventStore>,
     metrics: Metrics,
     stream: Option<crate::stream::StreamHandle>,
-    sink: Option<Arc<dyn crate::sinks::RollupSink>>,
     live: Option<crate::live::LiveFeed>,
     /// The data directory's store id when batches are held for the sink's claims.
     claims_store: Option<String>,
@@ -119,7 +113,6 @@ impl StoreIngest {
             store,
             metrics,
             stream,
-            sink: None,
             live: None,
             claims_store: None,
         }
@@ -137,38 +130,11 @@ impl StoreIngest {
         self.live = Some(live);
         self
     }
-
-    /// Also writes the rollups of every batch to `sink` (standalone with PostgreSQL: the sink
-    /// is written first, so a failed request leaves nothing behind; a client retry after a
-    /// lost response can count twice — use Kafka ingestion for exactly-once).
-    pub fn with_sink(mut self, sink: Option<Arc<dyn crate::sinks::RollupSink>>) -> Self {
-        self.sink = sink;
-        self
-    }
-}
-
-/// The [`StoreIngest`] used by the Kafka source: the source writes the sink itself, in the
-/// transaction that also stores its offsets.
-impl StoreIngest {
-    /// A copy that does not write the sink.
-    pub fn without_sink(&self) -> Self {
-        Self {
-            store: Arc::clone(&self.store),
-            metrics: self.metrics.clone(),
-            stream: self.stream.clone(),
-            sink: None,
-            live: self.live.clone(),
-            claims_store: self.claims_store.clone(),
-        }
-    }
 }
 
 #[async_trait]
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
-        if let Some(sink) = &self.sink {
-            sink.write(&batch, &[], &[], None).await.map_err(IngestError::Sink)?;
-        }
         let stored = batch.clone();
         let (appended, ahead) = self.while_preparing(&stored, self.store.append(batch)).await;
         appended?;

@@ -1,13 +1,16 @@
 //! Sinks for continuous-query outputs, one folder per sink behind [`RollupSink`]; [`build`] is
 //! the one registry that turns the configuration into a sink.
 //!
-//! A sink receives every accepted micro-batch together with the source positions (Kafka
-//! partition offsets) it covers and makes the rollup updates of that batch and the positions
-//! durable in one step, so a source that resumes from the sink's positions counts every event
-//! exactly once.
+//! A sink has two inputs. The streaming engine hands it the states of the windows its queries
+//! emit ([`crate::stream::state_sink::StateSink`]): one executor per continuous query, the sink
+//! stores what the engine decided. The Kafka source hands it the source positions (partition
+//! offsets), dead letters and the events-store batch claim of each consumed batch, made durable
+//! in one transaction, so a source that resumes from the sink's positions stores every event
+//! exactly once (and the engine, reading the store, counts it once).
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod registry;
 /// Without the `postgres` feature only the `[postgres]` section is built, so a configuration
 /// file keeps parsing; [`crate::config::Config::validate`] refuses one that sets a URL.
 #[cfg(not(feature = "postgres"))]
@@ -20,7 +23,6 @@ pub mod postgres {
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use tokio::sync::watch;
 
 use crate::error::{Classify, ErrorClass};
@@ -140,17 +142,17 @@ impl SinkError {
     }
 }
 
-/// Where continuous-query outputs become durable and shared.
+/// Where continuous-query outputs become durable and shared, and where the Kafka source keeps
+/// its positions.
 #[async_trait]
-pub trait RollupSink: Send + Sync + std::fmt::Debug {
+pub trait RollupSink: crate::stream::state_sink::StateSink {
     /// Sink kind (`postgres`).
     fn name(&self) -> &'static str;
 
-    /// Applies the rollup updates of `batch`, records `dead_letters`, and advances `positions`,
-    /// all in one transaction. All or nothing.
+    /// Records `dead_letters`, advances `positions` and writes `claim`, all in one
+    /// transaction. All or nothing.
     async fn write(
         &self,
-        batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
         claim: Option<&EventClaim>,
@@ -170,6 +172,9 @@ pub trait RollupSink: Send + Sync + std::fmt::Debug {
     /// later writes for these partitions must continue from exactly there.
     async fn load_positions(&self, partitions: &[(String, i32)]) -> Result<Vec<Option<i64>>, SinkError>;
 
+    /// The continuous queries of the shared registry (every instance's), with their options.
+    async fn registered(&self) -> Result<Vec<CqDefinition>, SinkError>;
+
     /// This instance no longer owns `partitions`.
     fn forget_positions(&self, partitions: &[(String, i32)]);
 
@@ -184,11 +189,12 @@ pub trait RollupSink: Send + Sync + std::fmt::Debug {
 }
 
 /// The configured sink, if any (the `[postgres]` section). `group` names the writer group
-/// whose source offsets it stores (the Kafka consumer group); `queries` follows the registered
-/// continuous queries.
+/// whose source offsets it stores (the Kafka consumer group); `store_id` names this data
+/// directory's share of each rollup; `queries` follows the registered continuous queries.
 pub async fn build(
     config: &postgres::config::PostgresConfig,
     group: &str,
+    store_id: &str,
     queries: watch::Receiver<Vec<CqDefinition>>,
     metrics: &Metrics,
 ) -> Result<Option<Arc<dyn RollupSink>>, SinkError> {
@@ -197,13 +203,15 @@ pub async fn build(
     }
     #[cfg(feature = "postgres")]
     {
-        let sink = postgres::PostgresSink::connect(config, group, queries, metrics.clone()).await?;
-        Ok(Some(Arc::new(sink)))
+        let follow = queries.clone();
+        let sink = Arc::new(postgres::PostgresSink::connect(config, group, store_id, queries, metrics.clone()).await?);
+        sink.follow_registry(follow);
+        Ok(Some(sink))
     }
     // Refused earlier by the configuration check; kept so no path runs without its sink silently.
     #[cfg(not(feature = "postgres"))]
     {
-        let _ = (group, queries, metrics);
+        let _ = (group, store_id, queries, metrics);
         Err(SinkError::Config(
             "this build has no PostgreSQL support (cargo feature `postgres`)".into(),
         ))

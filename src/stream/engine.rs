@@ -55,6 +55,9 @@ pub struct EngineDeps {
     pub live: crate::live::LiveFeed,
     /// In a cluster: where output stores are shared, so tables hold every instance's rows.
     pub shared: Option<Arc<dyn super::shared::SharedOutputs>>,
+    /// Where the states of emitted windows go before the rows enter the output stores (the
+    /// PostgreSQL rollup sink).
+    pub state_sink: Option<Arc<dyn super::state_sink::StateSink>>,
 }
 
 impl std::fmt::Debug for EngineDeps {
@@ -184,6 +187,9 @@ struct Running {
     /// Output rows whose write failed (disk full, read-only, EIO), in emission order; written
     /// before any newer row once the store takes writes again.
     unwritten: Vec<RecordBatch>,
+    /// With a state sink: emissions (states, output rows) the sink has not taken yet, in
+    /// order; their rows reach the output store only once it has.
+    unsunk: Vec<(Vec<RecordBatch>, Vec<RecordBatch>)>,
     /// In a cluster: `Ok` once the table holds every instance's rows, else why not.
     scope: Option<Result<(), String>>,
     /// Registered in this process (not reopened after a restart): its store is new.
@@ -404,6 +410,7 @@ impl StreamEngine {
             paused_at: None,
             paused_input: Vec::new(),
             unwritten: Vec::new(),
+            unsunk: Vec::new(),
             scope: None,
             fresh,
         });
@@ -571,6 +578,7 @@ impl StreamEngine {
                 Ok(p) => {
                     emitted.rows.extend(p.output);
                     emitted.closed.extend(p.closed);
+                    emitted.states.extend(p.states);
                     late.extend(p.late);
                 }
                 Err(e) => {
@@ -579,7 +587,7 @@ impl StreamEngine {
                 }
             }
         }
-        self.persist(i, &emitted.rows, &late).await;
+        self.persist(i, emitted.rows, emitted.states, &late).await;
         emitted.closed
     }
 
@@ -588,7 +596,15 @@ impl StreamEngine {
     /// columns (`__cq_k0` = window_start, `__cq_k1..` = group keys) with `_emitted_at`,
     /// `_final` and `_deleted`, so a sink can upsert (or delete) by key. The local store keeps
     /// every version and the query's table shows the latest.
-    async fn persist(&mut self, i: usize, outputs: &[RecordBatch], late: &[late::LateEvent]) {
+    async fn persist(
+        &mut self,
+        i: usize,
+        outputs: Vec<RecordBatch>,
+        states: Vec<RecordBatch>,
+        late: &[late::LateEvent],
+    ) {
+        let outputs = self.through_state_sink(i, outputs, states).await;
+        let outputs = outputs.as_slice();
         let q = &mut self.queries[i];
         let name = q.rt.def.name.clone();
         for batch in outputs {
@@ -652,6 +668,48 @@ impl StreamEngine {
         }
     }
 
+    /// With a state sink: hands query `i`'s pending and new states to it and returns the output
+    /// rows it may now store (none while the sink refuses: they wait, in order, and go with the
+    /// next emission or tick). Without one, `outputs` as they are.
+    async fn through_state_sink(
+        &mut self,
+        i: usize,
+        outputs: Vec<RecordBatch>,
+        states: Vec<RecordBatch>,
+    ) -> Vec<RecordBatch> {
+        let Some(sink) = self.deps.state_sink.clone() else {
+            return outputs;
+        };
+        let q = &mut self.queries[i];
+        if !states.is_empty() || !outputs.is_empty() {
+            q.unsunk.push((states, outputs));
+        }
+        let emissions: Vec<Vec<RecordBatch>> = q
+            .unsunk
+            .iter()
+            .filter(|(s, _)| !s.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !emissions.is_empty() {
+            let name = q.rt.def.name.clone();
+            if let Err(e) = sink.write_states(&name, &emissions).await {
+                if q.rt.last_error.is_none() {
+                    tracing::warn!(query = %name, error = %e, "the rollup sink did not take emitted windows; their rows wait and are retried");
+                }
+                q.rt.last_error = Some(format!("{} emissions wait for the rollup sink: {e}", q.unsunk.len()));
+                return Vec::new();
+            }
+            if q.rt
+                .last_error
+                .as_deref()
+                .is_some_and(|m| m.contains("wait for the rollup sink"))
+            {
+                q.rt.last_error = None;
+            }
+        }
+        q.unsunk.drain(..).flat_map(|(_, rows)| rows).collect()
+    }
+
     /// Runs input from `source` through every query, downstream queries included.
     async fn dispatch(&mut self, source: &str, batches: Vec<RecordBatch>) {
         self.run_downstream(HashMap::from([(source.to_string(), batches)]), Vec::new())
@@ -706,8 +764,8 @@ impl StreamEngine {
         };
         match self.queries[i].rt.on_input_watermark(watermark, now_micros()).await {
             Ok(out) => {
-                if !out.rows.is_empty() {
-                    self.persist(i, &out.rows, &[]).await;
+                if !out.rows.is_empty() || !out.states.is_empty() {
+                    self.persist(i, out.rows, out.states, &[]).await;
                 }
                 out.closed
             }
@@ -856,8 +914,8 @@ impl StreamEngine {
             if self.queries[i].paused_at.is_none() {
                 match self.queries[i].rt.on_tick(now).await {
                     Ok(out) => {
-                        if !out.rows.is_empty() {
-                            self.persist(i, &out.rows, &[]).await;
+                        if !out.rows.is_empty() || !out.states.is_empty() || !self.queries[i].unsunk.is_empty() {
+                            self.persist(i, out.rows, out.states, &[]).await;
                         }
                         if !out.closed.is_empty() {
                             let name = self.queries[i].rt.def.name.clone();

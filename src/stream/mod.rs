@@ -24,6 +24,7 @@ pub mod rewrite;
 pub mod session;
 pub mod shared;
 pub mod shipped;
+pub mod state_sink;
 pub mod window;
 
 use crate::error::ErrorDetail;

@@ -26,12 +26,16 @@ pub struct Emitted {
     pub rows: Vec<RecordBatch>,
     /// Final rows of closed windows in the SELECT's columns: what downstream queries read.
     pub closed: Vec<RecordBatch>,
+    /// The accumulator states the rows were finalized from (the plan's state schema: one row
+    /// per window and key, its whole state so far): what a state sink stores.
+    pub states: Vec<RecordBatch>,
 }
 
 impl Emitted {
     fn extend(&mut self, other: Emitted) {
         self.rows.extend(other.rows);
         self.closed.extend(other.closed);
+        self.states.extend(other.states);
     }
 }
 
@@ -42,6 +46,8 @@ pub struct Processed {
     pub output: Vec<RecordBatch>,
     /// Final rows for downstream queries (see [`Emitted::closed`]).
     pub closed: Vec<RecordBatch>,
+    /// States of the emitted rows (see [`Emitted::states`]).
+    pub states: Vec<RecordBatch>,
     /// Events too late for their window.
     pub late: Vec<LateEvent>,
 }
@@ -450,6 +456,7 @@ impl CqRuntime {
         Ok(Processed {
             output: out.rows,
             closed: out.closed,
+            states: out.states,
             late,
         })
     }
@@ -483,12 +490,15 @@ impl CqRuntime {
         is_final: bool,
         now_us: i64,
     ) -> Result<Emitted, CqError> {
+        let mut out = Emitted {
+            states: states.clone(),
+            ..Emitted::default()
+        };
         let output = if states.is_empty() {
             Vec::new()
         } else {
             self.plan.finalize(states).await?
         };
-        let mut out = Emitted::default();
         if is_final {
             out.closed = output
                 .iter()

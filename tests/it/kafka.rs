@@ -108,6 +108,26 @@ impl Broker {
         }
     }
 
+    /// `payload` once to each of `topic`'s partitions `0..partitions`.
+    pub async fn produce_to_each_partition(&self, topic: &str, partitions: i32, payload: &[u8]) {
+        let producer: FutureProducer = self
+            .client()
+            .set("message.timeout.ms", "30000")
+            .create()
+            .expect("producer");
+        for partition in 0..partitions {
+            producer
+                .send(
+                    FutureRecord::<(), [u8]>::to(topic)
+                        .payload(payload)
+                        .partition(partition),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce acknowledged");
+        }
+    }
+
     /// Every record of `topic` from the start, read by a fresh group until `n` arrived.
     fn consume_all(&self, topic: &str, n: usize) -> Vec<Consumed> {
         let consumer: BaseConsumer = self

@@ -23,7 +23,7 @@ pub const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 pub const QUERIES: [(&str, &str); 2] = [
     (
         "pm_1m",
-        "CREATE CONTINUOUS QUERY pm_1m AS
+        "CREATE CONTINUOUS QUERY pm_1m WITH (allowed_lateness = '1 hour') AS
          SELECT window_start, window_end, provider, model,
                 count(*) AS requests, sum(input_tokens) AS input_tokens, sum(cost_usd) AS cost_usd,
                 min(latency_ms) AS min_latency_ms, max(latency_ms) AS max_latency_ms,
@@ -34,7 +34,7 @@ pub const QUERIES: [(&str, &str); 2] = [
     ),
     (
         "pm_5m",
-        "CREATE CONTINUOUS QUERY pm_5m AS
+        "CREATE CONTINUOUS QUERY pm_5m WITH (allowed_lateness = '1 hour') AS
          SELECT window_start, window_end, provider, model,
                 sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(cost_usd) AS cost_usd,
                 min(min_latency_ms) AS min_latency_ms, max(max_latency_ms) AS max_latency_ms,
@@ -293,37 +293,69 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-9)
 }
 
-/// Every row equal: counts, integer sums, min and max exactly; the float sum to 1e-9
-/// (summation order differs); the p95 to 1e-6 (the same merged DDSketch).
-pub fn assert_same(what: &str, got: &Rollup, want: &Rollup) {
+/// How `got` differs from `want`, if it does: every row equal (counts, integer sums, min and
+/// max exactly; the float sum to 1e-9, summation order differs; the p95 to 1e-6, the same
+/// merged DDSketch).
+pub fn difference(what: &str, got: &Rollup, want: &Rollup) -> Option<String> {
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
     let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: {} rows stored, {} expected; missing {missing:?}, extra {extra:?}",
-        got.len(),
-        want.len()
-    );
+    if !missing.is_empty() || !extra.is_empty() {
+        return Some(format!(
+            "{what}: {} rows stored, {} expected; missing {missing:?}, extra {extra:?}",
+            got.len(),
+            want.len()
+        ));
+    }
     for (k, w) in want {
         let g = &got[k];
-        assert_eq!(
-            (g.requests, g.input_tokens, g.min_latency_ms, g.max_latency_ms),
-            (w.requests, w.input_tokens, w.min_latency_ms, w.max_latency_ms),
-            "{what} {k:?}"
-        );
-        assert!(
-            close(g.cost_usd, w.cost_usd, 1e-9),
-            "{what} {k:?} cost {} vs {}",
-            g.cost_usd,
-            w.cost_usd
-        );
-        assert!(
-            close(g.p95_latency_ms, w.p95_latency_ms, 1e-6),
-            "{what} {k:?} p95 {} vs {}",
-            g.p95_latency_ms,
-            w.p95_latency_ms
-        );
+        if (g.requests, g.input_tokens, g.min_latency_ms, g.max_latency_ms)
+            != (w.requests, w.input_tokens, w.min_latency_ms, w.max_latency_ms)
+        {
+            return Some(format!("{what} {k:?}: stored {g:?}, expected {w:?}"));
+        }
+        if !close(g.cost_usd, w.cost_usd, 1e-9) {
+            return Some(format!("{what} {k:?} cost {} vs {}", g.cost_usd, w.cost_usd));
+        }
+        if !close(g.p95_latency_ms, w.p95_latency_ms, 1e-6) {
+            return Some(format!("{what} {k:?} p95 {} vs {}", g.p95_latency_ms, w.p95_latency_ms));
+        }
     }
+    None
+}
+
+/// Panics with the [`difference`] of `got` and `want`, if any.
+pub fn assert_same(what: &str, got: &Rollup, want: &Rollup) {
+    if let Some(d) = difference(what, got, want) {
+        panic!("{d}");
+    }
+}
+
+/// Waits until table `table` in PostgreSQL equals `want` (rows reach PostgreSQL when the Hub
+/// closes their windows); panics with the last difference after `timeout`.
+pub async fn wait_same(conn: &mut PgConnection, table: &str, want: &Rollup, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let Some(d) = difference(table, &stored(conn, table).await, want) else {
+            return;
+        };
+        assert!(std::time::Instant::now() < deadline, "after {timeout:?}: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// An event that closes every window of the generated events: `template` (a valid generated
+/// event) moved to the wall clock, without a model (so no rollup row of its own). Sent after
+/// the data (over Kafka: after every record was consumed, to every partition): the queries'
+/// watermark passes every generated window and the Hub emits them; the tests' queries allow
+/// an hour of lateness, so skew between Kafka partitions never makes a data event late.
+pub fn closing_event(template: &[u8]) -> Vec<u8> {
+    let mut event: serde_json::Value = serde_json::from_slice(template).expect("a generated event");
+    event["event_id"] = serde_json::Value::from(uuid::Uuid::new_v4().to_string());
+    event["timestamp"] = serde_json::Value::from(chrono::Utc::now().to_rfc3339());
+    if let Some(payload) = event["payload"].as_object_mut() {
+        payload.remove("model");
+    }
+    event.to_string().into_bytes()
 }
 
 /// Sum of the stored next offsets of `group`.

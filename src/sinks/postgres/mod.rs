@@ -1,7 +1,8 @@
 //! PostgreSQL/TimescaleDB rollup sink: every continuous query's output lands in a table named
-//! after it, kept exact by merging per-batch deltas ([`rollup`]), with the Kafka offsets the
-//! batch covers advanced in the same transaction ([`offsets`]). Writes go through a circuit
-//! breaker ([`CircuitBreaker`]) and are retried by the caller with its [`RetryPolicy`].
+//! after it, written from the states of the windows the streaming engine emits and merged
+//! across instances ([`rollup`]); the Kafka source's offsets, dead letters and batch claims are
+//! written in one transaction per consumed batch ([`offsets`], [`claims`]). Writes go through a
+//! circuit breaker ([`CircuitBreaker`]) and are retried by their caller.
 
 mod claims;
 pub mod columns;
@@ -12,8 +13,8 @@ pub mod rollup;
 mod tables;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,7 +28,6 @@ pub use config::PostgresConfig;
 
 use self::tables::Tables;
 use super::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
-use crate::event::EVENTS_TABLE;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
 use crate::stream::catalog::CqDefinition;
@@ -75,6 +75,8 @@ pub struct PostgresSink {
     pool: PgPool,
     group: String,
     instance: String,
+    /// This data directory's id: the `_store` of its parts of every rollup.
+    store_id: String,
     retry: RetryPolicy,
     breaker: CircuitBreaker,
     metrics: Metrics,
@@ -94,6 +96,7 @@ impl PostgresSink {
     pub async fn connect(
         config: &PostgresConfig,
         group: &str,
+        store_id: &str,
         queries: watch::Receiver<Vec<CqDefinition>>,
         metrics: Metrics,
     ) -> Result<Self, SinkError> {
@@ -115,6 +118,7 @@ impl PostgresSink {
             pool,
             group: group.to_string(),
             instance: config.instance(),
+            store_id: store_id.to_string(),
             retry: RetryPolicy {
                 initial: Duration::from_millis(config.retry_initial_ms),
                 multiplier: config.retry_multiplier as f32,
@@ -143,6 +147,48 @@ impl PostgresSink {
         Ok(sink)
     }
 
+    /// Runs one write through the circuit breaker, timing it as `query_type` and counting its
+    /// outcome.
+    async fn guarded<F: std::future::Future<Output = Result<(), SinkError>>>(
+        &self,
+        query_type: &str,
+        write: impl FnOnce() -> F,
+    ) -> Result<(), SinkError> {
+        let outcome = match self.breaker.allow() {
+            Err(left) => Err(SinkError::Unavailable(format!(
+                "circuit breaker open for another {:.1} s",
+                left.as_secs_f64()
+            ))),
+            Ok(()) => {
+                let started = Instant::now();
+                let r = write().await;
+                self.observe(query_type, started);
+                match &r {
+                    Err(e) if e.is_unavailable() => self.breaker.failure(),
+                    _ => self.breaker.success(),
+                }
+                r
+            }
+        };
+        self.metrics.db_circuit_breaker_state.set(self.breaker.state().gauge());
+        let result = match &outcome {
+            Ok(()) => "ok",
+            Err(e) if e.is_unavailable() => "unavailable",
+            Err(SinkError::Fenced(_)) => "fenced",
+            Err(_) => "error",
+        };
+        self.metrics.db_writes_total.with_label_values(&[result]).inc();
+        match &outcome {
+            Ok(()) => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                *lock(&self.last_error) = Some(e.to_string());
+            }
+        }
+        outcome
+    }
+
     fn expected(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
         lock(&self.expected)
     }
@@ -156,7 +202,6 @@ impl PostgresSink {
 
     async fn write_txn(
         &self,
-        batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
         claim: Option<&EventClaim>,
@@ -187,18 +232,6 @@ impl PostgresSink {
             offsets::advance(&mut tx, &self.group, p, *expected, &self.instance).await?;
         }
         let applied = async {
-            let mut inputs: HashMap<String, Vec<RecordBatch>> =
-                HashMap::from([(EVENTS_TABLE.to_string(), vec![batch.clone()])]);
-            for table in tables.list() {
-                let Some(input) = inputs.get(&table.source) else {
-                    continue;
-                };
-                let downstream = tables.has_downstream(&table.name);
-                let out = table.apply(&mut tx, input, downstream).await?;
-                if downstream {
-                    inputs.insert(table.name.clone(), out);
-                }
-            }
             offsets::dead_letters(&mut tx, dead_letters).await?;
             if let Some(claim) = claim {
                 claims::insert(&mut tx, claim).await?;
@@ -206,10 +239,7 @@ impl PostgresSink {
             tx.commit().await.map_err(classify_db)
         }
         .await;
-        // Partitions created in a rolled-back transaction are gone: only committed ones count.
-        for table in tables.list() {
-            table.settle(applied.is_ok());
-        }
+        drop(tables);
         applied?;
         // Only partitions still owned: a write that finishes after a rebalance made this
         // instance forget a partition must not bring its stale offset back.
@@ -223,6 +253,74 @@ impl PostgresSink {
     }
 }
 
+impl PostgresSink {
+    /// Creates the tables of queries as they are registered (not only at their first emitted
+    /// window), so a dashboard can point at a table as soon as its query exists. Ends with the
+    /// sink or the registry.
+    pub fn follow_registry(self: &Arc<Self>, mut queries: watch::Receiver<Vec<CqDefinition>>) {
+        let sink = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while queries.changed().await.is_ok() {
+                let Some(sink) = sink.upgrade() else { break };
+                let mut tables = sink.tables.lock().await;
+                if let Err(e) = tables.prepare(&sink.pool, &sink.metrics).await {
+                    tracing::debug!(error = %e, "rollup tables not created yet; they are at the next write");
+                }
+                *lock(&sink.table_status) = tables.status();
+            }
+        });
+    }
+
+    /// One transaction: this instance's part of query `name`'s emitted windows, and the merged
+    /// rows they touch.
+    async fn states_txn(&self, name: &str, emissions: &[Vec<RecordBatch>]) -> Result<(), SinkError> {
+        let mut tables = self.tables.lock().await;
+        tables.prepare(&self.pool, &self.metrics).await?;
+        *lock(&self.table_status) = tables.status();
+        let Some(table) = tables.list().iter().find(|t| t.name == name) else {
+            // Not stored (its reason is in the status), or registered after the last rebuild.
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await.map_err(classify_db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_db)?;
+        let applied = async {
+            table.write_states(&mut tx, &self.store_id, emissions).await?;
+            tx.commit().await.map_err(classify_db)
+        }
+        .await;
+        // Partitions created in a rolled-back transaction are gone: only committed ones count.
+        table.settle(applied.is_ok());
+        applied
+    }
+}
+
+#[async_trait]
+impl crate::stream::state_sink::StateSink for PostgresSink {
+    async fn write_states(
+        &self,
+        name: &str,
+        emissions: &[Vec<RecordBatch>],
+    ) -> Result<(), crate::stream::state_sink::StateSinkError> {
+        if emissions.iter().flatten().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        match self.guarded("write_states", || self.states_txn(name, emissions)).await {
+            Err(e) if e.is_unavailable() => Err(e.into()),
+            // Retrying cannot help (a table changed under the Hub, a bug): the Hub's own table
+            // must not wait forever; the error stays in the sink's status and the log.
+            Err(e) => {
+                tracing::error!(query = %name, error = %e, "emitted windows not stored in PostgreSQL; its table there misses them");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl RollupSink for PostgresSink {
     fn name(&self) -> &'static str {
@@ -231,46 +329,13 @@ impl RollupSink for PostgresSink {
 
     async fn write(
         &self,
-        batch: &RecordBatch,
         dead_letters: &[DeadLetter],
         positions: &[SourcePosition],
         claim: Option<&EventClaim>,
     ) -> Result<(), SinkError> {
-        let outcome = match self.breaker.allow() {
-            Err(left) => Err(SinkError::Unavailable(format!(
-                "circuit breaker open for another {:.1} s",
-                left.as_secs_f64()
-            ))),
-            Ok(()) => {
-                let started = Instant::now();
-                let r = self.write_txn(batch, dead_letters, positions, claim).await;
-                self.observe("write_txn", started);
-                match &r {
-                    Err(e) if e.is_unavailable() => self.breaker.failure(),
-                    _ => self.breaker.success(),
-                }
-                r
-            }
-        };
-        self.metrics.db_circuit_breaker_state.set(self.breaker.state().gauge());
-        let result = match &outcome {
-            Ok(()) => "ok",
-            Err(e) if e.is_unavailable() => "unavailable",
-            Err(SinkError::Fenced(_)) => "fenced",
-            Err(_) => "error",
-        };
-        self.metrics.db_writes_total.with_label_values(&[result]).inc();
-        match &outcome {
-            Ok(()) => {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                *lock(&self.last_error) = Some(e.to_string());
-            }
-        }
-        outcome
+        self.guarded("write_txn", || self.write_txn(dead_letters, positions, claim))
+            .await
     }
-
     async fn load_positions(&self, partitions: &[(String, i32)]) -> Result<Vec<Option<i64>>, SinkError> {
         let started = Instant::now();
         {
@@ -300,6 +365,15 @@ impl RollupSink for PostgresSink {
 
     async fn forget_claims(&self, store_id: &str, oldest_seq: u64) -> Result<u64, SinkError> {
         claims::forget(&self.pool, store_id, oldest_seq).await
+    }
+
+    async fn registered(&self) -> Result<Vec<CqDefinition>, SinkError> {
+        self.tables
+            .lock()
+            .await
+            .migrate_if_needed(&self.pool, &self.metrics)
+            .await?;
+        tables::registered(&self.pool).await
     }
 
     fn forget_positions(&self, partitions: &[(String, i32)]) {

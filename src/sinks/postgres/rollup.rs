@@ -1,17 +1,14 @@
-//! One continuous query's output table in PostgreSQL, kept up to date by merging *deltas*.
+//! One continuous query's output table in PostgreSQL, written from the streaming engine's
+//! emissions (one executor per query: the table holds exactly what the query's own table in
+//! the Hub holds, with the same lateness, watermark and updating rules).
 //!
-//! Each micro-batch is run through the query's partial aggregate (the same DataFusion plan
-//! split the streaming engine uses), giving accumulator states per (window, key) for just that
-//! batch. Inside the sink's transaction those deltas are merged with the states stored in the
-//! table (`PartialReduce`), finalized (`Final` + the rest of the plan), and upserted: the row
-//! holds the SELECT's columns, the group columns `_g*` and the accumulator states `_s*`. So a
-//! row always equals the query over every event written so far, whatever instance or partition
-//! the events came through, and percentiles stay exact to the sketch because the sketch state
-//! is merged, not the percentile.
-//!
-//! Downstream queries (`FROM llm_provider_model_1m`) receive the finalized *delta* rows, which
-//! is exact for the merge-style aggregates derived rollups use (`sum`, `min`, `max`,
-//! `sketch_merge`); `count(*)` over an upstream would count deltas, not windows.
+//! The engine hands over the accumulator states of the windows it emits. Each instance's
+//! states land in `hub_parts.<name>` keyed by its data directory (`_store`), window and key
+//! (replaced on every emission, so an emission written twice after a restart is stored once);
+//! the table's row is the merge of every instance's part (`PartialReduce`), finalized (`Final`
+//! and the rest of the plan) and upserted: the SELECT's columns, the group columns `_g*` and
+//! the merged states `_s*`. With one instance the row is the engine's own; with several (a
+//! Kafka consumer group) each window's shares are merged exactly, percentiles to the sketch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,6 +30,9 @@ use crate::stream::window::{Span, WindowSpec, window_spec};
 
 /// Longest table name: PostgreSQL allows 63 bytes and partitions add `_p202611`.
 const MAX_TABLE_NAME: usize = 54;
+
+/// The schema of the per-instance parts tables (one per stored query, named after it).
+const PARTS_SCHEMA: &str = "hub_parts";
 
 /// A query's output table and the plan pieces that maintain it.
 #[derive(Debug)]
@@ -225,35 +225,209 @@ impl RollupTable {
         }
     }
 
-    /// Merges the deltas of `input` (rows of [`Self::source`]) into the table. Returns the
-    /// finalized delta rows for downstream queries when `downstream`.
-    pub async fn apply(
+    /// The table holding each instance's states of this query (`hub_parts.<name>`): one row
+    /// per data directory (`_store`), window and key, replaced by every later emission of the
+    /// same window and key, so writing an emission twice stores it once.
+    fn parts_table(&self) -> String {
+        format!("{PARTS_SCHEMA}.{}", quote_ident(&self.name))
+    }
+
+    /// Creates [`Self::parts_table`] if missing (its schema is made by the migrations).
+    pub async fn create_parts(&self, conn: &mut PgConnection) -> Result<(), SinkError> {
+        let mut ddl = vec![
+            "_store text NOT NULL".to_string(),
+            "window_start timestamptz NOT NULL".to_string(),
+        ];
+        for (name, kind) in self.state_names().iter().zip(&self.state_kinds) {
+            ddl.push(format!("{} {}", quote_ident(name), kind.sql()));
+        }
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{PARTS_SCHEMA}.{}", quote_ident(&self.name)))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        if exists {
+            return Ok(());
+        }
+        let mut keys = self.key_columns();
+        keys.push("_store".into());
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}, UNIQUE NULLS NOT DISTINCT ({}))",
+            self.parts_table(),
+            ddl.join(", "),
+            keys.join(", ")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Stores `states` (the engine's states of emitted windows, in emission order) as data
+    /// directory `store`'s part, then rewrites each touched row of the table as the merge of
+    /// every store's part: with one instance that is the engine's own row; with several (a
+    /// Kafka consumer group), each instance's share of the window merged by the same
+    /// accumulators the engine uses, so a percentile is exact to the sketch.
+    pub async fn write_states(
         &self,
         conn: &mut PgConnection,
-        input: &[RecordBatch],
-        downstream: bool,
-    ) -> Result<Vec<RecordBatch>, SinkError> {
-        let mut deltas = Vec::new();
-        for batch in input.iter().filter(|b| b.num_rows() > 0) {
-            deltas.extend(self.plan.partial(batch.clone()).await.map_err(internal)?);
+        store: &str,
+        emissions: &[Vec<RecordBatch>],
+    ) -> Result<(), SinkError> {
+        let mut merged_emissions = Vec::with_capacity(emissions.len());
+        for emission in emissions {
+            let own = self.own_layout(emission)?;
+            if own.is_empty() {
+                continue;
+            }
+            let reduced = self.plan.reduce(own).await.map_err(internal)?;
+            merged_emissions.push(concat_batches(&self.plan.state_schema, &reduced).map_err(internal)?);
         }
-        let delta = self.plan.reduce(deltas).await.map_err(internal)?;
-        let delta = concat_batches(&self.plan.state_schema, &delta).map_err(internal)?;
-        if delta.num_rows() == 0 {
-            return Ok(Vec::new());
+        let latest = self.latest_per_key(&merged_emissions)?;
+        if latest.num_rows() == 0 {
+            return Ok(());
         }
-        self.ensure_partitions(conn, &delta).await?;
-        let stored = self.load_states(conn, &delta).await?;
-        let merged = self.plan.reduce(vec![stored, delta.clone()]).await.map_err(internal)?;
+        self.ensure_partitions(conn, &latest).await?;
+        self.upsert_parts(conn, store, &latest).await?;
+        let parts = self.load_parts(conn, &latest).await?;
+        let merged = self.plan.reduce(vec![parts]).await.map_err(internal)?;
         let merged = concat_batches(&self.plan.state_schema, &merged).map_err(internal)?;
         let finals = self.plan.finalize(vec![merged.clone()]).await.map_err(internal)?;
         let finals = concat_batches(&self.plan.output_schema, &finals).map_err(internal)?;
-        self.upsert(conn, &merged, &finals).await?;
-        if !downstream {
-            return Ok(Vec::new());
+        self.upsert(conn, &merged, &finals).await
+    }
+
+    /// The engine's state batches in the sink's state schema (the same plan of the same SQL;
+    /// checked column by column).
+    fn own_layout(&self, states: &[RecordBatch]) -> Result<Vec<RecordBatch>, SinkError> {
+        let schema = &self.plan.state_schema;
+        let mut own = Vec::with_capacity(states.len());
+        for b in states.iter().filter(|b| b.num_rows() > 0) {
+            let same = b.num_columns() == schema.fields().len()
+                && b.columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .all(|(c, f)| c.data_type() == f.data_type());
+            if !same {
+                return Err(SinkError::Internal(crate::error::ErrorDetail::message(format!(
+                    "`{}`: the engine's states do not have the sink's layout",
+                    self.name
+                ))));
+            }
+            own.push(RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec()).map_err(internal)?);
         }
-        let out = self.plan.finalize(vec![delta]).await.map_err(internal)?;
-        out.iter().map(|b| self.layout.user_rows(b).map_err(internal)).collect()
+        Ok(own)
+    }
+
+    /// Merged emissions (one row per window and key each), oldest first, keeping the last row
+    /// of each window and key (an updating query emits a key again with its newer state).
+    fn latest_per_key(&self, emissions: &[RecordBatch]) -> Result<RecordBatch, SinkError> {
+        let schema = &self.plan.state_schema;
+        let all = concat_batches(schema, emissions).map_err(internal)?;
+        let keys = self.codec.encode(&all, &self.key_state).map_err(internal)?;
+        let mut last: HashMap<_, u32> = HashMap::with_capacity(keys.len());
+        for (row, key) in (0u32..).zip(keys) {
+            last.insert(key, row);
+        }
+        if last.len() == all.num_rows() {
+            return Ok(all);
+        }
+        let mut rows: Vec<u32> = last.into_values().collect();
+        rows.sort_unstable();
+        let indices = UInt32Array::from(rows);
+        let columns = all
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        RecordBatch::try_new(Arc::clone(schema), columns).map_err(internal)
+    }
+
+    /// Replaces `store`'s states of the windows and keys in `states`.
+    async fn upsert_parts(&self, conn: &mut PgConnection, store: &str, states: &RecordBatch) -> Result<(), SinkError> {
+        let names: Vec<String> = self.state_names().iter().map(|n| quote_ident(n)).collect();
+        let mut params = vec![format!("${}::timestamptz[]", 2)];
+        params.extend(
+            self.state_kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("${}::{}", i + 3, k.array_cast())),
+        );
+        let updates: Vec<String> = names
+            .iter()
+            .skip(self.plan.group_len)
+            .map(|n| format!("{n} = EXCLUDED.{n}"))
+            .collect();
+        let mut keys = self.key_columns();
+        keys.push("_store".into());
+        let sql = format!(
+            "INSERT INTO {} (_store, window_start, {}) SELECT $1, * FROM unnest({}) ON CONFLICT ({}) DO {}",
+            self.parts_table(),
+            names.join(", "),
+            params.join(", "),
+            keys.join(", "),
+            if updates.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", updates.join(", "))
+            }
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(store);
+        query = bind(
+            query,
+            to_pg(states.column(self.plan.window_start_idx), PgKind::Timestamp)?,
+        );
+        for (i, kind) in self.state_kinds.iter().enumerate() {
+            query = bind(query, to_pg(states.column(i), *kind)?);
+        }
+        query.execute(&mut *conn).await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Every store's states of the windows and keys in `states`.
+    async fn load_parts(&self, conn: &mut PgConnection, states: &RecordBatch) -> Result<RecordBatch, SinkError> {
+        let groups = self.group_names();
+        let names = self.state_names();
+        let select: Vec<String> = names
+            .iter()
+            .zip(&self.state_kinds)
+            .map(|(n, k)| k.select_expr(&format!("t.{}", quote_ident(n))))
+            .collect();
+        let params: Vec<String> = (0..groups.len())
+            .map(|i| format!("${}::{}", i + 1, self.state_kinds[i].array_cast()))
+            .collect();
+        let aliases: Vec<String> = (0..groups.len()).map(|i| format!("c{i}")).collect();
+        let ws = self.plan.window_start_idx;
+        let mut on = vec![format!("t.window_start = k.c{ws}")];
+        on.extend(
+            groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| format!("t.{} IS NOT DISTINCT FROM k.c{i}", quote_ident(g))),
+        );
+        let sql = format!(
+            "SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
+            select.join(", "),
+            self.parts_table(),
+            params.join(", "),
+            aliases.join(", "),
+            on.join(" AND ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in 0..groups.len() {
+            query = bind(query, to_pg(states.column(i), self.state_kinds[i])?);
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
+        let schema = &self.plan.state_schema;
+        let columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| read_column(&rows, i, self.state_kinds[i], f.data_type()))
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        RecordBatch::try_new(Arc::clone(schema), columns).map_err(internal)
     }
 
     async fn ensure_partitions(&self, conn: &mut PgConnection, delta: &RecordBatch) -> Result<(), SinkError> {
@@ -294,50 +468,6 @@ impl RollupTable {
         if committed {
             super::lock(&self.months).extend(pending);
         }
-    }
-
-    /// Stored states of the (window, key) groups in `delta`.
-    async fn load_states(&self, conn: &mut PgConnection, delta: &RecordBatch) -> Result<RecordBatch, SinkError> {
-        let groups = self.group_names();
-        let names = self.state_names();
-        let select: Vec<String> = names
-            .iter()
-            .zip(&self.state_kinds)
-            .map(|(n, k)| k.select_expr(&format!("t.{}", quote_ident(n))))
-            .collect();
-        let params: Vec<String> = (0..groups.len())
-            .map(|i| format!("${}::{}", i + 1, self.state_kinds[i].array_cast()))
-            .collect();
-        let aliases: Vec<String> = (0..groups.len()).map(|i| format!("c{i}")).collect();
-        let ws = self.plan.window_start_idx;
-        let mut on = vec![format!("t.window_start = k.c{ws}")];
-        on.extend(
-            groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| format!("t.{} IS NOT DISTINCT FROM k.c{i}", quote_ident(g))),
-        );
-        let sql = format!(
-            "SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
-            select.join(", "),
-            quote_ident(&self.name),
-            params.join(", "),
-            aliases.join(", "),
-            on.join(" AND ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for i in 0..groups.len() {
-            query = bind(query, to_pg(delta.column(i), self.state_kinds[i])?);
-        }
-        let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
-        let schema = &self.plan.state_schema;
-        let columns = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| read_column(&rows, i, self.state_kinds[i], f.data_type()))
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-        RecordBatch::try_new(Arc::clone(schema), columns).map_err(internal)
     }
 
     async fn upsert(

@@ -20,6 +20,26 @@ use crate::stream::query::source_of;
 /// How often the shared registry is re-read for queries registered on other instances.
 const REGISTRY_REFRESH: Duration = Duration::from_secs(10);
 
+/// The queries of the shared registry, oldest first, with the options they were registered
+/// with (defaults for rows written before options were kept).
+pub async fn registered(pool: &PgPool) -> Result<Vec<CqDefinition>, SinkError> {
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT name, sql, options::text FROM hub_continuous_queries ORDER BY registered_at, name")
+            .fetch_all(pool)
+            .await
+            .map_err(classify_db)?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, sql, options)| CqDefinition {
+            options: options.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default(),
+            name,
+            sql,
+            paused: false,
+            created_at_us: 0,
+        })
+        .collect())
+}
+
 /// Tables in dependency order (a query after the query it reads).
 #[derive(Debug)]
 pub struct Tables {
@@ -56,11 +76,6 @@ impl Tables {
         &self.list
     }
 
-    /// Whether a stored query reads `name`.
-    pub fn has_downstream(&self, name: &str) -> bool {
-        self.list.iter().any(|t| t.source == name)
-    }
-
     /// Applies the migrations once.
     pub async fn migrate_if_needed(&mut self, pool: &PgPool, metrics: &Metrics) -> Result<(), SinkError> {
         if self.migrate && !self.migrated {
@@ -86,21 +101,10 @@ impl Tables {
             return Ok(());
         }
         let local = self.queries.borrow_and_update().clone();
-        let shared: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, sql FROM hub_continuous_queries ORDER BY registered_at, name")
-                .fetch_all(pool)
-                .await
-                .map_err(classify_db)?;
         let mut defs = local.clone();
-        for (name, sql) in shared {
-            if !defs.iter().any(|d| d.name == name) {
-                defs.push(CqDefinition {
-                    name,
-                    sql,
-                    options: Default::default(),
-                    paused: false,
-                    created_at_us: 0,
-                });
+        for def in registered(pool).await? {
+            if !defs.iter().any(|d| d.name == def.name) {
+                defs.push(def);
             }
         }
         let mut known: Vec<&String> = self
@@ -164,20 +168,25 @@ impl Tables {
                 Err(e) => return Err(e),
             };
             let kind = table.create(&mut conn).await?;
+            table.create_parts(&mut conn).await?;
             if let Err(reason) = table.check_columns(&mut conn).await? {
                 tracing::warn!(query = %def.name, %reason, "continuous query not stored in postgres");
                 skipped.push((def.name.clone(), reason));
                 continue;
             }
+            let options = serde_json::to_string(&def.options)
+                .map_err(|e| SinkError::Internal(crate::error::ErrorDetail::of(e)))?;
             sqlx::query(
-                "INSERT INTO hub_continuous_queries (name, sql, source, output_table, storage) VALUES ($1, $2, $3, $1, $4)
+                "INSERT INTO hub_continuous_queries (name, sql, source, output_table, storage, options)
+                 VALUES ($1, $2, $3, $1, $4, $5::jsonb)
                  ON CONFLICT (name) DO UPDATE SET sql = EXCLUDED.sql, source = EXCLUDED.source,
-                     storage = EXCLUDED.storage, updated_at = now()",
+                     storage = EXCLUDED.storage, options = EXCLUDED.options, updated_at = now()",
             )
             .bind(&def.name)
             .bind(&def.sql)
             .bind(&source)
             .bind(&kind)
+            .bind(options)
             .execute(&mut *conn)
             .await
             .map_err(classify_db)?;

@@ -274,7 +274,7 @@ async fn write_sink(
         "rollup sink write (ingestion paused)",
         sink.retry_policy(),
         shutdown,
-        || sink.write(&out.batch, &letters, &positions, claim),
+        || sink.write(&letters, &positions, claim),
     )
     .await
 }
