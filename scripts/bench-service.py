@@ -16,6 +16,10 @@ Generates N events to a file, then prints, in one run on this machine:
      1m / 5m window's end and its row appearing (the allowed lateness, 5 s, is part of it).
   `--stream-clients K` (issue #20): K `GET /api/v1/stream?topic=events` clients read every row
      during the ingest phases; prints the rows each received (the cost of the live feed).
+  `--postgres URL` (issue #19): after the ingest phases, the same batch ingest and single
+     events into a second Hub writing the PostgreSQL rollup sink (a fresh database on the server
+     at URL, dropped after), then checks every rollup row the Hub emitted is in PostgreSQL with
+     the same request counts: the cost of the sink, measured next to the Hub without it.
   `--only export` (issue #18): the batch ingest, then a Parquet snapshot of every event
      (partitioned by date and model) through `POST /api/v1/exports`, rows/s and the Hub's peak
      RSS during the export (VmHWM reset just before it), next to DuckDB writing the same rows
@@ -53,6 +57,8 @@ ap.add_argument("--only", choices=["batch", "export", "ingest"],
 ap.add_argument("--stream-clients", type=int, default=0,
                 help="Server-Sent Events clients following the events topic during the ingest phases (issue #20)")
 ap.add_argument("--input", help="NDJSON file of --events events to use instead of generating one")
+ap.add_argument("--postgres", help="PostgreSQL server URL without a database (postgres://user@host:port): "
+                "also measure ingest with the rollup sink into a fresh database there")
 args = ap.parse_args()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,10 +72,13 @@ def free_port():
 class Hub:
     """The release binary on a free loopback port with a fresh data directory."""
 
-    def __init__(self):
+    def __init__(self, database_url=None):
         self.data = tempfile.mkdtemp(prefix="hub-bench-service-")
         self.port = free_port()
         env = dict(os.environ, PGWIRE_ENABLED="false", LOG_LEVEL="warn")
+        env.pop("DATABASE_URL", None)
+        if database_url:
+            env["DATABASE_URL"] = database_url
         config = ["--config", args.hub_config] if args.hub_config else []
         self.proc = subprocess.Popen(
             [args.bin, *config, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data],
@@ -281,6 +290,56 @@ def served_summary(served):
 LEVELS = [("1m", 60), ("5m", 300), ("1h", 3600)]
 
 
+def psql(url, sql):
+    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def postgres_phase(path, template, rate_without, rps_without):
+    """Batch ingest and single events with the PostgreSQL sink, then the rows checked."""
+    db = f"hub_bench_{uuid.uuid4().hex[:12]}"
+    url = f"{args.postgres.rstrip('/')}/{db}"
+    hub = Hub(database_url=url)
+    try:
+        rate, elapsed = batch_ingest(hub, path)
+        print(f"serve + PostgreSQL sink, HTTP batch ingest: {rate:12,.0f} events/s ({elapsed:.1f} s) "
+              f"= {rate / rate_without:.2f}x without the sink")
+        print(f"  peak RSS after {args.events} events: {hub.peak_rss_mb():.0f} MB")
+        if args.only != "batch":
+            rps, p50, p99, non2xx, group, served = single_events(hub, template)
+            print(f"  single-event POST, wrk 32 conns {args.wrk_seconds} s: {rps:10,.0f} req/s  p50 {p50:.2f} ms  "
+                  f"p99 {p99:.2f} ms  non-2xx {non2xx} = {rps / rps_without:.2f}x without the sink")
+        # One event at the wall clock closes every generated window; then every row the Hub
+        # emitted must be in PostgreSQL with the same counts.
+        closing = json.loads(template)
+        closing["event_id"] = str(uuid.uuid4())
+        closing["timestamp"] = datetime.now(timezone.utc).isoformat()
+        closing.get("payload", {}).pop("model", None)
+        status, _ = hub.request("POST", "/api/v1/events", json.dumps(closing).encode())
+        if status != 200:
+            raise SystemExit(f"closing event refused: {status}")
+        table = "llm_provider_model_1m"
+        last = hub.sql("SELECT CAST(max(timestamp) AS VARCHAR) AS t FROM events WHERE model IS NOT NULL")[0]["t"]
+        deadline = time.time() + 120
+        while not hub.sql(f"SELECT count(*) AS n FROM {table} WHERE window_end > TIMESTAMP '{last}'")[0]["n"]:
+            if time.time() > deadline:
+                raise SystemExit(f"{table}: the window of the last event ({last}) was not emitted in 120 s")
+            time.sleep(0.2)
+        q = f"SELECT count(*) AS n, CAST(sum(requests) AS BIGINT) AS r FROM {table}"
+        while True:
+            hub_rows = hub.sql(q)[0]
+            pg = psql(url, q.replace(" AS n", "").replace(" AS r", "")).split("|")
+            if [str(hub_rows["n"]), str(hub_rows["r"])] == pg and hub_rows["n"] > 0:
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"{table}: the Hub has {hub_rows}, PostgreSQL {pg}")
+            time.sleep(0.2)
+        print(f"  {table}: {hub_rows['n']} rows, {hub_rows['r']:,} requests in the Hub and in PostgreSQL alike")
+    finally:
+        hub.stop()
+        subprocess.run(["psql", f"{args.postgres.rstrip('/')}/postgres", "-qc",
+                        f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], check=False, capture_output=True)
+
+
 def fast_clock_freshness(hub):
     """Event time runs far ahead of the wall clock: 30 s of events per step, 100 events/s."""
     gen = subprocess.run(
@@ -471,20 +530,22 @@ def main():
         if streams:
             got = streams.wait_for(args.events)
             print(f"  {len(got)} stream clients received {min(got):,}..{max(got):,} rows each")
-        if args.only == "batch":
-            return
-        rps, p50, p99, non2xx, group, served = single_events(hub, template)
-        print(f"single-event POST, wrk 32 conns {args.wrk_seconds} s:   {rps:10,.0f} req/s  p50 {p50:.2f} ms  "
-              f"p99 {p99:.2f} ms  non-2xx {non2xx}  mean WAL group {group:.1f} requests/fdatasync")
-        print(f"  in the Hub (its own histogram): {served_summary(served)}")
-        if streams:
-            print(f"  stream clients received {min(streams.counts):,}..{max(streams.counts):,} rows each in all")
-        if args.only == "ingest":
-            return
+        rps = float("nan")
+        if args.only != "batch":
+            rps, p50, p99, non2xx, group, served = single_events(hub, template)
+            print(f"single-event POST, wrk 32 conns {args.wrk_seconds} s:   {rps:10,.0f} req/s  p50 {p50:.2f} ms  "
+                  f"p99 {p99:.2f} ms  non-2xx {non2xx}  mean WAL group {group:.1f} requests/fdatasync")
+            print(f"  in the Hub (its own histogram): {served_summary(served)}")
+            if streams:
+                print(f"  stream clients received {min(streams.counts):,}..{max(streams.counts):,} rows each in all")
     finally:
         if streams:
             streams.close()
         hub.stop()
+    if args.postgres:
+        postgres_phase(path, template, rate, rps)
+    if args.only in ("batch", "ingest"):
+        return
 
     hub = Hub()
     try:

@@ -8,14 +8,16 @@
 //! 3. **Durable append** through an [`Ingest`]: standalone, the local store's WAL (group
 //!    commit: an append is acknowledged only once its own records are synced). `Ok` means
 //!    durable; an error means none of the batch was acknowledged (503 / retried).
-//!    - Standalone with PostgreSQL, the rollup sink is written first, then the store: a failed
-//!      request leaves nothing behind; a client retry after a lost answer may count twice
-//!      (at-least-once). The Kafka source writes the sink after the append, in the transaction
-//!      that stores its offsets (exactly-once).
+//!    - Over HTTP a client retry after a lost answer may store twice (at-least-once). The
+//!      Kafka source appends the batch held and claims it in the sink's transaction that
+//!      stores its offsets (exactly-once).
 //!    - With `kafka.produce_http`, HTTP events are produced to Kafka instead (with their
 //!      original JSON) and stored when consumed.
 //! 4. **Continuous queries** get the stored batch after it is durable (a crash in between is
 //!    caught up from the store on restart). Their output tables are written by the engine.
+//! 5. **Sinks** get what the queries emit: each emitted window goes to the PostgreSQL rollup
+//!    sink first, then to the query's own table ([`crate::stream::state_sink`]); a restart
+//!    emits again what the table lacks, and the sink stores a window emitted twice once.
 //!
 //! HTTP (`http/events.rs`) and the demo traffic (`app.rs`) are thin adapters over
 //! [`Pipeline::accept_body`]; the Kafka source (`sources/kafka/pipeline.rs`) decodes consumed

@@ -28,6 +28,23 @@ fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
     generated(seed, n, 0.005).into_iter().map(String::into_bytes).collect()
 }
 
+/// Posts `valid` in NDJSON bodies of 2,000 events, each answered 200, then the
+/// [`closing_event`].
+async fn post_then_close(hub: &Hub, valid: &[Vec<u8>]) {
+    for chunk in valid.chunks(2_000) {
+        let body = chunk
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (status, body) = hub.post_ndjson(body).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let closing = String::from_utf8(closing_event(&valid[0])).expect("utf-8");
+    let (status, body) = hub.post_ndjson(closing).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Once every record is consumed: closes the generated windows on every partition, then waits
 /// for PostgreSQL to hold the oracle's rows.
 async fn close_and_check(broker: &Broker, topic: &str, conn: &mut sqlx::PgConnection, produced: &[Vec<u8>]) {
@@ -85,19 +102,7 @@ async fn http_ingest_writes_rollups_and_grafana_sql_agrees_with_the_hub() {
     register(&hub).await;
     let produced = payloads(81, 20_000);
     let valid: Vec<Vec<u8>> = produced.iter().filter(|p| is_valid(p)).cloned().collect();
-    for chunk in valid.chunks(2_000) {
-        let body = chunk
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let (status, body) = hub.post_ndjson(body).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = hub
-        .post_ndjson(String::from_utf8(closing_event(&valid[0])).expect("utf-8"))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    post_then_close(&hub, &valid).await;
     let mut conn = db.connect().await;
     let want_1m = oracle(&valid, 1).await;
     wait_same(&mut conn, "pm_1m", &want_1m, Duration::from_secs(120)).await;
@@ -384,19 +389,7 @@ async fn http_ingest_goes_on_while_postgres_is_down_and_the_rollups_follow_when_
 
     // Ingestion does not depend on the rollup database: every body is stored and answered.
     let valid: Vec<Vec<u8>> = payloads(86, 6_000).into_iter().filter(|p| is_valid(p)).collect();
-    for chunk in valid.chunks(2_000) {
-        let body = chunk
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let (status, body) = hub.post_ndjson(body).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = hub
-        .post_ndjson(String::from_utf8(closing_event(&valid[0])).expect("utf-8"))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    post_then_close(&hub, &valid).await;
     let count = async |table: &str| hub.rows(&format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64();
     assert_eq!(count("events").await, Some(valid.len() as i64 + 1));
 

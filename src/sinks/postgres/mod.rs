@@ -189,6 +189,17 @@ impl PostgresSink {
         outcome
     }
 
+    /// A transaction holding the sink's write lock ([`WRITE_LOCK`]).
+    async fn begin_locked(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, SinkError> {
+        let mut tx = self.pool.begin().await.map_err(classify_db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_db)?;
+        Ok(tx)
+    }
+
     fn expected(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
         lock(&self.expected)
     }
@@ -206,9 +217,11 @@ impl PostgresSink {
         positions: &[SourcePosition],
         claim: Option<&EventClaim>,
     ) -> Result<(), SinkError> {
-        let mut tables = self.tables.lock().await;
-        tables.prepare(&self.pool, &self.metrics).await?;
-        *lock(&self.table_status) = tables.status();
+        self.tables
+            .lock()
+            .await
+            .migrate_if_needed(&self.pool, &self.metrics)
+            .await?;
         let expected: Vec<Option<Option<i64>>> = {
             let map = self.expected();
             positions
@@ -216,12 +229,7 @@ impl PostgresSink {
                 .map(|p| map.get(&(p.topic.clone(), p.partition)).copied())
                 .collect()
         };
-        let mut tx = self.pool.begin().await.map_err(classify_db)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_db)?;
+        let mut tx = self.begin_locked().await?;
         for (p, expected) in positions.iter().zip(&expected) {
             let Some(expected) = expected else {
                 return Err(SinkError::Fenced(format!(
@@ -231,16 +239,11 @@ impl PostgresSink {
             };
             offsets::advance(&mut tx, &self.group, p, *expected, &self.instance).await?;
         }
-        let applied = async {
-            offsets::dead_letters(&mut tx, dead_letters).await?;
-            if let Some(claim) = claim {
-                claims::insert(&mut tx, claim).await?;
-            }
-            tx.commit().await.map_err(classify_db)
+        offsets::dead_letters(&mut tx, dead_letters).await?;
+        if let Some(claim) = claim {
+            claims::insert(&mut tx, claim).await?;
         }
-        .await;
-        drop(tables);
-        applied?;
+        tx.commit().await.map_err(classify_db)?;
         // Only partitions still owned: a write that finishes after a rebalance made this
         // instance forget a partition must not bring its stale offset back.
         let mut map = self.expected();
@@ -281,12 +284,7 @@ impl PostgresSink {
             // Not stored (its reason is in the status), or registered after the last rebuild.
             return Ok(());
         };
-        let mut tx = self.pool.begin().await.map_err(classify_db)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_db)?;
+        let mut tx = self.begin_locked().await?;
         let applied = async {
             table.write_states(&mut tx, &self.store_id, emissions).await?;
             tx.commit().await.map_err(classify_db)
