@@ -938,6 +938,18 @@ impl StreamEngine {
     }
 
     async fn shutdown(&mut self) {
+        if self.deps.state_sink.is_some() {
+            // The state sink gets each open window's state so far (and what waited for it): an
+            // instance that stops for good (a scaled-down pod whose volume goes) leaves its share
+            // of the windows it had not closed; one that restarts emits them in full later,
+            // replacing that part.
+            for i in 0..self.queries.len() {
+                let open = self.queries[i].rt.open_states();
+                if !open.is_empty() || !self.queries[i].unsunk.is_empty() {
+                    self.persist(i, Vec::new(), open, &[]).await;
+                }
+            }
+        }
         for i in 0..self.queries.len() {
             self.write_checkpoint(i);
         }

@@ -115,6 +115,11 @@ impl FixedWindows {
         Ok(())
     }
 
+    /// The states of every open window so far, left in place.
+    pub fn open_states(&self) -> Vec<RecordBatch> {
+        self.open.values().flat_map(|w| w.batches.iter().cloned()).collect()
+    }
+
     /// Removes every window whose end is at or before the watermark.
     pub fn take_due(&mut self, watermark: i64) -> Finalizing {
         let due: Vec<i64> = self

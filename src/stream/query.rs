@@ -528,6 +528,16 @@ impl CqRuntime {
         Ok(out)
     }
 
+    /// The states so far of every open tumbling or hopping window (none for sessions, whose
+    /// boundaries are not final): what a state sink keeps of this instance's share when it
+    /// stops for good before they close.
+    pub fn open_states(&self) -> Vec<RecordBatch> {
+        match &self.windows {
+            Windows::Fixed(f) => f.open_states(),
+            Windows::Session(_) => Vec::new(),
+        }
+    }
+
     /// Finalizes every window (session) the watermark has closed.
     async fn close_due(&mut self, now_us: i64) -> Result<Emitted, CqError> {
         let Some(w) = self.watermark_us else {

@@ -31,6 +31,14 @@ fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
 /// Posts `valid` in NDJSON bodies of 2,000 events, each answered 200, then the
 /// [`closing_event`].
 async fn post_then_close(hub: &Hub, valid: &[Vec<u8>]) {
+    post_all(hub, valid).await;
+    let closing = String::from_utf8(closing_event(&valid[0])).expect("utf-8");
+    let (status, body) = hub.post_ndjson(closing).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Posts `valid` in NDJSON bodies of 2,000 events, each answered 200.
+async fn post_all(hub: &Hub, valid: &[Vec<u8>]) {
     for chunk in valid.chunks(2_000) {
         let body = chunk
             .iter()
@@ -40,9 +48,6 @@ async fn post_then_close(hub: &Hub, valid: &[Vec<u8>]) {
         let (status, body) = hub.post_ndjson(body).await;
         assert_eq!(status, 200, "{body}");
     }
-    let closing = String::from_utf8(closing_event(&valid[0])).expect("utf-8");
-    let (status, body) = hub.post_ndjson(closing).await;
-    assert_eq!(status, 200, "{body}");
 }
 
 /// Once every record is consumed: closes the generated windows on every partition, then waits
@@ -422,5 +427,38 @@ async fn http_ingest_goes_on_while_postgres_is_down_and_the_rollups_follow_when_
         hub.get_json("/api/v1/continuous-queries/pm_1m").await["last_error"],
         Value::Null,
         "the wait is over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_stops_leaves_its_share_of_the_open_windows_in_postgres() {
+    let db = TestDb::create("stop").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = HubOptions {
+        config_toml: Some("[stream]\nshipped_queries = false\n".into()),
+        ..HubOptions::default()
+    };
+    let mut hub = Hub::start_with(&dir.path().join("data"), with_db(opts, &db.url)).await;
+    register(&hub).await;
+    let mut conn = db.connect().await;
+    wait_until("pm_1m created", Duration::from_secs(30), async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pm_1m")
+            .fetch_one(&mut conn)
+            .await
+            .is_ok()
+    })
+    .await;
+    let valid: Vec<Vec<u8>> = payloads(87, 6_000).into_iter().filter(|p| is_valid(p)).collect();
+    post_all(&hub, &valid).await;
+    // An hour of allowed lateness over a minute of events: no window has closed.
+    assert!(stored(&mut conn, "pm_1m").await.is_empty(), "nothing emitted yet");
+    // A scaled-down pod: SIGTERM, and its volume would go with it. Its share of the open
+    // windows is in PostgreSQL (the instance that takes its partitions adds its own).
+    let status = hub.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_same(
+        "pm_1m after the stop",
+        &stored(&mut conn, "pm_1m").await,
+        &oracle(&valid, 1).await,
     );
 }
