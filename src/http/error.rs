@@ -105,6 +105,9 @@ impl From<QueryError> for ApiError {
             QueryError::Busy { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", e.to_string()).retry_after(1)
             }
+            QueryError::FilesChanged(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "files_changed", e.to_string()).retry_after(1)
+            }
             QueryError::Internal { .. } => Self::internal(e),
         }
     }

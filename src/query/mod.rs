@@ -55,6 +55,13 @@ pub enum QueryError {
     /// The result is larger than `query.max_result_bytes`.
     #[error("the result exceeds query.max_result_bytes = {0} bytes; add a LIMIT, select fewer columns or aggregate")]
     ResultTooLarge(usize),
+    /// A file the plan listed was gone when it was read: compaction replaced it (after its
+    /// grace period) or retention removed it while the query ran. Running it again reads the
+    /// current files. The error is kept as the source.
+    #[error(
+        "a file this query was reading was replaced by compaction or removed by retention while it ran; run the query again"
+    )]
+    FilesChanged(#[source] Arc<DataFusionError>),
     /// Failure inside the engine or its storage; details are logged, not returned.
     #[error("internal error: {context}: {source}")]
     Internal {
@@ -72,7 +79,7 @@ impl Classify for QueryError {
             Self::Guard(_) | Self::Invalid(_) | Self::Timeout(_) | Self::ResultTooLarge(_) | Self::Resources(_) => {
                 ErrorClass::User
             }
-            Self::Busy { .. } => ErrorClass::External,
+            Self::Busy { .. } | Self::FilesChanged(_) => ErrorClass::External,
             Self::Internal { .. } => ErrorClass::Internal,
         }
     }
@@ -89,9 +96,34 @@ impl From<DataFusionError> for QueryError {
             | DataFusionError::Execution(_)
             | DataFusionError::ArrowError(..) => Self::Invalid(root.message().to_string()),
             DataFusionError::ResourcesExhausted(_) => Self::Resources(Arc::new(e)),
+            _ if file_gone(&e) => Self::FilesChanged(Arc::new(e)),
             _ => Self::internal("query engine", e),
         }
     }
+}
+
+/// Whether `e` comes from a file that was not found when it was read (an object store's
+/// `NotFound`, or a local file's `ENOENT`), anywhere in its chain of causes.
+fn file_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(object_store::Error::NotFound { .. }) = err.downcast_ref::<object_store::Error>() {
+            return true;
+        }
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        if let Some(DataFusionError::ObjectStore(os)) = err.downcast_ref::<DataFusionError>()
+            && matches!(os.as_ref(), object_store::Error::NotFound { .. })
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 impl QueryError {
@@ -374,6 +406,30 @@ mod tests {
         let df = QueryError::from(DataFusionError::Internal("no plan".into()));
         assert!(matches!(df, QueryError::Internal { .. }), "{df:?}");
         assert!(df.source().is_some());
+    }
+
+    #[test]
+    fn a_file_gone_while_reading_says_run_again_and_keeps_its_error() {
+        let gone = object_store::Error::NotFound {
+            path: "events/s1/seg-7.parquet".into(),
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let e = QueryError::from(DataFusionError::Context(
+            "reading".into(),
+            Box::new(DataFusionError::ObjectStore(Box::new(gone))),
+        ));
+        assert!(matches!(e, QueryError::FilesChanged(_)), "{e:?}");
+        assert!(e.to_string().contains("run the query again"), "{e}");
+        assert_eq!(e.class(), ErrorClass::External);
+        assert!(chain(&e).contains("seg-7.parquet"), "{}", chain(&e));
+        // A local file removed under the scan.
+        let local = QueryError::from(DataFusionError::External(Box::new(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        ))));
+        assert!(matches!(local, QueryError::FilesChanged(_)), "{local:?}");
+        // Any other storage failure stays internal.
+        let other = QueryError::from(DataFusionError::External(Box::new(std::io::Error::other("EIO"))));
+        assert!(matches!(other, QueryError::Internal { .. }), "{other:?}");
     }
 
     #[test]
