@@ -281,7 +281,8 @@ impl PostgresSink {
         tables.prepare(&self.pool, &self.metrics).await?;
         *lock(&self.table_status) = tables.status();
         let Some(table) = tables.list().iter().find(|t| t.name == name) else {
-            // Not stored (its reason is in the status), or registered after the last rebuild.
+            // Not stored: its reason is in the status (`prepare` has just rebuilt the tables for
+            // every registered query, this one included).
             return Ok(());
         };
         let mut tx = self.begin_locked().await?;
