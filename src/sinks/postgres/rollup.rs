@@ -232,6 +232,13 @@ impl RollupTable {
         format!("{PARTS_SCHEMA}.{}", quote_ident(&self.name))
     }
 
+    /// The unique key of [`Self::parts_table`]: the table's key, then the data directory.
+    fn parts_keys(&self) -> Vec<String> {
+        let mut keys = self.key_columns();
+        keys.push("_store".into());
+        keys
+    }
+
     /// Creates [`Self::parts_table`] if missing (its schema is made by the migrations).
     pub async fn create_parts(&self, conn: &mut PgConnection) -> Result<(), SinkError> {
         let mut ddl = vec![
@@ -242,15 +249,14 @@ impl RollupTable {
             ddl.push(format!("{} {}", quote_ident(name), kind.sql()));
         }
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(format!("{PARTS_SCHEMA}.{}", quote_ident(&self.name)))
+            .bind(self.parts_table())
             .fetch_one(&mut *conn)
             .await
             .map_err(db)?;
         if exists {
             return Ok(());
         }
-        let mut keys = self.key_columns();
-        keys.push("_store".into());
+        let keys = self.parts_keys();
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} ({}, UNIQUE NULLS NOT DISTINCT ({}))",
             self.parts_table(),
@@ -360,8 +366,7 @@ impl RollupTable {
             .skip(self.plan.group_len)
             .map(|n| format!("{n} = EXCLUDED.{n}"))
             .collect();
-        let mut keys = self.key_columns();
-        keys.push("_store".into());
+        let keys = self.parts_keys();
         let sql = format!(
             "INSERT INTO {} (_store, window_start, {}) SELECT $1, * FROM unnest({}) ON CONFLICT ({}) DO {}",
             self.parts_table(),
