@@ -14,6 +14,7 @@ use crate::event::schema::col;
 use crate::event::{DecodedBatch, ReaderCounts, Rejection};
 use crate::metrics::Metrics;
 use crate::storage::{EventStore, StorageError};
+use crate::stream::lanes::LaneMark;
 
 pub use pipeline::{Accepted, BodyShape, Pipeline, PipelineError};
 
@@ -50,6 +51,14 @@ pub trait Ingest: Send + Sync + std::fmt::Debug {
     /// order when [`Self::wants_raw`] is true (otherwise it may be empty).
     async fn ingest(&self, batch: RecordBatch, raw: &[&[u8]]) -> Result<(), IngestError>;
 
+    /// [`Self::ingest`] for a batch read from independently ordered lanes (Kafka partitions):
+    /// `lanes` says how far each got in it, so the continuous queries' event time advances
+    /// with the slowest ([`crate::stream::lanes`]).
+    async fn ingest_from_lanes(&self, batch: RecordBatch, lanes: Vec<LaneMark>) -> Result<(), IngestError> {
+        let _ = lanes;
+        self.ingest(batch, &[]).await
+    }
+
     /// Whether [`Self::ingest`] needs the original JSON of the events (it forwards them).
     fn wants_raw(&self) -> bool {
         false
@@ -64,8 +73,8 @@ pub trait Ingest: Send + Sync + std::fmt::Debug {
     /// Makes `batch` durable but not visible, under `tag`: the Kafka source then claims it in
     /// the sink's transaction and [`Self::publish`]es it, or [`Self::discard`]s it when the
     /// claim was refused. After a crash the store keeps only claimed batches.
-    async fn hold(&self, batch: RecordBatch, tag: u64) -> Result<Held, IngestError> {
-        let _ = (batch, tag);
+    async fn hold(&self, batch: RecordBatch, tag: u64, lanes: Vec<LaneMark>) -> Result<Held, IngestError> {
+        let _ = (batch, tag, lanes);
         Err(IngestError::Internal("this ingest cannot hold batches".into()))
     }
 
@@ -92,6 +101,7 @@ pub struct Held {
     pub at: crate::storage::HeldAppend,
     batch: RecordBatch,
     ahead: Vec<(crate::stream::engine::QueryId, crate::stream::query::Prepared)>,
+    lanes: Vec<LaneMark>,
 }
 
 /// Standalone ingest: straight into an [`EventStore`].
@@ -138,7 +148,15 @@ impl Ingest for StoreIngest {
         let stored = batch.clone();
         let (appended, ahead) = self.while_preparing(&stored, self.store.append(batch)).await;
         appended?;
-        self.hand_on(stored, ahead).await;
+        self.hand_on(stored, ahead, Vec::new()).await;
+        Ok(())
+    }
+
+    async fn ingest_from_lanes(&self, batch: RecordBatch, lanes: Vec<LaneMark>) -> Result<(), IngestError> {
+        let stored = batch.clone();
+        let (appended, ahead) = self.while_preparing(&stored, self.store.append(batch)).await;
+        appended?;
+        self.hand_on(stored, ahead, lanes).await;
         Ok(())
     }
 
@@ -146,19 +164,20 @@ impl Ingest for StoreIngest {
         self.claims_store.as_deref()
     }
 
-    async fn hold(&self, batch: RecordBatch, tag: u64) -> Result<Held, IngestError> {
+    async fn hold(&self, batch: RecordBatch, tag: u64, lanes: Vec<LaneMark>) -> Result<Held, IngestError> {
         let stored = batch.clone();
         let (held, ahead) = self.while_preparing(&stored, self.store.append_held(batch, tag)).await;
         Ok(Held {
             at: held?,
             batch: stored,
             ahead,
+            lanes,
         })
     }
 
     async fn publish(&self, held: Held) {
         if self.store.publish(&held.at) {
-            self.hand_on(held.batch, held.ahead).await;
+            self.hand_on(held.batch, held.ahead, held.lanes).await;
         } else {
             tracing::error!(seq = held.at.seq, "a held batch to publish was not found in the store");
         }
@@ -194,6 +213,7 @@ impl StoreIngest {
         &self,
         stored: RecordBatch,
         ahead: Vec<(crate::stream::engine::QueryId, crate::stream::query::Prepared)>,
+        lanes: Vec<LaneMark>,
     ) {
         count_processed(&self.metrics, &stored);
         if let Some(live) = &self.live {
@@ -201,7 +221,7 @@ impl StoreIngest {
         }
         if let Some(stream) = &self.stream {
             // Durable already; the engine catches up from the store after a restart if this fails.
-            if let Err(e) = stream.push_prepared(stored, ahead).await {
+            if let Err(e) = stream.push_prepared(stored, ahead, lanes).await {
                 tracing::warn!(error = %e, "continuous queries did not receive a batch");
             }
         }

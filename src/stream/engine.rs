@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::CqError;
 use super::catalog::{self, CqDefinition, CqOptions};
+use super::lanes::{LaneMark, Lanes};
 use super::late::{self, LATE_EVENTS_TABLE};
 use super::output::{self, SessionCheckpoint};
 use super::query::{CqRuntime, CqStatus, Emitted, Prepared, Preparer, Processed, source_of};
@@ -79,6 +80,8 @@ const PREPARE_MIN_ROWS: usize = 1024;
 struct EventsInput {
     batch: RecordBatch,
     ahead: Vec<(QueryId, Prepared)>,
+    /// How far each of the source's lanes got with this batch (Kafka partitions; none for HTTP).
+    lanes: Vec<LaneMark>,
 }
 
 #[derive(Debug)]
@@ -107,7 +110,7 @@ impl StreamHandle {
 
     /// Feeds a batch of accepted events (waits when the engine is behind).
     pub async fn push(&self, batch: RecordBatch) -> Result<(), CqError> {
-        self.push_prepared(batch, Vec::new()).await
+        self.push_prepared(batch, Vec::new(), Vec::new()).await
     }
 
     /// Computes `batch`'s partial aggregate for every query over raw events, on the caller's
@@ -131,10 +134,16 @@ impl StreamHandle {
         ahead
     }
 
-    /// [`Self::push`] with partial aggregates from [`Self::prepare`] for this very batch.
-    pub async fn push_prepared(&self, batch: RecordBatch, ahead: Vec<(QueryId, Prepared)>) -> Result<(), CqError> {
+    /// [`Self::push`] with partial aggregates from [`Self::prepare`] for this very batch, and
+    /// the progress of the source's lanes with it ([`crate::stream::lanes`]).
+    pub async fn push_prepared(
+        &self,
+        batch: RecordBatch,
+        ahead: Vec<(QueryId, Prepared)>,
+        lanes: Vec<LaneMark>,
+    ) -> Result<(), CqError> {
         self.tx
-            .send(Command::Batch(EventsInput { batch, ahead }))
+            .send(Command::Batch(EventsInput { batch, ahead, lanes }))
             .await
             .map_err(|_| CqError::Stopped)
     }
@@ -222,6 +231,8 @@ pub struct StreamEngine {
     late_unwritten: Vec<RecordBatch>,
     /// Publishes the preparers of the queries over raw events to [`StreamHandle::prepare`].
     preparers: tokio::sync::watch::Sender<Arc<Vec<(QueryId, Preparer)>>>,
+    /// Event-time progress of the input lanes (bounds the queries over raw events).
+    lanes: Lanes,
 }
 
 /// Columns of an output store a live subscriber sees: all but the hidden key columns.
@@ -270,6 +281,7 @@ impl StreamEngine {
             late,
             late_unwritten: Vec::new(),
             preparers,
+            lanes: Lanes::default(),
         };
         let saved = catalog::load(&engine.deps.dir)?;
         let mut snapshots = Vec::new();
@@ -556,6 +568,7 @@ impl StreamEngine {
     /// for downstream queries.
     async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
         let now = now_micros();
+        self.bound_by_lanes(i, now);
         let mut results = Vec::with_capacity(inputs.len());
         for batch in inputs {
             results.push(self.queries[i].rt.on_batch(batch, now, replay).await);
@@ -565,8 +578,20 @@ impl StreamEngine {
 
     /// [`Self::run_query`] for one live batch whose partial aggregate was computed ahead.
     async fn run_prepared(&mut self, i: usize, prepared: Prepared) -> Vec<RecordBatch> {
-        let result = self.queries[i].rt.on_prepared(prepared, now_micros(), false).await;
+        let now = now_micros();
+        self.bound_by_lanes(i, now);
+        let result = self.queries[i].rt.on_prepared(prepared, now, false).await;
         self.absorb(i, vec![result]).await
+    }
+
+    /// Holds query `i`'s watermark back to its slowest active input lane when it reads raw
+    /// events (queries over other queries follow their upstream's watermark instead).
+    fn bound_by_lanes(&mut self, i: usize, now_us: i64) {
+        let q = &mut self.queries[i].rt;
+        if q.source == EVENTS_TABLE {
+            let idle_us = (q.def.options.idle_timeout_ms as i64).saturating_mul(1000);
+            q.set_input_bound(self.lanes.bound(now_us, idle_us));
+        }
     }
 
     /// Persists what query `i` produced; returns its final rows for downstream queries.
@@ -784,10 +809,14 @@ impl StreamEngine {
         let mut plain = Vec::new();
         for input in inputs {
             if input.ahead.is_empty() {
+                // Coalesced batches run as one: their lanes count before it, as they would
+                // have after each batch.
+                self.lanes.observe(&input.lanes, now_micros());
                 plain.push(input.batch);
                 continue;
             }
             self.on_plain_events(std::mem::take(&mut plain)).await;
+            self.lanes.observe(&input.lanes, now_micros());
             let pending = HashMap::from([(EVENTS_TABLE.to_string(), vec![input.batch])]);
             self.run_downstream(pending, input.ahead).await;
         }
@@ -912,6 +941,7 @@ impl StreamEngine {
         let now = now_micros();
         for i in 0..self.queries.len() {
             if self.queries[i].paused_at.is_none() {
+                self.bound_by_lanes(i, now);
                 match self.queries[i].rt.on_tick(now).await {
                     Ok(out) => {
                         if !out.rows.is_empty() || !out.states.is_empty() || !self.queries[i].unsunk.is_empty() {

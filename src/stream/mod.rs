@@ -15,6 +15,7 @@ pub mod emit;
 pub mod engine;
 pub mod fixed;
 pub mod keys;
+pub mod lanes;
 pub mod late;
 pub mod merge;
 pub mod output;

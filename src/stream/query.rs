@@ -167,6 +167,9 @@ pub struct CqRuntime {
     pub last_error: Option<String>,
     /// The time column is an upstream window bound (see [`Self::on_input_watermark`]).
     follows_input_watermark: bool,
+    /// The slowest active input lane's event time (see [`crate::stream::lanes`]): the
+    /// watermark does not pass it minus the allowed lateness. `None`: no bound.
+    input_bound: Option<i64>,
 }
 
 /// The index of `name` in `schema` when it is a `Utf8` column (read as text for `late_events`).
@@ -271,6 +274,7 @@ impl CqRuntime {
             windows,
             time_idx,
             max_event_us: None,
+            input_bound: None,
             last_input_us: None,
             last_emit_us: None,
             watermark_us: None,
@@ -450,7 +454,7 @@ impl CqRuntime {
                 Windows::Session(s) => s.compact(&self.plan, &self.codec).await?,
             }
         }
-        self.advance(self.max_event_us);
+        self.advance(self.bounded(self.max_event_us));
         let mut out = self.close_due(now_us).await?;
         out.extend(self.emit_updates_if_due(now_us).await?);
         Ok(Processed {
@@ -473,6 +477,20 @@ impl CqRuntime {
             ),
             Windows::Session(s) => s.add(state, &self.codec),
         }
+    }
+
+    /// Sets how far the slowest active input lane got (`None`: no lane bounds this query);
+    /// the engine sets it before each batch and tick of a query over raw events.
+    pub fn set_input_bound(&mut self, bound: Option<i64>) {
+        self.input_bound = bound;
+    }
+
+    /// `max_event` held back to the input lanes' bound.
+    fn bounded(&self, max_event: Option<i64>) -> Option<i64> {
+        let max = max_event?;
+        let bounded = self.input_bound.map_or(max, |b| max.min(b));
+        // A lane announced but not read yet holds the watermark where it is.
+        (bounded != i64::MIN).then_some(bounded)
     }
 
     fn advance(&mut self, max_event: Option<i64>) {
@@ -607,7 +625,10 @@ impl CqRuntime {
             && let Some(max) = self.max_event_us
         {
             let advanced = max.saturating_add(idle_us).min(now_us.max(max));
-            self.advance(Some(advanced));
+            self.advance(self.bounded(Some(advanced)));
+        } else {
+            // A lane that held the watermark back may have caught up or gone idle since.
+            self.advance(self.bounded(self.max_event_us));
         }
         let mut out = self.close_due(now_us).await?;
         out.extend(self.emit_updates_if_due(now_us).await?);

@@ -384,6 +384,103 @@ async fn a_future_event_does_not_close_every_window() {
     );
 }
 
+/// Two Kafka partitions ten minutes apart (a backlog on one): the watermark follows the slower
+/// one, so its events are counted instead of late; once it stops delivering for the idle
+/// timeout, the faster one alone moves event time.
+#[tokio::test]
+async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
+    use super::lanes::{LaneMark, Lanes};
+    const S: i64 = 1_000_000;
+    let options = CqOptions {
+        allowed_lateness_ms: 1_000,
+        idle_timeout_ms: 10_000,
+        ..CqOptions::default()
+    };
+    let idle = 10 * S;
+    let mark = |lane: &str, t: Option<&str>| LaneMark {
+        lane: lane.into(),
+        max_event_us: t.map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .expect("ts")
+                .timestamp_micros()
+        }),
+    };
+    let mut lanes = Lanes::default();
+    let mut rt = CqRuntime::new(def("lanes", COUNT_SQL, options.clone()), &events_schema())
+        .await
+        .expect("plan");
+    let base = 29_453_760; // 2026-01-01T00:00Z in minutes
+    let mut out = Vec::new();
+    let run = async |rt: &mut CqRuntime, lanes: &mut Lanes, marks: &[LaneMark], batch: &RecordBatch, now: i64| {
+        lanes.observe(marks, now);
+        rt.set_input_bound(lanes.bound(now, idle));
+        rt.on_batch(batch, now, false).await.expect("batch")
+    };
+    // Partition 0 is at 00:10; partition 1 is assigned but not read yet: nothing advances.
+    let p = run(
+        &mut rt,
+        &mut lanes,
+        &[mark("t/0", Some("2026-01-01T00:10:00Z")), mark("t/1", None)],
+        &one_event(1, "2026-01-01T00:10:00Z", "a"),
+        NOW,
+    )
+    .await;
+    assert!(p.output.is_empty());
+    assert_eq!(rt.watermark(), None);
+    // Partition 1's backlog from 00:00:30 is on time, and moves the watermark as it goes.
+    let p = run(
+        &mut rt,
+        &mut lanes,
+        &[mark("t/1", Some("2026-01-01T00:00:30Z")), mark("t/0", None)],
+        &one_event(2, "2026-01-01T00:00:30Z", "a"),
+        NOW + S,
+    )
+    .await;
+    assert!(p.late.is_empty(), "the lagging partition's event is not late");
+    out.extend(p.output);
+    let p = run(
+        &mut rt,
+        &mut lanes,
+        &[mark("t/1", Some("2026-01-01T00:01:30Z"))],
+        &one_event(3, "2026-01-01T00:01:30Z", "a"),
+        NOW + 2 * S,
+    )
+    .await;
+    assert!(p.late.is_empty());
+    out.extend(p.output);
+    assert_eq!(counts(&out), vec![(base, 1)], "00:00 closed by partition 1's progress");
+    // Partition 0 goes on; partition 1 stops delivering: after the idle timeout it no longer
+    // holds event time back, and the windows up to partition 0's close.
+    let p = run(
+        &mut rt,
+        &mut lanes,
+        &[mark("t/0", Some("2026-01-01T00:10:05Z"))],
+        &one_event(4, "2026-01-01T00:10:05Z", "a"),
+        NOW + 11 * S,
+    )
+    .await;
+    out.extend(p.output);
+    assert_eq!(counts(&out), vec![(base, 1)], "partition 1 was active 9 s ago");
+    rt.set_input_bound(lanes.bound(NOW + 12 * S + 1, idle));
+    out.extend(rt.on_tick(NOW + 12 * S + 1).await.expect("tick").rows);
+    assert_eq!(counts(&out), vec![(base, 1), (base + 1, 1)]);
+    assert_eq!(rt.status().late_events, 0);
+
+    // The same input without lanes: the first partition's 00:10 makes the backlog late.
+    let mut plain = CqRuntime::new(def("plain", COUNT_SQL, options), &events_schema())
+        .await
+        .expect("plan");
+    plain
+        .on_batch(&one_event(1, "2026-01-01T00:10:00Z", "a"), NOW, false)
+        .await
+        .expect("batch");
+    let p = plain
+        .on_batch(&one_event(2, "2026-01-01T00:00:30Z", "a"), NOW + S, false)
+        .await
+        .expect("batch");
+    assert_eq!(p.late.len(), 1);
+}
+
 #[tokio::test]
 async fn idle_streams_advance_and_close_the_last_window() {
     let options = CqOptions {

@@ -195,6 +195,32 @@ impl Browser {
         state.as_str().expect("data-state").to_string()
     }
 
+    /// Waits until the connection indicator shows `state`; on timeout, panics with what the
+    /// page showed (indicator, error banner, connection attempts, console errors) so a failure
+    /// says why the stream did not get there.
+    async fn wait_for_stream(&self, state: &str, what: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if self.stream_state().await == state {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let page = self
+                    .script(
+                        "const c = document.getElementById('conn'); \
+                         return {state: c.dataset.state, text: c.textContent, \
+                                 connects: c.dataset.connects, \
+                                 error: document.getElementById('error').textContent, \
+                                 key_chars: document.getElementById('api-key').value.length};",
+                    )
+                    .await;
+                let console = self.console_errors().await;
+                panic!("timed out after {WAIT:?} waiting for {what}: page {page}, console errors {console:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Browser log entries of level SEVERE (console errors, failed loads, CSP violations)
     /// since the last call.
     async fn console_errors(&self) -> Vec<Value> {
@@ -319,10 +345,7 @@ async fn the_live_view_lists_events_and_queries_and_charts_the_stream_in_a_real_
     .await;
 
     // The stream is open before anything is posted: from now on every stored event arrives.
-    wait_until("the stream to be live", WAIT, async || {
-        browser.stream_state().await == "live"
-    })
-    .await;
+    browser.wait_for_stream("live", "the stream to be live").await;
     assert_eq!(browser.live_count().await, 0);
     assert_eq!(browser.text("chart-points").await, "0");
 
@@ -397,10 +420,7 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     };
     // The page is public; the API is not.
     browser.goto(&hub.url("/ui")).await;
-    wait_until("the page to ask for a key", WAIT, async || {
-        browser.stream_state().await == "unauthorized"
-    })
-    .await;
+    browser.wait_for_stream("unauthorized", "the page to ask for a key").await;
     assert_eq!(
         browser.script("return document.getElementById('error').hidden").await,
         false
@@ -419,10 +439,7 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     // A key with the read role, typed in and saved: everything loads and the stream opens.
     browser.type_into("#api-key", &reader).await;
     browser.click("#key-form button").await;
-    wait_until("the stream to be live with the key", WAIT, async || {
-        browser.stream_state().await == "live"
-    })
-    .await;
+    browser.wait_for_stream("live", "the stream to be live with the key").await;
     wait_until("the continuous-query table", WAIT, async || {
         browser.text("cq-body").await.contains("llm_provider_model_1m")
     })
@@ -451,10 +468,7 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
 
     // The key is kept: a reload opens the stream without asking again.
     browser.goto(&hub.url("/ui")).await;
-    wait_until("the stream to be live after a reload", WAIT, async || {
-        browser.stream_state().await == "live"
-    })
-    .await;
+    browser.wait_for_stream("live", "the stream to be live after a reload").await;
     let kept = browser.script("return document.getElementById('api-key').value").await;
     assert_eq!(kept.as_str(), Some(reader.as_str()));
     wait_until("the events table after a reload", WAIT, async || {

@@ -1,8 +1,12 @@
 //! The store pipeline: decodes consumed batches (in parallel, results in order), dead-letters the
 //! rejects, stores the events, then reports the offsets durable so the consumer commits them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -10,10 +14,13 @@ use tokio::sync::{mpsc, watch};
 use super::consume::RawBatch;
 use super::context::Shared;
 use super::dlq::DeadLetters;
+use super::offsets::PartitionProgress;
+use crate::event::schema::col;
 use crate::event::{DecodedBatch, EventDecoder};
 use crate::ingest::{Held, Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
 use crate::resilience::{RetryPolicy, retry};
+use crate::stream::lanes::LaneMark;
 use crate::sinks::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
 
 /// What the pipeline needs.
@@ -161,18 +168,19 @@ impl Pipeline {
         let claims_store = self.sink.as_ref().and(self.ingest.claims_store());
         let mut held = None;
         if out.batch.num_rows() > 0 {
+            let lanes = lane_marks(batch, &out, &self.shared.tracker.snapshot());
             let stored = match claims_store {
                 Some(_) => {
                     let tag = uuid::Uuid::new_v4().as_u64_pair().0;
                     retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
-                        self.ingest.hold(out.batch.clone(), tag).await
+                        self.ingest.hold(out.batch.clone(), tag, lanes.clone()).await
                     })
                     .await
                     .map(|h| held = Some(h))
                 }
                 None => {
                     retry("store", RetryPolicy::UNTIL_SUCCESS, shutdown, || async {
-                        self.ingest.ingest(out.batch.clone(), &[]).await
+                        self.ingest.ingest_from_lanes(out.batch.clone(), lanes.clone()).await
                     })
                     .await
                 }
@@ -232,6 +240,58 @@ impl Pipeline {
         }
         Stored::Done
     }
+}
+
+/// How far each partition got in `batch` (the largest event time of its stored events), and
+/// every other partition assigned to this instance announced: the continuous queries' event
+/// time then advances with the slowest partition ([`crate::stream::lanes`]).
+fn lane_marks(batch: &RawBatch, out: &DecodedBatch, partitions: &[PartitionProgress]) -> Vec<LaneMark> {
+    let lane = |topic: &str, partition: i32| -> Arc<str> { format!("{topic}/{partition}").into() };
+    let mut max: HashMap<(usize, i32), i64> = HashMap::new();
+    let times = out
+        .batch
+        .column_by_name(col::TIMESTAMP)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+    if let Some(times) = times {
+        // Accepted events are the records in order, less the rejected ones (sorted by index).
+        let mut rejected = out.rejected.iter().map(|r| r.index).peekable();
+        let mut row = 0;
+        for (i, record) in batch.records.iter().enumerate() {
+            if rejected.peek() == Some(&i) {
+                rejected.next();
+                continue;
+            }
+            if row >= times.len() {
+                break;
+            }
+            if times.is_valid(row) {
+                let t = times.value(row);
+                max.entry((record.topic, record.partition))
+                    .and_modify(|m| *m = (*m).max(t))
+                    .or_insert(t);
+            }
+            row += 1;
+        }
+    }
+    let mut marks: Vec<LaneMark> = max
+        .into_iter()
+        .filter_map(|((topic, partition), t)| {
+            Some(LaneMark {
+                lane: lane(batch.topics.get(topic)?, partition),
+                max_event_us: Some(t),
+            })
+        })
+        .collect();
+    for p in partitions.iter().filter(|p| p.assigned) {
+        let name = lane(&p.topic, p.partition);
+        if !marks.iter().any(|m| m.lane == name) {
+            marks.push(LaneMark {
+                lane: name,
+                max_event_us: None,
+            });
+        }
+    }
+    marks
 }
 
 /// Writes `out` and the offsets `batch` covers to the sink, retrying failures with the sink's
