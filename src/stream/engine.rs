@@ -568,10 +568,19 @@ impl StreamEngine {
     /// for downstream queries.
     async fn run_query(&mut self, i: usize, inputs: &[RecordBatch], replay: bool) -> Vec<RecordBatch> {
         let now = now_micros();
-        self.bound_by_lanes(i, now);
+        if replay {
+            // The replayed events are in store order, not per partition: event time waits until
+            // all of them are in (the next tick advances it), so none is dropped as late.
+            self.queries[i].rt.set_input_bound(Some(i64::MIN));
+        } else {
+            self.bound_by_lanes(i, now);
+        }
         let mut results = Vec::with_capacity(inputs.len());
         for batch in inputs {
             results.push(self.queries[i].rt.on_batch(batch, now, replay).await);
+        }
+        if replay {
+            self.queries[i].rt.set_input_bound(None);
         }
         self.absorb(i, results).await
     }
