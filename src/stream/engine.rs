@@ -571,7 +571,7 @@ impl StreamEngine {
         if replay {
             // The replayed events are in store order, not per partition: event time waits until
             // all of them are in (the next tick advances it), so none is dropped as late.
-            self.queries[i].rt.set_input_bound(Some(i64::MIN));
+            self.queries[i].rt.set_input_bound(Some((i64::MIN, "replay".into())));
         } else {
             self.bound_by_lanes(i, now);
         }

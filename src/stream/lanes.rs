@@ -68,24 +68,15 @@ impl Lanes {
             .retain(|_, lane| now_us.saturating_sub(lane.last_input_us) < FORGET_AFTER_US);
     }
 
-    /// The event time no query over raw events may advance past: the smallest progress of the
-    /// lanes that had input within `idle_us` (a lane announced but not read yet: `i64::MIN`).
-    /// `None` when no lane is active.
-    pub fn bound(&self, now_us: i64, idle_us: i64) -> Option<i64> {
-        self.lanes
-            .values()
-            .filter(|lane| now_us.saturating_sub(lane.last_input_us) < idle_us)
-            .map(|lane| lane.max_event_us.unwrap_or(i64::MIN))
-            .min()
-    }
-
-    /// The active lane that sets [`Self::bound`], for the status (`None` when none is active).
-    pub fn slowest(&self, now_us: i64, idle_us: i64) -> Option<(Arc<str>, Option<i64>)> {
+    /// The event time no query over raw events may advance past, and the lane setting it: the
+    /// smallest progress of the lanes that had input within `idle_us` (a lane announced but not
+    /// read yet: `i64::MIN`). `None` when no lane is active.
+    pub fn bound(&self, now_us: i64, idle_us: i64) -> Option<(i64, Arc<str>)> {
         self.lanes
             .iter()
             .filter(|(_, lane)| now_us.saturating_sub(lane.last_input_us) < idle_us)
-            .min_by_key(|(name, lane)| (lane.max_event_us.unwrap_or(i64::MIN), Arc::clone(name)))
-            .map(|(name, lane)| (Arc::clone(name), lane.max_event_us))
+            .map(|(name, lane)| (lane.max_event_us.unwrap_or(i64::MIN), Arc::clone(name)))
+            .min()
     }
 }
 
@@ -107,15 +98,22 @@ mod tests {
         let mut lanes = Lanes::default();
         assert_eq!(lanes.bound(0, 10 * S), None, "no lanes: no bound");
         lanes.observe(&[mark("t/0", Some(600 * S)), mark("t/1", None)], 0);
-        assert_eq!(lanes.bound(0, 10 * S), Some(i64::MIN), "t/1 announced, not read yet");
-        assert_eq!(lanes.slowest(0, 10 * S), Some(("t/1".into(), None)));
+        assert_eq!(
+            lanes.bound(0, 10 * S),
+            Some((i64::MIN, "t/1".into())),
+            "announced, not read yet"
+        );
         lanes.observe(&[mark("t/1", Some(30 * S))], S);
-        assert_eq!(lanes.bound(S, 10 * S), Some(30 * S));
+        assert_eq!(lanes.bound(S, 10 * S), Some((30 * S, "t/1".into())));
         // Only later marks move a lane forward.
         lanes.observe(&[mark("t/1", Some(20 * S))], 2 * S);
-        assert_eq!(lanes.bound(2 * S, 10 * S), Some(30 * S));
+        assert_eq!(lanes.bound(2 * S, 10 * S), Some((30 * S, "t/1".into())));
         lanes.observe(&[mark("t/1", Some(900 * S))], 3 * S);
-        assert_eq!(lanes.bound(3 * S, 10 * S), Some(600 * S), "t/0 is now the slowest");
+        assert_eq!(
+            lanes.bound(3 * S, 10 * S),
+            Some((600 * S, "t/0".into())),
+            "t/0 is now the slowest"
+        );
     }
 
     #[test]
@@ -126,8 +124,16 @@ mod tests {
         for s in 1..=12 {
             lanes.observe(&[mark("t/0", Some((600 + s) * S)), mark("t/1", None)], s * S);
         }
-        assert_eq!(lanes.bound(12 * S, 10 * S), Some(612 * S), "t/1 idle for 12 s");
-        assert_eq!(lanes.bound(12 * S, 20 * S), Some(i64::MIN), "a longer idle timeout still waits");
+        assert_eq!(
+            lanes.bound(12 * S, 10 * S),
+            Some((612 * S, "t/0".into())),
+            "t/1 idle for 12 s"
+        );
+        assert_eq!(
+            lanes.bound(12 * S, 20 * S),
+            Some((i64::MIN, "t/1".into())),
+            "a longer idle timeout still waits"
+        );
         // Once every lane is idle there is no bound (the query's own idle advance takes over).
         assert_eq!(lanes.bound(30 * S, 10 * S), None);
     }

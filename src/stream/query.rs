@@ -115,6 +115,9 @@ pub struct CqStatus {
     pub scope: &'static str,
     /// In a cluster, why the table is this instance's own.
     pub scope_reason: Option<String>,
+    /// The input partition holding the watermark below the max event time (Kafka: the
+    /// slowest partition still delivering, `topic/partition`, with its event time), if any.
+    pub watermark_held_by: Option<String>,
 }
 
 /// Open windows: fixed (tumbling, hopping) or sessions.
@@ -170,6 +173,8 @@ pub struct CqRuntime {
     /// The slowest active input lane's event time (see [`crate::stream::lanes`]): the
     /// watermark does not pass it minus the allowed lateness. `None`: no bound.
     input_bound: Option<i64>,
+    /// The lane setting `input_bound`.
+    input_bound_lane: Option<std::sync::Arc<str>>,
 }
 
 /// The index of `name` in `schema` when it is a `Utf8` column (read as text for `late_events`).
@@ -275,6 +280,7 @@ impl CqRuntime {
             time_idx,
             max_event_us: None,
             input_bound: None,
+            input_bound_lane: None,
             last_input_us: None,
             last_emit_us: None,
             watermark_us: None,
@@ -481,8 +487,11 @@ impl CqRuntime {
 
     /// Sets how far the slowest active input lane got (`None`: no lane bounds this query);
     /// the engine sets it before each batch and tick of a query over raw events.
-    pub fn set_input_bound(&mut self, bound: Option<i64>) {
-        self.input_bound = bound;
+    pub fn set_input_bound(&mut self, bound: Option<(i64, std::sync::Arc<str>)>) {
+        (self.input_bound, self.input_bound_lane) = match bound {
+            Some((t, lane)) => (Some(t), Some(lane)),
+            None => (None, None),
+        };
     }
 
     /// `max_event` held back to the input lanes' bound.
@@ -706,6 +715,11 @@ impl CqRuntime {
             columns: crate::query::format::columns(&self.output_schema()),
             scope: "instance",
             scope_reason: None,
+            watermark_held_by: match (self.input_bound, &self.input_bound_lane, self.max_event_us) {
+                (Some(i64::MIN), Some(lane), Some(_)) => Some(format!("{lane} (assigned, nothing read yet)")),
+                (Some(b), Some(lane), Some(max)) if b < max => Some(format!("{lane} at {}", rfc3339(b))),
+                _ => None,
+            },
         }
     }
 

@@ -399,11 +399,7 @@ async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
     let idle = 10 * S;
     let mark = |lane: &str, t: Option<&str>| LaneMark {
         lane: lane.into(),
-        max_event_us: t.map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .expect("ts")
-                .timestamp_micros()
-        }),
+        max_event_us: t.map(|t| chrono::DateTime::parse_from_rfc3339(t).expect("ts").timestamp_micros()),
     };
     let mut lanes = Lanes::default();
     let mut rt = CqRuntime::new(def("lanes", COUNT_SQL, options.clone()), &events_schema())
@@ -417,6 +413,7 @@ async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
         rt.on_batch(batch, now, false).await.expect("batch")
     };
     // Partition 0 is at 00:10; partition 1 is assigned but not read yet: nothing advances.
+    // (Checked below, after the first batch: the status names the partition holding it.)
     let p = run(
         &mut rt,
         &mut lanes,
@@ -427,6 +424,10 @@ async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
     .await;
     assert!(p.output.is_empty());
     assert_eq!(rt.watermark(), None);
+    assert_eq!(
+        rt.status().watermark_held_by.as_deref(),
+        Some("t/1 (assigned, nothing read yet)")
+    );
     // Partition 1's backlog from 00:00:30 is on time, and moves the watermark as it goes.
     let p = run(
         &mut rt,
@@ -449,6 +450,10 @@ async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
     assert!(p.late.is_empty());
     out.extend(p.output);
     assert_eq!(counts(&out), vec![(base, 1)], "00:00 closed by partition 1's progress");
+    assert_eq!(
+        rt.status().watermark_held_by.as_deref(),
+        Some("t/1 at 2026-01-01T00:01:30Z")
+    );
     // Partition 0 goes on; partition 1 stops delivering: after the idle timeout it no longer
     // holds event time back, and the windows up to partition 0's close.
     let p = run(
@@ -465,6 +470,11 @@ async fn the_slowest_partition_holds_the_watermark_until_it_goes_idle() {
     out.extend(rt.on_tick(NOW + 12 * S + 1).await.expect("tick").rows);
     assert_eq!(counts(&out), vec![(base, 1), (base + 1, 1)]);
     assert_eq!(rt.status().late_events, 0);
+    assert_eq!(
+        rt.status().watermark_held_by,
+        None,
+        "the only active partition is the fastest"
+    );
 
     // The same input without lanes: the first partition's 00:10 makes the backlog late.
     let mut plain = CqRuntime::new(def("plain", COUNT_SQL, options), &events_schema())

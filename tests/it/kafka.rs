@@ -510,6 +510,18 @@ async fn a_partition_behind_the_other_is_counted_not_late() {
         hub.count("").await == 600
     })
     .await;
+    // The query says what it waits for: partition 1, assigned and not read yet.
+    let held = format!("{topic}/1 (assigned, nothing read yet)");
+    let q = crate::harness::wait_for(
+        "the query to name the partition it waits for",
+        Duration::from_secs(30),
+        async || {
+            let q = hub.get_json("/api/v1/continuous-queries/per_minute").await;
+            (q["watermark_held_by"] == held.as_str()).then_some(q)
+        },
+    )
+    .await;
+    assert_eq!(q["watermark"], Value::Null, "{q}");
     broker.produce_to_partition(topic, 1, &behind).await;
     wait_until("partition 1's events stored", Duration::from_secs(60), async || {
         hub.count("").await == 1800

@@ -421,7 +421,9 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     };
     // The page is public; the API is not.
     browser.goto(&hub.url("/ui")).await;
-    browser.wait_for_stream("unauthorized", "the page to ask for a key").await;
+    browser
+        .wait_for_stream("unauthorized", "the page to ask for a key")
+        .await;
     assert_eq!(
         browser.script("return document.getElementById('error').hidden").await,
         false
@@ -440,7 +442,9 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
     // A key with the read role, typed in and saved: everything loads and the stream opens.
     browser.type_into("#api-key", &reader).await;
     browser.click("#key-form button").await;
-    browser.wait_for_stream("live", "the stream to be live with the key").await;
+    browser
+        .wait_for_stream("live", "the stream to be live with the key")
+        .await;
     wait_until("the continuous-query table", WAIT, async || {
         browser.text("cq-body").await.contains("llm_provider_model_1m")
     })
@@ -469,7 +473,9 @@ async fn with_keys_required_the_live_view_asks_for_one_and_keeps_it() {
 
     // The key is kept: a reload opens the stream without asking again.
     browser.goto(&hub.url("/ui")).await;
-    browser.wait_for_stream("live", "the stream to be live after a reload").await;
+    browser
+        .wait_for_stream("live", "the stream to be live after a reload")
+        .await;
     let kept = browser.script("return document.getElementById('api-key').value").await;
     assert_eq!(kept.as_str(), Some(reader.as_str()));
     wait_until("the events table after a reload", WAIT, async || {

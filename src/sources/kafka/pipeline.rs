@@ -20,8 +20,8 @@ use crate::event::{DecodedBatch, EventDecoder};
 use crate::ingest::{Held, Ingest, count_readers, count_rejected};
 use crate::metrics::Metrics;
 use crate::resilience::{RetryPolicy, retry};
-use crate::stream::lanes::LaneMark;
 use crate::sinks::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
+use crate::stream::lanes::LaneMark;
 
 /// What the pipeline needs.
 pub struct Pipeline {
