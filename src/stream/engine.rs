@@ -16,6 +16,7 @@ use super::catalog::{self, CqDefinition, CqOptions};
 use super::lanes::{LaneMark, Lanes};
 use super::late::{self, LATE_EVENTS_TABLE};
 use super::output::{self, SessionCheckpoint};
+use super::state_sink::QueryEmissions;
 use super::query::{CqRuntime, CqStatus, Emitted, Prepared, Preparer, Processed, source_of};
 use super::window::WindowSpec;
 use crate::event::time::now_micros;
@@ -353,6 +354,8 @@ impl StreamEngine {
                         _ = tick.tick() => engine.tick().await,
                         _ = shutdown.changed() => break,
                     }
+                    // What this step emitted goes to the state sink in one write.
+                    engine.flush_state_sink().await;
                 }
                 engine.shutdown().await;
             })
@@ -562,6 +565,7 @@ impl StreamEngine {
             let out = self.run_query(i, &inputs, true).await;
             pending.entry(name).or_default().extend(out);
         }
+        self.flush_state_sink().await;
     }
 
     /// Feeds `inputs` to query `i`, persists its output and late events; returns the final rows
@@ -637,8 +641,48 @@ impl StreamEngine {
         states: Vec<RecordBatch>,
         late: &[late::LateEvent],
     ) {
-        let outputs = self.through_state_sink(i, outputs, states).await;
-        let outputs = outputs.as_slice();
+        if self.deps.state_sink.is_some() {
+            // The rows wait for the sink to take their states ([`Self::flush_state_sink`], once
+            // per engine step for every query).
+            if !states.is_empty() || !outputs.is_empty() {
+                self.queries[i].unsunk.push((states, outputs));
+            }
+        } else {
+            self.store_rows(i, &outputs).await;
+        }
+        let q = &mut self.queries[i];
+        let name = q.rt.def.name.clone();
+        if let Some(w) = q.rt.watermark() {
+            self.deps
+                .metrics
+                .cq_watermark_seconds
+                .with_label_values(&[&name])
+                .set(w as f64 / 1e6);
+        }
+        if !late.is_empty() {
+            self.deps
+                .metrics
+                .late_events_total
+                .with_label_values(&[&name])
+                .inc_by(late.len() as u64);
+            let watermark = q.rt.watermark().unwrap_or_default();
+            match late::batch(&name, watermark, now_micros(), late, &q.rt.late_reason()) {
+                Ok(batch) => {
+                    let had_unwritten = !self.late_unwritten.is_empty();
+                    if let Err(e) = append_in_order(&self.late, &mut self.late_unwritten, &[batch]).await
+                        && !had_unwritten
+                    {
+                        tracing::error!(query = %name, error = %e, "writing late events failed; they are kept and written when storage recovers");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "building late-events batch failed"),
+            }
+        }
+    }
+
+    /// Query `i`'s emitted rows into its own table (and to live subscribers), after the state
+    /// sink took their states when there is one.
+    async fn store_rows(&mut self, i: usize, outputs: &[RecordBatch]) {
         let q = &mut self.queries[i];
         let name = q.rt.def.name.clone();
         for batch in outputs {
@@ -674,65 +718,55 @@ impl StreamEngine {
                 ));
             }
         }
-        if let Some(w) = q.rt.watermark() {
-            self.deps
-                .metrics
-                .cq_watermark_seconds
-                .with_label_values(&[&name])
-                .set(w as f64 / 1e6);
-        }
-        if !late.is_empty() {
-            self.deps
-                .metrics
-                .late_events_total
-                .with_label_values(&[&name])
-                .inc_by(late.len() as u64);
-            let watermark = q.rt.watermark().unwrap_or_default();
-            match late::batch(&name, watermark, now_micros(), late, &q.rt.late_reason()) {
-                Ok(batch) => {
-                    let had_unwritten = !self.late_unwritten.is_empty();
-                    if let Err(e) = append_in_order(&self.late, &mut self.late_unwritten, &[batch]).await
-                        && !had_unwritten
-                    {
-                        tracing::error!(query = %name, error = %e, "writing late events failed; they are kept and written when storage recovers");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "building late-events batch failed"),
-            }
-        }
     }
 
-    /// With a state sink: hands query `i`'s pending and new states to it and returns the output
-    /// rows it may now store (none while the sink refuses: they wait, in order, and go with the
-    /// next emission or tick). Without one, `outputs` as they are.
-    async fn through_state_sink(
-        &mut self,
-        i: usize,
-        outputs: Vec<RecordBatch>,
-        states: Vec<RecordBatch>,
-    ) -> Vec<RecordBatch> {
+    /// With a state sink: hands it the pending states of every query in one call (one
+    /// PostgreSQL transaction per engine step: a burst closing the windows of 19 rollups was 19
+    /// commits on the engine thread), then stores the rows it took. While it refuses, the rows
+    /// wait, in order, and the next step or tick tries again.
+    async fn flush_state_sink(&mut self) {
         let Some(sink) = self.deps.state_sink.clone() else {
-            return outputs;
+            return;
         };
-        let q = &mut self.queries[i];
-        if !states.is_empty() || !outputs.is_empty() {
-            q.unsunk.push((states, outputs));
+        let pending: Vec<usize> = (0..self.queries.len())
+            .filter(|&i| !self.queries[i].unsunk.is_empty())
+            .collect();
+        if pending.is_empty() {
+            return;
         }
-        let emissions: Vec<Vec<RecordBatch>> = q
-            .unsunk
+        let emissions: Vec<(String, Vec<Vec<RecordBatch>>)> = pending
             .iter()
-            .filter(|(s, _)| !s.is_empty())
-            .map(|(s, _)| s.clone())
+            .map(|&i| {
+                let q = &self.queries[i];
+                let states = q
+                    .unsunk
+                    .iter()
+                    .filter(|(s, _)| !s.is_empty())
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                (q.rt.def.name.clone(), states)
+            })
+            .filter(|(_, states): &(String, Vec<Vec<RecordBatch>>)| !states.is_empty())
             .collect();
         if !emissions.is_empty() {
-            let name = q.rt.def.name.clone();
-            if let Err(e) = sink.write_states(&name, &emissions).await {
-                if q.rt.last_error.is_none() {
-                    tracing::warn!(query = %name, error = %e, "the rollup sink did not take emitted windows; their rows wait and are retried");
+            let queries: Vec<QueryEmissions<'_>> = emissions
+                .iter()
+                .map(|(name, states)| QueryEmissions { name, emissions: states })
+                .collect();
+            if let Err(e) = sink.write_states(&queries).await {
+                for &i in &pending {
+                    let waiting = self.queries[i].unsunk.len();
+                    let q = &mut self.queries[i].rt;
+                    if q.last_error.is_none() {
+                        tracing::warn!(query = %q.def.name, error = %e, "the rollup sink did not take emitted windows; their rows wait and are retried");
+                    }
+                    q.last_error = Some(format!("{waiting} emissions wait for the rollup sink: {e}"));
                 }
-                q.rt.last_error = Some(format!("{} emissions wait for the rollup sink: {e}", q.unsunk.len()));
-                return Vec::new();
+                return;
             }
+        }
+        for i in pending {
+            let q = &mut self.queries[i];
             if q.rt
                 .last_error
                 .as_deref()
@@ -740,8 +774,9 @@ impl StreamEngine {
             {
                 q.rt.last_error = None;
             }
+            let rows: Vec<RecordBatch> = q.unsunk.drain(..).flat_map(|(_, rows)| rows).collect();
+            self.store_rows(i, &rows).await;
         }
-        q.unsunk.drain(..).flat_map(|(_, rows)| rows).collect()
     }
 
     /// Runs input from `source` through every query, downstream queries included.
@@ -953,7 +988,7 @@ impl StreamEngine {
                 self.bound_by_lanes(i, now);
                 match self.queries[i].rt.on_tick(now).await {
                     Ok(out) => {
-                        if !out.rows.is_empty() || !out.states.is_empty() || !self.queries[i].unsunk.is_empty() {
+                        if !out.rows.is_empty() || !out.states.is_empty() {
                             self.persist(i, out.rows, out.states, &[]).await;
                         }
                         if !out.closed.is_empty() {
@@ -984,10 +1019,11 @@ impl StreamEngine {
             // replacing that part.
             for i in 0..self.queries.len() {
                 let open = self.queries[i].rt.open_states();
-                if !open.is_empty() || !self.queries[i].unsunk.is_empty() {
+                if !open.is_empty() {
                     self.persist(i, Vec::new(), open, &[]).await;
                 }
             }
+            self.flush_state_sink().await;
         }
         for i in 0..self.queries.len() {
             self.write_checkpoint(i);

@@ -14,14 +14,24 @@ use datafusion::arrow::array::RecordBatch;
 /// Why a sink did not take states (the engine keeps the rows and retries on its next tick).
 pub type StateSinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One query's emissions, oldest first. Each emission is rows of the query's state schema
+/// holding, merged, the whole state so far of every window and key it covers (several rows of
+/// one window and key are partial states to merge); a later emission of the same window and
+/// key replaces an earlier one.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryEmissions<'a> {
+    /// The query.
+    pub name: &'a str,
+    /// Its emissions, oldest first.
+    pub emissions: &'a [Vec<RecordBatch>],
+}
+
 /// Stores the accumulator states of emitted windows.
 #[async_trait]
 pub trait StateSink: Send + Sync + std::fmt::Debug {
-    /// Stores the `emissions` of query `name`, oldest first. Each emission is rows of the
-    /// query's state schema holding, merged, the whole state so far of every window and key it
-    /// covers (several rows of one window and key are partial states to merge); a later
-    /// emission of the same window and key replaces an earlier one. `Ok` once they are
-    /// durable, or when the sink does not keep this query or never could (its status says
-    /// why); `Err` only when retrying later can succeed.
-    async fn write_states(&self, name: &str, emissions: &[Vec<RecordBatch>]) -> Result<(), StateSinkError>;
+    /// Stores what every query in `queries` emitted in one engine step, all at once (the
+    /// engine calls this once per step, not once per query). `Ok` once they are durable (a
+    /// query the sink does not keep, or whose write can never succeed, is skipped and its
+    /// status says why); `Err` only when retrying later can succeed, and then none is stored.
+    async fn write_states(&self, queries: &[QueryEmissions<'_>]) -> Result<(), StateSinkError>;
 }

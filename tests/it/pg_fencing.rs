@@ -13,7 +13,7 @@ use llm_analytics_hub::sinks::{RollupSink, SinkError, SourcePosition};
 use llm_analytics_hub::stream::catalog::CqDefinition;
 use llm_analytics_hub::stream::plan::CqPlan;
 use llm_analytics_hub::stream::rewrite::rewrite;
-use llm_analytics_hub::stream::state_sink::StateSink;
+use llm_analytics_hub::stream::state_sink::{QueryEmissions, StateSink};
 use llm_analytics_hub::stream::window::window_spec;
 use tokio::sync::watch;
 
@@ -32,13 +32,22 @@ fn base_query() -> CqDefinition {
 }
 
 async fn sink(url: &str, instance: &str, config: impl FnOnce(&mut PostgresConfig)) -> PostgresSink {
+    sink_of(url, instance, config, vec![base_query()]).await
+}
+
+async fn sink_of(
+    url: &str,
+    instance: &str,
+    config: impl FnOnce(&mut PostgresConfig),
+    queries: Vec<CqDefinition>,
+) -> PostgresSink {
     let mut c = PostgresConfig {
         url: Some(url.into()),
         instance_id: Some(instance.into()),
         ..PostgresConfig::default()
     };
     config(&mut c);
-    let (_tx, rx) = watch::channel(vec![base_query()]);
+    let (_tx, rx) = watch::channel(queries);
     PostgresSink::connect(&c, "g-fence", instance, rx, Metrics::new().expect("metrics"))
         .await
         .expect("sink")
@@ -67,6 +76,20 @@ async fn states_of(l: &[Vec<u8>]) -> Vec<RecordBatch> {
     states
 }
 
+/// One query's single emission through [`StateSink::write_states`].
+async fn write(
+    sink: &PostgresSink,
+    name: &str,
+    states: Vec<RecordBatch>,
+) -> Result<(), llm_analytics_hub::stream::state_sink::StateSinkError> {
+    let emissions = [states];
+    sink.write_states(&[QueryEmissions {
+        name,
+        emissions: &emissions,
+    }])
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted_again_counts_once() {
     let db = TestDb::create("states").await;
@@ -76,11 +99,11 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
     let (l1, l2, l3) = (lines(95, 2_000), lines(96, 2_000), lines(97, 500));
     let mut conn = db.connect().await;
 
-    a.write_states("pm_1m", &[states_of(&l1).await])
+    write(&a, "pm_1m", states_of(&l1).await)
         .await
         .expect("a's windows");
     assert_same("a's share", &stored(&mut conn, "pm_1m").await, &oracle(&l1, 1).await);
-    b.write_states("pm_1m", &[states_of(&l2).await])
+    write(&b, "pm_1m", states_of(&l2).await)
         .await
         .expect("b's windows");
     let both: Vec<Vec<u8>> = l1.iter().chain(&l2).cloned().collect();
@@ -88,7 +111,7 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
     assert_same("a's and b's shares merged", &merged, &oracle(&both, 1).await);
 
     // A restart emits a's windows again: stored once.
-    a.write_states("pm_1m", &[states_of(&l1).await]).await.expect("a again");
+    write(&a, "pm_1m", states_of(&l1).await).await.expect("a again");
     assert_eq!(
         stored(&mut conn, "pm_1m").await,
         merged,
@@ -96,7 +119,7 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
     );
     // An updating emission: a's newer state of the same windows replaces its older one.
     let a_later: Vec<Vec<u8>> = l1.iter().chain(&l3).cloned().collect();
-    a.write_states("pm_1m", &[states_of(&a_later).await])
+    write(&a, "pm_1m", states_of(&a_later).await)
         .await
         .expect("a's update");
     let all: Vec<Vec<u8>> = both.iter().chain(&l3).cloned().collect();
@@ -111,7 +134,7 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
         .expect("parts");
     assert_eq!(parts, 2, "one part per instance");
     // A query the sink does not store is not an error (nothing to write).
-    a.write_states("not_stored", &[states_of(&l3).await])
+    write(&a, "not_stored", states_of(&l3).await)
         .await
         .expect("unknown query");
 }
@@ -200,4 +223,72 @@ async fn the_circuit_breaker_opens_on_an_unreachable_database() {
         "{r:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(100), "fails fast while open");
+}
+
+/// The engine hands the sink every query's emissions of a step in one call, written in one
+/// transaction; a table whose write can never succeed (changed under the Hub) is rolled back
+/// alone and the others are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_stop_the_others() {
+    let db = TestDb::create("step").await;
+    let copy = CqDefinition {
+        name: "pm_1m_copy".into(),
+        ..base_query()
+    };
+    let a = sink_of(&db.url, "a", |_| {}, vec![base_query(), copy]).await;
+    let (l1, l2) = (lines(98, 1_000), lines(99, 1_000));
+    let first = [states_of(&l1).await];
+    a.write_states(&[
+        QueryEmissions {
+            name: "pm_1m_copy",
+            emissions: &first,
+        },
+        QueryEmissions {
+            name: "pm_1m",
+            emissions: &first,
+        },
+    ])
+    .await
+    .expect("both queries");
+    let mut conn = db.connect().await;
+    assert_same("pm_1m", &stored(&mut conn, "pm_1m").await, &oracle(&l1, 1).await);
+    assert_same("its copy", &stored(&mut conn, "pm_1m_copy").await, &oracle(&l1, 1).await);
+
+    let tokens_before: i64 = sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
+        .fetch_one(&mut conn)
+        .await
+        .expect("sum");
+    // An operator drops a column the Hub writes: that table cannot take rows any more.
+    sqlx::query("ALTER TABLE pm_1m_copy DROP COLUMN requests")
+        .execute(&mut conn)
+        .await
+        .expect("alter");
+    // The next step's emission holds the whole state so far of the windows (l1 and l2).
+    let both: Vec<Vec<u8>> = l1.iter().chain(&l2).cloned().collect();
+    let second = [states_of(&both).await];
+    a.write_states(&[
+        QueryEmissions {
+            name: "pm_1m_copy",
+            emissions: &second,
+        },
+        QueryEmissions {
+            name: "pm_1m",
+            emissions: &second,
+        },
+    ])
+    .await
+    .expect("a broken table is not retried");
+    assert_same("pm_1m stored", &stored(&mut conn, "pm_1m").await, &oracle(&both, 1).await);
+    let status = a.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("pm_1m_copy:") && e.contains("requests")),
+        "the sink's last error names the table it could not write and why: {status}"
+    );
+    let tokens_after: i64 = sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
+        .fetch_one(&mut conn)
+        .await
+        .expect("sum");
+    assert_eq!(tokens_after, tokens_before, "the broken table's write was rolled back");
 }

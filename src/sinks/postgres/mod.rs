@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -31,6 +30,7 @@ use super::{DeadLetter, EventClaim, RollupSink, SinkError, SourcePosition};
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker, RetryPolicy};
 use crate::stream::catalog::CqDefinition;
+use crate::stream::state_sink::QueryEmissions;
 
 /// Advisory lock every sink transaction takes first: writers of all instances are serialized,
 /// so merges of the same row never interleave and lock order cannot deadlock.
@@ -276,23 +276,58 @@ impl PostgresSink {
 
     /// One transaction: this instance's part of query `name`'s emitted windows, and the merged
     /// rows they touch.
-    async fn states_txn(&self, name: &str, emissions: &[Vec<RecordBatch>]) -> Result<(), SinkError> {
+    /// Every query's emissions in one transaction (one commit per engine step, not one per
+    /// query). Each table is written under a savepoint: a write that can never succeed (a table
+    /// changed under the Hub) is rolled back alone, logged and kept in the sink's status, and
+    /// the others commit; a lost connection fails the whole step, retried by the engine.
+    async fn states_txn(&self, queries: &[QueryEmissions<'_>]) -> Result<(), SinkError> {
         let mut tables = self.tables.lock().await;
         tables.prepare(&self.pool, &self.metrics).await?;
         *lock(&self.table_status) = tables.status();
-        let Some(table) = tables.list().iter().find(|t| t.name == name) else {
-            // Not stored: its reason is in the status (`prepare` has just rebuilt the tables for
-            // every registered query, this one included).
+        // A query without a table is not stored: its reason is in the status (`prepare` has
+        // just rebuilt the tables for every registered query, this one included).
+        let targets: Vec<_> = queries
+            .iter()
+            .filter_map(|q| {
+                let table = tables.list().iter().find(|t| t.name == q.name)?;
+                Some((table, q.emissions))
+            })
+            .collect();
+        if targets.is_empty() {
             return Ok(());
-        };
+        }
         let mut tx = self.begin_locked().await?;
+        let mut written = Vec::with_capacity(targets.len());
         let applied = async {
-            table.write_states(&mut tx, &self.store_id, emissions).await?;
+            for (table, emissions) in &targets {
+                sqlx::query("SAVEPOINT hub_query").execute(&mut *tx).await.map_err(classify_db)?;
+                match table.write_states(&mut tx, &self.store_id, emissions).await {
+                    Ok(()) => {
+                        sqlx::query("RELEASE SAVEPOINT hub_query")
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify_db)?;
+                        written.push(*table);
+                    }
+                    Err(e) if e.is_unavailable() => return Err(e),
+                    Err(e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT hub_query")
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify_db)?;
+                        table.settle(false);
+                        tracing::error!(query = %table.name, error = %e, "emitted windows not stored in PostgreSQL; its table there misses them");
+                        *lock(&self.last_error) = Some(format!("{}: {e}", table.name));
+                    }
+                }
+            }
             tx.commit().await.map_err(classify_db)
         }
         .await;
         // Partitions created in a rolled-back transaction are gone: only committed ones count.
-        table.settle(applied.is_ok());
+        for table in written {
+            table.settle(applied.is_ok());
+        }
         applied
     }
 }
@@ -301,18 +336,21 @@ impl PostgresSink {
 impl crate::stream::state_sink::StateSink for PostgresSink {
     async fn write_states(
         &self,
-        name: &str,
-        emissions: &[Vec<RecordBatch>],
+        queries: &[QueryEmissions<'_>],
     ) -> Result<(), crate::stream::state_sink::StateSinkError> {
-        if emissions.iter().flatten().all(|b| b.num_rows() == 0) {
+        if queries
+            .iter()
+            .flat_map(|q| q.emissions.iter().flatten())
+            .all(|b| b.num_rows() == 0)
+        {
             return Ok(());
         }
-        match self.guarded("write_states", || self.states_txn(name, emissions)).await {
+        match self.guarded("write_states", || self.states_txn(queries)).await {
             Err(e) if e.is_unavailable() => Err(e.into()),
-            // Retrying cannot help (a table changed under the Hub, a bug): the Hub's own table
-            // must not wait forever; the error stays in the sink's status and the log.
+            // Retrying cannot help (a bug): the Hub's own tables must not wait forever; the
+            // error stays in the sink's status and the log.
             Err(e) => {
-                tracing::error!(query = %name, error = %e, "emitted windows not stored in PostgreSQL; its table there misses them");
+                tracing::error!(error = %e, "emitted windows not stored in PostgreSQL; its tables there miss them");
                 Ok(())
             }
             Ok(()) => Ok(()),
