@@ -16,8 +16,8 @@ use super::catalog::{self, CqDefinition, CqOptions};
 use super::lanes::{LaneMark, Lanes};
 use super::late::{self, LATE_EVENTS_TABLE};
 use super::output::{self, SessionCheckpoint};
-use super::state_sink::QueryEmissions;
 use super::query::{CqRuntime, CqStatus, Emitted, Prepared, Preparer, Processed, source_of};
+use super::state_sink::QueryEmissions;
 use super::window::WindowSpec;
 use crate::event::time::now_micros;
 use crate::event::{EVENTS_TABLE, events_schema};
@@ -751,7 +751,10 @@ impl StreamEngine {
         if !emissions.is_empty() {
             let queries: Vec<QueryEmissions<'_>> = emissions
                 .iter()
-                .map(|(name, states)| QueryEmissions { name, emissions: states })
+                .map(|(name, states)| QueryEmissions {
+                    name,
+                    emissions: states,
+                })
                 .collect();
             if let Err(e) = sink.write_states(&queries).await {
                 for &i in &pending {

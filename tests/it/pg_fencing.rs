@@ -99,13 +99,9 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
     let (l1, l2, l3) = (lines(95, 2_000), lines(96, 2_000), lines(97, 500));
     let mut conn = db.connect().await;
 
-    write(&a, "pm_1m", states_of(&l1).await)
-        .await
-        .expect("a's windows");
+    write(&a, "pm_1m", states_of(&l1).await).await.expect("a's windows");
     assert_same("a's share", &stored(&mut conn, "pm_1m").await, &oracle(&l1, 1).await);
-    write(&b, "pm_1m", states_of(&l2).await)
-        .await
-        .expect("b's windows");
+    write(&b, "pm_1m", states_of(&l2).await).await.expect("b's windows");
     let both: Vec<Vec<u8>> = l1.iter().chain(&l2).cloned().collect();
     let merged = stored(&mut conn, "pm_1m").await;
     assert_same("a's and b's shares merged", &merged, &oracle(&both, 1).await);
@@ -119,9 +115,7 @@ async fn every_instances_emitted_windows_merge_into_one_row_and_a_window_emitted
     );
     // An updating emission: a's newer state of the same windows replaces its older one.
     let a_later: Vec<Vec<u8>> = l1.iter().chain(&l3).cloned().collect();
-    write(&a, "pm_1m", states_of(&a_later).await)
-        .await
-        .expect("a's update");
+    write(&a, "pm_1m", states_of(&a_later).await).await.expect("a's update");
     let all: Vec<Vec<u8>> = both.iter().chain(&l3).cloned().collect();
     assert_same(
         "a's update merged with b",
@@ -252,7 +246,11 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
     .expect("both queries");
     let mut conn = db.connect().await;
     assert_same("pm_1m", &stored(&mut conn, "pm_1m").await, &oracle(&l1, 1).await);
-    assert_same("its copy", &stored(&mut conn, "pm_1m_copy").await, &oracle(&l1, 1).await);
+    assert_same(
+        "its copy",
+        &stored(&mut conn, "pm_1m_copy").await,
+        &oracle(&l1, 1).await,
+    );
 
     let tokens_before: i64 = sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
         .fetch_one(&mut conn)
@@ -278,7 +276,11 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
     ])
     .await
     .expect("a broken table is not retried");
-    assert_same("pm_1m stored", &stored(&mut conn, "pm_1m").await, &oracle(&both, 1).await);
+    assert_same(
+        "pm_1m stored",
+        &stored(&mut conn, "pm_1m").await,
+        &oracle(&both, 1).await,
+    );
     let status = a.status();
     assert!(
         status["last_error"]
