@@ -74,6 +74,25 @@ impl RawBatch {
         }
     }
 
+    /// A batch of `(topic index, partition, payload)` records at offsets 0, 1, … (tests).
+    #[cfg(test)]
+    pub(super) fn of(topics: &[&str], records: &[(usize, i32, &[u8])]) -> Self {
+        let mut batch = Self::new(topics.iter().map(|t| t.to_string()).collect(), 0);
+        for (offset, (topic, partition, payload)) in records.iter().enumerate() {
+            let start = batch.buf.len();
+            batch.buf.extend_from_slice(payload);
+            batch.records.push(Record {
+                topic: *topic,
+                partition: *partition,
+                offset: offset as i64,
+                payload: start..batch.buf.len(),
+                key: None,
+                headers: None,
+            });
+        }
+        batch
+    }
+
     /// The payload of record `i`.
     pub fn payload(&self, i: usize) -> &[u8] {
         self.records.get(i).map_or(&[], |r| &self.buf[r.payload.clone()])

@@ -338,3 +338,59 @@ async fn write_sink(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u128, ts: &str) -> Vec<u8> {
+        format!(
+            r#"{{"event_id":"{}","timestamp":"{ts}","source_module":"m","event_type":"telemetry","payload":{{}}}}"#,
+            uuid::Uuid::from_u128(id)
+        )
+        .into_bytes()
+    }
+
+    fn us(ts: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(ts).expect("ts").timestamp_micros()
+    }
+
+    #[test]
+    fn each_partition_gets_the_largest_event_time_of_its_stored_events_and_the_rest_are_announced() {
+        let (a, b, c) = (
+            event(1, "2026-01-01T00:10:00Z"),
+            event(2, "2026-01-01T00:01:00Z"),
+            event(3, "2026-01-01T00:09:00Z"),
+        );
+        // Rejected records shift the rows: partition 1's time must come from its own event.
+        let batch = RawBatch::of(
+            &["t"],
+            &[(0, 0, &a), (0, 1, b"not json"), (0, 1, &b), (0, 2, b"{}"), (0, 0, &c)],
+        );
+        let out = decode(&batch, 0).expect("decode");
+        assert_eq!(out.rejected.len(), 2);
+        let partitions: Vec<PartitionProgress> = (0..4)
+            .map(|p| PartitionProgress {
+                topic: "t".into(),
+                partition: p,
+                assigned: p != 3,
+                ..PartitionProgress::default()
+            })
+            .collect();
+        let mut marks = lane_marks(&batch, &out, &partitions);
+        marks.sort_by(|x, y| x.lane.cmp(&y.lane));
+        let lane = |name: &str, t: Option<i64>| LaneMark {
+            lane: name.into(),
+            max_event_us: t,
+        };
+        assert_eq!(
+            marks,
+            vec![
+                lane("t/0", Some(us("2026-01-01T00:10:00Z"))),
+                lane("t/1", Some(us("2026-01-01T00:01:00Z"))),
+                // Only rejects: announced, not advanced. Partition 3 is not assigned here.
+                lane("t/2", None),
+            ]
+        );
+    }
+}
