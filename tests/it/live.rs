@@ -262,7 +262,12 @@ async fn every_row_a_continuous_query_emits_arrives_in_order_over_websocket() {
     let mut sorted = starts.clone();
     sorted.sort();
     assert_eq!(starts, sorted);
-    let table = hub.rows("SELECT * FROM per_model ORDER BY window_start, model").await;
+    // Subscribers see rows as they are emitted, just before the table has them.
+    let table = crate::harness::wait_for("the table to hold the 12 rows", Duration::from_secs(30), async || {
+        let rows = hub.rows("SELECT * FROM per_model ORDER BY window_start, model").await;
+        (rows.len() == 12).then_some(rows)
+    })
+    .await;
     let mut received = got.clone();
     received.sort_by_key(|r| (r["window_start"].to_string(), r["model"].to_string()));
     assert_eq!(received, table);
