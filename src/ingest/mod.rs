@@ -145,11 +145,7 @@ impl StoreIngest {
 #[async_trait]
 impl Ingest for StoreIngest {
     async fn ingest(&self, batch: RecordBatch, _raw: &[&[u8]]) -> Result<(), IngestError> {
-        let stored = batch.clone();
-        let (appended, ahead) = self.while_preparing(&stored, self.store.append(batch)).await;
-        appended?;
-        self.hand_on(stored, ahead, Vec::new()).await;
-        Ok(())
+        self.ingest_from_lanes(batch, Vec::new()).await
     }
 
     async fn ingest_from_lanes(&self, batch: RecordBatch, lanes: Vec<LaneMark>) -> Result<(), IngestError> {

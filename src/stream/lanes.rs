@@ -45,23 +45,15 @@ impl Lanes {
     /// Takes a batch's marks, observed at `now_us` (before the batch runs through the queries).
     pub fn observe(&mut self, marks: &[LaneMark], now_us: i64) {
         for mark in marks {
-            match mark.max_event_us {
-                Some(t) => {
-                    let lane = self.lanes.entry(Arc::clone(&mark.lane)).or_insert(Lane {
-                        max_event_us: None,
-                        last_input_us: now_us,
-                    });
-                    lane.max_event_us = Some(lane.max_event_us.map_or(t, |m| m.max(t)));
-                    lane.last_input_us = now_us;
-                }
-                // An announcement never refreshes a known lane: an empty partition announced
-                // with every batch must still go idle.
-                None => {
-                    self.lanes.entry(Arc::clone(&mark.lane)).or_insert(Lane {
-                        max_event_us: None,
-                        last_input_us: now_us,
-                    });
-                }
+            let lane = self.lanes.entry(Arc::clone(&mark.lane)).or_insert(Lane {
+                max_event_us: None,
+                last_input_us: now_us,
+            });
+            // An announcement (`None`) never refreshes a known lane: an empty partition
+            // announced with every batch must still go idle.
+            if let Some(t) = mark.max_event_us {
+                lane.max_event_us = Some(lane.max_event_us.map_or(t, |m| m.max(t)));
+                lane.last_input_us = now_us;
             }
         }
         self.lanes

@@ -219,6 +219,20 @@ async fn the_circuit_breaker_opens_on_an_unreachable_database() {
     assert!(started.elapsed() < Duration::from_millis(100), "fails fast while open");
 }
 
+/// One step's emissions of `pm_1m_copy` (first, so a failure there comes before `pm_1m`) and
+/// of `pm_1m`.
+fn copy_first(emissions: &[Vec<RecordBatch>]) -> [QueryEmissions<'_>; 2] {
+    ["pm_1m_copy", "pm_1m"].map(|name| QueryEmissions { name, emissions })
+}
+
+/// The input tokens `pm_1m_copy` holds.
+async fn copy_tokens(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
+        .fetch_one(conn)
+        .await
+        .expect("sum")
+}
+
 /// The engine hands the sink every query's emissions of a step in one call, written in one
 /// transaction; a table whose write can never succeed (changed under the Hub) is rolled back
 /// alone and the others are stored.
@@ -232,18 +246,7 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
     let a = sink_of(&db.url, "a", |_| {}, vec![base_query(), copy]).await;
     let (l1, l2) = (lines(98, 1_000), lines(99, 1_000));
     let first = [states_of(&l1).await];
-    a.write_states(&[
-        QueryEmissions {
-            name: "pm_1m_copy",
-            emissions: &first,
-        },
-        QueryEmissions {
-            name: "pm_1m",
-            emissions: &first,
-        },
-    ])
-    .await
-    .expect("both queries");
+    a.write_states(&copy_first(&first)).await.expect("both queries");
     let mut conn = db.connect().await;
     assert_same("pm_1m", &stored(&mut conn, "pm_1m").await, &oracle(&l1, 1).await);
     assert_same(
@@ -252,10 +255,7 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
         &oracle(&l1, 1).await,
     );
 
-    let tokens_before: i64 = sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
-        .fetch_one(&mut conn)
-        .await
-        .expect("sum");
+    let tokens_before: i64 = copy_tokens(&mut conn).await;
     // An operator drops a column the Hub writes: that table cannot take rows any more.
     sqlx::query("ALTER TABLE pm_1m_copy DROP COLUMN requests")
         .execute(&mut conn)
@@ -264,18 +264,9 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
     // The next step's emission holds the whole state so far of the windows (l1 and l2).
     let both: Vec<Vec<u8>> = l1.iter().chain(&l2).cloned().collect();
     let second = [states_of(&both).await];
-    a.write_states(&[
-        QueryEmissions {
-            name: "pm_1m_copy",
-            emissions: &second,
-        },
-        QueryEmissions {
-            name: "pm_1m",
-            emissions: &second,
-        },
-    ])
-    .await
-    .expect("a broken table is not retried");
+    a.write_states(&copy_first(&second))
+        .await
+        .expect("a broken table is not retried");
     assert_same(
         "pm_1m stored",
         &stored(&mut conn, "pm_1m").await,
@@ -288,9 +279,6 @@ async fn one_step_of_several_queries_is_one_write_and_a_broken_table_does_not_st
             .is_some_and(|e| e.starts_with("pm_1m_copy:") && e.contains("requests")),
         "the sink's last error names the table it could not write and why: {status}"
     );
-    let tokens_after: i64 = sqlx::query_scalar("SELECT sum(input_tokens)::bigint FROM pm_1m_copy")
-        .fetch_one(&mut conn)
-        .await
-        .expect("sum");
+    let tokens_after: i64 = copy_tokens(&mut conn).await;
     assert_eq!(tokens_after, tokens_before, "the broken table's write was rolled back");
 }
