@@ -167,7 +167,12 @@ pub fn predict(y: &[f64], horizon: usize, method: &Method, level: f64) -> Result
 
 /// Median positive spacing of sorted keys (1 if there is none).
 pub fn median_step(keys: &[i64]) -> i64 {
-    let mut d: Vec<i64> = keys.windows(2).map(|w| w[1] - w[0]).filter(|&d| d > 0).collect();
+    // Saturating: timestamps far apart (year 1 to year 9999 and beyond) do not overflow.
+    let mut d: Vec<i64> = keys
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .filter(|&d| d > 0)
+        .collect();
     if d.is_empty() {
         return 1;
     }
@@ -231,6 +236,20 @@ impl AggregateUDFImpl for ForecastUdaf {
     }
 }
 
+/// The `horizon` timestamps after `last`, `step` apart; an error naming the problem when they
+/// would run past the timestamp range (a series spanning millennia with a long horizon).
+fn future_times(last: i64, step: i64, horizon: usize) -> Result<Vec<i64>> {
+    (1..=horizon as i64)
+        .map(|h| {
+            step.checked_mul(h).and_then(|d| last.checked_add(d)).ok_or_else(|| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "forecast: {horizon} steps of the series' median interval after its last timestamp run past the timestamp range; use a shorter horizon or a series with a shorter interval"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// The result of `forecast` over the buffered `(ts, value)` rows.
 #[derive(Debug)]
 struct ForecastEval {
@@ -251,7 +270,7 @@ impl SeriesEval for ForecastEval {
         };
         let step = median_step(&keys);
         let last = keys.last().copied().unwrap_or(0);
-        let ts: Int64Array = (1..=self.horizon as i64).map(|h| last + step * h).collect();
+        let ts = Int64Array::from(future_times(last, step, self.horizon)?);
         let ts = cast(&ts, &self.ts_type)?;
         let arrays: Vec<ArrayRef> = vec![
             ts,
@@ -275,6 +294,17 @@ impl SeriesEval for ForecastEval {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn future_timestamps_past_the_range_are_an_error_not_an_overflow() {
+        assert_eq!(future_times(100, 10, 3).expect("in range"), vec![110, 120, 130]);
+        let e = future_times(i64::MAX - 100, 60, 817).expect_err("past i64");
+        assert!(e.to_string().contains("run past the timestamp range"), "{e}");
+        let e = future_times(0, i64::MAX / 2, 3).expect_err("step times horizon");
+        assert!(e.to_string().contains("shorter horizon"), "{e}");
+        // Keys spanning more than i64 saturate instead of overflowing.
+        assert_eq!(median_step(&[i64::MIN, 0, i64::MAX]), i64::MAX);
+    }
 
     #[test]
     fn parses_methods() {
