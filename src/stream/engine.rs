@@ -234,6 +234,8 @@ pub struct StreamEngine {
     preparers: tokio::sync::watch::Sender<Arc<Vec<(QueryId, Preparer)>>>,
     /// Event-time progress of the input lanes (bounds the queries over raw events).
     lanes: Lanes,
+    /// The lanes' version last saved, and when.
+    lanes_saved: (u64, std::time::Instant),
 }
 
 /// Columns of an output store a live subscriber sees: all but the hidden key columns.
@@ -283,6 +285,7 @@ impl StreamEngine {
             late_unwritten: Vec::new(),
             preparers,
             lanes: Lanes::default(),
+            lanes_saved: (0, std::time::Instant::now()),
         };
         let saved = catalog::load(&engine.deps.dir)?;
         let mut snapshots = Vec::new();
@@ -299,6 +302,8 @@ impl StreamEngine {
             }
         }
         engine.replay(snapshots).await;
+        // After the replay (which holds event time itself): the lanes of before the stop.
+        engine.lanes = Lanes::restore(super::lanes::load(&engine.deps.dir), now_micros());
         for i in 0..engine.queries.len() {
             let q = &mut engine.queries[i];
             match output::open_rows(&q.rt, &q.output).await {
@@ -595,6 +600,18 @@ impl StreamEngine {
         self.bound_by_lanes(i, now);
         let result = self.queries[i].rt.on_prepared(prepared, now, false).await;
         self.absorb(i, vec![result]).await
+    }
+
+    /// Saves the input lanes if they moved since they were last saved.
+    fn save_lanes(&mut self) {
+        let version = self.lanes.version();
+        if version == self.lanes_saved.0 {
+            return;
+        }
+        match super::lanes::save(&self.deps.dir, &self.lanes) {
+            Ok(()) => self.lanes_saved = (version, std::time::Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "saving the input lanes failed; retrying at the next tick"),
+        }
     }
 
     /// Holds query `i`'s watermark back to its slowest active input lane when it reads raw
@@ -1009,6 +1026,9 @@ impl StreamEngine {
         }
         // Idle advance may have moved an upstream watermark without closing a window.
         self.run_downstream(HashMap::new(), Vec::new()).await;
+        if self.lanes_saved.1.elapsed() >= Duration::from_secs(1) {
+            self.save_lanes();
+        }
         if let Err(e) = self.late.maintain().await {
             tracing::warn!(error = %e, "late-events maintenance failed");
         }
@@ -1031,6 +1051,7 @@ impl StreamEngine {
         for i in 0..self.queries.len() {
             self.write_checkpoint(i);
         }
+        self.save_lanes();
         for q in &self.queries {
             if let Err(e) = q.output.flush().await {
                 tracing::warn!(query = %q.rt.def.name, error = %e, "flushing output failed");

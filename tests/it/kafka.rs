@@ -553,3 +553,108 @@ async fn a_partition_behind_the_other_is_counted_not_late() {
     assert_eq!(q["late_events"], 0, "{q}");
     assert_eq!(hub.rows("SELECT count(*) AS n FROM late_events").await[0]["n"], 0);
 }
+
+/// The same skew across a kill -9: after the restart, the replay holds both partitions' events
+/// (00:10 and 00:00), yet partition 1's next events (00:01) are not late, because the query's
+/// input lanes were saved and hold event time at partition 1's progress until it delivers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_behind_the_other_is_still_counted_after_a_kill9() {
+    let broker = Broker::start();
+    let topic = "events-skew-restart";
+    broker.create_topic(topic, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let opts = kafka_opts(&broker, topic, "g-skew-restart", "");
+    let mut hub = Hub::start_with(&data, opts.clone()).await;
+    let (code, body) = hub
+        .sql(
+            "CREATE CONTINUOUS QUERY per_minute WITH (idle_timeout = '2 minutes') AS
+             SELECT window_start, window_end, count(*) AS n FROM events
+             GROUP BY tumble(timestamp, INTERVAL '1 minute')",
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let event = |id: u128, minute: usize, second: usize| {
+        crate::cq::event(id, &format!("2026-01-01T00:{minute:02}:{second:02}Z"), "m").into_bytes()
+    };
+    let ahead: Vec<Vec<u8>> = (0..600).map(|i| event(i as u128, 10, i % 60)).collect();
+    let behind_first: Vec<Vec<u8>> = (0..600).map(|i| event(10_000 + i as u128, 0, i % 60)).collect();
+    let behind_next: Vec<Vec<u8>> = (0..600).map(|i| event(20_000 + i as u128, 1, i % 60)).collect();
+    broker.produce_to_partition(topic, 0, &ahead).await;
+    broker.produce_to_partition(topic, 1, &behind_first).await;
+    wait_until("both partitions' events stored", Duration::from_secs(60), async || {
+        hub.count("").await == 1200
+    })
+    .await;
+    // The engine saves its lanes at most once a second: kill once the file has both.
+    let lanes = data.join("cq").join("lanes.json");
+    let p1 = format!("{topic}/1");
+    let p1_at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:59Z")
+        .expect("ts")
+        .timestamp_micros();
+    wait_until("the lanes saved", Duration::from_secs(30), async || {
+        let saved: Value = std::fs::read(&lanes)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        saved
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["lane"] == p1.as_str() && l["max_event_us"] == p1_at))
+    })
+    .await;
+    // Every offset committed first: what is re-read after a kill -9 is at-least-once
+    // (`kill9_mid_consumption_loses_nothing`); here the windows' exact counts are the point.
+    wait_until("the offsets committed", Duration::from_secs(60), async || {
+        let s = status(&hub).await;
+        let parts = s["sources"][0]["partitions"].as_array().cloned().unwrap_or_default();
+        parts.len() == 2
+            && parts
+                .iter()
+                .all(|p| p["lag"] == 0 && p["committed_offset"] == p["high_watermark"])
+    })
+    .await;
+    hub.kill9();
+    let hub = Hub::start_with(&data, opts).await;
+    // The replay of partition 0's 00:10 does not move event time past partition 1.
+    let held = format!("{p1} at 2026-01-01T00:00:59Z");
+    let q = crate::harness::wait_for(
+        "the restored lanes to hold event time",
+        Duration::from_secs(30),
+        async || {
+            let q = hub.get_json("/api/v1/continuous-queries/per_minute").await;
+            (q["watermark_held_by"] == held.as_str()).then_some(q)
+        },
+    )
+    .await;
+    assert_eq!(q["late_events"], 0, "{q}");
+    broker.produce_to_partition(topic, 1, &behind_next).await;
+    wait_until(
+        "partition 1's next events stored",
+        Duration::from_secs(90),
+        async || hub.count("").await == 1800,
+    )
+    .await;
+    broker.produce_to_partition(topic, 0, &[event(99_000, 30, 0)]).await;
+    broker.produce_to_partition(topic, 1, &[event(99_001, 30, 0)]).await;
+    let rows = crate::harness::wait_for("the 00:10 window emitted", Duration::from_secs(60), async || {
+        let rows = hub
+            .rows("SELECT CAST(window_start AS VARCHAR) AS w, n FROM per_minute ORDER BY window_start")
+            .await;
+        (rows.len() == 3).then_some(rows)
+    })
+    .await;
+    let got: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r["w"].as_str().expect("w").to_string(), r["n"].as_i64().expect("n")))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2026-01-01T00:00:00Z".to_string(), 600),
+            ("2026-01-01T00:01:00Z".to_string(), 600),
+            ("2026-01-01T00:10:00Z".to_string(), 600),
+        ]
+    );
+    let q = hub.get_json("/api/v1/continuous-queries/per_minute").await;
+    assert_eq!(q["late_events"], 0, "{q}");
+}

@@ -14,7 +14,7 @@ mod parquet_files;
 mod table;
 pub(crate) mod wal;
 
-pub use parquet_files::footer_bounds;
+pub use parquet_files::{ParquetCompression, footer_bounds};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +74,9 @@ pub struct LocalStoreConfig {
     pub retention_days: u32,
     /// How often retention looks for files to delete.
     pub retention_check_secs: u64,
+    /// Codec of the Parquet files a rotated segment is written to: `zstd` (level 1), `lz4`,
+    /// `snappy` or `none` (see docs/storage.md for what each costs).
+    pub parquet_compression: ParquetCompression,
 }
 
 impl Default for LocalStoreConfig {
@@ -89,6 +92,7 @@ impl Default for LocalStoreConfig {
             warn_free_bytes: 1 << 30,
             retention_days: 0,
             retention_check_secs: 60,
+            parquet_compression: ParquetCompression::default(),
         }
     }
 }
@@ -198,6 +202,8 @@ pub(crate) struct Shared {
     flush_lock: tokio::sync::Mutex<()>,
     /// Column Parquet files are sorted by, if any.
     sort_column: Option<String>,
+    /// How Parquet files are encoded.
+    format: parquet_files::FileFormat,
     /// Only the events store reports storage gauges.
     metrics: Option<Metrics>,
     /// Where WAL segment files are created (the real file system, or a faulty one in tests).
@@ -668,6 +674,7 @@ impl LocalStore {
         let files = file_seqs.iter().map(|s| parquet_files::file_path(&dir, *s)).collect();
         let shared = Arc::new(Shared {
             dir,
+            format: parquet_files::FileFormat::new(&schema, config.parquet_compression),
             schema,
             config,
             wal: Mutex::new(wal),
@@ -759,6 +766,7 @@ impl LocalStore {
                     seq,
                     &shared.schema,
                     shared.sort_column.as_deref(),
+                    &shared.format,
                     &batches,
                 )
                 .map(Some)

@@ -12,13 +12,78 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
 
+use crate::event::schema::col;
 use crate::storage::StorageError;
 
 const PREFIX: &str = "events-";
 const SUFFIX: &str = ".parquet";
 /// Rows per row group: small enough that time-range filters skip most of a file.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// The codec of a store's Parquet files (`storage.parquet_compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParquetCompression {
+    /// zstd level 1: the smallest files.
+    #[default]
+    Zstd,
+    /// LZ4 (the `LZ4_RAW` codec): faster to write, larger files.
+    Lz4,
+    /// Snappy.
+    Snappy,
+    /// Uncompressed.
+    None,
+}
+
+impl ParquetCompression {
+    fn codec(self) -> Compression {
+        match self {
+            Self::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Self::Lz4 => Compression::LZ4_RAW,
+            Self::Snappy => Compression::SNAPPY,
+            Self::None => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
+/// Columns whose values are all (or nearly all) distinct: a dictionary never pays for them,
+/// and trying one costs a hash of every value until the writer gives up on it.
+const DISTINCT_COLUMNS: [&str; 4] = [col::EVENT_ID, col::CORRELATION_ID, col::PARENT_EVENT_ID, col::PAYLOAD];
+
+/// How a store writes its Parquet files.
+#[derive(Debug, Clone, Default)]
+pub struct FileFormat {
+    compression: ParquetCompression,
+    /// Columns written without dictionary encoding.
+    plain: Vec<String>,
+}
+
+impl FileFormat {
+    /// The format of a store of `schema`: `compression`, and no dictionary for the columns
+    /// of distinct values it has.
+    pub fn new(schema: &SchemaRef, compression: ParquetCompression) -> Self {
+        let plain = DISTINCT_COLUMNS
+            .iter()
+            .filter(|c| schema.index_of(c).is_ok())
+            .map(|c| (*c).to_string())
+            .collect();
+        Self { compression, plain }
+    }
+
+    fn properties(&self) -> WriterProperties {
+        self.plain
+            .iter()
+            .fold(WriterProperties::builder(), |b, c| {
+                b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
+            })
+            .set_compression(self.compression.codec())
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build()
+    }
+}
 
 /// Path of the file holding segment `seq`.
 pub fn file_path(dir: &Path, seq: u64) -> PathBuf {
@@ -38,6 +103,7 @@ pub fn write_segment(
     seq: u64,
     schema: &SchemaRef,
     sort_column: Option<&str>,
+    format: &FileFormat,
     batches: &[RecordBatch],
 ) -> Result<PathBuf, StorageError> {
     let order = sort_order(schema, sort_column, batches)?;
@@ -50,7 +116,7 @@ pub fn write_segment(
     let tmp_path = final_path.with_extension("parquet.tmp");
     let sum_path = checksum_path(&final_path);
     let sum_tmp = sum_path.with_extension("crc32.tmp");
-    let written = write_file(&tmp_path, schema, chunks).and_then(|sum| {
+    let written = write_file(&tmp_path, schema, format, chunks).and_then(|sum| {
         std::fs::write(&sum_tmp, sum.to_line())
             .and_then(|()| File::open(&sum_tmp)?.sync_all())
             .map_err(StorageError::io(format!("writing {}", sum_tmp.display())))?;
@@ -108,13 +174,11 @@ fn sort_order(
 fn write_file(
     path: &Path,
     schema: &SchemaRef,
+    format: &FileFormat,
     chunks: impl Iterator<Item = Result<RecordBatch, StorageError>>,
 ) -> Result<Checksum, StorageError> {
     let file = File::create(path).map_err(StorageError::io(format!("creating {}", path.display())))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
+    let props = format.properties();
     let hashing = HashingWriter {
         inner: file,
         hasher: crc32fast::Hasher::new(),

@@ -105,7 +105,15 @@ async fn crash_between_parquet_rename_and_wal_delete_counts_once() {
     store.append(b.clone()).await.expect("append");
     drop(store);
     // Simulate the crash: segment 0 is in Parquet but its WAL file is still there.
-    parquet_files::write_segment(&events_dir, 0, &events_schema(), Some("timestamp"), &[b]).expect("write parquet");
+    parquet_files::write_segment(
+        &events_dir,
+        0,
+        &events_schema(),
+        Some("timestamp"),
+        &parquet_files::FileFormat::default(),
+        &[b],
+    )
+    .expect("write parquet");
     assert!(wal::segment_path(&events_dir, 0).exists());
     let store = open(dir.path());
     assert!(

@@ -60,8 +60,11 @@ pub fn lagged(x: &[f64], y: &[f64], k: i64) -> Option<f64> {
 /// `(best_lag, coefficient)` over `[-max_lag, max_lag]`.
 pub fn best_lag(x: &[f64], y: &[f64], max_lag: i64) -> Option<(i64, f64)> {
     let mut best: Option<(i64, f64)> = None;
+    // A lag as long as the series leaves no pairs: stop there, not at a client's `max_lag`
+    // (`i64::MAX` would otherwise spin for ever).
+    let longest = i64::try_from(x.len().min(y.len())).unwrap_or(i64::MAX);
     // visit 0, 1, -1, 2, -2, … so that strict `>` keeps the tie-break rule
-    for m in 0..=max_lag {
+    for m in 0..=max_lag.min(longest) {
         for k in if m == 0 { vec![0] } else { vec![m, -m] } {
             if let Some(r) = lagged(x, y, k)
                 && best.is_none_or(|(_, b)| r.abs() > b.abs() + 1e-12)

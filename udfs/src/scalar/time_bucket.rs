@@ -61,9 +61,15 @@ fn interval_micros(value: &ScalarValue) -> Result<Option<i64>> {
             if v.months != 0 {
                 return exec_err!("time_bucket: month intervals are not supported");
             }
-            i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000
+            i64::from(v.days)
+                .checked_mul(86_400_000_000)
+                .and_then(|d| d.checked_add(v.nanoseconds / 1000))
+                .ok_or_else(|| too_wide(value))?
         }
-        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000,
+        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days)
+            .checked_mul(86_400_000_000)
+            .and_then(|d| d.checked_add(i64::from(v.milliseconds) * 1000))
+            .ok_or_else(|| too_wide(value))?,
         ScalarValue::IntervalYearMonth(Some(_)) => return exec_err!("time_bucket: month intervals are not supported"),
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
             match parse_width_micros(s) {
@@ -78,6 +84,13 @@ fn interval_micros(value: &ScalarValue) -> Result<Option<i64>> {
         return exec_err!("time_bucket: the bucket width must be positive");
     }
     Ok(Some(micros))
+}
+
+/// The error for a width past the microsecond range (about 292,000 years).
+fn too_wide(value: &ScalarValue) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Execution(format!(
+        "time_bucket: the bucket width {value} is too wide (at most about 292,000 years)"
+    ))
 }
 
 /// Units of `unit` per microsecond as (multiplier, divisor).

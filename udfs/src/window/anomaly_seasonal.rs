@@ -70,7 +70,7 @@ fn interpolate(x: &[Option<f64>]) -> Option<Vec<f64>> {
 
 /// `(expected value per row, spread)` from an MSTL decomposition, or `None` if too short.
 pub fn seasonal_baseline(y: &[f64], period: usize) -> Result<Option<(Vec<f64>, f64)>> {
-    if y.len() < 2 * period + 1 {
+    if y.len() < period.saturating_mul(2).saturating_add(1) {
         return Ok(None);
     }
     let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
@@ -126,7 +126,7 @@ impl PartitionEvaluator for SeasonalEvaluator {
         };
         let threshold = threshold_at("anomaly_seasonal", values, 0)?;
         let period = match values.get(2).and_then(|a| a.as_primitive_opt::<Int64Type>()) {
-            Some(p) if p.is_valid(0) && p.value(0) >= 2 => p.value(0) as usize,
+            Some(p) if p.is_valid(0) && p.value(0) >= 2 => usize::try_from(p.value(0)).unwrap_or(usize::MAX),
             _ => return exec_err!("anomaly_seasonal: period must be an integer >= 2"),
         };
         let raw: Vec<Option<f64>> = (0..num_rows)
